@@ -1,0 +1,27 @@
+"""Numba kernels: arrays in, arrays and op counters out. No classes, no I/O, no model knowledge.
+
+Each kernel has a naive numpy twin in ``tests/kernel_twins.py`` that it is tested against.
+"""
+
+from . import counters
+from .attention import ssa_step
+from .conv import conv2d_scatter, densify_padded, im2col_padded
+from .linear import linear_event_ops, linear_scatter
+from .neurons import lif_params, lif_step
+from .sparse import channel_sums, maxpool_spikes, merge_add, scatter_dense
+
+__all__ = [
+    "channel_sums",
+    "counters",
+    "densify_padded",
+    "conv2d_scatter",
+    "im2col_padded",
+    "lif_params",
+    "lif_step",
+    "linear_event_ops",
+    "linear_scatter",
+    "maxpool_spikes",
+    "merge_add",
+    "scatter_dense",
+    "ssa_step",
+]

@@ -1,0 +1,133 @@
+"""Spiking self-attention over active (query, key) pairs only (SPEC §2, SSA).
+
+Q, K, V are spike lists over ``[token, channel]`` (flat ``n * D + c``, sorted). Per head h the
+output is Y = (Q_h K_h^T) V_h * scale, channel ``h * d + j``. Both association orders give the
+same integers; per head we take the cheaper one:
+
+- pairs order, (Q K^T) V: for each query token, walk its active channels to the key tokens that
+  fired on the same channel (an inverted index of K), counting shared channels; then add each
+  touched key token's V spikes, weighted by the count. Work ~ active pairs, never N x N.
+- kv order, Q (K^T V): a d x d table of K/V co-activations per head, then each active query
+  channel adds one table row. Work ~ sum_j |K_j||V_j| + |Q| d.
+
+Counts are integers throughout; the only rounding is the final multiply by ``scale``.
+"""
+
+import numpy as np
+from numba import njit
+
+from .counters import AC, ATTN_ENTRIES, ATTN_NONZERO, INPUT_EVENTS
+
+
+@njit(cache=True, nogil=True)
+def _head_offsets(idx, n_tokens, dim, d):
+    """ptr[n, h] = first position in ``idx`` of token n, head h (sorted input); ptr[n, H] = end."""
+    heads = dim // d
+    ptr = np.empty((n_tokens, heads + 1), np.int64)
+    pos = 0
+    total = idx.shape[0]
+    for n in range(n_tokens):
+        for h in range(heads + 1):
+            lim = n * dim + h * d
+            while pos < total and idx[pos] < lim:
+                pos += 1
+            ptr[n, h] = pos
+    return ptr
+
+
+@njit(cache=True, nogil=True)
+def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters, order):
+    """Write Y * scale into the dense ``out`` [n_tokens * dim]; return per-head orders used.
+
+    ``order``: 0 = choose per head by estimated work, 1 = always pairs order, 2 = always kv order.
+    The returned int8 array holds 1 or 2 per head.
+    """
+    d = dim // heads
+    scale = scale_arr[0]
+    qp = _head_offsets(q_idx, n_tokens, dim, d)
+    kp = _head_offsets(k_idx, n_tokens, dim, d)
+    vp = _head_offsets(v_idx, n_tokens, dim, d)
+
+    # inverted index of K: for channel c, the key tokens that fired on it (ascending)
+    col_len = np.zeros(dim + 1, np.int64)
+    for e in range(k_idx.shape[0]):
+        col_len[k_idx[e] % dim + 1] += 1
+    col_ptr = np.cumsum(col_len)
+    col_tok = np.empty(k_idx.shape[0], np.int32)
+    fill = col_ptr[:-1].copy()
+    for e in range(k_idx.shape[0]):
+        c = k_idx[e] % dim
+        col_tok[fill[c]] = k_idx[e] // dim
+        fill[c] += 1
+
+    y = np.zeros(n_tokens * dim, np.int64)
+    acc = np.zeros(n_tokens, np.int64)
+    touched = np.empty(n_tokens, np.int32)
+    kv = np.zeros((d, d), np.int64)
+    used = np.empty(heads, np.int8)
+    ops = 0
+    entries = 0
+    for h in range(heads):
+        # estimated work of each order for this head
+        pair_work = 0
+        q_active = 0
+        for n in range(n_tokens):
+            for p in range(qp[n, h], qp[n, h + 1]):
+                c = q_idx[p] - n * dim
+                pair_work += col_ptr[c + 1] - col_ptr[c]
+            q_active += qp[n, h + 1] - qp[n, h]
+        kv_work = q_active * d
+        v_total = 0
+        for n in range(n_tokens):
+            kv_work += (kp[n, h + 1] - kp[n, h]) * (vp[n, h + 1] - vp[n, h])
+            v_total += vp[n, h + 1] - vp[n, h]
+        # pairs order also pays ~ (pairs x mean |V_j|); pairs <= min(pair_work, N^2)
+        pairs_est = min(pair_work, n_tokens * n_tokens)
+        pair_work += (pairs_est * v_total) // max(n_tokens, 1)
+        if order == 1 or (order == 0 and pair_work <= kv_work):
+            used[h] = 1
+            for i in range(n_tokens):
+                nt = 0
+                for p in range(qp[i, h], qp[i, h + 1]):
+                    c = q_idx[p] - i * dim
+                    for r in range(col_ptr[c], col_ptr[c + 1]):
+                        j = col_tok[r]
+                        if acc[j] == 0:
+                            touched[nt] = j
+                            nt += 1
+                        acc[j] += 1
+                        ops += 1
+                entries += nt
+                for t in range(nt):
+                    j = touched[t]
+                    a = acc[j]
+                    acc[j] = 0
+                    for p in range(vp[j, h], vp[j, h + 1]):
+                        y[i * dim + (v_idx[p] - j * dim)] += a
+                        ops += a
+        else:
+            used[h] = 2
+            kv[:, :] = 0
+            base = h * d
+            for j in range(n_tokens):
+                for pk in range(kp[j, h], kp[j, h + 1]):
+                    ck = k_idx[pk] - j * dim - base
+                    for pv in range(vp[j, h], vp[j, h + 1]):
+                        kv[ck, v_idx[pv] - j * dim - base] += 1
+                        ops += 1
+            for i in range(n_tokens):
+                for p in range(qp[i, h], qp[i, h + 1]):
+                    cq = q_idx[p] - i * dim - base
+                    row = i * dim + base
+                    for jj in range(d):
+                        y[row + jj] += kv[cq, jj]
+                    ops += d
+    kbuf = np.empty(1, out.dtype)
+    for i in range(n_tokens * dim):
+        kbuf[0] = y[i]
+        out[i] = kbuf[0] * scale
+    counters[AC] += ops
+    counters[ATTN_ENTRIES] += entries
+    counters[ATTN_NONZERO] += entries
+    counters[INPUT_EVENTS] += q_idx.shape[0] + k_idx.shape[0] + v_idx.shape[0]
+    return used

@@ -1,0 +1,134 @@
+"""2-D convolution over an event list (scatter) and its dense fallback (im2col for a GEMM).
+
+Layout: activations are channel-innermost (HWC); a flat site index is ``(y * W + x) * C + c``.
+Weights for the scatter are rows ``[(c * KH + ky) * KW + kx, Cout]`` so one input event and one tap
+read one contiguous slab of Cout weights and add it to one contiguous slab of the output.
+The dense path uses rows ``[(ky * KW + kx) * Cin + c, Cout]`` to match :func:`im2col_padded`.
+"""
+
+import numpy as np
+from numba import njit
+
+from .counters import AC, MAC, INPUT_EVENTS
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tap_output(pos, k, stride, pad, out_size):
+    """Output coordinate that input coordinate ``pos`` reaches through tap ``k``, or -1."""
+    num = pos + pad - k
+    if num < 0:
+        return -1
+    o = num // stride
+    if o * stride != num or o >= out_size:
+        return -1
+    return o
+
+
+@njit(cache=True, nogil=True)
+def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h, out_w, out,
+                   counters, weighted):
+    """Add the contribution of every input event to the dense HWC current ``out`` (in place).
+
+    An event of multiplicity k adds k x the weight slab once per valid tap: counted as k
+    accumulates per output (``weighted`` False: spikes or integer residual values), or as one
+    multiply per output (``weighted`` True: raw event counts into the first layer, SPEC §5).
+    Taps that fall outside the output (borders) are neither done nor counted.
+    """
+    cout = weight_rows.shape[1]
+    kbuf = np.empty(1, out.dtype)
+    ops = 0
+    for e in range(idx.shape[0]):
+        flat = idx[e]
+        c = flat % cin
+        pix = flat // cin
+        y = pix // in_w
+        x = pix - y * in_w
+        k = cnt[e]
+        kbuf[0] = k
+        kf = kbuf[0]
+        taps = 0
+        for ky in range(kh):
+            oy = _tap_output(y, ky, stride, pad, out_h)
+            if oy < 0:
+                continue
+            for kx in range(kw):
+                ox = _tap_output(x, kx, stride, pad, out_w)
+                if ox < 0:
+                    continue
+                # 1-D views let LLVM prove the slabs apart and vectorise the add
+                w = weight_rows[(c * kh + ky) * kw + kx]
+                base = (oy * out_w + ox) * cout
+                o = out[base:base + cout]
+                if k == 1:
+                    for co in range(cout):
+                        o[co] += w[co]
+                else:
+                    for co in range(cout):
+                        o[co] += kf * w[co]
+                taps += 1
+        if weighted:
+            ops += taps * cout
+        else:
+            ops += k * taps * cout
+    if weighted:
+        counters[MAC] += ops
+    else:
+        counters[AC] += ops
+    counters[INPUT_EVENTS] += idx.shape[0]
+
+
+@njit(cache=True, nogil=True)
+def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w, padded,
+                   counters, weighted):
+    """Write an event list into the zero-padded dense map ``padded`` [H+2p, W+2p, Cin] for the
+    GEMM path, counting on the way the ops :func:`conv2d_scatter` would have counted.
+
+    The dense path then really does ``dense_mac`` multiply-accumulates; the report shows both.
+    """
+    padded[:] = 0
+    pw = padded.shape[1]
+    flat = padded.reshape(-1)
+    kbuf = np.empty(1, padded.dtype)
+    ops = 0
+    for e in range(idx.shape[0]):
+        site = idx[e]
+        c = site % cin
+        pix = site // cin
+        y = pix // in_w
+        x = pix - y * in_w
+        k = cnt[e]
+        kbuf[0] = k
+        flat[((y + pad) * pw + x + pad) * cin + c] = kbuf[0]
+        ny = 0
+        for ky in range(kh):
+            if _tap_output(y, ky, stride, pad, out_h) >= 0:
+                ny += 1
+        nx = 0
+        for kx in range(kw):
+            if _tap_output(x, kx, stride, pad, out_w) >= 0:
+                nx += 1
+        if weighted:
+            ops += ny * nx * cout
+        else:
+            ops += k * ny * nx * cout
+    if weighted:
+        counters[MAC] += ops
+    else:
+        counters[AC] += ops
+    counters[INPUT_EVENTS] += idx.shape[0]
+
+
+@njit(cache=True, nogil=True)
+def im2col_padded(padded, kh, kw, stride, out_h, out_w, cols):
+    """Columns [out_h*out_w, kh*kw*Cin] of a padded HWC map: one contiguous Cin copy per tap."""
+    cin = padded.shape[2]
+    for oy in range(out_h):
+        for ox in range(out_w):
+            r = cols[oy * out_w + ox]
+            for ky in range(kh):
+                src_row = padded[oy * stride + ky]
+                for kx in range(kw):
+                    src = src_row[ox * stride + kx]
+                    base = (ky * kw + kx) * cin
+                    for c in range(cin):
+                        r[base + c] = src[c]

@@ -1,0 +1,104 @@
+"""Index-list plumbing: densify, sparsify, merge, pool. No arithmetic on weights here."""
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def scatter_dense(idx, cnt, dense):
+    """Write an event list into a zeroed dense vector (values = multiplicities)."""
+    dense[:] = 0
+    for e in range(idx.shape[0]):
+        dense[idx[e]] = cnt[e]
+
+
+@njit(cache=True, nogil=True)
+def merge_add(idx_a, cnt_a, idx_b, cnt_b):
+    """Sum of two sorted event lists over the same sites: a residual add without densifying."""
+    na = idx_a.shape[0]
+    nb = idx_b.shape[0]
+    out_idx = np.empty(na + nb, np.int32)
+    out_cnt = np.empty(na + nb, np.int32)
+    i = 0
+    j = 0
+    n = 0
+    while i < na and j < nb:
+        a = idx_a[i]
+        b = idx_b[j]
+        if a < b:
+            out_idx[n] = a
+            out_cnt[n] = cnt_a[i]
+            i += 1
+        elif b < a:
+            out_idx[n] = b
+            out_cnt[n] = cnt_b[j]
+            j += 1
+        else:
+            out_idx[n] = a
+            out_cnt[n] = cnt_a[i] + cnt_b[j]
+            i += 1
+            j += 1
+        n += 1
+    while i < na:
+        out_idx[n] = idx_a[i]
+        out_cnt[n] = cnt_a[i]
+        i += 1
+        n += 1
+    while j < nb:
+        out_idx[n] = idx_b[j]
+        out_cnt[n] = cnt_b[j]
+        j += 1
+        n += 1
+    return out_idx[:n].copy(), out_cnt[:n].copy()
+
+
+@njit(cache=True, nogil=True)
+def maxpool_spikes(idx, in_w, c, k, stride, pad, out_h, out_w, mark):
+    """Max-pool of a binary map given as sorted spike indices (HWC); returns output spike indices.
+
+    Max over {0, 1} is "any spike in the window", so each input spike marks the outputs whose
+    window holds it (padding never wins a max of non-negative values). Collecting the marks by
+    one scan of ``mark`` (a uint8 scratch of out_h*out_w*c, left zeroed) keeps them sorted
+    without a sort.
+    """
+    any_hit = False
+    for e in range(idx.shape[0]):
+        flat = idx[e]
+        ch = flat % c
+        pix = flat // c
+        y = pix // in_w
+        x = pix - y * in_w
+        for ky in range(k):
+            num_y = y + pad - ky
+            if num_y < 0:
+                continue
+            oy = num_y // stride
+            if oy * stride != num_y or oy >= out_h:
+                continue
+            for kx in range(k):
+                num_x = x + pad - kx
+                if num_x < 0:
+                    continue
+                ox = num_x // stride
+                if ox * stride != num_x or ox >= out_w:
+                    continue
+                mark[(oy * out_w + ox) * c + ch] = 1
+                any_hit = True
+    if not any_hit:
+        return np.empty(0, np.int32)
+    out = np.empty(mark.shape[0], np.int32)
+    n = 0
+    for o in range(mark.shape[0]):
+        if mark[o]:
+            out[n] = o
+            n += 1
+            mark[o] = 0
+    return out[:n].copy()
+
+
+@njit(cache=True, nogil=True)
+def channel_sums(idx, cnt, dim, sums):
+    """``sums[c] += value`` for every event of a [token, channel] list: the head's token mean, exact
+    in integers until it is divided once at the end."""
+    for e in range(idx.shape[0]):
+        sums[idx[e] % dim] += cnt[e]

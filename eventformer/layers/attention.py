@@ -1,0 +1,87 @@
+"""Attention operators: pluggable parts of a block, from the residual stream to its update.
+
+An operator takes the block input (an integer event list over [tokens, D]) and returns the
+event list added back to the residual stream. It lists its spiking layers for the report. The
+DS2TA, SSA_Bin and SAFormer operators (SPEC §4) register here beside SSA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import counters as C, ssa_step
+from .base import PathPolicy, SpikingLayer
+from .neurons import LIFNeurons
+from .synapses import LinearLIF
+
+
+class AttentionLIF(SpikingLayer):
+    """SSA core: Y = (Q K^T) V * scale per head, over active pairs only, then the attention LIF."""
+
+    kind = "attention"
+
+    def __init__(self, params, tokens: int, dim: int, heads: int, scale: float, *, dtype,
+                 order: int = 0):
+        super().__init__(params.name, tokens * dim, "spikes")
+        self.tokens, self.dim, self.heads = tokens, dim, heads
+        self.scale = np.array([scale], dtype)
+        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        self.current = np.empty(tokens * dim, dtype)
+        self.order = order  # 0 auto, 1 (QK^T)V, 2 Q(K^T V)
+        self.orders_used = np.zeros(3, np.int64)
+
+    def reset(self) -> None:
+        self.neurons.reset()
+
+    def attend(self, q, k, v) -> np.ndarray:
+        used = ssa_step(q, k, v, self.tokens, self.dim, self.heads, self.scale, self.current,
+                        self.counters, self.order)
+        self.orders_used += np.bincount(used, minlength=3)
+        self.counters[C.INPUT_SITES] += 3 * self.tokens * self.dim
+        self.counters[C.SPARSE_STEPS] += 1
+        spikes = self.neurons.fire(self.current, self.counters)
+        self.spikes_per_step.append(int(spikes.shape[0]))
+        return spikes
+
+    def stats(self) -> dict:
+        out = super().stats()
+        out["qk_v_heads"] = int(self.orders_used[1])
+        out["q_kv_heads"] = int(self.orders_used[2])
+        return out
+
+
+class SpikingSelfAttention:
+    """Spikformer's SSA: q/k/v linear+LIF, attention core + LIF, proj linear+LIF."""
+
+    name = "ssa"
+
+    def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy):
+        n, d = config.tokens, config.dim
+        self.q = LinearLIF(layers[f"{prefix}.q_lif"], n, dtype=dtype, input_kind="integers",
+                           policy=policy)
+        self.k = LinearLIF(layers[f"{prefix}.k_lif"], n, dtype=dtype, input_kind="integers",
+                           policy=policy)
+        self.v = LinearLIF(layers[f"{prefix}.v_lif"], n, dtype=dtype, input_kind="integers",
+                           policy=policy)
+        self.core = AttentionLIF(layers[f"{prefix}.attn_lif"], n, d, config.heads,
+                                 config.scale, dtype=dtype)
+        self.proj = LinearLIF(layers[f"{prefix}.proj_lif"], n, dtype=dtype, input_kind="spikes",
+                              policy=policy)
+
+    @property
+    def layers(self) -> list[SpikingLayer]:
+        return [self.q, self.k, self.v, self.core, self.proj]
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+
+    def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q, _ = self.q.step(idx, cnt)
+        k, _ = self.k.step(idx, cnt)
+        v, _ = self.v.step(idx, cnt)
+        s = self.core.attend(q, k, v)
+        return self.proj.step(s, np.ones(s.shape[0], np.int32))
+
+
+ATTENTION_OPERATORS = {"ssa": SpikingSelfAttention}

@@ -1,0 +1,129 @@
+"""Spikformer assembled from event-driven layers; time-major ``step`` with persistent state.
+
+One step of input (an event list over the HWC sensor grid, counts as multiplicities) passes
+through every layer before the next step enters, so the offline path (a sample framed into T
+steps) and the streaming path (windows from a growing file) drive the same :meth:`step`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..kernels import merge_add
+from ..layers import ATTENTION_OPERATORS, Conv2dLIF, LinearLIF, MeanLinearHead, PathPolicy
+from .config import sps_suffix
+
+if TYPE_CHECKING:  # the model file package imports the config from here
+    from ..modelfile import ModelFile
+
+SPS_POOL = (3, 2, 1)  # MaxPool2d(kernel_size=3, stride=2, padding=1) after an SPS stage's LIF
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+class Block:
+    def __init__(self, index: int, model: ModelFile, *, dtype, policy: PathPolicy):
+        cfg = model.config
+        layers = model.layers
+        attention = ATTENTION_OPERATORS[cfg.attention]
+        self.attn = attention(f"block.{index}.attn", layers, cfg, dtype=dtype, policy=policy)
+        m = f"block.{index}.mlp"
+        self.fc1 = LinearLIF(layers[f"{m}.fc1_lif"], cfg.tokens, dtype=dtype,
+                             input_kind="integers", policy=policy)
+        self.fc2 = LinearLIF(layers[f"{m}.fc2_lif"], cfg.tokens, dtype=dtype,
+                             input_kind="spikes", policy=policy)
+
+    @property
+    def layers(self):
+        return self.attn.layers + [self.fc1, self.fc2]
+
+    def step(self, idx, cnt):
+        a_idx, a_cnt = self.attn.step(idx, cnt)
+        idx, cnt = merge_add(idx, cnt, a_idx, a_cnt)
+        h_idx, h_cnt = self.fc1.step(idx, cnt)
+        m_idx, m_cnt = self.fc2.step(h_idx, h_cnt)
+        return merge_add(idx, cnt, m_idx, m_cnt)
+
+
+class Spikformer:
+    """The event-driven engine for one model file.
+
+    >>> model = Spikformer(load("model.h5"))
+    >>> logits = model.run(steps)          # steps: [(idx, cnt), ...] from framing
+    """
+
+    def __init__(self, model: ModelFile, *, dtype="float32", policy: PathPolicy | None = None):
+        cfg = model.config
+        cfg.validate()
+        self.model_file = model
+        self.config = cfg
+        self.dtype = np.dtype(DTYPES.get(dtype, dtype))
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.policy = policy or PathPolicy()
+        shape = (cfg.image_size, cfg.image_size, cfg.in_channels)
+        self.sps = []
+        for i, pooled in enumerate(cfg.sps_pool):
+            layer = Conv2dLIF(model.layers[f"patch_embed.proj_lif{sps_suffix(i)}"], shape,
+                              dtype=self.dtype, input_kind="counts" if i == 0 else "spikes",
+                              pool=SPS_POOL if pooled else None, policy=self.policy)
+            self.sps.append(layer)
+            shape = layer.out_shape
+        if shape[0] * shape[1] != cfg.tokens:
+            raise ValueError(f"SPS output {shape[0]}x{shape[1]} does not match {cfg.tokens} tokens")
+        self.rpe = Conv2dLIF(model.layers["patch_embed.rpe_lif"], shape, dtype=self.dtype,
+                             input_kind="spikes", pool=None, policy=self.policy)
+        self.blocks = [Block(b, model, dtype=self.dtype, policy=self.policy)
+                       for b in range(cfg.depth)]
+        self.head = MeanLinearHead(model.layers["head"], cfg.tokens, self.dtype)
+        self.input_sites = cfg.image_size * cfg.image_size * cfg.in_channels
+
+    @property
+    def layers(self):
+        """Spiking layers in forward order (the report's rows), without the head."""
+        out = list(self.sps) + [self.rpe]
+        for block in self.blocks:
+            out += block.layers
+        return out
+
+    def reset(self) -> None:
+        """Start a new sample: every membrane to rest, the head's running mean emptied."""
+        for layer in self.layers:
+            layer.reset()
+        self.head.reset()
+
+    def clear_stats(self) -> None:
+        for layer in self.layers:
+            layer.clear_stats()
+        self.head.clear_stats()
+
+    @property
+    def steps_seen(self) -> int:
+        return self.head.steps
+
+    def step(self, idx: np.ndarray, cnt: np.ndarray) -> None:
+        """Advance every layer by one time step on one frame of input events."""
+        idx = np.asarray(idx, np.int32)
+        cnt = np.asarray(cnt, np.int32)
+        for layer in self.sps:
+            idx, cnt = layer.step(idx, cnt)
+        r_idx, r_cnt = self.rpe.step(idx, cnt)
+        idx, cnt = merge_add(idx, cnt, r_idx, r_cnt)  # x = x_feat + rpe: values 0..2
+        for block in self.blocks:
+            idx, cnt = block.step(idx, cnt)
+        self.head.step(idx, cnt)
+
+    def logits(self) -> np.ndarray:
+        """Logits from the steps seen since the last reset (mean over those steps)."""
+        return self.head.logits()
+
+    def run(self, steps) -> np.ndarray:
+        """Classify one sample given as a sequence of (idx, cnt) input steps."""
+        self.reset()
+        for idx, cnt in steps:
+            self.step(idx, cnt)
+        return self.logits()
+
+    def layer_stats(self) -> list[dict]:
+        return [layer.stats() for layer in self.layers] + [self.head.stats()]

@@ -1,0 +1,365 @@
+"""Event readers: real bs2 / N-MNIST / npy recordings, detection by header bytes, and user mistakes
+that must surface as one `EventFileError` sentence naming the file."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventformer.events import (
+    EVENT_DTYPE,
+    EventFileError,
+    Recording,
+    read_events,
+    registered_readers,
+    write_npy,
+)
+
+EVENTS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "events"
+GESTURE_COUNTS = {1: 63_471, 2: 84_260, 3: 113_063, 4: 151_879, 5: 181_179}
+
+
+def real_file(*parts: str) -> Path:
+    if not EVENTS_DIR.is_dir():
+        pytest.skip(f"real recordings not available: {EVENTS_DIR} is absent (CI has it; a fresh clone does not)")
+    return EVENTS_DIR.joinpath(*parts)
+
+
+def hand_decode_bs2(path: Path) -> tuple[np.ndarray, ...]:
+    """Byte-by-byte reading of the README's layout, kept deliberately simple."""
+    raw = path.read_bytes()
+    rows = [raw[i:i + 5] for i in range(0, len(raw), 5)]
+    x = np.array([r[0] for r in rows])
+    y = np.array([r[1] for r in rows])
+    p = np.array([r[2] >> 7 for r in rows])
+    t = np.array([((r[2] & 0x7F) << 16) | (r[3] << 8) | r[4] for r in rows])
+    return t, x, y, p
+
+
+def sample_events(n: int = 50, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    events = np.zeros(n, dtype=EVENT_DTYPE)
+    events["t"] = np.sort(rng.integers(0, 10**9, n))
+    events["x"] = rng.integers(0, 640, n)
+    events["y"] = rng.integers(0, 480, n)
+    events["p"] = rng.integers(0, 2, n)
+    return events
+
+
+# --------------------------------------------------------------------------------------------------
+# Real recordings
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("number, count", GESTURE_COUNTS.items())
+def test_real_gesture_bs2(number: int, count: int) -> None:
+    path = real_file("dvs-gesture", f"{number}.bs2")
+    rec = read_events(path)
+    assert isinstance(rec, Recording)
+    assert rec.format == "bs2" and rec.sensor_size is None and rec.warnings == []
+    assert rec.events.dtype == EVENT_DTYPE and len(rec.events) == count
+    ev = rec.events
+    assert ev["x"].min() >= 0 and ev["x"].max() <= 127
+    assert ev["y"].min() >= 0 and ev["y"].max() <= 127
+    assert np.all(np.diff(ev["t"]) >= 0)
+    assert set(np.unique(ev["p"]).tolist()) == {0, 1}
+    assert 1_440_000 < rec.duration_us <= 1_450_000  # README: 1.450 s span
+
+
+def test_real_gesture_bs2_matches_a_hand_decode() -> None:
+    path = real_file("dvs-gesture", "1.bs2")
+    ev = read_events(path).events
+    t, x, y, p = hand_decode_bs2(path)
+    np.testing.assert_array_equal(ev["t"], t)
+    np.testing.assert_array_equal(ev["x"], x)
+    np.testing.assert_array_equal(ev["y"], y)
+    np.testing.assert_array_equal(ev["p"], p)
+
+
+def test_real_nmnist_bin_matches_tonic() -> None:
+    tonic_io = pytest.importorskip("tonic.io")
+    path = real_file("formats", "nmnist.bin")
+    rec = read_events(path)
+    assert rec.format == "bs2" and len(rec.events) == 4_325
+    ev = rec.events
+    assert ev["x"].max() <= 33 and ev["y"].max() <= 33
+    ref = tonic_io.read_mnist_file(str(path), dtype=np.dtype([("x", int), ("y", int), ("t", int), ("p", int)]))
+    for name in ("t", "x", "y", "p"):
+        np.testing.assert_array_equal(ev[name], ref[name])
+
+
+def test_real_structured_npy() -> None:
+    rec = read_events(real_file("formats", "evt3_sample.npy"))
+    assert rec.format == "npy" and len(rec.events) == 219_596
+    assert rec.events.dtype == EVENT_DTYPE
+    assert rec.events["x"].max() < 1280 and rec.events["y"].max() < 720
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trips and detection by header bytes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_npy_round_trip(tmp_path: Path) -> None:
+    events = sample_events()
+    path = tmp_path / "events.npy"
+    write_npy(path, events)
+    rec = read_events(path)
+    assert rec.format == "npy" and rec.warnings == []
+    np.testing.assert_array_equal(rec.events, events)
+
+
+def test_format_is_detected_from_header_not_extension(tmp_path: Path) -> None:
+    events = sample_events()
+    disguised = tmp_path / "recording.bin"
+    write_npy(disguised, events)
+    assert disguised.exists() and not (tmp_path / "recording.bin.npy").exists()
+    rec = read_events(disguised)
+    assert rec.format == "npy"
+    np.testing.assert_array_equal(rec.events, events)
+
+
+def test_bs2_with_npy_extension_is_read_as_bs2(tmp_path: Path) -> None:
+    path = tmp_path / "looks.npy"
+    path.write_bytes(bytes([3, 4, 0x80 | 1, 2, 3]) * 2)
+    rec = read_events(path)
+    assert rec.format == "bs2"
+    assert rec.events[0].tolist() == ((1 << 16) | (2 << 8) | 3, 3, 4, 1)
+
+
+def test_npy_with_other_integer_dtypes_and_field_order(tmp_path: Path) -> None:
+    dtype = np.dtype([("p", "?"), ("y", ">u2"), ("x", "u1"), ("t", "<u4")])
+    array = np.array([(True, 7, 3, 100), (False, 9, 1, 90)], dtype=dtype)
+    path = tmp_path / "other.npy"
+    np.save(path, array)
+    rec = read_events(path)
+    assert rec.events.tolist() == [(100, 3, 7, 1), (90, 1, 9, 0)]
+    assert any("backwards" in w for w in rec.warnings)
+
+
+def test_npy_polarity_minus_one_is_off(tmp_path: Path) -> None:
+    array = np.array([(1, 0, 0, -1), (2, 0, 0, 1)], dtype=[("t", "i8"), ("x", "i2"), ("y", "i2"), ("p", "i1")])
+    path = tmp_path / "pm.npy"
+    np.save(path, array)
+    rec = read_events(path)
+    assert rec.events["p"].tolist() == [0, 1]
+    assert rec.warnings
+
+
+def test_npz_with_separate_fields(tmp_path: Path) -> None:
+    events = sample_events()
+    path = tmp_path / "fields.npz"
+    np.savez(path, t=events["t"], x=events["x"], y=events["y"], p=events["p"])
+    rec = read_events(path)
+    assert rec.format == "npz"
+    np.testing.assert_array_equal(rec.events, events)
+
+
+def test_npz_with_one_structured_array(tmp_path: Path) -> None:
+    events = sample_events()
+    path = tmp_path / "one.npz"
+    np.savez_compressed(path, anything=events)
+    np.testing.assert_array_equal(read_events(path).events, events)
+
+
+def test_empty_file_is_an_empty_recording(tmp_path: Path) -> None:
+    path = tmp_path / "empty.bs2"
+    path.write_bytes(b"")
+    rec = read_events(path)
+    assert rec.format == "bs2" and len(rec.events) == 0 and rec.events.dtype == EVENT_DTYPE
+    assert rec.duration_us == 0
+
+
+def test_backwards_bs2_timestamps_are_kept_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "wrap.bs2"
+    path.write_bytes(bytes([1, 1, 0x7F, 0xFF, 0xFF, 2, 2, 0, 0, 5]))
+    rec = read_events(path)
+    assert rec.events["t"].tolist() == [(1 << 23) - 1, 5]
+    assert len(rec.warnings) == 1 and "backwards" in rec.warnings[0]
+
+
+def test_registry_consults_magic_formats_before_the_bs2_fallback() -> None:
+    assert [r.name for r in registered_readers()][-1] == "bs2"
+
+
+# --------------------------------------------------------------------------------------------------
+# User mistakes -> one EventFileError sentence naming the file
+# --------------------------------------------------------------------------------------------------
+
+
+def assert_one_sentence_naming(exc: EventFileError, path: Path) -> None:
+    message = str(exc)
+    assert path.name in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_truncated_bs2_names_file_and_counts(tmp_path: Path) -> None:
+    source = real_file("dvs-gesture", "1.bs2")
+    path = tmp_path / "cut.bs2"
+    path.write_bytes(source.read_bytes()[:-2])
+    with pytest.raises(EventFileError) as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+    assert "truncated" in str(info.value)
+    assert f"{GESTURE_COUNTS[1] - 1} complete 5-byte events followed by 3 stray bytes" in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.bs2"
+    with pytest.raises(EventFileError, match="no such file") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(EventFileError, match="directory") as info:
+        read_events(tmp_path)
+    assert_one_sentence_naming(info.value, tmp_path)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can read anything")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "locked.bs2"
+    path.write_bytes(b"\x00" * 5)
+    path.chmod(0)
+    try:
+        with pytest.raises(EventFileError, match="permission") as info:
+            read_events(path)
+        assert_one_sentence_naming(info.value, path)
+    finally:
+        path.chmod(0o600)
+
+
+def test_npy_missing_field(tmp_path: Path) -> None:
+    path = tmp_path / "nop.npy"
+    np.save(path, np.zeros(3, dtype=[("t", "i8"), ("x", "i2"), ("y", "i2")]))
+    with pytest.raises(EventFileError, match="lacks field.*p") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+
+
+@pytest.mark.parametrize("array, match", [
+    (np.zeros((3, 4), dtype=np.int64), "not a structured array"),
+    (np.zeros(3, dtype=[("t", "f8"), ("x", "i2"), ("y", "i2"), ("p", "u1")]), "'t' has dtype float64"),
+    (np.array([(0, -1, 0, 0)], dtype=[("t", "i8"), ("x", "i2"), ("y", "i2"), ("p", "u1")]), "'x' holds -1"),
+    (np.array([(0, 0, 70000, 0)], dtype=[("t", "i8"), ("x", "i2"), ("y", "i4"), ("p", "u1")]), "'y' holds 70000"),
+    (np.array([(0, 0, 0, 3)], dtype=[("t", "i8"), ("x", "i2"), ("y", "i2"), ("p", "u1")]), "polarity"),
+])
+def test_npy_with_bad_content(tmp_path: Path, array: np.ndarray, match: str) -> None:
+    path = tmp_path / "bad.npy"
+    np.save(path, array)
+    with pytest.raises(EventFileError, match=match) as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+
+
+def test_npy_with_pickled_objects_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([{"t": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(EventFileError, match="objects") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+
+
+def test_truncated_npy(tmp_path: Path) -> None:
+    path = tmp_path / "short.npy"
+    write_npy(path, sample_events())
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(EventFileError, match="truncated") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+
+
+def test_npz_with_unrelated_arrays(tmp_path: Path) -> None:
+    path = tmp_path / "two.npz"
+    np.savez(path, a=np.arange(3), b=np.arange(3))
+    with pytest.raises(EventFileError, match="holds arrays a, b") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+
+
+def test_corrupt_zip(tmp_path: Path) -> None:
+    path = tmp_path / "broken.npz"
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 26)
+    with pytest.raises(EventFileError, match="zip") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+
+
+def test_text_headed_file_of_an_unsupported_format_is_not_decoded_as_bs2(tmp_path: Path) -> None:
+    path = tmp_path / "x.aedat"
+    path.write_bytes(b"#!AER-DAT2.0\r\n# some header\r\n#!END-HEADER\r\n" + b"\x00" * 16)
+    with pytest.raises(EventFileError, match="unknown event file format") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+
+
+def test_forcing_a_format_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "zipish.bs2"
+    path.write_bytes(b"PK\x03\x04\x05")  # one bs2 event whose bytes spell the zip magic
+    with pytest.raises(EventFileError, match="format='bs2'"):
+        read_events(path)
+    assert len(read_events(path, format="bs2").events) == 1
+    with pytest.raises(EventFileError, match="unknown event format 'nope'"):
+        read_events(path, format="nope")
+
+
+# --------------------------------------------------------------------------------------------------
+# Fuzz: arbitrary bytes give a Recording or an EventFileError, nothing else
+# --------------------------------------------------------------------------------------------------
+
+
+def _valid_npy_bytes() -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, sample_events(8))
+    return buffer.getvalue()
+
+
+def _valid_npz_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("events.npy", _valid_npy_bytes())
+    return buffer.getvalue()
+
+
+VALID_NPY = _valid_npy_bytes()
+VALID_NPZ = _valid_npz_bytes()
+
+
+def _read_bytes_as_file(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fuzz.dat"
+        path.write_bytes(data)
+        try:
+            rec = read_events(path)
+        except EventFileError as exc:
+            assert "fuzz.dat" in str(exc) and "\n" not in str(exc)
+            return
+        assert isinstance(rec, Recording) and rec.events.dtype == EVENT_DTYPE
+        assert np.all(rec.events["x"] >= 0) and np.all(rec.events["y"] >= 0)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prefix=st.sampled_from([b"", b"\x93NUMPY", b"\x93NUMPY\x01\x00", b"PK\x03\x04", b"#!AER", b"% "]),
+       body=st.binary(max_size=300))
+def test_random_bytes_never_escape_as_raw_exceptions(prefix: bytes, body: bytes) -> None:
+    _read_bytes_as_file(prefix + body)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(source=st.sampled_from([VALID_NPY, VALID_NPZ]), data=st.data())
+def test_mutated_npy_and_npz_never_escape_as_raw_exceptions(source: bytes, data: st.DataObject) -> None:
+    mutated = bytearray(source)
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(mutated)))
+    _read_bytes_as_file(bytes(mutated[:cut] if data.draw(st.booleans()) else mutated))
