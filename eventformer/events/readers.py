@@ -22,6 +22,8 @@ from typing import BinaryIO, ClassVar
 
 import numpy as np
 
+from eventformer.errors import EventformerError
+
 __all__ = [
     "EVENT_DTYPE",
     "EventFileError",
@@ -50,7 +52,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _BS2_EVENT_BYTES = 5
 
 
-class EventFileError(Exception):
+class EventFileError(EventformerError):
     """A recording could not be read; the message is one sentence naming the file and the problem."""
 
 

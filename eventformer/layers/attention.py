@@ -29,6 +29,7 @@ class AttentionLIF(SpikingLayer):
         self.current = np.empty(tokens * dim, dtype)
         self.order = order  # 0 auto, 1 (QK^T)V, 2 Q(K^T V)
         self.orders_used = np.zeros(3, np.int64)
+        self.dense_macs_per_step = 2 * tokens * tokens * dim  # Q K^T and (.) V, all heads
 
     def reset(self) -> None:
         self.neurons.reset()
@@ -39,9 +40,7 @@ class AttentionLIF(SpikingLayer):
         self.orders_used += np.bincount(used, minlength=3)
         self.counters[C.INPUT_SITES] += 3 * self.tokens * self.dim
         self.counters[C.SPARSE_STEPS] += 1
-        spikes = self.neurons.fire(self.current, self.counters)
-        self.spikes_per_step.append(int(spikes.shape[0]))
-        return spikes
+        return self.fire(self.current)
 
     def stats(self) -> dict:
         out = super().stats()

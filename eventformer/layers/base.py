@@ -46,6 +46,8 @@ class SpikingLayer:
         self.input_kind = input_kind  # "spikes", "integers" (residual sums) or "counts" (raw events)
         self.counters = np.zeros(C.N_COUNTERS, np.int64)
         self.spikes_per_step: list[int] = []
+        self.dense_macs_per_step = 0  # what a dense implementation multiplies per step
+        self.probe = None  # optional callable(layer, current) seeing each step's input current
 
     def reset(self) -> None:
         """Forget the sample: neuron state to rest. Counters and tallies are kept until
@@ -63,4 +65,13 @@ class SpikingLayer:
         out.update({name: int(c[i]) for i, name in enumerate(C.NAMES)})
         sites = int(c[C.INPUT_SITES])
         out["input_density"] = (int(c[C.INPUT_EVENTS]) / sites) if sites else 0.0
+        out["dense_macs_per_step"] = int(self.dense_macs_per_step)
         return out
+
+    def fire(self, current: np.ndarray) -> np.ndarray:
+        """Run this layer's neurons on the step's current and tally the spikes."""
+        if self.probe is not None:
+            self.probe(self, current)
+        spikes = self.neurons.fire(current, self.counters)
+        self.spikes_per_step.append(int(spikes.shape[0]))
+        return spikes

@@ -51,4 +51,5 @@ class MeanLinearHead:
                "spikes": 0}
         out.update({name: int(self.counters[i]) for i, name in enumerate(C.NAMES)})
         out["input_density"] = 0.0
+        out["dense_macs_per_step"] = 0
         return out

@@ -53,6 +53,7 @@ class Conv2dLIF(SpikingLayer):
         else:
             self.out_shape = (self.out_h, self.out_w, cout)
         self._cols = None
+        self.dense_macs_per_step = self.out_h * self.out_w * cout * cin * kh * kw
 
     def reset(self) -> None:
         self.neurons.reset()
@@ -85,8 +86,7 @@ class Conv2dLIF(SpikingLayer):
         return cur.reshape(-1)
 
     def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        spikes = self.neurons.fire(self.synapse(idx, cnt), self.counters)
-        self.spikes_per_step.append(int(spikes.shape[0]))
+        spikes = self.fire(self.synapse(idx, cnt))
         if self.pool is not None:
             k, s, p = self.pool
             spikes = maxpool_spikes(spikes, self.out_w, self.cout, k, s, p, self.pool_h,
@@ -113,6 +113,7 @@ class LinearLIF(SpikingLayer):
         self.policy = policy
         self.in_sites = tokens * cin
         self.out_shape = (tokens, cout)
+        self.dense_macs_per_step = tokens * cin * cout
 
     def reset(self) -> None:
         self.neurons.reset()
@@ -136,6 +137,5 @@ class LinearLIF(SpikingLayer):
         return cur.reshape(-1)
 
     def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        spikes = self.neurons.fire(self.synapse(idx, cnt), self.counters)
-        self.spikes_per_step.append(int(spikes.shape[0]))
+        spikes = self.fire(self.synapse(idx, cnt))
         return spikes, _ones(spikes.shape[0])

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels import merge_add
+from ..runtime import limit_blas_threads
 from ..layers import ATTENTION_OPERATORS, Conv2dLIF, LinearLIF, MeanLinearHead, PathPolicy
 from .config import sps_suffix
 
@@ -56,6 +57,7 @@ class Spikformer:
     def __init__(self, model: ModelFile, *, dtype="float32", policy: PathPolicy | None = None):
         cfg = model.config
         cfg.validate()
+        limit_blas_threads()
         self.model_file = model
         self.config = cfg
         self.dtype = np.dtype(DTYPES.get(dtype, dtype))

@@ -1,0 +1,1 @@
+"""The ``eventformer`` command line: thin typer commands over the library."""

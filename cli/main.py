@@ -1,0 +1,254 @@
+"""eventformer: event-driven inference for spiking vision transformers.
+
+Human output goes to stderr (rich); ``--json`` puts machine-readable results on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import STATE, fail, user_errors
+
+app = typer.Typer(
+    name="eventformer",
+    help="Event-driven inference for spiking vision transformers on CPUs: classify event-camera "
+         "recordings, export PyTorch checkpoints, count the operations really performed.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# rich wraps at 80 columns when stderr is not a terminal; the layer tables need more
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class SplitBy(str, Enum):
+    number = "number"
+    time = "time"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Path_(str, Enum):
+    auto = "auto"
+    sparse = "sparse"
+    dense = "dense"
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
+    STATE["debug"] = debug
+
+
+def _load_engine(weights: Path, dtype: str, path_mode: str):
+    from eventformer.layers import PathPolicy
+    from eventformer.modelfile import load
+    from eventformer.models import Spikformer
+
+    model_file = load(weights)
+    return Spikformer(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
+
+
+NO_SHIPPED_MODEL = (
+    "no model given and none is shipped yet: pass --weights MODEL.h5 "
+    "(`eventformer export CHECKPOINT.pth -o MODEL.h5` converts a Spikformer checkpoint)")
+
+
+@app.command()
+@user_errors
+def infer(
+    files: List[Path] = typer.Argument(None, help="Event recordings (.bs2/N-MNIST .bin, .npy, "
+                                                  ".npz); the format is read from the file."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w",
+                                           help="Model file (.h5) from `eventformer export`."),
+    dataset: Optional[str] = typer.Option(None, "--dataset",
+                                          help="Classify a dataset instead of files "
+                                               "(dvs-gesture)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives."),
+    steps: Optional[int] = typer.Option(None, "--steps", "-T", min=1,
+                                        help="Time steps per sample [default: the model's]."),
+    split_by: Optional[SplitBy] = typer.Option(None, "--split-by",
+                                               help="Framing rule [default: the model's]."),
+    dtype: DType = typer.Option(DType.float32, "--dtype",
+                                help="Arithmetic: float32 (fast) or float64 (exactness checks)."),
+    path: Path_ = typer.Option(Path_.auto, "--path",
+                               help="Per-step kernel choice: auto (by input density), or force "
+                                    "sparse (event scatter) or dense (GEMM)."),
+    layers: bool = typer.Option(False, "--layers", help="Print the per-layer table for every "
+                                                        "file (always shown for one file)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
+):
+    """Classify event recordings; report prediction, per-layer spikes and the ops really done."""
+    from eventformer.inference import classify_file
+
+    if dataset is not None:
+        if dataset != "dvs-gesture":
+            fail(f"unknown dataset {dataset!r}; known: dvs-gesture")
+        fail("the DVS Gesture dataset loader and its embedded synthetic test set are not built "
+             "yet; classify recordings directly: eventformer infer FILE... --weights MODEL.h5")
+    if not files:
+        fail("give event files to classify (or --dataset dvs-gesture); see --help")
+    if weights is None:
+        fail(NO_SHIPPED_MODEL)
+    for f in files:
+        if not f.exists():
+            fail(f"{f}: no such file")
+    engine = _load_engine(weights, dtype.value, path.value)
+    results = []
+    with _progress(len(files) > 1 and not as_json) as progress:
+        task = progress.add_task("classifying", total=len(files)) if progress else None
+        for f in files:
+            r = classify_file(engine, str(f), steps=steps,
+                              split_by=split_by.value if split_by else None)
+            results.append(r)
+            if as_json:
+                sys.stdout.write(json.dumps(r.to_json()) + "\n")
+                sys.stdout.flush()
+            if progress:
+                progress.advance(task)
+    if not as_json:
+        _print_results(results, show_layers=layers or len(results) == 1)
+
+
+def _progress(enabled: bool):
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
+
+
+def _print_results(results, show_layers: bool) -> None:
+    table = Table(title="eventformer infer", title_justify="left")
+    for col in ("file", "events", "T", "prediction", "class", "top logit", "time s",
+                "AC", "MAC", "energy uJ"):
+        table.add_column(col, justify="left" if col in ("file", "class") else "right")
+    for r in results:
+        table.add_row(Path(r.file).name, f"{r.events:,}", str(r.steps), str(r.prediction),
+                      r.class_name, f"{float(r.logits.max()):.4f}", f"{r.seconds:.3f}",
+                      f"{r.ops['ac']:,}", f"{r.ops['mac']:,}", f"{r.ops['energy_uj']:.2f}")
+    err.print(table)
+    if show_layers:
+        for r in results:
+            err.print(_layer_table(r))
+
+
+def _layer_table(r) -> Table:
+    t = Table(title=f"{Path(r.file).name}: per layer (AC/MAC counted by the kernels; "
+                    f"SOP = paper estimate fr x T x FLOPs)", title_justify="left")
+    for col in ("layer", "neurons", "spikes", "rate", "in density", "path", "AC", "MAC",
+                "dense MAC", "SOP (paper)"):
+        t.add_column(col, justify="left" if col in ("layer", "path") else "right")
+    for row in r.layers:
+        t.add_row(row["name"], f"{row['neurons']:,}", f"{row['spikes']:,}",
+                  f"{row['firing_rate']:.3f}", f"{row['input_density']:.3f}", row["path"],
+                  f"{row['ac']:,}", f"{row['mac']:,}", f"{row['dense_mac']:,}",
+                  f"{row['sop_paper']:.3g}")
+    o = r.ops
+    t.caption = (f"total AC {o['ac']:,}  MAC {o['mac']:,}  dense MAC {o['dense_mac']:,}  "
+                 f"energy {o['energy_uj']:.2f} uJ (counted) / {o['energy_uj_paper']:.2f} uJ "
+                 f"(paper estimate)  SOP {o['sop_paper']:.3g}")
+    return t
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="Official Spikformer checkpoint (.pth): a "
+                                                "state_dict or {'model': state_dict}."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.h5)."),
+    heads: int = typer.Option(16, "--heads", min=1, help="Attention heads (not in the tensors)."),
+    scale: float = typer.Option(0.25, "--scale", help="Attention scale: 0.25 in the official "
+                                                     "CIFAR10-DVS code, 0.125 in the paper."),
+    steps: int = typer.Option(16, "--steps", "-T", min=1, help="Time steps the model was "
+                                                                "trained with."),
+    split_by: SplitBy = typer.Option(SplitBy.number, "--split-by",
+                                     help="Framing the model was trained with."),
+    image_size: Optional[int] = typer.Option(None, "--image-size",
+                                             help="Input side [default: from pos_embed]."),
+    classes: Optional[str] = typer.Option(None, "--classes",
+                                          help="Class names: dvs-gesture, or a comma list."),
+):
+    """Convert a PyTorch Spikformer checkpoint into an eventformer model file (BN folded)."""
+    from eventformer.datasets import CLASS_SETS
+    from eventformer.modelfile import save
+    from eventformer.modelfile.export import export_checkpoint
+
+    names: tuple = ()
+    if classes:
+        names = CLASS_SETS.get(classes) or tuple(c.strip() for c in classes.split(","))
+    model, report = export_checkpoint(checkpoint, heads=heads, scale=scale, steps=steps,
+                                      image_size=image_size, class_names=names)
+    model.config.split_by = split_by.value
+    if names and len(names) != model.config.num_classes:
+        fail(f"{len(names)} class names for a head with {model.config.num_classes} outputs")
+    save(output, model)
+    cfg = model.config
+    err.print(f"[bold]exported[/] {checkpoint} -> {output}")
+    err.print("  inferred from tensors: " + ", ".join(f"{k}={v}" for k, v in report.inferred.items()))
+    err.print("  from options: " + ", ".join(f"{k}={v}" for k, v in report.given.items())
+              + f", split_by={cfg.split_by}")
+    err.print(f"  {len(report.ignored_keys)} unused keys ignored (pos_embed, LayerNorms, "
+              "num_batches_tracked); BatchNorm folded into conv weight and bias")
+    err.print(f"  {model.parameter_count():,} parameters, {cfg.tokens} tokens, "
+              f"{cfg.heads} heads of {cfg.head_dim}")
+
+
+@app.command()
+@user_errors
+def inspect(
+    model_path: Path = typer.Argument(..., metavar="MODEL.h5", help="Model file to describe."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable on stdout."),
+):
+    """Print a model file's architecture, parameter count, neuron parameters and provenance."""
+    from eventformer.modelfile import load, layer_specs
+
+    m = load(model_path)
+    cfg = m.config
+    info = {"file": str(model_path), "architecture": m.architecture,
+            "config": cfg.to_dict(), "parameters": m.parameter_count(),
+            "provenance": m.provenance,
+            "layers": [{"name": s.name, "kind": s.kind,
+                        "weight": list(m.layers[s.name].weight.shape)
+                        if m.layers[s.name].weight is not None else None,
+                        "tau": m.layers[s.name].tau, "theta": m.layers[s.name].theta,
+                        "reset": "soft" if m.layers[s.name].v_reset is None else "hard"}
+                       for s in layer_specs(cfg)]}
+    if as_json:
+        sys.stdout.write(json.dumps(info) + "\n")
+        return
+    err.print(f"[bold]{model_path}[/]: {m.architecture}, {m.parameter_count():,} parameters")
+    err.print(f"  input {cfg.in_channels}x{cfg.image_size}x{cfg.image_size}, "
+              f"SPS {list(cfg.sps_channels)}, D {cfg.dim}, {cfg.heads} heads, depth {cfg.depth}, "
+              f"MLP {cfg.mlp_hidden}, {cfg.num_classes} classes, {cfg.tokens} tokens")
+    err.print(f"  T {cfg.steps}, split_by {cfg.split_by}, attention {cfg.attention} "
+              f"(scale {cfg.scale}), LIF tau {cfg.tau} theta {cfg.theta} / attn {cfg.attn_theta}")
+    if cfg.class_names:
+        err.print("  classes: " + ", ".join(cfg.class_names))
+    t = Table(title_justify="left")
+    for col in ("layer", "kind", "weight", "tau", "theta", "reset"):
+        t.add_column(col)
+    for row in info["layers"]:
+        t.add_row(row["name"], row["kind"], "x".join(map(str, row["weight"] or [])) or "-",
+                  f"{row['tau']:g}", f"{row['theta']:g}", row["reset"])
+    err.print(t)
+    if m.provenance:
+        err.print("  provenance: " + ", ".join(f"{k}={v}" for k, v in m.provenance.items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,79 @@
+"""Classify event recordings with a model file: the library side of ``eventformer infer``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import EventformerError
+from .events import Recording, frame_events, read_events
+from .models import Spikformer
+from .report import layer_rows, summarize
+
+
+@dataclass
+class Classification:
+    file: str
+    events: int
+    steps: int
+    logits: np.ndarray
+    prediction: int
+    class_name: str
+    layers: list[dict]
+    ops: dict
+    seconds: float
+    duration_us: int
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "events": self.events, "steps": self.steps,
+                "prediction": self.prediction, "class_name": self.class_name,
+                "logits": [float(x) for x in self.logits], "layers": self.layers,
+                "ops": self.ops, "seconds": self.seconds}
+
+
+def frame_recording(rec: Recording, model: Spikformer, steps: int, split_by: str):
+    """Frame a recording into the model's input steps, checking it fits the sensor grid."""
+    size = model.config.image_size
+    if model.config.in_channels != 2:
+        raise EventformerError(f"the model takes {model.config.in_channels} input channels; "
+                               "event recordings give 2 (OFF, ON)")
+    if rec.sensor_size is not None and (rec.sensor_size[0] > size or rec.sensor_size[1] > size):
+        raise EventformerError(
+            f"{rec.path}: sensor {rec.sensor_size[0]}x{rec.sensor_size[1]} is larger than the "
+            f"model's {size}x{size} input")
+    events = rec.events
+    if split_by == "time" and len(events) > 1 and np.any(np.diff(events["t"]) < 0):
+        events = events[np.argsort(events["t"], kind="stable")]
+    try:
+        return frame_events(events, steps, size, size, split_by=split_by)
+    except ValueError as exc:
+        raise EventformerError(f"{rec.path}: {exc}") from None
+
+
+def class_name(model: Spikformer, k: int) -> str:
+    names = model.config.class_names
+    return names[k].strip() if k < len(names) else str(k)
+
+
+def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
+             split_by: str | None = None) -> Classification:
+    steps = steps or model.config.steps
+    split_by = split_by or model.config.split_by
+    frames = frame_recording(rec, model, steps, split_by)
+    model.clear_stats()
+    start = time.perf_counter()
+    logits = model.run(frames)
+    seconds = time.perf_counter() - start
+    stats = model.layer_stats()
+    k = int(np.argmax(logits))
+    return Classification(
+        file=rec.path, events=int(len(rec.events)), steps=steps, logits=logits, prediction=k,
+        class_name=class_name(model, k), layers=layer_rows(stats, steps),
+        ops=summarize(stats, steps), seconds=seconds, duration_us=int(rec.duration_us))
+
+
+def classify_file(model: Spikformer, path: str, **kw) -> Classification:
+    """Read (format from the header bytes), frame and classify one recording."""
+    return classify(model, read_events(path), **kw)

@@ -1,0 +1,282 @@
+"""Naive numpy twins of the Numba kernels in :mod:`eventformer.kernels`.
+
+Each twin computes the same thing as its kernel written the plain way: dense arrays, torch-style
+layouts where natural ([C, H, W] maps, [Cout, Cin, KH, KW] weights), obvious loops. They share no
+code with the kernels, so a test that compares the two checks both the arithmetic and the layout
+conventions. Op counts follow SPEC §5 and are derived here from the dense geometry (which input
+sites feed which outputs), not from the kernels' per-event tap walk.
+
+Helpers at the bottom convert between the kernels' event lists (sorted flat indices into a
+channel-innermost map plus multiplicities) and dense arrays.
+"""
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# geometry
+# --------------------------------------------------------------------------------------------
+
+
+def conv_out_size(size, k, stride, pad):
+    """PyTorch's output size (floor mode)."""
+    return (size + 2 * pad - k) // stride + 1
+
+
+def conv_fanout(h, w, kh, kw, stride, pad):
+    """fanout[y, x] = number of (output position, tap) pairs that read input site (y, x).
+
+    Built by walking every output position and every tap, the way a dense convolution reads its
+    input, so it is independent of the kernels' "which outputs does this input reach" arithmetic.
+    Taps that land in the padding read nothing and are not counted.
+    """
+    ho = conv_out_size(h, kh, stride, pad)
+    wo = conv_out_size(w, kw, stride, pad)
+    fan = np.zeros((h, w), np.int64)
+    for oy in range(ho):
+        for ox in range(wo):
+            for ky in range(kh):
+                iy = oy * stride - pad + ky
+                if not 0 <= iy < h:
+                    continue
+                for kx in range(kw):
+                    ix = ox * stride - pad + kx
+                    if 0 <= ix < w:
+                        fan[iy, ix] += 1
+    return fan
+
+
+# --------------------------------------------------------------------------------------------
+# convolution
+# --------------------------------------------------------------------------------------------
+
+
+def conv2d(x, weight, stride, pad, bias=None):
+    """Dense 2-D cross-correlation: x [Cin, H, W], weight [Cout, Cin, KH, KW] -> [Cout, Ho, Wo].
+
+    Zero padding, PyTorch semantics. Accumulates in the dtype of ``weight``.
+    """
+    cin, h, w = x.shape
+    cout, cin_w, kh, kw = weight.shape
+    assert cin == cin_w
+    ho = conv_out_size(h, kh, stride, pad)
+    wo = conv_out_size(w, kw, stride, pad)
+    dt = weight.dtype
+    xp = np.zeros((cin, h + 2 * pad, w + 2 * pad), dt)
+    xp[:, pad:pad + h, pad:pad + w] = x
+    out = np.zeros((cout, ho, wo), dt)
+    if bias is not None:
+        out += np.asarray(bias, dt)[:, None, None]
+    for oy in range(ho):
+        for ox in range(wo):
+            patch = xp[:, oy * stride:oy * stride + kh, ox * stride:ox * stride + kw]
+            for co in range(cout):
+                out[co, oy, ox] += np.sum(patch * weight[co], dtype=dt)
+    return out
+
+
+def conv2d_ops(x, kh, kw, cout, stride, pad, weighted):
+    """SPEC §5 op count of an event-driven convolution of the dense count map x [Cin, H, W].
+
+    Not weighted (spikes, integer residual values): ac = sum over events of multiplicity x valid
+    taps x Cout. Weighted (raw counts into the first layer): mac = events x valid taps x Cout.
+    """
+    _, h, w = x.shape
+    fan = conv_fanout(h, w, kh, kw, stride, pad)
+    xi = np.asarray(x).astype(np.int64)
+    if weighted:
+        return int(np.sum((xi != 0) * fan[None]) * cout)
+    return int(np.sum(xi * fan[None]) * cout)
+
+
+# --------------------------------------------------------------------------------------------
+# linear (token-wise 1x1)
+# --------------------------------------------------------------------------------------------
+
+
+def linear(x, weight):
+    """x [N, Cin] @ weight [Cin, Cout] -> [N, Cout], plain loops over the contraction."""
+    n, cin = x.shape
+    out = np.zeros((n, weight.shape[1]), weight.dtype)
+    for c in range(cin):
+        out += np.outer(x[:, c].astype(weight.dtype), weight[c])
+    return out
+
+
+def linear_ops(cnt, cout, weighted):
+    """ac = sum(cnt) x Cout; mac = events x Cout when weighted."""
+    cnt = np.asarray(cnt, np.int64)
+    if weighted:
+        return int(cnt.shape[0]) * cout
+    return int(cnt.sum()) * cout
+
+
+# --------------------------------------------------------------------------------------------
+# LIF neuron
+# --------------------------------------------------------------------------------------------
+
+
+def lif(v, x, tau_inv, theta, v_reset, hard_reset, decay_input):
+    """One LIF step, element by element, all arithmetic in the dtype of ``v``.
+
+    Returns (new v, spike mask, neuron_updates). ``v_reset`` is ignored for a soft reset.
+    decay_input True:  H = V + (X - (V - v_reset)) * (1/tau)  (hard; v_reset 0 gives V + (X - V)/tau)
+                       H = V + (X - V) * (1/tau)              (soft)
+    decay_input False: H = V - (V - v_reset) * (1/tau) + X    (hard)
+                       H = V * (1 - 1/tau) + X                (soft)
+    S = H >= theta; hard: V = v_reset on a spike, soft: V = H - theta on a spike.
+    """
+    dt = v.dtype.type
+    inv = dt(tau_inv)
+    th = dt(theta)
+    vr = dt(v_reset)
+    keep = dt(dt(1.0) - inv)
+    new_v = np.empty_like(v)
+    spikes = np.zeros(v.shape, bool)
+    for i in range(v.shape[0]):
+        vi = dt(v[i])
+        xi = dt(x[i])
+        if decay_input and hard_reset:
+            h = dt(vi + dt(dt(xi - dt(vi - vr)) * inv))
+        elif decay_input:
+            h = dt(vi + dt(dt(xi - vi) * inv))
+        elif hard_reset:
+            h = dt(dt(vi - dt(dt(vi - vr) * inv)) + xi)
+        else:
+            h = dt(dt(vi * keep) + xi)
+        s = bool(h >= th)
+        spikes[i] = s
+        if s:
+            new_v[i] = vr if hard_reset else dt(h - th)
+        else:
+            new_v[i] = h
+    return new_v, spikes, v.shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# index-list plumbing
+# --------------------------------------------------------------------------------------------
+
+
+def maxpool2d(x, k, stride, pad):
+    """Dense max-pool of x [C, H, W] with -inf padding (PyTorch semantics, floor mode)."""
+    c, h, w = x.shape
+    ho = conv_out_size(h, k, stride, pad)
+    wo = conv_out_size(w, k, stride, pad)
+    xp = np.full((c, h + 2 * pad, w + 2 * pad), -np.inf)
+    xp[:, pad:pad + h, pad:pad + w] = x
+    out = np.empty((c, ho, wo))
+    for oy in range(ho):
+        for ox in range(wo):
+            win = xp[:, oy * stride:oy * stride + k, ox * stride:ox * stride + k]
+            out[:, oy, ox] = win.reshape(c, -1).max(axis=1)
+    return out
+
+
+def merge_add(size, idx_a, cnt_a, idx_b, cnt_b):
+    """Dense sum of two event lists over ``size`` sites, back as (sorted idx, cnt > 0)."""
+    dense = np.zeros(size, np.int64)
+    np.add.at(dense, np.asarray(idx_a, np.int64), np.asarray(cnt_a, np.int64))
+    np.add.at(dense, np.asarray(idx_b, np.int64), np.asarray(cnt_b, np.int64))
+    nz = np.flatnonzero(dense)
+    return nz, dense[nz]
+
+
+def channel_sums(x):
+    """Column sums of a dense [N, C] map."""
+    return np.asarray(x).sum(axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# spiking self-attention
+# --------------------------------------------------------------------------------------------
+
+
+def ssa(q, k, v, heads, scale, dtype):
+    """Y = (Q_h @ K_h^T) @ V_h * scale per head on dense 0/1 [N, D] maps -> [N, D] in ``dtype``.
+
+    Integer products throughout; one multiply by ``scale`` (rounded to ``dtype``) at the end.
+    Also returns the per-head attention maps (Q_h K_h^T, int64 [heads, N, N]).
+    """
+    n, dim = q.shape
+    d = dim // heads
+    y = np.zeros((n, dim), np.int64)
+    maps = np.zeros((heads, n, n), np.int64)
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        qh = q[:, sl].astype(np.int64)
+        kh = k[:, sl].astype(np.int64)
+        vh = v[:, sl].astype(np.int64)
+        a = qh @ kh.T
+        maps[h] = a
+        y[:, sl] = a @ vh
+    dt = np.dtype(dtype).type
+    return y.astype(dtype) * dt(scale), maps
+
+
+def ssa_ops(q, k, v, heads, order_used):
+    """Work counted as ``ac`` by the SSA kernel, per head in the order it used.
+
+    pairs order (1): one add per (query channel, key token sharing it), plus, for every non-zero
+    map entry a_ij, a_ij adds into each of key token j's active V channels.
+    kv order (2): one add per (key channel, value channel) co-activation of a token, plus d adds
+    per active query channel.
+    """
+    n, dim = q.shape
+    d = dim // heads
+    total = 0
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        qh = q[:, sl].astype(np.int64)
+        kh = k[:, sl].astype(np.int64)
+        vh = v[:, sl].astype(np.int64)
+        if order_used[h] == 1:
+            a = qh @ kh.T
+            total += int(a.sum()) + int((a * vh.sum(axis=1)[None, :]).sum())
+        else:
+            total += int((kh.sum(axis=1) * vh.sum(axis=1)).sum()) + int(qh.sum()) * d
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# layout helpers
+# --------------------------------------------------------------------------------------------
+
+
+def events_to_hwc(idx, cnt, h, w, c):
+    """Event list over an HWC map -> dense int64 [C, H, W] (torch layout)."""
+    flat = np.zeros(h * w * c, np.int64)
+    flat[np.asarray(idx, np.int64)] = np.asarray(cnt, np.int64)
+    return flat.reshape(h, w, c).transpose(2, 0, 1)
+
+
+def chw_to_events(x):
+    """Dense [C, H, W] -> sorted (idx, cnt) over the HWC flat layout, zeros dropped."""
+    flat = np.asarray(x).transpose(1, 2, 0).reshape(-1)
+    nz = np.flatnonzero(flat)
+    return nz.astype(np.int32), flat[nz].astype(np.int32)
+
+
+def events_to_tokens(idx, cnt, n, c):
+    """Event list over [token, channel] -> dense int64 [N, C]."""
+    flat = np.zeros(n * c, np.int64)
+    flat[np.asarray(idx, np.int64)] = np.asarray(cnt, np.int64)
+    return flat.reshape(n, c)
+
+
+def tokens_to_events(x):
+    """Dense [N, C] -> sorted (idx, cnt), zeros dropped."""
+    flat = np.asarray(x).reshape(-1)
+    nz = np.flatnonzero(flat)
+    return nz.astype(np.int32), flat[nz].astype(np.int32)
+
+
+def conv_weight_scatter_rows(weight):
+    """torch [Cout, Cin, KH, KW] -> the scatter kernel's rows [(c*KH + ky)*KW + kx, Cout]."""
+    cout = weight.shape[0]
+    return np.ascontiguousarray(weight.transpose(1, 2, 3, 0).reshape(-1, cout))
+
+
+def conv_weight_dense_rows(weight):
+    """torch [Cout, Cin, KH, KW] -> the GEMM path's rows [(ky*KW + kx)*Cin + c, Cout]."""
+    cout = weight.shape[0]
+    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(-1, cout))

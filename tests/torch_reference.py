@@ -1,0 +1,573 @@
+"""Plain-PyTorch reference of Spikformer-DVS (SPEC §1 LIF, §2 architecture).
+
+This file is the ground truth the event-driven engine is compared against. It reproduces the forward
+pass of the official Spikformer CIFAR10-DVS model (``cifar10dvs/model.py`` of the Spikformer
+repository, SpikingJelly 0.0.0.0.14 ``MultiStepLIFNode(tau=2.0, detach_reset=True)``, torch backend)
+without SpikingJelly, timm or torchvision, op for op, so that float32 results match the official
+code bit for bit wherever the underlying torch kernels do.
+
+Layout conventions (the same as the official code):
+
+* activations are time-major: ``[T, B, ...]``; convolutions and BatchNorms run on ``[T*B, ...]``
+  (time flattened into the batch), LIFs run on ``[T, B, ...]`` and loop over ``T``;
+* tokens: after the SPS the ``[C, 8, 8]`` map is flattened to ``[C, N]`` with token
+  ``n = 8 * row + col`` (``grid * row + col`` in general);
+* heads: channel ``c = d * h + j`` belongs to head ``h`` (``d = dim // heads``), index ``j``.
+
+Forward pass (names are the official module names, hence the checkpoint keys)::
+
+    SPS   for each stage i (names proj_conv, proj_conv1, proj_conv2, ...):
+              x = MaxPool(k3, s2, p1)(LIF(BN(Conv2d k3 p1, no bias)(x)))
+          x_feat = x                                   # [T, B, D, g, g] spikes, g = size / 2**stages
+          x = LIF(rpe_bn(rpe_conv(x_feat))) + x_feat   # values 0..2
+          x = x.flatten(-2)                            # [T, B, D, N]
+    Block x = x + SSA(x); x = x + MLP(x)               # integer-valued residual stream
+    SSA   q, k, v = LIF(BN1d(Conv1d k1, no bias)(x))   # spikes, theta 1
+          per head: y = ((q @ k^T) * scale) @ v        # [T, B, h, N, d], exact in float
+          y = attn_lif(heads merged back)              # theta 0.5
+          out = LIF(proj_bn(proj_conv(y)))             # Conv1d k1 with bias
+    MLP   out = LIF(fc2_bn(fc2_conv(LIF(fc1_bn(fc1_conv(x))))))   # Conv1d k1 with bias, hidden 4 D
+    head  logits = Linear(x.mean(over tokens).mean(over T))
+
+BatchNorms are evaluated as BatchNorms (not folded) in eval mode, as the official code does. The
+``pos_embed``, ``block.{i}.norm{1,2}`` and ``norm`` tensors exist only so that official state dicts
+load with ``strict=True``; they take no part in the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "RefConfig",
+    "lif_multistep",
+    "LIF",
+    "SPS",
+    "SSA",
+    "MLP",
+    "Block",
+    "SpikformerRef",
+    "load_official_checkpoint",
+    "random_state_dict",
+    "calibrate_bn_",
+    "fold_bn",
+    "lif_names",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RefConfig:
+    """Every shape and constant of a Spikformer-DVS layout. Defaults = the official DVS model."""
+
+    in_channels: int = 2
+    image_size: int = 128
+    sps_channels: tuple[int, ...] = (32, 64, 128, 256)  # one entry per SPS stage; last == dim
+    dim: int = 256
+    heads: int = 16
+    depth: int = 2
+    mlp_ratio: float = 4
+    num_classes: int = 11
+    scale: float = 0.25  # SSA scale: 0.25 in the official CIFAR10-DVS code, 0.125 in the paper
+    tau: float = 2.0
+    theta: float = 1.0  # every LIF except the attention LIF
+    attn_theta: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.sps_channels = tuple(int(c) for c in self.sps_channels)
+        if not self.sps_channels:
+            raise ValueError("at least one SPS stage is required")
+        if self.sps_channels[-1] != self.dim:
+            raise ValueError(f"last SPS stage must output dim={self.dim}, got {self.sps_channels}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.image_size % (2**self.stages):
+            raise ValueError(f"image size {self.image_size} is not divisible by 2**{self.stages}")
+
+    @property
+    def stages(self) -> int:
+        return len(self.sps_channels)
+
+    @property
+    def grid(self) -> int:
+        """Side of the token grid: image_size / 2**stages (8 for the official model)."""
+        return self.image_size // 2**self.stages
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def hidden(self) -> int:
+        return int(self.dim * self.mlp_ratio)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        sd: Mapping[str, Tensor],
+        heads: int = 16,
+        scale: float = 0.25,
+        image_size: int | None = None,
+        **overrides,
+    ) -> "RefConfig":
+        """Infer the layout from tensor shapes. ``heads`` and ``scale`` are not visible in shapes.
+
+        The image size follows from ``pos_embed`` ([1, N, D], N = (image_size / 2**stages)**2)
+        unless ``image_size`` is given explicitly.
+        """
+        sd = _unwrap(sd)
+        stage_w = []
+        for i in range(64):
+            key = f"patch_embed.{_stage_name('proj_conv', i)}.weight"
+            if key not in sd:
+                break
+            stage_w.append(sd[key])
+        if not stage_w:
+            raise KeyError("no patch_embed.proj_conv.weight in state dict")
+        sps_channels = tuple(int(w.shape[0]) for w in stage_w)
+        dim = int(sd["patch_embed.rpe_conv.weight"].shape[0])
+        depth = 1 + max(
+            (int(m.group(1)) for k in sd if (m := re.match(r"block\.(\d+)\.", k))), default=-1
+        )
+        if depth > 0:
+            mlp_ratio = sd["block.0.mlp.fc1_conv.weight"].shape[0] / dim
+            if mlp_ratio == int(mlp_ratio):
+                mlp_ratio = int(mlp_ratio)
+        else:
+            mlp_ratio = 4
+        if image_size is None:
+            if "pos_embed" not in sd:
+                raise ValueError("state dict has no pos_embed: pass image_size explicitly")
+            n = int(sd["pos_embed"].shape[1])
+            g = math.isqrt(n)
+            if g * g != n:
+                raise ValueError(f"pos_embed has {n} tokens, not a square grid")
+            image_size = g * 2 ** len(sps_channels)
+        kw = dict(
+            in_channels=int(stage_w[0].shape[1]),
+            image_size=int(image_size),
+            sps_channels=sps_channels,
+            dim=dim,
+            heads=heads,
+            depth=depth,
+            mlp_ratio=mlp_ratio,
+            num_classes=int(sd["head.weight"].shape[0]),
+            scale=scale,
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+
+def _stage_name(prefix: str, i: int) -> str:
+    """Official SPS naming: proj_conv, proj_conv1, proj_conv2, ..."""
+    return prefix if i == 0 else f"{prefix}{i}"
+
+
+def _unwrap(sd: Mapping) -> Mapping[str, Tensor]:
+    if "model" in sd and isinstance(sd["model"], Mapping):
+        return sd["model"]
+    return sd
+
+
+# --------------------------------------------------------------------------------------------------
+# Neuron
+# --------------------------------------------------------------------------------------------------
+
+
+def lif_multistep(x: Tensor, tau: float = 2.0, theta: float = 1.0) -> Tensor:
+    """SpikingJelly 0.0.0.0.14 ``MultiStepLIFNode`` (decay_input=True, v_reset=0, hard reset), V0 = 0.
+
+    ``x`` is ``[T, ...]`` (the charging input of every step); returns spikes (0./1.) of the same
+    shape and dtype. Per step, in exactly this order of float operations (SPEC §1)::
+
+        h = v + (x - v) / tau
+        s = (h - theta >= 0)
+        v = h * (1 - s)
+    """
+    v = torch.zeros_like(x[0])
+    out = torch.empty_like(x)
+    for t in range(x.shape[0]):
+        h = v + (x[t] - v) / tau
+        s = (h - theta >= 0).to(x.dtype)
+        v = h * (1.0 - s)
+        out[t] = s
+    return out
+
+
+class LIF(nn.Module):
+    """Parameter-free module wrapper of :func:`lif_multistep` (input and output ``[T, B, ...]``)."""
+
+    def __init__(self, tau: float = 2.0, theta: float = 1.0):
+        super().__init__()
+        self.tau = tau
+        self.theta = theta
+
+    def forward(self, x: Tensor) -> Tensor:
+        return lif_multistep(x, self.tau, self.theta)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, theta={self.theta}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+
+class SPS(nn.Module):
+    """Spiking patch splitting: conv stages with LIF and max-pool, then the relative position conv."""
+
+    def __init__(self, cfg: RefConfig):
+        super().__init__()
+        self.stages = cfg.stages
+        c_in = cfg.in_channels
+        for i, c in enumerate(cfg.sps_channels):
+            setattr(self, _stage_name("proj_conv", i), nn.Conv2d(c_in, c, 3, 1, 1, bias=False))
+            setattr(self, _stage_name("proj_bn", i), nn.BatchNorm2d(c))
+            setattr(self, _stage_name("proj_lif", i), LIF(cfg.tau, cfg.theta))
+            setattr(self, _stage_name("maxpool", i), nn.MaxPool2d(3, 2, 1))
+            c_in = c
+        self.rpe_conv = nn.Conv2d(cfg.dim, cfg.dim, 3, 1, 1, bias=False)
+        self.rpe_bn = nn.BatchNorm2d(cfg.dim)
+        self.rpe_lif = LIF(cfg.tau, cfg.theta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        T, B = x.shape[:2]
+        x = x.flatten(0, 1)  # [T*B, C, H, W]
+        for i in range(self.stages):
+            conv = getattr(self, _stage_name("proj_conv", i))
+            bn = getattr(self, _stage_name("proj_bn", i))
+            lif = getattr(self, _stage_name("proj_lif", i))
+            pool = getattr(self, _stage_name("maxpool", i))
+            x = bn(conv(x))
+            x = lif(x.reshape(T, B, *x.shape[1:]).contiguous()).flatten(0, 1).contiguous()
+            x = pool(x)
+        x_feat = x.reshape(T, B, *x.shape[1:]).contiguous()
+        x = self.rpe_bn(self.rpe_conv(x))
+        x = self.rpe_lif(x.reshape(T, B, *x.shape[1:]).contiguous())
+        x = x + x_feat
+        return x.flatten(-2)  # [T, B, D, N], token n = grid * row + col
+
+
+class SSA(nn.Module):
+    """Spiking self-attention (official CIFAR10-DVS variant: Conv1d k1 projections)."""
+
+    def __init__(self, cfg: RefConfig):
+        super().__init__()
+        D = cfg.dim
+        self.heads = cfg.heads
+        self.scale = cfg.scale
+        for n in ("q", "k", "v"):
+            setattr(self, f"{n}_conv", nn.Conv1d(D, D, 1, 1, bias=False))
+            setattr(self, f"{n}_bn", nn.BatchNorm1d(D))
+            setattr(self, f"{n}_lif", LIF(cfg.tau, cfg.theta))
+        self.attn_lif = LIF(cfg.tau, cfg.attn_theta)
+        self.proj_conv = nn.Conv1d(D, D, 1, 1)
+        self.proj_bn = nn.BatchNorm1d(D)
+        self.proj_lif = LIF(cfg.tau, cfg.theta)
+
+    def _qkv(self, x_flat: Tensor, n: str, T: int, B: int) -> Tensor:
+        C, N = x_flat.shape[1:]
+        y = getattr(self, f"{n}_bn")(getattr(self, f"{n}_conv")(x_flat))
+        y = getattr(self, f"{n}_lif")(y.reshape(T, B, C, N).contiguous())
+        # [T, B, C, N] -> [T, B, heads, N, d]; channel c = d * h + j
+        return (
+            y.transpose(-1, -2)
+            .reshape(T, B, N, self.heads, C // self.heads)
+            .permute(0, 1, 3, 2, 4)
+            .contiguous()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        T, B, C, N = x.shape
+        x_flat = x.flatten(0, 1)
+        q = self._qkv(x_flat, "q", T, B)
+        k = self._qkv(x_flat, "k", T, B)
+        v = self._qkv(x_flat, "v", T, B)
+        attn = (q @ k.transpose(-2, -1)) * self.scale  # [T, B, h, N, N]
+        x = attn @ v  # [T, B, h, N, d]
+        x = x.transpose(3, 4).reshape(T, B, C, N).contiguous()  # heads merged back: c = d * h + j
+        x = self.attn_lif(x)
+        x = x.flatten(0, 1)
+        x = self.proj_bn(self.proj_conv(x)).reshape(T, B, C, N)
+        return self.proj_lif(x)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: RefConfig):
+        super().__init__()
+        D, Hd = cfg.dim, cfg.hidden
+        self.fc1_conv = nn.Conv1d(D, Hd, 1, 1)
+        self.fc1_bn = nn.BatchNorm1d(Hd)
+        self.fc1_lif = LIF(cfg.tau, cfg.theta)
+        self.fc2_conv = nn.Conv1d(Hd, D, 1, 1)
+        self.fc2_bn = nn.BatchNorm1d(D)
+        self.fc2_lif = LIF(cfg.tau, cfg.theta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        T, B, C, N = x.shape
+        x = self.fc1_bn(self.fc1_conv(x.flatten(0, 1)))
+        x = self.fc1_lif(x.reshape(T, B, -1, N).contiguous())
+        x = self.fc2_bn(self.fc2_conv(x.flatten(0, 1)))
+        return self.fc2_lif(x.reshape(T, B, C, N).contiguous())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RefConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)  # unused (exists in the official checkpoint)
+        self.attn = SSA(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim)  # unused
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(x)
+        x = x + self.mlp(x)
+        return x
+
+
+class SpikformerRef(nn.Module):
+    """Spikformer-DVS. ``forward(frames [T, B, C, H, W]) -> logits [B, classes]``.
+
+    ``forward(frames, record=True)`` returns ``(logits, spikes)`` where ``spikes`` maps every LIF's
+    module name (``patch_embed.proj_lif``, ..., ``block.0.attn.attn_lif``, ...) to its output
+    ``[T, B, ...]`` in the layout of the torch code: ``[T, B, C, H, W]`` for SPS stages (before the
+    max-pool), ``[T, B, D, g, g]`` for ``rpe_lif``, ``[T, B, C, N]`` for the blocks (heads merged,
+    ``c = d * h + j``), including ``attn_lif``.
+    """
+
+    def __init__(self, cfg: RefConfig | None = None):
+        super().__init__()
+        cfg = cfg or RefConfig()
+        self.cfg = cfg
+        self.patch_embed = SPS(cfg)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))  # unused
+        self.block = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(cfg.dim)  # unused
+        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+
+    def lif_names(self) -> list[str]:
+        """Names of all LIF modules in forward order."""
+        return [n for n, m in self.named_modules() if isinstance(m, LIF)]
+
+    def forward(self, frames: Tensor, record: bool = False):
+        if frames.dim() != 5:
+            raise ValueError(f"frames must be [T, B, C, H, W], got {tuple(frames.shape)}")
+        spikes: dict[str, Tensor] = {}
+        handles = []
+        if record:
+            for name, m in self.named_modules():
+                if isinstance(m, LIF):
+                    handles.append(m.register_forward_hook(_recorder(spikes, name)))
+        try:
+            x = self.patch_embed(frames.to(self.head.weight.dtype))
+            for blk in self.block:
+                x = blk(x)
+            x = x.mean(3)  # over tokens: [T, B, D]
+            logits = self.head(x.mean(0))  # over steps, then Linear
+        finally:
+            for h in handles:
+                h.remove()
+        return (logits, spikes) if record else logits
+
+
+def _recorder(store: dict, name: str):
+    def hook(module, inputs, output):
+        store[name] = output.detach()
+
+    return hook
+
+
+def lif_names(cfg: RefConfig) -> list[str]:
+    """LIF module names of a configuration, in forward order (the golden file's keys)."""
+    names = [f"patch_embed.{_stage_name('proj_lif', i)}" for i in range(cfg.stages)]
+    names.append("patch_embed.rpe_lif")
+    for b in range(cfg.depth):
+        names += [f"block.{b}.attn.{n}_lif" for n in ("q", "k", "v", "attn", "proj")]
+        names += [f"block.{b}.mlp.fc1_lif", f"block.{b}.mlp.fc2_lif"]
+    return names
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def load_official_checkpoint(
+    path: str | Path, heads: int = 16, scale: float = 0.25, image_size: int | None = None
+) -> SpikformerRef:
+    """Load an official-format checkpoint (``state_dict`` or ``{'model': state_dict}``), strict,
+    in eval mode, float32."""
+    sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    model = SpikformerRef(RefConfig.from_state_dict(sd, heads=heads, scale=scale, image_size=image_size))
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def random_state_dict(config: RefConfig, seed: int = 0) -> dict[str, Tensor]:
+    """State dict of a freshly built model under ``torch.manual_seed(seed)`` (torch default inits:
+    kaiming-uniform convs/linear, BN gamma 1, beta 0, running mean 0, var 1; pos_embed zeros)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = SpikformerRef(config)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# BatchNorm calibration
+# --------------------------------------------------------------------------------------------------
+
+
+def _bn_lif_pairs(model: SpikformerRef) -> list[tuple[str, nn.Module, LIF]]:
+    """(lif name, BatchNorm, LIF) for every BatchNorm that feeds a LIF, in forward order."""
+    mods = dict(model.named_modules())
+    pairs = []
+    for name in model.lif_names():
+        parent, _, leaf = name.rpartition(".")
+        bn_name = f"{parent}.{leaf.replace('_lif', '_bn')}"
+        if bn_name in mods:  # attn_lif has no BatchNorm
+            pairs.append((name, mods[bn_name], mods[name]))
+    return pairs
+
+
+def _lif_rate(y: Tensor, lif: LIF) -> float:
+    return lif_multistep(y, lif.tau, lif.theta).mean(dtype=torch.float64).item()
+
+
+@torch.no_grad()
+def calibrate_bn_(
+    model: SpikformerRef,
+    frames_list: Iterable[Tensor] | Tensor,
+    target_rate: float = 0.15,
+    eval: bool = True,
+    tol: float = 0.002,
+    max_iter: int = 40,
+) -> dict[str, float]:
+    """Re-set every BatchNorm that feeds a LIF so that the LIF fires at about ``target_rate``.
+
+    ``frames_list``: ``[T, C, H, W]`` samples and/or ``[T, B, C, H, W]`` batches of the same T and
+    size (concatenated along the batch). Layers are processed in forward order within ONE forward
+    pass: a forward pre-hook on each such BatchNorm sees the BN's actual input (computed with all
+    earlier layers already calibrated) and, before the BN runs,
+
+    1. sets ``running_mean`` / ``running_var`` to the per-channel mean and (biased) variance of that
+       input over the data (all steps, samples and positions), so the BN output is
+       ``gamma * standardised + beta``;
+    2. finds ONE shift ``delta``, shared by all channels, added to the per-channel ``beta`` (bias),
+       by bisection on the firing rate of this layer's LIF alone (run on the cached BN output; the
+       network is not re-run), until the rate is within ``tol`` of the target.
+
+    Gamma is left as is. Returns the achieved rate per LIF name. ``eval=True`` leaves the model in
+    eval mode (what the calibrated statistics are for); ``eval=False`` restores the mode it had.
+    """
+    if isinstance(frames_list, Tensor):
+        frames_list = [frames_list]
+    batch = [f if f.dim() == 5 else f.unsqueeze(1) for f in frames_list]
+    frames = torch.cat(batch, dim=1)
+    T = frames.shape[0]
+    was_training = model.training
+    model.eval()
+    rates: dict[str, float] = {}
+
+    def make_hook(name: str, lif: LIF):
+        def hook(bn, inputs):
+            (x,) = inputs  # [T*B, C, ...]
+            dims = [d for d in range(x.dim()) if d != 1]
+            xd = x.double()
+            mean = xd.mean(dim=dims)
+            var = xd.var(dim=dims, unbiased=False)
+            bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+            bn.running_var.copy_(var.to(bn.running_var.dtype))
+            bn.num_batches_tracked.zero_()
+            beta0 = bn.bias.detach().clone()
+            bn.bias.zero_()
+            y0 = bn(x)  # BN output without beta, evaluated exactly as the forward will
+            y0 = y0.reshape(T, -1, *y0.shape[1:])
+            shape = [1, 1, -1] + [1] * (y0.dim() - 3)
+            base = y0 + beta0.reshape(shape)
+
+            def rate(delta: float) -> float:
+                return _lif_rate(base + delta, lif)
+
+            lo, hi = -1.0, 1.0
+            while rate(lo) > target_rate and lo > -1e4:
+                lo *= 2
+            while rate(hi) < target_rate and hi < 1e4:
+                hi *= 2
+            delta, r = 0.5 * (lo + hi), None
+            for _ in range(max_iter):
+                delta = 0.5 * (lo + hi)
+                r = rate(delta)
+                if abs(r - target_rate) <= tol:
+                    break
+                if r < target_rate:
+                    lo = delta
+                else:
+                    hi = delta
+            bn.bias.copy_(beta0 + delta)
+            rates[name] = r if r is not None else rate(delta)
+
+        return hook
+
+    handles = [bn.register_forward_pre_hook(make_hook(n, lif)) for n, bn, lif in _bn_lif_pairs(model)]
+    try:
+        model(frames)
+    finally:
+        for h in handles:
+            h.remove()
+    if not eval and was_training:
+        model.train()
+    return rates
+
+
+# --------------------------------------------------------------------------------------------------
+# BatchNorm folding (the independent fold the engine's exporter is checked against)
+# --------------------------------------------------------------------------------------------------
+
+
+def fold_bn(
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    bn_state: Mapping[str, Tensor] | nn.Module,
+    eps: float = 1e-5,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding conv: ``BN(conv(x)) == conv'(x)``.
+
+    ``w' = w * g``, ``b' = (b - running_mean) * g + beta`` with ``g = gamma / sqrt(running_var + eps)``
+    (per output channel, ``b = 0`` when the conv has no bias). Computed in float64, returned in
+    ``dtype``. ``bn_state`` is a BatchNorm module or a mapping with keys ``weight``, ``bias``,
+    ``running_mean``, ``running_var`` (extra keys such as ``num_batches_tracked`` are ignored).
+    """
+    if isinstance(bn_state, nn.Module):
+        bn_state = bn_state.state_dict()
+    w = conv_weight.detach().to(torch.float64)
+    b = (
+        torch.zeros(w.shape[0], dtype=torch.float64)
+        if conv_bias is None
+        else conv_bias.detach().to(torch.float64)
+    )
+    gamma = bn_state["weight"].detach().to(torch.float64)
+    beta = bn_state["bias"].detach().to(torch.float64)
+    mean = bn_state["running_mean"].detach().to(torch.float64)
+    var = bn_state["running_var"].detach().to(torch.float64)
+    g = gamma / torch.sqrt(var + eps)
+    w_f = w * g.reshape(-1, *([1] * (w.dim() - 1)))
+    b_f = (b - mean) * g + beta
+    return w_f.to(dtype), b_f.to(dtype)
