@@ -1,0 +1,1 @@
+"""Benchmarks: calibrated full-size models, the dense PyTorch baseline, and the scatter roofline."""
