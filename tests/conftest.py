@@ -1,0 +1,30 @@
+"""Shared test fixtures: where ../shared is, and skip reasons when it or torch is absent."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GESTURE_DIR = SHARED / "data" / "events" / "dvs-gesture"
+MODELS_DIR = SHARED / "data" / "models"
+OFFICIAL_CKPT = MODELS_DIR / "spikformer-dvs-calibrated.pth"
+GOLDEN = MODELS_DIR / "spikformer-dvs-calibrated.golden.json"
+
+# the plain-torch reference lives beside the tests
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def need_gesture():
+    if not GESTURE_DIR.is_dir():
+        pytest.skip(f"real DVS Gesture segments not found at {GESTURE_DIR} (../shared is absent)")
+    return GESTURE_DIR
+
+
+def need_official():
+    if not OFFICIAL_CKPT.is_file() or not GOLDEN.is_file():
+        pytest.skip(f"official checkpoint and golden outputs not found in {MODELS_DIR}")
+    need_gesture()

@@ -1,0 +1,157 @@
+"""The engine against the plain-torch reference of SPEC §2 (tests/torch_reference.py).
+
+- float64, weights and biases on a 2^-8 grid: every spike of every layer at every step and the
+  logits are identical, on both kernel paths (sums of grid values are exact in any order).
+- float32, the official checkpoint on the real DVS Gesture segments: >= 99.99% of neuron-steps
+  agree in every layer, logits within 1e-3, identical predictions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import OFFICIAL_CKPT, need_gesture, need_official  # noqa: E402
+from torch_reference import (RefConfig, SpikformerRef, calibrate_bn_,  # noqa: E402
+                             load_official_checkpoint, random_state_dict)
+
+from eventformer.events import dense_frames, frame_events, read_events  # noqa: E402
+from eventformer.layers import PathPolicy  # noqa: E402
+from eventformer.modelfile.export import export_checkpoint  # noqa: E402
+from eventformer.models import Spikformer  # noqa: E402
+
+TINY = RefConfig(image_size=32, sps_channels=(16, 32), dim=32, heads=4, depth=2, num_classes=5)
+GRID = 2.0 ** -8
+
+
+def random_events(rng, n, size, duration_us=100_000):
+    ev = np.zeros(n, dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
+    ev["t"] = np.sort(rng.integers(0, duration_us, n))
+    # a moving blob plus noise: spatially clustered like a gesture
+    cx = (size / 2 + size / 4 * np.sin(ev["t"] / duration_us * 6.28)).astype(int)
+    ev["x"] = np.clip(cx + rng.normal(0, size / 8, n), 0, size - 1).astype(int)
+    ev["y"] = np.clip(size / 2 + rng.normal(0, size / 6, n), 0, size - 1).astype(int)
+    ev["p"] = rng.integers(0, 2, n)
+    return ev
+
+
+def record_engine_spikes(engine: Spikformer) -> dict[str, list[np.ndarray]]:
+    """Capture every layer's spike indices per step (wrapping each layer's neurons)."""
+    store: dict[str, list[np.ndarray]] = {}
+    for layer in engine.layers:
+        fire = layer.neurons.fire
+
+        def wrapped(current, counters, _fire=fire, _name=layer.name):
+            out = _fire(current, counters)
+            store.setdefault(_name, []).append(out.copy())
+            return out
+
+        layer.neurons.fire = wrapped
+    return store
+
+
+def ref_spike_sets(spikes: dict, name: str) -> list[np.ndarray]:
+    """Reference spikes of one layer as per-step flat indices in the engine's layout."""
+    s = spikes[name][:, 0].double().numpy()  # [T, C, H, W] or [T, C, N]
+    if s.ndim == 4:
+        s = s.transpose(0, 2, 3, 1)  # HWC
+    else:
+        s = s.transpose(0, 2, 1)  # [token, channel]
+    return [np.flatnonzero(step.reshape(-1)) for step in s]
+
+
+def grid_model_pair(tmp_path, seed=0):
+    """A calibrated tiny checkpoint exported, its folded weights rounded to the 2^-8 grid, and a
+    reference whose convs carry exactly those weights (BatchNorm turned into a pure bias)."""
+    rng = np.random.default_rng(seed)
+    cfg = TINY
+    ref = SpikformerRef(cfg)
+    ref.load_state_dict(random_state_dict(cfg, seed))
+    samples = [random_events(rng, 6000, cfg.image_size) for _ in range(3)]
+    frames = [torch.from_numpy(dense_frames(e, 8, 32, 32)).float()[:, None] for e in samples]
+    calibrate_bn_(ref, frames, 0.15)
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"model": ref.state_dict()}, ckpt)
+    model, _ = export_checkpoint(ckpt, heads=cfg.heads, scale=cfg.scale, steps=8, image_size=32)
+    for p in model.layers.values():
+        if p.weight is not None:
+            p.weight = (np.round(p.weight / GRID) * GRID).astype(np.float32)
+            p.bias = (np.round(p.bias / GRID) * GRID).astype(np.float32)
+    # the reference with the same folded grid weights: conv weight = W', BN = identity + bias b'
+    sd = ref.state_dict()
+    for name, p in model.layers.items():
+        if p.weight is None:
+            continue
+        if name == "head":
+            sd["head.weight"] = torch.from_numpy(p.weight)
+            sd["head.bias"] = torch.from_numpy(p.bias)
+            continue
+        w = torch.from_numpy(p.weight)
+        if p.kind == "linear":
+            w = w[:, :, None]
+        sd[f"{p.source}.weight"] = w
+        if f"{p.source}.bias" in sd:
+            sd[f"{p.source}.bias"] = torch.zeros_like(sd[f"{p.source}.bias"])
+        bn = p.source.replace("_conv", "_bn")
+        sd[f"{bn}.weight"] = torch.ones_like(sd[f"{bn}.weight"])
+        sd[f"{bn}.bias"] = torch.from_numpy(p.bias)
+        sd[f"{bn}.running_mean"] = torch.zeros_like(sd[f"{bn}.running_mean"])
+        sd[f"{bn}.running_var"] = torch.ones_like(sd[f"{bn}.running_var"])
+    ref.load_state_dict(sd)
+    for m in ref.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.eps = 0.0  # (x - 0) / sqrt(1 + 0) * 1 + b == x + b exactly
+    return model, ref.double().eval(), samples
+
+
+@pytest.mark.parametrize("mode", ["auto", "sparse", "dense"])
+def test_float64_grid_weights_identical_spikes_and_logits(tmp_path, mode):
+    model, ref, samples = grid_model_pair(tmp_path)
+    engine = Spikformer(model, dtype="float64", policy=PathPolicy(mode=mode))
+    store = record_engine_spikes(engine)
+    active_layers = 0
+    for ev in samples:
+        store.clear()
+        logits = engine.run(frame_events(ev, 8, 32, 32))
+        frames = torch.from_numpy(dense_frames(ev, 8, 32, 32)).double()[:, None]
+        with torch.no_grad():
+            ref_logits, spikes = ref(frames, record=True)
+        for name in spikes:
+            want = ref_spike_sets(spikes, name)
+            got = store[name]
+            assert len(got) == len(want) == 8
+            for t in range(8):
+                np.testing.assert_array_equal(got[t], want[t], err_msg=f"{name} step {t}")
+            active_layers += sum(len(w) > 0 for w in want) > 0
+        np.testing.assert_array_equal(logits, ref_logits[0].numpy())
+    assert active_layers > 10  # the comparison is not vacuous: layers really fire
+
+
+@pytest.mark.slow
+def test_float32_official_checkpoint_on_real_gestures(tmp_path):
+    need_official()
+    gestures = need_gesture()
+    ref = load_official_checkpoint(OFFICIAL_CKPT).eval()
+    model, _ = export_checkpoint(OFFICIAL_CKPT, heads=16, scale=0.25, steps=16)
+    engine = Spikformer(model, dtype="float32")
+    store = record_engine_spikes(engine)
+    torch.set_num_threads(1)
+    for f in sorted(gestures.glob("*.bs2")):
+        ev = read_events(f).events
+        store.clear()
+        logits = engine.run(frame_events(ev, 16, 128, 128))
+        with torch.no_grad():
+            ref_logits, spikes = ref(torch.from_numpy(dense_frames(ev, 16, 128, 128)).float()[:, None],
+                                     record=True)
+        ref_logits = ref_logits[0].numpy()
+        assert int(np.argmax(logits)) == int(np.argmax(ref_logits)), f.name
+        np.testing.assert_allclose(logits, ref_logits, atol=1e-3)
+        for name in spikes:
+            layer = next(x for x in engine.layers if x.name == name)
+            disagree = 0
+            for t, want in enumerate(ref_spike_sets(spikes, name)):
+                disagree += np.setxor1d(store[name][t], want).size
+            agreement = 1.0 - disagree / (layer.n_neurons * 16)
+            assert agreement >= 0.9999, f"{f.name} {name}: agreement {agreement:.6f}"
