@@ -119,7 +119,7 @@ def lif(v, x, tau_inv, theta, v_reset, hard_reset, decay_input):
     """One LIF step, element by element, all arithmetic in the dtype of ``v``.
 
     Returns (new v, spike mask, neuron_updates). ``v_reset`` is ignored for a soft reset.
-    decay_input True:  H = V + (X - (V - v_reset)) * (1/tau)  (hard; v_reset 0 gives V + (X - V)/tau)
+    decay_input True:  H = V + (X - (V - v_reset)) * (1/tau)  (hard; v_reset 0: V + (X - V)/tau)
                        H = V + (X - V) * (1/tau)              (soft)
     decay_input False: H = V - (V - v_reset) * (1/tau) + X    (hard)
                        H = V * (1 - 1/tau) + X                (soft)

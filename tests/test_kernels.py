@@ -1,0 +1,493 @@
+"""Every Numba kernel against its naive numpy twin (tests/kernel_twins.py), on random inputs.
+
+Hypothesis draws the shapes and a seed; numpy draws the arrays from the seed. Weights and biases
+sit on a 2^-8 grid and inputs are small integers, so every float sum is exact in float32 and
+float64 whatever the summation order: results must be EQUAL, not close. The LIF test is the
+exception that proves the rule: arbitrary float currents, compared bit for bit, because the kernel
+must evaluate the charge in exactly the documented order.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from numba.core.caching import NullCache
+
+import kernel_twins as twin
+from eventformer.kernels import (
+    channel_sums,
+    conv2d_scatter,
+    counters as C,
+    densify_padded,
+    im2col_padded,
+    lif_params,
+    lif_step,
+    linear_event_ops,
+    linear_scatter,
+    maxpool_spikes,
+    merge_add,
+    scatter_dense,
+    ssa_step,
+)
+
+SETTINGS = settings(max_examples=50, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+DTYPES = st.sampled_from([np.float32, np.float64])
+SEEDS = st.integers(0, 2**32 - 1)
+# how events are laid out: none at all, a random scatter, only the border ring, (nearly) everything
+MODES = st.sampled_from(["empty", "random", "border", "full"])
+
+
+def grid(rng, shape, dtype):
+    """Values on a 2^-8 grid in [-1, 1): sums of a few hundred of them are exact in float32."""
+    return (rng.integers(-256, 256, size=shape) / 256).astype(dtype)
+
+
+def counter_start(rng):
+    """A counter array that already holds work: kernels must add to it, not overwrite it."""
+    return rng.integers(0, 1000, size=C.N_COUNTERS).astype(np.int64)
+
+
+def count_map(rng, shape, mode, max_mult, border_axes=None):
+    """Dense non-negative int64 map of ``shape`` with the event pattern ``mode``.
+
+    ``border_axes`` are the two spatial axes whose first/last rows and columns form the border.
+    """
+    if mode == "empty":
+        return np.zeros(shape, np.int64)
+    if mode == "full":
+        active = rng.random(shape) < 0.95
+    else:
+        active = rng.random(shape) < rng.uniform(0.05, 0.6)
+    if mode == "border":
+        ay, ax = border_axes
+        ring = np.zeros(shape, bool)
+        sl = [slice(None)] * len(shape)
+        for axis in (ay, ax):
+            for pos in (0, shape[axis] - 1):
+                s = list(sl)
+                s[axis] = pos
+                ring[tuple(s)] = True
+        active = ring & (rng.random(shape) < 0.8)
+        # the four corners of every channel, always
+        corner = [slice(None)] * len(shape)
+        for py in (0, shape[ay] - 1):
+            for px in (0, shape[ax] - 1):
+                corner[ay], corner[ax] = py, px
+                active[tuple(corner)] = True
+    mult = rng.integers(1, max_mult + 1, size=shape)
+    return np.where(active, mult, 0).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# convolution: scatter and the dense (densify + im2col + GEMM) path
+# ---------------------------------------------------------------------------------------------
+
+
+@st.composite
+def conv_cases(draw):
+    k = draw(st.sampled_from([1, 3]))
+    stride = draw(st.sampled_from([1, 2]))
+    pad = draw(st.sampled_from([0, 1]))
+    h = draw(st.integers(max(1, k - 2 * pad), 7))
+    w = draw(st.integers(max(1, k - 2 * pad), 7))
+    return dict(
+        k=k, stride=stride, pad=pad, h=h, w=w,
+        cin=draw(st.integers(1, 4)), cout=draw(st.integers(1, 5)),
+        dtype=draw(DTYPES), mode=draw(MODES), max_mult=draw(st.sampled_from([1, 1, 3, 7])),
+        weighted=draw(st.booleans()), seed=draw(SEEDS),
+    )
+
+
+def _conv_setup(case):
+    rng = np.random.default_rng(case["seed"])
+    k, s, p, h, w = case["k"], case["stride"], case["pad"], case["h"], case["w"]
+    cin, cout, dt = case["cin"], case["cout"], case["dtype"]
+    x = count_map(rng, (cin, h, w), case["mode"], case["max_mult"], border_axes=(1, 2))
+    weight = grid(rng, (cout, cin, k, k), dt)
+    bias = grid(rng, (cout,), dt)
+    ho, wo = twin.conv_out_size(h, k, s, p), twin.conv_out_size(w, k, s, p)
+    idx, cnt = twin.chw_to_events(x)
+    expect = twin.conv2d(x, weight, s, p, bias)
+    ops = twin.conv2d_ops(x, k, k, cout, s, p, case["weighted"])
+    return rng, x, weight, bias, ho, wo, idx, cnt, expect, ops
+
+
+def _expected_counters(start, case, ops, n_events):
+    exp = start.copy()
+    exp[C.MAC if case["weighted"] else C.AC] += ops
+    exp[C.INPUT_EVENTS] += n_events
+    return exp
+
+
+@SETTINGS
+@given(conv_cases())
+def test_conv2d_scatter_matches_twin(case):
+    rng, x, weight, bias, ho, wo, idx, cnt, expect, ops = _conv_setup(case)
+    k, cout, dt = case["k"], case["cout"], case["dtype"]
+    out = np.tile(bias, ho * wo)  # HWC current initialised with the bias
+    counters = counter_start(rng)
+    start = counters.copy()
+    conv2d_scatter(idx, cnt, case["w"], case["cin"], twin.conv_weight_scatter_rows(weight),
+                   k, k, case["stride"], case["pad"], ho, wo, out, counters, case["weighted"])
+    assert out.dtype == dt
+    got = out.reshape(ho, wo, cout).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got, expect)
+    np.testing.assert_array_equal(counters, _expected_counters(start, case, ops, idx.shape[0]))
+
+
+@SETTINGS
+@given(conv_cases())
+def test_conv_dense_path_matches_twin(case):
+    rng, x, weight, bias, ho, wo, idx, cnt, expect, ops = _conv_setup(case)
+    k, s, p, cin, cout, dt = (case[n] for n in ("k", "stride", "pad", "cin", "cout", "dtype"))
+    padded = np.full((case["h"] + 2 * p, case["w"] + 2 * p, cin), np.nan, dt)  # must be cleared
+    counters = counter_start(rng)
+    start = counters.copy()
+    densify_padded(idx, cnt, case["w"], cin, cout, k, k, s, p, ho, wo, padded, counters,
+                   case["weighted"])
+    np.testing.assert_array_equal(counters, _expected_counters(start, case, ops, idx.shape[0]))
+    inner = padded[p:p + case["h"], p:p + case["w"], :].transpose(2, 0, 1)
+    np.testing.assert_array_equal(inner, x.astype(dt))
+    assert np.count_nonzero(padded) == np.count_nonzero(x)  # the pad ring is zero
+    cols = np.full((ho * wo, k * k * cin), np.nan, dt)
+    im2col_padded(padded, k, k, s, ho, wo, cols)
+    dense = cols @ twin.conv_weight_dense_rows(weight) + bias
+    assert dense.dtype == dt
+    np.testing.assert_array_equal(dense.reshape(ho, wo, cout).transpose(2, 0, 1), expect)
+
+
+def test_conv_twin_agrees_with_torch():
+    """The twin itself against torch's conv2d (exact on the grid), so the twin is no tautology."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    for k, s, p, h, w in [(3, 1, 1, 5, 7), (3, 2, 1, 6, 5), (1, 2, 0, 4, 3), (3, 2, 0, 7, 4)]:
+        x = rng.integers(0, 4, size=(3, h, w))
+        weight = grid(rng, (4, 3, k, k), np.float64)
+        bias = grid(rng, (4,), np.float64)
+        ref = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64))[None],
+                                         torch.from_numpy(weight), torch.from_numpy(bias),
+                                         stride=s, padding=p)[0].numpy()
+        np.testing.assert_array_equal(twin.conv2d(x, weight, s, p, bias), ref)
+        # fan-out: ac of an all-ones map = number of (output, tap) pairs that land in the input
+        ones = np.ones((1, h, w), np.int64)
+        valid = torch.nn.functional.conv2d(torch.ones(1, 1, h, w, dtype=torch.float64),
+                                           torch.ones(1, 1, k, k, dtype=torch.float64),
+                                           stride=s, padding=p).sum().item()
+        assert twin.conv2d_ops(ones, k, k, 1, s, p, weighted=False) == int(valid)
+
+
+# ---------------------------------------------------------------------------------------------
+# linear
+# ---------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(n=st.integers(1, 9), cin=st.integers(1, 8), cout=st.integers(1, 6), dtype=DTYPES,
+       mode=MODES, max_mult=st.sampled_from([1, 1, 4]), weighted=st.booleans(), seed=SEEDS)
+def test_linear_scatter_matches_dense(n, cin, cout, dtype, mode, max_mult, weighted, seed):
+    rng = np.random.default_rng(seed)
+    x = count_map(rng, (n, cin), mode, max_mult, border_axes=(0, 1))
+    idx, cnt = twin.tokens_to_events(x)
+    weight = grid(rng, (cin, cout), dtype)
+    bias = grid(rng, (cout,), dtype)
+    out = np.tile(bias, n)
+    counters = counter_start(rng)
+    start = counters.copy()
+    linear_scatter(idx, cnt, cin, weight, out, counters, weighted)
+    np.testing.assert_array_equal(out.reshape(n, cout), twin.linear(x, weight) + bias)
+    np.testing.assert_array_equal(out.reshape(n, cout), x.astype(dtype) @ weight + bias)
+    exp = start.copy()
+    exp[C.MAC if weighted else C.AC] += twin.linear_ops(cnt, cout, weighted)
+    exp[C.INPUT_EVENTS] += idx.shape[0]
+    np.testing.assert_array_equal(counters, exp)
+    # the dense fallback's counters are the scatter's
+    c2 = start.copy()
+    linear_event_ops(cnt, cout, c2, weighted)
+    np.testing.assert_array_equal(c2, counters)
+
+
+# ---------------------------------------------------------------------------------------------
+# LIF
+# ---------------------------------------------------------------------------------------------
+
+
+def _currents(rng, n, dtype, theta, tau):
+    """Arbitrary floats, grid values, and values that land H exactly on theta."""
+    kind = rng.integers(0, 4, size=n)
+    arb = rng.uniform(-1.0, 3.0, size=n).astype(dtype)
+    on_grid = (rng.integers(-512, 1024, size=n) / 256).astype(dtype)
+    at_theta = np.full(n, theta, dtype)
+    from_rest = np.full(n, theta * tau, dtype)  # V = 0: H = theta*tau/tau
+    return np.choose(kind, [arb, on_grid, at_theta, from_rest]).astype(dtype)
+
+
+def _bits(a):
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+@SETTINGS
+@given(n=st.integers(0, 40), steps=st.integers(1, 6), dtype=DTYPES,
+       tau=st.sampled_from([2.0, 3.0]), theta=st.sampled_from([1.0, 0.5]),
+       hard_reset=st.booleans(), decay_input=st.booleans(),
+       v_reset=st.sampled_from([0.0, 0.0, -0.25]), seed=SEEDS)
+def test_lif_step_bit_identical(n, steps, dtype, tau, theta, hard_reset, decay_input, v_reset,
+                                seed):
+    rng = np.random.default_rng(seed)
+    params = lif_params(tau, theta, v_reset if hard_reset else None, dtype)
+    assert params.dtype == dtype
+    tau_inv = dtype(1.0) / dtype(tau)
+    v = np.zeros(n, dtype)
+    v_twin = v.copy()
+    counters = counter_start(rng)
+    start = counters.copy()
+    for _ in range(steps):
+        x = _currents(rng, n, dtype, theta, tau)
+        spikes = np.full(n, -7, np.int32)
+        count = lif_step(v, x, params, hard_reset, decay_input, spikes, counters)
+        v_twin, s_twin, _ = twin.lif(v_twin, x, tau_inv, theta, v_reset if hard_reset else 0.0,
+                                     hard_reset, decay_input)
+        assert v.dtype == dtype
+        np.testing.assert_array_equal(_bits(v), _bits(v_twin))
+        np.testing.assert_array_equal(spikes[:count], np.flatnonzero(s_twin))
+        assert np.all(np.diff(spikes[:count]) > 0)
+    exp = start.copy()
+    exp[C.NEURON_UPDATES] += n * steps
+    np.testing.assert_array_equal(counters, exp)
+
+
+def test_lif_threshold_is_inclusive():
+    for dtype in (np.float32, np.float64):
+        params = lif_params(2.0, 1.0, 0.0, dtype)
+        v = np.zeros(3, dtype)
+        x = np.array([2.0, np.nextafter(dtype(2.0), dtype(0.0)), 4.0], dtype)  # H = 1, < 1, 2
+        spikes = np.empty(3, np.int32)
+        count = lif_step(v, x, params, True, True, spikes, np.zeros(C.N_COUNTERS, np.int64))
+        assert list(spikes[:count]) == [0, 2]
+        assert v[0] == 0 and v[2] == 0 and 0 < v[1] < 1
+
+
+def test_lif_twin_agrees_with_spikingjelly_formula_in_torch():
+    """The twin's float32 charge H = V + (X - V) * (1/tau) against the same ops in torch."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    v = np.zeros(500, np.float32)
+    tv = torch.zeros(500, dtype=torch.float32)
+    for _ in range(5):
+        x = rng.uniform(-1, 3, size=500).astype(np.float32)
+        v, s, _ = twin.lif(v, x, np.float32(0.5), 1.0, 0.0, True, True)
+        h = tv + (torch.from_numpy(x) - tv) * (1.0 / 2.0)
+        ts = h >= 1.0
+        tv = torch.where(ts, torch.zeros_like(h), h)
+        np.testing.assert_array_equal(s, ts.numpy())
+        np.testing.assert_array_equal(_bits(v), _bits(tv.numpy()))
+
+
+# ---------------------------------------------------------------------------------------------
+# max-pool, merge, channel sums, scatter_dense
+# ---------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(pool=st.sampled_from([(3, 2, 1), (2, 2, 0)]), c=st.integers(1, 4), h=st.integers(1, 9),
+       w=st.integers(1, 9), mode=MODES, seed=SEEDS)
+def test_maxpool_spikes_matches_dense(pool, c, h, w, mode, seed):
+    k, s, p = pool
+    assume(h + 2 * p >= k and w + 2 * p >= k)  # a 1-pixel map pools only with k3 p1
+    rng = np.random.default_rng(seed)
+    x = count_map(rng, (c, h, w), mode, 1, border_axes=(1, 2))
+    idx, _ = twin.chw_to_events(x)
+    ho, wo = twin.conv_out_size(h, k, s, p), twin.conv_out_size(w, k, s, p)
+    mark = np.zeros(ho * wo * c, np.uint8)
+    got = maxpool_spikes(idx, w, c, k, s, p, ho, wo, mark)
+    expect = twin.maxpool2d(x.astype(np.float64), k, s, p)
+    assert set(np.unique(expect)) <= {0.0, 1.0}
+    exp_idx, _ = twin.chw_to_events(expect)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, exp_idx)
+    assert not mark.any()
+
+
+def test_maxpool_twin_agrees_with_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    for k, s, p in [(3, 2, 1), (2, 2, 0)]:
+        for h, w in [(2, 3), (5, 8), (9, 4)]:
+            x = (rng.random((3, h, w)) < 0.3).astype(np.float64)
+            ref = torch.nn.functional.max_pool2d(torch.from_numpy(x)[None], k, s, p)[0].numpy()
+            np.testing.assert_array_equal(twin.maxpool2d(x, k, s, p), ref)
+
+
+def _random_events(rng, size, density, max_mult):
+    active = np.flatnonzero(rng.random(size) < density).astype(np.int32)
+    return active, rng.integers(1, max_mult + 1, size=active.shape[0]).astype(np.int32)
+
+
+@SETTINGS
+@given(size=st.integers(1, 80), da=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+       db=st.sampled_from([0.0, 0.1, 0.5, 1.0]), max_mult=st.sampled_from([1, 5]), seed=SEEDS)
+def test_merge_add_matches_dense_sum(size, da, db, max_mult, seed):
+    rng = np.random.default_rng(seed)
+    ia, ca = _random_events(rng, size, da, max_mult)
+    ib, cb = _random_events(rng, size, db, max_mult)
+    oi, oc = merge_add(ia, ca, ib, cb)
+    ei, ec = twin.merge_add(size, ia, ca, ib, cb)
+    assert oi.dtype == np.int32 and oc.dtype == np.int32
+    np.testing.assert_array_equal(oi, ei)
+    np.testing.assert_array_equal(oc, ec)
+    assert np.all(np.diff(oi) > 0)
+    assert np.all(oc > 0)
+
+
+@SETTINGS
+@given(n=st.integers(1, 12), dim=st.integers(1, 10), mode=MODES, max_mult=st.sampled_from([1, 6]),
+       sums_dtype=st.sampled_from([np.int64, np.float64, np.float32]), seed=SEEDS)
+def test_channel_sums_matches_column_sums(n, dim, mode, max_mult, sums_dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = count_map(rng, (n, dim), mode, max_mult, border_axes=(0, 1))
+    idx, cnt = twin.tokens_to_events(x)
+    start = rng.integers(0, 50, size=dim).astype(sums_dtype)
+    sums = start.copy()
+    channel_sums(idx, cnt, dim, sums)
+    np.testing.assert_array_equal(sums, start + twin.channel_sums(x).astype(sums_dtype))
+
+
+@SETTINGS
+@given(size=st.integers(1, 60), density=st.sampled_from([0.0, 0.3, 1.0]),
+       dtype=st.sampled_from([np.float32, np.float64, np.int32]), seed=SEEDS)
+def test_scatter_dense(size, density, dtype, seed):
+    rng = np.random.default_rng(seed)
+    idx, cnt = _random_events(rng, size, density, 4)
+    dense = np.full(size, 99, dtype)
+    scatter_dense(idx, cnt, dense)
+    expect = np.zeros(size, dtype)
+    expect[idx] = cnt
+    np.testing.assert_array_equal(dense, expect)
+
+
+# ---------------------------------------------------------------------------------------------
+# spiking self-attention
+# ---------------------------------------------------------------------------------------------
+
+DENSITIES = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0))
+
+
+@st.composite
+def ssa_cases(draw):
+    dim = draw(st.sampled_from([4, 16, 32]))
+    heads = draw(st.sampled_from([h for h in (1, 2, 4, 8, 16) if dim % h == 0]))
+    return dict(
+        n=draw(st.sampled_from([1, 4, 9, 64])), dim=dim, heads=heads,
+        dq=draw(DENSITIES), dk=draw(DENSITIES), dv=draw(DENSITIES),
+        scale=draw(st.sampled_from([0.25, 0.125])), dtype=draw(DTYPES), seed=draw(SEEDS),
+    )
+
+
+@SETTINGS
+@given(ssa_cases())
+def test_ssa_step_all_orders_match_twin(case):
+    rng = np.random.default_rng(case["seed"])
+    n, dim, heads, dt = case["n"], case["dim"], case["heads"], case["dtype"]
+    q = (rng.random((n, dim)) < case["dq"]).astype(np.int64)
+    k = (rng.random((n, dim)) < case["dk"]).astype(np.int64)
+    v = (rng.random((n, dim)) < case["dv"]).astype(np.int64)
+    qi, _ = twin.tokens_to_events(q)
+    ki, _ = twin.tokens_to_events(k)
+    vi, _ = twin.tokens_to_events(v)
+    expect, maps = twin.ssa(q, k, v, heads, case["scale"], dt)
+    nonzero_per_head = np.count_nonzero(maps.reshape(heads, -1), axis=1)
+    scale_arr = np.array([case["scale"]], dt)
+    for order in (0, 1, 2):
+        out = np.full(n * dim, np.nan, dt)  # fully overwritten
+        counters = counter_start(rng)
+        start = counters.copy()
+        used = ssa_step(qi, ki, vi, n, dim, heads, scale_arr, out, counters, order)
+        assert out.dtype == dt
+        np.testing.assert_array_equal(out.reshape(n, dim), expect, err_msg=f"order {order}")
+        used = np.asarray(used)
+        assert used.shape == (heads,)
+        assert set(used.tolist()) <= {1, 2}
+        if order == 1:
+            assert np.all(used == 1)
+        if order == 2:
+            assert np.all(used == 2)
+        entries = int(nonzero_per_head[used == 1].sum())
+        if order == 1:
+            assert entries == np.count_nonzero(maps)
+        exp = start.copy()
+        exp[C.ATTN_ENTRIES] += entries
+        exp[C.ATTN_NONZERO] += entries
+        exp[C.AC] += twin.ssa_ops(q, k, v, heads, used)
+        exp[C.INPUT_EVENTS] += qi.shape[0] + ki.shape[0] + vi.shape[0]
+        np.testing.assert_array_equal(counters, exp, err_msg=f"order {order}")
+
+
+def test_ssa_twin_agrees_with_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    n, dim, heads = 9, 16, 4
+    q, k, v = ((rng.random((n, dim)) < 0.4).astype(np.float32) for _ in range(3))
+    expect, _ = twin.ssa(q, k, v, heads, 0.125, np.float32)
+    tq, tk, tv = (torch.from_numpy(a).reshape(n, heads, dim // heads).transpose(0, 1)
+                  for a in (q, k, v))
+    ref = ((tq @ tk.transpose(-2, -1)) @ tv * 0.125).transpose(0, 1).reshape(n, dim).numpy()
+    np.testing.assert_array_equal(expect, ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# no hidden state; compiled with cache=True
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kernels_are_pure_functions_of_their_inputs():
+    rng = np.random.default_rng(1)
+    cin, cout, h, w, k = 3, 4, 6, 5, 3
+    x = count_map(rng, (cin, h, w), "random", 3, border_axes=(1, 2))
+    idx, cnt = twin.chw_to_events(x)
+    rows = twin.conv_weight_scatter_rows(grid(rng, (cout, cin, k, k), np.float32))
+    outs = []
+    for _ in range(2):
+        out = np.zeros(3 * 3 * cout, np.float32)
+        counters = np.zeros(C.N_COUNTERS, np.int64)
+        conv2d_scatter(idx, cnt, w, cin, rows, k, k, 2, 1, 3, 3, out, counters, False)
+        outs.append((out, counters))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+    spikes = (x > 0).astype(np.int64)
+    sidx, _ = twin.chw_to_events(spikes)
+    mark = np.zeros(3 * 3 * cin, np.uint8)
+    a = maxpool_spikes(sidx, w, cin, 3, 2, 1, 3, 3, mark)
+    b = maxpool_spikes(sidx, w, cin, 3, 2, 1, 3, 3, mark)
+    np.testing.assert_array_equal(a, b)
+
+    q, kk, v = ((rng.random((9, 16)) < 0.5).astype(np.int64) for _ in range(3))
+    qi, ki, vi = (twin.tokens_to_events(m)[0] for m in (q, kk, v))
+    res = []
+    for _ in range(2):
+        out = np.zeros(9 * 16, np.float64)
+        counters = np.zeros(C.N_COUNTERS, np.int64)
+        used = ssa_step(qi, ki, vi, 9, 16, 2, np.array([0.25]), out, counters, 0)
+        res.append((out, counters, np.asarray(used)))
+    for r0, r1 in zip(res[0], res[1]):
+        np.testing.assert_array_equal(r0, r1)
+
+    params = lif_params(2.0, 1.0, 0.0, np.float32)
+    cur = rng.uniform(0, 3, size=20).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        vm = np.zeros(20, np.float32)
+        sp = np.empty(20, np.int32)
+        cnt_ = lif_step(vm, cur, params, True, True, sp, np.zeros(C.N_COUNTERS, np.int64))
+        runs.append((vm, sp[:cnt_].copy()))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("kernel", [
+    conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops, lif_step,
+    maxpool_spikes, merge_add, channel_sums, scatter_dense, ssa_step,
+], ids=lambda f: f.py_func.__name__)
+def test_kernel_compiled_with_cache(kernel):
+    assert not isinstance(kernel._cache, NullCache)
+    assert kernel.targetoptions.get("nogil") is True
