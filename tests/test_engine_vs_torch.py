@@ -49,6 +49,14 @@ def record_engine_spikes(engine: Spikformer) -> dict[str, list[np.ndarray]]:
             return out
 
         layer.neurons.fire = wrapped
+        fire_flags = layer.neurons.fire_flags
+
+        def wrapped_flags(current, counters, _fire=fire_flags, _name=layer.name):
+            flags, n = _fire(current, counters)
+            store.setdefault(_name, []).append(np.flatnonzero(flags).astype(np.int32))
+            return flags, n
+
+        layer.neurons.fire_flags = wrapped_flags
     return store
 
 

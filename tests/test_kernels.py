@@ -491,3 +491,51 @@ def test_kernels_are_pure_functions_of_their_inputs():
 def test_kernel_compiled_with_cache(kernel):
     assert not isinstance(kernel._cache, NullCache)
     assert kernel.targetoptions.get("nogil") is True
+
+
+@SETTINGS
+@given(pool=st.sampled_from([(3, 2, 1), (2, 2, 0), (3, 1, 1)]), c=st.integers(1, 5),
+       h=st.integers(1, 9), w=st.integers(1, 9), density=st.sampled_from([0.0, 0.2, 1.0]),
+       seed=st.integers(0, 2**31))
+def test_maxpool_flags_matches_twin(pool, c, h, w, density, seed):
+    from eventformer.kernels import maxpool_flags
+
+    k, s, p = pool
+    out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    assume(out_h > 0 and out_w > 0)
+    rng = np.random.default_rng(seed)
+    flags = (rng.random(h * w * c) < density).astype(np.uint8)
+    out = np.full(out_h * out_w * c, -1, np.int32)
+    n = maxpool_flags(flags, h, w, c, k, s, p, out_h, out_w, out)
+    dense = flags.reshape(h, w, c)
+    want = np.zeros((out_h, out_w, c), np.uint8)
+    for oy in range(out_h):
+        for ox in range(out_w):
+            ys = slice(max(oy * s - p, 0), min(oy * s - p + k, h))
+            xs = slice(max(ox * s - p, 0), min(ox * s - p + k, w))
+            want[oy, ox] = dense[ys, xs].reshape(-1, c).max(axis=0)
+    np.testing.assert_array_equal(out[:n], np.flatnonzero(want))
+
+
+@SETTINGS
+@given(n=st.integers(0, 50), hard=st.booleans(), decay=st.booleans(), seed=st.integers(0, 2**31))
+def test_lif_step_flags_agrees_with_lif_step(n, hard, decay, seed):
+    from eventformer.kernels import lif_params, lif_step, lif_step_flags
+    from eventformer.kernels.counters import N_COUNTERS
+
+    rng = np.random.default_rng(seed)
+    params = lif_params(2.0, 1.0, 0.0 if hard else None, np.float32)
+    v1 = np.zeros(n, np.float32)
+    v2 = v1.copy()
+    c1 = np.zeros(N_COUNTERS, np.int64)
+    c2 = c1.copy()
+    for _ in range(4):
+        cur = (rng.random(n) * 3).astype(np.float32)
+        spikes = np.empty(n, np.int32)
+        m = lif_step(v1, cur, params, hard, decay, spikes, c1)
+        flags = np.empty(n, np.uint8)
+        count = lif_step_flags(v2, cur, params, hard, decay, flags, c2)
+        assert count == m
+        np.testing.assert_array_equal(np.flatnonzero(flags), spikes[:m])
+        np.testing.assert_array_equal(v1, v2)
+    np.testing.assert_array_equal(c1, c2)

@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -497,7 +496,7 @@ def calibrate_bn_(
             bn.num_batches_tracked.zero_()
             beta0 = bn.bias.detach().clone()
             bn.bias.zero_()
-            y0 = bn(x)  # BN output without beta, evaluated exactly as the forward will
+            y0 = bn.forward(x)  # BN output without beta (.forward: bypass this very hook)
             y0 = y0.reshape(T, -1, *y0.shape[1:])
             shape = [1, 1, -1] + [1] * (y0.dim() - 3)
             base = y0 + beta0.reshape(shape)

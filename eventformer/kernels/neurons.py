@@ -22,30 +22,29 @@ PARAMS_LEN = 4
 
 
 @njit(cache=True, nogil=True)
-def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
-    """One LIF step for every neuron; returns how many of ``spikes_out`` were written.
+def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters):
+    """One LIF step for every neuron; spike flags (0/1) into ``flags``; returns the spike count.
 
     H = V + (X - V) * (1/tau) in exactly this order (SpikingJelly's decay_input=True, v_reset=0;
     regrouping changes float32 bits), S = H >= theta, hard reset to v_reset or soft V = H - theta.
     With decay_input False: H = V * (1 - 1/tau) + X (hard: V - (V - v_reset)/tau + X).
-    ``spikes_out`` receives the flat indices of spiking neurons in ascending order.
 
-    The membrane pass is branch-free (spike flags into ``spikes_out`` as 0/1) so it vectorises;
-    a second pass compacts the flags into indices. One loop per neuron variant keeps the
-    variant tests out of the inner loop.
+    Branch-free per neuron so it vectorises; one loop per neuron variant keeps the variant tests
+    out of the inner loop. ``flags`` may be any integer array of at least ``v.size``.
     """
     tau_inv = params[P_TAU_INV]
     theta = params[P_THETA]
     v_reset = params[P_V_RESET]
     keep = params[P_KEEP]
     n = v.shape[0]
-    flags = spikes_out
+    count = 0
     if decay_input and hard_reset:
         for i in range(n):
             vi = v[i]
             h = vi + (current[i] - (vi - v_reset)) * tau_inv
             s = h >= theta
             flags[i] = s
+            count += s
             v[i] = v_reset if s else h
     elif decay_input:
         for i in range(n):
@@ -53,6 +52,7 @@ def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
             h = vi + (current[i] - vi) * tau_inv
             s = h >= theta
             flags[i] = s
+            count += s
             v[i] = h - theta if s else h
     elif hard_reset:
         for i in range(n):
@@ -60,19 +60,30 @@ def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
             h = vi - (vi - v_reset) * tau_inv + current[i]
             s = h >= theta
             flags[i] = s
+            count += s
             v[i] = v_reset if s else h
     else:
         for i in range(n):
             h = v[i] * keep + current[i]
             s = h >= theta
             flags[i] = s
+            count += s
             v[i] = h - theta if s else h
+    counters[NEURON_UPDATES] += n
+    return count
+
+
+@njit(cache=True, nogil=True)
+def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
+    """:func:`lif_step_flags`, then the flags compacted into sorted spike indices in
+    ``spikes_out`` (int32, >= v.size); returns how many were written."""
+    n = v.shape[0]
+    lif_step_flags(v, current, params, hard_reset, decay_input, spikes_out, counters)
     count = 0
     for i in range(n):
-        if flags[i]:
+        if spikes_out[i]:
             spikes_out[count] = i  # count <= i: never overwrites a flag still to be read
             count += 1
-    counters[NEURON_UPDATES] += n
     return count
 
 

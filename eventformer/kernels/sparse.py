@@ -102,3 +102,36 @@ def channel_sums(idx, cnt, dim, sums):
     in integers until it is divided once at the end."""
     for e in range(idx.shape[0]):
         sums[idx[e] % dim] += cnt[e]
+
+
+@njit(cache=True, nogil=True)
+def maxpool_flags(flags, in_h, in_w, c, k, stride, pad, out_h, out_w, out):
+    """Max-pool of a dense 0/1 spike-flag map (HWC) straight into sorted output indices.
+
+    Used right after a LIF whose flags are at hand: the window OR runs over contiguous channel
+    rows (vectorised) and needs no per-spike index decoding, which at the densities seen after a
+    LIF (10-20%) is cheaper than marking windows spike by spike. Returns the count written to
+    ``out`` (int32, >= out_h*out_w*c).
+    """
+    row = np.empty(c, np.uint8)
+    n = 0
+    for oy in range(out_h):
+        for ox in range(out_w):
+            row[:] = 0
+            for ky in range(k):
+                iy = oy * stride - pad + ky
+                if iy < 0 or iy >= in_h:
+                    continue
+                for kx in range(k):
+                    ix = ox * stride - pad + kx
+                    if ix < 0 or ix >= in_w:
+                        continue
+                    src = flags[(iy * in_w + ix) * c:(iy * in_w + ix + 1) * c]
+                    for ch in range(c):
+                        row[ch] |= src[ch]
+            base = (oy * out_w + ox) * c
+            for ch in range(c):
+                if row[ch]:
+                    out[n] = base + ch
+                    n += 1
+    return n

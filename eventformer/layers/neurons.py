@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import lif_params, lif_step
+from ..kernels import lif_params, lif_step, lif_step_flags
 
 
 class LIFNeurons:
@@ -25,6 +25,14 @@ class LIFNeurons:
         n = lif_step(self.v, current, self.params, self.hard_reset, self.decay_input,
                      self._spikes, counters)
         return self._spikes[:n].copy()
+
+    def fire_flags(self, current: np.ndarray, counters: np.ndarray) -> tuple[np.ndarray, int]:
+        """One step; the spikes as a dense 0/1 uint8 map (for a max-pool next) and their count."""
+        if not hasattr(self, "_flags"):
+            self._flags = np.empty(self.size, np.uint8)
+        n = lif_step_flags(self.v, current, self.params, self.hard_reset, self.decay_input,
+                           self._flags, counters)
+        return self._flags, n
 
     @classmethod
     def from_params(cls, size, p, dtype) -> "LIFNeurons":

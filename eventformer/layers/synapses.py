@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import (conv2d_scatter, counters as C, densify_padded, im2col_padded,
-                       linear_event_ops, linear_scatter, maxpool_spikes, scatter_dense)
+                       linear_event_ops, linear_scatter, maxpool_flags, scatter_dense)
 from .base import EMPTY, PathPolicy, SpikingLayer
 from .neurons import LIFNeurons
 
@@ -48,7 +48,7 @@ class Conv2dLIF(SpikingLayer):
             k, s, p = pool
             self.pool_h = (self.out_h + 2 * p - k) // s + 1
             self.pool_w = (self.out_w + 2 * p - k) // s + 1
-            self._mark = np.zeros(self.pool_h * self.pool_w * cout, np.uint8)
+            self._pooled = np.empty(self.pool_h * self.pool_w * cout, np.int32)
             self.out_shape = (self.pool_h, self.pool_w, cout)
         else:
             self.out_shape = (self.out_h, self.out_w, cout)
@@ -86,12 +86,19 @@ class Conv2dLIF(SpikingLayer):
         return cur.reshape(-1)
 
     def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        spikes = self.fire(self.synapse(idx, cnt))
-        if self.pool is not None:
-            k, s, p = self.pool
-            spikes = maxpool_spikes(spikes, self.out_w, self.cout, k, s, p, self.pool_h,
-                                    self.pool_w, self._mark)
-        return spikes, _ones(spikes.shape[0])
+        current = self.synapse(idx, cnt)
+        if self.pool is None:
+            spikes = self.fire(current)
+            return spikes, _ones(spikes.shape[0])
+        # LIF flags straight into the max-pool: the pre-pool spike list is never needed
+        if self.probe is not None:
+            self.probe(self, current)
+        flags, n = self.neurons.fire_flags(current, self.counters)
+        self.spikes_per_step.append(int(n))
+        k, s, p = self.pool
+        count = maxpool_flags(flags, self.out_h, self.out_w, self.cout, k, s, p, self.pool_h,
+                              self.pool_w, self._pooled)
+        return self._pooled[:count].copy(), _ones(count)
 
 
 class LinearLIF(SpikingLayer):
