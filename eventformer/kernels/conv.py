@@ -25,10 +25,26 @@ def _tap_output(pos, k, stride, pad, out_size):
 
 
 @njit(cache=True, nogil=True)
+def _tap_table(in_size, k, stride, pad, out_size):
+    """table[pos, tap] = output coordinate input ``pos`` reaches through ``tap``, or -1; and the
+    number of valid taps per position. Built once per call so the event loop never divides."""
+    table = np.empty((in_size, k), np.int64)
+    valid = np.zeros(in_size, np.int64)
+    for pos in range(in_size):
+        for t in range(k):
+            o = _tap_output(pos, t, stride, pad, out_size)
+            table[pos, t] = o
+            if o >= 0:
+                valid[pos] += 1
+    return table, valid
+
+
+@njit(cache=True, nogil=True)
 def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h, out_w, out,
                    counters, weighted):
     """Add the contribution of every input event to the dense HWC current ``out`` (in place).
 
+    ``idx`` must be sorted (every event list in the engine is).
     An event of multiplicity k adds k x the weight slab once per valid tap: counted as k
     accumulates per output (``weighted`` False: spikes or integer residual values), or as one
     multiply per output (``weighted`` True: raw event counts into the first layer, SPEC §5).
@@ -37,28 +53,38 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
     cout = weight_rows.shape[1]
     kbuf = np.empty(1, out.dtype)
     ops = 0
+    in_h = out_h * stride + kh  # enough rows for any input that reaches the output
+    rows, _ = _tap_table(max(in_h, 1) + 2 * pad, kh, stride, pad, out_h)
+    cols, _ = _tap_table(in_w, kw, stride, pad, out_w)
+    # idx is sorted: walk (y, x) forward instead of dividing (integer division dominated)
+    y = 0
+    x = 0
+    base = 0
     for e in range(idx.shape[0]):
         flat = idx[e]
-        c = flat % cin
-        pix = flat // cin
-        y = pix // in_w
-        x = pix - y * in_w
+        while flat >= base + cin:
+            base += cin
+            x += 1
+            if x == in_w:
+                x = 0
+                y += 1
+        c = flat - base
         k = cnt[e]
         kbuf[0] = k
         kf = kbuf[0]
         taps = 0
         for ky in range(kh):
-            oy = _tap_output(y, ky, stride, pad, out_h)
+            oy = rows[y, ky] if y < rows.shape[0] else -1
             if oy < 0:
                 continue
             for kx in range(kw):
-                ox = _tap_output(x, kx, stride, pad, out_w)
+                ox = cols[x, kx]
                 if ox < 0:
                     continue
                 # 1-D views let LLVM prove the slabs apart and vectorise the add
                 w = weight_rows[(c * kh + ky) * kw + kx]
-                base = (oy * out_w + ox) * cout
-                o = out[base:base + cout]
+                ob = (oy * out_w + ox) * cout
+                o = out[ob:ob + cout]
                 if k == 1:
                     for co in range(cout):
                         o[co] += w[co]
@@ -90,23 +116,25 @@ def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w,
     flat = padded.reshape(-1)
     kbuf = np.empty(1, padded.dtype)
     ops = 0
-    for e in range(idx.shape[0]):
+    _, ny_tab = _tap_table(padded.shape[0] - 2 * pad, kh, stride, pad, out_h)
+    _, nx_tab = _tap_table(in_w, kw, stride, pad, out_w)
+    y = 0
+    x = 0
+    base = 0
+    for e in range(idx.shape[0]):  # sorted idx: walk (y, x) forward, no division
         site = idx[e]
-        c = site % cin
-        pix = site // cin
-        y = pix // in_w
-        x = pix - y * in_w
+        while site >= base + cin:
+            base += cin
+            x += 1
+            if x == in_w:
+                x = 0
+                y += 1
+        c = site - base
         k = cnt[e]
         kbuf[0] = k
         flat[((y + pad) * pw + x + pad) * cin + c] = kbuf[0]
-        ny = 0
-        for ky in range(kh):
-            if _tap_output(y, ky, stride, pad, out_h) >= 0:
-                ny += 1
-        nx = 0
-        for kx in range(kw):
-            if _tap_output(x, kx, stride, pad, out_w) >= 0:
-                nx += 1
+        ny = ny_tab[y]
+        nx = nx_tab[x]
         if weighted:
             ops += ny * nx * cout
         else:

@@ -23,8 +23,8 @@ class PathPolicy:
     """
 
     mode: str = "auto"
-    conv_threshold: float = 0.12
-    linear_threshold: float = 0.25
+    conv_threshold: float = 0.22
+    linear_threshold: float = 0.2
 
     def dense(self, kind: str, events: int, sites: int) -> bool:
         if self.mode == "sparse":
