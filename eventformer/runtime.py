@@ -25,3 +25,52 @@ def limit_blas_threads() -> None:
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         return
     threadpool_limits(limits=want, user_api="blas")
+
+
+# --- the engine's own threads -------------------------------------------------------------------
+# BLAS stays single-threaded (above); large GEMMs are instead split by rows over the engine's
+# threads, which costs one hand-off per call and no spinning between calls.
+
+_pool = None
+_threads = None
+PARALLEL_GEMM_MIN_MACS = 2_000_000  # below this the hand-off costs more than it saves
+
+
+def engine_threads() -> int:
+    """Threads the engine uses: EVENTFORMER_THREADS, else every core (at most 8)."""
+    global _threads
+    if _threads is None:
+        env = os.environ.get("EVENTFORMER_THREADS")
+        _threads = max(1, int(env)) if env else max(1, min(os.cpu_count() or 1, 8))
+    return _threads
+
+
+def set_engine_threads(n: int) -> None:
+    global _threads, _pool
+    _threads = max(1, int(n))
+    if _pool is not None:
+        _pool.shutdown(wait=False)
+        _pool = None
+
+
+def gemm(a, b, out) -> None:
+    """``out = a @ b``; row blocks on the engine's threads when the product is large."""
+    import numpy as np
+
+    threads = engine_threads()
+    rows = a.shape[0]
+    if threads == 1 or rows < 2 * threads or a.shape[0] * a.shape[1] * b.shape[1] < \
+            PARALLEL_GEMM_MIN_MACS:
+        np.matmul(a, b, out=out)
+        return
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="eventformer")
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    futures = [_pool.submit(np.matmul, a[bounds[i]:bounds[i + 1]], b,
+                            out=out[bounds[i]:bounds[i + 1]]) for i in range(1, threads)]
+    np.matmul(a[:bounds[1]], b, out=out[:bounds[1]])
+    for f in futures:
+        f.result()

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..kernels import (conv2d_scatter, counters as C, densify_padded, im2col_padded,
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense)
+from ..runtime import gemm
 from .base import EMPTY, PathPolicy, SpikingLayer
 from .neurons import LIFNeurons
 
@@ -74,7 +75,7 @@ class Conv2dLIF(SpikingLayer):
                            self.weighted)
             im2col_padded(self._padded, self.kh, self.kw, self.stride, self.out_h, self.out_w,
                           self._cols)
-            np.matmul(self._cols, self.weight_gemm, out=cur)
+            gemm(self._cols, self.weight_gemm, cur)
             cur += self.bias
             counters[C.DENSE_MAC] += self._cols.size * self.cout
             counters[C.DENSE_STEPS] += 1
@@ -131,7 +132,7 @@ class LinearLIF(SpikingLayer):
         counters[C.INPUT_SITES] += self.in_sites
         if self.policy.dense(self.kind, idx.shape[0], self.in_sites):
             scatter_dense(idx, cnt, self._dense_in.reshape(-1))
-            np.matmul(self._dense_in, self.weight, out=cur)
+            gemm(self._dense_in, self.weight, cur)
             cur += self.bias
             linear_event_ops(cnt, self.cout, counters, self.weighted)
             counters[C.DENSE_MAC] += self.in_sites * self.cout
