@@ -51,12 +51,15 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for 
     STATE["debug"] = debug
 
 
-def _load_engine(weights: Path, dtype: str, path_mode: str):
+def _load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False):
     from eventformer.layers import PathPolicy
     from eventformer.modelfile import load
     from eventformer.models import Spikformer
+    from eventformer.runtime import kernels_cached
 
     model_file = load(weights)
+    if not quiet and not kernels_cached():
+        err.print("first run: compiling the engine's kernels (about 10-20 s, cached afterwards)")
     return Spikformer(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
 
 
@@ -87,10 +90,13 @@ def infer(
                                     "sparse (event scatter) or dense (GEMM)."),
     layers: bool = typer.Option(False, "--layers", help="Print the per-layer table for every "
                                                         "file (always shown for one file)."),
+    pj_ac: float = typer.Option(0.9, "--pj-ac", help="Energy of one accumulate, pJ (45 nm)."),
+    pj_mac: float = typer.Option(4.6, "--pj-mac", help="Energy of one multiply-accumulate, pJ."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
 ):
     """Classify event recordings; report prediction, per-layer spikes and the ops really done."""
     from eventformer.inference import classify_file
+    from eventformer.report import EnergyTable
 
     if dataset is not None:
         if dataset != "dvs-gesture":
@@ -104,13 +110,14 @@ def infer(
     for f in files:
         if not f.exists():
             fail(f"{f}: no such file")
-    engine = _load_engine(weights, dtype.value, path.value)
+    engine = _load_engine(weights, dtype.value, path.value, quiet=as_json)
+    energy = EnergyTable(ac_pj=pj_ac, mac_pj=pj_mac)
     results = []
     with _progress(len(files) > 1 and not as_json) as progress:
         task = progress.add_task("classifying", total=len(files)) if progress else None
         for f in files:
             r = classify_file(engine, str(f), steps=steps,
-                              split_by=split_by.value if split_by else None)
+                              split_by=split_by.value if split_by else None, energy=energy)
             results.append(r)
             if as_json:
                 sys.stdout.write(json.dumps(r.to_json()) + "\n")
@@ -259,9 +266,9 @@ def bench(
                               help="LIF firing rates to calibrate the benchmark models to."),
     steps: int = typer.Option(16, "--steps", "-T", min=1, help="Time steps per sample."),
     repeat: int = typer.Option(3, "--repeat", min=1, help="Timed runs per file (best is kept)."),
-    torch_threads: int = typer.Option(1, "--torch-threads", min=1,
-                                      help="Threads for the dense PyTorch baseline (the engine "
-                                           "runs on one)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="Threads for both the engine and the dense "
+                                               "PyTorch baseline [default: every core]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random full-size weights."),
     no_dense: bool = typer.Option(False, "--no-dense", help="Skip the PyTorch baseline."),
     no_start: bool = typer.Option(False, "--no-start", help="Skip the cold/warm start timing."),
@@ -285,8 +292,9 @@ def bench(
     except ValueError:
         fail(f"--rates must be comma-separated numbers, got {rates!r}")
     opts = BenchOptions(files=[str(f) for f in files], rates=rate_list, steps=steps,
-                        repeat=repeat, seed=seed, torch_threads=torch_threads,
-                        dense=not no_dense, cold_start=not no_start)
+                        repeat=repeat, seed=seed, dense=not no_dense, cold_start=not no_start)
+    if threads:
+        opts.threads = threads
     err.print(f"[bold]eventformer bench[/]: full-size Spikformer-DVS (2x128x128, D 256, 16 heads, "
               f"2 blocks), T {steps}, batch 1, {len(files)} recordings; random weights with "
               "BatchNorm calibrated on the recordings to each firing rate (no trained "
@@ -303,7 +311,7 @@ def _print_bench(result: dict, dense: bool) -> None:
         t = Table(title=f"target firing rate {entry['target_rate']:.0%}", title_justify="left")
         cols = ["file", "events", "fired", "engine s"]
         if dense:
-            cols += [f"torch s ({m['torch_threads']}t)", "speedup", "same pred"]
+            cols += ["torch s", "speedup", "same pred"]
         cols += ["events/s", "real-time x", "AC", "AC/s", "dense MAC"]
         for c in cols:
             t.add_column(c, justify="left" if c == "file" else "right")
@@ -316,7 +324,8 @@ def _print_bench(result: dict, dense: bool) -> None:
                       f"{r['ac']:.3g}", f"{r['ac_per_s']:.3g}", f"{r['dense_mac']:.3g}"]
             t.add_row(*cells)
         if dense:
-            t.caption = f"speedup (dense time / engine time), geometric mean {entry['speedup_geomean']:.2f}x"
+            t.caption = (f"speedup = dense PyTorch time / engine time, both on {m['threads']} "
+                         f"thread(s); geometric mean {entry['speedup_geomean']:.2f}x")
         err.print(t)
         lt = Table(title="  per layer: mean input density and path taken", title_justify="left")
         for c in ("layer", "input density", "firing rate", "path"):

@@ -10,7 +10,7 @@ import numpy as np
 from .errors import EventformerError
 from .events import Recording, frame_events, read_events
 from .models import Spikformer
-from .report import layer_rows, summarize
+from .report import EnergyTable, layer_rows, summarize
 
 
 @dataclass
@@ -58,7 +58,7 @@ def class_name(model: Spikformer, k: int) -> str:
 
 
 def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
-             split_by: str | None = None) -> Classification:
+             split_by: str | None = None, energy: EnergyTable | None = None) -> Classification:
     steps = steps or model.config.steps
     split_by = split_by or model.config.split_by
     frames = frame_recording(rec, model, steps, split_by)
@@ -71,7 +71,7 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
     return Classification(
         file=rec.path, events=int(len(rec.events)), steps=steps, logits=logits, prediction=k,
         class_name=class_name(model, k), layers=layer_rows(stats, steps),
-        ops=summarize(stats, steps), seconds=seconds, duration_us=int(rec.duration_us))
+        ops=summarize(stats, steps, energy), seconds=seconds, duration_us=int(rec.duration_us))
 
 
 def classify_file(model: Spikformer, path: str, **kw) -> Classification:

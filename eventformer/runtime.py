@@ -74,3 +74,15 @@ def gemm(a, b, out) -> None:
     np.matmul(a[:bounds[1]], b, out=out[:bounds[1]])
     for f in futures:
         f.result()
+
+
+def kernels_cached() -> bool:
+    """Whether Numba's on-disk cache already holds the engine's kernels (so start-up is fast)."""
+    try:
+        from .kernels import lif_step
+
+        locator = lif_step._cache._cache_path
+        return any(name.startswith("neurons.lif_step") and name.endswith(".nbi")
+                   for name in os.listdir(locator))
+    except (AttributeError, OSError):
+        return True  # unknown: say nothing rather than something wrong

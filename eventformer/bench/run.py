@@ -20,6 +20,7 @@ from ..events import dense_frames, frame_events, read_events
 from ..modelfile import load, save
 from ..models import Spikformer, SpikformerConfig
 from ..report import summarize
+from ..runtime import engine_threads, set_engine_threads
 from .calibrate import calibrate, random_model
 from .roofline import scatter_add_roofline
 
@@ -52,7 +53,7 @@ class BenchOptions:
     steps: int = 16
     repeat: int = 3
     seed: int = 0
-    torch_threads: int = 1
+    threads: int = field(default_factory=lambda: engine_threads())
     dense: bool = True
     cold_start: bool = True
     cache_dir: str = field(default_factory=lambda: os.path.join(
@@ -113,6 +114,7 @@ def measure_start(model_path: str, file: str) -> dict:
 
 
 def run_bench(opts: BenchOptions, log=print) -> dict:
+    set_engine_threads(opts.threads)
     config = SpikformerConfig(steps=opts.steps)
     samples = load_samples(opts.files, opts.steps, config.image_size)
     dense_forward = None
@@ -120,15 +122,15 @@ def run_bench(opts: BenchOptions, log=print) -> dict:
         try:
             import torch
 
-            torch.set_num_threads(opts.torch_threads)
+            torch.set_num_threads(opts.threads)
             from .dense_torch import build_dense_forward
         except ImportError:
             log("torch is not installed: skipping the dense PyTorch baseline "
                 "(pip install 'eventformer[torch]')")
             opts.dense = False
     roof = scatter_add_roofline()
-    result = {"machine": {"cpus": os.cpu_count(), "torch_threads": opts.torch_threads,
-                          "engine_threads": 1, "scatter_roofline_ac_per_s": roof},
+    result = {"machine": {"cpus": os.cpu_count(), "threads": opts.threads,
+                          "scatter_roofline_ac_per_s": roof},
               "steps": opts.steps, "files": [s.path for s in samples], "rates": []}
     model_paths = {}
     for rate in opts.rates:
