@@ -38,7 +38,8 @@ torch version). A neuron whose membrane lands within an ulp or so of threshold c
 one flip before the attention cascades into hundreds of spike differences downstream (the
 attention map multiplies them). The golden outputs of ``spikformer-dvs-calibrated.pth`` are
 therefore reproduced exactly only for some samples; see tests/test_torch_reference.py for the
-measured agreement.
+measured agreement. ``conv_accumulation="float64"`` makes the reference machine independent
+(every conv output correctly rounded to float32).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ __all__ = [
     "MLP",
     "Block",
     "SpikformerRef",
+    "Conv1d",
+    "Conv2d",
     "load_official_checkpoint",
     "random_state_dict",
     "calibrate_bn_",
@@ -243,6 +246,29 @@ class LIF(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+class _AccumulatingConv:
+    """Conv mixin: with ``accumulate_float64`` set, a float32 conv is computed in float64 and
+    rounded once to float32 (a correctly rounded result, independent of the machine's kernel and
+    its accumulation order). Off by default: plain torch, as the official code runs."""
+
+    accumulate_float64 = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.accumulate_float64 and x.dtype != torch.float64:
+            bias = None if self.bias is None else self.bias.double()
+            return self._conv_forward(x.double(), self.weight.double(), bias).to(x.dtype)
+        return super().forward(x)
+
+
+class Conv1d(_AccumulatingConv, nn.Conv1d):
+    pass
+
+
+class Conv2d(_AccumulatingConv, nn.Conv2d):
+    pass
+
+
+
 class SPS(nn.Module):
     """Spiking patch splitting: conv stages with LIF and max-pool, then the relative position conv."""
 
@@ -251,12 +277,12 @@ class SPS(nn.Module):
         self.stages = cfg.stages
         c_in = cfg.in_channels
         for i, c in enumerate(cfg.sps_channels):
-            setattr(self, _stage_name("proj_conv", i), nn.Conv2d(c_in, c, 3, 1, 1, bias=False))
+            setattr(self, _stage_name("proj_conv", i), Conv2d(c_in, c, 3, 1, 1, bias=False))
             setattr(self, _stage_name("proj_bn", i), nn.BatchNorm2d(c))
             setattr(self, _stage_name("proj_lif", i), LIF(cfg.tau, cfg.theta))
             setattr(self, _stage_name("maxpool", i), nn.MaxPool2d(3, 2, 1))
             c_in = c
-        self.rpe_conv = nn.Conv2d(cfg.dim, cfg.dim, 3, 1, 1, bias=False)
+        self.rpe_conv = Conv2d(cfg.dim, cfg.dim, 3, 1, 1, bias=False)
         self.rpe_bn = nn.BatchNorm2d(cfg.dim)
         self.rpe_lif = LIF(cfg.tau, cfg.theta)
 
@@ -287,11 +313,11 @@ class SSA(nn.Module):
         self.heads = cfg.heads
         self.scale = cfg.scale
         for n in ("q", "k", "v"):
-            setattr(self, f"{n}_conv", nn.Conv1d(D, D, 1, 1, bias=False))
+            setattr(self, f"{n}_conv", Conv1d(D, D, 1, 1, bias=False))
             setattr(self, f"{n}_bn", nn.BatchNorm1d(D))
             setattr(self, f"{n}_lif", LIF(cfg.tau, cfg.theta))
         self.attn_lif = LIF(cfg.tau, cfg.attn_theta)
-        self.proj_conv = nn.Conv1d(D, D, 1, 1)
+        self.proj_conv = Conv1d(D, D, 1, 1)
         self.proj_bn = nn.BatchNorm1d(D)
         self.proj_lif = LIF(cfg.tau, cfg.theta)
 
@@ -326,10 +352,10 @@ class MLP(nn.Module):
     def __init__(self, cfg: RefConfig):
         super().__init__()
         D, Hd = cfg.dim, cfg.hidden
-        self.fc1_conv = nn.Conv1d(D, Hd, 1, 1)
+        self.fc1_conv = Conv1d(D, Hd, 1, 1)
         self.fc1_bn = nn.BatchNorm1d(Hd)
         self.fc1_lif = LIF(cfg.tau, cfg.theta)
-        self.fc2_conv = nn.Conv1d(Hd, D, 1, 1)
+        self.fc2_conv = Conv1d(Hd, D, 1, 1)
         self.fc2_bn = nn.BatchNorm1d(D)
         self.fc2_lif = LIF(cfg.tau, cfg.theta)
 
@@ -363,17 +389,33 @@ class SpikformerRef(nn.Module):
     ``[T, B, ...]`` in the layout of the torch code: ``[T, B, C, H, W]`` for SPS stages (before the
     max-pool), ``[T, B, D, g, g]`` for ``rpe_lif``, ``[T, B, C, N]`` for the blocks (heads merged,
     ``c = d * h + j``), including ``attn_lif``.
+
+    ``conv_accumulation``: ``"native"`` (default) runs torch's float32 convolutions as the official
+    code does (results depend on the kernel's accumulation order, see the module docstring);
+    ``"float64"`` computes every float32 conv in float64 and rounds once (machine independent).
     """
 
-    def __init__(self, cfg: RefConfig | None = None):
+    def __init__(self, cfg: RefConfig | None = None, conv_accumulation: str = "native"):
         super().__init__()
         cfg = cfg or RefConfig()
         self.cfg = cfg
+        self._conv_accumulation = conv_accumulation
         self.patch_embed = SPS(cfg)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))  # unused
         self.block = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.dim)  # unused
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        self.set_conv_accumulation(conv_accumulation)
+
+    def set_conv_accumulation(self, mode: str) -> "SpikformerRef":
+        """``"native"`` (torch float32 convs) or ``"float64"`` (accumulate in float64, round once)."""
+        if mode not in ("native", "float64"):
+            raise ValueError(f"conv_accumulation must be 'native' or 'float64', got {mode!r}")
+        self._conv_accumulation = mode
+        for m in self.modules():
+            if isinstance(m, _AccumulatingConv):
+                m.accumulate_float64 = mode == "float64"
+        return self
 
     def lif_names(self) -> list[str]:
         """Names of all LIF modules in forward order."""
@@ -423,12 +465,17 @@ def lif_names(cfg: RefConfig) -> list[str]:
 
 
 def load_official_checkpoint(
-    path: str | Path, heads: int = 16, scale: float = 0.25, image_size: int | None = None
+    path: str | Path,
+    heads: int = 16,
+    scale: float = 0.25,
+    image_size: int | None = None,
+    conv_accumulation: str = "native",
 ) -> SpikformerRef:
     """Load an official-format checkpoint (``state_dict`` or ``{'model': state_dict}``), strict,
     in eval mode, float32."""
     sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
-    model = SpikformerRef(RefConfig.from_state_dict(sd, heads=heads, scale=scale, image_size=image_size))
+    cfg = RefConfig.from_state_dict(sd, heads=heads, scale=scale, image_size=image_size)
+    model = SpikformerRef(cfg, conv_accumulation=conv_accumulation)
     model.load_state_dict(sd, strict=True)
     return model.eval()
 
