@@ -53,27 +53,44 @@ def set_engine_threads(n: int) -> None:
         _pool = None
 
 
+def run_parts(part, parts: int) -> None:
+    """Call ``part(i)`` for i in range(parts): 1..parts-1 on the pool, 0 in the caller.
+
+    The parts must touch disjoint output (the kernels are nogil, so they really run at once).
+    """
+    if parts <= 1:
+        part(0)
+        return
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=max(1, engine_threads() - 1),
+                                   thread_name_prefix="eventformer")
+    futures = [_pool.submit(part, i) for i in range(1, parts)]
+    part(0)
+    for f in futures:
+        f.result()
+
+
+def split(n: int, parts: int) -> list[int]:
+    """Boundaries of ``parts`` near-equal ranges over ``n`` items."""
+    return [n * i // parts for i in range(parts + 1)]
+
+
 def gemm(a, b, out) -> None:
     """``out = a @ b``; row blocks on the engine's threads when the product is large."""
     import numpy as np
 
     threads = engine_threads()
     rows = a.shape[0]
-    if threads == 1 or rows < 2 * threads or a.shape[0] * a.shape[1] * b.shape[1] < \
+    if threads == 1 or rows < 2 * threads or rows * a.shape[1] * b.shape[1] < \
             PARALLEL_GEMM_MIN_MACS:
         np.matmul(a, b, out=out)
         return
-    global _pool
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="eventformer")
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    futures = [_pool.submit(np.matmul, a[bounds[i]:bounds[i + 1]], b,
-                            out=out[bounds[i]:bounds[i + 1]]) for i in range(1, threads)]
-    np.matmul(a[:bounds[1]], b, out=out[:bounds[1]])
-    for f in futures:
-        f.result()
+    bounds = split(rows, threads)
+    run_parts(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b,
+                                  out=out[bounds[i]:bounds[i + 1]]), threads)
 
 
 def kernels_cached() -> bool:

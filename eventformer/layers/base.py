@@ -7,8 +7,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import counters as C
+from ..runtime import engine_threads
 
 EMPTY = np.empty(0, np.int32)
+
+
+# Input density above which a step runs dense, by engine threads (benchmarks/crossover.py on
+# the project's 2-core x86 machines). A scatter is bound by memory latency and does not speed up
+# with a second thread there; a GEMM split over two threads runs ~1.7x faster, so with more
+# threads the dense path takes over at lower densities.
+CROSSOVER = {1: {"conv2d": 0.25, "linear": 0.22}, 2: {"conv2d": 0.14, "linear": 0.17}}
 
 
 @dataclass
@@ -18,21 +26,30 @@ class PathPolicy:
     ``mode`` "auto" goes dense when the step's input density (active sites / sites) exceeds the
     layer kind's threshold: a scatter does work per event, a GEMM per site, and a GEMM does each
     multiply-accumulate several times faster, so above some density the dense path wins even
-    though it does more arithmetic. The thresholds come from ``benchmarks/crossover.py`` on a
-    2-core x86 machine; "sparse" and "dense" force one path (for tests and benchmarks).
+    though it does more arithmetic. Thresholds default to :data:`CROSSOVER` for the engine's
+    thread count; "sparse" and "dense" force one path (for tests and benchmarks).
     """
 
     mode: str = "auto"
-    conv_threshold: float = 0.22
-    linear_threshold: float = 0.2
+    conv_threshold: float | None = None
+    linear_threshold: float | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("auto", "sparse", "dense"):
+            raise ValueError(f"path mode must be auto, sparse or dense, got {self.mode!r}")
+
+    def threshold(self, kind: str) -> float:
+        given = self.conv_threshold if kind == "conv2d" else self.linear_threshold
+        if given is not None:
+            return given
+        return CROSSOVER[min(engine_threads(), 2)][kind]
 
     def dense(self, kind: str, events: int, sites: int) -> bool:
         if self.mode == "sparse":
             return False
         if self.mode == "dense":
             return True
-        limit = self.conv_threshold if kind == "conv2d" else self.linear_threshold
-        return events > limit * sites
+        return events > self.threshold(kind) * sites
 
 
 class SpikingLayer:
