@@ -9,11 +9,10 @@ The thresholds in ``eventformer.layers.PathPolicy`` come from this table.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from eventformer.bench.calibrate import random_model
+from eventformer.bench.run import time_best
 from eventformer.layers import PathPolicy
 from eventformer.models import Spikformer, SpikformerConfig
 
@@ -21,13 +20,8 @@ DENSITIES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 
 
 def best_time(fn, repeat=7):
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    fn()  # warm-up: compile, allocate the dense path's buffers
+    return time_best(fn, repeat)
 
 
 def main():

@@ -22,9 +22,10 @@ from eventformer.kernels import (
     im2col_padded,
     lif_params,
     lif_step,
+    lif_step_flags,
     linear_event_ops,
     linear_scatter,
-    maxpool_spikes,
+    maxpool_flags,
     merge_add,
     scatter_dense,
     ssa_step,
@@ -288,26 +289,6 @@ def test_lif_twin_agrees_with_spikingjelly_formula_in_torch():
 # ---------------------------------------------------------------------------------------------
 
 
-@SETTINGS
-@given(pool=st.sampled_from([(3, 2, 1), (2, 2, 0)]), c=st.integers(1, 4), h=st.integers(1, 9),
-       w=st.integers(1, 9), mode=MODES, seed=SEEDS)
-def test_maxpool_spikes_matches_dense(pool, c, h, w, mode, seed):
-    k, s, p = pool
-    assume(h + 2 * p >= k and w + 2 * p >= k)  # a 1-pixel map pools only with k3 p1
-    rng = np.random.default_rng(seed)
-    x = count_map(rng, (c, h, w), mode, 1, border_axes=(1, 2))
-    idx, _ = twin.chw_to_events(x)
-    ho, wo = twin.conv_out_size(h, k, s, p), twin.conv_out_size(w, k, s, p)
-    mark = np.zeros(ho * wo * c, np.uint8)
-    got = maxpool_spikes(idx, w, c, k, s, p, ho, wo, mark)
-    expect = twin.maxpool2d(x.astype(np.float64), k, s, p)
-    assert set(np.unique(expect)) <= {0.0, 1.0}
-    exp_idx, _ = twin.chw_to_events(expect)
-    assert got.dtype == np.int32
-    np.testing.assert_array_equal(got, exp_idx)
-    assert not mark.any()
-
-
 def test_maxpool_twin_agrees_with_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(11)
@@ -454,12 +435,11 @@ def test_kernels_are_pure_functions_of_their_inputs():
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
 
-    spikes = (x > 0).astype(np.int64)
-    sidx, _ = twin.chw_to_events(spikes)
-    mark = np.zeros(3 * 3 * cin, np.uint8)
-    a = maxpool_spikes(sidx, w, cin, 3, 2, 1, 3, 3, mark)
-    b = maxpool_spikes(sidx, w, cin, 3, 2, 1, 3, 3, mark)
-    np.testing.assert_array_equal(a, b)
+    flags = (x > 0).transpose(1, 2, 0).reshape(-1).astype(np.uint8)  # HWC 0/1 map
+    pooled = [np.empty(3 * 3 * cin, np.int32) for _ in range(2)]
+    na = maxpool_flags(flags, h, w, cin, 3, 2, 1, 3, 3, pooled[0])
+    nb = maxpool_flags(flags, h, w, cin, 3, 2, 1, 3, 3, pooled[1])
+    np.testing.assert_array_equal(pooled[0][:na], pooled[1][:nb])
 
     q, kk, v = ((rng.random((9, 16)) < 0.5).astype(np.int64) for _ in range(3))
     qi, ki, vi = (twin.tokens_to_events(m)[0] for m in (q, kk, v))
@@ -486,7 +466,7 @@ def test_kernels_are_pure_functions_of_their_inputs():
 
 @pytest.mark.parametrize("kernel", [
     conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops, lif_step,
-    maxpool_spikes, merge_add, channel_sums, scatter_dense, ssa_step,
+    maxpool_flags, lif_step_flags, merge_add, channel_sums, scatter_dense, ssa_step,
 ], ids=lambda f: f.py_func.__name__)
 def test_kernel_compiled_with_cache(kernel):
     assert not isinstance(kernel._cache, NullCache)
@@ -507,14 +487,9 @@ def test_maxpool_flags_matches_twin(pool, c, h, w, density, seed):
     flags = (rng.random(h * w * c) < density).astype(np.uint8)
     out = np.full(out_h * out_w * c, -1, np.int32)
     n = maxpool_flags(flags, h, w, c, k, s, p, out_h, out_w, out)
-    dense = flags.reshape(h, w, c)
-    want = np.zeros((out_h, out_w, c), np.uint8)
-    for oy in range(out_h):
-        for ox in range(out_w):
-            ys = slice(max(oy * s - p, 0), min(oy * s - p + k, h))
-            xs = slice(max(ox * s - p, 0), min(ox * s - p + k, w))
-            want[oy, ox] = dense[ys, xs].reshape(-1, c).max(axis=0)
-    np.testing.assert_array_equal(out[:n], np.flatnonzero(want))
+    chw = flags.reshape(h, w, c).transpose(2, 0, 1).astype(np.float64)
+    want, _ = twin.chw_to_events(twin.maxpool2d(chw, k, s, p))
+    np.testing.assert_array_equal(out[:n], want)
 
 
 @SETTINGS

@@ -8,7 +8,7 @@ from .attention import ssa_step
 from .conv import conv2d_scatter, densify_padded, im2col_padded
 from .linear import linear_event_ops, linear_scatter
 from .neurons import lif_params, lif_step, lif_step_flags
-from .sparse import channel_sums, maxpool_flags, maxpool_spikes, merge_add, scatter_dense
+from .sparse import channel_sums, maxpool_flags, merge_add, scatter_dense
 
 __all__ = [
     "channel_sums",
@@ -22,7 +22,6 @@ __all__ = [
     "linear_event_ops",
     "linear_scatter",
     "maxpool_flags",
-    "maxpool_spikes",
     "merge_add",
     "scatter_dense",
     "ssa_step",

@@ -9,7 +9,7 @@ The dense path uses rows ``[(ky * KW + kx) * Cin + c, Cout]`` to match :func:`im
 import numpy as np
 from numba import njit
 
-from .counters import AC, MAC, INPUT_EVENTS
+from ._common import add_slab, book_ops, next_site
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -56,18 +56,10 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
     in_h = out_h * stride + kh  # enough rows for any input that reaches the output
     rows, _ = _tap_table(max(in_h, 1) + 2 * pad, kh, stride, pad, out_h)
     cols, _ = _tap_table(in_w, kw, stride, pad, out_w)
-    # idx is sorted: walk (y, x) forward instead of dividing (integer division dominated)
-    y = 0
-    x = 0
-    base = 0
+    y = x = base = 0
     for e in range(idx.shape[0]):
         flat = idx[e]
-        while flat >= base + cin:
-            base += cin
-            x += 1
-            if x == in_w:
-                x = 0
-                y += 1
+        y, x, base = next_site(flat, y, x, base, cin, in_w)
         c = flat - base
         k = cnt[e]
         kbuf[0] = k
@@ -84,23 +76,10 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
                 # 1-D views let LLVM prove the slabs apart and vectorise the add
                 w = weight_rows[(c * kh + ky) * kw + kx]
                 ob = (oy * out_w + ox) * cout
-                o = out[ob:ob + cout]
-                if k == 1:
-                    for co in range(cout):
-                        o[co] += w[co]
-                else:
-                    for co in range(cout):
-                        o[co] += kf * w[co]
+                add_slab(out[ob:ob + cout], w, k, kf)
                 taps += 1
-        if weighted:
-            ops += taps * cout
-        else:
-            ops += k * taps * cout
-    if weighted:
-        counters[MAC] += ops
-    else:
-        counters[AC] += ops
-    counters[INPUT_EVENTS] += idx.shape[0]
+        ops += taps * cout if weighted else k * taps * cout
+    book_ops(counters, ops, idx.shape[0], weighted)
 
 
 @njit(cache=True, nogil=True)
@@ -118,32 +97,17 @@ def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w,
     ops = 0
     _, ny_tab = _tap_table(padded.shape[0] - 2 * pad, kh, stride, pad, out_h)
     _, nx_tab = _tap_table(in_w, kw, stride, pad, out_w)
-    y = 0
-    x = 0
-    base = 0
-    for e in range(idx.shape[0]):  # sorted idx: walk (y, x) forward, no division
+    y = x = base = 0
+    for e in range(idx.shape[0]):
         site = idx[e]
-        while site >= base + cin:
-            base += cin
-            x += 1
-            if x == in_w:
-                x = 0
-                y += 1
+        y, x, base = next_site(site, y, x, base, cin, in_w)
         c = site - base
         k = cnt[e]
         kbuf[0] = k
         flat[((y + pad) * pw + x + pad) * cin + c] = kbuf[0]
-        ny = ny_tab[y]
-        nx = nx_tab[x]
-        if weighted:
-            ops += ny * nx * cout
-        else:
-            ops += k * ny * nx * cout
-    if weighted:
-        counters[MAC] += ops
-    else:
-        counters[AC] += ops
-    counters[INPUT_EVENTS] += idx.shape[0]
+        taps = ny_tab[y] * nx_tab[x]
+        ops += taps * cout if weighted else k * taps * cout
+    book_ops(counters, ops, idx.shape[0], weighted)
 
 
 @njit(cache=True, nogil=True)

@@ -7,7 +7,7 @@ event reads one contiguous row and adds it to its token's contiguous output row.
 import numpy as np
 from numba import njit
 
-from .counters import AC, MAC, INPUT_EVENTS
+from ._common import add_slab, book_ops, next_site
 
 
 @njit(cache=True, nogil=True)
@@ -20,40 +20,27 @@ def linear_scatter(idx, cnt, cin, weight, out, counters, weighted):
     cout = weight.shape[1]
     kbuf = np.empty(1, out.dtype)
     ops = 0
+    tokens = out.shape[0] // cout
+    n = base = 0
     for e in range(idx.shape[0]):
         flat = idx[e]
-        n = flat // cin
-        c = flat - n * cin
+        _, n, base = next_site(flat, 0, n, base, cin, tokens + 1)  # n: the event's token
+        c = flat - base
         k = cnt[e]
-        o = out[n * cout:(n + 1) * cout]  # 1-D views: vectorised adds
-        w = weight[c]
-        if k == 1:
-            for co in range(cout):
-                o[co] += w[co]
-        else:
-            kbuf[0] = k
-            kf = kbuf[0]
-            for co in range(cout):
-                o[co] += kf * w[co]
-        if weighted:
-            ops += cout
-        else:
-            ops += k * cout
-    if weighted:
-        counters[MAC] += ops
-    else:
-        counters[AC] += ops
-    counters[INPUT_EVENTS] += idx.shape[0]
+        kbuf[0] = k
+        # 1-D views of the rows let LLVM vectorise the adds
+        add_slab(out[n * cout:(n + 1) * cout], weight[c], k, kbuf[0])
+        ops += cout if weighted else k * cout
+    book_ops(counters, ops, idx.shape[0], weighted)
 
 
 @njit(cache=True, nogil=True)
 def linear_event_ops(cnt, cout, counters, weighted):
     """The counters :func:`linear_scatter` would add, for a step that ran dense."""
-    if weighted:
-        counters[MAC] += cnt.shape[0] * cout
-    else:
+    ops = cnt.shape[0] * cout
+    if not weighted:
         total = 0
         for e in range(cnt.shape[0]):
             total += cnt[e]
-        counters[AC] += total * cout
-    counters[INPUT_EVENTS] += cnt.shape[0]
+        ops = total * cout
+    book_ops(counters, ops, cnt.shape[0], weighted)

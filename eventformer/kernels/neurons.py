@@ -80,10 +80,10 @@ def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
     n = v.shape[0]
     lif_step_flags(v, current, params, hard_reset, decay_input, spikes_out, counters)
     count = 0
-    for i in range(n):
-        if spikes_out[i]:
-            spikes_out[count] = i  # count <= i: never overwrites a flag still to be read
-            count += 1
+    for i in range(n):  # branch-free: count <= i never overwrites a flag still to be read
+        f = spikes_out[i]
+        spikes_out[count] = i
+        count += f
     return count
 
 

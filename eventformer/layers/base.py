@@ -9,9 +9,6 @@ import numpy as np
 from ..kernels import counters as C
 from ..runtime import engine_threads
 
-EMPTY = np.empty(0, np.int32)
-
-
 # Input density above which a step runs dense, by engine threads (benchmarks/crossover.py on
 # the project's 2-core x86 machines). A scatter is bound by memory latency and does not speed up
 # with a second thread there; a GEMM split over two threads runs ~1.7x faster, so with more

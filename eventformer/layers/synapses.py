@@ -7,7 +7,7 @@ import numpy as np
 from ..kernels import (conv2d_scatter, counters as C, densify_padded, im2col_padded,
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense)
 from ..runtime import gemm
-from .base import EMPTY, PathPolicy, SpikingLayer
+from .base import PathPolicy, SpikingLayer
 from .neurons import LIFNeurons
 
 
