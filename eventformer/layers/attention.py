@@ -82,5 +82,13 @@ class SpikingSelfAttention:
         s = self.core.attend(q, k, v)
         return self.proj.step(s, np.ones(s.shape[0], np.int32))
 
+    def run_steps(self, inputs: list) -> list:
+        """All steps of a sample, layer by layer (offline): same results as :meth:`step`."""
+        q = self.q.run_steps(inputs)
+        k = self.k.run_steps(inputs)
+        v = self.v.run_steps(inputs)
+        s = [self.core.attend(q[t][0], k[t][0], v[t][0]) for t in range(len(inputs))]
+        return self.proj.run_steps([(x, np.ones(x.shape[0], np.int32)) for x in s])
+
 
 ATTENTION_OPERATORS = {"ssa": SpikingSelfAttention}

@@ -10,12 +10,102 @@ from ..runtime import gemm
 from .base import PathPolicy, SpikingLayer
 from .neurons import LIFNeurons
 
+# Offline runs stack the dense steps of a layer into one GEMM when a step alone has fewer rows
+# than this: small GEMMs (64 token rows) run far below the machine's GEMM speed.
+BATCH_ROWS_BELOW = 1024
+
 
 def _ones(n: int) -> np.ndarray:
     return np.ones(n, np.int32)
 
 
-class Conv2dLIF(SpikingLayer):
+class SynapticLIF(SpikingLayer):
+    """What conv and linear layers share: per step, a current by scatter or by GEMM, then LIF.
+
+    A subclass says how events become GEMM input rows (:meth:`_gemm_rows`), how they scatter
+    (:meth:`_scatter`) and what follows the LIF (:meth:`emit`). The dense path's GEMM is
+    ``rows x k_dim @ k_dim x cout``.
+    """
+
+    def _setup(self, params, *, rows: int, k_dim: int, in_sites: int, gemm_weight, dtype,
+               policy: PathPolicy):
+        self.rows, self.k_dim, self.in_sites = rows, k_dim, in_sites
+        self.gemm_weight = gemm_weight
+        self.bias = np.asarray(params.bias, dtype)
+        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        self.current = np.empty((rows, self.cout), dtype)
+        self.policy = policy
+        self.dense_macs_per_step = rows * k_dim * self.cout
+        self._rows_buf = None
+
+    def reset(self) -> None:
+        self.neurons.reset()
+
+    def _dense(self, idx: np.ndarray) -> bool:
+        return self.policy.dense(self.kind, idx.shape[0], self.in_sites)
+
+    def _dense_rows(self, idx, cnt, rows_out) -> None:
+        """Fill GEMM input rows for a dense step and count its event ops and dense work."""
+        self.counters[C.INPUT_SITES] += self.in_sites
+        self._gemm_rows(idx, cnt, rows_out)
+        self.counters[C.DENSE_MAC] += self.dense_macs_per_step
+        self.counters[C.DENSE_STEPS] += 1
+
+    def _sparse_current(self, idx, cnt, cur) -> np.ndarray:
+        self.counters[C.INPUT_SITES] += self.in_sites
+        cur[:] = self.bias
+        self._scatter(idx, cnt, cur.reshape(-1))
+        self.counters[C.SPARSE_STEPS] += 1
+        return cur.reshape(-1)
+
+    def synapse(self, idx: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+        """The step's input current (flat, channel-innermost), by the path the policy picks."""
+        cur = self.current
+        if not self._dense(idx):
+            return self._sparse_current(idx, cnt, cur)
+        if self._rows_buf is None:  # allocated on the first dense step only
+            self._rows_buf = np.empty((self.rows, self.k_dim), cur.dtype)
+        self._dense_rows(idx, cnt, self._rows_buf)
+        gemm(self._rows_buf, self.gemm_weight, cur)
+        cur += self.bias
+        return cur.reshape(-1)
+
+    def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.emit(self.synapse(idx, cnt))
+
+    def run_steps(self, inputs: list) -> list:
+        """Many steps of one sample at once (offline): the same per-step results as
+        :meth:`step`, but the dense steps of a small layer share one GEMM."""
+        dense = [self._dense(idx) for idx, _ in inputs]
+        n_dense = sum(dense)
+        if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
+            return [self.step(idx, cnt) for idx, cnt in inputs]
+        dtype = self.current.dtype
+        stacked = np.empty((n_dense * self.rows, self.k_dim), dtype)
+        j = 0
+        for (idx, cnt), is_dense in zip(inputs, dense):
+            if is_dense:
+                self._dense_rows(idx, cnt, stacked[j * self.rows:(j + 1) * self.rows])
+                j += 1
+        currents = np.empty((n_dense * self.rows, self.cout), dtype)
+        gemm(stacked, self.gemm_weight, currents)
+        currents += self.bias
+        out = []
+        j = 0
+        for (idx, cnt), is_dense in zip(inputs, dense):
+            if is_dense:
+                out.append(self.emit(currents[j * self.rows:(j + 1) * self.rows].reshape(-1)))
+                j += 1
+            else:
+                out.append(self.emit(self._sparse_current(idx, cnt, self.current)))
+        return out
+
+    def emit(self, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        spikes = self.fire(current)
+        return spikes, _ones(spikes.shape[0])
+
+
+class Conv2dLIF(SynapticLIF):
     """Conv2d (BN folded, bias = BN shift) -> LIF, optionally followed by a spike max-pool.
 
     Input and output are HWC event lists. ``weighted`` inputs (raw event counts into the first
@@ -37,13 +127,15 @@ class Conv2dLIF(SpikingLayer):
         super().__init__(params.name, self.out_h * self.out_w * cout, input_kind)
         self.in_shape, self.kh, self.kw, self.cin, self.cout = in_shape, kh, kw, cin, cout
         self.weighted = input_kind == "counts"
+        # scatter rows [(c, ky, kx), Cout]; GEMM rows [(ky, kx, c), Cout] to match im2col
         self.weight_rows = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(-1, cout), dtype)
-        self.weight_gemm = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, cout), dtype)
-        self.bias = np.asarray(params.bias, dtype)
-        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
-        self.current = np.empty((self.out_h * self.out_w, cout), dtype)
-        self.policy = policy
-        self.in_sites = h * wd * cin
+        self._setup(params, rows=self.out_h * self.out_w, k_dim=kh * kw * cin,
+                    in_sites=h * wd * cin, dtype=dtype, policy=policy,
+                    gemm_weight=np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, cout),
+                                                     dtype))
+        self._padded = np.empty((h + 2 * self.pad, wd + 2 * self.pad, cin), dtype)
+        self._geometry = (wd, cin)
+        self._taps = (kh, kw, self.stride, self.pad, self.out_h, self.out_w)
         self.pool = pool
         if pool is not None:
             k, s, p = pool
@@ -53,44 +145,20 @@ class Conv2dLIF(SpikingLayer):
             self.out_shape = (self.pool_h, self.pool_w, cout)
         else:
             self.out_shape = (self.out_h, self.out_w, cout)
-        self._cols = None
-        self.dense_macs_per_step = self.out_h * self.out_w * cout * cin * kh * kw
 
-    def reset(self) -> None:
-        self.neurons.reset()
+    def _gemm_rows(self, idx, cnt, rows_out) -> None:
+        densify_padded(idx, cnt, *self._geometry, self.cout, *self._taps, self._padded,
+                       self.counters, self.weighted)
+        im2col_padded(self._padded, self.kh, self.kw, self.stride, self.out_h, self.out_w,
+                      rows_out)
 
-    def synapse(self, idx: np.ndarray, cnt: np.ndarray) -> np.ndarray:
-        """The step's input current (flat HWC), by whichever path the policy picks."""
-        cur = self.current
-        counters = self.counters
-        counters[C.INPUT_SITES] += self.in_sites
-        geometry = (self.in_shape[1], self.cin)
-        taps = (self.kh, self.kw, self.stride, self.pad, self.out_h, self.out_w)
-        if self.policy.dense(self.kind, idx.shape[0], self.in_sites):
-            if self._cols is None:  # allocated on first dense step only
-                h, w, c = self.in_shape
-                self._padded = np.empty((h + 2 * self.pad, w + 2 * self.pad, c), cur.dtype)
-                self._cols = np.empty((self.out_h * self.out_w, self.kh * self.kw * c), cur.dtype)
-            densify_padded(idx, cnt, *geometry, self.cout, *taps, self._padded, counters,
-                           self.weighted)
-            im2col_padded(self._padded, self.kh, self.kw, self.stride, self.out_h, self.out_w,
-                          self._cols)
-            gemm(self._cols, self.weight_gemm, cur)
-            cur += self.bias
-            counters[C.DENSE_MAC] += self._cols.size * self.cout
-            counters[C.DENSE_STEPS] += 1
-        else:
-            cur[:] = self.bias
-            conv2d_scatter(idx, cnt, *geometry, self.weight_rows, *taps, cur.reshape(-1),
-                           counters, self.weighted)
-            counters[C.SPARSE_STEPS] += 1
-        return cur.reshape(-1)
+    def _scatter(self, idx, cnt, cur_flat) -> None:
+        conv2d_scatter(idx, cnt, *self._geometry, self.weight_rows, *self._taps, cur_flat,
+                       self.counters, self.weighted)
 
-    def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        current = self.synapse(idx, cnt)
+    def emit(self, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.pool is None:
-            spikes = self.fire(current)
-            return spikes, _ones(spikes.shape[0])
+            return super().emit(current)
         # LIF flags straight into the max-pool: the pre-pool spike list is never needed
         if self.probe is not None:
             self.probe(self, current)
@@ -102,7 +170,7 @@ class Conv2dLIF(SpikingLayer):
         return self._pooled[:count].copy(), _ones(count)
 
 
-class LinearLIF(SpikingLayer):
+class LinearLIF(SynapticLIF):
     """Token-wise linear map (Conv1d k1; BN folded) -> LIF over [tokens, channels] event lists."""
 
     kind = "linear"
@@ -114,36 +182,13 @@ class LinearLIF(SpikingLayer):
         self.tokens, self.cin, self.cout = tokens, cin, cout
         self.weighted = input_kind == "counts"
         self.weight = np.ascontiguousarray(w.T, dtype)  # [Cin, Cout]: one event, one row
-        self.bias = np.asarray(params.bias, dtype)
-        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
-        self.current = np.empty((tokens, cout), dtype)
-        self._dense_in = np.zeros((tokens, cin), dtype)
-        self.policy = policy
-        self.in_sites = tokens * cin
+        self._setup(params, rows=tokens, k_dim=cin, in_sites=tokens * cin,
+                    gemm_weight=self.weight, dtype=dtype, policy=policy)
         self.out_shape = (tokens, cout)
-        self.dense_macs_per_step = tokens * cin * cout
 
-    def reset(self) -> None:
-        self.neurons.reset()
+    def _gemm_rows(self, idx, cnt, rows_out) -> None:
+        scatter_dense(idx, cnt, rows_out.reshape(-1))
+        linear_event_ops(cnt, self.cout, self.counters, self.weighted)
 
-    def synapse(self, idx: np.ndarray, cnt: np.ndarray) -> np.ndarray:
-        cur = self.current
-        counters = self.counters
-        counters[C.INPUT_SITES] += self.in_sites
-        if self.policy.dense(self.kind, idx.shape[0], self.in_sites):
-            scatter_dense(idx, cnt, self._dense_in.reshape(-1))
-            gemm(self._dense_in, self.weight, cur)
-            cur += self.bias
-            linear_event_ops(cnt, self.cout, counters, self.weighted)
-            counters[C.DENSE_MAC] += self.in_sites * self.cout
-            counters[C.DENSE_STEPS] += 1
-        else:
-            cur[:] = self.bias
-            linear_scatter(idx, cnt, self.cin, self.weight, cur.reshape(-1), counters,
-                           self.weighted)
-            counters[C.SPARSE_STEPS] += 1
-        return cur.reshape(-1)
-
-    def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        spikes = self.fire(self.synapse(idx, cnt))
-        return spikes, _ones(spikes.shape[0])
+    def _scatter(self, idx, cnt, cur_flat) -> None:
+        linear_scatter(idx, cnt, self.cin, self.weight, cur_flat, self.counters, self.weighted)

@@ -46,6 +46,15 @@ class Block:
         m_idx, m_cnt = self.fc2.step(h_idx, h_cnt)
         return merge_add(idx, cnt, m_idx, m_cnt)
 
+    def run_steps(self, xs: list) -> list:
+        xs = _residual(xs, self.attn.run_steps(xs))
+        return _residual(xs, self.fc2.run_steps(self.fc1.run_steps(xs)))
+
+
+def _residual(xs: list, ys: list) -> list:
+    """x + y for every step of two event-list sequences."""
+    return [merge_add(x[0], x[1], y[0], y[1]) for x, y in zip(xs, ys)]
+
 
 class Spikformer:
     """The event-driven engine for one model file.
@@ -121,10 +130,21 @@ class Spikformer:
         return self.head.logits()
 
     def run(self, steps) -> np.ndarray:
-        """Classify one sample given as a sequence of (idx, cnt) input steps."""
+        """Classify one sample given as a sequence of (idx, cnt) input steps.
+
+        With the whole sample at hand, layers run one after another over all steps (layer-major)
+        so that small dense layers batch their steps into one GEMM. Every layer still sees its
+        inputs in time order, so the result is that of calling :meth:`step` per step.
+        """
         self.reset()
-        for idx, cnt in steps:
-            self.step(idx, cnt)
+        xs = [(np.asarray(i, np.int32), np.asarray(c, np.int32)) for i, c in steps]
+        for layer in self.sps:
+            xs = layer.run_steps(xs)
+        xs = _residual(xs, self.rpe.run_steps(xs))  # x = x_feat + rpe: values 0..2
+        for block in self.blocks:
+            xs = block.run_steps(xs)
+        for idx, cnt in xs:
+            self.head.step(idx, cnt)
         return self.logits()
 
     def layer_stats(self) -> list[dict]:
