@@ -78,7 +78,13 @@ def infer(
     dataset: Optional[str] = typer.Option(None, "--dataset",
                                           help="Classify a dataset instead of files "
                                                "(dvs-gesture)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset lives."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+                                            help="Where the dataset lives [default: "
+                                                 "$EVENTFORMER_DATA, then ~/.cache/eventformer/"
+                                                 "data; else the embedded synthetic set]."),
+    split: str = typer.Option("test", "--split", help="Dataset split: test or train."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1,
+                                        help="Classify only the first N dataset samples."),
     steps: Optional[int] = typer.Option(None, "--steps", "-T", min=1,
                                         help="Time steps per sample [default: the model's]."),
     split_by: Optional[SplitBy] = typer.Option(None, "--split-by",
@@ -92,17 +98,22 @@ def infer(
                                                         "file (always shown for one file)."),
     pj_ac: float = typer.Option(0.9, "--pj-ac", help="Energy of one accumulate, pJ (45 nm)."),
     pj_mac: float = typer.Option(4.6, "--pj-mac", help="Energy of one multiply-accumulate, pJ."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per file (or sample, "
+                                                       "then a summary) on stdout."),
 ):
-    """Classify event recordings; report prediction, per-layer spikes and the ops really done."""
+    """Classify event recordings or a dataset; report predictions, per-layer spikes and the
+    operations really done."""
     from eventformer.inference import classify_file
     from eventformer.report import EnergyTable
 
+    energy = EnergyTable(ac_pj=pj_ac, mac_pj=pj_mac)
+    framing = {"steps": steps, "split_by": split_by.value if split_by else None}
     if dataset is not None:
-        if dataset != "dvs-gesture":
-            fail(f"unknown dataset {dataset!r}; known: dvs-gesture")
-        fail("the DVS Gesture dataset loader and its embedded synthetic test set are not built "
-             "yet; classify recordings directly: eventformer infer FILE... --weights MODEL.h5")
+        if files:
+            fail("give either event files or --dataset, not both")
+        _infer_dataset(dataset, data_dir, split, limit, weights, dtype.value, path.value,
+                       energy, framing, as_json)
+        return
     if not files:
         fail("give event files to classify (or --dataset dvs-gesture); see --help")
     if weights is None:
@@ -111,13 +122,13 @@ def infer(
         if not f.exists():
             fail(f"{f}: no such file")
     engine = _load_engine(weights, dtype.value, path.value, quiet=as_json)
-    energy = EnergyTable(ac_pj=pj_ac, mac_pj=pj_mac)
     results = []
     with _progress(len(files) > 1 and not as_json) as progress:
         task = progress.add_task("classifying", total=len(files)) if progress else None
         for f in files:
-            r = classify_file(engine, str(f), steps=steps,
-                              split_by=split_by.value if split_by else None, energy=energy)
+            r = classify_file(engine, str(f), energy=energy, **framing)
+            for w in r.warnings:
+                err.print(f"warning: {w}")
             results.append(r)
             if as_json:
                 sys.stdout.write(json.dumps(r.to_json()) + "\n")
@@ -126,6 +137,75 @@ def infer(
                 progress.advance(task)
     if not as_json:
         _print_results(results, show_layers=layers or len(results) == 1)
+
+
+def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, energy, framing,
+                   as_json) -> None:
+    from eventformer.datasets import embedded_synthetic_set, find_dvs_gesture, load_dvs_gesture
+    from eventformer.evaluate import evaluate
+
+    if name != "dvs-gesture":
+        fail(f"unknown dataset {name!r}; known: dvs-gesture")
+    if split not in ("test", "train"):
+        fail(f"--split must be test or train, got {split!r}")
+    found = find_dvs_gesture(data_dir)
+    if weights is None:
+        fail(NO_SHIPPED_MODEL)
+    engine = _load_engine(weights, dtype, path_mode, quiet=as_json)
+    if found is None:
+        data = embedded_synthetic_set(split, log=lambda m: err.print(m))
+        err.print(f"no DVS Gesture data found (give --data-dir or set EVENTFORMER_DATA): "
+                  f"running on the embedded synthetic {split} set ({len(data)} samples), "
+                  "not the real dataset")
+    else:
+        data = load_dvs_gesture(*found, split)
+        err.print(f"DVS Gesture from {data.root}: {data.convention}, {split} split, "
+                  f"{len(data)} samples")
+    total = min(len(data), limit) if limit else len(data)
+
+    def emit(record, _result):
+        if as_json:
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+        if progress:
+            progress.advance(task)
+
+    with _progress(not as_json) as progress:
+        task = progress.add_task("classifying", total=total) if progress else None
+        summary = evaluate(engine, data, limit=limit, energy=energy, on_sample=emit, **framing)
+    if as_json:
+        sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
+    else:
+        _print_summary(summary, engine.config)
+
+
+def _print_summary(s: dict, config) -> None:
+    names = [n.strip() for n in config.class_names] or [str(k) for k in range(config.num_classes)]
+    err.print(f"[bold]accuracy {s['accuracy']:.2%}[/] ({s['correct']}/{s['samples']}), "
+              f"{s['split']} split, {s['split_convention']}")
+    err.print(f"throughput {s['samples_per_s']:.2f} samples/s, {s['events_per_s']:.3g} events/s "
+              f"(engine time {s['engine_seconds']:.1f} s)")
+    o = s["ops_per_sample"]
+    err.print(f"per sample: AC {o['ac']:.3g}, MAC {o['mac']:.3g}, dense MAC {o['dense_mac']:.3g}, "
+              f"energy {o['energy_uj']:.1f} uJ (counted), SOP {o['sop_paper']:.3g} (paper)")
+    t = Table(title="confusion matrix (rows: label, columns: prediction) and per-class accuracy",
+              title_justify="left")
+    t.add_column("label")
+    for k in range(len(s["confusion"])):
+        t.add_column(str(k), justify="right")
+    t.add_column("accuracy", justify="right")
+    for k, row in enumerate(s["confusion"]):
+        acc = s["per_class_accuracy"].get(k)
+        t.add_row(f"{k} {names[k] if k < len(names) else ''}", *[str(v) for v in row],
+                  "-" if acc is None else f"{acc:.0%}")
+    err.print(t)
+    lt = Table(title="per layer, mean per sample", title_justify="left")
+    for c in ("layer", "spikes", "AC", "MAC", "dense MAC"):
+        lt.add_column(c, justify="left" if c == "layer" else "right")
+    for row in s["layers_per_sample"]:
+        lt.add_row(row["name"], f"{row['spikes']:.4g}", f"{row['ac']:.4g}", f"{row['mac']:.4g}",
+                   f"{row['dense_mac']:.4g}")
+    err.print(lt)
 
 
 def _progress(enabled: bool):

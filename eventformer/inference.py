@@ -25,6 +25,7 @@ class Classification:
     ops: dict
     seconds: float
     duration_us: int
+    warnings: list
 
     def to_json(self) -> dict:
         return {"file": self.file, "events": self.events, "steps": self.steps,
@@ -71,7 +72,8 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
     return Classification(
         file=rec.path, events=int(len(rec.events)), steps=steps, logits=logits, prediction=k,
         class_name=class_name(model, k), layers=layer_rows(stats, steps),
-        ops=summarize(stats, steps, energy), seconds=seconds, duration_us=int(rec.duration_us))
+        ops=summarize(stats, steps, energy), seconds=seconds, duration_us=int(rec.duration_us),
+        warnings=[f"{rec.path}: {w}" for w in rec.warnings])
 
 
 def classify_file(model: Spikformer, path: str, **kw) -> Classification:

@@ -1,0 +1,136 @@
+"""DVS Gesture layouts on disk -> labelled samples; dataset inference through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from eventformer.datasets import (DatasetError, detect_layout, find_dvs_gesture,
+                                  load_dvs_gesture, read_label_file)
+
+runner = CliRunner()
+
+
+def _events(rng, n, t0=0):
+    ev = np.zeros(n, dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
+    ev["t"] = t0 + np.sort(rng.integers(0, 1_000_000, n))
+    ev["x"], ev["y"], ev["p"] = rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n)
+    return ev
+
+
+def make_tonic(root, rng):
+    for split, users in (("ibmGestureTrain", ("user01_led",)), ("ibmGestureTest", ("user24_led",
+                                                                                   "user25_lab"))):
+        for user in users:
+            d = root / "DVSGesture" / split / user
+            d.mkdir(parents=True)
+            for label in range(11):
+                ev = _events(rng, 500)
+                rows = np.stack([ev["x"], ev["y"], ev["p"], ev["t"] / 1000.0], axis=1)
+                np.save(d / f"{label}.npy", rows)
+    return root / "DVSGesture"
+
+
+def make_spikingjelly(root, rng):
+    for split in ("train", "test"):
+        for label in range(11):
+            d = root / "DVS128Gesture" / "events_np" / split / str(label)
+            d.mkdir(parents=True)
+            ev = _events(rng, 400)
+            np.savez(d / f"user24_led_{label}.npz", t=ev["t"], x=ev["x"], y=ev["y"], p=ev["p"])
+    return root / "DVS128Gesture" / "events_np"
+
+
+def test_tonic_layout(tmp_path):
+    base = make_tonic(tmp_path, np.random.default_rng(0))
+    layout, folder = detect_layout(tmp_path)
+    assert (layout, folder) == ("tonic", base)
+    data = load_dvs_gesture(layout, folder, "test")
+    assert len(data) == 22 and "1077/264" in data.convention
+    ref, ev = next(data.iter_events())
+    assert ref.label == 0 and len(ev) == 500 and ev["t"].max() > 1000  # ms -> us
+
+
+def test_spikingjelly_layout(tmp_path):
+    make_spikingjelly(tmp_path, np.random.default_rng(1))
+    layout, folder = find_dvs_gesture(tmp_path)
+    data = load_dvs_gesture(layout, folder, "train")
+    assert layout == "spikingjelly" and len(data) == 11
+    assert sorted(r.label for r in data.samples) == list(range(11))
+
+
+def test_label_file_rows_kept_as_written(tmp_path):
+    f = tmp_path / "user01_natural_labels.csv"
+    f.write_text("class,startTime_usec,endTime_usec\n1,10,20\n8,30,40\n5,50,60\n4,70,80\n8,90,99\n")
+    assert read_label_file(f) == [(0, 10, 20), (7, 30, 40), (4, 50, 60), (3, 70, 80), (7, 90, 99)]
+
+
+def test_real_label_file_parses():
+    from conftest import GESTURE_DIR
+
+    f = GESTURE_DIR / "user01_natural_labels.csv"
+    if not f.is_file():
+        pytest.skip("real label file not found (../shared is absent)")
+    rows = read_label_file(f)
+    assert rows and all(0 <= c < 11 and s < e for c, s, e in rows)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("start,end\n1,2\n", "not a DVS Gesture label file"),
+    ("class,startTime_usec,endTime_usec\n12,1,2\n", "class 12"),
+    ("class,startTime_usec,endTime_usec\n3,5,2\n", "ends before it starts"),
+])
+def test_bad_label_files(tmp_path, content, message):
+    f = tmp_path / "x_labels.csv"
+    f.write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        read_label_file(f)
+
+
+def test_wrong_layout_and_missing_pieces(tmp_path):
+    with pytest.raises(DatasetError, match="not a DVS Gesture folder"):
+        find_dvs_gesture(tmp_path)
+    with pytest.raises(DatasetError, match="no such data directory"):
+        find_dvs_gesture(tmp_path / "nope")
+    (tmp_path / "trials_to_test.txt").write_text("user01_led.aedat\n")
+    with pytest.raises(DatasetError, match="lists user01_led.aedat"):
+        load_dvs_gesture("ibm", tmp_path, "test")
+
+
+@pytest.fixture(scope="module")
+def gesture_model(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    from torch_reference import RefConfig, random_state_dict
+
+    from eventformer_cli.main import app
+
+    d = tmp_path_factory.mktemp("gmodel")
+    cfg = RefConfig(image_size=128, sps_channels=(8, 8, 16, 16), dim=16, heads=2, depth=1)
+    torch.save({"model": random_state_dict(cfg, 0)}, d / "g.pth")
+    r = runner.invoke(app, ["export", str(d / "g.pth"), "-o", str(d / "g.h5"), "--heads", "2",
+                            "--steps", "4", "--classes", "dvs-gesture"])
+    assert r.exit_code == 0, r.output
+    return d / "g.h5"
+
+
+def test_infer_dataset_json_and_summary(tmp_path, gesture_model):
+    from eventformer_cli.main import app
+
+    make_tonic(tmp_path, np.random.default_rng(2))
+    r = runner.invoke(app, ["infer", "--dataset", "dvs-gesture", "--data-dir", str(tmp_path),
+                            "-w", str(gesture_model), "--limit", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 6
+    assert all({"label", "sample", "prediction", "logits", "layers", "ops"} <= set(x)
+               for x in lines[:5])
+    summary = lines[-1]
+    assert summary["samples"] == 5 and 0.0 <= summary["accuracy"] <= 1.0
+    assert summary["split_convention"].startswith("tonic")
+    assert sum(map(sum, summary["confusion"])) == 5
+    human = runner.invoke(app, ["infer", "--dataset", "dvs-gesture", "--data-dir", str(tmp_path),
+                                "-w", str(gesture_model), "--limit", "3"])
+    assert human.exit_code == 0 and "confusion matrix" in human.stderr
