@@ -267,6 +267,8 @@ def embedded_synthetic_set(split: str = "test", log=None) -> GestureSet:
         if log is not None:
             log(f"generating the embedded synthetic DVS Gesture set into {folder} (first use)")
         folder.mkdir(parents=True, exist_ok=True)
-        write_synthetic_dataset(folder, seed=EMBEDDED_SEED)
+        # small on purpose: two users (one for test), short gestures -> tens of MB, seconds
+        write_synthetic_dataset(folder, seed=EMBEDDED_SEED, users=2, trials_test_fraction=0.5,
+                                gesture_seconds=(2, 3))
         done.write_text("ok\n")
     return load_dvs_gesture("ibm", folder, split, synthetic=True)
