@@ -12,7 +12,11 @@ from eventformer.events.framing import (
     split_by_time,
 )
 from eventformer.events.readers import (
+    CHUNK_BYTES,
     EVENT_DTYPE,
+    Decoder,
+    EventStream,
+    Leftover,
     Bs2Reader,
     EventFileError,
     EventReader,
@@ -27,7 +31,11 @@ from eventformer.events.readers import (
 )
 
 __all__ = [
+    "CHUNK_BYTES",
+    "Decoder",
     "EVENT_DTYPE",
+    "EventStream",
+    "Leftover",
     "Bs2Reader",
     "EventFileError",
     "EventReader",

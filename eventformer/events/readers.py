@@ -1,13 +1,22 @@
-"""Event-camera recordings on disk -> one structured array in memory.
+"""Event-camera recordings on disk -> events in memory, whole or piece by piece.
 
-Every reader sits behind the same small interface (`EventReader`) and is found through a registry,
-so new formats (AEDAT, EVT2/EVT3, DAT, ...) slot in without touching callers. The format of a file is
-decided from its first bytes, never its extension: recordings get renamed, and datasets reuse ``.bin``
-and ``.raw`` for unrelated layouts.
+Every format sits behind the same small interface (`EventReader`) and is found through a registry,
+so new formats slot in without touching callers. The format of a file is decided from its first
+bytes, never its extension: recordings get renamed, and datasets reuse ``.bin``, ``.raw`` and
+``.aedat`` for unrelated layouts.
+
+Every format decodes INCREMENTALLY: ``reader.decoder()`` returns a stateful `Decoder` that is fed
+bytes in pieces of any size and returns the events of every complete record so far, holding back a
+record (or header, or compressed packet) cut in half until the rest arrives. Whole-file reading
+(`read_events`) is that decoder fed a few MB at a time, and `EventStream` is the same decoder fed
+from a file that may still be growing (a camera writing it), so one decoding path serves both and
+memory stays bounded by the chunk size plus the result.
 
 Every user mistake (missing file, unknown or corrupt format, bad fields) surfaces as one
 `EventFileError` whose message is a single sentence naming the file and the problem, so a command
-line front end can print it as is.
+line front end can print it as is. Oddities that do not stop a read (a torn last record, timestamps
+going backwards, coordinates outside the sensor) become one warning sentence each on the
+`Recording`: the data is kept, and the caller decides.
 """
 
 from __future__ import annotations
@@ -17,8 +26,7 @@ import os
 import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import BinaryIO, ClassVar, Self
 
 import numpy as np
 
@@ -26,9 +34,13 @@ from eventformer.errors import EventformerError
 
 __all__ = [
     "EVENT_DTYPE",
+    "CHUNK_BYTES",
     "EventFileError",
     "Recording",
     "EventReader",
+    "Decoder",
+    "Leftover",
+    "EventStream",
     "NpyReader",
     "NpzReader",
     "Bs2Reader",
@@ -46,14 +58,24 @@ EVENT_DTYPE = np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
 #: How many leading bytes a reader gets to recognise its format.
 HEAD_BYTES = 4096
 
+#: Bytes read from disk per step of a whole-file read: large enough that per-call overhead
+#: vanishes, small enough that the raw bytes never dominate memory.
+CHUNK_BYTES = 4 << 20
+
 _EVENT_FIELDS = ("t", "x", "y", "p")
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 _BS2_EVENT_BYTES = 5
+_NO_EVENTS = np.empty(0, dtype=EVENT_DTYPE)
 
 
 class EventFileError(EventformerError):
     """A recording could not be read; the message is one sentence naming the file and the problem."""
+
+
+def no_events() -> np.ndarray:
+    """A fresh empty `EVENT_DTYPE` array (callers may keep it; it shares nothing)."""
+    return _NO_EVENTS.copy()
 
 
 @dataclass
@@ -63,7 +85,7 @@ class Recording:
     ``sensor_size`` is ``(width, height)`` when the format records it and ``None`` when it has no
     header (bs2, npy): callers must then be told the size, since the largest coordinate seen is only
     a lower bound. ``warnings`` holds one sentence per oddity that did not stop the read (for
-    example timestamps that go backwards).
+    example timestamps that go backwards, or a torn last record).
     """
 
     path: str
@@ -85,6 +107,211 @@ class Recording:
 
 
 # --------------------------------------------------------------------------------------------------
+# Incremental decoding
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """How a decoded stream ended, returned by `Decoder.finish`.
+
+    ``events`` holds events only a finished stream can yield (formats such as zip archives that
+    cannot be decoded before their end); for every streaming format it is empty. ``torn_bytes``
+    counts the bytes of an incomplete last record that were held back and never decoded, and
+    ``header_complete`` is False when the stream ended inside its header.
+    """
+
+    events: np.ndarray
+    decoded: int
+    torn_bytes: int
+    header_complete: bool
+
+    @property
+    def message(self) -> str | None:
+        """One warning sentence about the end of the stream, or None when it ended cleanly."""
+        if not self.header_complete:
+            return f"the stream ended inside its header ({self.torn_bytes} bytes of header)"
+        if self.torn_bytes:
+            total = self.decoded + len(self.events)
+            return (f"read {total} events; the last {self.torn_bytes} "
+                    f"byte{'s' if self.torn_bytes != 1 else ''} are an incomplete record")
+        return None
+
+
+class Decoder(ABC):
+    """Stateful decoder of one format: bytes in, in pieces of any size; events out.
+
+    ``feed`` returns the events of every record completed by the bytes fed so far; a record cut at
+    the end of a piece is held back until the rest arrives, so feeding a stream in any split
+    yields exactly the events of one whole feed, none decoded twice or skipped. The header, when
+    the format has one, is parsed inside: bytes fed before it is complete produce no events, and
+    ``sensor_size`` is set from it when it records one.
+
+    Subclasses implement `_parse_header` (when the format has a header) and `_decode`, and set
+    ``_wanted`` to the number of held bytes below which another decoding attempt cannot make
+    progress: feeding a stream one byte at a time then costs O(bytes), not O(bytes x record).
+    """
+
+    format: ClassVar[str] = "?"
+    #: Bytes per record for fixed-size formats; the default `_wanted` after each decode.
+    record_bytes: ClassVar[int] = 1
+
+    def __init__(self, name: str = "<stream>") -> None:
+        #: Shown in error messages and warnings: the file path, usually.
+        self.name = name
+        #: ``(width, height)`` when the header records it, else None.
+        self.sensor_size: tuple[int, int] | None = None
+        self.header_complete = False
+        #: Stream bytes consumed so far (header and decoded records); decoding resumes here.
+        self.offset = 0
+        #: Stream bytes fed so far; ``bytes_fed - offset`` are held back, waiting for the rest.
+        self.bytes_fed = 0
+        #: Events returned so far.
+        self.decoded = 0
+        self._pending = bytearray()
+        self._wanted = 1
+        self._finished = False
+        self._broken = False
+        self._notes: dict[str, None] = {}
+        self._last_t: int | None = None
+        self._backwards = 0
+        self._outside = 0
+
+    # -- the public protocol ---------------------------------------------------------------------
+
+    def feed(self, data: bytes | bytearray | memoryview) -> np.ndarray:
+        """Events of every record completed by ``data`` (an `EVENT_DTYPE` array, maybe empty)."""
+        if self._finished or self._broken:
+            raise ValueError(f"{self.name}: feed() after finish() or after a decoding error")
+        if len(data):
+            self._pending += data
+            self.bytes_fed += len(data)
+        if len(self._pending) < self._wanted:
+            return no_events()
+        return self._advance(final=False)
+
+    def finish(self) -> Leftover:
+        """Declare the stream complete and say how it ended (see `Leftover`).
+
+        Formats whose header ends implicitly (at the first non-header byte) close it here, so a
+        file that holds only a header reads as an empty stream. Raises `EventFileError` when the
+        format can tell the stream is cut short in a way that is not a torn last record.
+        """
+        if self._broken:
+            raise ValueError(f"{self.name}: finish() after a decoding error")
+        if not self._finished:
+            final = self._advance(final=True) if not self.header_complete else no_events()
+            tail = self._final_events()
+            self._observe(tail)
+            if len(final):
+                tail = np.concatenate([final, tail])
+            self._end = Leftover(events=tail, decoded=self.decoded - len(tail),
+                                 torn_bytes=len(self._pending), header_complete=self.header_complete)
+            self._finished = True
+        return self._end
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held back: an incomplete header, record or packet waiting for the rest."""
+        return len(self._pending)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One sentence per oddity seen so far (format notes, coordinates outside the sensor,
+        timestamps going backwards); the events concerned are kept."""
+        found = list(self._notes)
+        if self._outside and self.sensor_size is not None:
+            width, height = self.sensor_size
+            found.append(f"{self._outside} event(s) lie outside the {width}x{height} sensor named in the "
+                         "header; they are kept")
+        if self._backwards:
+            found.append(f"timestamps go backwards {self._backwards} time(s); events are kept in stored order")
+        return found
+
+    # -- what formats implement ------------------------------------------------------------------
+
+    def _parse_header(self, buf: bytearray, final: bool) -> int | None:
+        """Length of the header once ``buf`` holds all of it, else None (more bytes needed).
+
+        ``final`` is True when no more bytes will come, so a header that ends implicitly (at the
+        first byte that is not a header line) ends with the stream. Headerless formats: 0.
+        """
+        return 0
+
+    @abstractmethod
+    def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
+        """Decode the complete records at the start of ``buf``: (events, bytes consumed).
+
+        The returned events must not view ``buf`` (it is released and reused afterwards).
+        """
+
+    def _final_events(self) -> np.ndarray:
+        """Events only a finished stream can yield (archives); empty for streaming formats."""
+        return no_events()
+
+    # -- shared machinery ------------------------------------------------------------------------
+
+    def note(self, message: str) -> None:
+        """Add a warning sentence once, however many chunks run into the same oddity."""
+        self._notes.setdefault(message, None)
+
+    def _advance(self, final: bool) -> np.ndarray:
+        if not self.header_complete:
+            size = self._parse_header(self._pending, final)
+            if size is None:
+                self._wanted = max(self._wanted, len(self._pending) + 1)
+                return no_events()
+            self._consume(size)
+            self.header_complete = True
+            self._wanted = self.record_bytes
+            if len(self._pending) < self._wanted:
+                return no_events()
+        view = memoryview(self._pending)
+        try:
+            events, used = self._decode(view)
+        except BaseException:
+            self._broken = True  # the traceback may still view the held bytes; this decoder is done
+            raise
+        view.release()
+        self._consume(used)
+        self._observe(events)
+        self.decoded += len(events)
+        return events
+
+    def _consume(self, size: int) -> None:
+        del self._pending[:size]
+        self.offset += size
+
+    def _observe(self, events: np.ndarray) -> None:
+        """Count (never fix) timestamps going backwards and coordinates outside the sensor,
+        across chunk boundaries, so warnings do not depend on how the stream was split."""
+        if not len(events):
+            return
+        t = events["t"]
+        if self._last_t is not None and t[0] < self._last_t:
+            self._backwards += 1
+        self._backwards += int(np.count_nonzero(t[1:] < t[:-1]))
+        self._last_t = int(t[-1])
+        if self.sensor_size is not None:
+            width, height = self.sensor_size
+            self._outside += int(np.count_nonzero((events["x"] >= width) | (events["y"] >= height)))
+
+
+class FixedRecordDecoder(Decoder):
+    """Headerless formats of fixed-size records: decode as many whole records as are held."""
+
+    def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
+        used = len(buf) - len(buf) % self.record_bytes
+        if not used:
+            return no_events(), 0
+        return self._decode_records(np.frombuffer(buf, dtype=np.uint8, count=used)), used
+
+    @abstractmethod
+    def _decode_records(self, raw: np.ndarray) -> np.ndarray:
+        """Decode ``raw`` (uint8, a whole number of records) into fresh `EVENT_DTYPE` events."""
+
+
+# --------------------------------------------------------------------------------------------------
 # The reader interface and registry
 # --------------------------------------------------------------------------------------------------
 
@@ -93,8 +320,9 @@ class EventReader(ABC):
     """One on-disk format.
 
     ``sniff`` looks only at the first `HEAD_BYTES` bytes (fewer for short files) and the file size,
-    so detection is cheap and never depends on the extension. ``read`` decodes the whole file and
-    raises `EventFileError` for anything wrong with it.
+    so detection is cheap and never depends on the extension. ``decoder`` returns a fresh
+    incremental `Decoder`; ``read`` decodes a whole file through it, a chunk at a time, and raises
+    `EventFileError` for anything wrong with it.
     """
 
     name: ClassVar[str]
@@ -103,9 +331,13 @@ class EventReader(ABC):
     def sniff(self, head: bytes, size: int) -> bool:
         """True when the file starting with ``head`` (total ``size`` bytes) is in this format."""
 
-    @abstractmethod
+    def decoder(self, name: str = "<stream>") -> Decoder:
+        """A fresh incremental decoder; ``name`` (the file path) appears in its messages."""
+        raise EventFileError(f"{name}: the {self.name} reader cannot decode incrementally")
+
     def read(self, path: str | os.PathLike[str]) -> Recording:
         """Decode the file into a `Recording`."""
+        return decode_file(self, path)
 
 
 _readers: list[EventReader] = []
@@ -133,15 +365,18 @@ def _reader_by_name(name: str, path: str) -> EventReader:
     raise EventFileError(f"{path}: cannot force unknown event format {name!r} (known formats: {known})")
 
 
-def detect_reader(path: str | os.PathLike[str]) -> EventReader:
-    """The reader whose ``sniff`` claims the file, judged from its header bytes."""
-    shown = os.fspath(path)
-    head, size = _read_head(path)
+def _reader_for_head(head: bytes, size: int, shown: str) -> EventReader:
     for reader in registered_readers():
         if reader.sniff(head, size):
             return reader
     raise EventFileError(f"{shown}: unknown event file format ({_describe_head(head)}; "
                          f"readable formats: {', '.join(r.name for r in registered_readers())})")
+
+
+def detect_reader(path: str | os.PathLike[str]) -> EventReader:
+    """The reader whose ``sniff`` claims the file, judged from its header bytes."""
+    head, size = _read_head(path)
+    return _reader_for_head(head, size, os.fspath(path))
 
 
 def read_events(path: str | os.PathLike[str], format: str | None = None) -> Recording:
@@ -157,6 +392,159 @@ def read_events(path: str | os.PathLike[str], format: str | None = None) -> Reco
         _read_head(path)  # same checks and messages for missing files and directories
         reader = _reader_by_name(format, shown)
     return reader.read(path)
+
+
+def decode_file(reader: EventReader, path: str | os.PathLike[str],
+                chunk_bytes: int = CHUNK_BYTES) -> Recording:
+    """Whole-file read through ``reader``'s incremental decoder, `CHUNK_BYTES` at a time.
+
+    A torn last record is not an error: the events before it are returned and a warning says how
+    many bytes were left over (a recording cut by a crash or a full disk is still worth reading).
+    A stream that ends inside its header is an error: it holds no events and no valid header.
+    """
+    shown = os.fspath(path)
+    _check_regular_file(path)
+    decoder = reader.decoder(shown)
+    parts: list[np.ndarray] = []
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                events = decoder.feed(chunk)
+                if len(events):
+                    parts.append(events)
+    except OSError as exc:
+        raise _open_problem(path, exc) from None
+    end = decoder.finish()
+    if not end.header_complete:
+        raise EventFileError(f"{shown}: truncated inside its {reader.name} header "
+                             f"({end.torn_bytes} bytes and no end of header)")
+    if len(end.events):
+        parts.append(end.events)
+    events = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else no_events())
+    warnings = decoder.warnings
+    if end.message:
+        warnings.append(end.message)
+    return Recording(path=shown, format=reader.name, events=events, sensor_size=decoder.sensor_size,
+                     warnings=warnings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming a file that may still be growing
+# --------------------------------------------------------------------------------------------------
+
+
+def _ready_to_sniff(head: bytes, size: int) -> bool:
+    """Enough of a (possibly still growing) file to decide its format without guessing.
+
+    Text-headed formats are recognised by their first line, so wait for it; a file that does not
+    start like a text header needs only its magic number (8 bytes cover npy and zip).
+    """
+    if size >= HEAD_BYTES:
+        return True
+    if head[:1] in (b"#", b"%"):
+        return b"\n" in head[:256] or size >= 256
+    return size >= 8
+
+
+class EventStream:
+    """The events of one file, read piece by piece from where the last read stopped.
+
+    Made for files that are still being written (a camera recording to disk): ``read`` decodes
+    what was appended since the previous call, holding back a record cut at the current end of the
+    file until the writer completes it, so over all calls it returns exactly the file's events.
+    ``finish`` declares the file complete and reports a torn last record, if any. The format is
+    detected from the first bytes once enough of them exist (see `_ready_to_sniff`); until then
+    ``read`` returns no events.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], format: str | None = None) -> None:
+        self.path = os.fspath(path)
+        _check_regular_file(path)
+        try:
+            self._file: BinaryIO | None = open(path, "rb")  # noqa: SIM115  (kept open across reads)
+        except OSError as exc:
+            raise _open_problem(path, exc) from None
+        self._reader = _reader_by_name(format, self.path) if format is not None else None
+        self.decoder: Decoder | None = self._reader.decoder(self.path) if self._reader else None
+        #: File bytes read so far; the next read starts here.
+        self.offset = 0
+
+    @property
+    def format(self) -> str | None:
+        """The format's name, once detected."""
+        return self._reader.name if self._reader else None
+
+    @property
+    def sensor_size(self) -> tuple[int, int] | None:
+        return self.decoder.sensor_size if self.decoder else None
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.decoder.warnings if self.decoder else []
+
+    def read(self, max_bytes: int = CHUNK_BYTES) -> np.ndarray:
+        """Events completed by up to ``max_bytes`` more bytes of the file (maybe none yet)."""
+        if self._file is None:
+            raise ValueError(f"{self.path}: read() on a closed EventStream")
+        if self.decoder is None and not self._detect():
+            return no_events()
+        assert self.decoder is not None
+        try:
+            self._file.seek(self.offset)
+            data = self._file.read(max_bytes)
+        except OSError as exc:
+            raise _open_problem(self.path, exc) from None
+        self.offset += len(data)
+        return self.decoder.feed(data)
+
+    def read_available(self, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+        """Events of everything the file holds now (reads until its current end)."""
+        parts = []
+        while True:
+            before = self.offset
+            events = self.read(chunk_bytes)
+            if len(events):
+                parts.append(events)
+            if self.offset == before:
+                break
+        return np.concatenate(parts) if parts else no_events()
+
+    def finish(self) -> Leftover:
+        """The file is complete: say how it ended (its `Leftover`), then close it."""
+        if self.decoder is None and not self._detect(final=True):
+            self.close()
+            return Leftover(no_events(), 0, 0, True)
+        assert self.decoder is not None
+        end = self.decoder.finish()
+        self.close()
+        return end
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _detect(self, final: bool = False) -> bool:
+        assert self._file is not None
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            self._file.seek(0)
+            head = self._file.read(HEAD_BYTES)
+        except OSError as exc:
+            raise _open_problem(self.path, exc) from None
+        if not final and not _ready_to_sniff(head, size):
+            return False
+        if final and not head:
+            return False
+        self._reader = _reader_for_head(head, size, self.path)
+        self.decoder = self._reader.decoder(self.path)
+        return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,15 +583,6 @@ def _read_head(path: str | os.PathLike[str]) -> tuple[bytes, int]:
     except OSError as exc:
         raise _open_problem(path, exc) from None
     return head, size
-
-
-def _read_all(path: str | os.PathLike[str]) -> bytes:
-    _check_regular_file(path)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise _open_problem(path, exc) from None
 
 
 def _describe_head(head: bytes) -> str:
@@ -254,23 +633,32 @@ def _check_range(name: str, values: np.ndarray, low: int, high: int, path: str) 
         raise EventFileError(f"{path}: field {name!r} holds {bad}, outside the allowed range {low}..{high}")
 
 
-def _polarity_to_on_off(p: np.ndarray, path: str, warnings: list[str]) -> np.ndarray:
-    """Polarity as 0 (OFF) / 1 (ON); -1 is accepted as OFF since several datasets store it so."""
+def _polarity_to_on_off(p: np.ndarray, path: str, warnings: list[str],
+                        seen: set[int] | None = None) -> np.ndarray:
+    """Polarity as 0 (OFF) / 1 (ON); -1 is accepted as OFF since several datasets store it so.
+
+    ``seen`` carries the polarity values met in earlier chunks of the same stream, so a file that
+    mixes -1 and 0 is refused however it is split.
+    """
     if p.dtype.kind == "b" or p.size == 0:
         return p.astype(np.uint8)
     values = np.unique(p)
     if not np.isin(values, (-1, 0, 1)).all():
         bad = int(values[~np.isin(values, (-1, 0, 1))][0])
         raise EventFileError(f"{path}: field 'p' holds {bad}, but polarity must be 0/1 (or -1/1)")
-    if (values == -1).any():
-        if (values == 0).any():
+    if seen is None:
+        seen = set()
+    seen.update(int(v) for v in values)
+    if -1 in seen:
+        if 0 in seen:
             raise EventFileError(f"{path}: field 'p' mixes -1, 0 and 1, so OFF events are ambiguous")
-        warnings.append("polarity -1 was read as OFF (0)")
+        if (values == -1).any():
+            warnings.append("polarity -1 was read as OFF (0)")
     return (p > 0).astype(np.uint8)
 
 
 def events_from_fields(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray,
-                       path: str, warnings: list[str]) -> np.ndarray:
+                       path: str, warnings: list[str], *, seen_polarity: set[int] | None = None) -> np.ndarray:
     """Validate four parallel 1-D arrays and pack them into `EVENT_DTYPE`.
 
     Negative or oversized coordinates are refused here, once, so every reader and every framer
@@ -291,7 +679,7 @@ def events_from_fields(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarra
     events["t"] = columns["t"]
     events["x"] = columns["x"]
     events["y"] = columns["y"]
-    events["p"] = _polarity_to_on_off(columns["p"], path, warnings)
+    events["p"] = _polarity_to_on_off(columns["p"], path, warnings, seen_polarity)
     return events
 
 
@@ -304,18 +692,24 @@ def _note_time_order(events: np.ndarray, warnings: list[str]) -> None:
         warnings.append(f"timestamps go backwards {backwards} time(s); events are kept in stored order")
 
 
-def _events_from_structured(array: np.ndarray, path: str, warnings: list[str]) -> np.ndarray:
-    names = array.dtype.names
+def _events_from_structured(array: np.ndarray, path: str, warnings: list[str],
+                            seen_polarity: set[int] | None = None) -> np.ndarray:
+    _check_event_dtype(array.dtype, array.shape, path)
+    if array.ndim != 1:
+        array = array.reshape(-1)
+    return events_from_fields(array["t"], array["x"], array["y"], array["p"], path, warnings,
+                              seen_polarity=seen_polarity)
+
+
+def _check_event_dtype(dtype: np.dtype, shape: tuple[int, ...], path: str) -> None:
+    names = dtype.names
     if names is None:
-        raise EventFileError(f"{path}: holds a plain {array.dtype} array of shape {array.shape}, "
+        raise EventFileError(f"{path}: holds a plain {dtype} array of shape {shape}, "
                              "not a structured array with fields t, x, y, p")
     missing = [f for f in _EVENT_FIELDS if f not in names]
     if missing:
         raise EventFileError(f"{path}: the structured array lacks field(s) {', '.join(missing)} "
                              f"(it has {', '.join(names)}; events need t, x, y, p)")
-    if array.ndim != 1:
-        array = array.reshape(-1)
-    return events_from_fields(array["t"], array["x"], array["y"], array["p"], path, warnings)
 
 
 def _finish(path: str, fmt: str, events: np.ndarray, warnings: list[str],
@@ -334,25 +728,35 @@ def _first_line(exc: BaseException) -> str:
     return text[0].rstrip(".") if text else type(exc).__name__
 
 
+_NPY_CORRUPT = ("not a valid numpy .npy file (its header is corrupt, cut short, "
+                "or from an unsupported .npy version)")
+
+
+def _parse_npy_header(fp: BinaryIO, path: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(fp)
+        return np.lib.format.read_array_header_2_0(fp)
+    except Exception:  # numpy raises ValueError, SyntaxError, EOFError... for bad headers
+        raise EventFileError(f"{path}: {_NPY_CORRUPT}") from None
+
+
+def _check_npy_header(shape: tuple[int, ...], dtype: np.dtype, path: str) -> None:
+    if dtype.hasobject:
+        raise EventFileError(f"{path}: holds Python objects (dtype {dtype}), which are not loaded for safety")
+    if any(d < 0 for d in shape):
+        raise EventFileError(f"{path}: not a valid numpy .npy file (negative shape {shape} in its header)")
+
+
 def _load_npy_stream(fp: BinaryIO, available: int, path: str) -> np.ndarray:
     """Read one .npy array from ``fp``, checking its header against the bytes really there.
 
     numpy would otherwise allocate whatever shape a corrupt header claims before noticing the data
     is missing; this turns both cases into one clear sentence.
     """
-    try:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fp)
-        else:
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(fp)
-    except Exception:  # numpy raises ValueError, SyntaxError, EOFError... for bad headers
-        raise EventFileError(f"{path}: not a valid numpy .npy file (its header is corrupt, cut short, "
-                             "or from an unsupported .npy version)") from None
-    if dtype.hasobject:
-        raise EventFileError(f"{path}: holds Python objects (dtype {dtype}), which are not loaded for safety")
-    if any(d < 0 for d in shape):
-        raise EventFileError(f"{path}: not a valid numpy .npy file (negative shape {shape} in its header)")
+    shape, fortran_order, dtype = _parse_npy_header(fp, path)
+    _check_npy_header(shape, dtype, path)
     count = int(np.prod(shape, dtype=object))
     needed = count * dtype.itemsize
     remaining = available - fp.tell()
@@ -369,6 +773,78 @@ def _load_npy_stream(fp: BinaryIO, available: int, path: str) -> np.ndarray:
         raise EventFileError(f"{path}: not a valid numpy .npy file ({_first_line(exc)})") from None
 
 
+class NpyDecoder(Decoder):
+    """numpy ``.npy``, decoded record by record after its header.
+
+    The header announces the array's size, so unlike the camera formats a short file is known to
+    be cut: `finish` raises for it instead of warning. Records are decoded in storage order (for a
+    multi-dimensional Fortran-order array that is column-major, the order the bytes are written).
+    """
+
+    format = "npy"
+
+    def __init__(self, name: str = "<stream>") -> None:
+        super().__init__(name)
+        self._dtype: np.dtype | None = None
+        self._remaining = 0
+        self._announced = 0
+        self._seen_polarity: set[int] = set()
+
+    def _parse_header(self, buf: bytearray, final: bool) -> int | None:
+        if len(buf) < 12:
+            if final:
+                raise EventFileError(f"{self.name}: {_NPY_CORRUPT}")
+            self._wanted = 12
+            return None
+        if bytes(buf[:6]) != _NPY_MAGIC:
+            raise EventFileError(f"{self.name}: {_NPY_CORRUPT}")
+        major = buf[6]
+        length = 10 + int.from_bytes(buf[8:10], "little") if major == 1 else 12 + int.from_bytes(buf[8:12], "little")
+        if len(buf) < length:
+            if final:
+                raise EventFileError(f"{self.name}: {_NPY_CORRUPT}")
+            self._wanted = length
+            return None
+        shape, _, dtype = _parse_npy_header(io.BytesIO(bytes(buf[:length])), self.name)
+        _check_npy_header(shape, dtype, self.name)
+        _check_event_dtype(dtype, shape, self.name)
+        for name in _EVENT_FIELDS:
+            _check_integer_field(name, np.empty(0, dtype=dtype[name]), self.name)
+        if dtype.itemsize == 0:
+            raise EventFileError(f"{self.name}: not a valid numpy .npy file (its records are 0 bytes long)")
+        self._dtype = dtype
+        self._announced = self._remaining = int(np.prod(shape, dtype=object))
+        self.record_bytes = dtype.itemsize  # type: ignore[misc]  # per-instance record size
+        return length
+
+    def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
+        assert self._dtype is not None
+        count = min(len(buf) // self._dtype.itemsize, self._remaining)
+        if count == 0:
+            if self._remaining == 0:
+                self._wanted = len(buf) + 1  # trailing bytes after the array: ignored at finish
+            return no_events(), 0
+        records = np.frombuffer(buf, dtype=self._dtype, count=count)
+        warnings: list[str] = []
+        events = events_from_fields(records["t"], records["x"], records["y"], records["p"], self.name,
+                                    warnings, seen_polarity=self._seen_polarity)
+        for message in warnings:
+            self.note(message)
+        del records
+        self._remaining -= count
+        return events, count * self._dtype.itemsize
+
+    def _final_events(self) -> np.ndarray:
+        if self.header_complete and self._remaining:
+            assert self._dtype is not None
+            needed = self._announced * self._dtype.itemsize
+            got = (self._announced - self._remaining) * self._dtype.itemsize + len(self._pending)
+            raise EventFileError(f"{self.name}: truncated: the .npy header announces {needed} data bytes "
+                                 f"but only {got} follow")
+        self._pending.clear()  # bytes after the announced array are not a torn record
+        return no_events()
+
+
 class NpyReader(EventReader):
     """numpy ``.npy`` structured arrays with integer fields t, x, y, p (any order, any int width)."""
 
@@ -377,13 +853,37 @@ class NpyReader(EventReader):
     def sniff(self, head: bytes, size: int) -> bool:
         return head.startswith(_NPY_MAGIC)
 
-    def read(self, path: str | os.PathLike[str]) -> Recording:
-        shown = os.fspath(path)
-        data = _read_all(path)
-        array = _load_npy_stream(io.BytesIO(data), len(data), shown)
+    def decoder(self, name: str = "<stream>") -> Decoder:
+        return NpyDecoder(name)
+
+
+class NpzDecoder(Decoder):
+    """numpy ``.npz`` (zip) archives. A zip's table of contents sits at its end, so nothing can be
+    decoded before the whole archive has arrived: bytes are held, and decoded by `finish`."""
+
+    format = "npz"
+
+    def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
+        self._wanted = len(buf) + 1
+        return no_events(), 0
+
+    def _final_events(self) -> np.ndarray:
+        data = bytes(self._pending)
+        self._pending.clear()
+        arrays = NpzReader._load_members(data, self.name)
         warnings: list[str] = []
-        events = _events_from_structured(array, shown, warnings)
-        return _finish(shown, self.name, events, warnings)
+        if all(name in arrays for name in _EVENT_FIELDS):
+            events = events_from_fields(*(arrays[n] for n in _EVENT_FIELDS), path=self.name, warnings=warnings)
+        elif len(arrays) == 1:
+            events = _events_from_structured(next(iter(arrays.values())), self.name, warnings)
+        else:
+            listed = ", ".join(sorted(arrays)) or "none"
+            raise EventFileError(f"{self.name}: the .npz archive holds arrays {listed}, but events need either "
+                                 "one structured array or arrays named t, x, y, p")
+        for message in warnings:
+            self.note(message)
+        self.decoded += len(events)
+        return events
 
 
 class NpzReader(EventReader):
@@ -394,19 +894,8 @@ class NpzReader(EventReader):
     def sniff(self, head: bytes, size: int) -> bool:
         return head.startswith(_ZIP_MAGIC)
 
-    def read(self, path: str | os.PathLike[str]) -> Recording:
-        shown = os.fspath(path)
-        arrays = self._load_members(_read_all(path), shown)
-        warnings: list[str] = []
-        if all(name in arrays for name in _EVENT_FIELDS):
-            events = events_from_fields(*(arrays[n] for n in _EVENT_FIELDS), path=shown, warnings=warnings)
-        elif len(arrays) == 1:
-            events = _events_from_structured(next(iter(arrays.values())), shown, warnings)
-        else:
-            listed = ", ".join(sorted(arrays)) or "none"
-            raise EventFileError(f"{shown}: the .npz archive holds arrays {listed}, but events need either "
-                                 "one structured array or arrays named t, x, y, p")
-        return _finish(shown, self.name, events, warnings)
+    def decoder(self, name: str = "<stream>") -> Decoder:
+        return NpzDecoder(name)
 
     @staticmethod
     def _load_members(data: bytes, path: str) -> dict[str, np.ndarray]:
@@ -449,6 +938,14 @@ def decode_bs2(raw: np.ndarray) -> np.ndarray:
     return events
 
 
+class Bs2Decoder(FixedRecordDecoder):
+    format = "bs2"
+    record_bytes = _BS2_EVENT_BYTES
+
+    def _decode_records(self, raw: np.ndarray) -> np.ndarray:
+        return decode_bs2(raw)
+
+
 class Bs2Reader(EventReader):
     """Headerless 5-byte events (N-MNIST ``.bin``, SLAYER ``.bs2``), the fallback format.
 
@@ -461,15 +958,8 @@ class Bs2Reader(EventReader):
     def sniff(self, head: bytes, size: int) -> bool:
         return not _starts_with_text_header(head)
 
-    def read(self, path: str | os.PathLike[str]) -> Recording:
-        shown = os.fspath(path)
-        data = _read_all(path)
-        complete, stray = divmod(len(data), _BS2_EVENT_BYTES)
-        if stray:
-            raise EventFileError(f"{shown}: truncated: {complete} complete {_BS2_EVENT_BYTES}-byte events "
-                                 f"followed by {stray} stray byte{'s' if stray > 1 else ''}")
-        events = decode_bs2(np.frombuffer(data, dtype=np.uint8))
-        return _finish(shown, self.name, events, [])
+    def decoder(self, name: str = "<stream>") -> Decoder:
+        return Bs2Decoder(name)
 
 
 register_reader(NpyReader())
@@ -497,3 +987,8 @@ def write_npy(path: str | os.PathLike[str], events: np.ndarray) -> None:
         events = converted
     with open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(events.reshape(-1)), allow_pickle=False)
+
+
+# The camera formats (AEDAT 2/3/4, Prophesee EVT 2/3 and DAT) register themselves on import; they
+# come after bs2 in the code but before it in detection, since bs2 is a fallback.
+from eventformer.events import formats as _formats  # noqa: F401  (imported for its side effect)
