@@ -339,6 +339,85 @@ def inspect(
 
 @app.command()
 @user_errors
+def stream(
+    file: Path = typer.Argument(..., help="Event file to classify window by window; with "
+                                          "--follow it may still be being written."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w",
+                                           help="Model file (.h5) from `eventformer export`."),
+    follow: bool = typer.Option(False, "--follow", "-f",
+                                help="Keep reading as the file grows (until --idle-timeout "
+                                     "or Ctrl-C)."),
+    window_ms: Optional[float] = typer.Option(None, "--window-ms",
+                                              help="Fixed time windows of this many ms "
+                                                   "[default: 100 ms]."),
+    window_events: Optional[int] = typer.Option(None, "--window-events", min=1,
+                                                help="Or a fixed number of events per window."),
+    realtime: bool = typer.Option(False, "--realtime",
+                                  help="Replay a finished file at recording speed."),
+    idle_timeout: float = typer.Option(5.0, "--idle-timeout", min=0.0,
+                                       help="With --follow: stop after this many seconds "
+                                            "without growth."),
+    dtype: DType = typer.Option(DType.float32, "--dtype", help="float32 or float64."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per window on stdout, "
+                                                       "then a summary line."),
+):
+    """Classify a live or recorded event stream in causal windows; the model's state carries
+    across windows, so the prediction evolves as the gesture unfolds."""
+    from eventformer.stream import FileSource, WindowSpec, run_stream
+
+    if window_ms is not None and window_events is not None:
+        fail("give either --window-ms or --window-events, not both")
+    if window_ms is not None and window_ms <= 0:
+        fail(f"--window-ms must be positive, got {window_ms}")
+    spec = WindowSpec(window_events=window_events) if window_events else \
+        WindowSpec(window_us=int(round((window_ms or 100.0) * 1000)))
+    if not file.exists():
+        fail(f"{file}: no such file")
+    if weights is None:
+        fail(NO_SHIPPED_MODEL)
+    engine = _load_engine(weights, dtype.value, "auto", quiet=as_json)
+    names = [n.strip() for n in engine.config.class_names]
+    source = FileSource(str(file), follow)
+    live = None
+    if not as_json and err.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=err, refresh_per_second=8, transient=False)
+        live.start()
+
+    def on_window(w):
+        if as_json:
+            sys.stdout.write(json.dumps(w) + "\n")
+            sys.stdout.flush()
+        elif live is not None:
+            k = w["prediction"]
+            live.update(f"t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s  "
+                        f"{w['events']:7d} events  prediction {k} "
+                        f"{names[k] if k < len(names) else ''}  latency {w['latency_ms']:.1f} ms"
+                        f"  backlog {w['backlog_events']}")
+
+    try:
+        summary = run_stream(engine, source, spec, follow=follow, realtime=realtime,
+                             idle_timeout=idle_timeout, on_window=on_window)
+    finally:
+        if live is not None:
+            live.stop()
+    leftover = source.finish()
+    for w in source.warnings + ([leftover.message] if leftover.message else []):
+        err.print(f"warning: {file}: {w}")
+    if as_json:
+        sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
+        return
+    k = summary["final_prediction"]
+    final = "-" if k is None else f"{k} {names[k] if k < len(names) else ''}"
+    err.print(f"{summary['windows']} windows, {summary['events']:,} events, final prediction "
+              f"{final}; latency p50 {summary['latency_ms_p50']:.1f} ms, p99 "
+              f"{summary['latency_ms_p99']:.1f} ms; compute {summary['compute_s']:.2f} s of "
+              f"{summary['wall_s']:.2f} s" + (" (interrupted)" if summary["interrupted"] else ""))
+
+
+@app.command()
+@user_errors
 def bench(
     files: List[Path] = typer.Argument(None, help="Recordings to time [default: the real DVS "
                                                   "Gesture segments in ../shared/data/events]."),
@@ -421,6 +500,66 @@ def _print_bench(result: dict, dense: bool) -> None:
         s = result["start"]
         err.print(f"start-up of `eventformer infer` on one file: cold (empty Numba cache) "
                   f"{s['cold_s']:.1f} s, warm {s['warm_s']:.1f} s")
+
+
+data_app = typer.Typer(help="Datasets: fetch DVS Gesture, generate the synthetic set.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+@user_errors
+def data_fetch(
+    name: str = typer.Argument(..., help="Dataset to download: dvs-gesture."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+                                            help="Where to put it [default: ~/.cache/eventformer/"
+                                                 "data/dvs-gesture]."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only test or train."),
+):
+    """Download a dataset (resumable, md5-verified); offline, say how to install it by hand."""
+    from eventformer.datasets import default_data_dirs
+    from eventformer.fetch import fetch_dvs_gesture
+
+    if name != "dvs-gesture":
+        fail(f"unknown dataset {name!r}; known: dvs-gesture")
+    if split not in (None, "test", "train"):
+        fail(f"--split must be test or train, got {split!r}")
+    folder = data_dir or default_data_dirs()[-1]
+    splits = (split,) if split else ("test", "train")
+    with _progress(True) as progress:
+        task = progress.add_task("downloading", total=None)
+
+        def report(done, total):
+            progress.update(task, completed=done, total=total)
+
+        fetch_dvs_gesture(Path(folder), splits, progress=report)
+    err.print(f"DVS Gesture ({', '.join(splits)}) is in {folder}")
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the dataset into."),
+    seed: int = typer.Option(0, "--seed", help="Everything follows from the seed."),
+    users: int = typer.Option(4, "--users", min=2, help="Subjects (the last quarter: test)."),
+):
+    """Write a synthetic DVS Gesture set (AEDAT 3.1, IBM layout) and compare it with real data."""
+    from eventformer.bench.run import default_gesture_dir
+    from eventformer.datasets import load_dvs_gesture
+    from eventformer.events.synth import compare_to_real, format_comparison, \
+        write_synthetic_dataset
+
+    with err.status("generating"):
+        summary = write_synthetic_dataset(out, seed=seed, users=users)
+    data = load_dvs_gesture("ibm", out, "test", synthetic=True)
+    err.print(f"wrote {len(summary.train)} train and {len(summary.test)} test recordings to "
+              f"{out} in {summary.seconds:.1f} s ({len(data)} test segments)")
+    real = default_gesture_dir()
+    if real is not None:
+        clips = [ev[ev["t"] < ev["t"][0] + 1_450_000] for _, ev in data.iter_events(33)
+                 if len(ev)]
+        err.print("statistics of 1.45 s clips against the real DVS Gesture segments:")
+        err.print(format_comparison(compare_to_real(sorted(real.glob("*.bs2")), clips)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -76,8 +76,9 @@ class GestureSet:
 
     @property
     def convention(self) -> str:
-        text = CONVENTIONS[self.layout]
-        return f"synthetic DVS Gesture, {text}" if self.synthetic else text
+        if self.synthetic:
+            return "synthetic DVS Gesture in the IBM layout, cut into labelled segments"
+        return CONVENTIONS[self.layout]
 
     def __len__(self) -> int:
         return len(self.samples)

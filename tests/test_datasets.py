@@ -134,3 +134,56 @@ def test_infer_dataset_json_and_summary(tmp_path, gesture_model):
     human = runner.invoke(app, ["infer", "--dataset", "dvs-gesture", "--data-dir", str(tmp_path),
                                 "-w", str(gesture_model), "--limit", "3"])
     assert human.exit_code == 0 and "confusion matrix" in human.stderr
+
+
+def test_embedded_synthetic_default(tmp_path, monkeypatch, gesture_model):
+    """No data anywhere: infer --dataset runs on the generated synthetic set and says so."""
+    from eventformer_cli.main import app
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("EVENTFORMER_DATA", raising=False)
+    r = runner.invoke(app, ["infer", "--dataset", "dvs-gesture", "-w", str(gesture_model),
+                            "--limit", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "embedded synthetic test set" in r.stderr and "not the real dataset" in r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["synthetic"] and summary["samples"] == 2
+    assert summary["split_convention"].startswith("synthetic")
+
+
+def _tarball(tmp_path):
+    import tarfile
+
+    src = tmp_path / "src" / "ibmGestureTest" / "user24_led"
+    src.mkdir(parents=True)
+    np.save(src / "3.npy", np.array([[1, 2, 1, 5.0]]))
+    archive = tmp_path / "ibmGestureTest.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "ibmGestureTest", arcname="ibmGestureTest")
+    return archive
+
+
+def test_fetch_verifies_md5_and_extracts(tmp_path):
+    from eventformer.fetch import Archive, fetch_dvs_gesture, md5sum
+
+    archive = _tarball(tmp_path)
+    good = {"test": Archive(archive.as_uri(), archive.name, md5sum(archive))}
+    out = fetch_dvs_gesture(tmp_path / "data", ("test",), archives=good)
+    layout, folder = find_dvs_gesture(out)
+    assert layout == "tonic" and len(load_dvs_gesture(layout, folder, "test")) == 1
+    bad = {"test": Archive(archive.as_uri(), "other.tar.gz", "0" * 32)}
+    from eventformer.errors import EventformerError
+
+    with pytest.raises(EventformerError, match="does not match"):
+        fetch_dvs_gesture(tmp_path / "data2", ("test",), archives=bad)
+    assert not (tmp_path / "data2" / "other.tar.gz.part").exists()
+
+
+def test_fetch_offline_is_one_sentence_with_manual_steps(tmp_path):
+    from eventformer.errors import EventformerError
+    from eventformer.fetch import Archive, fetch_dvs_gesture
+
+    closed = {"test": Archive("http://127.0.0.1:9/ibmGestureTest.tar.gz", "ibmGestureTest.tar.gz",
+                              "0" * 32)}
+    with pytest.raises(EventformerError, match="cannot download .* by hand"):
+        fetch_dvs_gesture(tmp_path, ("test",), archives=closed)

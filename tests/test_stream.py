@@ -115,3 +115,48 @@ def test_follow_stops_after_idle_timeout():
     summary = run_stream(Spikformer(model), ChunkSource(ev, [400]), WindowSpec(window_events=300),
                          follow=True, idle_timeout=0.3, poll_s=0.01)
     assert summary["events"] == 1000 and 0.3 <= time.perf_counter() - start < 5
+
+
+def test_cli_follow_reads_a_file_while_it_is_written(tmp_path):
+    """A writer process appends a real recording in odd-sized chunks (cutting 5-byte records in
+    half) while `stream --follow` reads: every event arrives exactly once."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import GESTURE_DIR, need_gesture
+
+    torch = pytest.importorskip("torch")
+    need_gesture()
+    from torch_reference import RefConfig, random_state_dict
+
+    cfg = RefConfig(image_size=128, sps_channels=(8, 8, 16, 16), dim=16, heads=2, depth=1)
+    torch.save(random_state_dict(cfg, 0), tmp_path / "m.pth")
+    cli = [sys.executable, "-m", "eventformer_cli.main"]
+    subprocess.run(cli + ["export", str(tmp_path / "m.pth"), "-o", str(tmp_path / "m.h5"),
+                          "--heads", "2"], check=True, capture_output=True)
+    source = (GESTURE_DIR / "1.bs2").read_bytes()
+    growing = tmp_path / "live.bs2"
+    growing.write_bytes(b"")
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import time
+data = open({str(GESTURE_DIR / '1.bs2')!r}, 'rb').read()
+sizes = [7, 4093, 1, 20000, 333]
+pos = i = 0
+with open({str(growing)!r}, 'ab', buffering=0) as f:
+    while pos < len(data):
+        n = sizes[i % len(sizes)]; i += 1
+        f.write(data[pos:pos + n]); pos += n
+        time.sleep(0.002)
+"""])
+    proc = subprocess.run(cli + ["stream", str(growing), "-w", str(tmp_path / "m.h5"), "--follow",
+                                 "--window-events", "5000", "--idle-timeout", "1.5", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    writer.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    windows, summary = lines[:-1], lines[-1]
+    total = len(source) // 5
+    assert summary["events"] == sum(w["events"] for w in windows) == total
+    assert [w["events"] for w in windows[:-1]] == [5000] * (len(windows) - 1)
+    assert all(w["t_end_us"] > w["t_start_us"] for w in windows)

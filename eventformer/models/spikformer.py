@@ -125,6 +125,18 @@ class Spikformer:
             idx, cnt = block.step(idx, cnt)
         self.head.step(idx, cnt)
 
+    def warm_up(self) -> None:
+        """Load every kernel the engine may call (Numba's cache loads lazily, per first call), so
+        the first real step is not slow; state and statistics are left as after a reset."""
+        rng = np.random.default_rng(0)
+        for density in (0.02, 0.9):  # one sparse and one dense step through every layer
+            n = int(density * self.input_sites)
+            idx = np.sort(rng.choice(self.input_sites, n, replace=False)).astype(np.int32)
+            self.step(idx, np.ones(n, np.int32))
+        self.logits()
+        self.reset()
+        self.clear_stats()
+
     def logits(self) -> np.ndarray:
         """Logits from the steps seen since the last reset (mean over those steps)."""
         return self.head.logits()
