@@ -141,26 +141,16 @@ def infer(
 
 def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, energy, framing,
                    as_json) -> None:
-    from eventformer.datasets import embedded_synthetic_set, find_dvs_gesture, load_dvs_gesture
     from eventformer.evaluate import evaluate
 
-    if name != "dvs-gesture":
-        fail(f"unknown dataset {name!r}; known: dvs-gesture")
     if split not in ("test", "train"):
         fail(f"--split must be test or train, got {split!r}")
-    found = find_dvs_gesture(data_dir)
+    if not (name == "dvs-gesture" or name.startswith("tonic:")):
+        fail(f"unknown dataset {name!r}; known: dvs-gesture, tonic:NAME (e.g. tonic:NMNIST)")
     if weights is None:
         fail(NO_SHIPPED_MODEL)
     engine = _load_engine(weights, dtype, path_mode, quiet=as_json)
-    if found is None:
-        data = embedded_synthetic_set(split, log=lambda m: err.print(m))
-        err.print(f"no DVS Gesture data found (give --data-dir or set EVENTFORMER_DATA): "
-                  f"running on the embedded synthetic {split} set ({len(data)} samples), "
-                  "not the real dataset")
-    else:
-        data = load_dvs_gesture(*found, split)
-        err.print(f"DVS Gesture from {data.root}: {data.convention}, {split} split, "
-                  f"{len(data)} samples")
+    data = _open_dataset(name, data_dir, split)
     total = min(len(data), limit) if limit else len(data)
 
     def emit(record, _result):
@@ -177,6 +167,30 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
         sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
     else:
         _print_summary(summary, engine.config)
+
+
+def _open_dataset(name: str, data_dir, split: str):
+    """The labelled samples of ``--dataset``, saying on stderr which data and convention."""
+    from eventformer.datasets import (TonicSet, embedded_synthetic_set, find_dvs_gesture,
+                                      load_dvs_gesture)
+
+    if name.startswith("tonic:"):
+        if data_dir is None:
+            fail(f"--dataset {name} needs --data-dir (where tonic's files for it are)")
+        data = TonicSet(name.split(":", 1)[1], data_dir, split)
+        err.print(f"{data.convention}: {len(data)} samples from {data_dir}")
+        return data
+    found = find_dvs_gesture(data_dir)
+    if found is None:
+        data = embedded_synthetic_set(split, log=lambda m: err.print(m))
+        err.print(f"no DVS Gesture data found (give --data-dir or set EVENTFORMER_DATA): "
+                  f"running on the embedded synthetic {split} set ({len(data)} samples), "
+                  "not the real dataset")
+        return data
+    data = load_dvs_gesture(*found, split)
+    err.print(f"DVS Gesture from {data.root}: {data.convention}, {split} split, "
+              f"{len(data)} samples")
+    return data
 
 
 def _print_summary(s: dict, config) -> None:

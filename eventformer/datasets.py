@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -72,7 +72,7 @@ class GestureSet:
     samples: list[SampleRef]
     synthetic: bool = False
     class_names: tuple[str, ...] = DVS_GESTURE_CLASSES
-    notes: list[str] = field(default_factory=list)
+    sensor_size: tuple[int, int] = (128, 128)
 
     @property
     def convention(self) -> str:
@@ -273,3 +273,64 @@ def embedded_synthetic_set(split: str = "test", log=None) -> GestureSet:
                                 gesture_seconds=(2, 3))
         done.write_text("ok\n")
     return load_dvs_gesture("ibm", folder, split, synthetic=True)
+
+
+# --- other tonic datasets, read from disk -------------------------------------------------------
+
+class TonicSet:
+    """Any tonic dataset that tonic can read from ``data_dir`` (``--dataset tonic:NAME``).
+
+    tonic downloads a missing dataset on construction; offline that fails, so the failure is
+    turned into one sentence saying where the files are expected.
+    """
+
+    layout = "tonic-dataset"
+    synthetic = False
+
+    def __init__(self, name: str, data_dir: str | os.PathLike, split: str):
+        import inspect
+
+        import tonic.datasets
+
+        cls = getattr(tonic.datasets, name, None)
+        if cls is None or not isinstance(cls, type):
+            known = sorted(n for n in dir(tonic.datasets) if n[:1].isupper())
+            raise DatasetError(f"tonic has no dataset {name!r}; it has {', '.join(known)}")
+        kwargs = {"save_to": str(data_dir)}
+        if "train" in inspect.signature(cls.__init__).parameters:
+            kwargs["train"] = split == "train"
+        try:
+            self.dataset = cls(**kwargs)
+        except Exception as exc:  # tonic raises whatever its download or parser raises
+            raise DatasetError(
+                f"tonic could not read {name} from {data_dir} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}); put the "
+                "dataset there in tonic's layout") from None
+        self.name = name
+        self.root = Path(data_dir)
+        self.split = split
+        size = getattr(cls, "sensor_size", None) or (0, 0)
+        self.sensor_size = (int(size[0]), int(size[1]))
+        self.class_names = tuple(str(c) for c in getattr(cls, "classes", ()) or ())
+        self.samples = list(range(len(self.dataset)))
+
+    @property
+    def convention(self) -> str:
+        return f"tonic {self.name} ({self.split} split as tonic defines it)"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def iter_events(self, limit: int | None = None):
+        for i in self.samples[:limit] if limit else self.samples:
+            raw, target = self.dataset[i]
+            names = raw.dtype.names or ()
+            if not {"x", "y", "p", "t"} <= set(names):
+                raise DatasetError(f"tonic {self.name} sample {i} has fields {names}, "
+                                   "expected x, y, p, t")
+            ev = np.empty(raw.shape[0], EVENT_DTYPE)
+            ev["t"] = np.asarray(raw["t"]).astype(np.int64)
+            ev["x"], ev["y"] = raw["x"], raw["y"]
+            ev["p"] = np.asarray(raw["p"]) > 0
+            label = int(np.asarray(target).reshape(-1)[0])
+            yield SampleRef(f"{self.name}[{i}]", label), ev

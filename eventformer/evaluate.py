@@ -7,14 +7,14 @@ from typing import Callable
 
 import numpy as np
 
-from .datasets import GestureSet
+from .datasets import GestureSet, TonicSet
 from .events import Recording
 from .inference import Classification, classify
 from .models import Spikformer
 from .report import EnergyTable
 
 
-def evaluate(engine: Spikformer, data: GestureSet, *, limit: int | None = None,
+def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | None = None,
              steps: int | None = None, split_by: str | None = None,
              energy: EnergyTable | None = None,
              on_sample: Callable[[dict, Classification], None] | None = None) -> dict:
@@ -33,7 +33,7 @@ def evaluate(engine: Spikformer, data: GestureSet, *, limit: int | None = None,
             raise EventformerError(f"{ref.name}: label {ref.label} but the model has only "
                                    f"{n_classes} classes")
         rec = Recording(path=ref.name, format=data.layout, events=events,
-                        sensor_size=(128, 128))
+                        sensor_size=data.sensor_size)
         result = classify(engine, rec, steps=steps, split_by=split_by, energy=energy)
         confusion[ref.label, result.prediction] += 1
         count += 1

@@ -187,3 +187,16 @@ def test_fetch_offline_is_one_sentence_with_manual_steps(tmp_path):
                               "0" * 32)}
     with pytest.raises(EventformerError, match="cannot download .* by hand"):
         fetch_dvs_gesture(tmp_path, ("test",), archives=closed)
+
+
+def test_tonic_dataset_names_and_options(tmp_path, gesture_model):
+    from eventformer_cli.main import app
+
+    r = runner.invoke(app, ["infer", "--dataset", "tonic:NoSuchSet", "--data-dir", str(tmp_path),
+                            "-w", str(gesture_model)])
+    assert r.exit_code == 2 and "tonic has no dataset 'NoSuchSet'" in r.stderr
+    assert "NMNIST" in r.stderr
+    r = runner.invoke(app, ["infer", "--dataset", "tonic:NMNIST", "-w", str(gesture_model)])
+    assert r.exit_code == 2 and "needs --data-dir" in r.stderr
+    r = runner.invoke(app, ["infer", "--dataset", "mnist", "-w", str(gesture_model)])
+    assert r.exit_code == 2 and "unknown dataset" in r.stderr
