@@ -37,11 +37,8 @@ MANUAL_STEPS = ("download {names} from the tonic DVSGesture links (figshare) or 
 
 
 def md5sum(path: Path) -> str:
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def download(archive: Archive, folder: Path, progress=None, timeout: float = 30.0) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from eventformer.events.readers import EventFileError
+from eventformer.events.readers import Decoder, EventFileError
 
 #: No real header comes near this; a "header" that does is garbage, refused before it eats memory.
 MAX_HEADER_BYTES = 16 << 20
@@ -151,3 +151,20 @@ def prophesee_encoding(lines: list[str]) -> str | None:
         if text.startswith("format "):
             return text[7:].split(";", 1)[0].strip()
     return None
+
+
+class PropheseeRawDecoder(Decoder):
+    """Shared by the EVT 2.0 and EVT 3.0 decoders: a ``%`` text header ending at ``% end`` (or
+    at the first binary byte), with the sensor size on its ``% geometry`` line."""
+
+    header_label = "Prophesee header"
+
+    def __init__(self, name: str = "<stream>") -> None:
+        super().__init__(name)
+        self._header = LineHeader(b"%", end_line="% end", label=self.header_label)
+
+    def _parse_header(self, buf: bytearray, final: bool) -> int | None:
+        size = self._header.end(buf, final, self.name)
+        if size is not None:
+            self.sensor_size = prophesee_sensor_size(self._header.lines)
+        return size

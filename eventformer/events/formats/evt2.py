@@ -11,30 +11,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from eventformer.events.formats._header import LineHeader, header_lines, prophesee_encoding, prophesee_sensor_size
+from eventformer.events.formats._header import (PropheseeRawDecoder, header_lines,
+                                                 prophesee_encoding)
 from eventformer.events.readers import EVENT_DTYPE, Decoder, EventReader, no_events
 
 _CD_OFF, _CD_ON, _TIME_HIGH = 0, 1, 8
 _KNOWN_TYPES = (0, 1, 8, 10, 14, 15)
 
 
-class Evt2Decoder(Decoder):
+class Evt2Decoder(PropheseeRawDecoder):
     """Incremental EVT 2.0 decoder. Events before the first EV_TIME_HIGH word get time_high 0, as
     in Prophesee's and expelliarmus's decoders; they are kept, not dropped."""
 
     format = "evt2"
     record_bytes = 4
 
+    header_label = "EVT 2.0 header"
+
     def __init__(self, name: str = "<stream>") -> None:
         super().__init__(name)
-        self._header = LineHeader(b"%", end_line="% end", label="EVT 2.0 header")
         self._time_high = 0
-
-    def _parse_header(self, buf: bytearray, final: bool) -> int | None:
-        size = self._header.end(buf, final, self.name)
-        if size is not None:
-            self.sensor_size = prophesee_sensor_size(self._header.lines)
-        return size
 
     def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
         used = len(buf) - len(buf) % 4

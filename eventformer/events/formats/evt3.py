@@ -32,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from eventformer.events.formats._header import LineHeader, header_lines, prophesee_encoding, prophesee_sensor_size
+from eventformer.events.formats._header import (PropheseeRawDecoder, header_lines,
+                                                 prophesee_encoding)
 from eventformer.events.readers import EVENT_DTYPE, Decoder, EventReader, no_events
 
 # Decoder state carried across chunks, as one int64 array so the Numba kernel can update it.
@@ -115,22 +116,17 @@ def _decode_evt3_words(words, state, t_out, x_out, y_out, p_out):
     return n
 
 
-class Evt3Decoder(Decoder):
+class Evt3Decoder(PropheseeRawDecoder):
     """Incremental EVT 3.0 decoder; see the module docstring for the word layout and clock."""
 
     format = "evt3"
     record_bytes = 2
 
+    header_label = "EVT 3.0 header"
+
     def __init__(self, name: str = "<stream>") -> None:
         super().__init__(name)
-        self._header = LineHeader(b"%", end_line="% end", label="EVT 3.0 header")
         self._state = np.zeros(_STATE_SIZE, dtype=np.int64)
-
-    def _parse_header(self, buf: bytearray, final: bool) -> int | None:
-        size = self._header.end(buf, final, self.name)
-        if size is not None:
-            self.sensor_size = prophesee_sensor_size(self._header.lines)
-        return size
 
     def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
         used = len(buf) - len(buf) % 2
