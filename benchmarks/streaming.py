@@ -1,0 +1,173 @@
+"""Does streaming inference keep up with the camera? The real DVS Gesture segments, replayed.
+
+    python benchmarks/streaming.py [--rate 0.15] [--window-ms 90] [--repeat 3] [--json]
+
+Each real segment (``../shared/data/events/dvs-gesture/1..5.bs2``, 1.45 s each) goes through the
+full-size Spikformer-DVS engine exactly as ``eventformer stream FILE --realtime --window-ms 90``
+runs it (`FileSource` + `run_stream`): the model's state carries across windows, and each window
+is processed only once the recording's clock, replayed at recording speed, has reached its end.
+The weights are random, with BatchNorm calibrated so every LIF fires at ``--rate`` on these
+segments (`eventformer.bench.run.calibrated_model`, cached under ``~/.cache/eventformer/bench``,
+the same model ``eventformer bench`` times). The default window, 90 ms, is about 1.45 s / 16:
+the offline model's time step.
+
+Per file, real-time replay:
+
+- windows, p50 / p99 window latency (ms): one engine step plus the logits, per window;
+- real-time factor: recording duration over the summed compute time (above 1: faster than the
+  camera);
+- max lag (ms): how long after the recording's clock reached a window's end its prediction was
+  out; it stays near the latency when the stream keeps up and grows window after window when not;
+- backlog max: the most events held in the framer, read but not yet in a closed window. A replay
+  reads the whole segment from disk at once, so this starts near the file's event count and says
+  nothing about keeping up (a live camera's backlog would); kept up and max lag do;
+- kept up: every window's latency below the window length.
+
+Then the same files as fast as possible (no ``--realtime``, best of ``--repeat``): events/s end
+to end (decoding, framing, engine; the engine's warm-up excluded) and of engine compute alone,
+which is the most event rate a stream of this activity could sustain, and the p50 window latency
+of that pass (without the replay's sleeps between windows, which let caches and clocks cool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from eventformer.bench.run import (
+    BenchOptions,
+    calibrated_model,
+    default_gesture_dir,
+    load_samples,
+)
+from eventformer.modelfile import load
+from eventformer.models import Spikformer, SpikformerConfig
+from eventformer.runtime import engine_threads, set_engine_threads
+from eventformer.stream import FileSource, WindowSpec, run_stream
+
+
+def replay(engine: Spikformer, path: str, window_us: int, realtime: bool) -> dict:
+    """One pass of ``stream --realtime`` (or without) over ``path``: summary and window records."""
+    records = []
+
+    def on_window(record):
+        record["done_s"] = time.perf_counter()
+        records.append(record)
+
+    summary = run_stream(engine, FileSource(path, follow=False), WindowSpec(window_us=window_us),
+                         realtime=realtime, on_window=on_window)
+    end = time.perf_counter()
+    summary["records"] = records
+    if records:
+        # run_stream's clock starts wall_s before it returned; window k is due when the replayed
+        # recording reaches its end, (t_end - first window's start) after that.
+        wall_start = end - summary["wall_s"]
+        t0 = records[0]["t_start_us"]
+        summary["lag_ms"] = [(r["done_s"] - (wall_start + (r["t_end_us"] - t0) / 1e6)) * 1e3
+                             for r in records]
+    return summary
+
+
+def measure_file(engine: Spikformer, sample, window_us: int, repeat: int) -> dict:
+    path = sample.path
+    duration_s = sample.duration_us / 1e6
+    rt = replay(engine, path, window_us, realtime=True)
+    lat = np.array([r["latency_ms"] for r in rt["records"]])
+    window_ms = window_us / 1e3
+    fast = [replay(engine, path, window_us, realtime=False) for _ in range(repeat)]
+    best_wall = min(f["wall_s"] for f in fast)
+    best_compute = min(f["compute_s"] for f in fast)
+    return {
+        "file": os.path.basename(path), "events": sample.events, "duration_s": duration_s,
+        "windows": rt["windows"], "latency_ms_p50": rt["latency_ms_p50"],
+        "latency_ms_p99": rt["latency_ms_p99"], "latency_ms_max": float(lat.max()),
+        "compute_s": rt["compute_s"], "realtime_factor": duration_s / rt["compute_s"],
+        "replay_wall_s": rt["wall_s"], "max_lag_ms": max(rt["lag_ms"]),
+        "backlog_max": max(r["backlog_events"] for r in rt["records"]),
+        "kept_up": bool((lat < window_ms).all()),
+        "final_prediction": rt["final_prediction"],
+        "fast_wall_s": best_wall, "fast_compute_s": best_compute,
+        "fast_events_per_s": sample.events / best_wall,
+        "fast_compute_events_per_s": sample.events / best_compute,
+        "fast_realtime_factor": duration_s / best_wall,
+        "window_latency_fast_ms_p50": float(np.median([r["latency_ms"]
+                                                       for r in fast[0]["records"]])),
+    }
+
+
+def print_table(result: dict) -> None:
+    rows = result["files"]
+    print(f"streaming replay: full-size Spikformer-DVS, random weights calibrated to "
+          f"{result['rate']:.0%} firing, {result['window_ms']:g} ms windows, "
+          f"{result['threads']} engine thread(s)")
+    head = (f"{'file':7s} {'events':>8s} {'windows':>7s} {'p50 ms':>7s} {'p99 ms':>7s} "
+            f"{'RT factor':>9s} {'max lag ms':>10s} {'backlog max':>11s} {'kept up':>7s}   "
+            f"{'fast ev/s':>10s} {'compute ev/s':>12s} {'fast RT':>7s} {'p50 ms':>7s}")
+    print(f"{'':7s} {'':8s} {'-- real-time replay (--realtime) ':-<64s}   "
+          f"{'-- as fast as possible, best of ' + str(result['repeat']) + ' ':-<39s}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['file']:7s} {r['events']:>8,d} {r['windows']:>7d} {r['latency_ms_p50']:7.1f} "
+              f"{r['latency_ms_p99']:7.1f} {r['realtime_factor']:9.1f} {r['max_lag_ms']:10.1f} "
+              f"{r['backlog_max']:>11,d} {'yes' if r['kept_up'] else 'NO':>7s}   "
+              f"{r['fast_events_per_s']:10.3g} {r['fast_compute_events_per_s']:12.3g} "
+              f"{r['fast_realtime_factor']:7.1f} {r['window_latency_fast_ms_p50']:7.1f}")
+    kept = sum(r["kept_up"] for r in rows)
+    print(f"kept up on {kept} of {len(rows)} files; RT factor = recording duration / compute "
+          f"time; fast RT = recording duration / end-to-end time without --realtime.")
+    print("max lag: the latest a window's prediction came out after the replayed clock reached "
+          "the window's end; backlog max counts events read ahead from the file (a replay has the "
+          "whole segment on disk), not a lag.")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", help="recordings [default: the real DVS Gesture "
+                                                 "segments in ../shared/data/events]")
+    parser.add_argument("--rate", type=float, default=0.15,
+                        help="LIF firing rate the random model is calibrated to [0.15]")
+    parser.add_argument("--window-ms", type=float, default=90.0,
+                        help="window length in ms [90, about 1.45 s / 16]")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="as-fast-as-possible passes per file (best kept) [3]")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="engine threads [EVENTFORMER_THREADS, else every core]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights [0]")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    if args.window_ms <= 0:
+        parser.error("--window-ms must be positive")
+    files = args.files
+    if not files:
+        folder = default_gesture_dir()
+        if folder is None:
+            sys.exit("the real DVS Gesture segments (../shared/data/events/dvs-gesture) are not "
+                     "here; pass files")
+        files = [str(folder / f"{i}.bs2") for i in range(1, 6) if (folder / f"{i}.bs2").is_file()]
+    if args.threads is not None:
+        set_engine_threads(args.threads)
+    config = SpikformerConfig()
+    samples = load_samples(files, config.steps, config.image_size)
+    log = lambda msg: print(msg, file=sys.stderr)
+    model_path = calibrated_model(config, samples, args.rate, args.seed,
+                                  BenchOptions(files=files).cache_dir, log)
+    engine = Spikformer(load(model_path))
+    window_us = round(args.window_ms * 1000)
+    rows = [measure_file(engine, s, window_us, args.repeat) for s in samples]
+    result = {"rate": args.rate, "window_ms": args.window_ms, "repeat": args.repeat,
+              "threads": engine_threads(), "cpus": os.cpu_count(), "model": model_path,
+              "files": rows}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()
