@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import OFFICIAL_CKPT, need_gesture, need_official  # noqa: E402
 from torch_reference import (RefConfig, SpikformerRef, calibrate_bn_,  # noqa: E402
-                             load_official_checkpoint, random_state_dict)
+                             random_state_dict)
 
 from eventformer.events import dense_frames, frame_events, read_events  # noqa: E402
 from eventformer.layers import PathPolicy  # noqa: E402

@@ -11,6 +11,7 @@ from eventformer.events.framing import (
     split_by_number,
     split_by_time,
 )
+from eventformer.events.h5events import EventFileWriter, write_events_h5
 from eventformer.events.readers import (
     CHUNK_BYTES,
     EVENT_DTYPE,
@@ -34,6 +35,7 @@ __all__ = [
     "CHUNK_BYTES",
     "Decoder",
     "EVENT_DTYPE",
+    "EventFileWriter",
     "EventStream",
     "Leftover",
     "Bs2Reader",
@@ -54,5 +56,6 @@ __all__ = [
     "registered_readers",
     "split_by_number",
     "split_by_time",
+    "write_events_h5",
     "write_npy",
 ]

@@ -10,7 +10,9 @@ bytes in pieces of any size and returns the events of every complete record so f
 record (or header, or compressed packet) cut in half until the rest arrives. Whole-file reading
 (`read_events`) is that decoder fed a few MB at a time, and `EventStream` is the same decoder fed
 from a file that may still be growing (a camera writing it), so one decoding path serves both and
-memory stays bounded by the chunk size plus the result.
+memory stays bounded by the chunk size plus the result. Formats that are not byte streams (HDF5,
+whose library reads the file itself) instead provide ``reader.open_incremental(path)``, an
+`IncrementalSource` that `EventStream` reads in place of a decoder.
 
 Every user mistake (missing file, unknown or corrupt format, bad fields) surfaces as one
 `EventFileError` whose message is a single sentence naming the file and the problem, so a command
@@ -40,6 +42,7 @@ __all__ = [
     "EventReader",
     "Decoder",
     "Leftover",
+    "IncrementalSource",
     "EventStream",
     "NpyReader",
     "NpzReader",
@@ -297,6 +300,45 @@ class Decoder(ABC):
             self._outside += int(np.count_nonzero((events["x"] >= width) | (events["y"] >= height)))
 
 
+class IncrementalSource(ABC):
+    """Incremental reading of one file for formats that are not byte streams (HDF5).
+
+    `EventStream` uses it in place of a `Decoder` for readers whose ``open_incremental`` returns
+    one: ``read`` returns the events the file gained since the previous call (none while it is not
+    readable yet, e.g. locked by a writer still setting it up), and over all calls exactly the
+    file's events. ``offset`` is a progress counter in the source's own unit (events, for HDF5)
+    that grows whenever ``read`` consumed something; ``total`` is where it would stand once the
+    file is read to its current end, when known.
+    """
+
+    #: Progress so far, in the source's unit; unchanged by a read that found nothing new.
+    offset: int = 0
+    #: ``(width, height)`` when the file records it, else None.
+    sensor_size: tuple[int, int] | None = None
+
+    @property
+    def total(self) -> int | None:
+        """The ``offset`` reached by reading everything the file holds now, when known."""
+        return None
+
+    @property
+    @abstractmethod
+    def warnings(self) -> list[str]:
+        """One sentence per oddity seen so far (as `Decoder.warnings`)."""
+
+    @abstractmethod
+    def read(self, max_bytes: int = CHUNK_BYTES) -> np.ndarray:
+        """Events appended since the previous call, about ``max_bytes`` of them at most."""
+
+    @abstractmethod
+    def finish(self) -> Leftover:
+        """The file is complete: say how it ended, then release it."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the file (idempotent)."""
+
+
 class FixedRecordDecoder(Decoder):
     """Headerless formats of fixed-size records: decode as many whole records as are held."""
 
@@ -334,6 +376,12 @@ class EventReader(ABC):
     def decoder(self, name: str = "<stream>") -> Decoder:
         """A fresh incremental decoder; ``name`` (the file path) appears in its messages."""
         raise EventFileError(f"{name}: the {self.name} reader cannot decode incrementally")
+
+    def open_incremental(self, path: str | os.PathLike[str]) -> IncrementalSource | None:
+        """For formats that cannot be decoded from bytes fed in pieces (HDF5): an
+        `IncrementalSource` reading ``path`` in place, used by `EventStream` instead of
+        ``decoder``. None (the default) for byte-stream formats."""
+        return None
 
     def read(self, path: str | os.PathLike[str]) -> Recording:
         """Decode the file into a `Recording`."""
@@ -454,7 +502,9 @@ class EventStream:
     file until the writer completes it, so over all calls it returns exactly the file's events.
     ``finish`` declares the file complete and reports a torn last record, if any. The format is
     detected from the first bytes once enough of them exist (see `_ready_to_sniff`); until then
-    ``read`` returns no events.
+    ``read`` returns no events. Formats that are not byte streams (HDF5) are read through their
+    reader's `IncrementalSource` instead of a decoder; ``offset`` then follows the source's
+    progress counter (events, for HDF5) rather than file bytes.
     """
 
     def __init__(self, path: str | os.PathLike[str], format: str | None = None) -> None:
@@ -464,10 +514,17 @@ class EventStream:
             self._file: BinaryIO | None = open(path, "rb")  # noqa: SIM115  (kept open across reads)
         except OSError as exc:
             raise _open_problem(path, exc) from None
-        self._reader = _reader_by_name(format, self.path) if format is not None else None
-        self.decoder: Decoder | None = self._reader.decoder(self.path) if self._reader else None
-        #: File bytes read so far; the next read starts here.
+        self._reader: EventReader | None = None
+        self.decoder: Decoder | None = None
+        self._source: IncrementalSource | None = None
+        #: File bytes read so far (the source's progress for non-byte formats); reads resume here.
         self.offset = 0
+        if format is not None:
+            try:
+                self._start(_reader_by_name(format, self.path))
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def format(self) -> str | None:
@@ -476,18 +533,39 @@ class EventStream:
 
     @property
     def sensor_size(self) -> tuple[int, int] | None:
+        if self._source is not None:
+            return self._source.sensor_size
         return self.decoder.sensor_size if self.decoder else None
 
     @property
     def warnings(self) -> list[str]:
+        if self._source is not None:
+            return self._source.warnings
         return self.decoder.warnings if self.decoder else []
+
+    @property
+    def total(self) -> int | None:
+        """The ``offset`` that reading everything the file holds now would reach, when known:
+        the file's size for byte formats (for progress bars)."""
+        if self._source is not None:
+            return self._source.total
+        if self._file is None:
+            return None
+        try:
+            return os.fstat(self._file.fileno()).st_size
+        except OSError:
+            return None
 
     def read(self, max_bytes: int = CHUNK_BYTES) -> np.ndarray:
         """Events completed by up to ``max_bytes`` more bytes of the file (maybe none yet)."""
         if self._file is None:
             raise ValueError(f"{self.path}: read() on a closed EventStream")
-        if self.decoder is None and not self._detect():
+        if self._reader is None and not self._detect():
             return no_events()
+        if self._source is not None:
+            events = self._source.read(max_bytes)
+            self.offset = self._source.offset
+            return events
         assert self.decoder is not None
         try:
             self._file.seek(self.offset)
@@ -511,15 +589,20 @@ class EventStream:
 
     def finish(self) -> Leftover:
         """The file is complete: say how it ended (its `Leftover`), then close it."""
-        if self.decoder is None and not self._detect(final=True):
+        if self._reader is None and not self._detect(final=True):
             self.close()
             return Leftover(no_events(), 0, 0, True)
-        assert self.decoder is not None
-        end = self.decoder.finish()
-        self.close()
-        return end
+        try:
+            if self._source is not None:
+                return self._source.finish()
+            assert self.decoder is not None
+            return self.decoder.finish()
+        finally:
+            self.close()
 
     def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -542,9 +625,15 @@ class EventStream:
             return False
         if final and not head:
             return False
-        self._reader = _reader_for_head(head, size, self.path)
-        self.decoder = self._reader.decoder(self.path)
+        self._start(_reader_for_head(head, size, self.path))
         return True
+
+    def _start(self, reader: EventReader) -> None:
+        """Read through ``reader``: its `IncrementalSource` when it has one, else its decoder."""
+        self._source = reader.open_incremental(self.path)
+        if self._source is None:
+            self.decoder = reader.decoder(self.path)
+        self._reader = reader
 
 
 # --------------------------------------------------------------------------------------------------
@@ -989,6 +1078,8 @@ def write_npy(path: str | os.PathLike[str], events: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(events.reshape(-1)), allow_pickle=False)
 
 
-# The camera formats (AEDAT 2/3/4, Prophesee EVT 2/3 and DAT) register themselves on import; they
-# come after bs2 in the code but before it in detection, since bs2 is a fallback.
+# The camera formats (AEDAT 2/3/4, Prophesee EVT 2/3 and DAT) and eventformer's own HDF5 event
+# file register themselves on import; they come after bs2 in the code but before it in detection,
+# since bs2 is a fallback.
 from eventformer.events import formats as _formats  # noqa: F401  (imported for its side effect)
+from eventformer.events import h5events as _h5events  # noqa: F401  (imported for its side effect)
