@@ -653,3 +653,19 @@ def test_magic_alone_reads_or_fails_cleanly(prefix: bytes) -> None:
     rec = read_bytes_as_file(prefix)
     if rec is not None:
         assert len(rec.events) == 0
+
+
+def test_prophesee_stream_waits_for_the_header_that_names_the_encoding(tmp_path):
+    """A growing .raw whose first line is '% Date ...' is not yet identifiable: no error, no
+    events, until the line naming the encoding (or the end of the header) has arrived."""
+    from eventformer.events import EventStream
+
+    path = tmp_path / "growing.raw"
+    header = b"% Date 2020-09-25 07:48:29\n% evt 3.0\n% geometry 1280x720\n% end\n"
+    path.write_bytes(header[:27])
+    with EventStream(path) as stream:
+        assert stream.read().shape[0] == 0
+        with open(path, "ab") as f:
+            f.write(header[27:] + bytes.fromhex("0080") + bytes.fromhex("0000"))
+        stream.read()
+        assert stream.format == "evt3"

@@ -489,9 +489,28 @@ def _ready_to_sniff(head: bytes, size: int) -> bool:
     """
     if size >= HEAD_BYTES:
         return True
-    if head[:1] in (b"#", b"%"):
+    if head[:1] == b"%":
+        # Prophesee headers may open with '% Date ...'; the line that names the encoding
+        # ('% evt 3.0', '% format EVT3') can come later, so wait for the header's end:
+        # '% end', or the first line that does not start with '%' (the binary data).
+        return _prophesee_header_done(head)
+    if head[:1] == b"#":
         return b"\n" in head[:256] or size >= 256
     return size >= 8
+
+
+def _prophesee_header_done(head: bytes) -> bool:
+    start = 0
+    while True:
+        newline = head.find(b"\n", start)
+        if newline < 0:
+            return False
+        line = head[start:newline].rstrip(b"\r")
+        if line.strip().lower() == b"% end":
+            return True
+        if newline + 1 < len(head) and head[newline + 1:newline + 2] != b"%":
+            return True
+        start = newline + 1
 
 
 class EventStream:
