@@ -99,6 +99,10 @@ def infer(
                                                         "file (always shown for one file)."),
     pj_ac: float = typer.Option(0.9, "--pj-ac", help="Energy of one accumulate, pJ (45 nm)."),
     pj_mac: float = typer.Option(4.6, "--pj-mac", help="Energy of one multiply-accumulate, pJ."),
+    sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
+                                              help="Sensor size for formats whose header has "
+                                                   "none; a larger sensor is downsampled by an "
+                                                   "integer factor to the model's input."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file (or sample, "
                                                        "then a summary) on stdout."),
 ):
@@ -108,7 +112,8 @@ def infer(
     from eventformer.report import EnergyTable
 
     energy = EnergyTable(ac_pj=pj_ac, mac_pj=pj_mac)
-    framing = {"steps": steps, "split_by": split_by.value if split_by else None}
+    framing = {"steps": steps, "split_by": split_by.value if split_by else None,
+               "sensor_size": _parse_size(sensor_size)}
     if dataset is not None:
         if files:
             fail("give either event files or --dataset, not both")
@@ -138,6 +143,18 @@ def infer(
                 progress.advance(task)
     if not as_json:
         _print_results(results, show_layers=layers or len(results) == 1)
+
+
+def _parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+    except ValueError:
+        fail(f"--sensor-size must look like 128x128, got {text!r}")
+    return w, h
 
 
 def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, energy, framing,
@@ -373,6 +390,9 @@ def stream(
                                        help="With --follow: stop after this many seconds "
                                             "without growth."),
     dtype: DType = typer.Option(DType.float32, "--dtype", help="float32 or float64."),
+    sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
+                                              help="Sensor size for formats whose header has "
+                                                   "none (a larger sensor is downsampled)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per window on stdout, "
                                                        "then a summary line."),
 ):
@@ -413,7 +433,8 @@ def stream(
 
     try:
         summary = run_stream(engine, source, spec, follow=follow, realtime=realtime,
-                             idle_timeout=idle_timeout, on_window=on_window)
+                             idle_timeout=idle_timeout, on_window=on_window,
+                             sensor_size=_parse_size(sensor_size))
     finally:
         if live is not None:
             live.stop()

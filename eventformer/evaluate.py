@@ -16,7 +16,7 @@ from .report import EnergyTable
 
 def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | None = None,
              steps: int | None = None, split_by: str | None = None,
-             energy: EnergyTable | None = None,
+             energy: EnergyTable | None = None, sensor_size: tuple[int, int] | None = None,
              on_sample: Callable[[dict, Classification], None] | None = None) -> dict:
     """Run every sample (or the first ``limit``); ``on_sample(record, result)`` after each."""
     n_classes = engine.config.num_classes
@@ -34,7 +34,8 @@ def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | No
                                    f"{n_classes} classes")
         rec = Recording(path=ref.name, format=data.layout, events=events,
                         sensor_size=data.sensor_size)
-        result = classify(engine, rec, steps=steps, split_by=split_by, energy=energy)
+        result = classify(engine, rec, steps=steps, split_by=split_by, energy=energy,
+                          sensor_size=sensor_size)
         confusion[ref.label, result.prediction] += 1
         count += 1
         totals["events"] += result.events

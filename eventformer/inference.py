@@ -34,23 +34,52 @@ class Classification:
                 "ops": self.ops, "seconds": self.seconds}
 
 
-def frame_recording(rec: Recording, model: Spikformer, steps: int, split_by: str):
-    """Frame a recording into the model's input steps, checking it fits the sensor grid."""
+def downsample_factor(sensor: tuple[int, int] | None, size: int, name: str) -> int:
+    """Integer factor that maps a ``sensor`` (width, height) onto a ``size`` x ``size`` input.
+
+    Coordinates are divided by it (x // f), which sums f x f pixels into one input site: how a
+    128x128 DVS recording feeds a 32x32 or 64x64 model. A sensor no larger than the input is
+    taken as it is (its events land in the top-left corner, as a zero-padded frame would).
+    """
+    if sensor is None or (sensor[0] <= size and sensor[1] <= size):
+        return 1
+    w, h = sensor
+    if w % size or h % size or w // size != h // size:
+        raise EventformerError(
+            f"{name}: a {w}x{h} sensor does not map onto the model's {size}x{size} input by an "
+            "integer downsampling factor (crop or convert the recording first)")
+    return w // size
+
+
+def downsample(events: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return events
+    out = events.copy()
+    out["x"] //= factor
+    out["y"] //= factor
+    return out
+
+
+def frame_recording(rec: Recording, model: Spikformer, steps: int, split_by: str,
+                    sensor_size: tuple[int, int] | None = None):
+    """Frame a recording into the model's input steps, downsampling a larger sensor.
+
+    The sensor size comes from the file's header where the format has one, else from
+    ``sensor_size`` (``--sensor-size``); without either, events must fit the model's input.
+    """
     size = model.config.image_size
     if model.config.in_channels != 2:
         raise EventformerError(f"the model takes {model.config.in_channels} input channels; "
                                "event recordings give 2 (OFF, ON)")
-    if rec.sensor_size is not None and (rec.sensor_size[0] > size or rec.sensor_size[1] > size):
-        raise EventformerError(
-            f"{rec.path}: sensor {rec.sensor_size[0]}x{rec.sensor_size[1]} is larger than the "
-            f"model's {size}x{size} input")
-    events = rec.events
+    sensor = rec.sensor_size or sensor_size
+    events = downsample(rec.events, downsample_factor(sensor, size, rec.path))
     if split_by == "time" and len(events) > 1 and np.any(np.diff(events["t"]) < 0):
         events = events[np.argsort(events["t"], kind="stable")]
     try:
         return frame_events(events, steps, size, size, split_by=split_by)
     except ValueError as exc:
-        raise EventformerError(f"{rec.path}: {exc}") from None
+        hint = "" if sensor else " (give --sensor-size WxH to downsample a larger sensor)"
+        raise EventformerError(f"{rec.path}: {exc}{hint}") from None
 
 
 def class_name(model: Spikformer, k: int) -> str:
@@ -59,10 +88,11 @@ def class_name(model: Spikformer, k: int) -> str:
 
 
 def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
-             split_by: str | None = None, energy: EnergyTable | None = None) -> Classification:
+             split_by: str | None = None, energy: EnergyTable | None = None,
+             sensor_size: tuple[int, int] | None = None) -> Classification:
     steps = steps or model.config.steps
     split_by = split_by or model.config.split_by
-    frames = frame_recording(rec, model, steps, split_by)
+    frames = frame_recording(rec, model, steps, split_by, sensor_size)
     model.clear_stats()
     start = time.perf_counter()
     logits = model.run(frames)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import EventformerError
 from .events import EVENT_DTYPE, frame_events
+from .inference import downsample, downsample_factor
 from .models import Spikformer
 from .report import EnergyTable, summarize
 
@@ -100,7 +101,8 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
                follow: bool = False, realtime: bool = False, idle_timeout: float = 5.0,
                poll_s: float = 0.05, energy: EnergyTable | None = None,
                on_window: Callable[[dict], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> dict:
+               should_stop: Callable[[], bool] | None = None,
+               sensor_size: tuple[int, int] | None = None) -> dict:
     """Drive the engine window by window until the source ends (or goes idle when following).
 
     Returns a summary; ``on_window`` receives one record per window with the keys
@@ -116,10 +118,16 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     rec_start: int | None = None
     last_growth = time.perf_counter()
 
+    factor = None
+
     def process(t_start, t_end, chunk):
-        nonlocal rec_start
+        nonlocal rec_start, factor
         if rec_start is None:
             rec_start = t_start
+        if factor is None:  # the header (if any) has been read by now
+            sensor = getattr(source, "sensor_size", None) or sensor_size
+            factor = downsample_factor(sensor, size, getattr(source, "path", "stream"))
+        chunk = downsample(chunk, factor)
         if realtime:  # wait until the recording's clock reaches the window's end
             due = wall_start + (t_end - rec_start) / 1e6
             delay = due - time.perf_counter()
@@ -223,3 +231,7 @@ class FileSource:
     @property
     def warnings(self) -> list[str]:
         return self.stream.warnings
+
+    @property
+    def sensor_size(self) -> tuple[int, int] | None:
+        return self.stream.sensor_size

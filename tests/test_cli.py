@@ -167,3 +167,32 @@ def test_golden_acceptance_end_to_end(tmp_path):
         spikes = {x["name"]: x["spikes"] for x in res["layers"]}
         for name, count in want["spikes"].items():
             assert abs(spikes[name] - count) <= max(2, 1e-3 * count), (name, spikes[name], count)
+
+
+def test_larger_sensor_is_downsampled_to_the_model_input(tiny_model, tmp_path):
+    """tiny_model takes 32x32: a 128x128 recording needs its sensor size (no header in npy)."""
+    rng = np.random.default_rng(4)
+    ev = np.zeros(2000, dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
+    ev["t"] = np.sort(rng.integers(0, 10**6, 2000))
+    ev["x"], ev["y"] = rng.integers(0, 128, 2000), rng.integers(0, 128, 2000)
+    write_npy(tmp_path / "dvs.npy", ev)
+    line = one_error_line(runner.invoke(app, ["infer", str(tmp_path / "dvs.npy"), "-w",
+                                              str(tiny_model)]))
+    assert "--sensor-size" in line
+    r = runner.invoke(app, ["infer", str(tmp_path / "dvs.npy"), "-w", str(tiny_model),
+                            "--sensor-size", "128x128", "--json"])
+    assert r.exit_code == 0, r.output
+    # the same events divided by 4 give the same answer
+    small = ev.copy()
+    small["x"] //= 4
+    small["y"] //= 4
+    write_npy(tmp_path / "small.npy", small)
+    r2 = runner.invoke(app, ["infer", str(tmp_path / "small.npy"), "-w", str(tiny_model), "--json"])
+    assert json.loads(r.stdout)["logits"] == json.loads(r2.stdout)["logits"]
+    bad = runner.invoke(app, ["infer", str(tmp_path / "dvs.npy"), "-w", str(tiny_model),
+                              "--sensor-size", "100x128"])
+    assert "integer downsampling factor" in one_error_line(bad)
+    r3 = runner.invoke(app, ["stream", str(tmp_path / "dvs.npy"), "-w", str(tiny_model),
+                             "--sensor-size", "128x128", "--window-events", "500", "--json"])
+    assert r3.exit_code == 0, r3.output
+    assert json.loads(r3.stdout.splitlines()[-1])["events"] == 2000
