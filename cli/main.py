@@ -106,8 +106,7 @@ def infer(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file (or sample, "
                                                        "then a summary) on stdout."),
 ):
-    """Classify event recordings or a dataset; report predictions, per-layer spikes and the
-    operations really done."""
+    """Classify event recordings or a dataset: predictions, per-layer spikes, operations done."""
     from eventformer.inference import classify_file
     from eventformer.report import EnergyTable
 
@@ -396,8 +395,10 @@ def stream(
     as_json: bool = typer.Option(False, "--json", help="One JSON line per window on stdout, "
                                                        "then a summary line."),
 ):
-    """Classify a live or recorded event stream in causal windows; the model's state carries
-    across windows, so the prediction evolves as the gesture unfolds."""
+    """Classify a live or recorded event stream in causal windows, state carried across them.
+
+    Each window advances the model one time step, so the prediction evolves as the gesture
+    unfolds; --follow keeps reading a file that is still being written."""
     from eventformer.stream import FileSource, WindowSpec, run_stream
 
     if window_ms is not None and window_events is not None:
@@ -552,8 +553,9 @@ def convert(
                                                           "(microseconds)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ):
-    """Convert an event recording to .npy or to eventformer's HDF5 event file, exactly (same
-    events, same order), optionally cut to a time range."""
+    """Convert an event recording to .npy or eventformer's HDF5 event file, exactly.
+
+    Same events in the same order, optionally cut to [--start, --end) microseconds."""
     import numpy as np
 
     from eventformer.events import EventFileError, EventStream, detect_reader, write_npy
