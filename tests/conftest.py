@@ -18,6 +18,15 @@ GOLDEN = MODELS_DIR / "spikformer-dvs-calibrated.golden.json"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def one_error_line(result) -> str:
+    """A CLI run that failed as a user's mistake should: exit code 2, one line, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
 def need_gesture():
     if not GESTURE_DIR.is_dir():
         pytest.skip(f"real DVS Gesture segments not found at {GESTURE_DIR} (../shared is absent)")

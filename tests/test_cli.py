@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import GOLDEN, OFFICIAL_CKPT, need_gesture, need_official
+from conftest import GOLDEN, OFFICIAL_CKPT, need_gesture, need_official, one_error_line
 from eventformer.events import write_npy
 
 from eventformer_cli.main import app
@@ -41,14 +41,6 @@ def recording(tmp_path):
     ev["x"], ev["y"], ev["p"] = rng.integers(0, 32, n), rng.integers(0, 32, n), rng.integers(0, 2, n)
     write_npy(tmp_path / "rec.npy", ev)
     return tmp_path / "rec.npy"
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_infer_json_shape(tiny_model, recording):

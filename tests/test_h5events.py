@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, need_gesture
+from conftest import ROOT, need_gesture, one_error_line
 from eventformer_cli.main import app
 from typer.testing import CliRunner
 
@@ -53,14 +53,6 @@ def convert(*args: object):
 def converted(result, count: int, formats: str) -> None:
     assert result.exit_code == 0, result.output
     assert result.stderr.strip().splitlines()[-1] == f"converted {count} events (format {formats})"
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 # --------------------------------------------------------------------------------------------------
