@@ -3,6 +3,7 @@ AdamW against torch.optim.AdamW, and the exported model file run by the engine."
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,18 +11,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import torch_reference as R  # noqa: E402
+import torch_reference as R
 
-from eventformer.events import EVENT_DTYPE, dense_frames, frame_events  # noqa: E402
-from eventformer.models import Spikformer  # noqa: E402
-from eventformer.modelfile.format import load, save  # noqa: E402
-from eventformer.train import layers as L  # noqa: E402
-from eventformer.train import model as M  # noqa: E402
-from eventformer.train.export import to_model_file  # noqa: E402
-from eventformer.train.optim import AdamW, CosineSchedule, cosine_lr, no_decay_keys  # noqa: E402
+from eventformer.events import EVENT_DTYPE, dense_frames, frame_events
+from eventformer.modelfile.format import load, save
+from eventformer.models import Spikformer
+from eventformer.train import model as M
+from eventformer.train.export import to_model_file
+from eventformer.train.optim import AdamW, CosineSchedule, cosine_lr, no_decay_keys
 
-TINY = dict(in_channels=2, image_size=16, sps_channels=(8, 16), sps_pool=(True, True), dim=16,
-            heads=2, depth=1, mlp_hidden=64, num_classes=5, steps=4)
+TINY = {"in_channels": 2, "image_size": 16, "sps_channels": (8, 16), "sps_pool": (True, True),
+        "dim": 16, "heads": 2, "depth": 1, "mlp_hidden": 64, "num_classes": 5, "steps": 4}
 T, B = 4, 2
 
 
@@ -189,8 +189,8 @@ def test_adamw_matches_torch(weight_decay, exempt):
             t.grad = torch.tensor(grads[k])
         topt.step()
         opt.step(grads, lr=lr)
-        for k in params:
-            np.testing.assert_allclose(params[k], tparams[k].detach().numpy(), rtol=1e-13,
+        for k, v in params.items():
+            np.testing.assert_allclose(v, tparams[k].detach().numpy(), rtol=1e-13,
                                        atol=1e-15, err_msg=f"{k} step {step}")
 
 
@@ -206,7 +206,7 @@ def test_cosine_schedule():
     assert [s(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert s(4) == 1.0 and abs(s(7) - 0.5) < 1e-12 and s(10) == 0.0 and s(50) == 0.0
     lrs = [s(i) for i in range(4, 11)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
     with pytest.raises(ValueError):
         CosineSchedule(1.0, total_steps=3, warmup_steps=5)
 
@@ -260,3 +260,17 @@ def test_trained_export_runs_in_engine_with_same_logits(tmp_path):
         if p.weight is not None:
             np.testing.assert_array_equal(back.layers[name].weight, p.weight.astype(np.float32))
             np.testing.assert_array_equal(back.layers[name].bias, p.bias.astype(np.float32))
+
+
+def test_float32_named_config_smoke():
+    """The 'tiny' configuration trains in float32: dtypes kept, a step lowers nothing to NaN."""
+    cfg = M.config_by_name("tiny")
+    params, state = M.init_params(cfg, 0), M.init_state(cfg)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 3, size=(cfg.steps, 2, 2, cfg.image_size, cfg.image_size))
+    loss, grads, logits = M.loss_and_grads(params, state, frames, np.array([1, 7]), cfg)
+    assert np.isfinite(loss) and logits.dtype == np.float32 and logits.shape == (2, 11)
+    assert all(g.dtype == np.float32 and g.shape == params[k].shape for k, g in grads.items())
+    AdamW(params).step(grads)
+    assert all(v.dtype == np.float32 and np.all(np.isfinite(v)) for v in params.values())
+    assert state["patch_embed.rpe_bn.running_var"].dtype == np.float32

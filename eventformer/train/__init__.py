@@ -3,8 +3,12 @@
 :mod:`eventformer.train.layers` holds the layer pairs (cs231n style): ``*_forward(x, params, ...) ->
 (y, cache)`` and ``*_backward(dy, cache) -> (dx, grads)``, with ``params`` / ``grads`` dicts keyed like
 the torch state dict (``weight``, ``bias``).
+
+:mod:`eventformer.train.model` assembles them into a whole Spikformer (``forward`` / ``backward`` on
+official-checkpoint-keyed parameter dicts), :mod:`eventformer.train.optim` holds AdamW and the cosine
+schedule, :mod:`eventformer.train.export` turns trained parameters into a model file.
 """
 
-from . import layers
+from . import export, layers, model, optim
 
-__all__ = ["layers"]
+__all__ = ["export", "layers", "model", "optim"]
