@@ -64,8 +64,23 @@ def _load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False)
 
 
 NO_SHIPPED_MODEL = (
-    "no model given and none is shipped yet: pass --weights MODEL.h5 "
-    "(`eventformer export CHECKPOINT.pth -o MODEL.h5` converts a Spikformer checkpoint)")
+    "no model given and the shipped one (weights/{name} in the source tree) is not here: pass "
+    "--weights MODEL.h5 (`eventformer export CHECKPOINT.pth -o MODEL.h5` converts a Spikformer "
+    "checkpoint)")
+SHIPPED_MODEL = "spikformer-tiny-synth.h5"
+
+
+def _resolve_weights(weights: Optional[Path], quiet: bool = False) -> Path:
+    """The given model file, else the shipped default (trained on synthetic gestures only)."""
+    if weights is not None:
+        return weights
+    shipped = Path(__file__).resolve().parents[1] / "weights" / SHIPPED_MODEL
+    if not shipped.is_file():
+        fail(NO_SHIPPED_MODEL.format(name=SHIPPED_MODEL))
+    if not quiet:
+        err.print(f"model: the shipped {shipped.name} (a tiny Spikformer trained on synthetic "
+                  "DVS Gesture only; see weights/MODEL_CARD.md); --weights to use another")
+    return shipped
 
 
 @app.command()
@@ -75,7 +90,8 @@ def infer(
                                                   "DAT, N-MNIST .bin/.bs2, .npy, .npz, eventformer "
                                                   ".h5); the format is read from the file."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w",
-                                           help="Model file (.h5) from `eventformer export`."),
+                                           help="Model file (.h5) [default: the shipped "
+                                                "weights/spikformer-tiny-synth.h5]."),
     dataset: Optional[str] = typer.Option(None, "--dataset",
                                           help="Classify a dataset instead of files "
                                                "(dvs-gesture)."),
@@ -121,8 +137,7 @@ def infer(
         return
     if not files:
         fail("give event files to classify (or --dataset dvs-gesture); see --help")
-    if weights is None:
-        fail(NO_SHIPPED_MODEL)
+    weights = _resolve_weights(weights, quiet=as_json)
     for f in files:
         if not f.exists():
             fail(f"{f}: no such file")
@@ -164,8 +179,7 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
         fail(f"--split must be test or train, got {split!r}")
     if not (name == "dvs-gesture" or name.startswith("tonic:")):
         fail(f"unknown dataset {name!r}; known: dvs-gesture, tonic:NAME (e.g. tonic:NMNIST)")
-    if weights is None:
-        fail(NO_SHIPPED_MODEL)
+    weights = _resolve_weights(weights, quiet=as_json)
     engine = _load_engine(weights, dtype, path_mode, quiet=as_json)
     data = _open_dataset(name, data_dir, split)
     total = min(len(data), limit) if limit else len(data)
@@ -374,7 +388,8 @@ def stream(
     file: Path = typer.Argument(..., help="Event file to classify window by window; with "
                                           "--follow it may still be being written."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w",
-                                           help="Model file (.h5) from `eventformer export`."),
+                                           help="Model file (.h5) [default: the shipped "
+                                                "weights/spikformer-tiny-synth.h5]."),
     follow: bool = typer.Option(False, "--follow", "-f",
                                 help="Keep reading as the file grows (until --idle-timeout "
                                      "or Ctrl-C)."),
@@ -409,8 +424,7 @@ def stream(
         WindowSpec(window_us=int(round((window_ms or 100.0) * 1000)))
     if not file.exists():
         fail(f"{file}: no such file")
-    if weights is None:
-        fail(NO_SHIPPED_MODEL)
+    weights = _resolve_weights(weights, quiet=as_json)
     engine = _load_engine(weights, dtype.value, "auto", quiet=as_json)
     names = [n.strip() for n in engine.config.class_names]
     source = FileSource(str(file), follow)
@@ -656,8 +670,9 @@ def convert(
 @user_errors
 def train(
     dataset: str = typer.Option("synthetic-gesture", "--dataset",
-                                help="Training data: synthetic-gesture (generated once, cached) "
-                                     "or dvs-gesture (the real set: --data-dir)."),
+                                help="Training data: synthetic-gesture (generated once, cached), "
+                                     "dvs-gesture (the real set: --data-dir) or tonic:NAME "
+                                     "(a tonic dataset in --data-dir)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir",
                                             help="DVS Gesture folder [default: $EVENTFORMER_DATA, "
                                                  "then ~/.cache/eventformer/data]."),
@@ -693,15 +708,26 @@ def train(
 
     if model not in CONFIGS:
         fail(f"unknown model {model!r}; known: {', '.join(CONFIGS)}")
-    if dataset not in ("synthetic-gesture", "dvs-gesture"):
-        fail(f"unknown dataset {dataset!r}; known: synthetic-gesture, dvs-gesture")
+    if dataset not in ("synthetic-gesture", "dvs-gesture") and not dataset.startswith("tonic:"):
+        fail(f"unknown dataset {dataset!r}; known: synthetic-gesture, dvs-gesture, tonic:NAME")
     check_resolution(resolution, len(CONFIGS[model]["sps_channels"]))
-    cfg = model_config(model, resolution, steps, len(DVS_GESTURE_CLASSES), DVS_GESTURE_CLASSES)
     ckpt = checkpoint or output.with_name(output.name + ".ckpt.npz")
+    class_names = DVS_GESTURE_CLASSES
     if dataset == "synthetic-gesture":
         train_set, val_set = synthetic_training_sets(log=lambda m: err.print(m))
-    else:
+    elif dataset == "dvs-gesture":
         train_set, val_set = real_training_sets(data_dir)
+    else:
+        from eventformer.datasets import TonicSet
+
+        if data_dir is None:
+            fail(f"--dataset {dataset} needs --data-dir (where tonic's files for it are)")
+        name = dataset.split(":", 1)[1]
+        train_set, val_set = TonicSet(name, data_dir, "train"), TonicSet(name, data_dir, "test")
+        if not train_set.class_names:
+            fail(f"tonic {name} names no classes; cannot size the classifier head")
+        class_names = train_set.class_names
+    cfg = model_config(model, resolution, steps, len(class_names), tuple(class_names))
     framed = {}
     with _progress(True) as progress:
         for name, data, n_crops in (("train", train_set, crops), ("validation", val_set, 1)):

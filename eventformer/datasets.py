@@ -149,6 +149,7 @@ def load_dvs_gesture(layout: str, folder: Path, split: str = "test",
         raise DatasetError(f"split must be train or test, got {split!r}")
     loader = {"ibm": _ibm_samples, "tonic": _tonic_samples, "spikingjelly": _sj_samples}[layout]
     samples = loader(folder, split)
+    synthetic = synthetic or (folder / "SYNTHETIC.json").is_file()  # written by data synth
     if not samples:
         raise DatasetError(f"{folder}: the {split} split of this {layout} layout holds no samples")
     return GestureSet(folder, split, layout, samples, synthetic=synthetic)

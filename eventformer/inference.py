@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import EventformerError
 from .events import Recording, frame_events, read_events
+from .events.framing import clip_events
 from .models import Spikformer
 from .report import EnergyTable, layer_rows, summarize
 
@@ -72,7 +73,8 @@ def frame_recording(rec: Recording, model: Spikformer, steps: int, split_by: str
         raise EventformerError(f"the model takes {model.config.in_channels} input channels; "
                                "event recordings give 2 (OFF, ON)")
     sensor = rec.sensor_size or sensor_size
-    events = downsample(rec.events, downsample_factor(sensor, size, rec.path))
+    events = clip_events(rec.events, model.config.clip_us)
+    events = downsample(events, downsample_factor(sensor, size, rec.path))
     if split_by == "time" and len(events) > 1 and np.any(np.diff(events["t"]) < 0):
         events = events[np.argsort(events["t"], kind="stable")]
     try:

@@ -115,7 +115,10 @@ def test_wrong_model_file(recording, tmp_path):
     assert "not an HDF5 file" in line
 
 
-def test_no_weights_and_dataset_messages(recording):
+def test_no_weights_and_no_shipped_model(recording, monkeypatch):
+    import eventformer_cli.main as cli
+
+    monkeypatch.setattr(cli, "SHIPPED_MODEL", "no-such-model.h5")
     assert "--weights" in one_error_line(runner.invoke(app, ["infer", str(recording)]))
     line = one_error_line(runner.invoke(app, ["infer", "--dataset", "dvs-gesture"]))
     assert "--weights" in line

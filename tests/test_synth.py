@@ -116,7 +116,8 @@ def test_release_layout(dataset):
     out, summary = dataset
     names = {f"user{u:02d}_{light}" for u in range(1, 5) for light in DATASET["lightings"]}
     expected = {f"{n}.aedat" for n in names} | {f"{n}_labels.csv" for n in names}
-    expected |= {"trials_to_train.txt", "trials_to_test.txt", "gesture_mapping.csv"}
+    expected |= {"trials_to_train.txt", "trials_to_test.txt", "gesture_mapping.csv",
+                 "SYNTHETIC.json"}
     assert {p.name for p in out.iterdir()} == expected
     assert len(summary.recordings) == 8 and summary.n_events == sum(r.n_events for r in summary.recordings)
     mapping = (out / "gesture_mapping.csv").read_text().splitlines()

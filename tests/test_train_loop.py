@@ -20,7 +20,7 @@ from eventformer.inference import downsample
 from eventformer.modelfile import load
 from eventformer.models import Spikformer
 from eventformer.train import model as M
-from eventformer.train.data import (FrameSet, batches, check_resolution, clip_events, frame_set,
+from eventformer.train.data import (CLIP_US, FrameSet, batches, check_resolution, clip_events, frame_set,
                                     shift_frames)
 from eventformer.train.loop import (TrainingDiverged, TrainingInterrupted, load_checkpoint,
                                     predict, train)
@@ -53,7 +53,7 @@ def test_frames_follow_the_engine_convention(sets):
     assert len(tr) == 22 and set(tr.labels.tolist()) == set(range(11))
     assert va.info["downsample_factor"] == 8 and va.info["clip_us"] == 1_450_000
     ref, ev = next(embedded_synthetic_set("test").iter_events(1))
-    clip = downsample(clip_events(ev), 8)
+    clip = downsample(clip_events(ev, CLIP_US), 8)
     assert clip["t"][-1] - ev["t"][0] < 1_450_000 and len(clip) < len(ev)
     np.testing.assert_array_equal(va.events[0], clip)
     np.testing.assert_array_equal(va.frames[0], dense_frames(clip, T, S, S, "number"))
@@ -206,3 +206,20 @@ def test_cli_train_errors(sets, tmp_path, args, needle):
             "--resolution", "16", "--steps", "4", "--epochs", "1", "-o", str(tmp_path / "x.h5")]
     r = runner.invoke(app, base + args)
     assert needle in one_error_line(r)
+
+
+def test_train_cli_tonic_dataset_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import one_error_line
+    from eventformer_cli.main import app
+
+    runner = CliRunner()
+    out = str(tmp_path / "m.h5")
+    assert "needs --data-dir" in one_error_line(
+        runner.invoke(app, ["train", "--dataset", "tonic:NMNIST", "-o", out]))
+    assert "tonic has no dataset" in one_error_line(
+        runner.invoke(app, ["train", "--dataset", "tonic:Nope", "--data-dir", str(tmp_path),
+                            "-o", out]))
+    assert "unknown dataset" in one_error_line(
+        runner.invoke(app, ["train", "--dataset", "mnist", "-o", out]))

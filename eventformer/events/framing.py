@@ -173,3 +173,20 @@ def dense_frames(events: np.ndarray, steps: int, height: int, width: int,
     keys = ((step_of_event * 2 + p) * height + y) * width + x
     counts = np.bincount(keys, minlength=steps * 2 * height * width)
     return counts.astype(np.int32).reshape(steps, 2, height, width)
+
+
+def clip_events(events: np.ndarray, clip_us: int | None, start_us: int | None = None
+                ) -> np.ndarray:
+    """Events in ``[start, start + clip_us)`` (start: the first event's time by default); the
+    whole sample when ``clip_us`` is None. Events are assumed sorted by time.
+
+    Models trained on fixed-length clips (e.g. 1.45 s of a DVS Gesture segment) must see the same
+    clip at inference, or split_by="number" spreads a longer sample over the same steps.
+    """
+    if clip_us is None or len(events) == 0:
+        return events
+    t = events["t"]
+    t0 = int(t[0]) if start_us is None else int(start_us)
+    lo = np.searchsorted(t, t0, side="left")
+    hi = np.searchsorted(t, t0 + int(clip_us), side="left")
+    return events[lo:hi]

@@ -834,6 +834,9 @@ def write_synthetic_dataset(out_dir: str | os.PathLike[str], *, seed: int = 0,
     write_trials_list(out / "trials_to_train.txt", train)
     write_trials_list(out / "trials_to_test.txt", test)
     (out / "gesture_mapping.csv").write_bytes(_GESTURE_MAPPING.encode("ascii"))
+    # marks the folder as synthetic, so a loader never reports it as the real release
+    (out / SYNTHETIC_MARKER).write_text(
+        f'{{"generator": "eventformer.events.synth", "seed": {int(seed)}}}\n')
     return SyntheticDataset(str(out), int(seed), tuple(recordings), train, test,
                             time.perf_counter() - t_start)
 
@@ -841,6 +844,8 @@ def write_synthetic_dataset(out_dir: str | os.PathLike[str], *, seed: int = 0,
 # --------------------------------------------------------------------------------------------------
 # Statistics: synthetic against real
 # --------------------------------------------------------------------------------------------------
+
+SYNTHETIC_MARKER = "SYNTHETIC.json"
 
 _STATS = ("rate_eps", "on_fraction", "x_mean", "x_std", "y_mean", "y_std", "active_fraction")
 

@@ -23,6 +23,7 @@ class SpikformerConfig:
     steps: int = 16
     scale: float = 0.25  # official CIFAR10-DVS code; the paper says 0.125
     split_by: str = "number"
+    clip_us: int | None = None  # frame only the first clip_us of a sample (as trained); None: all
     tau: float = 2.0
     theta: float = 1.0
     attn_theta: float = 0.5
@@ -64,6 +65,8 @@ class SpikformerConfig:
             raise ValueError(f"dim {self.dim} is not divisible by {self.heads} heads")
         if self.steps <= 0:
             raise ValueError(f"steps must be positive, got {self.steps}")
+        if self.clip_us is not None and self.clip_us <= 0:
+            raise ValueError(f"clip_us must be positive, got {self.clip_us}")
         if self.split_by not in ("number", "time"):
             raise ValueError(f"split_by must be 'number' or 'time', got {self.split_by!r}")
         if self.attention != "ssa":

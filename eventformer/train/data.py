@@ -29,7 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import EventformerError
-from ..events.framing import dense_frames
+from ..events.framing import clip_events, dense_frames
 from ..inference import downsample, downsample_factor
 
 __all__ = [
@@ -65,19 +65,6 @@ def check_resolution(size: int, sps_stages: int = 3, sensor: tuple[int, int] = S
             f"resolution {size} is too small for the model's {sps_stages} SPS stages, which halve "
             f"the input {sps_stages} times (it must be a multiple of {need})")
     return downsample_factor(sensor, size, "the training data")
-
-
-def clip_events(events: np.ndarray, clip_us: int | None = CLIP_US, start_us: int | None = None
-                ) -> np.ndarray:
-    """Events in ``[start, start + clip_us)`` (start: the first event's time by default); the
-    whole sample when ``clip_us`` is None. Events are assumed sorted by time."""
-    if clip_us is None or len(events) == 0:
-        return events
-    t = events["t"]
-    t0 = int(t[0]) if start_us is None else int(start_us)
-    lo = np.searchsorted(t, t0, side="left")
-    hi = np.searchsorted(t, t0 + int(clip_us), side="left")
-    return events[lo:hi]
 
 
 @dataclass

@@ -357,7 +357,9 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
     if out_path is not None:
         from ..modelfile import save as save_model
 
-        save_model(out_path, to_model_file(params, state, cfg, meta))
+        # inference must frame the same clip the model was trained on
+        saved_cfg = dataclasses.replace(cfg, clip_us=(train_data.info or {}).get("clip_us"))
+        save_model(out_path, to_model_file(params, state, saved_cfg, meta))
         result.out_path = str(out_path)
     return result
 
