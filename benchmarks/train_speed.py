@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -28,54 +27,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch_reference as R  # noqa: E402
 
+from eventformer.bench.run import time_best  # noqa: E402
 from eventformer.train import model as M  # noqa: E402
 from eventformer.train.optim import AdamW, no_decay_keys  # noqa: E402
-
-
-class SigmoidSpike(torch.autograd.Function):
-    """Heaviside(x >= 0) forward, sigmoid surrogate (alpha 4) backward."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        sg = torch.sigmoid(M.SURROGATE_ALPHA * x)
-        return g * M.SURROGATE_ALPHA * sg * (1 - sg)
-
-
-def surrogate_lif_forward(self, x):
-    """LIF.forward with the surrogate spike and detached hard reset (as the numpy trainer)."""
-    v = torch.zeros_like(x[0])
-    out = []
-    for t in range(x.shape[0]):
-        h = v + (x[t] - v) * (1.0 / self.tau)
-        s = SigmoidSpike.apply(h - self.theta)
-        v = h * (1 - s.detach())
-        out.append(s)
-    return torch.stack(out)
-
-
-def ref_config(cfg) -> R.RefConfig:
-    return R.RefConfig(in_channels=cfg.in_channels, image_size=cfg.image_size,
-                       sps_channels=cfg.sps_channels, dim=cfg.dim, heads=cfg.heads,
-                       depth=cfg.depth, mlp_ratio=cfg.mlp_hidden / cfg.dim,
-                       num_classes=cfg.num_classes, scale=cfg.scale, tau=cfg.tau,
-                       theta=cfg.theta, attn_theta=cfg.attn_theta)
 
 
 def best_time(step, iters, warmup=1):
     for _ in range(warmup):
         step()
-    best = float("inf")
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return time_best(step, iters)
 
 
 def main(argv=None):
@@ -111,8 +71,8 @@ def main(argv=None):
 
     # torch reference, same initial weights
     torch.set_num_threads(args.threads)
-    R.LIF.forward = surrogate_lif_forward
-    ref = R.SpikformerRef(ref_config(cfg)).float()
+    R.LIF.forward = R.surrogate_lif_forward
+    ref = R.SpikformerRef(R.ref_config(cfg)).float()
     ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
                          M.state_dict(M.init_params(cfg, args.seed, np.float32),
                                       M.init_state(cfg, np.float32)).items()}, strict=False)

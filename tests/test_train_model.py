@@ -25,41 +25,6 @@ TINY = {"in_channels": 2, "image_size": 16, "sps_channels": (8, 16), "sps_pool":
 T, B = 4, 2
 
 
-class SigmoidSpike(torch.autograd.Function):
-    """Heaviside(x >= 0) forward, SpikingJelly sigmoid surrogate (alpha 4) backward."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        sg = torch.sigmoid(4.0 * x)
-        return g * 4.0 * sg * (1 - sg)
-
-
-def surrogate_lif_forward(self, x):
-    """Drop-in LIF.forward: same charge as the reference, surrogate spike, detached hard reset."""
-    v = torch.zeros_like(x[0])
-    out = []
-    for t in range(x.shape[0]):
-        h = v + (x[t] - v) * (1.0 / self.tau)
-        s = SigmoidSpike.apply(h - self.theta)
-        v = h * (1 - s.detach())
-        out.append(s)
-    return torch.stack(out)
-
-
-def ref_config(cfg) -> R.RefConfig:
-    return R.RefConfig(in_channels=cfg.in_channels, image_size=cfg.image_size,
-                       sps_channels=cfg.sps_channels, dim=cfg.dim, heads=cfg.heads,
-                       depth=cfg.depth, mlp_ratio=cfg.mlp_hidden / cfg.dim,
-                       num_classes=cfg.num_classes, scale=cfg.scale, tau=cfg.tau,
-                       theta=cfg.theta, attn_theta=cfg.attn_theta)
-
-
 def lively_params(cfg, seed, dtype=np.float64):
     """Torch-like init, then BN gamma/beta spread so that every LIF fires now and then."""
     rng = np.random.default_rng(seed + 1000)
@@ -82,7 +47,7 @@ def test_config_by_name_and_shapes():
         params = M.init_params(cfg, 0)
         state = M.init_state(cfg)
         assert {k: v.shape for k, v in params.items()} == M.param_shapes(cfg)
-        ref = R.SpikformerRef(ref_config(cfg))
+        ref = R.SpikformerRef(R.ref_config(cfg))
         sd = ref.state_dict()
         merged = M.state_dict(params, state)
         # exactly the official keys, minus the unused pos_embed / norm tensors
@@ -115,8 +80,8 @@ def test_loss_and_every_gradient_match_torch_autograd(monkeypatch):
     frames = random_frames(rng, cfg)
     labels = rng.integers(0, cfg.num_classes, B)
 
-    monkeypatch.setattr(R.LIF, "forward", surrogate_lif_forward)
-    ref = R.SpikformerRef(ref_config(cfg)).double()
+    monkeypatch.setattr(R.LIF, "forward", R.surrogate_lif_forward)
+    ref = R.SpikformerRef(R.ref_config(cfg)).double()
     missing, unexpected = ref.load_state_dict(
         {k: torch.from_numpy(np.array(v)) for k, v in M.state_dict(params, state).items()},
         strict=False)
@@ -156,7 +121,7 @@ def test_eval_mode_forward_matches_reference_and_leaves_state():
     before = {k: np.array(v) for k, v in state.items()}
     logits, _ = M.forward(params, state, frames, False, cfg)
     assert all(np.array_equal(before[k], np.asarray(state[k])) for k in state)
-    ref = R.SpikformerRef(ref_config(cfg)).double()
+    ref = R.SpikformerRef(R.ref_config(cfg)).double()
     ref.load_state_dict({k: torch.from_numpy(np.array(v))
                          for k, v in M.state_dict(params, state).items()}, strict=False)
     with torch.no_grad():

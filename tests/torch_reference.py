@@ -649,3 +649,47 @@ def fold_bn(
     w_f = w * g.reshape(-1, *([1] * (w.dim() - 1)))
     b_f = (b - mean) * g + beta
     return w_f.to(dtype), b_f.to(dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Surrogate-gradient LIF (the trainer's backward), for gradient references and training benchmarks
+# --------------------------------------------------------------------------------------------------
+
+SURROGATE_ALPHA = 4.0
+
+
+class SigmoidSpike(torch.autograd.Function):
+    """Heaviside forward (spike when x >= 0), sigmoid surrogate backward (alpha 4)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        sg = torch.sigmoid(SURROGATE_ALPHA * x)
+        return g * SURROGATE_ALPHA * sg * (1 - sg)
+
+
+def surrogate_lif_forward(self, x):
+    """Drop-in ``LIF.forward``: the same charge, a surrogate spike and a detached hard reset
+    (SpikingJelly's detach_reset=True), as eventformer's numpy trainer differentiates it."""
+    v = torch.zeros_like(x[0])
+    out = []
+    for t in range(x.shape[0]):
+        h = v + (x[t] - v) * (1.0 / self.tau)
+        s = SigmoidSpike.apply(h - self.theta)
+        v = h * (1 - s.detach())
+        out.append(s)
+    return torch.stack(out)
+
+
+def ref_config(cfg) -> RefConfig:
+    """The reference configuration of an eventformer ``SpikformerConfig``."""
+    return RefConfig(in_channels=cfg.in_channels, image_size=cfg.image_size,
+                     sps_channels=cfg.sps_channels, dim=cfg.dim, heads=cfg.heads,
+                     depth=cfg.depth, mlp_ratio=cfg.mlp_hidden / cfg.dim,
+                     num_classes=cfg.num_classes, scale=cfg.scale, tau=cfg.tau,
+                     theta=cfg.theta, attn_theta=cfg.attn_theta)
