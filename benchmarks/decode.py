@@ -155,18 +155,11 @@ def measure(path: Path, repeat: int) -> dict:
 
     def incremental():
         stream = EventStream(p)
-        parts = []
-        while True:
-            before = stream.offset
-            events = stream.read(INCREMENTAL_BYTES)
-            if len(events):
-                parts.append(events)
-            if stream.offset == before:
-                break
+        parts = [stream.read_available(INCREMENTAL_BYTES)]
         end = stream.finish()
         if len(end.events):
             parts.append(end.events)
-        return np.concatenate(parts) if parts else rec.events[:0]
+        return np.concatenate(parts)
 
     inc_events = incremental()
     inc = best_of(incremental, repeat)
