@@ -1,0 +1,88 @@
+"""What the command modules share: the stderr console, option enums, model loading, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from .errors import fail
+
+# rich wraps at 80 columns when stderr is not a terminal; the layer tables need more
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class SplitBy(str, Enum):
+    number = "number"
+    time = "time"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Path_(str, Enum):
+    auto = "auto"
+    sparse = "sparse"
+    dense = "dense"
+
+
+def load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False):
+    from eventformer.layers import PathPolicy
+    from eventformer.modelfile import load
+    from eventformer.models import Spikformer
+    from eventformer.runtime import kernels_cached
+
+    model_file = load(weights)
+    if not quiet and not kernels_cached():
+        err.print("first run: compiling the engine's kernels (about 10-20 s, cached afterwards)")
+    return Spikformer(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
+
+
+NO_SHIPPED_MODEL = (
+    "no model given and the shipped {name} is not installed with this copy of eventformer: "
+    "pass --weights MODEL.h5 (`eventformer export CHECKPOINT.pth -o MODEL.h5` converts a "
+    "Spikformer checkpoint), or reinstall the package")
+
+
+def resolve_weights(weights: Optional[Path], quiet: bool = False) -> Path:
+    """The given model file, else the shipped default (trained on synthetic gestures only)."""
+    from eventformer.weights import SHIPPED_MODEL, shipped_model_path
+
+    if weights is not None:
+        return weights
+    shipped = shipped_model_path()
+    if shipped is None:
+        fail(NO_SHIPPED_MODEL.format(name=SHIPPED_MODEL))
+    if not quiet:
+        err.print(f"model: the shipped {shipped.name} (a tiny Spikformer trained on synthetic "
+                  "DVS Gesture only; see its MODEL_CARD.md); --weights to use another")
+    return shipped
+
+
+def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+    except ValueError:
+        fail(f"--sensor-size must look like 128x128, got {text!r}")
+    return w, h
+
+
+def progress_bar(enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
+
+

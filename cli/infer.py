@@ -1,0 +1,207 @@
+"""`eventformer infer`: classify recordings or a dataset."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .common import (DType, Path_, SplitBy, err, load_engine, parse_size, progress_bar,
+                     resolve_weights)
+from .errors import fail, user_errors
+
+
+@user_errors
+def infer(
+    files: List[Path] = typer.Argument(None, help="Event recordings (AEDAT 2/3.1/4, EVT 2/3 .raw, "
+                                                  "DAT, N-MNIST .bin/.bs2, .npy, .npz, eventformer "
+                                                  ".h5); the format is read from the file."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w",
+                                           help="Model file (.h5) [default: the shipped "
+                                                "weights/spikformer-tiny-synth.h5]."),
+    dataset: Optional[str] = typer.Option(None, "--dataset",
+                                          help="Classify a dataset instead of files "
+                                               "(dvs-gesture)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+                                            help="Where the dataset lives [default: "
+                                                 "$EVENTFORMER_DATA, then ~/.cache/eventformer/"
+                                                 "data; else the embedded synthetic set]."),
+    split: str = typer.Option("test", "--split", help="Dataset split: test or train."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1,
+                                        help="Classify only the first N dataset samples."),
+    steps: Optional[int] = typer.Option(None, "--steps", "-T", min=1,
+                                        help="Time steps per sample [default: the model's]."),
+    split_by: Optional[SplitBy] = typer.Option(None, "--split-by",
+                                               help="Framing rule [default: the model's]."),
+    dtype: DType = typer.Option(DType.float32, "--dtype",
+                                help="Arithmetic: float32 (fast) or float64 (exactness checks)."),
+    path: Path_ = typer.Option(Path_.auto, "--path",
+                               help="Per-step kernel choice: auto (by input density), or force "
+                                    "sparse (event scatter) or dense (GEMM)."),
+    layers: bool = typer.Option(False, "--layers", help="Print the per-layer table for every "
+                                                        "file (always shown for one file)."),
+    pj_ac: float = typer.Option(0.9, "--pj-ac", help="Energy of one accumulate, pJ (45 nm)."),
+    pj_mac: float = typer.Option(4.6, "--pj-mac", help="Energy of one multiply-accumulate, pJ."),
+    sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
+                                              help="Sensor size for formats whose header has "
+                                                   "none; a larger sensor is downsampled by an "
+                                                   "integer factor to the model's input."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per file (or sample, "
+                                                       "then a summary) on stdout."),
+):
+    """Classify event recordings or a dataset: predictions, per-layer spikes, operations done."""
+    from eventformer.inference import classify_file
+    from eventformer.report import EnergyTable
+
+    energy = EnergyTable(ac_pj=pj_ac, mac_pj=pj_mac)
+    framing = {"steps": steps, "split_by": split_by.value if split_by else None,
+               "sensor_size": parse_size(sensor_size)}
+    if dataset is not None:
+        if files:
+            fail("give either event files or --dataset, not both")
+        _infer_dataset(dataset, data_dir, split, limit, weights, dtype.value, path.value,
+                       energy, framing, as_json)
+        return
+    if not files:
+        fail("give event files to classify (or --dataset dvs-gesture); see --help")
+    weights = resolve_weights(weights, quiet=as_json)
+    for f in files:
+        if not f.exists():
+            fail(f"{f}: no such file")
+    engine = load_engine(weights, dtype.value, path.value, quiet=as_json)
+    results = []
+    with progress_bar(len(files) > 1 and not as_json) as progress:
+        task = progress.add_task("classifying", total=len(files)) if progress else None
+        for f in files:
+            r = classify_file(engine, str(f), energy=energy, **framing)
+            for w in r.warnings:
+                err.print(f"warning: {w}")
+            results.append(r)
+            if as_json:
+                sys.stdout.write(json.dumps(r.to_json()) + "\n")
+                sys.stdout.flush()
+            if progress:
+                progress.advance(task)
+    if not as_json:
+        _print_results(results, show_layers=layers or len(results) == 1)
+
+
+
+
+def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, energy, framing,
+                   as_json) -> None:
+    from eventformer.evaluate import evaluate
+
+    if split not in ("test", "train"):
+        fail(f"--split must be test or train, got {split!r}")
+    if not (name == "dvs-gesture" or name.startswith("tonic:")):
+        fail(f"unknown dataset {name!r}; known: dvs-gesture, tonic:NAME (e.g. tonic:NMNIST)")
+    weights = resolve_weights(weights, quiet=as_json)
+    engine = load_engine(weights, dtype, path_mode, quiet=as_json)
+    data = _open_dataset(name, data_dir, split)
+    total = min(len(data), limit) if limit else len(data)
+
+    def emit(record, _result):
+        if as_json:
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+        if progress:
+            progress.advance(task)
+
+    with progress_bar(not as_json) as progress:
+        task = progress.add_task("classifying", total=total) if progress else None
+        summary = evaluate(engine, data, limit=limit, energy=energy, on_sample=emit, **framing)
+    if as_json:
+        sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
+    else:
+        _print_summary(summary, engine.config)
+
+
+def _open_dataset(name: str, data_dir, split: str):
+    """The labelled samples of ``--dataset``, saying on stderr which data and convention."""
+    from eventformer.datasets import (TonicSet, embedded_synthetic_set, find_dvs_gesture,
+                                      load_dvs_gesture)
+
+    if name.startswith("tonic:"):
+        if data_dir is None:
+            fail(f"--dataset {name} needs --data-dir (where tonic's files for it are)")
+        data = TonicSet(name.split(":", 1)[1], data_dir, split)
+        err.print(f"{data.convention}: {len(data)} samples from {data_dir}")
+        return data
+    found = find_dvs_gesture(data_dir)
+    if found is None:
+        data = embedded_synthetic_set(split, log=lambda m: err.print(m))
+        err.print(f"no DVS Gesture data found (give --data-dir or set EVENTFORMER_DATA): "
+                  f"running on the embedded synthetic {split} set ({len(data)} samples), "
+                  "not the real dataset")
+        return data
+    data = load_dvs_gesture(*found, split)
+    err.print(f"DVS Gesture from {data.root}: {data.convention}, {split} split, "
+              f"{len(data)} samples")
+    return data
+
+
+def _print_summary(s: dict, config) -> None:
+    names = [n.strip() for n in config.class_names] or [str(k) for k in range(config.num_classes)]
+    err.print(f"[bold]accuracy {s['accuracy']:.2%}[/] ({s['correct']}/{s['samples']}), "
+              f"{s['split']} split, {s['split_convention']}")
+    err.print(f"throughput {s['samples_per_s']:.2f} samples/s, {s['events_per_s']:.3g} events/s "
+              f"(engine time {s['engine_seconds']:.1f} s)")
+    o = s["ops_per_sample"]
+    err.print(f"per sample: AC {o['ac']:.3g}, MAC {o['mac']:.3g}, dense MAC {o['dense_mac']:.3g}, "
+              f"energy {o['energy_uj']:.1f} uJ (counted), SOP {o['sop_paper']:.3g} (paper)")
+    t = Table(title="confusion matrix (rows: label, columns: prediction) and per-class accuracy",
+              title_justify="left")
+    t.add_column("label")
+    for k in range(len(s["confusion"])):
+        t.add_column(str(k), justify="right")
+    t.add_column("accuracy", justify="right")
+    for k, row in enumerate(s["confusion"]):
+        acc = s["per_class_accuracy"].get(k)
+        t.add_row(f"{k} {names[k] if k < len(names) else ''}", *[str(v) for v in row],
+                  "-" if acc is None else f"{acc:.0%}")
+    err.print(t)
+    lt = Table(title="per layer, mean per sample", title_justify="left")
+    for c in ("layer", "spikes", "AC", "MAC", "dense MAC"):
+        lt.add_column(c, justify="left" if c == "layer" else "right")
+    for row in s["layers_per_sample"]:
+        lt.add_row(row["name"], f"{row['spikes']:.4g}", f"{row['ac']:.4g}", f"{row['mac']:.4g}",
+                   f"{row['dense_mac']:.4g}")
+    err.print(lt)
+
+
+def _print_results(results, show_layers: bool) -> None:
+    table = Table(title="eventformer infer", title_justify="left")
+    for col in ("file", "events", "T", "prediction", "class", "top logit", "time s",
+                "AC", "MAC", "energy uJ"):
+        table.add_column(col, justify="left" if col in ("file", "class") else "right")
+    for r in results:
+        table.add_row(Path(r.file).name, f"{r.events:,}", str(r.steps), str(r.prediction),
+                      r.class_name, f"{float(r.logits.max()):.4f}", f"{r.seconds:.3f}",
+                      f"{r.ops['ac']:,}", f"{r.ops['mac']:,}", f"{r.ops['energy_uj']:.2f}")
+    err.print(table)
+    if show_layers:
+        for r in results:
+            err.print(_layer_table(r))
+
+
+def _layer_table(r) -> Table:
+    t = Table(title=f"{Path(r.file).name}: per layer (AC/MAC counted by the kernels; "
+                    f"SOP = paper estimate fr x T x FLOPs)", title_justify="left")
+    for col in ("layer", "neurons", "spikes", "rate", "in density", "path", "AC", "MAC",
+                "dense MAC", "SOP (paper)"):
+        t.add_column(col, justify="left" if col in ("layer", "path") else "right")
+    for row in r.layers:
+        t.add_row(row["name"], f"{row['neurons']:,}", f"{row['spikes']:,}",
+                  f"{row['firing_rate']:.3f}", f"{row['input_density']:.3f}", row["path"],
+                  f"{row['ac']:,}", f"{row['mac']:,}", f"{row['dense_mac']:,}",
+                  f"{row['sop_paper']:.3g}")
+    o = r.ops
+    t.caption = (f"total AC {o['ac']:,}  MAC {o['mac']:,}  dense MAC {o['dense_mac']:,}  "
+                 f"energy {o['energy_uj']:.2f} uJ (counted) / {o['energy_uj_paper']:.2f} uJ "
+                 f"(paper estimate)  SOP {o['sop_paper']:.3g}")
+    return t

@@ -1,0 +1,97 @@
+"""`eventformer stream`: classify a live or recorded stream window by window."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import (DType, err, load_engine, parse_size, resolve_weights)
+from .errors import fail, user_errors
+
+
+@user_errors
+def stream(
+    file: Path = typer.Argument(..., help="Event file to classify window by window; with "
+                                          "--follow it may still be being written."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w",
+                                           help="Model file (.h5) [default: the shipped "
+                                                "weights/spikformer-tiny-synth.h5]."),
+    follow: bool = typer.Option(False, "--follow", "-f",
+                                help="Keep reading as the file grows (until --idle-timeout "
+                                     "or Ctrl-C)."),
+    window_ms: Optional[float] = typer.Option(None, "--window-ms",
+                                              help="Fixed time windows of this many ms "
+                                                   "[default: 100 ms]."),
+    window_events: Optional[int] = typer.Option(None, "--window-events", min=1,
+                                                help="Or a fixed number of events per window."),
+    realtime: bool = typer.Option(False, "--realtime",
+                                  help="Replay a finished file at recording speed."),
+    idle_timeout: float = typer.Option(5.0, "--idle-timeout", min=0.0,
+                                       help="With --follow: stop after this many seconds "
+                                            "without growth."),
+    dtype: DType = typer.Option(DType.float32, "--dtype", help="float32 or float64."),
+    sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
+                                              help="Sensor size for formats whose header has "
+                                                   "none (a larger sensor is downsampled)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per window on stdout, "
+                                                       "then a summary line."),
+):
+    """Classify a live or recorded event stream in causal windows, state carried across them.
+
+    Each window advances the model one time step, so the prediction evolves as the gesture
+    unfolds; --follow keeps reading a file that is still being written."""
+    from eventformer.stream import FileSource, WindowSpec, run_stream
+
+    if window_ms is not None and window_events is not None:
+        fail("give either --window-ms or --window-events, not both")
+    if window_ms is not None and window_ms <= 0:
+        fail(f"--window-ms must be positive, got {window_ms}")
+    spec = WindowSpec(window_events=window_events) if window_events else \
+        WindowSpec(window_us=int(round((window_ms or 100.0) * 1000)))
+    if not file.exists():
+        fail(f"{file}: no such file")
+    weights = resolve_weights(weights, quiet=as_json)
+    engine = load_engine(weights, dtype.value, "auto", quiet=as_json)
+    names = [n.strip() for n in engine.config.class_names]
+    source = FileSource(str(file), follow)
+    live = None
+    if not as_json and err.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=err, refresh_per_second=8, transient=False)
+        live.start()
+
+    def on_window(w):
+        if as_json:
+            sys.stdout.write(json.dumps(w) + "\n")
+            sys.stdout.flush()
+        elif live is not None:
+            k = w["prediction"]
+            live.update(f"t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s  "
+                        f"{w['events']:7d} events  prediction {k} "
+                        f"{names[k] if k < len(names) else ''}  latency {w['latency_ms']:.1f} ms"
+                        f"  backlog {w['backlog_events']}")
+
+    try:
+        summary = run_stream(engine, source, spec, follow=follow, realtime=realtime,
+                             idle_timeout=idle_timeout, on_window=on_window,
+                             sensor_size=parse_size(sensor_size))
+    finally:
+        if live is not None:
+            live.stop()
+    leftover = source.finish()
+    for w in source.warnings + ([leftover.message] if leftover.message else []):
+        err.print(f"warning: {file}: {w}")
+    if as_json:
+        sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
+        return
+    k = summary["final_prediction"]
+    final = "-" if k is None else f"{k} {names[k] if k < len(names) else ''}"
+    err.print(f"{summary['windows']} windows, {summary['events']:,} events, final prediction "
+              f"{final}; latency p50 {summary['latency_ms_p50']:.1f} ms, p99 "
+              f"{summary['latency_ms_p99']:.1f} ms; compute {summary['compute_s']:.2f} s of "
+              f"{summary['wall_s']:.2f} s" + (" (interrupted)" if summary["interrupted"] else ""))

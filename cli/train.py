@@ -1,0 +1,133 @@
+"""`eventformer train`: the numpy trainer."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import (err, progress_bar)
+from .errors import fail, user_errors
+
+
+@user_errors
+def train(
+    dataset: str = typer.Option("synthetic-gesture", "--dataset",
+                                help="Training data: synthetic-gesture (generated once, cached), "
+                                     "dvs-gesture (the real set: --data-dir) or tonic:NAME "
+                                     "(a tonic dataset in --data-dir)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+                                            help="DVS Gesture folder [default: $EVENTFORMER_DATA, "
+                                                 "then ~/.cache/eventformer/data]."),
+    model: str = typer.Option("tiny", "--model", help="Model size: tiny or small."),
+    resolution: int = typer.Option(32, "--resolution", help="Input side S: the 128x128 sensor "
+                                                           "is downsampled by 128 // S."),
+    steps: int = typer.Option(8, "--steps", "-T", min=1, help="Time steps per sample."),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Passes over the training set."),
+    batch: int = typer.Option(16, "--batch", min=1, help="Mini-batch size."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate (cosine schedule, "
+                                                "one warm-up epoch)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
+    crops: int = typer.Option(1, "--crops", min=1, help="Training clips per sample (1.45 s; "
+                                                        "extra ones at random offsets)."),
+    seed: int = typer.Option(0, "--seed", help="Initialisation, order and augmentation seed."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1,
+                                        help="Use only the first N samples of each split."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="CKPT",
+                                          help="Continue from a checkpoint (same settings)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
+                                              help="Checkpoint file [default: MODEL.ckpt.npz]."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.h5)."),
+):
+    """Train a small Spikformer on DVS Gesture (or the synthetic set) with the numpy trainer."""
+    import time
+
+    from eventformer.datasets import DVS_GESTURE_CLASSES
+    from eventformer.train.data import (check_resolution, frame_set, real_training_sets,
+                                        synthetic_training_sets)
+    from eventformer.train.loop import TrainingInterrupted, model_config
+    from eventformer.train.loop import train as run_training
+    from eventformer.train.model import CONFIGS
+
+    if model not in CONFIGS:
+        fail(f"unknown model {model!r}; known: {', '.join(CONFIGS)}")
+    if dataset not in ("synthetic-gesture", "dvs-gesture") and not dataset.startswith("tonic:"):
+        fail(f"unknown dataset {dataset!r}; known: synthetic-gesture, dvs-gesture, tonic:NAME")
+    check_resolution(resolution, len(CONFIGS[model]["sps_channels"]))
+    ckpt = checkpoint or output.with_name(output.name + ".ckpt.npz")
+    class_names = DVS_GESTURE_CLASSES
+    if dataset == "synthetic-gesture":
+        train_set, val_set = synthetic_training_sets(log=lambda m: err.print(m))
+    elif dataset == "dvs-gesture":
+        train_set, val_set = real_training_sets(data_dir)
+    else:
+        from eventformer.datasets import TonicSet
+
+        if data_dir is None:
+            fail(f"--dataset {dataset} needs --data-dir (where tonic's files for it are)")
+        name = dataset.split(":", 1)[1]
+        train_set, val_set = TonicSet(name, data_dir, "train"), TonicSet(name, data_dir, "test")
+        if not train_set.class_names:
+            fail(f"tonic {name} names no classes; cannot size the classifier head")
+        class_names = train_set.class_names
+    cfg = model_config(model, resolution, steps, len(class_names), tuple(class_names))
+    framed = {}
+    with progress_bar(True) as progress:
+        for name, data, n_crops in (("train", train_set, crops), ("validation", val_set, 1)):
+            total = min(len(data), limit) if limit else len(data)
+            task = progress.add_task(f"framing {name}", total=total)
+            framed[name] = frame_set(data, resolution, steps, crops=n_crops, seed=seed,
+                                     limit=limit,
+                                     progress=lambda d, t, task=task: progress.update(
+                                         task, completed=d))
+    tr, va = framed["train"], framed["validation"]
+    if len(tr) < batch:
+        fail(f"the training set has only {len(tr)} usable samples, fewer than one batch of "
+             f"{batch}: give more data or a smaller --batch")
+    err.print(f"{train_set.convention}: {len(tr)} training clips from {train_set.root}, "
+              f"{len(va)} validation clips ({val_set.split} split of {val_set.root})")
+    err.print(f"model {model}: {resolution}x{resolution} input (128 // {128 // resolution}), "
+              f"T {steps}, split_by number, 1.45 s clips; checkpoint {ckpt}")
+    command = "eventformer " + " ".join(sys.argv[1:]) if sys.argv else "eventformer train"
+    started = time.perf_counter()
+    with progress_bar(True) as progress:
+        task = {"id": None}
+
+        def report(info):
+            if info["kind"] == "start":
+                task["id"] = progress.add_task("epoch", total=info["batches"],
+                                               completed=info["batch"])
+                progress.update(task["id"], description=f"epoch {info['epoch'] + 1}/"
+                                                        f"{info['epochs']}")
+                task["epochs"], task["batches"] = info["epochs"], info["batches"]
+            elif info["kind"] == "batch":
+                progress.update(task["id"], completed=info["batch"],
+                                description=f"epoch {info['epoch'] + 1}/{task['epochs']} "
+                                            f"loss {info['loss']:.3f}")
+            else:
+                val = info.get("val_accuracy")
+                progress.console.print(
+                    f"epoch {info['epoch']}/{task['epochs']}: train loss {info['train_loss']:.4f} "
+                    f"acc {info['train_accuracy']:.1%}, val acc "
+                    f"{'-' if val is None else f'{val:.1%}'} ({info['seconds']:.1f} s, "
+                    f"{info['samples']} samples)")
+                if info["epoch"] < task["epochs"]:
+                    progress.reset(task["id"], total=task["batches"],
+                                   description=f"epoch {info['epoch'] + 1}/{task['epochs']}")
+
+        try:
+            result = run_training(cfg, tr, va, epochs=epochs, batch=batch, lr=lr,
+                                  weight_decay=weight_decay, seed=seed, out_path=output,
+                                  checkpoint_path=ckpt, resume=resume, progress=report,
+                                  metadata={"command": command, "dataset": dataset,
+                                            "model": model})
+        except TrainingInterrupted as exc:
+            typer.echo(f"{exc}" + (f"; resume with --resume {exc.checkpoint}"
+                                   if exc.checkpoint else ""), err=True)
+            raise typer.Exit(code=130)
+    err.print(f"[bold]trained[/] {model} for {epochs} epochs in "
+              f"{time.perf_counter() - started:.0f} s: train acc "
+              f"{result.train_accuracy:.1%}, val acc "
+              f"{(result.val_accuracy or 0.0):.1%} -> {output}")
