@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from enum import Enum
 from pathlib import Path
@@ -86,3 +87,35 @@ def progress_bar(enabled: bool):
                     MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
 
 
+
+
+def check_number(option: str, value: float, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False) -> float:
+    """A finite number within [low, high] (or (low, high] with ``low_open``), else one sentence.
+
+    click's ``min=``/``max=`` neither reject nan nor give a one-line error, so options whose
+    bad values would reach arithmetic (energies, window lengths) are checked here.
+    """
+    if not math.isfinite(value):
+        fail(f"{option} must be a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        fail(f"{option} must be {'greater than' if low_open else 'at least'} {low:g}, "
+             f"got {value:g}")
+    if high is not None and value > high:
+        fail(f"{option} must be at most {high:g}, got {value:g}")
+    return value
+
+
+def check_writable(output: Path, force: bool) -> None:
+    """OUT can be written: its folder exists and is writable; it is replaced only with --force."""
+    import os
+
+    if output.is_dir():
+        fail(f"{output}: is a directory")
+    if output.exists() and not force:
+        fail(f"{output}: already exists; pass --force to overwrite it")
+    folder = output.parent
+    if not folder.is_dir():
+        fail(f"{output}: cannot be written (folder {folder} does not exist)")
+    if not os.access(folder, os.W_OK):
+        fail(f"{output}: cannot be written (permission denied)")

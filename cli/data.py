@@ -15,8 +15,8 @@ from .errors import fail, user_errors
 def data_fetch(
     name: str = typer.Argument(..., help="Dataset to download: dvs-gesture."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir",
-                                            help="Where to put it [default: ~/.cache/eventformer/"
-                                                 "data/dvs-gesture]."),
+                                            help="Where to put it.",
+                                            show_default="~/.cache/eventformer/data/dvs-gesture"),
     split: Optional[str] = typer.Option(None, "--split", help="Only test or train."),
 ):
     """Download a dataset (resumable, md5-verified); offline, say how to install it by hand."""

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .common import (DType, Path_, SplitBy, err, load_engine, parse_size, progress_bar,
+from .common import (DType, check_number, Path_, SplitBy, err, load_engine, parse_size, progress_bar,
                      resolve_weights)
 from .errors import fail, user_errors
 
@@ -21,22 +21,24 @@ def infer(
                                                   "DAT, N-MNIST .bin/.bs2, .npy, .npz, eventformer "
                                                   ".h5); the format is read from the file."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w",
-                                           help="Model file (.h5) [default: the shipped "
-                                                "weights/spikformer-tiny-synth.h5]."),
+                                           help="Model file (.h5).",
+                                           show_default="the shipped spikformer-tiny-synth.h5"),
     dataset: Optional[str] = typer.Option(None, "--dataset",
                                           help="Classify a dataset instead of files "
                                                "(dvs-gesture)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir",
-                                            help="Where the dataset lives [default: "
-                                                 "$EVENTFORMER_DATA, then ~/.cache/eventformer/"
-                                                 "data; else the embedded synthetic set]."),
+                                            help="Where the dataset lives.",
+                                            show_default="$EVENTFORMER_DATA, then "
+                                                         "~/.cache/eventformer/data; else the "
+                                                         "embedded synthetic set"),
     split: str = typer.Option("test", "--split", help="Dataset split: test or train."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1,
                                         help="Classify only the first N dataset samples."),
     steps: Optional[int] = typer.Option(None, "--steps", "-T", min=1,
-                                        help="Time steps per sample [default: the model's]."),
+                                        help="Time steps per sample.",
+                                        show_default="the model's"),
     split_by: Optional[SplitBy] = typer.Option(None, "--split-by",
-                                               help="Framing rule [default: the model's]."),
+                                               help="Framing rule.", show_default="the model's"),
     dtype: DType = typer.Option(DType.float32, "--dtype",
                                 help="Arithmetic: float32 (fast) or float64 (exactness checks)."),
     path: Path_ = typer.Option(Path_.auto, "--path",
@@ -53,11 +55,16 @@ def infer(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file (or sample, "
                                                        "then a summary) on stdout."),
 ):
-    """Classify event recordings or a dataset: predictions, per-layer spikes, operations done."""
+    """Classify event recordings or a dataset: predictions, per-layer spikes, operations done.
+
+    Files that cannot be classified are named one by one (one line each, and a JSON object with
+    an "error" key under --json) while the others are classified; the exit code is then 2."""
+    from eventformer.errors import EventformerError
     from eventformer.inference import classify_file
     from eventformer.report import EnergyTable
 
-    energy = EnergyTable(ac_pj=pj_ac, mac_pj=pj_mac)
+    energy = EnergyTable(ac_pj=check_number("--pj-ac", pj_ac, low=0.0),
+                         mac_pj=check_number("--pj-mac", pj_mac, low=0.0))
     framing = {"steps": steps, "split_by": split_by.value if split_by else None,
                "sensor_size": parse_size(sensor_size)}
     if dataset is not None:
@@ -69,27 +76,42 @@ def infer(
     if not files:
         fail("give event files to classify (or --dataset dvs-gesture); see --help")
     weights = resolve_weights(weights, quiet=as_json)
-    for f in files:
-        if not f.exists():
-            fail(f"{f}: no such file")
     engine = load_engine(weights, dtype.value, path.value, quiet=as_json)
-    results = []
+    results, failed = [], 0
     with progress_bar(len(files) > 1 and not as_json) as progress:
         task = progress.add_task("classifying", total=len(files)) if progress else None
         for f in files:
-            r = classify_file(engine, str(f), energy=energy, **framing)
+            try:
+                if not f.exists():
+                    raise EventformerError(f"{f}: no such file")
+                r = classify_file(engine, str(f), energy=energy, **framing)
+            except EventformerError as exc:  # this file only: the others still count
+                failed += 1
+                err.print(f"error: {exc}", markup=False, highlight=False)
+                if as_json:
+                    _emit_json({"file": str(f), "error": str(exc)})
+                if progress:
+                    progress.advance(task)
+                continue
             for w in r.warnings:
-                err.print(f"warning: {w}")
+                err.print(f"warning: {w}", markup=False, highlight=False)
             results.append(r)
             if as_json:
-                sys.stdout.write(json.dumps(r.to_json()) + "\n")
-                sys.stdout.flush()
+                _emit_json(r.to_json())
             if progress:
                 progress.advance(task)
-    if not as_json:
+    if results and not as_json:
         _print_results(results, show_layers=layers or len(results) == 1)
+    if failed:
+        if len(files) > 1:
+            err.print(f"{failed} of {len(files)} files could not be classified", markup=False,
+                      highlight=False)
+        raise typer.Exit(code=2)
 
 
+def _emit_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
 
 
 def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, energy, framing,
@@ -107,8 +129,7 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
 
     def emit(record, _result):
         if as_json:
-            sys.stdout.write(json.dumps(record) + "\n")
-            sys.stdout.flush()
+            _emit_json(record)
         if progress:
             progress.advance(task)
 
@@ -116,9 +137,12 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
         task = progress.add_task("classifying", total=total) if progress else None
         summary = evaluate(engine, data, limit=limit, energy=energy, on_sample=emit, **framing)
     if as_json:
-        sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
+        _emit_json({"summary": True, **summary})
     else:
         _print_summary(summary, engine.config)
+    if summary["interrupted"]:
+        err.print(f"interrupted: the results above cover {summary['samples']} of {total} samples")
+        raise typer.Exit(code=130)
 
 
 def _open_dataset(name: str, data_dir, split: str):

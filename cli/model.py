@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import (SplitBy, err)
+from .common import (check_writable, SplitBy, err)
 from .errors import fail, user_errors
 
 
@@ -27,15 +27,17 @@ def export(
     split_by: SplitBy = typer.Option(SplitBy.number, "--split-by",
                                      help="Framing the model was trained with."),
     image_size: Optional[int] = typer.Option(None, "--image-size",
-                                             help="Input side [default: from pos_embed]."),
+                                             help="Input side.", show_default="from pos_embed"),
     classes: Optional[str] = typer.Option(None, "--classes",
                                           help="Class names: dvs-gesture, or a comma list."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the model file if it exists."),
 ):
     """Convert a PyTorch Spikformer checkpoint into an eventformer model file (BN folded)."""
     from eventformer.datasets import CLASS_SETS
     from eventformer.modelfile import save
     from eventformer.modelfile.export import export_checkpoint
 
+    check_writable(output, force)
     names: tuple = ()
     if classes:
         names = CLASS_SETS.get(classes) or tuple(c.strip() for c in classes.split(","))

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .common import (DType, err, load_engine, parse_size, resolve_weights)
+from .common import (DType, check_number, err, load_engine, parse_size, resolve_weights)
 from .errors import fail, user_errors
 
 
@@ -18,14 +18,14 @@ def stream(
     file: Path = typer.Argument(..., help="Event file to classify window by window; with "
                                           "--follow it may still be being written."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w",
-                                           help="Model file (.h5) [default: the shipped "
-                                                "weights/spikformer-tiny-synth.h5]."),
+                                           help="Model file (.h5).",
+                                           show_default="the shipped spikformer-tiny-synth.h5"),
     follow: bool = typer.Option(False, "--follow", "-f",
                                 help="Keep reading as the file grows (until --idle-timeout "
                                      "or Ctrl-C)."),
     window_ms: Optional[float] = typer.Option(None, "--window-ms",
-                                              help="Fixed time windows of this many ms "
-                                                   "[default: 100 ms]."),
+                                              help="Fixed time windows of this many ms.",
+                                              show_default="100 ms"),
     window_events: Optional[int] = typer.Option(None, "--window-events", min=1,
                                                 help="Or a fixed number of events per window."),
     realtime: bool = typer.Option(False, "--realtime",
@@ -48,8 +48,8 @@ def stream(
 
     if window_ms is not None and window_events is not None:
         fail("give either --window-ms or --window-events, not both")
-    if window_ms is not None and window_ms <= 0:
-        fail(f"--window-ms must be positive, got {window_ms}")
+    if window_ms is not None:
+        check_number("--window-ms", window_ms, low=0.001)  # windows are whole microseconds
     spec = WindowSpec(window_events=window_events) if window_events else \
         WindowSpec(window_us=int(round((window_ms or 100.0) * 1000)))
     if not file.exists():
@@ -69,12 +69,16 @@ def stream(
         if as_json:
             sys.stdout.write(json.dumps(w) + "\n")
             sys.stdout.flush()
-        elif live is not None:
+        else:  # a live line on a terminal, one line per window otherwise (logs, pipes)
             k = w["prediction"]
-            live.update(f"t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s  "
-                        f"{w['events']:7d} events  prediction {k} "
-                        f"{names[k] if k < len(names) else ''}  latency {w['latency_ms']:.1f} ms"
-                        f"  backlog {w['backlog_events']}")
+            line = (f"t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s  "
+                    f"{w['events']:7d} events  prediction {k} "
+                    f"{names[k] if k < len(names) else ''}  latency {w['latency_ms']:.1f} ms"
+                    f"  backlog {w['backlog_events']}")
+            if live is not None:
+                live.update(line)
+            else:
+                err.print(line, markup=False, highlight=False)
 
     try:
         summary = run_stream(engine, source, spec, follow=follow, realtime=realtime,
@@ -94,4 +98,6 @@ def stream(
     err.print(f"{summary['windows']} windows, {summary['events']:,} events, final prediction "
               f"{final}; latency p50 {summary['latency_ms_p50']:.1f} ms, p99 "
               f"{summary['latency_ms_p99']:.1f} ms; compute {summary['compute_s']:.2f} s of "
-              f"{summary['wall_s']:.2f} s" + (" (interrupted)" if summary["interrupted"] else ""))
+              f"{summary['wall_s']:.2f} s" + (
+                  f" (interrupted; {summary['unprocessed_events']:,} events read ahead were not "
+                  "reached)" if summary["interrupted"] else ""))

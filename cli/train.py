@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import (err, progress_bar)
+from .common import (check_number, err, progress_bar)
 from .errors import fail, user_errors
 
 
@@ -19,8 +19,9 @@ def train(
                                      "dvs-gesture (the real set: --data-dir) or tonic:NAME "
                                      "(a tonic dataset in --data-dir)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir",
-                                            help="DVS Gesture folder [default: $EVENTFORMER_DATA, "
-                                                 "then ~/.cache/eventformer/data]."),
+                                            help="DVS Gesture folder.",
+                                            show_default="$EVENTFORMER_DATA, then "
+                                                         "~/.cache/eventformer/data"),
     model: str = typer.Option("tiny", "--model", help="Model size: tiny or small."),
     resolution: int = typer.Option(32, "--resolution", help="Input side S: the 128x128 sensor "
                                                            "is downsampled by 128 // S."),
@@ -38,7 +39,8 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="CKPT",
                                           help="Continue from a checkpoint (same settings)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint",
-                                              help="Checkpoint file [default: MODEL.ckpt.npz]."),
+                                              help="Checkpoint file.",
+                                              show_default="MODEL.ckpt.npz"),
     output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.h5)."),
 ):
     """Train a small Spikformer on DVS Gesture (or the synthetic set) with the numpy trainer."""
@@ -51,6 +53,8 @@ def train(
     from eventformer.train.loop import train as run_training
     from eventformer.train.model import CONFIGS
 
+    check_number("--lr", lr, low=0.0, low_open=True)
+    check_number("--weight-decay", weight_decay, low=0.0)
     if model not in CONFIGS:
         fail(f"unknown model {model!r}; known: {', '.join(CONFIGS)}")
     if dataset not in ("synthetic-gesture", "dvs-gesture") and not dataset.startswith("tonic:"):

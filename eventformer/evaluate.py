@@ -18,7 +18,10 @@ def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | No
              steps: int | None = None, split_by: str | None = None,
              energy: EnergyTable | None = None, sensor_size: tuple[int, int] | None = None,
              on_sample: Callable[[dict, Classification], None] | None = None) -> dict:
-    """Run every sample (or the first ``limit``); ``on_sample(record, result)`` after each."""
+    """Run every sample (or the first ``limit``); ``on_sample(record, result)`` after each.
+
+    A KeyboardInterrupt stops the run between or inside samples: the summary then covers the
+    samples finished before it and says ``interrupted``."""
     n_classes = engine.config.num_classes
     confusion = np.zeros((n_classes, n_classes), np.int64)
     totals = {"events": 0, "seconds": 0.0, "ac": 0, "mac": 0, "dense_mac": 0,
@@ -26,33 +29,37 @@ def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | No
     layer_sums: dict[str, dict] = {}
     start = time.perf_counter()
     count = 0
-    for ref, events in data.iter_events(limit):
-        if ref.label >= n_classes:
-            from .errors import EventformerError
+    interrupted = False
+    try:  # Ctrl-C ends the run early; what was classified until then is still summarised
+        for ref, events in data.iter_events(limit):
+            if ref.label >= n_classes:
+                from .errors import EventformerError
 
-            raise EventformerError(f"{ref.name}: label {ref.label} but the model has only "
-                                   f"{n_classes} classes")
-        rec = Recording(path=ref.name, format=data.layout, events=events,
-                        sensor_size=data.sensor_size)
-        result = classify(engine, rec, steps=steps, split_by=split_by, energy=energy,
-                          sensor_size=sensor_size)
-        confusion[ref.label, result.prediction] += 1
-        count += 1
-        totals["events"] += result.events
-        totals["seconds"] += result.seconds
-        for key in ("ac", "mac", "dense_mac", "energy_uj", "sop_paper"):
-            totals[key] += result.ops[key]
-        for row in result.layers:
-            acc = layer_sums.setdefault(row["name"], {"spikes": 0, "ac": 0, "mac": 0,
-                                                      "dense_mac": 0})
-            for key in acc:
-                acc[key] += row[key]
-        if on_sample is not None:
-            record = result.to_json()
-            record.update({"label": ref.label, "sample": {"recording": ref.source,
-                                                          "segment": ref.segment,
-                                                          "name": ref.name}})
-            on_sample(record, result)
+                raise EventformerError(f"{ref.name}: label {ref.label} but the model has only "
+                                       f"{n_classes} classes")
+            rec = Recording(path=ref.name, format=data.layout, events=events,
+                            sensor_size=data.sensor_size)
+            result = classify(engine, rec, steps=steps, split_by=split_by, energy=energy,
+                              sensor_size=sensor_size)
+            confusion[ref.label, result.prediction] += 1
+            count += 1
+            totals["events"] += result.events
+            totals["seconds"] += result.seconds
+            for key in ("ac", "mac", "dense_mac", "energy_uj", "sop_paper"):
+                totals[key] += result.ops[key]
+            for row in result.layers:
+                acc = layer_sums.setdefault(row["name"], {"spikes": 0, "ac": 0, "mac": 0,
+                                                          "dense_mac": 0})
+                for key in acc:
+                    acc[key] += row[key]
+            if on_sample is not None:
+                record = result.to_json()
+                record.update({"label": ref.label, "sample": {"recording": ref.source,
+                                                              "segment": ref.segment,
+                                                              "name": ref.name}})
+                on_sample(record, result)
+    except KeyboardInterrupt:
+        interrupted = True
     wall = time.perf_counter() - start
     correct = int(np.trace(confusion))
     per_class = {}
@@ -62,6 +69,7 @@ def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | No
             per_class[k] = float(confusion[k, k] / n)
     return {
         "accuracy": correct / count if count else 0.0,
+        "interrupted": interrupted,
         "samples": count,
         "correct": correct,
         "split": data.split,

@@ -3,16 +3,22 @@
 The engine's state carries across windows (the same ``Model.step`` as offline inference), so a
 prediction evolves as a gesture unfolds. A window is closed only when it is known to be complete:
 an event at or past its end has arrived, the file ended (without ``follow``), or the stream went
-idle for ``idle_timeout`` seconds (then the open window is closed as it is). Memory stays flat:
-only the events of windows not yet closed are held.
+idle for ``idle_timeout`` seconds (then the open window is closed as it is). Ctrl-C stops
+reading: the window being computed finishes, the open window closes with the events it has, and
+events read ahead beyond it are reported as not reached. With ``realtime`` a finished recording is
+replayed at its own speed: events count as arrived only when the replay clock reaches them. Memory
+stays flat: only the events of windows not yet closed are held.
 """
 
 from __future__ import annotations
 
 import collections
+import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -82,19 +88,100 @@ class CausalFramer:
                 return
             cut = int(np.searchsorted(t, end, side="left"))
             chunk, self.pending = self.pending[:cut], self.pending[cut:]
-            yield self.t0, end, chunk
-            self.t0 = end
+            start, self.t0 = self.t0, end  # before the hand-over: a consumer may stop there
+            yield start, end, chunk
+
+    def close_until(self, t_us: int):
+        """Yield the time windows that end at or before ``t_us`` when no event before ``t_us``
+        can still come (a replay clock has passed it), even if no later event has arrived."""
+        if self.spec.window_us is None or self.t0 is None:
+            return
+        while self.t0 + self.spec.window_us <= t_us:
+            end = self.t0 + self.spec.window_us
+            cut = int(np.searchsorted(self.pending["t"], end, side="left"))
+            chunk, self.pending = self.pending[:cut], self.pending[cut:]
+            start, self.t0 = self.t0, end
+            yield start, end, chunk
+
+    def flush_open(self):
+        """Interrupted: close the open window with the events it has, and drop (returning their
+        number) events read ahead beyond it, which the stream never reached."""
+        spec = self.spec
+        if not self.pending.shape[0]:
+            return [], 0
+        if spec.window_events is not None:
+            keep = min(self.pending.shape[0], spec.window_events)
+        else:
+            keep = int(np.searchsorted(self.pending["t"], self.t0 + spec.window_us, side="left"))
+        dropped = self.pending.shape[0] - keep
+        self.pending = self.pending[:keep]
+        return list(self.flush()), dropped
 
     def flush(self):
-        """Close the open window as it is (end of file, idle, or interrupted)."""
+        """Close the open window as it is (end of file, or idle)."""
         if not self.pending.shape[0]:
             return
         chunk, self.pending = self.pending, self.pending[:0]
         if self.spec.window_us is not None and self.t0 is not None:
-            yield self.t0, self.t0 + self.spec.window_us, chunk
-            self.t0 += self.spec.window_us
+            start, self.t0 = self.t0, self.t0 + self.spec.window_us
+            yield start, self.t0, chunk
         else:
             yield int(chunk["t"][0]), int(chunk["t"][-1]) + 1, chunk
+
+
+class CtrlC:
+    """Within this context the first Ctrl-C (SIGINT) only sets ``requested``, so the window being
+    computed finishes and the model's state stays whole; a second one interrupts at once. Outside
+    the main thread signals cannot be caught and Ctrl-C stays a KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class ReplayClock:
+    """Replays a finished recording at its own speed: read events are held back until the wall
+    clock, started at the first event, reaches their timestamps; only then have they arrived."""
+
+    def __init__(self):
+        self.held = np.empty(0, EVENT_DTYPE)
+        self.rec_start: int | None = None
+        self.wall_start = 0.0
+
+    def push(self, events: np.ndarray) -> None:
+        if self.rec_start is None and events.shape[0]:
+            self.rec_start = int(events["t"][0])
+            self.wall_start = time.perf_counter()
+        self.held = np.concatenate([self.held, events]) if self.held.shape[0] else events
+
+    def now_us(self) -> int:
+        if self.rec_start is None:
+            return 0
+        return self.rec_start + int((time.perf_counter() - self.wall_start) * 1e6)
+
+    def release(self) -> np.ndarray:
+        """The held events whose time has come, in file order (up to the first one still due)."""
+        late = self.held["t"] >= self.now_us()
+        cut = int(np.argmax(late)) if late.any() else self.held.shape[0]
+        out, self.held = self.held[:cut], self.held[cut:]
+        return out
+
+    def seconds_until(self, t_us: int) -> float:
+        return (t_us - self.now_us()) / 1e6
 
 
 def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
@@ -115,22 +202,18 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     stats = {"windows": 0, "events": 0, "compute_s": 0.0,
              "latencies_ms": collections.deque(maxlen=100_000)}
     wall_start = time.perf_counter()
-    rec_start: int | None = None
     last_growth = time.perf_counter()
 
     factor = None
 
     def process(t_start, t_end, chunk):
-        nonlocal rec_start, factor
-        if rec_start is None:
-            rec_start = t_start
+        nonlocal factor
         if factor is None:  # the header (if any) has been read by now
             sensor = getattr(source, "sensor_size", None) or sensor_size
             factor = downsample_factor(sensor, size, getattr(source, "path", "stream"))
         chunk = downsample(chunk, factor)
-        if realtime:  # wait until the recording's clock reaches the window's end
-            due = wall_start + (t_end - rec_start) / 1e6
-            delay = due - time.perf_counter()
+        if clock is not None and not interrupted:  # the last window waits for its end too
+            delay = clock.seconds_until(t_end)
             if delay > 0:
                 time.sleep(delay)
         try:
@@ -158,26 +241,59 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
 
     last = None
     interrupted = False
-    try:
-        while True:
-            if should_stop is not None and should_stop():
-                break
-            events = source.read()
-            if events.shape[0]:
-                last_growth = time.perf_counter()
-                framer.push(events)
-                for window in framer.complete_windows():
-                    last = process(*window)
-                continue
-            if source.exhausted and not follow:
-                break
-            if follow and time.perf_counter() - last_growth > idle_timeout:
-                break
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        interrupted = True
-    for window in framer.flush():
-        last = process(*window)
+    # --realtime: events reach the framer only once the replay clock has come to them, so the
+    # backlog is what has arrived and waits, and an interrupt finds only arrived events pending
+    clock = ReplayClock() if realtime else None
+
+    def stopped() -> bool:
+        return ctrl_c.requested or (should_stop is not None and should_stop())
+
+    def drain(windows) -> None:
+        nonlocal last
+        for window in windows:
+            last = process(*window)
+            if stopped():  # finish the window in hand, then stop reading
+                return
+
+    with CtrlC() as ctrl_c:
+        try:
+            while not stopped():
+                if clock is not None and clock.held.shape[0]:
+                    framer.push(clock.release())
+                    drain(framer.complete_windows())
+                    if clock.held.shape[0] and not stopped():
+                        # nothing before the next held event can still come
+                        due = int(clock.held["t"][0])
+                        drain(framer.close_until(due))
+                        wait = min(poll_s, clock.seconds_until(due))
+                        if wait > 0:
+                            time.sleep(wait)
+                    continue
+                events = source.read()
+                if events.shape[0]:
+                    last_growth = time.perf_counter()
+                    if clock is not None:
+                        clock.push(events)
+                        continue
+                    framer.push(events)
+                    drain(framer.complete_windows())
+                    continue
+                if source.exhausted and not follow:
+                    break
+                if follow and time.perf_counter() - last_growth > idle_timeout:
+                    break
+                time.sleep(poll_s)
+        except KeyboardInterrupt:  # outside the main thread, or a second Ctrl-C
+            interrupted = True
+        interrupted = interrupted or ctrl_c.requested
+        unreached = 0
+        if interrupted:  # reading stops; the open window closes with what it has
+            windows, unreached = framer.flush_open()
+            unreached += 0 if clock is None else int(clock.held.shape[0])
+        else:
+            windows = framer.flush()
+        for window in windows:
+            last = process(*window)
     lat = np.array(stats["latencies_ms"]) if stats["latencies_ms"] else np.zeros(1)
     return {"windows": stats["windows"], "events": stats["events"],
             "compute_s": stats["compute_s"], "wall_s": time.perf_counter() - wall_start,
@@ -185,7 +301,7 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
             "latency_ms_p99": float(np.percentile(lat, 99)),
             "final_prediction": None if last is None else last["prediction"],
             "final_logits": None if last is None else last["logits"],
-            "interrupted": interrupted}
+            "interrupted": interrupted, "unprocessed_events": unreached}
 
 
 class FileSource:

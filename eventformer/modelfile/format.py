@@ -59,9 +59,20 @@ class ModelFile:
 
 def save(path: str | os.PathLike, model: ModelFile) -> None:
     """Write ``model`` to ``path`` (overwritten), after validating it against its schema."""
+    _validate(model, str(path))
+    # written beside PATH, then renamed over it: a failed write leaves PATH as it was
+    partial = f"{os.fspath(path)}.{os.getpid()}.partial"
+    try:
+        _write(partial, model)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _write(path: str, model: ModelFile) -> None:
     import h5py
 
-    _validate(model, str(path))
     with h5py.File(path, "w") as f:
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION

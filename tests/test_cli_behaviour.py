@@ -1,0 +1,297 @@
+"""Every command behaves: package data, --version/--help, option checks, batches, interrupts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from conftest import ROOT, one_error_line
+from eventformer.events import EVENT_DTYPE, write_npy
+from eventformer_cli.main import app
+
+runner = CliRunner()
+
+
+def gesture_like_events(n: int, size: int = 32, duration_us: int = 1_000_000, seed: int = 0):
+    """A blob moving in a circle plus noise, time-ordered: enough to make every layer fire."""
+    rng = np.random.default_rng(seed)
+    ev = np.zeros(n, EVENT_DTYPE)
+    ev["t"] = np.sort(rng.integers(0, duration_us, n))
+    phase = ev["t"] / duration_us * 2 * np.pi
+    ev["x"] = np.clip(size / 2 + size / 4 * np.cos(phase) + rng.normal(0, size / 10, n), 0,
+                      size - 1).astype(int)
+    ev["y"] = np.clip(size / 2 + size / 4 * np.sin(phase) + rng.normal(0, size / 10, n), 0,
+                      size - 1).astype(int)
+    ev["p"] = rng.integers(0, 2, n)
+    return ev
+
+
+@pytest.fixture()
+def recording(tmp_path):
+    write_npy(tmp_path / "rec.npy", gesture_like_events(20_000))
+    return tmp_path / "rec.npy"
+
+
+# --- the shipped model travels as package data -------------------------------------------------
+
+@pytest.mark.slow
+def test_wheel_carries_the_shipped_model_and_finds_it_installed(tmp_path):
+    """`pip install .` (not editable) installs the wheel: its model must be inside it and be
+    found from the installed copy, not from the source tree."""
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                            "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("eventformer-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "eventformer/weights/spikformer-tiny-synth.h5" in names
+    assert "eventformer/weights/MODEL_CARD.md" in names
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                              "--no-compile", "--target", str(target), str(wheel)],
+                             capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import eventformer.weights as w; "
+            "p = w.shipped_model_path(); print(p)")
+    found = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    path = Path(found.stdout.strip())
+    assert path.is_file() and target in path.parents
+
+
+def test_no_shipped_model_is_one_sentence(recording, monkeypatch):
+    import eventformer.weights
+
+    monkeypatch.setattr(eventformer.weights, "shipped_model_path", lambda name=None: None)
+    line = one_error_line(runner.invoke(app, ["infer", str(recording)]))
+    assert "--weights" in line and "not installed" in line
+
+
+# --- --version and --help ----------------------------------------------------------------------
+
+def test_version():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0
+    from importlib.metadata import version
+
+    assert r.stdout.strip() == f"eventformer {version('eventformer')}"
+
+
+def _commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,), cmd
+
+
+def test_help_shows_every_default():
+    """rich reads a hand-written "[default: ...]" in help text as markup and drops it: defaults
+    that are not plain values are given as show_default strings, which help prints."""
+    shown = 0
+    for words, cmd in _commands(get_command(app)):
+        r = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "300"}, terminal_width=300)
+        assert r.exit_code == 0, (words, r.output)
+        for param in cmd.params:
+            assert "[default" not in (getattr(param, "help", None) or ""), (words, param.name)
+            if isinstance(param.show_default, str):
+                assert f"[default: ({param.show_default})]" in r.output, (words, param.name)
+                shown += 1
+    assert shown >= 11
+
+
+# --- option checks: one sentence, exit 2 -------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0.0001", "0", "-5"])
+def test_window_ms_must_be_a_positive_finite_microsecond_count(recording, value):
+    line = one_error_line(runner.invoke(app, ["stream", str(recording), "--window-ms", value]))
+    assert "--window-ms" in line
+
+
+@pytest.mark.parametrize("option", ["--pj-ac", "--pj-mac"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_energy_per_operation_must_be_finite_and_non_negative(recording, option, value):
+    line = one_error_line(runner.invoke(app, ["infer", str(recording), option, value]))
+    assert option in line
+
+
+@pytest.mark.parametrize("option,value", [("--lr", "0"), ("--lr", "nan"),
+                                          ("--weight-decay", "-0.1")])
+def test_train_rejects_meaningless_rates(tmp_path, option, value):
+    line = one_error_line(runner.invoke(app, ["train", "-o", str(tmp_path / "m.h5"), option,
+                                              value]))
+    assert option in line
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    from torch_reference import RefConfig, random_state_dict
+
+    d = tmp_path_factory.mktemp("ckpt")
+    cfg = RefConfig(image_size=32, sps_channels=(16, 32), dim=32, heads=4, depth=1, num_classes=4)
+    torch.save({"model": random_state_dict(cfg, 3)}, d / "tiny.pth")
+    return d / "tiny.pth"
+
+
+def test_export_into_a_missing_folder(checkpoint, tmp_path):
+    line = one_error_line(runner.invoke(app, ["export", str(checkpoint), "-o",
+                                              str(tmp_path / "missing" / "x.h5"), "--heads", "4"]))
+    assert "does not exist" in line
+
+
+def test_export_refuses_to_overwrite_without_force(checkpoint, tmp_path):
+    out = tmp_path / "m.h5"
+    out.write_bytes(b"keep me")
+    line = one_error_line(runner.invoke(app, ["export", str(checkpoint), "-o", str(out),
+                                              "--heads", "4"]))
+    assert "--force" in line and out.read_bytes() == b"keep me"
+    r = runner.invoke(app, ["export", str(checkpoint), "-o", str(out), "--heads", "4", "--force"])
+    assert r.exit_code == 0, r.output
+    assert runner.invoke(app, ["inspect", str(out)]).exit_code == 0
+
+
+def test_export_error_is_not_cut(tmp_path):
+    """The reason torch gives for an unreadable checkpoint is quoted whole, not cut mid-word."""
+    torch = pytest.importorskip("torch")
+    bad = tmp_path / "c.pth"
+    bad.write_bytes(b"PK\x03\x04" + b"x" * 300)  # a zip signature, then junk: a long torch error
+    with pytest.raises(Exception) as exc:
+        torch.load(bad, map_location="cpu", weights_only=True)
+    reason = str(exc.value).strip().splitlines()[0]
+    line = one_error_line(runner.invoke(app, ["export", str(bad), "-o", str(tmp_path / "o.h5")]))
+    assert line.endswith(f"({reason})")
+
+
+# --- batches: a bad file is named, the good ones are still shown -------------------------------
+
+def test_one_bad_file_does_not_discard_the_others(recording, tmp_path):
+    missing = tmp_path / "missing.npy"
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(b"\x93NUMPY" + b"\x00" * 10)  # an npy magic with a broken header
+    r = runner.invoke(app, ["infer", str(recording), str(missing), str(junk)])
+    assert r.exit_code == 2
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2
+    assert "missing.npy" in errors[0] and "junk.npy" in errors[1]
+    assert "rec.npy" in r.stderr  # the good file's row in the table
+    assert "2 of 3 files could not be classified" in r.stderr
+
+
+def test_one_bad_file_in_json_mode(recording, tmp_path):
+    missing = tmp_path / "missing.npy"
+    r = runner.invoke(app, ["infer", str(missing), str(recording), "--json"])
+    assert r.exit_code == 2
+    first, second = (json.loads(line) for line in r.stdout.splitlines())
+    assert first["file"] == str(missing) and "no such file" in first["error"]
+    assert second["file"] == str(recording) and "prediction" in second
+
+
+def test_infer_dataset_prints_partial_results_on_ctrl_c(monkeypatch):
+    import eventformer.evaluate as evaluate
+
+    real, calls = evaluate.classify, []
+
+    def classify_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "classify", classify_then_interrupt)
+    monkeypatch.delenv("EVENTFORMER_DATA", raising=False)
+    monkeypatch.setenv("HOME", os.environ.get("HOME", "/root"))
+    r = runner.invoke(app, ["infer", "--dataset", "dvs-gesture", "--json"])
+    assert r.exit_code == 130, r.output
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == 3 and lines[-1]["summary"] and lines[-1]["interrupted"]
+    assert lines[-1]["samples"] == 2
+    assert "interrupted" in r.stderr
+
+
+# --- streams -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shipped_engine():
+    from eventformer.modelfile import load
+    from eventformer.models import Spikformer
+    from eventformer.weights import shipped_model_path
+
+    return Spikformer(load(shipped_model_path()))
+
+
+class AllAtOnce:
+    """A source whose first read hands over the whole recording (a fast disk, a big chunk)."""
+
+    path = "memory"
+    sensor_size = (32, 32)
+
+    def __init__(self, events):
+        self.events = events
+        self.exhausted = False
+
+    def read(self):
+        if self.exhausted:
+            return np.empty(0, EVENT_DTYPE)
+        self.exhausted = True
+        return self.events
+
+
+def test_ctrl_c_closes_the_open_window_with_what_it_has(shipped_engine):
+    from eventformer.stream import WindowSpec, run_stream
+
+    events = gesture_like_events(20_000)
+    windows = []
+
+    def on_window(w):
+        windows.append(w)
+        if len(windows) == 2:  # the user presses Ctrl-C while window 2 is computed
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary = run_stream(shipped_engine, AllAtOnce(events), WindowSpec(window_us=100_000),
+                         on_window=on_window)
+    t0 = int(events["t"][0])
+    # window 2 finished, the open window 3 closed with its own events, nothing beyond it
+    assert summary["interrupted"] and summary["windows"] == 3 == len(windows)
+    assert [w["t_start_us"] for w in windows] == [t0, t0 + 100_000, t0 + 200_000]
+    within = int(np.sum(events["t"] < t0 + 300_000))
+    assert summary["events"] == within == sum(w["events"] for w in windows)
+    assert summary["unprocessed_events"] == len(events) - within
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_realtime_backlog_is_what_has_arrived(shipped_engine):
+    from eventformer.stream import WindowSpec, run_stream
+
+    events = gesture_like_events(6_000, duration_us=400_000)
+    windows = []
+    summary = run_stream(shipped_engine, AllAtOnce(events), WindowSpec(window_us=50_000),
+                         realtime=True, on_window=windows.append)
+    assert summary["events"] == len(events) and not summary["interrupted"]
+    t = events["t"]
+    for w in windows[:-1]:
+        # waiting events arrived after the window's end, within the time it took to compute
+        # (generously: two windows), never the rest of the recording
+        arrived = int(np.sum((t >= w["t_end_us"]) & (t < w["t_end_us"] + 100_000)))
+        assert w["backlog_events"] <= arrived, w
+    assert summary["wall_s"] >= 0.35  # replayed at recording speed, not as fast as possible
+
+
+def test_stream_without_a_terminal_prints_a_line_per_window(recording):
+    r = runner.invoke(app, ["stream", str(recording), "--window-ms", "200"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stderr.splitlines() if line.lstrip().startswith("t ")]
+    assert len(lines) == 5  # 1 s of events in 200 ms windows
+    assert "5 windows, 20,000 events" in r.stderr
