@@ -118,13 +118,17 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
                    as_json) -> None:
     from eventformer.evaluate import evaluate
 
+    from eventformer.datasets import open_dataset
+
     if split not in ("test", "train"):
         fail(f"--split must be test or train, got {split!r}")
-    if not (name == "dvs-gesture" or name.startswith("tonic:")):
-        fail(f"unknown dataset {name!r}; known: dvs-gesture, tonic:NAME (e.g. tonic:NMNIST)")
     weights = resolve_weights(weights, quiet=as_json)
     engine = load_engine(weights, dtype, path_mode, quiet=as_json)
-    data = _open_dataset(name, data_dir, split)
+    data = open_dataset(name, data_dir, split, synthetic_fallback=True,
+                        log=lambda m: err.print(m, markup=False, highlight=False))
+    if not data.synthetic:
+        err.print(f"{data.convention}: {split} split, {len(data)} samples from {data.root}",
+                  markup=False, highlight=False)
     total = min(len(data), limit) if limit else len(data)
 
     def emit(record, _result):
@@ -143,30 +147,6 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
     if summary["interrupted"]:
         err.print(f"interrupted: the results above cover {summary['samples']} of {total} samples")
         raise typer.Exit(code=130)
-
-
-def _open_dataset(name: str, data_dir, split: str):
-    """The labelled samples of ``--dataset``, saying on stderr which data and convention."""
-    from eventformer.datasets import (TonicSet, embedded_synthetic_set, find_dvs_gesture,
-                                      load_dvs_gesture)
-
-    if name.startswith("tonic:"):
-        if data_dir is None:
-            fail(f"--dataset {name} needs --data-dir (where tonic's files for it are)")
-        data = TonicSet(name.split(":", 1)[1], data_dir, split)
-        err.print(f"{data.convention}: {len(data)} samples from {data_dir}")
-        return data
-    found = find_dvs_gesture(data_dir)
-    if found is None:
-        data = embedded_synthetic_set(split, log=lambda m: err.print(m))
-        err.print(f"no DVS Gesture data found (give --data-dir or set EVENTFORMER_DATA): "
-                  f"running on the embedded synthetic {split} set ({len(data)} samples), "
-                  "not the real dataset")
-        return data
-    data = load_dvs_gesture(*found, split)
-    err.print(f"DVS Gesture from {data.root}: {data.convention}, {split} split, "
-              f"{len(data)} samples")
-    return data
 
 
 def _print_summary(s: dict, config) -> None:

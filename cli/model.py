@@ -33,7 +33,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Overwrite the model file if it exists."),
 ):
     """Convert a PyTorch Spikformer checkpoint into an eventformer model file (BN folded)."""
-    from eventformer.datasets import CLASS_SETS
+    from eventformer.classes import CLASS_SETS
     from eventformer.modelfile import save
     from eventformer.modelfile.export import export_checkpoint
 

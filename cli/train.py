@@ -46,9 +46,7 @@ def train(
     """Train a small Spikformer on DVS Gesture (or the synthetic set) with the numpy trainer."""
     import time
 
-    from eventformer.datasets import DVS_GESTURE_CLASSES
-    from eventformer.train.data import (check_resolution, frame_set, real_training_sets,
-                                        synthetic_training_sets)
+    from eventformer.train.data import check_resolution, frame_set, training_sets
     from eventformer.train.loop import TrainingInterrupted, model_config
     from eventformer.train.loop import train as run_training
     from eventformer.train.model import CONFIGS
@@ -57,25 +55,10 @@ def train(
     check_number("--weight-decay", weight_decay, low=0.0)
     if model not in CONFIGS:
         fail(f"unknown model {model!r}; known: {', '.join(CONFIGS)}")
-    if dataset not in ("synthetic-gesture", "dvs-gesture") and not dataset.startswith("tonic:"):
-        fail(f"unknown dataset {dataset!r}; known: synthetic-gesture, dvs-gesture, tonic:NAME")
     check_resolution(resolution, len(CONFIGS[model]["sps_channels"]))
     ckpt = checkpoint or output.with_name(output.name + ".ckpt.npz")
-    class_names = DVS_GESTURE_CLASSES
-    if dataset == "synthetic-gesture":
-        train_set, val_set = synthetic_training_sets(log=lambda m: err.print(m))
-    elif dataset == "dvs-gesture":
-        train_set, val_set = real_training_sets(data_dir)
-    else:
-        from eventformer.datasets import TonicSet
-
-        if data_dir is None:
-            fail(f"--dataset {dataset} needs --data-dir (where tonic's files for it are)")
-        name = dataset.split(":", 1)[1]
-        train_set, val_set = TonicSet(name, data_dir, "train"), TonicSet(name, data_dir, "test")
-        if not train_set.class_names:
-            fail(f"tonic {name} names no classes; cannot size the classifier head")
-        class_names = train_set.class_names
+    train_set, val_set, class_names = training_sets(
+        dataset, data_dir, log=lambda m: err.print(m, markup=False, highlight=False))
     cfg = model_config(model, resolution, steps, len(class_names), tuple(class_names))
     framed = {}
     with progress_bar(True) as progress:

@@ -24,17 +24,9 @@ from typing import Iterator
 
 import numpy as np
 
+from .classes import CLASS_SETS, DVS_GESTURE_CLASSES  # noqa: F401  (re-exported)
 from .errors import EventformerError
 from .events import EVENT_DTYPE, read_events
-
-# DVS128 Gesture, 0-based labels (the release's label files are 1-based).
-DVS_GESTURE_CLASSES = (
-    "hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
-    "right_arm_counter_clockwise", "left_arm_clockwise", "left_arm_counter_clockwise",
-    "arm_roll", "air_drums", "air_guitar", "other_gestures",
-)
-
-CLASS_SETS = {"dvs-gesture": DVS_GESTURE_CLASSES}
 
 CONVENTIONS = {
     "ibm": "IBM release cut into labelled segments [start, end) (SpikingJelly's 1176/288 split)",
@@ -335,3 +327,42 @@ class TonicSet:
             ev["p"] = np.asarray(raw["p"]) > 0
             label = int(np.asarray(target).reshape(-1)[0])
             yield SampleRef(f"{self.name}[{i}]", label), ev
+
+
+# --- a dataset by the name a user gives ---------------------------------------------------------
+
+#: Names ``--dataset`` takes, for error messages.
+DATASET_NAMES = "dvs-gesture, synthetic-gesture, tonic:NAME (e.g. tonic:NMNIST)"
+
+
+def open_dataset(name: str, data_dir: str | os.PathLike | None, split: str, *,
+                 synthetic_fallback: bool = False, log=None) -> GestureSet | TonicSet:
+    """The labelled ``split`` of a dataset named as on the command line.
+
+    ``dvs-gesture``: the real release in ``data_dir``, ``$EVENTFORMER_DATA`` or the cache (any of
+    its three layouts); when none is found, the embedded synthetic set if ``synthetic_fallback``
+    (``log`` is told so), else a DatasetError. ``synthetic-gesture``: the embedded synthetic set.
+    ``tonic:NAME``: a tonic dataset read from ``data_dir``.
+    """
+    if split not in ("test", "train"):
+        raise DatasetError(f"the split must be test or train, got {split!r}")
+    if name.startswith("tonic:"):
+        if data_dir is None:
+            raise DatasetError(f"--dataset {name} needs --data-dir (where tonic's files for it "
+                               "are)")
+        return TonicSet(name.split(":", 1)[1], data_dir, split)
+    if name == "synthetic-gesture":
+        return embedded_synthetic_set(split, log=log)
+    if name != "dvs-gesture":
+        raise DatasetError(f"unknown dataset {name!r}; known: {DATASET_NAMES}")
+    found = find_dvs_gesture(data_dir)
+    if found is not None:
+        return load_dvs_gesture(*found, split)
+    if not synthetic_fallback:
+        raise DatasetError("no DVS Gesture data found: give --data-dir, set EVENTFORMER_DATA or "
+                           "run `eventformer data fetch dvs-gesture`")
+    data = embedded_synthetic_set(split, log=log)
+    if log is not None:
+        log(f"no DVS Gesture data found (give --data-dir or set EVENTFORMER_DATA): running on "
+            f"the embedded synthetic {split} set ({len(data)} samples), not the real dataset")
+    return data

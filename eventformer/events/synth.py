@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from eventformer.datasets import DVS_GESTURE_CLASSES
+from eventformer.classes import DVS_GESTURE_CLASSES
 from eventformer.events.aedat3_writer import write_aedat31, write_labels_csv, write_trials_list
 from eventformer.events.readers import EVENT_DTYPE
 

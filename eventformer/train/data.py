@@ -259,14 +259,19 @@ def synthetic_training_sets(users: int = SYNTH_TRAIN_USERS, seed: int = SYNTH_TR
     return train, val
 
 
-def real_training_sets(data_dir=None):
-    """``(train, test)`` GestureSets of the real DVS Gesture (``--data-dir`` or the default
-    locations); an EventformerError when there is none."""
-    from ..datasets import DatasetError, find_dvs_gesture, load_dvs_gesture
+def training_sets(name: str, data_dir=None, log=None):
+    """``(train, validation, class_names)`` of a dataset named as ``eventformer train
+    --dataset`` takes it: ``synthetic-gesture`` (a larger generated train set, validated on
+    the embedded synthetic test set), ``dvs-gesture`` (the real release: its test split
+    validates) or ``tonic:NAME``; an EventformerError when it is missing or unknown."""
+    from ..classes import DVS_GESTURE_CLASSES
+    from ..datasets import DatasetError, open_dataset
 
-    found = find_dvs_gesture(data_dir)
-    if found is None:
-        raise DatasetError("no DVS Gesture data found: give --data-dir, set EVENTFORMER_DATA or "
-                           "run `eventformer data fetch dvs-gesture` (or train on "
-                           "--dataset synthetic-gesture)")
-    return load_dvs_gesture(*found, "train"), load_dvs_gesture(*found, "test")
+    if name == "synthetic-gesture":
+        return (*synthetic_training_sets(log=log), DVS_GESTURE_CLASSES)
+    train = open_dataset(name, data_dir, "train")
+    val = open_dataset(name, data_dir, "test")
+    names = tuple(train.class_names) if train.class_names else ()
+    if not names:
+        raise DatasetError(f"{name} names no classes; cannot size the classifier head")
+    return train, val, names
