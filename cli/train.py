@@ -48,6 +48,7 @@ def train(
 
     from eventformer.train.data import check_resolution, frame_set, training_sets
     from eventformer.train.loop import TrainingInterrupted, model_config
+    from eventformer.train.progress import TrainingProgress
     from eventformer.train.loop import train as run_training
     from eventformer.train.model import CONFIGS
 
@@ -80,29 +81,15 @@ def train(
     command = "eventformer " + " ".join(sys.argv[1:]) if sys.argv else "eventformer train"
     started = time.perf_counter()
     with progress_bar(True) as progress:
-        task = {"id": None}
+        state = TrainingProgress()
+        task = progress.add_task("epoch", total=None)
 
         def report(info):
-            if info["kind"] == "start":
-                task["id"] = progress.add_task("epoch", total=info["batches"],
-                                               completed=info["batch"])
-                progress.update(task["id"], description=f"epoch {info['epoch'] + 1}/"
-                                                        f"{info['epochs']}")
-                task["epochs"], task["batches"] = info["epochs"], info["batches"]
-            elif info["kind"] == "batch":
-                progress.update(task["id"], completed=info["batch"],
-                                description=f"epoch {info['epoch'] + 1}/{task['epochs']} "
-                                            f"loss {info['loss']:.3f}")
-            else:
-                val = info.get("val_accuracy")
-                progress.console.print(
-                    f"epoch {info['epoch']}/{task['epochs']}: train loss {info['train_loss']:.4f} "
-                    f"acc {info['train_accuracy']:.1%}, val acc "
-                    f"{'-' if val is None else f'{val:.1%}'} ({info['seconds']:.1f} s, "
-                    f"{info['samples']} samples)")
-                if info["epoch"] < task["epochs"]:
-                    progress.reset(task["id"], total=task["batches"],
-                                   description=f"epoch {info['epoch'] + 1}/{task['epochs']}")
+            line = state.update(info)
+            if line is not None:
+                progress.console.print(line, markup=False, highlight=False)
+            progress.update(task, description=state.description, completed=state.batch,
+                            total=state.batches or None)
 
         try:
             result = run_training(cfg, tr, va, epochs=epochs, batch=batch, lr=lr,

@@ -223,3 +223,21 @@ def test_train_cli_tonic_dataset_errors(tmp_path):
                             "-o", out]))
     assert "unknown dataset" in one_error_line(
         runner.invoke(app, ["train", "--dataset", "mnist", "-o", out]))
+
+
+def test_training_progress_follows_the_loop_events():
+    from eventformer.train.progress import TrainingProgress
+
+    state = TrainingProgress()
+    assert state.update({"kind": "start", "epochs": 2, "batches": 3, "epoch": 0,
+                         "batch": 0}) is None
+    assert state.description == "epoch 1/2" and state.batches == 3
+    state.update({"kind": "batch", "epoch": 0, "batch": 2, "batches": 3, "loss": 2.5, "lr": 1e-3})
+    assert (state.batch, state.description) == (2, "epoch 1/2 loss 2.500")
+    line = state.update({"kind": "epoch", "epoch": 1, "train_loss": 2.25, "train_accuracy": 0.5,
+                         "val_accuracy": None, "seconds": 1.0, "samples": 48})
+    assert line == "epoch 1/2: train loss 2.2500 acc 50.0%, val acc - (1.0 s, 48 samples)"
+    assert (state.batch, state.description, state.finished) == (0, "epoch 2/2", False)
+    state.update({"kind": "epoch", "epoch": 2, "train_loss": 2.0, "train_accuracy": 0.75,
+                  "val_accuracy": 0.5, "seconds": 1.0, "samples": 48})
+    assert state.finished and state.description == "epoch 2/2"
