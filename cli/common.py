@@ -17,6 +17,13 @@ from .errors import fail
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
+SENSOR_SIZE_HELP = ("Sensor size for formats whose header has none; a larger sensor is "
+                    "scaled onto the model's input (by an integer factor where one fits, else "
+                    "floor(x * factor) as tonic's Downsample).")
+CROP_HELP = "Keep only the events in this rectangle of the sensor before scaling."
+CENTER_CROP_HELP = "Keep only the centered square of the sensor (side: its shorter edge)."
+
+
 class SplitBy(str, Enum):
     number = "number"
     time = "time"

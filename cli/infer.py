@@ -10,8 +10,20 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .common import (DType, check_number, Path_, SplitBy, err, load_engine, parse_size, progress_bar,
-                     resolve_weights)
+from .common import (
+    CENTER_CROP_HELP,
+    CROP_HELP,
+    SENSOR_SIZE_HELP,
+    DType,
+    Path_,
+    SplitBy,
+    check_number,
+    err,
+    load_engine,
+    parse_size,
+    progress_bar,
+    resolve_weights,
+)
 from .errors import fail, user_errors
 
 
@@ -49,9 +61,9 @@ def infer(
     pj_ac: float = typer.Option(0.9, "--pj-ac", help="Energy of one accumulate, pJ (45 nm)."),
     pj_mac: float = typer.Option(4.6, "--pj-mac", help="Energy of one multiply-accumulate, pJ."),
     sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
-                                              help="Sensor size for formats whose header has "
-                                                   "none; a larger sensor is downsampled by an "
-                                                   "integer factor to the model's input."),
+                                              help=SENSOR_SIZE_HELP),
+    crop: Optional[str] = typer.Option(None, "--crop", metavar="X,Y,W,H", help=CROP_HELP),
+    center_crop: bool = typer.Option(False, "--center-crop", help=CENTER_CROP_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file (or sample, "
                                                        "then a summary) on stdout."),
 ):
@@ -65,8 +77,11 @@ def infer(
 
     energy = EnergyTable(ac_pj=check_number("--pj-ac", pj_ac, low=0.0),
                          mac_pj=check_number("--pj-mac", pj_mac, low=0.0))
+    from eventformer.events import SpatialTransform
+
     framing = {"steps": steps, "split_by": split_by.value if split_by else None,
-               "sensor_size": parse_size(sensor_size)}
+               "sensor_size": parse_size(sensor_size),
+               "transform": SpatialTransform.from_options(crop, center_crop)}
     if dataset is not None:
         if files:
             fail("give either event files or --dataset, not both")
@@ -87,14 +102,14 @@ def infer(
                 r = classify_file(engine, str(f), energy=energy, **framing)
             except EventformerError as exc:  # this file only: the others still count
                 failed += 1
-                err.print(f"error: {exc}", markup=False, highlight=False)
+                err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
                 if as_json:
                     _emit_json({"file": str(f), "error": str(exc)})
                 if progress:
                     progress.advance(task)
                 continue
             for w in r.warnings:
-                err.print(f"warning: {w}", markup=False, highlight=False)
+                err.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
             results.append(r)
             if as_json:
                 _emit_json(r.to_json())
@@ -116,9 +131,8 @@ def _emit_json(obj: dict) -> None:
 
 def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, energy, framing,
                    as_json) -> None:
-    from eventformer.evaluate import evaluate
-
     from eventformer.datasets import open_dataset
+    from eventformer.evaluate import evaluate
 
     if split not in ("test", "train"):
         fail(f"--split must be test or train, got {split!r}")

@@ -9,7 +9,17 @@ from typing import Optional
 
 import typer
 
-from .common import (DType, check_number, err, load_engine, parse_size, resolve_weights)
+from .common import (
+    CENTER_CROP_HELP,
+    CROP_HELP,
+    SENSOR_SIZE_HELP,
+    DType,
+    check_number,
+    err,
+    load_engine,
+    parse_size,
+    resolve_weights,
+)
 from .errors import fail, user_errors
 
 
@@ -35,8 +45,9 @@ def stream(
                                             "without growth."),
     dtype: DType = typer.Option(DType.float32, "--dtype", help="float32 or float64."),
     sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
-                                              help="Sensor size for formats whose header has "
-                                                   "none (a larger sensor is downsampled)."),
+                                              help=SENSOR_SIZE_HELP),
+    crop: Optional[str] = typer.Option(None, "--crop", metavar="X,Y,W,H", help=CROP_HELP),
+    center_crop: bool = typer.Option(False, "--center-crop", help=CENTER_CROP_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per window on stdout, "
                                                        "then a summary line."),
 ):
@@ -44,7 +55,10 @@ def stream(
 
     Each window advances the model one time step, so the prediction evolves as the gesture
     unfolds; --follow keeps reading a file that is still being written."""
+    from eventformer.events import SpatialTransform
     from eventformer.stream import FileSource, WindowSpec, run_stream
+
+    transform = SpatialTransform.from_options(crop, center_crop)
 
     if window_ms is not None and window_events is not None:
         fail("give either --window-ms or --window-events, not both")
@@ -83,13 +97,13 @@ def stream(
     try:
         summary = run_stream(engine, source, spec, follow=follow, realtime=realtime,
                              idle_timeout=idle_timeout, on_window=on_window,
-                             sensor_size=parse_size(sensor_size))
+                             sensor_size=parse_size(sensor_size), transform=transform)
     finally:
         if live is not None:
             live.stop()
     leftover = source.finish()
     for w in source.warnings + ([leftover.message] if leftover.message else []):
-        err.print(f"warning: {file}: {w}")
+        err.print(f"warning: {file}: {w}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
         return

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from .datasets import GestureSet, TonicSet
-from .events import Recording
+from .events import Recording, SpatialTransform
 from .inference import Classification, classify
 from .models import Spikformer
 from .report import EnergyTable
@@ -17,6 +17,7 @@ from .report import EnergyTable
 def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | None = None,
              steps: int | None = None, split_by: str | None = None,
              energy: EnergyTable | None = None, sensor_size: tuple[int, int] | None = None,
+             transform: SpatialTransform | None = None,
              on_sample: Callable[[dict, Classification], None] | None = None) -> dict:
     """Run every sample (or the first ``limit``); ``on_sample(record, result)`` after each.
 
@@ -40,7 +41,7 @@ def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | No
             rec = Recording(path=ref.name, format=data.layout, events=events,
                             sensor_size=data.sensor_size)
             result = classify(engine, rec, steps=steps, split_by=split_by, energy=energy,
-                              sensor_size=sensor_size)
+                              sensor_size=sensor_size, transform=transform)
             confusion[ref.label, result.prediction] += 1
             count += 1
             totals["events"] += result.events

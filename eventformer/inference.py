@@ -10,6 +10,7 @@ import numpy as np
 from .errors import EventformerError
 from .events import Recording, frame_events, read_events
 from .events.framing import clip_events
+from .events.transforms import SpatialTransform
 from .models import Spikformer
 from .report import EnergyTable, layer_rows, summarize
 
@@ -27,16 +28,19 @@ class Classification:
     seconds: float
     duration_us: int
     warnings: list
+    #: What was done to the focal plane (`SpatialPlan.describe`), e.g. "downsample by 4 ...".
+    spatial: str = ""
 
     def to_json(self) -> dict:
         return {"file": self.file, "events": self.events, "steps": self.steps,
                 "prediction": self.prediction, "class_name": self.class_name,
                 "logits": [float(x) for x in self.logits], "layers": self.layers,
-                "ops": self.ops, "seconds": self.seconds}
+                "ops": self.ops, "seconds": self.seconds, "spatial": self.spatial}
 
 
 def downsample_factor(sensor: tuple[int, int] | None, size: int, name: str) -> int:
-    """Integer factor that maps a ``sensor`` (width, height) onto a ``size`` x ``size`` input.
+    """Integer factor that maps a ``sensor`` (width, height) onto a ``size`` x ``size`` input
+    (the trainer's rule; inference maps any sensor through `SpatialTransform`).
 
     Coordinates are divided by it (x // f), which sums f x f pixels into one input site: how a
     128x128 DVS recording feeds a 32x32 or 64x64 model. A sensor no larger than the input is
@@ -61,27 +65,62 @@ def downsample(events: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
+def spatial_plan(rec: Recording, model: Spikformer, sensor_size: tuple[int, int] | None = None,
+                 transform: SpatialTransform | None = None):
+    """The `SpatialPlan` mapping ``rec`` onto the model's input: the sensor size is the file
+    header's where the format records one, else ``sensor_size`` (``--sensor-size``)."""
+    sensor = rec.sensor_size or sensor_size
+    return (transform or SpatialTransform()).plan(sensor, model.config.image_size, name=rec.path,
+                                                  from_header=rec.sensor_size is not None)
+
+
 def frame_recording(rec: Recording, model: Spikformer, steps: int, split_by: str,
-                    sensor_size: tuple[int, int] | None = None):
-    """Frame a recording into the model's input steps, downsampling a larger sensor.
+                    sensor_size: tuple[int, int] | None = None,
+                    transform: SpatialTransform | None = None,
+                    warnings: list[str] | None = None, plan=None):
+    """Frame a recording into the model's input steps, cropping and resizing it on the way.
 
     The sensor size comes from the file's header where the format has one, else from
-    ``sensor_size`` (``--sensor-size``); without either, events must fit the model's input.
+    ``sensor_size`` (``--sensor-size``); ``transform`` crops (`SpatialTransform`), and a region
+    larger than the input is scaled onto it. Without a sensor size or crop, events must fit the
+    model's input. Refused: no events left to classify, and ``split_by="number"`` with more
+    steps than events (every event would land in the last step). With ``split_by="time"`` such
+    a request runs, and a sentence saying how many steps are empty goes to ``warnings``.
+    ``plan`` (from `spatial_plan`) may be given in place of ``sensor_size`` and ``transform``.
     """
     size = model.config.image_size
     if model.config.in_channels != 2:
         raise EventformerError(f"the model takes {model.config.in_channels} input channels; "
                                "event recordings give 2 (OFF, ON)")
-    sensor = rec.sensor_size or sensor_size
-    events = clip_events(rec.events, model.config.clip_us)
-    events = downsample(events, downsample_factor(sensor, size, rec.path))
-    if split_by == "time" and len(events) > 1 and np.any(np.diff(events["t"]) < 0):
+    plan = plan or spatial_plan(rec, model, sensor_size, transform)
+    clipped = clip_events(rec.events, model.config.clip_us)
+    events = plan.apply(clipped)
+    n = len(events)
+    if n == 0:
+        if not len(rec.events):
+            why = "the recording holds none"
+        elif len(clipped) and plan.region is not None:
+            why = f"the {plan.describe_crop()} keeps none of its {len(clipped)} events"
+        else:
+            why = "none is left after clipping"
+        raise EventformerError(f"{rec.path}: no events to classify ({why})")
+    if split_by == "number" and steps > n:
+        raise EventformerError(
+            f"{rec.path}: {steps} steps for {n} events: split_by='number' would put all of them into the "
+            f"last step; use at most {n} steps or split by time")
+    if split_by == "time" and n > 1 and np.any(np.diff(events["t"]) < 0):
         events = events[np.argsort(events["t"], kind="stable")]
     try:
-        return frame_events(events, steps, size, size, split_by=split_by)
+        frames = frame_events(events, steps, size, size, split_by=split_by)
     except ValueError as exc:
-        hint = "" if sensor else " (give --sensor-size WxH to downsample a larger sensor)"
+        hint = "" if plan.sensor_size or plan.region else \
+            " (give --sensor-size WxH to downsample a larger sensor)"
         raise EventformerError(f"{rec.path}: {exc}{hint}") from None
+    if steps > n and warnings is not None:
+        empty = sum(1 for idx, _ in frames if not len(idx))
+        warnings.append(f"{rec.path}: {empty} of the {steps} steps hold no events "
+                        f"(only {n} events for {steps} steps)")
+    return frames
 
 
 def class_name(model: Spikformer, k: int) -> str:
@@ -91,10 +130,14 @@ def class_name(model: Spikformer, k: int) -> str:
 
 def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
              split_by: str | None = None, energy: EnergyTable | None = None,
-             sensor_size: tuple[int, int] | None = None) -> Classification:
+             sensor_size: tuple[int, int] | None = None,
+             transform: SpatialTransform | None = None) -> Classification:
+    """Frame ``rec`` (see `frame_recording`; ``transform`` crops) and run the model over it."""
     steps = steps or model.config.steps
     split_by = split_by or model.config.split_by
-    frames = frame_recording(rec, model, steps, split_by, sensor_size)
+    warnings = [f"{rec.path}: {w}" for w in rec.warnings]
+    plan = spatial_plan(rec, model, sensor_size, transform)
+    frames = frame_recording(rec, model, steps, split_by, warnings=warnings, plan=plan)
     model.clear_stats()
     start = time.perf_counter()
     logits = model.run(frames)
@@ -105,9 +148,10 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
         file=rec.path, events=int(len(rec.events)), steps=steps, logits=logits, prediction=k,
         class_name=class_name(model, k), layers=layer_rows(stats, steps),
         ops=summarize(stats, steps, energy), seconds=seconds, duration_us=int(rec.duration_us),
-        warnings=[f"{rec.path}: {w}" for w in rec.warnings])
+        warnings=warnings, spatial=plan.describe())
 
 
 def classify_file(model: Spikformer, path: str, **kw) -> Classification:
-    """Read (format from the header bytes), frame and classify one recording."""
+    """Read (format from the header bytes), frame and classify one recording; ``kw`` as
+    `classify` (steps, split_by, energy, sensor_size, transform)."""
     return classify(model, read_events(path), **kw)

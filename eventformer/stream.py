@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import EventformerError
 from .events import EVENT_DTYPE, frame_events
-from .inference import downsample, downsample_factor
+from .events.transforms import SpatialTransform
 from .models import Spikformer
 from .report import EnergyTable, summarize
 
@@ -189,7 +189,8 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
                poll_s: float = 0.05, energy: EnergyTable | None = None,
                on_window: Callable[[dict], None] | None = None,
                should_stop: Callable[[], bool] | None = None,
-               sensor_size: tuple[int, int] | None = None) -> dict:
+               sensor_size: tuple[int, int] | None = None,
+               transform: SpatialTransform | None = None) -> dict:
     """Drive the engine window by window until the source ends (or goes idle when following).
 
     Returns a summary; ``on_window`` receives one record per window with the keys
@@ -204,14 +205,16 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     wall_start = time.perf_counter()
     last_growth = time.perf_counter()
 
-    factor = None
+    plan = None  # crop / resize onto the input (``transform``), planned once the header is read
 
     def process(t_start, t_end, chunk):
-        nonlocal factor
-        if factor is None:  # the header (if any) has been read by now
-            sensor = getattr(source, "sensor_size", None) or sensor_size
-            factor = downsample_factor(sensor, size, getattr(source, "path", "stream"))
-        chunk = downsample(chunk, factor)
+        nonlocal plan
+        if plan is None:  # the header (if any) has been read by now
+            header = getattr(source, "sensor_size", None)
+            plan = (transform or SpatialTransform()).plan(
+                header or sensor_size, size, name=getattr(source, "path", "stream"),
+                from_header=header is not None)
+        chunk = plan.apply(chunk)
         if clock is not None and not interrupted:  # the last window waits for its end too
             delay = clock.seconds_until(t_end)
             if delay > 0:

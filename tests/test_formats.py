@@ -24,9 +24,12 @@ from hypothesis import strategies as st
 from eventformer.events.formats import AEDAT4_INSTALL_HINT, aedat4_available
 from eventformer.events.readers import (
     EVENT_DTYPE,
+    HEAD_BYTES,
+    NO_EVENTS_WARNING,
     EventFileError,
     EventStream,
     Recording,
+    _reader_for_head,
     decode_file,
     detect_reader,
     read_events,
@@ -209,7 +212,7 @@ def test_real_file_counts_and_detection(name: str) -> None:
     rec = read_events(path)
     assert rec.format == reader_name and rec.events.dtype == EVENT_DTYPE
     assert len(rec.events) == count
-    assert rec.warnings == []
+    assert rec.warnings == ([] if count else [NO_EVENTS_WARNING])
     if count:
         assert rec.events["x"].min() >= 0 and rec.events["y"].min() >= 0
         assert set(np.unique(rec.events["p"]).tolist()) <= {0, 1}
@@ -272,8 +275,9 @@ def test_davis240c_skips_imu_and_mirrors_into_image_coordinates() -> None:
 
 
 def test_aedat2_header_only_is_an_empty_stream() -> None:
+    """A header and no events is not an error (unlike an empty file), but it is said."""
     rec = read_events(need_formats("aedat2_header_only.aedat"))
-    assert len(rec.events) == 0 and rec.warnings == [] and rec.sensor_size == (346, 260)
+    assert len(rec.events) == 0 and rec.warnings == [NO_EVENTS_WARNING] and rec.sensor_size == (346, 260)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,7 +377,7 @@ def test_dat_sensor_size_and_header_only(tmp_path: Path) -> None:
     assert rec.format == "dat" and rec.sensor_size == (16, 8)
     assert as_tuples(rec.events) == [(1, 2, 3, 1), (4, 15, 7, 0)]
     empty = read_events(write(tmp_path, "b.dat", b"% Data file containing Event2D events.\n% Version 2\n"))
-    assert len(empty.events) == 0 and empty.warnings == []
+    assert len(empty.events) == 0 and empty.warnings == [NO_EVENTS_WARNING]
 
 
 def test_aedat2_davis_skips_imu_and_special_events(tmp_path: Path) -> None:
@@ -447,11 +451,10 @@ def test_leftover_reports_a_torn_record() -> None:
     assert end.message == "read 2 events; the last 3 bytes are an incomplete record"
 
 
-def detect_reader_for_bytes(data: bytes):
-    for reader in registered_readers():
-        if reader.sniff(data[:4096], len(data)):
-            return reader
-    raise AssertionError("no reader claims the bytes")
+def detect_reader_for_bytes(data: bytes, name: str = "mem"):
+    """The reader `read_events` picks for ``data`` in a file called ``name`` (its extension
+    matters for headerless formats only)."""
+    return _reader_for_head(data[:HEAD_BYTES], len(data), name)
 
 
 def test_event_stream_waits_for_enough_bytes_to_detect_the_format(tmp_path: Path) -> None:
@@ -509,8 +512,13 @@ def source_bytes(source: str) -> bytes:
     return need_real(name).read_bytes()
 
 
-def decode_in_pieces(data: bytes, pieces: list[int]) -> tuple[np.ndarray, list[str], int]:
-    decoder = detect_reader_for_bytes(data).decoder("mem")
+def source_name(source: str) -> str:
+    """A file name for ``source`` whose extension detection accepts (nmnist.bin needs its .bin)."""
+    return source.split(":", 1)[1]
+
+
+def decode_in_pieces(data: bytes, pieces: list[int], name: str = "mem") -> tuple[np.ndarray, list[str], int]:
+    decoder = detect_reader_for_bytes(data, name).decoder("mem")
     parts, position = [], 0
     for size in pieces:
         parts.append(decoder.feed(data[position:position + size]))
@@ -524,7 +532,7 @@ def decode_in_pieces(data: bytes, pieces: list[int]) -> tuple[np.ndarray, list[s
 def whole_decode(source: str) -> tuple[np.ndarray, list[str], int]:
     if source not in _whole_decodes:
         data = source_bytes(source)
-        _whole_decodes[source] = decode_in_pieces(data, [len(data)])
+        _whole_decodes[source] = decode_in_pieces(data, [len(data)], source_name(source))
     return _whole_decodes[source]
 
 
@@ -555,7 +563,7 @@ def draw_pieces(data: st.DataObject, size: int) -> list[int]:
 @given(source=st.sampled_from(CHUNK_SOURCES), data=st.data())
 def test_any_split_gives_the_events_of_one_whole_feed(source: str, data: st.DataObject) -> None:
     blob = source_bytes(source)
-    events, warnings, torn = decode_in_pieces(blob, draw_pieces(data, len(blob)))
+    events, warnings, torn = decode_in_pieces(blob, draw_pieces(data, len(blob)), source_name(source))
     whole_events, whole_warnings, whole_torn = whole_decode(source)
     np.testing.assert_array_equal(events, whole_events)
     assert warnings == whole_warnings and torn == whole_torn
@@ -570,7 +578,7 @@ def test_event_stream_follows_a_growing_file(source: str, data: st.DataObject) -
     blob = source_bytes(source)
     appends = draw_pieces(data, len(blob))
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "recording"
+        path = Path(folder) / f"recording{Path(source_name(source)).suffix}"
         path.write_bytes(b"")
         stream = EventStream(path)
         parts, written = [], 0
@@ -585,7 +593,8 @@ def test_event_stream_follows_a_growing_file(source: str, data: st.DataObject) -
         parts.append(end.events)
     whole_events, whole_warnings, whole_torn = whole_decode(source)
     np.testing.assert_array_equal(np.concatenate(parts), whole_events)
-    assert end.torn_bytes == whole_torn and stream.warnings == whole_warnings
+    expected_warnings = whole_warnings + ([] if len(whole_events) else [NO_EVENTS_WARNING])
+    assert end.torn_bytes == whole_torn and stream.warnings == expected_warnings
 
 
 # --------------------------------------------------------------------------------------------------
@@ -608,16 +617,20 @@ MAGIC_PREFIXES = [
 MEMORY_LIMIT = 64 << 20
 
 
-def read_bytes_as_file(data: bytes) -> Recording | None:
-    """Read ``data`` as a file: a Recording, or None after one clean EventFileError; memory bounded."""
+def read_bytes_as_file(data: bytes, name: str = "fuzz.bin") -> Recording | None:
+    """Read ``data`` as a file: a Recording, or None after one clean EventFileError; memory bounded.
+
+    Whatever the bytes, bs2 is chosen only for a bs2 extension, an empty file is always the
+    empty-file error, and a recording without events always carries the "no events" warning."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "fuzz.bin"
+        path = Path(folder) / name
         path.write_bytes(data)
         tracemalloc.start()
         try:
             rec = read_events(path)
         except EventFileError as exc:
-            assert "fuzz.bin" in str(exc) and "\n" not in str(exc)
+            assert name in str(exc) and "\n" not in str(exc)
+            assert ("empty file: no header and no events" in str(exc)) == (not data)
             return None
         finally:
             peak = tracemalloc.get_traced_memory()[1]
@@ -626,13 +639,48 @@ def read_bytes_as_file(data: bytes) -> Recording | None:
     assert isinstance(rec, Recording) and rec.events.dtype == EVENT_DTYPE
     assert np.all(rec.events["x"] >= 0) and np.all(rec.events["y"] >= 0)
     assert all(isinstance(w, str) and "\n" not in w for w in rec.warnings)
+    assert rec.format != "bs2" or Path(name).suffix in (".bs2", ".bin")
+    assert len(rec.events) or NO_EVENTS_WARNING in rec.warnings
     return rec
 
 
+FUZZ_NAMES = ["fuzz.bin", "fuzz.bs2", "fuzz.raw", "fuzz.txt"]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(prefix=st.sampled_from(MAGIC_PREFIXES), body=st.binary(max_size=400))
-def test_random_bytes_after_each_magic_never_escape(prefix: bytes, body: bytes) -> None:
-    read_bytes_as_file(prefix + body)
+@given(prefix=st.sampled_from(MAGIC_PREFIXES), body=st.binary(max_size=400), name=st.sampled_from(FUZZ_NAMES))
+def test_random_bytes_after_each_magic_never_escape(prefix: bytes, body: bytes, name: str) -> None:
+    read_bytes_as_file(prefix + body, name)
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_real_files_detected_the_same_under_a_wrong_extension(name: str) -> None:
+    """Formats with a magic number do not care about the name; the headerless N-MNIST .bin is
+    refused under a name that does not say what it is (and read by ``format='bs2'``)."""
+    path = need_real(name)
+    data = path.read_bytes()[:HEAD_BYTES]
+    reader_name = REAL_FILES[name][0]
+    for wrong in ("renamed.txt", "renamed.aedat", "renamed"):
+        if reader_name == "bs2":
+            with pytest.raises(EventFileError, match="unknown event file format"):
+                _reader_for_head(data, path.stat().st_size, wrong)
+        else:
+            assert _reader_for_head(data, path.stat().st_size, wrong).name == reader_name
+
+
+@pytest.mark.parametrize("name", [None, *REAL_FILES])
+def test_an_empty_file_is_an_error_under_every_name(tmp_path: Path, name: str | None) -> None:
+    path = write(tmp_path, name or "empty", b"")
+    for read in (lambda: read_events(path), lambda: EventStream(path).finish()):
+        with pytest.raises(EventFileError, match="empty file: no header and no events"):
+            read()
+
+
+def test_a_file_of_non_event_records_warns_no_events(tmp_path: Path) -> None:
+    """AEDAT 3.1 with IMU and special packets only: read, no events, and said."""
+    data = aedat3_file(other_packet(kind=0, size=8, capacity=3), other_packet(kind=2, size=36, capacity=2))
+    rec = read_events(write(tmp_path, "imu.aedat", data))
+    assert len(rec.events) == 0 and rec.warnings == [NO_EVENTS_WARNING]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -643,7 +691,7 @@ def test_truncated_and_mutated_files_never_escape(source: str, data: st.DataObje
         position = data.draw(st.integers(0, min(len(blob), 4096) - 1), label="position")
         blob[position] = data.draw(st.integers(0, 255), label="byte")
     cut = data.draw(st.integers(0, len(blob)), label="cut")
-    read_bytes_as_file(bytes(blob[:cut]))
+    read_bytes_as_file(bytes(blob[:cut]), source_name(source))
 
 
 @pytest.mark.parametrize("prefix", MAGIC_PREFIXES[1:])

@@ -17,11 +17,14 @@ from hypothesis import strategies as st
 from eventformer.events import (
     EVENT_DTYPE,
     EventFileError,
+    EventStream,
     Recording,
+    detect_reader,
     read_events,
     registered_readers,
     write_npy,
 )
+from eventformer.events.readers import NO_EVENTS_WARNING, decode_file
 
 EVENTS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "events"
 GESTURE_COUNTS = {1: 63_471, 2: 84_260, 3: 113_063, 4: 151_879, 5: 181_179}
@@ -127,12 +130,53 @@ def test_format_is_detected_from_header_not_extension(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rec.events, events)
 
 
-def test_bs2_with_npy_extension_is_read_as_bs2(tmp_path: Path) -> None:
-    path = tmp_path / "looks.npy"
+@pytest.mark.parametrize("name", ["looks.npy", "noextension", "events.txt", "cam.raw"])
+def test_bs2_bytes_without_a_bs2_extension_are_refused_unless_forced(tmp_path: Path, name: str) -> None:
+    """Headerless formats are accepted by extension only: any bytes decode as bs2 events."""
+    path = tmp_path / name
     path.write_bytes(bytes([3, 4, 0x80 | 1, 2, 3]) * 2)
-    rec = read_events(path)
+    with pytest.raises(EventFileError, match=r"unknown event file format .*bs2 by the extension \.bs2 or \.bin") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+    rec = read_events(path, format="bs2")
     assert rec.format == "bs2"
     assert rec.events[0].tolist() == ((1 << 16) | (2 << 8) | 3, 3, 4, 1)
+
+
+@pytest.mark.parametrize("name", ["rec.bs2", "digit.bin", "UPPER.BS2"])
+def test_bs2_is_recognised_by_its_extensions(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(bytes([3, 4, 0x80 | 1, 2, 3]) * 2)
+    assert detect_reader(path).name == "bs2"
+    assert len(read_events(path).events) == 2
+
+
+def test_a_text_file_is_not_read_as_events(tmp_path: Path) -> None:
+    """'hello world...' used to decode as 6 bs2 events."""
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"hello world, this is not a recording\n")
+    with pytest.raises(EventFileError, match="unknown event file format .*'hello world") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+    with pytest.raises(EventFileError, match="unknown event file format"):
+        EventStream(path).read()
+
+
+def test_a_text_header_under_a_bs2_extension_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "header.bs2"
+    path.write_bytes(b"#!AER-DAT9.9\r\n# some header\r\n" + b"\x00" * 10)
+    with pytest.raises(EventFileError, match="named like a headerless bs2 recording") as info:
+        read_events(path)
+    assert_one_sentence_naming(info.value, path)
+
+
+def test_magic_formats_win_over_a_bs2_extension(tmp_path: Path) -> None:
+    events = sample_events()
+    path = tmp_path / "really_npy.bs2"
+    write_npy(path, events)
+    rec = read_events(path)
+    assert rec.format == "npy"
+    np.testing.assert_array_equal(rec.events, events)
 
 
 def test_npy_with_other_integer_dtypes_and_field_order(tmp_path: Path) -> None:
@@ -170,12 +214,48 @@ def test_npz_with_one_structured_array(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_events(path).events, events)
 
 
-def test_empty_file_is_an_empty_recording(tmp_path: Path) -> None:
-    path = tmp_path / "empty.bs2"
+@pytest.mark.parametrize("name", ["empty.bs2", "empty.npy", "empty.aedat", "empty.raw", "empty"])
+def test_empty_file_is_an_error_for_every_reader_path(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
     path.write_bytes(b"")
+    message = f"{path}: empty file: no header and no events"
+    for read in (lambda: read_events(path), lambda: read_events(path, format="bs2"),
+                 lambda: read_events(path, format="npy"), lambda: detect_reader(path),
+                 lambda: decode_file(registered_readers()[-1], path),
+                 lambda: EventStream(path).finish(), lambda: list(EventStream(path).chunks()),
+                 lambda: EventStream(path, format="bs2").finish()):
+        with pytest.raises(EventFileError) as info:
+            read()
+        assert str(info.value) == message
+
+
+def test_empty_file_that_is_still_being_written_is_waited_for(tmp_path: Path) -> None:
+    """Following a file: empty only means nothing was written yet, until the read is final."""
+    path = tmp_path / "live.bs2"
+    path.write_bytes(b"")
+    stream = EventStream(path)
+    assert len(stream.read()) == 0 and len(stream.read_available()) == 0 and stream.format is None
+    assert list(stream.chunks(final=False)) == []
+    path.write_bytes(bytes([1, 2, 0x80, 0, 9]) * 3)
+    assert len(stream.read_available()) == 3
+    assert stream.finish().message is None and stream.warnings == []
+
+
+def test_a_recording_without_events_reads_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "none.npy"
+    write_npy(path, sample_events(0))
     rec = read_events(path)
-    assert rec.format == "bs2" and len(rec.events) == 0 and rec.events.dtype == EVENT_DTYPE
-    assert rec.duration_us == 0
+    assert len(rec.events) == 0 and rec.events.dtype == EVENT_DTYPE and rec.duration_us == 0
+    assert rec.warnings == [NO_EVENTS_WARNING] and "no events" in NO_EVENTS_WARNING
+    stream = EventStream(path)
+    assert len(stream.read_available()) == 0 and stream.warnings == []  # not final yet
+    stream.finish()
+    assert stream.warnings == [NO_EVENTS_WARNING]
+    torn = tmp_path / "torn.bs2"
+    torn.write_bytes(b"\x01\x02\x03")  # less than one record
+    rec = read_events(torn)
+    assert len(rec.events) == 0
+    assert rec.warnings == ["read 0 events; the last 3 bytes are an incomplete record", NO_EVENTS_WARNING]
 
 
 def test_backwards_bs2_timestamps_are_kept_with_a_warning(tmp_path: Path) -> None:
@@ -333,24 +413,27 @@ VALID_NPY = _valid_npy_bytes()
 VALID_NPZ = _valid_npz_bytes()
 
 
-def _read_bytes_as_file(data: bytes) -> None:
+def _read_bytes_as_file(data: bytes, name: str = "fuzz.dat") -> None:
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "fuzz.dat"
+        path = Path(folder) / name
         path.write_bytes(data)
         try:
             rec = read_events(path)
         except EventFileError as exc:
-            assert "fuzz.dat" in str(exc) and "\n" not in str(exc)
+            assert name in str(exc) and "\n" not in str(exc)
+            assert data or "empty file" in str(exc)
             return
         assert isinstance(rec, Recording) and rec.events.dtype == EVENT_DTYPE
         assert np.all(rec.events["x"] >= 0) and np.all(rec.events["y"] >= 0)
+        assert rec.format != "bs2" or name.endswith(".bs2")  # never bs2 from the bytes alone
+        assert len(rec.events) or NO_EVENTS_WARNING in rec.warnings
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prefix=st.sampled_from([b"", b"\x93NUMPY", b"\x93NUMPY\x01\x00", b"PK\x03\x04", b"#!AER", b"% "]),
-       body=st.binary(max_size=300))
-def test_random_bytes_never_escape_as_raw_exceptions(prefix: bytes, body: bytes) -> None:
-    _read_bytes_as_file(prefix + body)
+       body=st.binary(max_size=300), name=st.sampled_from(["fuzz.dat", "fuzz.bs2", "fuzz"]))
+def test_random_bytes_never_escape_as_raw_exceptions(prefix: bytes, body: bytes, name: str) -> None:
+    _read_bytes_as_file(prefix + body, name)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,6 +1,11 @@
-"""Event-camera recordings: reading files (format detected from header bytes) and framing the
-event stream into steps of per-pixel counts (SPEC §3)."""
+"""Event-camera recordings: reading files (format detected from header bytes; headerless bs2 by
+its extension), cropping / resizing the focal plane onto a model's input, converting files, and
+framing the event stream into steps of per-pixel counts (SPEC §3)."""
 
+from eventformer.events.convert import (
+    ConversionSummary,
+    convert_file,
+)
 from eventformer.events.framing import (
     SparseStep,
     SplitBy,
@@ -15,12 +20,12 @@ from eventformer.events.h5events import EventFileWriter, write_events_h5
 from eventformer.events.readers import (
     CHUNK_BYTES,
     EVENT_DTYPE,
-    Decoder,
-    EventStream,
-    Leftover,
     Bs2Reader,
+    Decoder,
     EventFileError,
     EventReader,
+    EventStream,
+    Leftover,
     NpyReader,
     NpzReader,
     Recording,
@@ -30,27 +35,33 @@ from eventformer.events.readers import (
     registered_readers,
     write_npy,
 )
+from eventformer.events.transforms import SpatialPlan, SpatialTransform, parse_crop
 
 __all__ = [
     "CHUNK_BYTES",
-    "Decoder",
     "EVENT_DTYPE",
+    "Bs2Reader",
+    "ConversionSummary",
+    "Decoder",
+    "EventFileError",
     "EventFileWriter",
+    "EventReader",
     "EventStream",
     "Leftover",
-    "Bs2Reader",
-    "EventFileError",
-    "EventReader",
     "NpyReader",
     "NpzReader",
     "Recording",
     "SparseStep",
+    "SpatialPlan",
+    "SpatialTransform",
     "SplitBy",
+    "convert_file",
     "dense_frames",
     "detect_reader",
     "event_sites",
     "frame_boundaries",
     "frame_events",
+    "parse_crop",
     "read_events",
     "register_reader",
     "registered_readers",

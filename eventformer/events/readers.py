@@ -1,9 +1,15 @@
 """Event-camera recordings on disk -> events in memory, whole or piece by piece.
 
 Every format sits behind the same small interface (`EventReader`) and is found through a registry,
-so new formats slot in without touching callers. The format of a file is decided from its first
-bytes, never its extension: recordings get renamed, and datasets reuse ``.bin``, ``.raw`` and
-``.aedat`` for unrelated layouts.
+so new formats slot in without touching callers. A format with a header is recognised from the
+file's first bytes, whatever its extension: recordings get renamed, and datasets reuse ``.bin``,
+``.raw`` and ``.aedat`` for unrelated layouts. A headerless format (bs2 / N-MNIST ``.bin``: bare
+5-byte records, no magic number) cannot be told from junk by its bytes, so it is accepted only by
+its extension (``.bs2``, ``.bin``), and only after every format with a magic number has declined
+the file; anything else is "unknown event file format". An empty file (0 bytes) is an error for
+every reader, since it holds neither a header nor events; a file that decodes to no events (a
+header and nothing after it) is read with a "no events" warning. ``format="bs2"`` forces a reader
+by name where the extension is wrong.
 
 Every format decodes INCREMENTALLY: ``reader.decoder()`` returns a stateful `Decoder` that is fed
 bytes in pieces of any size and returns the events of every complete record so far, holding back a
@@ -17,8 +23,8 @@ whose library reads the file itself) instead provide ``reader.open_incremental(p
 Every user mistake (missing file, unknown or corrupt format, bad fields) surfaces as one
 `EventFileError` whose message is a single sentence naming the file and the problem, so a command
 line front end can print it as is. Oddities that do not stop a read (a torn last record, timestamps
-going backwards, coordinates outside the sensor) become one warning sentence each on the
-`Recording`: the data is kept, and the caller decides.
+going backwards, coordinates outside the sensor, no events at all) become one warning sentence
+each on the `Recording`: the data is kept, and the caller decides.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import io
 import os
 import zipfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, ClassVar, Self
 
@@ -53,6 +60,8 @@ __all__ = [
     "read_events",
     "write_npy",
     "events_from_fields",
+    "empty_file_error",
+    "NO_EVENTS_WARNING",
 ]
 
 #: One event: timestamp in microseconds, pixel column, pixel row, polarity (1 = ON, 0 = OFF).
@@ -362,16 +371,22 @@ class EventReader(ABC):
     """One on-disk format.
 
     ``sniff`` looks only at the first `HEAD_BYTES` bytes (fewer for short files) and the file size,
-    so detection is cheap and never depends on the extension. ``decoder`` returns a fresh
-    incremental `Decoder`; ``read`` decodes a whole file through it, a chunk at a time, and raises
-    `EventFileError` for anything wrong with it.
+    so detection is cheap; for a format with a magic number it never depends on the extension.
+    A headerless (fallback) reader is consulted only for files whose name ends in one of its
+    ``extensions``; its ``sniff`` then merely rules out content that is plainly something else.
+    ``decoder`` returns a fresh incremental `Decoder`; ``read`` decodes a whole file through it, a
+    chunk at a time, and raises `EventFileError` for anything wrong with it.
     """
 
     name: ClassVar[str]
+    #: File name endings (lower case, with the dot) the format is known by. Informative for formats
+    #: with a magic number; for a headerless (fallback) format the only way it is recognised.
+    extensions: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def sniff(self, head: bytes, size: int) -> bool:
-        """True when the file starting with ``head`` (total ``size`` bytes) is in this format."""
+        """True when the file starting with ``head`` (total ``size`` bytes) is in this format
+        (for a fallback reader: may be, given that the file carries one of its extensions)."""
 
     def decoder(self, name: str = "<stream>") -> Decoder:
         """A fresh incremental decoder; ``name`` (the file path) appears in its messages."""
@@ -394,7 +409,10 @@ _fallback_readers: list[EventReader] = []
 
 def register_reader(reader: EventReader, *, fallback: bool = False) -> None:
     """Add a reader. Fallback readers (headerless formats) are consulted only after every reader
-    that recognises a magic number has declined, so a format with a signature always wins."""
+    that recognises a magic number has declined, so a format with a signature always wins, and
+    only for files named with one of their ``extensions``: bytes alone never select them."""
+    if fallback and not reader.extensions:
+        raise ValueError(f"the fallback reader {reader.name!r} needs extensions to be recognised by")
     if any(r.name == reader.name for r in (*_readers, *_fallback_readers)):
         raise ValueError(f"an event reader named {reader.name!r} is already registered")
     (_fallback_readers if fallback else _readers).append(reader)
@@ -413,33 +431,69 @@ def _reader_by_name(name: str, path: str) -> EventReader:
     raise EventFileError(f"{path}: cannot force unknown event format {name!r} (known formats: {known})")
 
 
+def empty_file_error(shown: str) -> EventFileError:
+    """The one sentence for a 0-byte file, whatever reader was asked to read it."""
+    return EventFileError(f"{shown}: empty file: no header and no events")
+
+
+#: The warning of a recording that was read without error but holds no events.
+NO_EVENTS_WARNING = "no events: nothing in the recording decodes to an event"
+
+
+def _extension(shown: str) -> str:
+    return os.path.splitext(shown)[1].lower()
+
+
 def _reader_for_head(head: bytes, size: int, shown: str) -> EventReader:
-    for reader in registered_readers():
+    """The reader for a file whose first bytes are ``head`` (of ``size``) and whose name is
+    ``shown``: a format with a magic number from the bytes alone, else a headerless format from
+    the extension, else one sentence saying why none fits."""
+    if size == 0 and not head:
+        raise empty_file_error(shown)
+    for reader in _readers:
         if reader.sniff(head, size):
             return reader
-    raise EventFileError(f"{shown}: unknown event file format ({_describe_head(head)}; "
-                         f"readable formats: {', '.join(r.name for r in registered_readers())})")
+    extension = _extension(shown)
+    for reader in _fallback_readers:
+        if extension and extension in reader.extensions:
+            if reader.sniff(head, size):
+                return reader
+            raise EventFileError(f"{shown}: named like a headerless {reader.name} recording ({extension}), "
+                                 f"but {_describe_head(head)}: the text header of an unsupported format, "
+                                 f"not {reader.name} events")
+    by_bytes = ", ".join(r.name for r in _readers)
+    by_name = ", ".join(f"{r.name} by the extension {' or '.join(r.extensions)}" for r in _fallback_readers)
+    raise EventFileError(f"{shown}: unknown event file format ({_describe_head(head)}; known: "
+                         f"{by_bytes} by their first bytes, {by_name})")
 
 
 def detect_reader(path: str | os.PathLike[str]) -> EventReader:
-    """The reader whose ``sniff`` claims the file, judged from its header bytes."""
+    """The reader for a complete file: judged from its header bytes, or for a headerless format
+    from its extension (see `_reader_for_head`). An empty file is an `EventFileError`."""
     head, size = _read_head(path)
     return _reader_for_head(head, size, os.fspath(path))
 
 
 def read_events(path: str | os.PathLike[str], format: str | None = None) -> Recording:
-    """Read a recording, detecting its format from its first bytes.
+    """Read a recording, detecting its format from its first bytes (a headerless bs2 / N-MNIST
+    recording from its ``.bs2`` / ``.bin`` extension).
 
-    ``format`` forces a reader by name (e.g. ``"bs2"``), for the rare headerless recording whose
-    first event happens to spell another format's magic number.
+    ``format`` forces a reader by name (e.g. ``"bs2"``): for a headerless recording with another
+    extension, or whose first event happens to spell another format's magic number. An empty
+    file is an error; a recording without events reads as an empty one with a warning.
     """
     shown = os.fspath(path)
     if format is None:
         reader = detect_reader(path)
     else:
-        _read_head(path)  # same checks and messages for missing files and directories
+        _, size = _read_head(path)  # same checks and messages for missing files and directories
+        if size == 0:
+            raise empty_file_error(shown)
         reader = _reader_by_name(format, shown)
-    return reader.read(path)
+    recording = reader.read(path)
+    if not len(recording.events) and NO_EVENTS_WARNING not in recording.warnings:
+        recording.warnings.append(NO_EVENTS_WARNING)
+    return recording
 
 
 def decode_file(reader: EventReader, path: str | os.PathLike[str],
@@ -448,7 +502,8 @@ def decode_file(reader: EventReader, path: str | os.PathLike[str],
 
     A torn last record is not an error: the events before it are returned and a warning says how
     many bytes were left over (a recording cut by a crash or a full disk is still worth reading).
-    A stream that ends inside its header is an error: it holds no events and no valid header.
+    A stream that ends inside its header is an error: it holds no events and no valid header; so
+    is an empty file.
     """
     shown = os.fspath(path)
     _check_regular_file(path)
@@ -462,10 +517,10 @@ def decode_file(reader: EventReader, path: str | os.PathLike[str],
                     parts.append(events)
     except OSError as exc:
         raise _open_problem(path, exc) from None
+    if decoder.bytes_fed == 0:
+        raise empty_file_error(shown)
     end = decoder.finish()
-    if not end.header_complete:
-        raise EventFileError(f"{shown}: truncated inside its {reader.name} header "
-                             f"({end.torn_bytes} bytes and no end of header)")
+    _check_header_complete(end, reader.name, shown)
     if len(end.events):
         parts.append(end.events)
     events = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else no_events())
@@ -474,6 +529,12 @@ def decode_file(reader: EventReader, path: str | os.PathLike[str],
         warnings.append(end.message)
     return Recording(path=shown, format=reader.name, events=events, sensor_size=decoder.sensor_size,
                      warnings=warnings)
+
+
+def _check_header_complete(end: Leftover, format_name: str, shown: str) -> None:
+    if not end.header_complete:
+        raise EventFileError(f"{shown}: truncated inside its {format_name} header "
+                             f"({end.torn_bytes} bytes and no end of header)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,10 +581,14 @@ class EventStream:
     what was appended since the previous call, holding back a record cut at the current end of the
     file until the writer completes it, so over all calls it returns exactly the file's events.
     ``finish`` declares the file complete and reports a torn last record, if any. The format is
-    detected from the first bytes once enough of them exist (see `_ready_to_sniff`); until then
-    ``read`` returns no events. Formats that are not byte streams (HDF5) are read through their
-    reader's `IncrementalSource` instead of a decoder; ``offset`` then follows the source's
-    progress counter (events, for HDF5) rather than file bytes.
+    detected from the first bytes once enough of them exist (see `_ready_to_sniff`; a headerless
+    format from the file's extension); until then ``read`` returns no events. Formats that are not
+    byte streams (HDF5) are read through their reader's `IncrementalSource` instead of a decoder;
+    ``offset`` then follows the source's progress counter (events, for HDF5) rather than file bytes.
+
+    An empty file is only an error when the read is final (``finish``, or ``chunks()`` to the
+    end): a file that is about to be written may well be empty when it is first opened.
+    `chunks` is the loop every whole-file consumer uses (``read_available``, conversion).
     """
 
     def __init__(self, path: str | os.PathLike[str], format: str | None = None) -> None:
@@ -538,6 +603,11 @@ class EventStream:
         self._source: IncrementalSource | None = None
         #: File bytes read so far (the source's progress for non-byte formats); reads resume here.
         self.offset = 0
+        #: Events returned so far (by ``read`` and ``finish``'s leftover).
+        self.events_read = 0
+        #: How the file ended, once ``finish`` (or ``chunks()`` to the end) has run.
+        self.leftover: Leftover | None = None
+        self._finished = False
         if format is not None:
             try:
                 self._start(_reader_by_name(format, self.path))
@@ -558,9 +628,14 @@ class EventStream:
 
     @property
     def warnings(self) -> list[str]:
+        """One sentence per oddity so far; once finished, also `NO_EVENTS_WARNING` if no event came."""
         if self._source is not None:
-            return self._source.warnings
-        return self.decoder.warnings if self.decoder else []
+            found = self._source.warnings
+        else:
+            found = self.decoder.warnings if self.decoder else []
+        if self._finished and self.events_read == 0:
+            found = [*found, NO_EVENTS_WARNING]
+        return found
 
     @property
     def total(self) -> int | None:
@@ -584,40 +659,69 @@ class EventStream:
         if self._source is not None:
             events = self._source.read(max_bytes)
             self.offset = self._source.offset
-            return events
-        assert self.decoder is not None
-        try:
-            self._file.seek(self.offset)
-            data = self._file.read(max_bytes)
-        except OSError as exc:
-            raise _open_problem(self.path, exc) from None
-        self.offset += len(data)
-        return self.decoder.feed(data)
+        else:
+            assert self.decoder is not None
+            try:
+                self._file.seek(self.offset)
+                data = self._file.read(max_bytes)
+            except OSError as exc:
+                raise _open_problem(self.path, exc) from None
+            self.offset += len(data)
+            events = self.decoder.feed(data)
+        self.events_read += len(events)
+        return events
 
-    def read_available(self, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
-        """Events of everything the file holds now (reads until its current end)."""
-        parts = []
+    def chunks(self, chunk_bytes: int = CHUNK_BYTES, *, final: bool = True) -> Iterator[np.ndarray]:
+        """The events of everything the file holds now, one non-empty array per read of up to
+        ``chunk_bytes`` (memory: one chunk at a time).
+
+        With ``final`` (a finished file) the stream is then finished: its leftover events come
+        last, ``leftover`` holds the `Leftover` (whose ``message`` tells of a torn last record),
+        and an empty file or one cut inside its header is an `EventFileError`. Without ``final``
+        the stream stays open for the file to grow.
+        """
         while True:
             before = self.offset
             events = self.read(chunk_bytes)
             if len(events):
-                parts.append(events)
+                yield events
             if self.offset == before:
                 break
-        return np.concatenate(parts) if parts else no_events()
+        if final:
+            end = self.finish()
+            _check_header_complete(end, self.format or "?", self.path)
+            if len(end.events):
+                yield end.events
+
+    def read_available(self, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+        """Events of everything the file holds now (reads until its current end)."""
+        parts = list(self.chunks(chunk_bytes, final=False))
+        return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else no_events())
 
     def finish(self) -> Leftover:
-        """The file is complete: say how it ended (its `Leftover`), then close it."""
-        if self._reader is None and not self._detect(final=True):
-            self.close()
-            return Leftover(no_events(), 0, 0, True)
+        """The file is complete: say how it ended (its `Leftover`), then close it.
+
+        An empty file is an `EventFileError` here (and only here: while a file may still grow,
+        empty just means nothing was written yet)."""
+        if self._finished:
+            assert self.leftover is not None
+            return self.leftover
         try:
+            if self._file is not None and self._size() == 0:
+                raise empty_file_error(self.path)
+            if self._reader is None:
+                self._detect(final=True)
             if self._source is not None:
-                return self._source.finish()
-            assert self.decoder is not None
-            return self.decoder.finish()
+                end = self._source.finish()
+            else:
+                assert self.decoder is not None
+                end = self.decoder.finish()
         finally:
             self.close()
+        self.events_read += len(end.events)
+        self.leftover = end
+        self._finished = True
+        return end
 
     def close(self) -> None:
         if self._source is not None:
@@ -632,6 +736,13 @@ class EventStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _size(self) -> int:
+        assert self._file is not None
+        try:
+            return os.fstat(self._file.fileno()).st_size
+        except OSError as exc:
+            raise _open_problem(self.path, exc) from None
+
     def _detect(self, final: bool = False) -> bool:
         assert self._file is not None
         try:
@@ -642,9 +753,7 @@ class EventStream:
             raise _open_problem(self.path, exc) from None
         if not final and not _ready_to_sniff(head, size):
             return False
-        if final and not head:
-            return False
-        self._start(_reader_for_head(head, size, self.path))
+        self._start(_reader_for_head(head, size, self.path))  # final and empty: the empty-file error
         return True
 
     def _start(self, reader: EventReader) -> None:
@@ -1057,11 +1166,15 @@ class Bs2Decoder(FixedRecordDecoder):
 class Bs2Reader(EventReader):
     """Headerless 5-byte events (N-MNIST ``.bin``, SLAYER ``.bs2``), the fallback format.
 
-    Having no magic number, it claims any file no other reader recognised, except files that open
-    with a ``#``/``%`` text header (those belong to formats with readers of their own).
+    Having no magic number, it is recognised only by the extension ``.bs2`` or ``.bin``, and only
+    for files no reader with a magic number claimed (any bytes decode as bs2 events, so content
+    alone never selects it); even then a file that opens with a ``#``/``%`` text header is refused
+    (the header of a format without a reader, not events). ``read_events(path, format="bs2")``
+    reads a bs2 recording of any name.
     """
 
     name = "bs2"
+    extensions = (".bs2", ".bin")
 
     def sniff(self, head: bytes, size: int) -> bool:
         return not _starts_with_text_header(head)
