@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import (err, progress_bar)
+from .common import err, progress_bar
 from .errors import fail, user_errors
 
 
@@ -48,8 +48,7 @@ def data_synth(
     """Write a synthetic DVS Gesture set (AEDAT 3.1, IBM layout) and compare it with real data."""
     from eventformer.bench.run import default_gesture_dir
     from eventformer.datasets import load_dvs_gesture
-    from eventformer.events.synth import compare_to_real, format_comparison, \
-        write_synthetic_dataset
+    from eventformer.events.synth import compare_to_real, format_comparison, write_synthetic_dataset
 
     with err.status("generating"):
         summary = write_synthetic_dataset(out, seed=seed, users=users)

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import (check_writable, SplitBy, err)
+from .common import SplitBy, check_writable, err
 from .errors import fail, user_errors
 
 
@@ -64,7 +64,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable on stdout."),
 ):
     """Print a model file's architecture, parameter count, neuron parameters and provenance."""
-    from eventformer.modelfile import load, layer_specs
+    from eventformer.modelfile import layer_specs, load
 
     m = load(model_path)
     cfg = m.config

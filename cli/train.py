@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import (check_number, err, progress_bar)
+from .common import check_number, err, progress_bar
 from .errors import fail, user_errors
 
 
@@ -48,9 +48,9 @@ def train(
 
     from eventformer.train.data import check_resolution, frame_set, training_sets
     from eventformer.train.loop import TrainingInterrupted, model_config
-    from eventformer.train.progress import TrainingProgress
     from eventformer.train.loop import train as run_training
     from eventformer.train.model import CONFIGS
+    from eventformer.train.progress import TrainingProgress
 
     check_number("--lr", lr, low=0.0, low_open=True)
     check_number("--weight-decay", weight_decay, low=0.0)
