@@ -1,11 +1,15 @@
 """Event-camera recordings: reading files (format detected from header bytes; headerless bs2 by
 its extension), cropping / resizing the focal plane onto a model's input, converting files, and
-framing the event stream into steps of per-pixel counts (SPEC §3)."""
+framing the event stream into steps of per-pixel counts (SPEC §3).
+
+This package re-exports the public names of its modules; importing it imports
+`eventformer.events.formats`, which registers every reader with `eventformer.events.readers`."""
 
 from eventformer.events.convert import (
     ConversionSummary,
     convert_file,
 )
+from eventformer.events.formats import Bs2Reader, NpyReader, NpzReader
 from eventformer.events.framing import (
     SparseStep,
     SplitBy,
@@ -20,14 +24,11 @@ from eventformer.events.h5events import EventFileWriter, write_events_h5
 from eventformer.events.readers import (
     CHUNK_BYTES,
     EVENT_DTYPE,
-    Bs2Reader,
     Decoder,
     EventFileError,
     EventReader,
     EventStream,
     Leftover,
-    NpyReader,
-    NpzReader,
     Recording,
     detect_reader,
     read_events,

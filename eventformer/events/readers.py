@@ -1,4 +1,12 @@
-"""Event-camera recordings on disk -> events in memory, whole or piece by piece.
+"""Event-camera recordings on disk -> events in memory, whole or piece by piece: the reader
+interface, the registry of formats, and the two ways of reading through it (`read_events` for a
+whole file, `EventStream` for one that may still be growing).
+
+The formats themselves live in `eventformer.events.formats`, one module each; they import this
+module, never the reverse, and ``eventformer.events.formats`` registers them all, in detection
+order, when ``eventformer.events`` is imported. Kept here besides the interface (`EventReader`,
+`Decoder`, `Leftover`, `IncrementalSource`, `Recording`, `EventFileError`): what several formats
+share (`events_from_fields` and the field checks, user-facing file errors) and `write_npy`.
 
 Every format sits behind the same small interface (`EventReader`) and is found through a registry,
 so new formats slot in without touching callers. A format with a header is recognised from the
@@ -29,9 +37,7 @@ each on the `Recording`: the data is kept, and the caller decides.
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,9 +57,6 @@ __all__ = [
     "Leftover",
     "IncrementalSource",
     "EventStream",
-    "NpyReader",
-    "NpzReader",
-    "Bs2Reader",
     "register_reader",
     "registered_readers",
     "detect_reader",
@@ -75,14 +78,12 @@ HEAD_BYTES = 4096
 CHUNK_BYTES = 4 << 20
 
 _EVENT_FIELDS = ("t", "x", "y", "p")
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = b"PK\x03\x04"
-_BS2_EVENT_BYTES = 5
 _NO_EVENTS = np.empty(0, dtype=EVENT_DTYPE)
 
 
 class EventFileError(EventformerError):
-    """A recording could not be read; the message is one sentence naming the file and the problem."""
+    """A recording could not be read; the message is one sentence naming the file and the
+    problem."""
 
 
 def no_events() -> np.ndarray:
@@ -218,7 +219,8 @@ class Decoder(ABC):
             if len(final):
                 tail = np.concatenate([final, tail])
             self._end = Leftover(events=tail, decoded=self.decoded - len(tail),
-                                 torn_bytes=len(self._pending), header_complete=self.header_complete)
+                                 torn_bytes=len(self._pending),
+                                 header_complete=self.header_complete)
             self._finished = True
         return self._end
 
@@ -234,10 +236,11 @@ class Decoder(ABC):
         found = list(self._notes)
         if self._outside and self.sensor_size is not None:
             width, height = self.sensor_size
-            found.append(f"{self._outside} event(s) lie outside the {width}x{height} sensor named in the "
-                         "header; they are kept")
+            found.append(f"{self._outside} event(s) lie outside the {width}x{height} sensor named "
+                         "in the header; they are kept")
         if self._backwards:
-            found.append(f"timestamps go backwards {self._backwards} time(s); events are kept in stored order")
+            found.append(f"timestamps go backwards {self._backwards} time(s); events are kept in "
+                         "stored order")
         return found
 
     # -- what formats implement ------------------------------------------------------------------
@@ -348,20 +351,6 @@ class IncrementalSource(ABC):
         """Release the file (idempotent)."""
 
 
-class FixedRecordDecoder(Decoder):
-    """Headerless formats of fixed-size records: decode as many whole records as are held."""
-
-    def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
-        used = len(buf) - len(buf) % self.record_bytes
-        if not used:
-            return no_events(), 0
-        return self._decode_records(np.frombuffer(buf, dtype=np.uint8, count=used)), used
-
-    @abstractmethod
-    def _decode_records(self, raw: np.ndarray) -> np.ndarray:
-        """Decode ``raw`` (uint8, a whole number of records) into fresh `EVENT_DTYPE` events."""
-
-
 # --------------------------------------------------------------------------------------------------
 # The reader interface and registry
 # --------------------------------------------------------------------------------------------------
@@ -412,7 +401,8 @@ def register_reader(reader: EventReader, *, fallback: bool = False) -> None:
     that recognises a magic number has declined, so a format with a signature always wins, and
     only for files named with one of their ``extensions``: bytes alone never select them."""
     if fallback and not reader.extensions:
-        raise ValueError(f"the fallback reader {reader.name!r} needs extensions to be recognised by")
+        raise ValueError(f"the fallback reader {reader.name!r} needs extensions to be recognised "
+                         "by")
     if any(r.name == reader.name for r in (*_readers, *_fallback_readers)):
         raise ValueError(f"an event reader named {reader.name!r} is already registered")
     (_fallback_readers if fallback else _readers).append(reader)
@@ -428,7 +418,8 @@ def _reader_by_name(name: str, path: str) -> EventReader:
         if reader.name == name:
             return reader
     known = ", ".join(r.name for r in registered_readers())
-    raise EventFileError(f"{path}: cannot force unknown event format {name!r} (known formats: {known})")
+    raise EventFileError(f"{path}: cannot force unknown event format {name!r} (known formats: "
+                         f"{known})")
 
 
 def empty_file_error(shown: str) -> EventFileError:
@@ -458,11 +449,12 @@ def _reader_for_head(head: bytes, size: int, shown: str) -> EventReader:
         if extension and extension in reader.extensions:
             if reader.sniff(head, size):
                 return reader
-            raise EventFileError(f"{shown}: named like a headerless {reader.name} recording ({extension}), "
-                                 f"but {_describe_head(head)}: the text header of an unsupported format, "
-                                 f"not {reader.name} events")
+            raise EventFileError(f"{shown}: named like a headerless {reader.name} recording "
+                                 f"({extension}), but {_describe_head(head)}: the text header of "
+                                 f"an unsupported format, not {reader.name} events")
     by_bytes = ", ".join(r.name for r in _readers)
-    by_name = ", ".join(f"{r.name} by the extension {' or '.join(r.extensions)}" for r in _fallback_readers)
+    by_name = ", ".join(f"{r.name} by the extension {' or '.join(r.extensions)}"
+                        for r in _fallback_readers)
     raise EventFileError(f"{shown}: unknown event file format ({_describe_head(head)}; known: "
                          f"{by_bytes} by their first bytes, {by_name})")
 
@@ -628,7 +620,8 @@ class EventStream:
 
     @property
     def warnings(self) -> list[str]:
-        """One sentence per oddity so far; once finished, also `NO_EVENTS_WARNING` if no event came."""
+        """One sentence per oddity so far; once finished, also `NO_EVENTS_WARNING` if no event
+        came."""
         if self._source is not None:
             found = self._source.warnings
         else:
@@ -753,7 +746,8 @@ class EventStream:
             raise _open_problem(self.path, exc) from None
         if not final and not _ready_to_sniff(head, size):
             return False
-        self._start(_reader_for_head(head, size, self.path))  # final and empty: the empty-file error
+        # final and empty: the empty-file error
+        self._start(_reader_for_head(head, size, self.path))
         return True
 
     def _start(self, reader: EventReader) -> None:
@@ -790,6 +784,12 @@ def _check_regular_file(path: str | os.PathLike[str]) -> None:
         raise EventFileError(f"{shown}: is not a regular file")
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, to quote inside a one-sentence error."""
+    text = str(exc).strip().splitlines()
+    return text[0].rstrip(".") if text else type(exc).__name__
+
+
 def _read_head(path: str | os.PathLike[str]) -> tuple[bytes, int]:
     """First `HEAD_BYTES` bytes and the size of a regular file."""
     _check_regular_file(path)
@@ -815,21 +815,6 @@ def _is_printable_ascii(data: bytes) -> bool:
     return all(0x20 <= b < 0x7F or b == 0x09 for b in data)
 
 
-def _starts_with_text_header(head: bytes) -> bool:
-    """True for files opening with a ``#``/``%`` text header line (AEDAT, EVT2/3, DAT and kin).
-
-    Those formats have readers of their own; decoding their ASCII header as 5-byte bs2 events
-    would produce plausible-looking garbage, so the bs2 fallback refuses them. A real bs2 file
-    matches only if its first events happen to be printable bytes ending in a newline.
-    """
-    if not head or head[:1] not in (b"#", b"%"):
-        return False
-    end = head.find(b"\n", 0, 256)
-    if end < 4:
-        return False
-    return _is_printable_ascii(head[:end].rstrip(b"\r"))
-
-
 # --------------------------------------------------------------------------------------------------
 # Normalising arrays from any source into EVENT_DTYPE
 # --------------------------------------------------------------------------------------------------
@@ -838,7 +823,8 @@ def _starts_with_text_header(head: bytes) -> bool:
 def _check_integer_field(name: str, values: np.ndarray, path: str) -> None:
     if values.dtype.kind not in "iub":
         raise EventFileError(
-            f"{path}: field {name!r} has dtype {values.dtype}, but events need integer (or bool) fields")
+            f"{path}: field {name!r} has dtype {values.dtype}, but events need integer (or bool) "
+            "fields")
 
 
 def _check_range(name: str, values: np.ndarray, low: int, high: int, path: str) -> None:
@@ -847,7 +833,8 @@ def _check_range(name: str, values: np.ndarray, low: int, high: int, path: str) 
     vmin, vmax = int(values.min()), int(values.max())
     if vmin < low or vmax > high:
         bad = vmin if vmin < low else vmax
-        raise EventFileError(f"{path}: field {name!r} holds {bad}, outside the allowed range {low}..{high}")
+        raise EventFileError(f"{path}: field {name!r} holds {bad}, outside the allowed range "
+                             f"{low}..{high}")
 
 
 def _polarity_to_on_off(p: np.ndarray, path: str, warnings: list[str],
@@ -868,14 +855,16 @@ def _polarity_to_on_off(p: np.ndarray, path: str, warnings: list[str],
     seen.update(int(v) for v in values)
     if -1 in seen:
         if 0 in seen:
-            raise EventFileError(f"{path}: field 'p' mixes -1, 0 and 1, so OFF events are ambiguous")
+            raise EventFileError(f"{path}: field 'p' mixes -1, 0 and 1, so OFF events are "
+                                 "ambiguous")
         if (values == -1).any():
             warnings.append("polarity -1 was read as OFF (0)")
     return (p > 0).astype(np.uint8)
 
 
 def events_from_fields(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray,
-                       path: str, warnings: list[str], *, seen_polarity: set[int] | None = None) -> np.ndarray:
+                       path: str, warnings: list[str], *,
+                       seen_polarity: set[int] | None = None) -> np.ndarray:
     """Validate four parallel 1-D arrays and pack them into `EVENT_DTYPE`.
 
     Negative or oversized coordinates are refused here, once, so every reader and every framer
@@ -884,8 +873,8 @@ def events_from_fields(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarra
     columns = {"t": np.asarray(t), "x": np.asarray(x), "y": np.asarray(y), "p": np.asarray(p)}
     lengths = {name: col.shape for name, col in columns.items()}
     if any(col.ndim != 1 for col in columns.values()) or len({s for s in lengths.values()}) != 1:
-        raise EventFileError(f"{path}: fields t, x, y, p must be 1-D arrays of one length, got shapes "
-                             + ", ".join(f"{k}={v}" for k, v in lengths.items()))
+        raise EventFileError(f"{path}: fields t, x, y, p must be 1-D arrays of one length, got "
+                             "shapes " + ", ".join(f"{k}={v}" for k, v in lengths.items()))
     for name, col in columns.items():
         _check_integer_field(name, col, path)
     _check_range("x", columns["x"], 0, np.iinfo(np.int16).max, path)
@@ -898,294 +887,6 @@ def events_from_fields(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarra
     events["y"] = columns["y"]
     events["p"] = _polarity_to_on_off(columns["p"], path, warnings, seen_polarity)
     return events
-
-
-def _note_time_order(events: np.ndarray, warnings: list[str]) -> None:
-    """Record (not fix) timestamps that go backwards: re-sorting would hide a wrapped clock."""
-    if len(events) < 2:
-        return
-    backwards = int(np.count_nonzero(np.diff(events["t"]) < 0))
-    if backwards:
-        warnings.append(f"timestamps go backwards {backwards} time(s); events are kept in stored order")
-
-
-def _events_from_structured(array: np.ndarray, path: str, warnings: list[str],
-                            seen_polarity: set[int] | None = None) -> np.ndarray:
-    _check_event_dtype(array.dtype, array.shape, path)
-    if array.ndim != 1:
-        array = array.reshape(-1)
-    return events_from_fields(array["t"], array["x"], array["y"], array["p"], path, warnings,
-                              seen_polarity=seen_polarity)
-
-
-def _check_event_dtype(dtype: np.dtype, shape: tuple[int, ...], path: str) -> None:
-    names = dtype.names
-    if names is None:
-        raise EventFileError(f"{path}: holds a plain {dtype} array of shape {shape}, "
-                             "not a structured array with fields t, x, y, p")
-    missing = [f for f in _EVENT_FIELDS if f not in names]
-    if missing:
-        raise EventFileError(f"{path}: the structured array lacks field(s) {', '.join(missing)} "
-                             f"(it has {', '.join(names)}; events need t, x, y, p)")
-
-
-def _finish(path: str, fmt: str, events: np.ndarray, warnings: list[str],
-            sensor_size: tuple[int, int] | None = None) -> Recording:
-    _note_time_order(events, warnings)
-    return Recording(path=path, format=fmt, events=events, sensor_size=sensor_size, warnings=warnings)
-
-
-# --------------------------------------------------------------------------------------------------
-# numpy .npy / .npz
-# --------------------------------------------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0].rstrip(".") if text else type(exc).__name__
-
-
-_NPY_CORRUPT = ("not a valid numpy .npy file (its header is corrupt, cut short, "
-                "or from an unsupported .npy version)")
-
-
-def _parse_npy_header(fp: BinaryIO, path: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    try:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(fp)
-        return np.lib.format.read_array_header_2_0(fp)
-    except Exception:  # numpy raises ValueError, SyntaxError, EOFError... for bad headers
-        raise EventFileError(f"{path}: {_NPY_CORRUPT}") from None
-
-
-def _check_npy_header(shape: tuple[int, ...], dtype: np.dtype, path: str) -> None:
-    if dtype.hasobject:
-        raise EventFileError(f"{path}: holds Python objects (dtype {dtype}), which are not loaded for safety")
-    if any(d < 0 for d in shape):
-        raise EventFileError(f"{path}: not a valid numpy .npy file (negative shape {shape} in its header)")
-
-
-def _load_npy_stream(fp: BinaryIO, available: int, path: str) -> np.ndarray:
-    """Read one .npy array from ``fp``, checking its header against the bytes really there.
-
-    numpy would otherwise allocate whatever shape a corrupt header claims before noticing the data
-    is missing; this turns both cases into one clear sentence.
-    """
-    shape, fortran_order, dtype = _parse_npy_header(fp, path)
-    _check_npy_header(shape, dtype, path)
-    count = int(np.prod(shape, dtype=object))
-    needed = count * dtype.itemsize
-    remaining = available - fp.tell()
-    if needed > remaining:
-        raise EventFileError(f"{path}: truncated: the .npy header announces {needed} data bytes "
-                             f"but only {max(remaining, 0)} follow")
-    data = fp.read(needed)
-    if len(data) != needed:
-        raise EventFileError(f"{path}: truncated: expected {needed} data bytes, read {len(data)}")
-    try:
-        array = np.frombuffer(data, dtype=dtype, count=count)
-        return array.reshape(shape, order="F" if fortran_order else "C")
-    except Exception as exc:  # e.g. zero-size dtypes numpy cannot lay out
-        raise EventFileError(f"{path}: not a valid numpy .npy file ({_first_line(exc)})") from None
-
-
-class NpyDecoder(Decoder):
-    """numpy ``.npy``, decoded record by record after its header.
-
-    The header announces the array's size, so unlike the camera formats a short file is known to
-    be cut: `finish` raises for it instead of warning. Records are decoded in storage order (for a
-    multi-dimensional Fortran-order array that is column-major, the order the bytes are written).
-    """
-
-    format = "npy"
-
-    def __init__(self, name: str = "<stream>") -> None:
-        super().__init__(name)
-        self._dtype: np.dtype | None = None
-        self._remaining = 0
-        self._announced = 0
-        self._seen_polarity: set[int] = set()
-
-    def _parse_header(self, buf: bytearray, final: bool) -> int | None:
-        if len(buf) < 12:
-            if final:
-                raise EventFileError(f"{self.name}: {_NPY_CORRUPT}")
-            self._wanted = 12
-            return None
-        if bytes(buf[:6]) != _NPY_MAGIC:
-            raise EventFileError(f"{self.name}: {_NPY_CORRUPT}")
-        major = buf[6]
-        length = 10 + int.from_bytes(buf[8:10], "little") if major == 1 else 12 + int.from_bytes(buf[8:12], "little")
-        if len(buf) < length:
-            if final:
-                raise EventFileError(f"{self.name}: {_NPY_CORRUPT}")
-            self._wanted = length
-            return None
-        shape, _, dtype = _parse_npy_header(io.BytesIO(bytes(buf[:length])), self.name)
-        _check_npy_header(shape, dtype, self.name)
-        _check_event_dtype(dtype, shape, self.name)
-        for name in _EVENT_FIELDS:
-            _check_integer_field(name, np.empty(0, dtype=dtype[name]), self.name)
-        if dtype.itemsize == 0:
-            raise EventFileError(f"{self.name}: not a valid numpy .npy file (its records are 0 bytes long)")
-        self._dtype = dtype
-        self._announced = self._remaining = int(np.prod(shape, dtype=object))
-        self.record_bytes = dtype.itemsize  # type: ignore[misc]  # per-instance record size
-        return length
-
-    def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
-        assert self._dtype is not None
-        count = min(len(buf) // self._dtype.itemsize, self._remaining)
-        if count == 0:
-            if self._remaining == 0:
-                self._wanted = len(buf) + 1  # trailing bytes after the array: ignored at finish
-            return no_events(), 0
-        records = np.frombuffer(buf, dtype=self._dtype, count=count)
-        warnings: list[str] = []
-        events = events_from_fields(records["t"], records["x"], records["y"], records["p"], self.name,
-                                    warnings, seen_polarity=self._seen_polarity)
-        for message in warnings:
-            self.note(message)
-        del records
-        self._remaining -= count
-        return events, count * self._dtype.itemsize
-
-    def _final_events(self) -> np.ndarray:
-        if self.header_complete and self._remaining:
-            assert self._dtype is not None
-            needed = self._announced * self._dtype.itemsize
-            got = (self._announced - self._remaining) * self._dtype.itemsize + len(self._pending)
-            raise EventFileError(f"{self.name}: truncated: the .npy header announces {needed} data bytes "
-                                 f"but only {got} follow")
-        self._pending.clear()  # bytes after the announced array are not a torn record
-        return no_events()
-
-
-class NpyReader(EventReader):
-    """numpy ``.npy`` structured arrays with integer fields t, x, y, p (any order, any int width)."""
-
-    name = "npy"
-
-    def sniff(self, head: bytes, size: int) -> bool:
-        return head.startswith(_NPY_MAGIC)
-
-    def decoder(self, name: str = "<stream>") -> Decoder:
-        return NpyDecoder(name)
-
-
-class NpzDecoder(Decoder):
-    """numpy ``.npz`` (zip) archives. A zip's table of contents sits at its end, so nothing can be
-    decoded before the whole archive has arrived: bytes are held, and decoded by `finish`."""
-
-    format = "npz"
-
-    def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
-        self._wanted = len(buf) + 1
-        return no_events(), 0
-
-    def _final_events(self) -> np.ndarray:
-        data = bytes(self._pending)
-        self._pending.clear()
-        arrays = NpzReader._load_members(data, self.name)
-        warnings: list[str] = []
-        if all(name in arrays for name in _EVENT_FIELDS):
-            events = events_from_fields(*(arrays[n] for n in _EVENT_FIELDS), path=self.name, warnings=warnings)
-        elif len(arrays) == 1:
-            events = _events_from_structured(next(iter(arrays.values())), self.name, warnings)
-        else:
-            listed = ", ".join(sorted(arrays)) or "none"
-            raise EventFileError(f"{self.name}: the .npz archive holds arrays {listed}, but events need either "
-                                 "one structured array or arrays named t, x, y, p")
-        for message in warnings:
-            self.note(message)
-        self.decoded += len(events)
-        return events
-
-
-class NpzReader(EventReader):
-    """numpy ``.npz`` archives: a single structured array, or separate arrays named t, x, y, p."""
-
-    name = "npz"
-
-    def sniff(self, head: bytes, size: int) -> bool:
-        return head.startswith(_ZIP_MAGIC)
-
-    def decoder(self, name: str = "<stream>") -> Decoder:
-        return NpzDecoder(name)
-
-    @staticmethod
-    def _load_members(data: bytes, path: str) -> dict[str, np.ndarray]:
-        try:
-            archive = zipfile.ZipFile(io.BytesIO(data))
-            members = [info for info in archive.infolist() if not info.is_dir()]
-            arrays: dict[str, np.ndarray] = {}
-            for info in members:
-                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                with archive.open(info) as fp:
-                    arrays[name] = _load_npy_stream(fp, info.file_size, f"{path} (member {info.filename})")
-        except EventFileError:
-            raise
-        except Exception as exc:  # zipfile/zlib raise many types for corrupt archives
-            raise EventFileError(f"{path}: starts like a zip/.npz archive but cannot be read as one "
-                                 f"({_first_line(exc)}); pass format='bs2' if it is a headerless "
-                                 "recording") from None
-        return arrays
-
-
-# --------------------------------------------------------------------------------------------------
-# bs2 / N-MNIST .bin
-# --------------------------------------------------------------------------------------------------
-
-
-def decode_bs2(raw: np.ndarray) -> np.ndarray:
-    """Decode whole 5-byte bs2 records (uint8, length a multiple of 5) into `EVENT_DTYPE`.
-
-    Layout (N-MNIST .bin, SLAYER bs2): byte 0 = x, byte 1 = y, byte 2 bit 7 = polarity (1 = ON),
-    t = ((b2 & 0x7F) << 16) | (b3 << 8) | b4 microseconds. The 23-bit clock is decoded as is,
-    never unwrapped: N-MNIST's y == 240 overflow markers are not part of this format.
-    """
-    records = raw.reshape(-1, _BS2_EVENT_BYTES)
-    b2 = records[:, 2].astype(np.int64)
-    events = np.empty(len(records), dtype=EVENT_DTYPE)
-    events["x"] = records[:, 0]
-    events["y"] = records[:, 1]
-    events["p"] = records[:, 2] >> 7
-    events["t"] = ((b2 & 0x7F) << 16) | (records[:, 3].astype(np.int64) << 8) | records[:, 4]
-    return events
-
-
-class Bs2Decoder(FixedRecordDecoder):
-    format = "bs2"
-    record_bytes = _BS2_EVENT_BYTES
-
-    def _decode_records(self, raw: np.ndarray) -> np.ndarray:
-        return decode_bs2(raw)
-
-
-class Bs2Reader(EventReader):
-    """Headerless 5-byte events (N-MNIST ``.bin``, SLAYER ``.bs2``), the fallback format.
-
-    Having no magic number, it is recognised only by the extension ``.bs2`` or ``.bin``, and only
-    for files no reader with a magic number claimed (any bytes decode as bs2 events, so content
-    alone never selects it); even then a file that opens with a ``#``/``%`` text header is refused
-    (the header of a format without a reader, not events). ``read_events(path, format="bs2")``
-    reads a bs2 recording of any name.
-    """
-
-    name = "bs2"
-    extensions = (".bs2", ".bin")
-
-    def sniff(self, head: bytes, size: int) -> bool:
-        return not _starts_with_text_header(head)
-
-    def decoder(self, name: str = "<stream>") -> Decoder:
-        return Bs2Decoder(name)
-
-
-register_reader(NpyReader())
-register_reader(NpzReader())
-register_reader(Bs2Reader(), fallback=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1201,7 +902,8 @@ def write_npy(path: str | os.PathLike[str], events: np.ndarray) -> None:
     events = np.asarray(events)
     if events.dtype != EVENT_DTYPE:
         if events.dtype.names is None or any(f not in events.dtype.names for f in _EVENT_FIELDS):
-            raise ValueError(f"write_npy needs a structured array with fields t, x, y, p, got dtype {events.dtype}")
+            raise ValueError("write_npy needs a structured array with fields t, x, y, p, got "
+                             f"dtype {events.dtype}")
         converted = np.empty(events.shape, dtype=EVENT_DTYPE)
         for name in _EVENT_FIELDS:
             converted[name] = events[name]
@@ -1210,8 +912,3 @@ def write_npy(path: str | os.PathLike[str], events: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(events.reshape(-1)), allow_pickle=False)
 
 
-# The camera formats (AEDAT 2/3/4, Prophesee EVT 2/3 and DAT) and eventformer's own HDF5 event
-# file register themselves on import; they come after bs2 in the code but before it in detection,
-# since bs2 is a fallback.
-from eventformer.events import formats as _formats  # noqa: F401  (imported for its side effect)
-from eventformer.events import h5events as _h5events  # noqa: F401  (imported for its side effect)
