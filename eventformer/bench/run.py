@@ -1,9 +1,17 @@
-"""``eventformer bench``: engine vs dense PyTorch on real recordings, at calibrated firing rates."""
+"""``eventformer bench``: engine vs dense PyTorch on real recordings, at calibrated firing rates.
+
+Both engines are timed interleaved (per repeat round, per file: engine, then torch) on the same
+number of threads; each side is reported as the median with its min..max spread, the speed-up is
+the ratio of the medians, and a side whose spread exceeds :data:`timing.UNSTABLE_RATIO` is
+flagged. Accumulates per second are those of the scatter steps only, per second spent in them
+(:mod:`.accounting`), never the GEMM steps' work.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -21,10 +29,15 @@ from ..modelfile import load, save
 from ..models import Spikformer, SpikformerConfig
 from ..report import summarize
 from ..runtime import engine_threads, set_engine_threads
+from .accounting import PathMeter
+from .allocator import allocator_status
 from .calibrate import calibrate, random_model
-from .roofline import scatter_add_roofline
+from .roofline import scatter_roofline_by_width
+from .timing import UNSTABLE_RATIO, OtherLoad, interleave, spread
 
 DEFAULT_RATES = (0.05, 0.10, 0.15, 0.25)
+SIDE_LABELS = {"engine": "engine", "dense": "torch"}
+OTHER_LOAD_WARN = 0.25  # cores kept busy by other processes during the timings
 
 
 def default_gesture_dir() -> Path | None:
@@ -58,15 +71,49 @@ class BenchOptions:
     cold_start: bool = True
     cache_dir: str = field(default_factory=lambda: os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "eventformer", "bench"))
+    config: SpikformerConfig | None = None  # default: the full-size Spikformer-DVS, T = steps
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a bench: ``result`` holds what was measured so far (``interrupted`` set)."""
+
+    def __init__(self, result: dict):
+        super().__init__("bench interrupted")
+        self.result = result
+
+
+def check_options(opts: BenchOptions) -> None:
+    """Raise EventformerError (one sentence) for options the bench cannot run with."""
+    if not opts.files:
+        raise EventformerError("no recordings to time")
+    if not opts.rates:
+        raise EventformerError("--rates is empty: give at least one firing rate")
+    for r in opts.rates:
+        if not (isinstance(r, (int, float)) and math.isfinite(r) and 0.0 < r < 1.0):
+            raise EventformerError(f"--rates: each firing rate must be between 0 and 1 "
+                                   f"(exclusive), got {r:g}")
+    if len(set(opts.rates)) != len(opts.rates):
+        raise EventformerError("--rates lists the same firing rate twice")
+    for name, value in (("--steps", opts.steps), ("--repeat", opts.repeat),
+                        ("--threads", opts.threads)):
+        if int(value) < 1:
+            raise EventformerError(f"{name} must be at least 1, got {value}")
+    if int(opts.seed) < 0:
+        raise EventformerError(f"--seed must be 0 or more, got {opts.seed}")
 
 
 def load_samples(files: list[str], steps: int, size: int) -> list[Sample]:
     samples = []
     for f in files:
         rec = read_events(f)
-        samples.append(Sample(f, len(rec.events), rec.duration_us,
-                              frame_events(rec.events, steps, size, size),
-                              dense_frames(rec.events, steps, size, size)))
+        if len(rec.events) == 0:
+            raise EventformerError(f"{f}: holds no events to time")
+        try:
+            sparse = frame_events(rec.events, steps, size, size)
+            dense = dense_frames(rec.events, steps, size, size)
+        except ValueError as exc:  # events outside the model's frame
+            raise EventformerError(f"{f}: {exc}") from None
+        samples.append(Sample(f, len(rec.events), rec.duration_us, sparse, dense))
     return samples
 
 
@@ -78,12 +125,21 @@ def calibrated_model(config: SpikformerConfig, samples: list[Sample], rate: floa
     path = os.path.join(cache_dir, f"spikformer-dvs-seed{seed}-rate{rate:.2f}-{key[:10]}.h5")
     if os.path.exists(path):
         return path
-    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as exc:
+        raise EventformerError(f"cannot create the calibrated-model cache {cache_dir}: "
+                               f"{exc.strerror or exc}") from None
+    if not os.access(cache_dir, os.W_OK):
+        raise EventformerError(f"cannot write the calibrated-model cache {cache_dir} "
+                               "(permission denied)")
     start = time.perf_counter()
     log(f"calibrating BatchNorm for {rate:.0%} firing on {len(samples)} recordings "
         "(once; cached)...")
     model = calibrate(random_model(config, seed), [s.steps for s in samples], rate)
-    save(path, model)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    save(tmp, model)
+    os.replace(tmp, path)  # an interrupted calibration leaves no half-written cache entry
     log(f"  calibrated in {time.perf_counter() - start:.1f} s -> {path}")
     return path
 
@@ -113,74 +169,198 @@ def measure_start(model_path: str, file: str) -> dict:
     return out
 
 
-def run_bench(opts: BenchOptions, log=print) -> dict:
+def _geomean(values) -> float | None:
+    values = [v for v in values if v and v > 0]
+    return float(np.exp(np.mean(np.log(values)))) if values else None
+
+
+class _RateRun:
+    """One firing rate: untimed accounting rows per file, then interleaved timings."""
+
+    def __init__(self, rate: float, model_path: str, samples: list[Sample], steps: int,
+                 dense: bool):
+        self.rate, self.model_path, self.samples, self.steps = rate, model_path, samples, steps
+        self.sides = ("engine", "dense") if dense else ("engine",)
+        self.rows: list[dict] = []
+        self.layer_density: dict[str, list] = {}
+        self.times = {side: [[] for _ in samples] for side in self.sides}
+        self.warnings: list[str] = []
+        self.other_load: float | None = None  # cores used by other processes while timing
+
+    def record(self, side: str, i: int, seconds: float) -> None:
+        self.times[side][i].append(seconds)
+
+    def account(self, engine, dense_forward) -> None:
+        """One untimed run per file (also its warm-up): predictions, counts, the path split."""
+        for s in self.samples:
+            engine.clear_stats()
+            with PathMeter(engine) as meter:
+                logits = engine.run(s.steps)
+            stats = engine.layer_stats()
+            ops = summarize(stats, self.steps)
+            split = meter.summary()
+            split["ac_head"] = int(stats[-1]["ac"])
+            split["ac_unattributed"] = ops["ac"] - (split["ac_scatter"] + split["ac_gemm_steps"]
+                                                    + split["ac_attention"] + split["ac_head"])
+            row = {"file": os.path.basename(s.path), "events": s.events,
+                   "duration_s": s.duration_us / 1e6, "prediction": int(np.argmax(logits)),
+                   "ac": ops["ac"], "mac": ops["mac"], "dense_mac": ops["dense_mac"], **split,
+                   "firing_rate": sum(x["spikes"] for x in stats[:-1])
+                   / max(1, sum(x["neurons"] for x in stats[:-1]) * self.steps)}
+            if dense_forward is not None:
+                dense_logits = dense_forward(s.dense)
+                row.update({"dense_prediction": int(np.argmax(dense_logits)),
+                            "same_prediction": int(np.argmax(dense_logits)) == row["prediction"],
+                            "max_logit_diff": float(np.abs(dense_logits - logits).max())})
+            self.rows.append(row)
+            for x in stats[:-1]:
+                path = ("sparse" if x["dense_steps"] == 0 else
+                        "dense" if x["sparse_steps"] == 0 else "mixed")
+                self.layer_density.setdefault(x["name"], []).append(
+                    (x["input_density"], path, x["spikes"] / max(1, x["neurons"] * self.steps)))
+
+    def timed(self) -> int:
+        return sum(len(t) for per_side in self.times.values() for t in per_side)
+
+    def entry(self, complete: bool) -> dict:
+        """The rate's result from what was measured (files never timed are left out)."""
+        rows = []
+        for i, base in enumerate(self.rows):
+            if not self.times["engine"][i]:
+                continue
+            row = dict(base)
+            eng = spread(self.times["engine"][i])
+            row["engine"] = eng.to_dict()
+            row.update({"engine_s": eng.median, "events_per_s": base["events"] / eng.median,
+                        "realtime_factor": base["duration_s"] / eng.median})
+            if "dense" in self.times and self.times["dense"][i]:
+                den = spread(self.times["dense"][i])
+                pairs = [d / e for e, d in zip(self.times["engine"][i], self.times["dense"][i])]
+                row["dense"] = den.to_dict()
+                row.update({"dense_s": den.median, "speedup": den.median / eng.median,
+                            "speedup_pairs": [min(pairs), max(pairs)]})
+            rows.append(row)
+        self.warnings = []
+        for side in self.sides:
+            bad = [r for r in rows if side in r and r[side]["unstable"]]
+            if bad:
+                worst = max(bad, key=lambda r: r[side]["spread"])[side]
+                name = max(bad, key=lambda r: r[side]["spread"])["file"]
+                self.warnings.append(
+                    f"warning: {SIDE_LABELS[side]} times at {self.rate:.0%} firing vary up to "
+                    f"{worst['spread']:.1f}x between repeats on {len(bad)} file(s) ({name}: "
+                    f"{worst['min_s']:.3f}..{worst['max_s']:.3f} s): the machine was busy; "
+                    "medians are reported")
+        if self.other_load is not None and self.other_load > OTHER_LOAD_WARN:
+            self.warnings.append(
+                f"warning: other processes kept {self.other_load:.1f} of {os.cpu_count()} cores "
+                f"busy during the timings at {self.rate:.0%}: both sides were slowed, torch's "
+                "threads most (they wait on each other); rerun on a quiet machine or with "
+                "--threads 1")
+        scatter_ac = sum(r["ac_scatter"] for r in rows)
+        scatter_s = sum(r["scatter_s"] for r in rows)
+        entry = {"target_rate": self.rate, "model": self.model_path, "complete": complete,
+                 "files": rows, "other_load_cores": self.other_load,
+                 "busy": self.other_load is not None and self.other_load > OTHER_LOAD_WARN,
+                 "unstable": {side: any(side in r and r[side]["unstable"] for r in rows)
+                              for side in self.sides},
+                 "scatter_ac_per_s": scatter_ac / scatter_s if scatter_s > 0 else None,
+                 "layers": [{"name": k, "input_density": statistics.mean(v[0] for v in vals),
+                             "firing_rate": statistics.mean(v[2] for v in vals),
+                             "paths": sorted({v[1] for v in vals})}
+                            for k, vals in self.layer_density.items()]}
+        if "dense" in self.times:
+            entry["speedup_geomean"] = _geomean(r.get("speedup") for r in rows)
+        return entry
+
+
+def bench_config(opts: BenchOptions) -> SpikformerConfig:
+    """The model the bench times: ``opts.config``, else the full-size Spikformer-DVS."""
+    return opts.config if opts.config is not None else SpikformerConfig(steps=opts.steps)
+
+
+def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_counter,
+              samples: list[Sample] | None = None) -> dict:
+    """Calibrate, then time engine and dense torch interleaved at each rate; see the module doc.
+
+    ``warn`` gets the one-line warnings (default: ``log``); ``clock`` times the interleaved runs;
+    ``samples`` are the loaded ``opts.files`` when the caller has them already. Ctrl-C raises
+    :class:`BenchInterrupted` carrying the partial result.
+    """
+    warn = warn or log
+    check_options(opts)
     set_engine_threads(opts.threads)
-    config = SpikformerConfig(steps=opts.steps)
-    samples = load_samples(opts.files, opts.steps, config.image_size)
-    dense_forward = None
+    config = bench_config(opts)
+    opts.steps = config.steps
+    if samples is None:
+        samples = load_samples(opts.files, opts.steps, config.image_size)
+    torch_threads = None
     if opts.dense:
         try:
             import torch
 
             torch.set_num_threads(opts.threads)
+            torch_threads = torch.get_num_threads()
             from .dense_torch import build_dense_forward
         except ImportError:
             log("torch is not installed: skipping the dense PyTorch baseline "
                 "(pip install 'eventformer[torch]')")
             opts.dense = False
-    roof = scatter_add_roofline()
-    result = {"machine": {"cpus": os.cpu_count(), "threads": opts.threads,
-                          "scatter_roofline_ac_per_s": roof},
-              "steps": opts.steps, "files": [s.path for s in samples], "rates": []}
-    model_paths = {}
-    for rate in opts.rates:
-        model_paths[rate] = calibrated_model(config, samples, rate, opts.seed, opts.cache_dir, log)
-        model = load(model_paths[rate])
-        engine = Spikformer(model)
-        engine.run(samples[0].steps)  # compile / warm caches outside the timings
-        if opts.dense:
-            dense_forward = build_dense_forward(model)
-            dense_forward(samples[0].dense)
-        rows = []
-        layer_density: dict[str, list] = {}
-        for s in samples:
-            engine.clear_stats()
-            t_engine = time_best(lambda: engine.run(s.steps), opts.repeat)
-            engine.clear_stats()
-            logits = engine.run(s.steps)
-            stats = engine.layer_stats()
-            ops = summarize(stats, opts.steps)
-            row = {"file": os.path.basename(s.path), "events": s.events,
-                   "duration_s": s.duration_us / 1e6, "engine_s": t_engine,
-                   "prediction": int(np.argmax(logits)),
-                   "events_per_s": s.events / t_engine,
-                   "realtime_factor": (s.duration_us / 1e6) / t_engine,
-                   "ac": ops["ac"], "mac": ops["mac"], "dense_mac": ops["dense_mac"],
-                   "ac_per_s": ops["ac"] / t_engine,
-                   "firing_rate": sum(x["spikes"] for x in stats[:-1])
-                   / max(1, sum(x["neurons"] for x in stats[:-1]) * opts.steps)}
+    result = {"machine": {"cpus": os.cpu_count(), "threads": engine_threads(),
+                          "torch_threads": torch_threads},
+              "allocator": allocator_status(),
+              "timing": {"order": "interleaved: each repeat round times every file on the "
+                                  "engine, then on torch", "repeat": opts.repeat,
+                         "statistic": "median", "unstable_if_max_over_min_above": UNSTABLE_RATIO},
+              "steps": opts.steps, "files": [s.path for s in samples], "rates": [],
+              "warnings": [], "unstable": False, "busy": False, "interrupted": False}
+    current = None
+    try:
+        widths = sorted(set(config.sps_channels) | {config.dim, config.mlp_hidden})
+        by_width = scatter_roofline_by_width(widths)
+        result["machine"].update({"scatter_roofline_ac_per_s": max(by_width.values()),
+                                  "scatter_roofline_by_width": by_width})
+        model_paths = {}
+        for rate in opts.rates:
+            model_paths[rate] = calibrated_model(config, samples, rate, opts.seed,
+                                                 opts.cache_dir, log)
+            model = load(model_paths[rate])
+            engine = Spikformer(model)
+            engine.run(samples[0].steps)  # compile / warm caches outside the timings
+            dense_forward = None
             if opts.dense:
-                t_dense = time_best(lambda: dense_forward(s.dense), opts.repeat)
-                dense_logits = dense_forward(s.dense)
-                row.update({"dense_s": t_dense, "speedup": t_dense / t_engine,
-                            "dense_prediction": int(np.argmax(dense_logits)),
-                            "same_prediction": int(np.argmax(dense_logits)) == row["prediction"],
-                            "max_logit_diff": float(np.abs(dense_logits - logits).max())})
-            rows.append(row)
-            for x in stats[:-1]:
-                path = ("sparse" if x["dense_steps"] == 0 else
-                        "dense" if x["sparse_steps"] == 0 else "mixed")
-                layer_density.setdefault(x["name"], []).append((x["input_density"], path,
-                                                                 x["spikes"] / (x["neurons"] * opts.steps)))
-        entry = {"target_rate": rate, "model": model_paths[rate], "files": rows,
-                 "layers": [{"name": k, "input_density": statistics.mean(v[0] for v in vals),
-                             "firing_rate": statistics.mean(v[2] for v in vals),
-                             "paths": sorted({v[1] for v in vals})}
-                            for k, vals in layer_density.items()]}
-        if opts.dense:
-            entry["speedup_geomean"] = float(np.exp(np.mean([np.log(r["speedup"]) for r in rows])))
-        result["rates"].append(entry)
-    if opts.cold_start:
-        log("measuring cold start (empty Numba cache) and warm start of `eventformer infer`...")
-        result["start"] = measure_start(model_paths[opts.rates[0]], samples[0].path)
+                dense_forward = build_dense_forward(model)
+                dense_forward(samples[0].dense)
+            current = _RateRun(rate, model_paths[rate], samples, opts.steps, opts.dense)
+            current.account(engine, dense_forward)
+            sides = {"engine": lambda i, e=engine: e.run(samples[i].steps)}
+            if opts.dense:
+                sides["dense"] = lambda i, f=dense_forward: f(samples[i].dense)
+            busy = OtherLoad()
+            try:
+                with busy:
+                    interleave(len(samples), sides, opts.repeat, current.record, clock)
+            finally:
+                current.other_load = busy.cores
+            _add_entry(result, current, True, warn)
+            current = None
+        if opts.cold_start:
+            log("measuring cold start (empty Numba cache) and warm start of `eventformer infer`...")
+            result["start"] = measure_start(model_paths[opts.rates[0]], samples[0].path)
+    except KeyboardInterrupt:
+        result["interrupted"] = True
+        if current is not None and current.timed():
+            _add_entry(result, current, False, warn)
+        raise BenchInterrupted(result) from None
     return result
+
+
+def _add_entry(result: dict, run: _RateRun, complete: bool, warn) -> None:
+    entry = run.entry(complete)
+    result["rates"].append(entry)
+    for line in run.warnings:
+        warn(line)
+    result["warnings"].extend(run.warnings)
+    result["unstable"] = result["unstable"] or any(entry["unstable"].values())
+    result["busy"] = result["busy"] or entry["busy"]
+

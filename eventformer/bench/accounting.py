@@ -1,0 +1,88 @@
+"""Which counted accumulates the sparse paths really did, and how long those paths took.
+
+The layers' ``ac`` counter (SPEC §5) also counts, on steps that ran as a GEMM, the accumulates a
+scatter *would* have done (``densify_padded`` / ``linear_event_ops`` book them so the op report
+does not depend on the path). Those were done by the GEMM, inside ``dense_mac``: dividing all of
+``ac`` by the engine's time credits GEMM work to the scatter and can beat the scatter roofline.
+
+:class:`PathMeter` splits ``ac`` without changing the layers: on one engine instance it wraps each
+synaptic layer's per-step methods (the sparse step ``_sparse_current`` and the dense step's
+``_dense_rows``) and the attention core's ``attend``, reading the layer's counters and a clock
+around each call. It is meant for one untimed accounting run; :meth:`close` removes the wrappers.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..kernels import counters as C
+
+
+class PathMeter:
+    """Per-path split of an engine's counted work over the runs made while it is attached.
+
+    - ``scatter_ac`` / ``scatter_s``: accumulates booked by event-driven (scatter) steps of layers
+      with spike or integer input, and the time spent in those steps;
+    - ``scatter_mac`` / ``scatter_mac_s``: the same for weighted input (raw event counts: the first
+      conv, whose scatter multiplies);
+    - ``gemm_step_ac``: accumulates booked on steps that ran as a GEMM (their work is dense_mac);
+    - ``attention_ac`` / ``attention_s``: the event-driven attention core (spike-pair adds).
+    """
+
+    def __init__(self, engine, clock=time.perf_counter):
+        self.clock = clock
+        self.scatter_ac = self.scatter_mac = self.gemm_step_ac = self.attention_ac = 0
+        self.scatter_s = self.scatter_mac_s = self.attention_s = 0.0
+        self.unmetered: list[str] = []  # synaptic layers without the expected step methods
+        self._wrapped: list[tuple[object, str]] = []
+        for layer in engine.layers:
+            if hasattr(layer, "_sparse_current") and hasattr(layer, "_dense_rows"):
+                weighted = bool(getattr(layer, "weighted", False))
+                self._wrap(layer, "_sparse_current", "scatter_mac" if weighted else "scatter_ac",
+                           "scatter_mac_s" if weighted else "scatter_s")
+                self._wrap(layer, "_dense_rows", "gemm_step_ac", None)
+            elif hasattr(layer, "attend"):
+                self._wrap(layer, "attend", "attention_ac", "attention_s")
+            elif getattr(layer, "dense_macs_per_step", 0):
+                self.unmetered.append(layer.name)
+
+    def _wrap(self, layer, method: str, ops_field: str, time_field: str | None) -> None:
+        original = getattr(layer, method)
+        slot = C.MAC if ops_field == "scatter_mac" else C.AC
+        counters = layer.counters
+        clock = self.clock
+
+        def metered(*args, **kwargs):
+            before = int(counters[slot])
+            start = clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed = clock() - start
+                setattr(self, ops_field, getattr(self, ops_field) + int(counters[slot]) - before)
+                if time_field is not None:
+                    setattr(self, time_field, getattr(self, time_field) + elapsed)
+
+        setattr(layer, method, metered)  # an instance attribute: shadows the class's method
+        self._wrapped.append((layer, method))
+
+    def close(self) -> None:
+        for layer, method in self._wrapped:
+            delattr(layer, method)
+        self._wrapped = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def summary(self) -> dict:
+        return {
+            "ac_scatter": self.scatter_ac, "scatter_s": self.scatter_s,
+            "scatter_ac_per_s": self.scatter_ac / self.scatter_s if self.scatter_s > 0 else None,
+            "mac_scatter": self.scatter_mac, "scatter_mac_s": self.scatter_mac_s,
+            "ac_gemm_steps": self.gemm_step_ac,
+            "ac_attention": self.attention_ac, "attention_s": self.attention_s,
+            "unmetered_layers": list(self.unmetered),
+        }

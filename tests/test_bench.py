@@ -1,0 +1,356 @@
+"""`eventformer bench`: interleaved timing, medians and spreads, the scatter/GEMM split of the
+counted accumulates, option checking, partial results on Ctrl-C. Tiny models and fake clocks
+only: the full-size timings are the bench's job, not the tests'."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import one_error_line
+from eventformer.bench import allocator
+from eventformer.bench.accounting import PathMeter
+from eventformer.bench.calibrate import calibrate, random_model
+from eventformer.bench.run import (
+    BenchInterrupted,
+    BenchOptions,
+    _RateRun,
+    load_samples,
+    run_bench,
+)
+from eventformer.bench.timing import OtherLoad, interleave, spread
+from eventformer.events import write_npy
+from eventformer.layers import PathPolicy
+from eventformer.models import Spikformer, SpikformerConfig
+from eventformer.runtime import engine_threads
+from eventformer_cli.main import app
+
+runner = CliRunner()
+TINY = SpikformerConfig(image_size=32, sps_channels=(16, 32), sps_pool=(True, True), dim=32,
+                        heads=4, depth=1, mlp_hidden=64, num_classes=4, steps=4)
+
+
+def _events(n=3000, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    ev = np.zeros(n, dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
+    ev["t"] = np.sort(rng.integers(0, 50_000, n))
+    ev["x"], ev["y"], ev["p"] = rng.integers(0, size, n), rng.integers(0, size, n), \
+        rng.integers(0, 2, n)
+    return ev
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rec") / "rec.npy"
+    write_npy(path, _events())
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("bench-cache"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_engine_threads():
+    """run_bench pins the engine's and torch's threads process-wide: give the other tests
+    theirs back."""
+    from eventformer.runtime import set_engine_threads
+
+    before = engine_threads()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    torch_before = torch.get_num_threads() if torch is not None else None
+    yield
+    set_engine_threads(before)
+    if torch is not None:
+        torch.set_num_threads(torch_before)
+
+
+class FakeClock:
+    """perf_counter stand-in: each timed call lasts the next of ``durations``; raises
+    KeyboardInterrupt on call number ``interrupt_at`` (1-based) if given."""
+
+    def __init__(self, durations, interrupt_at=None):
+        self.durations = list(durations)
+        self.calls = 0
+        self.now = 0.0
+        self.interrupt_at = interrupt_at
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        if self.calls % 2 == 0:  # the end of a timed call
+            self.now += self.durations.pop(0)
+        return self.now
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+def test_interleave_runs_engine_then_torch_per_file_and_round():
+    calls, recorded = [], []
+    sides = {"engine": lambda i: calls.append(("engine", i)),
+             "dense": lambda i: calls.append(("dense", i))}
+    clock = FakeClock([1, 10, 2, 20, 3, 30, 4, 40])
+    interleave(2, sides, 2, lambda *a: recorded.append(a), clock)
+    assert calls == [("engine", 0), ("dense", 0), ("engine", 1), ("dense", 1)] * 2
+    assert recorded == [("engine", 0, 1), ("dense", 0, 10), ("engine", 1, 2), ("dense", 1, 20),
+                        ("engine", 0, 3), ("dense", 0, 30), ("engine", 1, 4), ("dense", 1, 40)]
+
+
+def test_interleave_keeps_what_was_timed_before_an_interrupt():
+    recorded = []
+
+    def dense(i):
+        if len(recorded) == 3:
+            raise KeyboardInterrupt
+
+    clock = FakeClock([1.0] * 10)
+    with pytest.raises(KeyboardInterrupt):
+        interleave(1, {"engine": lambda i: None, "dense": dense}, 5,
+                   lambda *a: recorded.append(a), clock)
+    assert [a[0] for a in recorded] == ["engine", "dense", "engine"]
+
+
+def test_spread_median_min_max_and_instability():
+    s = spread([0.4, 6.9, 0.38])
+    assert (s.median, s.min, s.max) == (0.4, 0.38, 6.9)
+    assert s.ratio == pytest.approx(6.9 / 0.38)
+    assert s.unstable() and s.to_dict()["unstable"]
+    assert spread([1.0, 2.0]).median == 1.5
+    calm = spread([1.0, 1.2, 1.4])
+    assert not calm.unstable() and not calm.to_dict()["unstable"]
+    assert calm.unstable(limit=1.3)
+    assert not spread([5.0]).unstable()  # one time: no spread to judge
+    with pytest.raises(ValueError):
+        spread([])
+
+
+def _fake_rate_run(times_engine, times_dense, other_load=None):
+    run = _RateRun(0.05, "m.h5", [object()], 4, dense=True)
+    run.rows = [{"file": "a.bs2", "events": 1000, "duration_s": 1.0, "prediction": 0,
+                 "ac": 10, "mac": 0, "dense_mac": 99, "ac_scatter": 6, "scatter_s": 0.5,
+                 "scatter_ac_per_s": 12.0, "ac_gemm_steps": 4, "firing_rate": 0.05}]
+    run.times = {"engine": [list(times_engine)], "dense": [list(times_dense)]}
+    run.other_load = other_load
+    return run
+
+
+def test_rate_entry_speedup_is_the_ratio_of_medians_and_flags_spread():
+    run = _fake_rate_run([0.1, 0.3, 0.2], [0.38, 6.9, 0.4])
+    entry = run.entry(complete=True)
+    row = entry["files"][0]
+    assert row["engine_s"] == 0.2 and row["dense_s"] == 0.4
+    assert row["speedup"] == pytest.approx(2.0)  # not 6.9 / 0.1, not best of either side
+    assert row["speedup_pairs"] == pytest.approx([0.4 / 0.2, 6.9 / 0.3])
+    assert row["events_per_s"] == pytest.approx(1000 / 0.2)
+    assert row["engine"]["unstable"] and row["dense"]["unstable"]  # 3x and 18x
+    assert entry["unstable"] == {"engine": True, "dense": True}
+    assert len(run.warnings) == 2
+    assert all("\n" not in w and w.startswith("warning:") for w in run.warnings)
+    assert "torch" in run.warnings[1] and "0.380..6.900" in run.warnings[1]
+    calm = _fake_rate_run([0.2, 0.21], [0.4, 0.41]).entry(complete=True)
+    assert calm["unstable"] == {"engine": False, "dense": False}
+
+
+def test_rate_entry_warns_when_other_processes_were_busy():
+    run = _fake_rate_run([0.2, 0.21], [0.4, 0.41], other_load=0.9)
+    entry = run.entry(complete=True)
+    assert entry["busy"] and len(run.warnings) == 1 and "other processes" in run.warnings[0]
+    assert not _fake_rate_run([0.2], [0.4], other_load=0.05).entry(True)["busy"]
+
+
+def test_other_load_is_a_nonnegative_core_count():
+    with OtherLoad() as load:
+        time.sleep(0.1)
+    assert load.cores is None or load.cores >= 0.0
+
+
+# --- the scatter / GEMM split of counted accumulates ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model_and_steps(recording):
+    samples = load_samples([str(recording)], TINY.steps, TINY.image_size)
+    model = calibrate(random_model(TINY, 1), [s.steps for s in samples], 0.2)
+    return model, samples[0].steps
+
+
+def _metered_run(model, steps, policy):
+    engine = Spikformer(model, policy=policy)
+    engine.run(steps)
+    engine.clear_stats()
+    with PathMeter(engine) as meter:
+        engine.run(steps)
+    stats = engine.layer_stats()
+    total = sum(s["ac"] for s in stats)
+    split = meter.summary()
+    assert not any("_sparse_current" in vars(layer) for layer in engine.layers)  # unwrapped
+    return split, total, stats
+
+
+@pytest.mark.parametrize("mode", ["sparse", "dense", "mixed"])
+def test_scatter_accumulates_exclude_gemm_work(tiny_model_and_steps, mode):
+    model, steps = tiny_model_and_steps
+    # mixed: every conv step runs as a GEMM, every linear step as a scatter
+    policy = (PathPolicy(mode=mode) if mode != "mixed"
+              else PathPolicy(conv_threshold=0.0, linear_threshold=1.0))
+    split, total, stats = _metered_run(model, steps, policy)
+    assert split["unmetered_layers"] == []
+    parts = split["ac_scatter"] + split["ac_gemm_steps"] + split["ac_attention"] + stats[-1]["ac"]
+    assert parts == total  # every counted accumulate is attributed to exactly one path
+    dense_mac = sum(s["dense_mac"] for s in stats)
+    if mode == "dense":
+        assert split["ac_scatter"] == 0 and split["scatter_s"] == 0.0
+        assert split["scatter_ac_per_s"] is None  # no scatter: no rate, whatever the GEMMs did
+        assert split["ac_gemm_steps"] > 0 and dense_mac > 0
+    elif mode == "sparse":
+        assert split["ac_gemm_steps"] == 0 and dense_mac == 0
+        assert split["ac_scatter"] > 0 and split["scatter_s"] > 0
+    else:
+        assert split["ac_scatter"] > 0 and split["ac_gemm_steps"] > 0
+        assert split["scatter_ac_per_s"] == pytest.approx(split["ac_scatter"] / split["scatter_s"])
+        assert split["ac_scatter"] < total
+
+
+# --- run_bench end to end on a tiny model, with a fake clock --------------------------------------
+
+def _tiny_opts(recording, cache_dir, **kw):
+    return BenchOptions(files=[str(recording)], rates=(0.2,), repeat=3, threads=engine_threads(),
+                        cold_start=False, cache_dir=cache_dir, config=TINY, **kw)
+
+
+def test_run_bench_reports_medians_spreads_and_scatter_rate(recording, cache_dir):
+    pytest.importorskip("torch")
+    warnings = []
+    clock = FakeClock([0.1, 1.0, 0.2, 1.1, 0.9, 1.2])  # engine 0.1/0.2/0.9, torch 1.0/1.1/1.2
+    result = run_bench(_tiny_opts(recording, cache_dir), log=lambda m: None,
+                       warn=warnings.append, clock=clock)
+    json.dumps(result)
+    assert result["interrupted"] is False and result["allocator"]["settings"] == \
+        allocator.MALLOC_SETTINGS
+    entry = result["rates"][0]
+    row = entry["files"][0]
+    assert row["engine"]["times_s"] == pytest.approx([0.1, 0.2, 0.9])
+    assert row["dense"]["times_s"] == pytest.approx([1.0, 1.1, 1.2])
+    assert row["speedup"] == pytest.approx(1.1 / 0.2)
+    assert row["engine"]["unstable"] and not row["dense"]["unstable"]
+    assert result["unstable"] and entry["unstable"] == {"engine": True, "dense": False}
+    assert [w for w in warnings if "engine times" in w] and \
+        not [w for w in warnings if "torch times" in w]
+    assert set(result["warnings"]) == set(warnings)
+    # accumulates per second: scatter steps only, per second spent in them
+    assert row["ac_unattributed"] == 0
+    if row["ac_scatter"]:
+        assert row["scatter_ac_per_s"] == pytest.approx(row["ac_scatter"] / row["scatter_s"])
+    assert "ac_per_s" not in row  # the old all-AC-over-wall-time figure is gone
+    assert result["machine"]["scatter_roofline_ac_per_s"] > 0
+    assert result["machine"]["threads"] == result["machine"]["torch_threads"] == engine_threads()
+
+
+def test_run_bench_interrupted_returns_what_was_measured(recording, cache_dir):
+    pytest.importorskip("torch")
+    # clock calls: 1-4 round 1 (engine, torch), 5-6 engine of round 2, 7 start of torch, 8 its end
+    clock = FakeClock([0.1, 1.0, 0.2, 1.1, 0.3, 1.2], interrupt_at=8)
+    with pytest.raises(BenchInterrupted) as info:
+        run_bench(_tiny_opts(recording, cache_dir), log=lambda m: None, warn=lambda m: None,
+                  clock=clock)
+    assert isinstance(info.value, KeyboardInterrupt)
+    result = info.value.result
+    assert result["interrupted"] is True
+    entry = result["rates"][0]
+    assert entry["complete"] is False
+    row = entry["files"][0]
+    assert row["engine"]["times_s"] == pytest.approx([0.1, 0.2])
+    assert row["dense"]["times_s"] == pytest.approx([1.0])
+    assert row["speedup"] == pytest.approx(1.0 / 0.15)
+    json.dumps(result)
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+@pytest.fixture()
+def no_reexec(monkeypatch):
+    monkeypatch.setattr(allocator, "reexec_argv", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("rates", ["1.5", "0", "-0.1", "1", "nan", "inf", "0.1,0.1", "abc", "",
+                                   "0.1,", "0.05;0.1"])
+def test_bad_rates_are_one_sentence_and_exit_2(recording, rates, no_reexec):
+    r = runner.invoke(app, ["bench", str(recording), "--rates", rates])
+    line = one_error_line(r)
+    assert "--rates" in line and "internal error" not in line
+
+
+@pytest.mark.parametrize("args,word", [(["--steps", "0"], "--steps"), (["-T", "-3"], "--steps"),
+                                       (["--repeat", "0"], "--repeat"),
+                                       (["--threads", "0"], "--threads"),
+                                       (["--seed", "-1"], "--seed")])
+def test_bad_numeric_options_are_one_sentence_and_exit_2(recording, args, word, no_reexec):
+    r = runner.invoke(app, ["bench", str(recording), "--rates", "0.1", *args])
+    line = one_error_line(r)
+    assert word in line and "internal error" not in line
+
+
+def test_bad_recordings_are_one_sentence_and_exit_2(tmp_path, no_reexec):
+    outside = _events(size=200)
+    write_npy(tmp_path / "wide.npy", outside)
+    empty = _events(n=0)
+    write_npy(tmp_path / "empty.npy", empty)
+    for path, word in ((tmp_path / "missing.bs2", "missing.bs2"),
+                       (tmp_path / "wide.npy", "outside"), (tmp_path / "empty.npy", "no events")):
+        r = runner.invoke(app, ["bench", str(path), "--rates", "0.1", "--no-start", "--no-dense"])
+        assert word in one_error_line(r)
+
+
+def test_ctrl_c_prints_partial_results_and_exits_130(monkeypatch, recording, cache_dir,
+                                                     no_reexec):
+    pytest.importorskip("torch")
+    clock = FakeClock([0.1, 1.0, 0.2, 1.1, 0.3], interrupt_at=7)
+    with pytest.raises(BenchInterrupted) as info:
+        run_bench(_tiny_opts(recording, cache_dir), log=lambda m: None, warn=lambda m: None,
+                  clock=clock)
+    partial = info.value.result
+
+    import eventformer.bench.run as bench_run
+
+    def fake_run_bench(opts, log=print, warn=None, **kw):
+        raise BenchInterrupted(partial)
+
+    monkeypatch.setattr(bench_run, "run_bench", fake_run_bench)
+    r = runner.invoke(app, ["bench", str(recording), "--rates", "0.2", "--json"])
+    assert r.exit_code == 130, r.output
+    out = json.loads(r.stdout)
+    assert out["interrupted"] is True
+    assert out["rates"][0]["files"][0]["engine"]["times_s"] == pytest.approx([0.1, 0.2])
+    assert "interrupted" in r.stderr and "partial" in r.stderr
+    assert "Traceback" not in r.output
+
+
+# --- the allocator settings for torch -------------------------------------------------------------
+
+def test_reexec_only_from_the_eventformer_command_and_never_twice():
+    argv = ["/venv/bin/eventformer", "bench", "--rates", "0.1"]
+    exe, new_argv, env = allocator.reexec_argv(argv, {"PATH": "/bin"}, "linux")
+    assert new_argv[1] == "-c" and new_argv[3:] == ["bench", "--rates", "0.1"]
+    assert all(env[k] == v for k, v in allocator.MALLOC_SETTINGS.items())
+    assert env[allocator.REEXEC_GUARD] == "1" and env["PATH"] == "/bin"
+    assert allocator.reexec_argv(argv, env, "linux") is None  # settings there: no loop
+    assert allocator.reexec_argv(argv, {allocator.REEXEC_GUARD: "1"}, "linux") is None
+    assert allocator.reexec_argv(argv, {}, "darwin") is None
+    assert allocator.reexec_argv(["/venv/bin/pytest", "tests", "bench"], {}, "linux") is None
+    assert allocator.reexec_argv(["/x/cli/main.py", "bench"], {}, "linux") is not None
+
+
+def test_allocator_status_says_how_the_settings_came():
+    assert not allocator.allocator_status({})["applied"]
+    s = allocator.allocator_status(dict(allocator.MALLOC_SETTINGS))
+    assert s["applied"] and "already set" in s["how"]
+    s = allocator.allocator_status({**allocator.MALLOC_SETTINGS, allocator.REEXEC_GUARD: "1"})
+    assert s["applied"] and "re-executing" in s["how"]
