@@ -31,7 +31,8 @@ def convert(
     size: Optional[int] = typer.Option(None, "--size", metavar="S",
                                        help="Scale the (cropped) sensor onto S x S, one factor "
                                             "for both axes (x // f when exact, else tonic's "
-                                            "floor(x * S / max(w, h))) [default: no scaling]."),
+                                            "floor(x * S / max(w, h))).",
+                                       show_default="no scaling"),
     sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
                                               help="Sensor size for formats whose header has "
                                                    "none (needed by --center-crop and --size)."),
