@@ -41,6 +41,8 @@ class Path_(str, Enum):
 
 
 def load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False):
+    """The engine for a model file, its kernels loaded (compiled on the very first run) before
+    anything is timed."""
     from eventformer.layers import PathPolicy
     from eventformer.modelfile import load
     from eventformer.models import Spikformer
@@ -49,7 +51,9 @@ def load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False):
     model_file = load(weights)
     if not quiet and not kernels_cached():
         err.print("first run: compiling the engine's kernels (about 10-20 s, cached afterwards)")
-    return Spikformer(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
+    engine = Spikformer(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
+    engine.warm_up()
+    return engine
 
 
 NO_SHIPPED_MODEL = (
@@ -58,7 +62,7 @@ NO_SHIPPED_MODEL = (
     "Spikformer checkpoint), or reinstall the package")
 
 
-def resolve_weights(weights: Optional[Path], quiet: bool = False) -> Path:
+def resolve_weights(weights: Optional[Path]) -> Path:
     """The given model file, else the shipped default (trained on synthetic gestures only)."""
     from eventformer.weights import SHIPPED_MODEL, shipped_model_path
 
@@ -67,10 +71,18 @@ def resolve_weights(weights: Optional[Path], quiet: bool = False) -> Path:
     shipped = shipped_model_path()
     if shipped is None:
         fail(NO_SHIPPED_MODEL.format(name=SHIPPED_MODEL))
-    if not quiet:
-        err.print(f"model: the shipped {shipped.name} (a tiny Spikformer trained on synthetic "
-                  "DVS Gesture only; see its MODEL_CARD.md); --weights to use another")
     return shipped
+
+
+def announce_model(weights: Path) -> None:
+    """Say so when the shipped model is in use (called once the inputs have been read, so that a
+    bad input is one line, not a model banner and a line)."""
+    from eventformer.weights import shipped_model_path
+
+    if weights == shipped_model_path():
+        err.print(f"model: the shipped {weights.name} (a tiny Spikformer trained on synthetic "
+                  "DVS Gesture only; see its MODEL_CARD.md); --weights to use another",
+                  markup=False, highlight=False)
 
 
 def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:

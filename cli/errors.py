@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 
@@ -20,7 +21,7 @@ def fail(message: str) -> None:
 
 
 def user_errors(fn):
-    """Turn library errors into one line + exit 2, and anything unexpected into one line + exit 1."""
+    """Library errors become one line + exit 2, anything unexpected one line + exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -28,6 +29,10 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(code=141)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(code=130)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,6 +18,7 @@ from .common import (
     DType,
     Path_,
     SplitBy,
+    announce_model,
     check_number,
     err,
     load_engine,
@@ -24,14 +26,15 @@ from .common import (
     progress_bar,
     resolve_weights,
 )
-from .errors import fail, user_errors
+from .errors import STATE, fail, user_errors
 
 
 @user_errors
 def infer(
     files: List[Path] = typer.Argument(None, help="Event recordings (AEDAT 2/3.1/4, EVT 2/3 .raw, "
                                                   "DAT, N-MNIST .bin/.bs2, .npy, .npz, eventformer "
-                                                  ".h5); the format is read from the file."),
+                                                  ".h5); the format is read from the file's bytes "
+                                                  "(headerless .bs2/.bin by extension)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w",
                                            help="Model file (.h5).",
                                            show_default="the shipped spikformer-tiny-synth.h5"),
@@ -90,7 +93,7 @@ def infer(
         return
     if not files:
         fail("give event files to classify (or --dataset dvs-gesture); see --help")
-    weights = resolve_weights(weights, quiet=as_json)
+    weights = resolve_weights(weights)
     engine = load_engine(weights, dtype.value, path.value, quiet=as_json)
     results, failed = [], 0
     with progress_bar(len(files) > 1 and not as_json) as progress:
@@ -101,6 +104,8 @@ def infer(
                     raise EventformerError(f"{f}: no such file")
                 r = classify_file(engine, str(f), energy=energy, **framing)
             except EventformerError as exc:  # this file only: the others still count
+                if STATE["debug"]:
+                    traceback.print_exc()
                 failed += 1
                 err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
                 if as_json:
@@ -116,6 +121,7 @@ def infer(
             if progress:
                 progress.advance(task)
     if results and not as_json:
+        announce_model(weights)
         _print_results(results, show_layers=layers or len(results) == 1)
     if failed:
         if len(files) > 1:
@@ -136,10 +142,12 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
 
     if split not in ("test", "train"):
         fail(f"--split must be test or train, got {split!r}")
-    weights = resolve_weights(weights, quiet=as_json)
-    engine = load_engine(weights, dtype, path_mode, quiet=as_json)
+    weights = resolve_weights(weights)
     data = open_dataset(name, data_dir, split, synthetic_fallback=True,
                         log=lambda m: err.print(m, markup=False, highlight=False))
+    engine = load_engine(weights, dtype, path_mode, quiet=as_json)
+    if not as_json:
+        announce_model(weights)
     if not data.synthetic:
         err.print(f"{data.convention}: {split} split, {len(data)} samples from {data.root}",
                   markup=False, highlight=False)

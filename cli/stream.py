@@ -14,6 +14,7 @@ from .common import (
     CROP_HELP,
     SENSOR_SIZE_HELP,
     DType,
+    announce_model,
     check_number,
     err,
     load_engine,
@@ -68,7 +69,7 @@ def stream(
         WindowSpec(window_us=int(round((window_ms or 100.0) * 1000)))
     if not file.exists():
         fail(f"{file}: no such file")
-    weights = resolve_weights(weights, quiet=as_json)
+    weights = resolve_weights(weights)
     engine = load_engine(weights, dtype.value, "auto", quiet=as_json)
     names = [n.strip() for n in engine.config.class_names]
     source = FileSource(str(file), follow)
@@ -79,11 +80,15 @@ def stream(
         live = Live(console=err, refresh_per_second=8, transient=False)
         live.start()
 
+    announced = []
+
     def on_window(w):
         if as_json:
             sys.stdout.write(json.dumps(w) + "\n")
             sys.stdout.flush()
         else:  # a live line on a terminal, one line per window otherwise (logs, pipes)
+            if not announced:
+                announced.append(announce_model(weights))
             k = w["prediction"]
             line = (f"t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s  "
                     f"{w['events']:7d} events  prediction {k} "

@@ -361,8 +361,10 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None, split: str, *,
     if not synthetic_fallback:
         raise DatasetError("no DVS Gesture data found: give --data-dir, set EVENTFORMER_DATA or "
                            "run `eventformer data fetch dvs-gesture`")
+    if log is not None:
+        log("no DVS Gesture data found (give --data-dir or set EVENTFORMER_DATA)")
     data = embedded_synthetic_set(split, log=log)
     if log is not None:
-        log(f"no DVS Gesture data found (give --data-dir or set EVENTFORMER_DATA): running on "
-            f"the embedded synthetic {split} set ({len(data)} samples), not the real dataset")
+        log(f"running on the embedded synthetic {split} set ({len(data)} samples), not the real "
+            "dataset")
     return data

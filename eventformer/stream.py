@@ -222,7 +222,10 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
         try:
             (idx, cnt), = frame_events(chunk, 1, size, size)
         except ValueError as exc:
-            raise EventformerError(f"window [{t_start}, {t_end}) us: {exc}") from None
+            hint = "" if plan.sensor_size or plan.region else \
+                " (give --sensor-size WxH to downsample a larger sensor)"
+            raise EventformerError(f"{getattr(source, 'path', 'stream')}: window [{t_start}, "
+                                   f"{t_end}) us: {exc}{hint}") from None
         engine.clear_stats()
         start = time.perf_counter()
         engine.step(idx, cnt)

@@ -49,6 +49,17 @@ def _starts_with_text_header(head: bytes) -> bool:
     return _is_printable_ascii(head[:end].rstrip(b"\r"))
 
 
+def _is_text(head: bytes) -> bool:
+    """True for a file whose first bytes are all printable text (a note, a CSV, a log).
+
+    Half of a real recording's events are ON events, whose third byte has bit 7 set, so a few
+    records of bs2 data are never all printable ASCII.
+    """
+    sample = head[:20 * _BS2_EVENT_BYTES]
+    return len(sample) >= 2 * _BS2_EVENT_BYTES and \
+        _is_printable_ascii(sample.replace(b"\n", b" ").replace(b"\r", b" "))
+
+
 def decode_bs2(raw: np.ndarray) -> np.ndarray:
     """Decode whole 5-byte bs2 records (uint8, length a multiple of 5) into `EVENT_DTYPE`.
 
@@ -79,8 +90,8 @@ class Bs2Reader(EventReader):
 
     Having no magic number, it is recognised only by the extension ``.bs2`` or ``.bin``, and only
     for files no reader with a magic number claimed (any bytes decode as bs2 events, so content
-    alone never selects it); even then a file that opens with a ``#``/``%`` text header is refused
-    (the header of a format without a reader, not events). ``read_events(path, format="bs2")``
+    alone never selects it); even then a file that opens with a ``#``/``%`` text header (the
+    header of a format without a reader) or whose first bytes are all text is refused. ``read_events(path, format="bs2")``
     reads a bs2 recording of any name.
     """
 
@@ -88,7 +99,7 @@ class Bs2Reader(EventReader):
     extensions = (".bs2", ".bin")
 
     def sniff(self, head: bytes, size: int) -> bool:
-        return not _starts_with_text_header(head)
+        return not (_starts_with_text_header(head) or _is_text(head))
 
     def decoder(self, name: str = "<stream>") -> Decoder:
         return Bs2Decoder(name)
