@@ -152,6 +152,19 @@ def lif(v, x, tau_inv, theta, v_reset, hard_reset, decay_input):
     return new_v, spikes, v.shape[0]
 
 
+def lif_periodic(v, period, tau_inv, theta, v_reset, hard_reset, decay_input):
+    """:func:`lif` on a current that repeats every ``len(period)`` neurons (neuron i gets
+    ``period[i % len(period)]``), spelled out densely. Also returns whether the step was still:
+    no spike and every membrane at its old value.
+
+    Returns (new v, spike mask, neuron_updates, still).
+    """
+    x = np.resize(np.asarray(period, v.dtype), v.shape[0])  # repeats the period
+    new_v, spikes, updates = lif(v, x, tau_inv, theta, v_reset, hard_reset, decay_input)
+    still = not spikes.any() and bool(np.all(new_v == v))
+    return new_v, spikes, updates, still
+
+
 # --------------------------------------------------------------------------------------------
 # index-list plumbing
 # --------------------------------------------------------------------------------------------

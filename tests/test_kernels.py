@@ -21,6 +21,7 @@ from eventformer.kernels import (
     densify_padded,
     im2col_padded,
     lif_params,
+    lif_quiet_step,
     lif_step,
     lif_step_flags,
     linear_event_ops,
@@ -257,6 +258,98 @@ def test_lif_step_bit_identical(n, steps, dtype, tau, theta, hard_reset, decay_i
     np.testing.assert_array_equal(counters, exp)
 
 
+@SETTINGS
+@given(c=st.integers(1, 12), reps=st.integers(0, 8), steps=st.integers(1, 6), dtype=DTYPES,
+       tau=st.sampled_from([2.0, 3.0]), theta=st.sampled_from([1.0, 0.5]),
+       hard_reset=st.booleans(), decay_input=st.booleans(),
+       v_reset=st.sampled_from([0.0, 0.0, -0.25]), seed=SEEDS)
+def test_lif_periodic_current_bit_identical(c, reps, steps, dtype, tau, theta, hard_reset,
+                                            decay_input, v_reset, seed):
+    """A current given as one period [C] of a current repeating over v.size = C x reps neurons
+    (a step without input: the bias alone) gives what the dense current gives, bit for bit, in
+    lif_step, lif_step_flags and lif_quiet_step, and lif_quiet_step says when the step was still."""
+    rng = np.random.default_rng(seed)
+    n = c * reps
+    vr = v_reset if hard_reset else None
+    params = lif_params(tau, theta, vr, dtype)
+    tau_inv = dtype(1.0) / dtype(tau)
+    vs = [np.zeros(n, dtype) for _ in range(4)]
+    v_twin = np.zeros(n, dtype)
+    counters = [counter_start(rng) for _ in range(4)]
+    starts = [k.copy() for k in counters]
+    period = _currents(rng, c, dtype, theta, tau)
+    for t in range(steps):
+        if t % 2:  # sometimes the same period again (as quiet steps repeat), sometimes new
+            period = _currents(rng, c, dtype, theta, tau)
+        v_twin, s_twin, _, still_twin = twin.lif_periodic(v_twin, period, tau_inv, theta,
+                                                          v_reset, hard_reset, decay_input)
+        want = np.flatnonzero(s_twin)
+        spikes = np.full(n, -7, np.int32)
+        count = lif_step(vs[0], period, params, hard_reset, decay_input, spikes, counters[0])
+        np.testing.assert_array_equal(spikes[:count], want)
+        flags = np.full(n, 9, np.uint8)
+        count = lif_step_flags(vs[1], period, params, hard_reset, decay_input, flags,
+                               counters[1])
+        assert count == want.size
+        np.testing.assert_array_equal(flags, s_twin.astype(np.uint8))
+        for k, out in ((2, np.full(n, -7, np.int32)), (3, np.empty(0, np.int32))):
+            flags = np.full(n, 9, np.uint8)
+            count, still = lif_quiet_step(vs[k], period, params, hard_reset, decay_input, flags,
+                                          out, counters[k])
+            assert count == want.size and still == still_twin
+            np.testing.assert_array_equal(flags, s_twin.astype(np.uint8))
+            if out.size:
+                np.testing.assert_array_equal(out[:count], want)
+        for v in vs:
+            np.testing.assert_array_equal(_bits(v), _bits(v_twin))
+    for k, start in zip(counters, starts):
+        exp = start.copy()
+        exp[C.NEURON_UPDATES] += n * steps
+        np.testing.assert_array_equal(k, exp)
+
+
+@SETTINGS
+@given(c=st.integers(1, 40), reps=st.integers(1, 6), dtype=DTYPES, tau=st.sampled_from([2.0, 3.0]),
+       hard_reset=st.booleans(), decay_input=st.booleans(), fire=st.booleans(), seed=SEEDS)
+def test_lif_quiet_step_still_is_a_fixed_point(c, reps, dtype, tau, hard_reset, decay_input,
+                                               fire, seed):
+    """Under a constant current the membranes settle (below threshold) and lif_quiet_step says
+    so; from then on a step changes no bit and fires nothing, which is what lets a layer skip
+    it. A neuron that keeps firing keeps the population from ever being still."""
+    rng = np.random.default_rng(seed)
+    theta = 1.0
+    n = c * reps
+    params = lif_params(tau, theta, 0.0 if hard_reset else None, dtype)
+    tau_inv = dtype(1.0) / dtype(tau)
+    # fixed points: v = x (decay_input) or v = tau x (not): keep them below theta
+    top = theta if decay_input else theta / tau
+    period = rng.uniform(-1.0, 0.9 * top, size=c).astype(dtype)
+    if fire:
+        period[rng.integers(c)] = dtype(2.0 * top)  # fires again and again
+    v = rng.uniform(-1.0, 1.0, size=n).astype(dtype)
+    v_twin = v.copy()
+    counters = np.zeros(C.N_COUNTERS, np.int64)
+    flags = np.empty(n, np.uint8)
+    spikes = np.empty(n, np.int32)
+    was_still = False
+    for _ in range(200):
+        count, still = lif_quiet_step(v, period, params, hard_reset, decay_input, flags, spikes,
+                                      counters)
+        v_twin, s_twin, _, still_twin = twin.lif_periodic(v_twin, period, tau_inv, theta, 0.0,
+                                                          hard_reset, decay_input)
+        assert still == still_twin and count == s_twin.sum()
+        np.testing.assert_array_equal(_bits(v), _bits(v_twin))
+        if was_still:  # a still step is followed by another, identical to the bit
+            assert still and count == 0
+            np.testing.assert_array_equal(_bits(v), _bits(before))
+        if still:
+            if was_still:
+                break
+            was_still = True
+            before = v.copy()
+    assert was_still != fire
+
+
 def test_lif_threshold_is_inclusive():
     for dtype in (np.float32, np.float64):
         params = lif_params(2.0, 1.0, 0.0, dtype)
@@ -466,7 +559,8 @@ def test_kernels_are_pure_functions_of_their_inputs():
 
 @pytest.mark.parametrize("kernel", [
     conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops, lif_step,
-    maxpool_flags, lif_step_flags, merge_add, channel_sums, scatter_dense, ssa_step,
+    maxpool_flags, lif_step_flags, lif_quiet_step, merge_add, channel_sums, scatter_dense,
+    ssa_step,
 ], ids=lambda f: f.py_func.__name__)
 def test_kernel_compiled_with_cache(kernel):
     assert not isinstance(kernel._cache, NullCache)

@@ -7,7 +7,7 @@ from . import counters
 from .attention import ssa_step
 from .conv import conv2d_scatter, densify_padded, im2col_padded
 from .linear import linear_event_ops, linear_scatter
-from .neurons import lif_params, lif_step, lif_step_flags
+from .neurons import lif_params, lif_quiet_step, lif_step, lif_step_flags
 from .sparse import channel_sums, maxpool_flags, merge_add, scatter_dense
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "conv2d_scatter",
     "im2col_padded",
     "lif_params",
+    "lif_quiet_step",
     "lif_step",
     "lif_step_flags",
     "linear_event_ops",

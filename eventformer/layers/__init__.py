@@ -1,6 +1,6 @@
 """Layer objects: folded weights and neuron state; ``step(idx, cnt) -> (idx, cnt)``; ``reset()``."""
 
-from .base import PathPolicy, SpikingLayer
+from .base import EMPTY, PathPolicy, SpikingLayer, add_events, ones
 from .neurons import LIFNeurons
 from .synapses import Conv2dLIF, LinearLIF
 from .attention import ATTENTION_OPERATORS, SpikingSelfAttention
@@ -8,6 +8,7 @@ from .head import MeanLinearHead
 
 __all__ = [
     "ATTENTION_OPERATORS",
+    "EMPTY",
     "Conv2dLIF",
     "LIFNeurons",
     "LinearLIF",
@@ -15,4 +16,6 @@ __all__ = [
     "PathPolicy",
     "SpikingLayer",
     "SpikingSelfAttention",
+    "add_events",
+    "ones",
 ]

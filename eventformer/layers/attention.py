@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import counters as C, ssa_step
-from .base import PathPolicy, SpikingLayer
+from .base import PathPolicy, SpikingLayer, ones, period
 from .neurons import LIFNeurons
 from .synapses import LinearLIF
 
@@ -27,6 +27,11 @@ class AttentionLIF(SpikingLayer):
         self.scale = np.array([scale], dtype)
         self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
         self.current = np.empty(tokens * dim, dtype)
+        # Y = 0 (nothing pairs: see _nothing_to_attend): every site's current is 0 * scale, as the
+        # kernel would write it
+        self._zero = np.zeros(1, dtype) * self.scale
+        self._zero_period = period(np.repeat(self._zero, dim), tokens * dim)
+        self.neurons.steady = self._zero_period
         self.order = order  # 0 auto, 1 (QK^T)V, 2 Q(K^T V)
         self.orders_used = np.zeros(3, np.int64)
         self.dense_macs_per_step = 2 * tokens * tokens * dim  # Q K^T and (.) V, all heads
@@ -34,13 +39,35 @@ class AttentionLIF(SpikingLayer):
     def reset(self) -> None:
         self.neurons.reset()
 
+    def _nothing_to_attend(self, nq: int, nk: int, nv: int) -> bool:
+        """Whether the kernel would form no product at all (Y = 0, no op counted), so that it
+        need not run: in pairs order (and auto, which then picks it for every head) an empty Q
+        or K pairs nothing; kv order still counts K/V co-activations unless Q and K or V are
+        empty."""
+        if self.order == 2:
+            return nq == 0 and (nk == 0 or nv == 0)
+        return nq == 0 or nk == 0
+
     def attend(self, q, k, v) -> np.ndarray:
-        used = ssa_step(q, k, v, self.tokens, self.dim, self.heads, self.scale, self.current,
-                        self.counters, self.order)
-        self.orders_used += np.bincount(used, minlength=3)
-        self.counters[C.INPUT_SITES] += 3 * self.tokens * self.dim
-        self.counters[C.SPARSE_STEPS] += 1
-        return self.fire(self.current)
+        counters = self.counters
+        nq, nk, nv = q.shape[0], k.shape[0], v.shape[0]
+        if self._nothing_to_attend(nq, nk, nv):
+            # what ssa_step would do: every head in pairs order (kv when forced), no op, Y = 0
+            self.orders_used[2 if self.order == 2 else 1] += self.heads
+            counters[C.INPUT_EVENTS] += nq + nk + nv
+            if self.probe is None:
+                current = self._zero_period
+            else:
+                current = self.current
+                current[:] = self._zero[0]
+        else:
+            used = ssa_step(q, k, v, self.tokens, self.dim, self.heads, self.scale,
+                            self.current, counters, self.order)
+            self.orders_used += np.bincount(used, minlength=3)
+            current = self.current
+        counters[C.INPUT_SITES] += 3 * self.tokens * self.dim
+        counters[C.SPARSE_STEPS] += 1
+        return self.fire(current)
 
     def stats(self) -> dict:
         out = super().stats()
@@ -80,7 +107,7 @@ class SpikingSelfAttention:
         k, _ = self.k.step(idx, cnt)
         v, _ = self.v.step(idx, cnt)
         s = self.core.attend(q, k, v)
-        return self.proj.step(s, np.ones(s.shape[0], np.int32))
+        return self.proj.step(s, ones(s.shape[0]))
 
     def run_steps(self, inputs: list) -> list:
         """All steps of a sample, layer by layer (offline): same results as :meth:`step`."""
@@ -88,7 +115,7 @@ class SpikingSelfAttention:
         k = self.k.run_steps(inputs)
         v = self.v.run_steps(inputs)
         s = [self.core.attend(q[t][0], k[t][0], v[t][0]) for t in range(len(inputs))]
-        return self.proj.run_steps([(x, np.ones(x.shape[0], np.int32)) for x in s])
+        return self.proj.run_steps([(x, ones(x.shape[0])) for x in s])
 
 
 ATTENTION_OPERATORS = {"ssa": SpikingSelfAttention}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import counters as C
+from ..kernels import counters as C, merge_add
 from ..runtime import engine_threads
 
 # Input density above which a step runs dense, by engine threads (benchmarks/crossover.py on
@@ -42,11 +42,54 @@ class PathPolicy:
         return CROSSOVER[min(engine_threads(), 2)][kind]
 
     def dense(self, kind: str, events: int, sites: int) -> bool:
-        if self.mode == "sparse":
+        mode = self.mode
+        if mode == "sparse":
             return False
-        if self.mode == "dense":
+        if mode == "dense":
             return True
-        return events > self.threshold(kind) * sites
+        given = self.conv_threshold if kind == "conv2d" else self.linear_threshold
+        if given is None:
+            if events == 0:  # 0 > threshold * sites: the default thresholds are positive
+                return False
+            given = CROSSOVER[min(engine_threads(), 2)][kind]
+        return events > given * sites
+
+
+# The empty event list's arrays, shared (size 0: nothing can be written into them).
+EMPTY = np.empty(0, np.int32)
+_ones = np.ones(1024, np.int32)
+
+
+def ones(n: int) -> np.ndarray:
+    """Multiplicities of ``n`` spikes: a view of one shared buffer of ones, so a step allocates
+    nothing for them. Event lists are never written in place (every kernel reads them), which
+    is what makes sharing safe."""
+    global _ones
+    if n > _ones.shape[0]:
+        _ones = np.ones(max(n, 2 * _ones.shape[0]), np.int32)
+    return _ones[:n]
+
+
+def add_events(a_idx, a_cnt, b_idx, b_cnt):
+    """x + y of two sorted event lists (a residual add); an empty side costs nothing."""
+    if b_idx.shape[0] == 0:
+        return a_idx, a_cnt
+    if a_idx.shape[0] == 0:
+        return b_idx, b_cnt
+    return merge_add(a_idx, a_cnt, b_idx, b_cnt)
+
+
+def period(values: np.ndarray, size: int, target: int = 1024) -> np.ndarray:
+    """``values`` [C] (C divides ``size``) tiled k times, k the largest divisor of size / C with
+    k * C <= max(target, C): one period of a channel-innermost current that is the same at every
+    site, long enough that the LIF's inner loop over it runs at dense speed (see
+    :func:`~eventformer.kernels.lif_step_flags`)."""
+    c = values.shape[0]
+    reps = size // c
+    k = max(1, min(reps, target // max(c, 1)))
+    while reps % k:
+        k -= 1
+    return np.ascontiguousarray(np.tile(values, k))
 
 
 class SpikingLayer:
@@ -59,7 +102,7 @@ class SpikingLayer:
         self.n_neurons = n_neurons
         self.input_kind = input_kind  # "spikes", "integers" (residual sums) or "counts" (raw events)
         self.counters = np.zeros(C.N_COUNTERS, np.int64)
-        self.spikes_per_step: list[int] = []
+        self.spikes_total = 0  # spikes since clear_stats
         self.dense_macs_per_step = 0  # what a dense implementation multiplies per step
         self.probe = None  # optional callable(layer, current) seeing each step's input current
 
@@ -70,12 +113,12 @@ class SpikingLayer:
 
     def clear_stats(self) -> None:
         self.counters[:] = 0
-        self.spikes_per_step = []
+        self.spikes_total = 0
 
     def stats(self) -> dict:
         c = self.counters
         out = {"name": self.name, "kind": self.kind, "input": self.input_kind,
-               "neurons": self.n_neurons, "spikes": int(sum(self.spikes_per_step))}
+               "neurons": self.n_neurons, "spikes": int(self.spikes_total)}
         out.update({name: int(c[i]) for i, name in enumerate(C.NAMES)})
         sites = int(c[C.INPUT_SITES])
         out["input_density"] = (int(c[C.INPUT_EVENTS]) / sites) if sites else 0.0
@@ -83,9 +126,10 @@ class SpikingLayer:
         return out
 
     def fire(self, current: np.ndarray) -> np.ndarray:
-        """Run this layer's neurons on the step's current and tally the spikes."""
+        """Run this layer's neurons on the step's current and tally the spikes. ``current`` is
+        dense, or one period of a current the same at every site (a step without input)."""
         if self.probe is not None:
             self.probe(self, current)
         spikes = self.neurons.fire(current, self.counters)
-        self.spikes_per_step.append(int(spikes.shape[0]))
+        self.spikes_total += spikes.shape[0]
         return spikes

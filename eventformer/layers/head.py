@@ -35,8 +35,9 @@ class MeanLinearHead:
         self.counters[:] = 0
 
     def step(self, idx: np.ndarray, cnt: np.ndarray) -> None:
-        channel_sums(idx, cnt, self.sums.shape[0], self.sums)
-        self.counters[C.AC] += int(cnt.sum())
+        if idx.shape[0]:  # an empty step adds nothing (and counts nothing) but a step
+            channel_sums(idx, cnt, self.sums.shape[0], self.sums)
+            self.counters[C.AC] += int(cnt.sum())
         self.steps += 1
 
     def logits(self) -> np.ndarray:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import lif_params, lif_step, lif_step_flags
+from ..kernels import counters as C, lif_params, lif_quiet_step, lif_step, lif_step_flags
+from .base import EMPTY
 
 
 class LIFNeurons:
+    """The membranes of a layer and their LIF step.
+
+    ``steady`` is the layer's current of a step without synaptic input (its bias, or zero,
+    one period of it: see :func:`~eventformer.kernels.lif_step_flags`), a constant array the
+    layer passes by identity. Steps on it go through :func:`~eventformer.kernels.lif_quiet_step`,
+    which says when the membranes have settled: no spike and no membrane changed, so v is a fixed
+    point of that current. Until another current or a reset, further steps on it are then skipped
+    (exactly: they would compute the same values and fire nothing); their neuron updates are
+    still counted, as every membrane still decays towards the same value.
+    """
+
     def __init__(self, size: int, *, tau: float, theta: float, v_reset: float | None,
                  decay_input: bool, dtype):
         self.size = size
@@ -16,20 +28,42 @@ class LIFNeurons:
         self.decay_input = bool(decay_input)
         self.v = np.zeros(size, dtype)
         self._spikes = np.empty(size, np.int32)
+        self._flags = np.empty(size, np.uint8)
+        self.steady = None
+        self._settled = False  # v is a fixed point of ``steady`` (see lif_quiet_step)
 
     def reset(self) -> None:
         self.v[:] = 0
+        self._settled = False
+
+    def _steady_step(self, spikes_out, counters) -> int:
+        """A step on ``steady``: flags into ``_flags`` (all 0 once settled, as the settling
+        step left them), spike indices into ``spikes_out`` unless it is empty."""
+        if self._settled:
+            counters[C.NEURON_UPDATES] += self.size
+            return 0
+        n, still = lif_quiet_step(self.v, self.steady, self.params, self.hard_reset,
+                                  self.decay_input, self._flags, spikes_out, counters)
+        self._settled = still
+        return n
 
     def fire(self, current: np.ndarray, counters: np.ndarray) -> np.ndarray:
-        """One step on the dense input current; returns the sorted indices that spiked."""
-        n = lif_step(self.v, current, self.params, self.hard_reset, self.decay_input,
-                     self._spikes, counters)
-        return self._spikes[:n].copy()
+        """One step on the input current (dense, or one period of a current that repeats every
+        ``current.size`` neurons: see :func:`~eventformer.kernels.lif_step_flags`); returns the
+        sorted indices that spiked (a new array, or the shared empty one)."""
+        if current is self.steady:
+            n = self._steady_step(self._spikes, counters)
+        else:
+            self._settled = False
+            n = lif_step(self.v, current, self.params, self.hard_reset, self.decay_input,
+                         self._spikes, counters)
+        return self._spikes[:n].copy() if n else EMPTY
 
     def fire_flags(self, current: np.ndarray, counters: np.ndarray) -> tuple[np.ndarray, int]:
         """One step; the spikes as a dense 0/1 uint8 map (for a max-pool next) and their count."""
-        if not hasattr(self, "_flags"):
-            self._flags = np.empty(self.size, np.uint8)
+        if current is self.steady:
+            return self._flags, self._steady_step(EMPTY, counters)
+        self._settled = False
         n = lif_step_flags(self.v, current, self.params, self.hard_reset, self.decay_input,
                            self._flags, counters)
         return self._flags, n

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..kernels import merge_add
 from ..runtime import limit_blas_threads
-from ..layers import ATTENTION_OPERATORS, Conv2dLIF, LinearLIF, MeanLinearHead, PathPolicy
+from ..layers import (ATTENTION_OPERATORS, Conv2dLIF, LinearLIF, MeanLinearHead, PathPolicy,
+                      add_events)
 from .config import sps_suffix
 
 if TYPE_CHECKING:  # the model file package imports the config from here
@@ -41,10 +41,10 @@ class Block:
 
     def step(self, idx, cnt):
         a_idx, a_cnt = self.attn.step(idx, cnt)
-        idx, cnt = merge_add(idx, cnt, a_idx, a_cnt)
+        idx, cnt = add_events(idx, cnt, a_idx, a_cnt)
         h_idx, h_cnt = self.fc1.step(idx, cnt)
         m_idx, m_cnt = self.fc2.step(h_idx, h_cnt)
-        return merge_add(idx, cnt, m_idx, m_cnt)
+        return add_events(idx, cnt, m_idx, m_cnt)
 
     def run_steps(self, xs: list) -> list:
         xs = _residual(xs, self.attn.run_steps(xs))
@@ -53,7 +53,7 @@ class Block:
 
 def _residual(xs: list, ys: list) -> list:
     """x + y for every step of two event-list sequences."""
-    return [merge_add(x[0], x[1], y[0], y[1]) for x, y in zip(xs, ys)]
+    return [add_events(x[0], x[1], y[0], y[1]) for x, y in zip(xs, ys)]
 
 
 class Spikformer:
@@ -120,7 +120,7 @@ class Spikformer:
         for layer in self.sps:
             idx, cnt = layer.step(idx, cnt)
         r_idx, r_cnt = self.rpe.step(idx, cnt)
-        idx, cnt = merge_add(idx, cnt, r_idx, r_cnt)  # x = x_feat + rpe: values 0..2
+        idx, cnt = add_events(idx, cnt, r_idx, r_cnt)  # x = x_feat + rpe: values 0..2
         for block in self.blocks:
             idx, cnt = block.step(idx, cnt)
         self.head.step(idx, cnt)
