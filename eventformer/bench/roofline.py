@@ -13,10 +13,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from numba import njit
+
+from ..jit import kernel
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _scatter_rows(rows, targets, weight, out):
     cout = weight.shape[1]
     for e in range(rows.shape[0]):

@@ -33,11 +33,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 from eventformer.classes import DVS_GESTURE_CLASSES
 from eventformer.events.aedat3_writer import write_aedat31, write_labels_csv, write_trials_list
 from eventformer.events.readers import EVENT_DTYPE
+
+from ..jit import kernel
 
 __all__ = [
     "GESTURE_CLASSES",
@@ -395,7 +396,7 @@ def _background(subj: Subject, rng: np.random.Generator, width: int, height: int
 # --------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _bbox(pr, width, height):
     ax = pr[0]
     ay = pr[1]
@@ -409,7 +410,7 @@ def _bbox(pr, width, height):
     return x0, y0, x1, y1
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _paint(pr, tex, cell, out, x0, y0, x1, y1, width, stamp, tag):
     """Draw capsule ``pr`` with texture ``tex`` into ``out`` over the rectangle, only at pixels
     whose stamp equals ``tag`` (all of them when tag < 0)."""
@@ -449,7 +450,7 @@ def _paint(pr, tex, cell, out, x0, y0, x1, y1, width, stamp, tag):
                     out[idx] += a * (value - out[idx])
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _render(prims_t, tex, cells, bg, width, height):
     out = bg.copy()
     dummy = np.zeros(1, np.int64)
@@ -460,7 +461,7 @@ def _render(prims_t, tex, cells, bg, width, height):
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _simulate(prims, tex, cells, bg, level, ref, thr_on, thr_off, slice_us, width, height):
     """Run the pixel model over ``prims`` (slices+1, K, 7); ``level`` and ``ref`` (log intensity
     now and at each pixel's last event) are updated in place. Returns time-sorted (t, pixel, p)

@@ -1,11 +1,10 @@
 """Small inlined pieces shared by the scatter kernels."""
 
-from numba import njit
-
+from ..jit import inlined
 from .counters import AC, INPUT_EVENTS, MAC
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inlined
 def next_site(site, y, x, base, cin, in_w):
     """Advance the (y, x) pixel cursor of a sorted HWC event list to ``site``'s pixel.
 
@@ -21,7 +20,7 @@ def next_site(site, y, x, base, cin, in_w):
     return y, x, base
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inlined
 def add_slab(o, w, k, kf):
     """``o += k * w`` over one contiguous slab: plain adds for a spike (k == 1)."""
     if k == 1:
@@ -32,7 +31,7 @@ def add_slab(o, w, k, kf):
             o[co] += kf * w[co]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inlined
 def book_ops(counters, ops, events, weighted):
     """Weighted inputs (raw counts) cost multiplies, all others accumulates (SPEC §5)."""
     if weighted:

@@ -14,12 +14,12 @@ Counts are integers throughout; the only rounding is the final multiply by ``sca
 """
 
 import numpy as np
-from numba import njit
 
+from ..jit import kernel
 from .counters import AC, ATTN_ENTRIES, ATTN_NONZERO, INPUT_EVENTS
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _head_offsets(idx, n_tokens, dim, d):
     """ptr[n, h] = first position in ``idx`` of token n, head h (sorted input); ptr[n, H] = end."""
     heads = dim // d
@@ -35,7 +35,7 @@ def _head_offsets(idx, n_tokens, dim, d):
     return ptr
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters, order):
     """Write Y * scale into the dense ``out`` [n_tokens * dim]; return per-head orders used.
 

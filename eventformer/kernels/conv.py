@@ -7,12 +7,12 @@ The dense path uses rows ``[(ky * KW + kx) * Cin + c, Cout]`` to match :func:`im
 """
 
 import numpy as np
-from numba import njit
 
+from ..jit import inlined, kernel
 from ._common import add_slab, book_ops, next_site
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inlined
 def _tap_output(pos, k, stride, pad, out_size):
     """Output coordinate that input coordinate ``pos`` reaches through tap ``k``, or -1."""
     num = pos + pad - k
@@ -24,7 +24,7 @@ def _tap_output(pos, k, stride, pad, out_size):
     return o
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _tap_table(in_size, k, stride, pad, out_size):
     """table[pos, tap] = output coordinate input ``pos`` reaches through ``tap``, or -1; and the
     number of valid taps per position. Built once per call so the event loop never divides."""
@@ -39,7 +39,7 @@ def _tap_table(in_size, k, stride, pad, out_size):
     return table, valid
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h, out_w, out,
                    counters, weighted):
     """Add the contribution of every input event to the dense HWC current ``out`` (in place).
@@ -82,7 +82,7 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
     book_ops(counters, ops, idx.shape[0], weighted)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w, padded,
                    counters, weighted):
     """Write an event list into the zero-padded dense map ``padded`` [H+2p, W+2p, Cin] for the
@@ -110,7 +110,7 @@ def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w,
     book_ops(counters, ops, idx.shape[0], weighted)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def im2col_padded(padded, kh, kw, stride, out_h, out_w, cols):
     """Columns [out_h*out_w, kh*kw*Cin] of a padded HWC map: one contiguous Cin copy per tap."""
     cin = padded.shape[2]

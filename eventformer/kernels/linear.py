@@ -5,12 +5,12 @@ event reads one contiguous row and adds it to its token's contiguous output row.
 """
 
 import numpy as np
-from numba import njit
 
+from ..jit import kernel
 from ._common import add_slab, book_ops, next_site
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def linear_scatter(idx, cnt, cin, weight, out, counters, weighted):
     """``out[n, :] += k * weight[c, :]`` for every event (n, c) of multiplicity k; in place.
 
@@ -34,7 +34,7 @@ def linear_scatter(idx, cnt, cin, weight, out, counters, weighted):
     book_ops(counters, ops, idx.shape[0], weighted)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def linear_event_ops(cnt, cout, counters, weighted):
     """The counters :func:`linear_scatter` would add, for a step that ran dense."""
     ops = cnt.shape[0] * cout

@@ -12,8 +12,8 @@ float64 and round twice, which changes float32 spike decisions.
 """
 
 import numpy as np
-from numba import njit
 
+from ..jit import inlined, kernel
 from .counters import NEURON_UPDATES
 
 # params layout for lif_step
@@ -24,7 +24,7 @@ P_KEEP = 3  # 1 - 1/tau, for decay_input=False
 PARAMS_LEN = 4
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inlined
 def _lif_range(v, cur, m, tau_inv, theta, v_reset, keep, hard_reset, decay_input, flags, track):
     """Neurons v[0..m-1] with currents cur[0..m-1]; returns their spike count and, when
     ``track``, whether any membrane changed value (False when not tracked)."""
@@ -77,7 +77,7 @@ def _lif_range(v, cur, m, tau_inv, theta, v_reset, keep, hard_reset, decay_input
     return count, moved
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inlined
 def _lif_all(v, current, params, hard_reset, decay_input, flags, track):
     """Every neuron, on a dense current or one period of a repeating one: (count, moved)."""
     tau_inv = params[P_TAU_INV]
@@ -100,7 +100,7 @@ def _lif_all(v, current, params, hard_reset, decay_input, flags, track):
     return count, moved
 
 
-@njit(cache=True, nogil=True, inline="always")
+@inlined
 def _compact(flags, n, spikes_out):
     """Sorted indices of the set flags[0..n-1] into spikes_out (may be ``flags`` itself)."""
     count = 0
@@ -111,7 +111,7 @@ def _compact(flags, n, spikes_out):
     return count
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters):
     """One LIF step for every neuron; spike flags (0/1) into ``flags``; returns the spike count.
 
@@ -135,7 +135,7 @@ def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters)
     return count
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
     """:func:`lif_step_flags`, then the flags compacted into sorted spike indices in
     ``spikes_out`` (int32, >= v.size); returns how many were written. ``current`` as there
@@ -146,7 +146,7 @@ def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
     return _compact(spikes_out, v.shape[0], spikes_out)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def lif_quiet_step(v, current, params, hard_reset, decay_input, flags, spikes_out, counters):
     """One LIF step on a current that stays the same from step to step (a step without synaptic
     input: the bias alone, dense or one period of it), reporting whether it was still.

@@ -1,10 +1,11 @@
 """Index-list plumbing: densify, sparsify, merge, pool. No arithmetic on weights here."""
 
 import numpy as np
-from numba import njit
+
+from ..jit import kernel
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def scatter_dense(idx, cnt, dense):
     """Write an event list into a zeroed dense vector (values = multiplicities)."""
     dense[:] = 0
@@ -12,7 +13,7 @@ def scatter_dense(idx, cnt, dense):
         dense[idx[e]] = cnt[e]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def merge_add(idx_a, cnt_a, idx_b, cnt_b):
     """Sum of two sorted event lists over the same sites: a residual add without densifying."""
     na = idx_a.shape[0]
@@ -52,7 +53,7 @@ def merge_add(idx_a, cnt_a, idx_b, cnt_b):
     return out_idx[:n].copy(), out_cnt[:n].copy()
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def channel_sums(idx, cnt, dim, sums):
     """``sums[c] += value`` for every event of a [token, channel] list: the head's token mean, exact
     in integers until it is divided once at the end."""
@@ -60,7 +61,7 @@ def channel_sums(idx, cnt, dim, sums):
         sums[idx[e] % dim] += cnt[e]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def maxpool_flags(flags, in_h, in_w, c, k, stride, pad, out_h, out_w, out):
     """Max-pool of a dense 0/1 spike-flag map (HWC) straight into sorted output indices.
 

@@ -30,18 +30,18 @@ words encode). x, y, p and the order of events agree exactly; t is decoded per P
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from eventformer.events.formats._header import (PropheseeRawDecoder, header_lines,
-                                                 prophesee_encoding)
+from eventformer.events.formats._header import PropheseeRawDecoder, header_lines, prophesee_encoding
 from eventformer.events.readers import EVENT_DTYPE, Decoder, EventReader, no_events
+
+from ...jit import kernel
 
 # Decoder state carried across chunks, as one int64 array so the Numba kernel can update it.
 _Y, _TIME_HIGH, _TIME_LOW, _LOOPS, _BASE_X, _POLARITY, _UNKNOWN = range(7)
 _STATE_SIZE = 7
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _count_evt3_events(words):
     """Events the words will produce (ADDR_X words plus the set bits of vector masks)."""
     count = 0
@@ -58,7 +58,7 @@ def _count_evt3_events(words):
     return count
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _decode_evt3_words(words, state, t_out, x_out, y_out, p_out):
     """Decode ``words`` into the output columns, starting from and updating ``state``."""
     y = state[_Y]
