@@ -199,6 +199,15 @@ def channel_sums(x):
     return np.asarray(x).sum(axis=0)
 
 
+def scatter_dense(size, idx, cnt, dtype):
+    """Dense vector of ``size`` values in ``dtype``: each event's multiplicity at its site, zero
+    everywhere else."""
+    dense = np.zeros(size, dtype)
+    for site, mult in zip(np.asarray(idx).tolist(), np.asarray(cnt).tolist()):
+        dense[site] = mult
+    return dense
+
+
 # --------------------------------------------------------------------------------------------
 # spiking self-attention
 # --------------------------------------------------------------------------------------------
@@ -293,3 +302,28 @@ def conv_weight_dense_rows(weight):
     """torch [Cout, Cin, KH, KW] -> the GEMM path's rows [(ky*KW + kx)*Cin + c, Cout]."""
     cout = weight.shape[0]
     return np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(-1, cout))
+
+
+# --------------------------------------------------------------------------------------------
+# which twin checks which kernel
+# --------------------------------------------------------------------------------------------
+
+#: Every public kernel of :mod:`eventformer.kernels` -> the twin(s) tests/test_kernels.py
+#: compares it against (tests/test_kernel_docs.py checks both that the map is complete and that
+#: a test calls the kernel and each of its twins). Op-count twins sit beside value twins.
+TWINS = {
+    "channel_sums": (channel_sums,),
+    "conv2d_scatter": (conv2d, conv2d_ops),
+    "densify_padded": (conv2d, conv2d_ops),  # densify + im2col + GEMM against the conv
+    "im2col_padded": (conv2d,),
+    "lif_params": (lif,),  # its params drive lif_step, compared with lif given tau, theta, ...
+    "lif_quiet_step": (lif_periodic,),
+    "lif_step": (lif, lif_periodic),
+    "lif_step_flags": (lif_periodic,),
+    "linear_event_ops": (linear_ops,),
+    "linear_scatter": (linear, linear_ops),
+    "maxpool_flags": (maxpool2d,),
+    "merge_add": (merge_add,),
+    "scatter_dense": (scatter_dense,),
+    "ssa_step": (ssa, ssa_ops),
+}

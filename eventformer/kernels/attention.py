@@ -39,8 +39,42 @@ def _head_offsets(idx, n_tokens, dim, d):
 def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters, order):
     """Write Y * scale into the dense ``out`` [n_tokens * dim]; return per-head orders used.
 
+    Y = (Q_h K_h^T) V_h per head h, computed in integers over active pairs only (see the module
+    notes), so the work follows the spikes, never N x N.
     ``order``: 0 = choose per head by estimated work, 1 = always pairs order, 2 = always kv order.
     The returned int8 array holds 1 or 2 per head.
+
+    Parameters
+    ----------
+    q_idx : int32[nq], sorted ascending, each site once
+        Query spikes over [n_tokens, dim], flat ``token * dim + c`` (spikes only: no
+        multiplicities); channel c belongs to head ``c // (dim // heads)``.
+    k_idx : int32[nk], sorted ascending, each site once
+        Key spikes, the same layout.
+    v_idx : int32[nv], sorted ascending, each site once
+        Value spikes, the same layout.
+    n_tokens : int
+        Tokens N.
+    dim : int
+        Channels D of Q, K, V and the output.
+    heads : int
+        Attention heads; divides ``dim`` (head size d = dim // heads).
+    scale_arr : float32|float64[1], the dtype of ``out``
+        The scale, in an array so that the product is computed in ``out``'s dtype.
+    out : float32|float64[n_tokens * dim], overwritten
+        The flat [token, channel] current ``Y * scale``, every entry written.
+    counters : int64[N_COUNTERS], incremented in place
+        ``AC`` += the adds done (in the order each head used), ``ATTN_ENTRIES`` and
+        ``ATTN_NONZERO`` += the non-zero (query, key) entries of the pairs-order heads' maps,
+        ``INPUT_EVENTS`` += nq + nk + nv.
+    order : int
+        0 = choose per head by estimated work, 1 = always pairs order (Q K^T) V, 2 = always kv
+        order Q (K^T V).
+
+    Returns
+    -------
+    used : int8[heads]
+        The order each head was computed in: 1 (pairs) or 2 (kv).
     """
     d = dim // heads
     scale = scale_arr[0]

@@ -44,11 +44,50 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
                    counters, weighted):
     """Add the contribution of every input event to the dense HWC current ``out`` (in place).
 
-    ``idx`` must be sorted (every event list in the engine is).
+    The scatter shape of a convolution: work grows with the events, not with the map, which
+    wins for very sparse inputs (DESIGN "Kernels"). ``idx`` must be sorted (every event list in
+    the engine is): the pixel cursor only walks forward.
     An event of multiplicity k adds k x the weight slab once per valid tap: counted as k
     accumulates per output (``weighted`` False: spikes or integer residual values), or as one
     multiply per output (``weighted`` True: raw event counts into the first layer, SPEC §5).
     Taps that fall outside the output (borders) are neither done nor counted.
+
+    Parameters
+    ----------
+    idx : int32[n], sorted ascending, each site once
+        Flat indices into the HWC input map [H, W, Cin]: ``(y * W + x) * Cin + c``.
+    cnt : int32[n]
+        Multiplicities (>= 1) of the events in ``idx``: 1 for a spike, k for an integer value
+        (residual sum) or an event count.
+    in_w : int
+        Input width W.
+    cin : int
+        Input channels Cin.
+    weight_rows : float32|float64[Cin * kh * kw, Cout], C-contiguous, the dtype of ``out``
+        The weight [Cin, kh, kw, Cout] flattened to rows: row ``(c * kh + ky) * kw + kx`` is
+        the contiguous Cout slab of input channel c at tap (ky, kx) (torch's
+        [Cout, Cin, kh, kw] transposed (1, 2, 3, 0)).
+    kh, kw : int
+        Kernel height and width.
+    stride : int
+        Stride, the same along y and x.
+    pad : int
+        Zero padding on every side, the same along y and x.
+    out_h, out_w : int
+        Output height and width, ``(H + 2 * pad - kh) // stride + 1`` (and likewise for W).
+    out : float32|float64[out_h * out_w * Cout], C-contiguous, modified in place
+        The flat HWC output current, ``(oy * out_w + ox) * Cout + co``; added to, not cleared
+        (the layer fills it with the bias first).
+    counters : int64[N_COUNTERS], incremented in place
+        ``MAC`` (``weighted``) or ``AC`` (not) += the ops done, ``INPUT_EVENTS`` += n.
+    weighted : bool
+        True for raw event counts into the first layer (counted as multiplies), False for
+        spikes and integer residual values (counted as accumulates).
+
+    Returns
+    -------
+    None
+        The results are ``out`` and ``counters``, both modified in place.
     """
     cout = weight_rows.shape[1]
     kbuf = np.empty(1, out.dtype)
@@ -85,10 +124,47 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
 @kernel
 def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w, padded,
                    counters, weighted):
-    """Write an event list into the zero-padded dense map ``padded`` [H+2p, W+2p, Cin] for the
-    GEMM path, counting on the way the ops :func:`conv2d_scatter` would have counted.
+    """Write an event list into the zero-padded dense HWC map ``padded`` for the GEMM path.
 
-    The dense path then really does ``dense_mac`` multiply-accumulates; the report shows both.
+    Counts on the way the ops :func:`conv2d_scatter` would have counted, so that the op report
+    does not depend on which path a step took.
+    The dense path then really does ``dense_mac`` multiply-accumulates; the report shows both
+    (the layer books ``DENSE_MAC``, not this kernel).
+
+    Parameters
+    ----------
+    idx : int32[n], sorted ascending, each site once
+        Flat indices into the HWC input map [H, W, Cin]: ``(y * W + x) * Cin + c``.
+    cnt : int32[n]
+        Multiplicities (>= 1) of the events in ``idx``; written as the map's values.
+    in_w : int
+        Input width W.
+    cin : int
+        Input channels Cin.
+    cout : int
+        Output channels Cout (only for the op count).
+    kh, kw : int
+        Kernel height and width.
+    stride : int
+        Stride, the same along y and x.
+    pad : int
+        Zero padding on every side, the same along y and x.
+    out_h, out_w : int
+        Output height and width of the convolution (for the op count's valid taps).
+    padded : float32|float64[H + 2 * pad, W + 2 * pad, Cin], C-contiguous, overwritten
+        Zeroed, then ``padded[y + pad, x + pad, c] = cnt`` for every event (converted to the
+        array's dtype). The input height H is ``padded.shape[0] - 2 * pad``.
+    counters : int64[N_COUNTERS], incremented in place
+        ``MAC`` (``weighted``) or ``AC`` (not) += the ops the scatter would have done,
+        ``INPUT_EVENTS`` += n.
+    weighted : bool
+        True for raw event counts into the first layer (counted as multiplies), False for
+        spikes and integer residual values (counted as accumulates).
+
+    Returns
+    -------
+    None
+        The results are ``padded`` and ``counters``, both modified in place.
     """
     padded[:] = 0
     pw = padded.shape[1]
@@ -112,7 +188,31 @@ def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w,
 
 @kernel
 def im2col_padded(padded, kh, kw, stride, out_h, out_w, cols):
-    """Columns [out_h*out_w, kh*kw*Cin] of a padded HWC map: one contiguous Cin copy per tap."""
+    """Columns [out_h*out_w, kh*kw*Cin] of a padded HWC map: one contiguous Cin copy per tap.
+
+    The GEMM path's input: ``cols @ W`` with the dense weight rows ``[(ky * kw + kx) * Cin + c,
+    Cout]`` is the convolution, channel-innermost (HWC) like the scatter's output.
+
+    Parameters
+    ----------
+    padded : float32|float64[H + 2 * pad, W + 2 * pad, Cin]
+        The zero-padded HWC input map, as :func:`densify_padded` writes it.
+    kh, kw : int
+        Kernel height and width.
+    stride : int
+        Stride, the same along y and x.
+    out_h, out_w : int
+        Output height and width of the convolution.
+    cols : float32|float64[out_h * out_w, kh * kw * Cin], the dtype of ``padded``, overwritten
+        Row ``oy * out_w + ox`` (an output pixel), column ``(ky * kw + kx) * Cin + c`` gets
+        ``padded[oy * stride + ky, ox * stride + kx, c]``. May be a block of rows of a larger
+        buffer (several steps stacked into one GEMM).
+
+    Returns
+    -------
+    None
+        The result is ``cols``, overwritten in full.
+    """
     cin = padded.shape[2]
     for oy in range(out_h):
         for ox in range(out_w):

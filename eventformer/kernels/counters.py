@@ -7,7 +7,7 @@ slots into names. Plain integer constants (not an enum) so that Numba treats the
 
 AC = 0  # accumulates driven by events (multiplicity x valid fan-out)
 MAC = 1  # multiplies: weighted (non-spike) inputs, the head
-NEURON_UPDATES = 2  # membrane updates (every neuron of a layer, every step: leak and bias are dense)
+NEURON_UPDATES = 2  # membrane updates (each neuron of a layer, every step: leak and bias are dense)
 LUT = 3  # NSAD table look-ups (DS2TA)
 SHIFT = 4  # TASA decay shifts (DS2TA)
 COMPARE = 5  # binary-attention threshold compares (SSA_Bin)

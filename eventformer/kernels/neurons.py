@@ -128,6 +128,30 @@ def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters)
 
     Branch-free per neuron so it vectorises; one loop per neuron variant keeps the variant tests
     out of the inner loop. ``flags`` may be any integer array of at least ``v.size``.
+
+    Parameters
+    ----------
+    v : float32|float64[N], modified in place
+        The layer's membrane potentials, one per neuron in the layout of its output (HWC or
+        [token, channel]).
+    current : float32|float64[N] or [C] (C divides N), the dtype of ``v``
+        The input current: dense (one value per neuron), or one period that repeats every C
+        neurons (neuron i gets ``current[i % C]``).
+    params : float32|float64[PARAMS_LEN], the dtype of ``v``
+        ``(1/tau, theta, v_reset, 1 - 1/tau)`` as :func:`lif_params` builds them.
+    hard_reset : bool
+        True: a spiking neuron's membrane goes to v_reset; False: theta is subtracted.
+    decay_input : bool
+        SpikingJelly's ``decay_input``: whether the input is divided by tau too.
+    flags : integer array [>= N] (uint8 in the layers), overwritten
+        ``flags[i]`` = 1 if neuron i spiked, else 0, for i < N; entries past N are untouched.
+    counters : int64[N_COUNTERS], incremented in place
+        ``NEURON_UPDATES`` += N.
+
+    Returns
+    -------
+    int
+        The number of neurons that spiked.
     """
     count, _ = _lif_all(v, current, params, hard_reset, decay_input, flags, False)
     n = v.shape[0]
@@ -137,9 +161,37 @@ def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters)
 
 @kernel
 def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
-    """:func:`lif_step_flags`, then the flags compacted into sorted spike indices in
+    """One LIF step for every neuron, returning the spikes as sorted indices.
+
+    :func:`lif_step_flags`, then the flags compacted into sorted spike indices in
     ``spikes_out`` (int32, >= v.size); returns how many were written. ``current`` as there
-    (dense, or one period of a repeating current)."""
+    (dense, or one period of a repeating current).
+
+    Parameters
+    ----------
+    v : float32|float64[N], modified in place
+        The layer's membrane potentials, one per neuron in the layout of its output (HWC or
+        [token, channel]).
+    current : float32|float64[N] or [C] (C divides N), the dtype of ``v``
+        The input current: dense (one value per neuron), or one period that repeats every C
+        neurons (neuron i gets ``current[i % C]``).
+    params : float32|float64[PARAMS_LEN], the dtype of ``v``
+        ``(1/tau, theta, v_reset, 1 - 1/tau)`` as :func:`lif_params` builds them.
+    hard_reset : bool
+        True: a spiking neuron's membrane goes to v_reset; False: theta is subtracted.
+    decay_input : bool
+        SpikingJelly's ``decay_input``: whether the input is divided by tau too.
+    spikes_out : int32[>= N], overwritten
+        First the 0/1 flags, then compacted in place: ``spikes_out[:count]`` holds the indices
+        of the neurons that spiked, ascending; entries from ``count`` on are scratch.
+    counters : int64[N_COUNTERS], incremented in place
+        ``NEURON_UPDATES`` += N.
+
+    Returns
+    -------
+    count : int
+        The number of neurons that spiked (of indices written to ``spikes_out``).
+    """
     total = lif_step_flags(v, current, params, hard_reset, decay_input, spikes_out, counters)
     if total == 0:  # nothing fired (a quiet step): no compaction pass
         return 0
@@ -148,8 +200,10 @@ def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
 
 @kernel
 def lif_quiet_step(v, current, params, hard_reset, decay_input, flags, spikes_out, counters):
-    """One LIF step on a current that stays the same from step to step (a step without synaptic
-    input: the bias alone, dense or one period of it), reporting whether it was still.
+    """One LIF step on an unchanging current, reporting whether the step was still.
+
+    The current stays the same from step to step (a step without synaptic input: the bias
+    alone, dense or one period of it).
 
     As :func:`lif_step_flags` (0/1 flags into ``flags``), plus the sorted spike indices into
     ``spikes_out`` when that is not empty (int32, >= v.size; as :func:`lif_step`). Returns
@@ -158,6 +212,37 @@ def lif_quiet_step(v, current, params, hard_reset, decay_input, flags, spikes_ou
     computes exactly the same values again and fires nothing, so a caller may skip it (counting
     its neuron updates). Only the sign of a zero membrane could differ from a computed step, and
     no LIF arithmetic or threshold compare can observe that.
+
+    Parameters
+    ----------
+    v : float32|float64[N], modified in place
+        The layer's membrane potentials, one per neuron in the layout of its output (HWC or
+        [token, channel]).
+    current : float32|float64[N] or [C] (C divides N), the dtype of ``v``
+        The input current: dense (one value per neuron), or one period that repeats every C
+        neurons (neuron i gets ``current[i % C]``).
+    params : float32|float64[PARAMS_LEN], the dtype of ``v``
+        ``(1/tau, theta, v_reset, 1 - 1/tau)`` as :func:`lif_params` builds them.
+    hard_reset : bool
+        True: a spiking neuron's membrane goes to v_reset; False: theta is subtracted.
+    decay_input : bool
+        SpikingJelly's ``decay_input``: whether the input is divided by tau too.
+    flags : integer array [>= N] (uint8 in the layers), overwritten
+        ``flags[i]`` = 1 if neuron i spiked, else 0, for i < N; entries past N are untouched.
+    spikes_out : int32[>= N] or int32[0], overwritten
+        When not empty and a neuron spiked: ``spikes_out[:count]`` gets the indices of the
+        neurons that spiked, ascending, and entries from ``count`` on are scratch; untouched
+        when nothing spiked. Empty: no indices wanted (a max-pool reads ``flags``).
+    counters : int64[N_COUNTERS], incremented in place
+        ``NEURON_UPDATES`` += N.
+
+    Returns
+    -------
+    count : int
+        The number of neurons that spiked.
+    still : bool
+        True when nothing spiked and no membrane changed value: ``v`` is a fixed point of
+        ``current``.
     """
     n = v.shape[0]
     count, moved = _lif_all(v, current, params, hard_reset, decay_input, flags, True)
@@ -168,7 +253,31 @@ def lif_quiet_step(v, current, params, hard_reset, decay_input, flags, spikes_ou
 
 
 def lif_params(tau, theta, v_reset, dtype):
-    """The ``params`` array of :func:`lif_step` for a layer (v_reset None means soft reset)."""
+    """The ``params`` array of :func:`lif_step` for a layer (v_reset None means soft reset).
+
+    A plain Python function (not compiled): each value is rounded once to ``dtype`` here, so the
+    kernels compute in the layer's dtype and never in float64 (see the module notes).
+
+    Parameters
+    ----------
+    tau : float
+        Membrane time constant (> 0).
+    theta : float
+        Firing threshold.
+    v_reset : float or None
+        The membrane value after a spike for a hard reset; None for a soft reset (stored as 0,
+        which the soft-reset kernels do not read).
+    dtype : numpy scalar type, np.float32 or np.float64
+        The layer's dtype (a type such as ``np.float32``, called on Python floats, not a
+        ``np.dtype`` instance).
+
+    Returns
+    -------
+    params : dtype[PARAMS_LEN]
+        ``params[P_TAU_INV]`` = 1/tau (``dtype(1.0) / dtype(tau)``), ``params[P_THETA]`` =
+        theta, ``params[P_V_RESET]`` = v_reset (0 for a soft reset), ``params[P_KEEP]`` =
+        1 - 1/tau (from the rounded 1/tau).
+    """
     p = np.zeros(PARAMS_LEN, dtype=dtype)
     p[P_TAU_INV] = dtype(1.0) / dtype(tau)
     p[P_THETA] = theta

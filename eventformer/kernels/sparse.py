@@ -7,7 +7,26 @@ from ..jit import kernel
 
 @kernel
 def scatter_dense(idx, cnt, dense):
-    """Write an event list into a zeroed dense vector (values = multiplicities)."""
+    """Write an event list into a zeroed dense vector (values = multiplicities).
+
+    The linear layer's dense path: its GEMM input rows [tokens, Cin] are the step's events made
+    dense (the layer books the ops with :func:`linear_event_ops`).
+
+    Parameters
+    ----------
+    idx : int32[n], each site once, all < dense.size
+        Flat indices into ``dense`` (any order; the engine's lists are sorted).
+    cnt : int32[n]
+        Multiplicities of the events in ``idx``; converted to ``dense``'s dtype.
+    dense : float32|float64|int32|int64[size], 1-D, overwritten
+        Zeroed, then ``dense[idx[e]] = cnt[e]`` for every event. In the layers: the GEMM input
+        rows [tokens, Cin] flattened, in the layer's float dtype.
+
+    Returns
+    -------
+    None
+        The result is ``dense``, overwritten in full.
+    """
     dense[:] = 0
     for e in range(idx.shape[0]):
         dense[idx[e]] = cnt[e]
@@ -15,7 +34,28 @@ def scatter_dense(idx, cnt, dense):
 
 @kernel
 def merge_add(idx_a, cnt_a, idx_b, cnt_b):
-    """Sum of two sorted event lists over the same sites: a residual add without densifying."""
+    """Sum of two sorted event lists over the same sites: a residual add without densifying.
+
+    A two-pointer merge: a site in both lists gets the sum of its multiplicities.
+
+    Parameters
+    ----------
+    idx_a : int32[na], sorted ascending, each site once
+        Flat indices of the first list (any layout, the same as ``idx_b``'s).
+    cnt_a : int32[na]
+        Multiplicities of the events in ``idx_a``.
+    idx_b : int32[nb], sorted ascending, each site once
+        Flat indices of the second list.
+    cnt_b : int32[nb]
+        Multiplicities of the events in ``idx_b``.
+
+    Returns
+    -------
+    idx : int32[m], m <= na + nb
+        A new array: the union of the sites, sorted ascending, each once.
+    cnt : int32[m]
+        A new array: the summed multiplicities, ``cnt_a`` + ``cnt_b`` where a site is in both.
+    """
     na = idx_a.shape[0]
     nb = idx_b.shape[0]
     out_idx = np.empty(na + nb, np.int32)
@@ -55,8 +95,27 @@ def merge_add(idx_a, cnt_a, idx_b, cnt_b):
 
 @kernel
 def channel_sums(idx, cnt, dim, sums):
-    """``sums[c] += value`` for every event of a [token, channel] list: the head's token mean, exact
-    in integers until it is divided once at the end."""
+    """``sums[c] += value`` for every event of a [token, channel] list.
+
+    The head's token mean, exact in integers until it is divided once at the end.
+
+    Parameters
+    ----------
+    idx : int32[n]
+        Flat indices into the [tokens, dim] map, ``token * dim + c`` (any order).
+    cnt : int32[n]
+        The values (multiplicities) of the events in ``idx``.
+    dim : int
+        Channels D of the map.
+    sums : int64|float32|float64[dim], modified in place
+        ``sums[c]`` += the values of channel c's events; added to, not cleared. The head keeps
+        int64 sums over all tokens and steps of a sample.
+
+    Returns
+    -------
+    None
+        The result is ``sums``, modified in place.
+    """
     for e in range(idx.shape[0]):
         sums[idx[e] % dim] += cnt[e]
 
@@ -69,6 +128,33 @@ def maxpool_flags(flags, in_h, in_w, c, k, stride, pad, out_h, out_w, out):
     is separable (rows, then columns of the row maxima), and every inner loop runs over a
     contiguous channel row, so it vectorises. Returns the count written to ``out`` (int32,
     >= out_h*out_w*c).
+
+    Parameters
+    ----------
+    flags : uint8[in_h * in_w * c], 0/1
+        The spike map, flat HWC ``(y * in_w + x) * c + ch``, as :func:`lif_step_flags` writes
+        it.
+    in_h, in_w : int
+        Height and width of the map.
+    c : int
+        Channels of the map.
+    k : int
+        Window size, the same along y and x.
+    stride : int
+        Stride, the same along y and x.
+    pad : int
+        Padding on every side; padded positions never hold a spike (PyTorch's -inf padding).
+    out_h, out_w : int
+        Pooled height and width, ``(in_h + 2 * pad - k) // stride + 1`` (and likewise for w).
+    out : int32[>= out_h * out_w * c], overwritten
+        ``out[:count]`` gets the flat HWC indices ``(oy * out_w + ox) * c + ch`` of the pooled
+        sites whose window holds a spike, ascending; entries from ``count`` up to
+        ``out_h * out_w * c`` are scratch (the compaction writes before it knows).
+
+    Returns
+    -------
+    count : int
+        The number of pooled sites that spiked (indices written to ``out``).
     """
     rowmax = np.zeros((in_h, out_w, c), np.uint8)  # max over each output column's x window
     for iy in range(in_h):
