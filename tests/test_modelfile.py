@@ -1,4 +1,5 @@
-"""Model file: export round trip against an independent torch fold, validation sentences."""
+"""Model file: export round trip against an independent torch fold, validation sentences, and the
+one model-file builder that export, the trainer and the random benchmark models share."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import h5py
 import numpy as np
 import pytest
 
+from eventformer.bench.calibrate import random_model
 from eventformer.errors import CheckpointError, ModelFileError
-from eventformer.modelfile import load, save
+from eventformer.modelfile import build_model_file, layer_specs, load, save
 from eventformer.modelfile.export import export_checkpoint
+from eventformer.models import SpikformerConfig
 
 torch = pytest.importorskip("torch")
 
@@ -143,3 +146,126 @@ def test_not_hdf5_and_not_ours(tmp_path):
         load(tmp_path / "b.h5")
     with pytest.raises(ModelFileError, match="no such model file"):
         load(tmp_path / "missing.h5")
+
+
+# --------------------------------------------------------------------------------------------------
+# The one builder: export, the trainer and the random benchmark models all go through it
+# --------------------------------------------------------------------------------------------------
+
+SMALL = SpikformerConfig(image_size=32, sps_channels=(16, 32), sps_pool=(True, True), dim=32,
+                         heads=4, depth=2, mlp_hidden=64, num_classes=5)
+
+
+def test_saved_file_is_version_2_with_ssa_blocks(model_file):
+    with h5py.File(model_file) as f:
+        assert f.attrs["format_version"] == 2
+        assert sorted(f["attention"]) == ["block.0.attn"]
+        assert f["attention/block.0.attn"].attrs["operator"] == "ssa"
+        assert len(f["attention/block.0.attn"]) == 0
+    m = load(model_file)
+    assert m.format_version == 2 and [a.operator for a in m.attention] == ["ssa"]
+
+
+def test_random_model_is_the_plain_uniform_stream():
+    """The random model's BatchNorms fold exactly to the identity: weights and biases are the
+    uniform draws themselves, in layer order (what the benchmarks have always measured)."""
+    model = random_model(SMALL, seed=3)
+    rng = np.random.default_rng(3)
+    for spec in layer_specs(SMALL):
+        if spec.weight_shape is None:
+            continue
+        bound = 1.0 / np.sqrt(np.prod(spec.weight_shape[1:]))
+        w = rng.uniform(-bound, bound, spec.weight_shape).astype(np.float32)
+        b = rng.uniform(-bound, bound, spec.bias_shape).astype(np.float32)
+        np.testing.assert_array_equal(model.layers[spec.name].weight, w, spec.name)
+        np.testing.assert_array_equal(model.layers[spec.name].bias, b, spec.name)
+    assert model.provenance == {"source_checkpoint": "random seed 3"}
+
+
+@pytest.mark.parametrize("attention", ["ds2ta", "ssa_bin", "saformer"])
+def test_random_model_of_a_variant(attention, tmp_path):
+    cfg = SpikformerConfig(**{**SMALL.to_dict(), "attention": attention})
+    save(tmp_path / "r.h5", random_model(cfg, seed=1))
+    m = load(tmp_path / "r.h5")
+    assert [a.operator for a in m.attention] == [attention] * 2
+    p = m.attention[1].params
+    if attention == "ds2ta":
+        assert p["tau"].tolist() == [2, 2, 2, 2] and int(p["taw"]) == 3
+        assert p["nsad_table"].tolist() == [[0, 0, 0, 3, 4, 5, 6, 7, 8]] * 4
+    elif attention == "ssa_bin":
+        assert p["delta"].tolist() == [0] * 4 and not p["vbar"].any()
+    else:
+        assert int(p["pool_rows"]) == 4 and p["dwc_weight"].shape == (32, 3, 3)
+        assert np.abs(p["dwc_weight"]).max() <= 1 / 3 and np.unique(p["dwc_weight"]).size > 100
+        assert "block.0.attn.v_lif" not in m.layers
+
+
+def _tensors(cfg, seed=0):
+    """Official-key tensors for ``cfg`` (ssa), as numpy float64."""
+    rng = np.random.default_rng(seed)
+    t = {}
+    for spec in layer_specs(cfg):
+        if spec.weight_shape is None:
+            continue
+        shape = spec.weight_shape + ((1,) if spec.kind == "linear" else ())
+        t[f"{spec.source}.weight"] = rng.normal(size=shape)
+        if spec.conv_has_bias:
+            t[f"{spec.source}.bias"] = rng.normal(size=spec.bias_shape)
+        if spec.bn:
+            n = spec.bias_shape[0]
+            t.update({f"{spec.bn}.weight": rng.random(n) + 0.5, f"{spec.bn}.bias": rng.normal(size=n),
+                      f"{spec.bn}.running_mean": rng.normal(size=n),
+                      f"{spec.bn}.running_var": rng.random(n) + 0.5,
+                      f"{spec.bn}.num_batches_tracked": np.array(3)})
+    return t
+
+
+def test_builder_folds_in_float64_and_rounds_once():
+    t = _tensors(SMALL)
+    m32 = build_model_file(SMALL, t)
+    m64 = build_model_file(SMALL, t, dtype=np.float64)
+    name, conv, bn = "block.1.mlp.fc1_lif", "block.1.mlp.fc1_conv", "block.1.mlp.fc1_bn"
+    g = t[f"{bn}.weight"] / np.sqrt(t[f"{bn}.running_var"] + 1e-5)
+    w = t[f"{conv}.weight"][:, :, 0] * g[:, None]
+    b = t[f"{bn}.bias"] + (t[f"{conv}.bias"] - t[f"{bn}.running_mean"]) * g
+    np.testing.assert_array_equal(m64.layers[name].weight, w)
+    np.testing.assert_array_equal(m64.layers[name].bias, b)
+    assert m32.layers[name].weight.dtype == np.float32
+    np.testing.assert_array_equal(m32.layers[name].weight, w.astype(np.float32))
+
+
+def test_builder_problems_name_the_source():
+    t = _tensors(SMALL)
+    del t["block.1.attn.v_bn.running_mean"]
+    with pytest.raises(CheckpointError, match="^mine: missing key 'block.1.attn.v_bn.running_mean'$"):
+        build_model_file(SMALL, t, source="mine")
+    t = _tensors(SMALL)
+    t["block.0.attn.tau"] = np.zeros(4)  # a ds2ta key in an ssa model
+    with pytest.raises(CheckpointError, match="unexpected key 'block.0.attn.tau'"):
+        build_model_file(SMALL, t, source="mine")
+    t = _tensors(SMALL)
+    t["patch_embed.rpe_bn.running_var"][3] = -1.0
+    with pytest.raises(CheckpointError, match="patch_embed.rpe_bn.running_var has negative"):
+        build_model_file(SMALL, t)
+    bad = SpikformerConfig(**{**SMALL.to_dict(), "heads": 5})
+    with pytest.raises(CheckpointError, match="not divisible by 5 heads"):
+        build_model_file(bad, _tensors(SMALL))
+
+
+def test_trainer_export_goes_through_the_builder():
+    from eventformer.train.export import to_model_file
+
+    t = _tensors(SMALL)
+    state = {k: v for k, v in t.items() if "running" in k or "num_batches" in k}
+    params = {k: v for k, v in t.items() if k not in state}
+    m = to_model_file(params, state, SMALL, {"epochs": 1})
+    ref = build_model_file(SMALL, t)
+    for name, p in ref.layers.items():
+        if p.weight is not None:
+            np.testing.assert_array_equal(m.layers[name].weight, p.weight)
+            np.testing.assert_array_equal(m.layers[name].bias, p.bias)
+    assert m.provenance["training"] == {"epochs": 1}
+    params["block.0.mlp.fc2_conv.weight"] = params["block.0.mlp.fc2_conv.weight"] * np.nan
+    with pytest.raises(CheckpointError, match="trainer parameters: block.0.mlp.fc2_conv.weight "
+                                              "holds NaN"):
+        to_model_file(params, state, SMALL)

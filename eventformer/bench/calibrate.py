@@ -18,28 +18,59 @@ import numpy as np
 from ..kernels import lif_params, lif_step
 from ..kernels.counters import N_COUNTERS
 from ..modelfile import LayerParams, ModelFile, layer_specs
+from ..modelfile.build import BN_EPS, build_model_file
 from ..models import Spikformer, SpikformerConfig
 
 
 def random_model(config: SpikformerConfig, seed: int = 0) -> ModelFile:
-    """PyTorch-default-like initialisation (uniform +-1/sqrt(fan_in)); BN left as identity."""
+    """PyTorch-default-like initialisation (uniform +-1/sqrt(fan_in)); BN left as identity.
+
+    The tensors are made under the official checkpoint keys and go through the model-file
+    builder like any checkpoint: each synapse's random bias is its BatchNorm's shift, and the
+    BatchNorm's scale is sqrt(1 + eps) so that its fold is exactly the identity. A variant's
+    operator parameters (``config.attention``, SPEC §4) take their initial values: DS2TA the DVS
+    decays (tau 2, T_AW 3) and an NSAD table that is the identity above u_h = 2 (a_h = 1, the other
+    coefficients 0); SSA_Bin delta_h = 0 and vbar = 0 (a running mean's start); SAFormer a random
+    depthwise conv like the others and L = 4.
+    """
     rng = np.random.default_rng(seed)
-    layers = {}
+    tensors: dict[str, np.ndarray] = {}
+
+    def bn(prefix, shift):
+        n = shift.shape[0]
+        tensors.update({f"{prefix}.weight": np.full(n, np.sqrt(1.0 + BN_EPS)),
+                        f"{prefix}.bias": shift, f"{prefix}.running_mean": np.zeros(n),
+                        f"{prefix}.running_var": np.ones(n)})
+
+    heads, d, dim = config.heads, config.head_dim, config.dim
     for spec in layer_specs(config):
         if spec.weight_shape is None:
-            layers[spec.name] = LayerParams(spec.name, spec.kind, None, None, tau=config.tau,
-                                            theta=spec.theta, v_reset=config.v_reset,
-                                            decay_input=config.decay_input)
+            a = spec.name[:-len(".attn_lif")]
+            if config.attention == "ds2ta":
+                s = np.arange(d + 1)
+                tensors[f"{a}.tau"] = np.full(4, 2, np.int64)
+                tensors[f"{a}.nsad_table"] = np.tile(np.where(s > 2, s, 0), (heads, 1))
+            elif config.attention == "ssa_bin":
+                tensors[f"{a}.delta"] = np.zeros(heads, np.int64)
+                tensors[f"{a}.vbar"] = np.zeros(dim)
+            elif config.attention == "saformer":
+                bound = 1.0 / 3.0  # fan_in of a depthwise 3x3 conv: 9
+                tensors[f"{a}.dwc_conv.weight"] = rng.uniform(-bound, bound, (dim, 1, 3, 3))
+                bn(f"{a}.dwc_bn", rng.uniform(-bound, bound, dim))
             continue
         fan_in = int(np.prod(spec.weight_shape[1:]))
         bound = 1.0 / np.sqrt(fan_in)
-        w = rng.uniform(-bound, bound, spec.weight_shape).astype(np.float32)
-        b = rng.uniform(-bound, bound, spec.bias_shape).astype(np.float32)
-        layers[spec.name] = LayerParams(spec.name, spec.kind, w, b, tau=config.tau,
-                                        theta=spec.theta, v_reset=config.v_reset,
-                                        decay_input=config.decay_input, stride=spec.stride,
-                                        padding=spec.padding, source=spec.source)
-    return ModelFile(config, layers, "spikformer", {"source_checkpoint": f"random seed {seed}"})
+        w = rng.uniform(-bound, bound, spec.weight_shape)
+        b = rng.uniform(-bound, bound, spec.bias_shape)
+        tensors[f"{spec.source}.weight"] = w[:, :, None] if spec.kind == "linear" else w
+        if not spec.bn:  # the head: its own bias
+            tensors[f"{spec.source}.bias"] = b
+            continue
+        if spec.conv_has_bias:
+            tensors[f"{spec.source}.bias"] = np.zeros(spec.bias_shape)
+        bn(spec.bn, b)
+    return build_model_file(config, tensors, source=f"random model (seed {seed})",
+                            provenance={"source_checkpoint": f"random seed {seed}"})
 
 
 def calibration_groups(config: SpikformerConfig) -> list[list[str]]:

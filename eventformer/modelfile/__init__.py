@@ -1,6 +1,18 @@
-"""The HDF5 model file (schema, load with validation, save) and PyTorch checkpoint export."""
+"""The HDF5 model file (schema, load with validation, save), the one builder that assembles
+every model file from checkpoint tensors, and PyTorch checkpoint export."""
 
-from .format import FORMAT_VERSION, LayerParams, ModelFile, load, save
-from .schema import LayerSpec, layer_specs
+from .build import build_model_file, detect_attention
+from .format import (
+                     FORMAT_VERSION,
+                     AttentionParams,
+                     LayerParams,
+                     ModelFile,
+                     attention_summary,
+                     load,
+                     save,
+)
+from .schema import ATTENTION_NAMES, LayerSpec, layer_specs
 
-__all__ = ["FORMAT_VERSION", "LayerParams", "LayerSpec", "ModelFile", "layer_specs", "load", "save"]
+__all__ = ["ATTENTION_NAMES", "FORMAT_VERSION", "AttentionParams", "LayerParams", "LayerSpec",
+           "ModelFile", "attention_summary", "build_model_file", "detect_attention", "layer_specs",
+           "load", "save"]

@@ -1,7 +1,9 @@
-"""Official Spikformer checkpoint -> eventformer model file (BatchNorm folded).
+"""Official Spikformer checkpoint (or one of its SPEC §4 variants) -> eventformer model file.
 
-torch is imported here only, lazily: the engine never needs it. Folding is done in float64 and
-rounded once to float32: W' = W * g, b' = beta + (b - mean) * g with g = gamma / sqrt(var + eps).
+torch is imported here only, lazily: the engine never needs it. The tensors go through the one
+model-file builder (:func:`eventformer.modelfile.build.build_model_file`), which folds BatchNorm
+in float64 and rounds once to float32: W' = W * g, b' = beta + (b - mean) * g with
+g = gamma / sqrt(var + eps).
 """
 
 from __future__ import annotations
@@ -10,26 +12,40 @@ import hashlib
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import CheckpointError
 from ..models.config import SpikformerConfig, sps_suffix
-from .format import LayerParams, ModelFile
-from .schema import layer_specs
+from .build import (
+    BN_EPS,
+    DEFAULT_POOL_ROWS,
+    DEFAULT_TAW,
+    build_model_file,
+    detect_attention,
+    fold_batchnorm,
+    is_ignored_key,
+)
+from .format import ModelFile
+from .schema import ATTENTION_NAMES, check_config
 
-BN_EPS = 1e-5
-_UNUSED = re.compile(r"^(pos_embed|norm\..*|block\.\d+\.norm[12]\..*|.*\.num_batches_tracked)$")
+__all__ = ["BN_EPS", "ExportReport", "export_checkpoint", "fold_batchnorm", "infer_config",
+           "read_checkpoint"]
 
 
 @dataclass
 class ExportReport:
-    """What export inferred from the tensors and what it took from options, for printing."""
+    """What export inferred from the tensors and what it took from options, for printing.
+
+    ``attention``: the operator, ``"from"`` ("keys", "option" or "keys and option"; "default"
+    for a checkpoint without blocks), ``"keys"`` (the checkpoint keys that told it) and
+    ``"options"`` (T_AW / L with whether they were given or defaulted)."""
 
     inferred: dict
     given: dict
     ignored_keys: list[str]
+    attention: dict = field(default_factory=dict)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -64,7 +80,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def infer_config(state: dict[str, np.ndarray], *, heads: int, scale: float, steps: int,
-                 image_size: int | None, name: str = "checkpoint") -> tuple[SpikformerConfig, dict]:
+                 image_size: int | None, name: str = "checkpoint",
+                 attention: str = "ssa") -> tuple[SpikformerConfig, dict]:
     """Dimensions from tensor shapes; what shapes cannot say comes from the options."""
     def need(key):
         if key not in state:
@@ -97,89 +114,60 @@ def infer_config(state: dict[str, np.ndarray], *, heads: int, scale: float, step
     config = SpikformerConfig(
         in_channels=in_channels, image_size=int(image_size), sps_channels=sps_channels,
         sps_pool=(True,) * stages, dim=dim, heads=heads, depth=depth, mlp_hidden=mlp_hidden,
-        num_classes=num_classes, steps=steps, scale=scale)
+        num_classes=num_classes, steps=steps, scale=scale, attention=attention)
     try:
-        config.validate()
+        check_config(config)
     except ValueError as exc:
         raise CheckpointError(f"{name}: {exc}") from None
     return config, inferred
 
 
-def fold_batchnorm(weight, conv_bias, gamma, beta, mean, var, eps=BN_EPS):
-    """Fold an eval-mode BatchNorm into the preceding conv (float64 in, float64 out)."""
-    g = gamma / np.sqrt(var + eps)
-    w = weight * g.reshape((-1,) + (1,) * (weight.ndim - 1))
-    b = beta + ((conv_bias if conv_bias is not None else 0.0) - mean) * g
-    return w, b
-
-
 def export_checkpoint(path: str | os.PathLike, *, heads: int = 16, scale: float = 0.25,
                       steps: int = 16, image_size: int | None = None,
-                      class_names: tuple[str, ...] = ()) -> tuple[ModelFile, ExportReport]:
-    """Convert an official Spikformer checkpoint into a validated :class:`ModelFile`."""
+                      class_names: tuple[str, ...] = (), attention: str | None = None,
+                      taw: int | None = None, pool_rows: int | None = None
+                      ) -> tuple[ModelFile, ExportReport]:
+    """Convert an official Spikformer checkpoint (or a SPEC §4 variant) into a :class:`ModelFile`.
+
+    The attention operator is told from the keys (:func:`~.build.detect_attention`); ``attention``
+    names it explicitly and must agree with them. ``taw`` (ds2ta, default 3) and ``pool_rows``
+    (saformer, default 4) are what a checkpoint cannot hold."""
     path = str(path)
     name = os.path.basename(path)
+    if attention is not None and attention not in ATTENTION_NAMES:
+        raise CheckpointError(f"unknown attention operator {attention!r} "
+                              f"(known: {', '.join(ATTENTION_NAMES)})")
     state = read_checkpoint(path)
+    detected, evidence = detect_attention(state, name)
+    if attention is not None and detected is not None and attention != detected:
+        said = ", ".join(evidence[:2]) if evidence else \
+            "no tau, nsad_table, delta, vbar or dwc_conv keys"
+        raise CheckpointError(f"{name}: --attention {attention}, but the checkpoint's keys say "
+                              f"{detected} ({said})")
+    op = attention or detected or "ssa"
     config, inferred = infer_config(state, heads=heads, scale=scale, steps=steps,
-                                    image_size=image_size, name=name)
+                                    image_size=image_size, name=name, attention=op)
     if class_names:
         config.class_names = tuple(class_names)
-    specs = layer_specs(config)
-
-    used: set[str] = set()
-
-    def take(key, shape):
-        if key not in state:
-            raise CheckpointError(f"{name}: missing key {key!r}")
-        arr = state[key]
-        if tuple(arr.shape) != tuple(shape):
-            raise CheckpointError(f"{name}: {key} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
-        if not np.all(np.isfinite(arr)):
-            raise CheckpointError(f"{name}: {key} holds NaN or infinite values")
-        used.add(key)
-        return arr
-
-    def neuron(spec):
-        return {"tau": config.tau, "theta": spec.theta, "v_reset": config.v_reset,
-                "decay_input": config.decay_input}
-
-    layers: dict[str, LayerParams] = {}
-    for spec in specs:
-        if spec.kind == "attention":
-            layers[spec.name] = LayerParams(spec.name, spec.kind, None, None, **neuron(spec))
-            continue
-        cout, cin = spec.weight_shape[:2]
-        if spec.kind == "conv2d":
-            w = take(f"{spec.source}.weight", spec.weight_shape)
-        elif spec.kind == "linear":
-            w = take(f"{spec.source}.weight", (cout, cin, 1))[:, :, 0]
-        else:
-            w = take(f"{spec.source}.weight", spec.weight_shape)
-        b = take(f"{spec.source}.bias", (cout,)) if spec.conv_has_bias else None
-        if spec.bn:
-            bn = {k: take(f"{spec.bn}.{k}", (cout,))
-                  for k in ("weight", "bias", "running_mean", "running_var")}
-            if np.any(bn["running_var"] < 0):
-                raise CheckpointError(f"{name}: {spec.bn}.running_var has negative entries")
-            w, b = fold_batchnorm(w, b, bn["weight"], bn["bias"], bn["running_mean"],
-                                  bn["running_var"])
-        layers[spec.name] = LayerParams(
-            spec.name, spec.kind, w.astype(np.float32), b.astype(np.float32),
-            stride=spec.stride, padding=spec.padding, source=spec.source, **neuron(spec))
-
-    leftover = sorted(k for k in state if k not in used)
-    unexpected = [k for k in leftover if not _UNUSED.match(k)]
-    if unexpected:
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise CheckpointError(f"{name}: unexpected key {unexpected[0]!r}{more} for a Spikformer "
-                              f"with {len(config.sps_channels)} SPS stages and {config.depth} blocks")
-
     provenance = {"source_checkpoint": name, "source_sha256": _sha256(path),
                   "exported_by": "eventformer export", "bn_eps": BN_EPS}
+    model = build_model_file(config, state, source=name, provenance=provenance, taw=taw,
+                             pool_rows=pool_rows)
+    options = {}
+    if op == "ds2ta":
+        options["taw"] = {"value": DEFAULT_TAW if taw is None else taw,
+                          "from": "default" if taw is None else "option"}
+    if op == "saformer":
+        options["pool_rows"] = {"value": DEFAULT_POOL_ROWS if pool_rows is None else pool_rows,
+                                "from": "default" if pool_rows is None else "option"}
+    told = "default" if detected is None and attention is None else \
+        "option" if detected is None else "keys" if attention is None else "keys and option"
     report = ExportReport(inferred=inferred,
                           given={"heads": heads, "scale": scale, "steps": steps},
-                          ignored_keys=[k for k in leftover if _UNUSED.match(k)])
-    return ModelFile(config, layers, "spikformer", provenance), report
+                          ignored_keys=sorted(k for k in state if is_ignored_key(k)),
+                          attention={"operator": op, "from": told, "keys": evidence,
+                                     "options": options})
+    return model, report
 
 
 def _sha256(path: str) -> str:

@@ -1,13 +1,24 @@
 """The eventformer HDF5 model file: versioned, self-describing, validated on load.
 
-Layout (format_version 1)::
+Layout (format_version 2)::
 
-    /                 attrs: format="eventformer", format_version=1, architecture="spikformer",
-                             config (JSON), provenance (JSON: source checkpoint, sha256, tool)
+    /                 attrs: format="eventformer", format_version=2, architecture="spikformer",
+                             config (JSON; its "attention" names the operator),
+                             provenance (JSON: source checkpoint, sha256, tool)
     /layers/<name>/   one group per spiking layer (LIF module name) and "head":
                       datasets weight (folded, PyTorch layout [Cout, Cin(, KH, KW)]), bias;
                       attrs kind, source, stride, padding, tau, theta, v_reset, reset, decay_input
+                      (a saformer block has no v_lif)
+    /attention/block.<i>.attn/
+                      one group per block: attr operator (ssa | ds2ta | ssa_bin | saformer, the
+                      configuration's) and exactly that operator's parameters as datasets
+                      (SPEC §4; integers int32, floats float32, T_AW and L scalar datasets):
+                        ssa       none
+                        ds2ta     tau [4] (q, k, v, proj decay exponents), taw [], nsad_table [H, d+1]
+                        ssa_bin   delta [H], vbar [D]
+                        saformer  dwc_weight [D, 3, 3], dwc_bias [D] (BN folded), pool_rows []
 
+Version 1 (no /attention group) is the same without the operator: it still loads, as ``ssa``.
 Weights are float32 on disk; the engine casts them to its run dtype. Anything that does not match
 the schema derived from the configuration is rejected with one sentence naming the first problem.
 """
@@ -22,10 +33,18 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..models.config import SpikformerConfig
-from .schema import LayerSpec, layer_specs
+from .schema import (
+    LayerSpec,
+    attention_block_name,
+    attention_param_specs,
+    attention_problem,
+    check_config,
+    layer_specs,
+)
 
 FORMAT_NAME = "eventformer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ARCHITECTURES = ("spikformer",)
 
 
@@ -45,20 +64,39 @@ class LayerParams:
 
 
 @dataclass
+class AttentionParams:
+    """One block's attention operator and its parameters (name -> array; 0-d for T_AW and L)."""
+
+    operator: str
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
 class ModelFile:
     config: SpikformerConfig
     layers: dict[str, LayerParams]
     architecture: str = "spikformer"
     provenance: dict = field(default_factory=dict)
     path: str = ""
+    attention: list[AttentionParams] = field(default_factory=list)  # one per block
+    format_version: int = FORMAT_VERSION  # the version it was read from (or will be written as)
+
+    def __post_init__(self):
+        # SSA has no parameters: a model built without attention entries is SSA in every block
+        if not self.attention and self.config.attention == "ssa":
+            self.attention = [AttentionParams("ssa") for _ in range(self.config.depth)]
 
     def parameter_count(self) -> int:
-        return int(sum(p.weight.size + (p.bias.size if p.bias is not None else 0)
-                       for p in self.layers.values() if p.weight is not None))
+        """Weights and biases of every layer plus the attention operators' stored arrays."""
+        n = sum(p.weight.size + (p.bias.size if p.bias is not None else 0)
+                for p in self.layers.values() if p.weight is not None)
+        n += sum(np.asarray(v).size for a in self.attention for v in a.params.values()
+                 if np.ndim(v) > 0)
+        return int(n)
 
 
 def save(path: str | os.PathLike, model: ModelFile) -> None:
-    """Write ``model`` to ``path`` (overwritten), after validating it against its schema."""
+    """Write ``model`` to ``path`` (overwritten, format version 2), after validating it."""
     _validate(model, str(path))
     # written beside PATH, then renamed over it: a failed write leaves PATH as it was
     partial = f"{os.fspath(path)}.{os.getpid()}.partial"
@@ -95,6 +133,13 @@ def _write(path: str, model: ModelFile) -> None:
             if p.weight is not None:
                 g.create_dataset("weight", data=np.asarray(p.weight, np.float32))
                 g.create_dataset("bias", data=np.asarray(p.bias, np.float32))
+        attention = f.create_group("attention")
+        for b, a in enumerate(model.attention):
+            g = attention.create_group(attention_block_name(b))
+            g.attrs["operator"] = a.operator
+            for s in attention_param_specs(model.config, a.operator):
+                dtype = np.int32 if s.dtype == "int" else np.float32
+                g.create_dataset(s.name, data=np.asarray(a.params[s.name], dtype))
 
 
 def load(path: str | os.PathLike) -> ModelFile:
@@ -115,17 +160,23 @@ def load(path: str | os.PathLike) -> ModelFile:
         fmt = _attr(f, "format", path)
         if fmt != FORMAT_NAME:
             raise ModelFileError(f"{path}: an HDF5 file but not an eventformer model (format={fmt!r})")
-        version = int(_attr(f, "format_version", path))
-        if version != FORMAT_VERSION:
+        try:
+            version = int(_attr(f, "format_version", path))
+        except (TypeError, ValueError):
+            raise ModelFileError(f"{path}: format_version is not an integer") from None
+        if version not in READABLE_VERSIONS:
             raise ModelFileError(
-                f"{path}: model file format version {version}, this eventformer reads version "
-                f"{FORMAT_VERSION}")
+                f"{path}: model file format version {version}, this eventformer reads versions "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}")
         arch = _attr(f, "architecture", path)
         if arch not in ARCHITECTURES:
             raise ModelFileError(f"{path}: unknown architecture {arch!r}")
         try:
             config = SpikformerConfig.from_dict(json.loads(_attr(f, "config", path)))
-            config.validate()
+            if version == 1 and config.attention != "ssa":
+                raise ValueError(f"a version 1 file holds only ssa attention, not "
+                                 f"{config.attention!r}")
+            check_config(config)
         except (ValueError, TypeError) as exc:
             raise ModelFileError(f"{path}: bad configuration: {exc}") from None
         try:
@@ -143,8 +194,16 @@ def load(path: str | os.PathLike) -> ModelFile:
         extra = sorted(set(group) - set(layers))
         if extra:
             raise ModelFileError(f"{path}: unexpected layer {extra[0]!r} for this configuration")
-    model = ModelFile(config, layers, arch, provenance, path)
-    _validate(model, path)
+        if version == 1:  # written before the variants existed: SSA in every block
+            attention = [AttentionParams("ssa") for _ in range(config.depth)]
+        else:
+            attention = _read_attention(f, config, path)
+    model = ModelFile(config, layers, arch, provenance, path, attention, version)
+    _validate(model, path)  # ranges checked before integers are narrowed to int32
+    for a in model.attention:
+        for s in attention_param_specs(config, a.operator):
+            a.params[s.name] = np.asarray(a.params[s.name],
+                                          np.int32 if s.dtype == "int" else np.float32)
     return model
 
 
@@ -180,7 +239,57 @@ def _read_layer(g, spec: LayerSpec, path: str) -> LayerParams:
         raise ModelFileError(f"{path}: layer {spec.name!r} lacks the attribute {exc.args[0]}") from None
 
 
+def _read_attention(f, config: SpikformerConfig, path: str) -> list[AttentionParams]:
+    import h5py
+
+    if "attention" not in f or not isinstance(f["attention"], h5py.Group):
+        raise ModelFileError(f"{path}: has no 'attention' group (a version 2 file names its "
+                             "attention operator per block)")
+    group = f["attention"]
+    names = [attention_block_name(b) for b in range(config.depth)]
+    out = []
+    for name in names:
+        if name not in group or not isinstance(group[name], h5py.Group):
+            raise ModelFileError(f"{path}: attention group {name!r} is missing")
+        g = group[name]
+        if "operator" not in g.attrs:
+            raise ModelFileError(f"{path}: {name} does not name its attention operator")
+        op = g.attrs["operator"]
+        op = op.decode() if isinstance(op, bytes) else str(op)
+        if op != config.attention:
+            raise ModelFileError(f"{path}: {name} is {op!r} attention but the configuration says "
+                                 f"{config.attention!r} (one operator for every block)")
+        specs = attention_param_specs(config, op)
+        for s in specs:
+            if s.name not in g or not isinstance(g[s.name], h5py.Dataset):
+                raise ModelFileError(f"{path}: {name} ({op}) has no dataset {s.name!r}")
+        extra = sorted(set(g) - {s.name for s in specs})
+        if extra:
+            raise ModelFileError(f"{path}: {name} ({op}) has an unexpected dataset {extra[0]!r}")
+        params = {}
+        for s in specs:
+            arr = g[s.name][()]
+            arr = np.asarray(arr)
+            if s.dtype == "int" and not np.issubdtype(arr.dtype, np.integer):
+                raise ModelFileError(f"{path}: {name}/{s.name} has dtype {arr.dtype}, "
+                                     "expected integers")
+            if s.dtype == "float" and not np.issubdtype(arr.dtype, np.floating):
+                raise ModelFileError(f"{path}: {name}/{s.name} has dtype {arr.dtype}, "
+                                     "expected float")
+            params[s.name] = arr
+        out.append(AttentionParams(op, params))
+    extra = sorted(set(group) - set(names))
+    if extra:
+        raise ModelFileError(f"{path}: unexpected attention group {extra[0]!r} for "
+                             f"{config.depth} blocks")
+    return out
+
+
 def _validate(model: ModelFile, path: str) -> None:
+    try:
+        check_config(model.config)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: bad configuration: {exc}") from None
     for spec in layer_specs(model.config):
         p = model.layers.get(spec.name)
         if p is None:
@@ -201,3 +310,41 @@ def _validate(model: ModelFile, path: str) -> None:
                 raise ModelFileError(f"{path}: {spec.name} has tau {p.tau}, expected > 0")
             if not (np.isfinite(p.theta) and p.theta > 0):
                 raise ModelFileError(f"{path}: {spec.name} has threshold {p.theta}, expected > 0")
+    extra = sorted(set(model.layers) - {s.name for s in layer_specs(model.config)})
+    if extra:
+        raise ModelFileError(f"{path}: unexpected layer {extra[0]!r} for this configuration")
+    if len(model.attention) != model.config.depth:
+        raise ModelFileError(f"{path}: {len(model.attention)} attention entries for "
+                             f"{model.config.depth} blocks")
+    for b, a in enumerate(model.attention):
+        name = attention_block_name(b)
+        if a.operator != model.config.attention:
+            raise ModelFileError(f"{path}: {name} is {a.operator!r} attention but the "
+                                 f"configuration says {model.config.attention!r}")
+        problem = attention_problem(model.config, a.operator, a.params)
+        if problem is not None:
+            raise ModelFileError(f"{path}: {name}/{problem[0]} {problem[1]}")
+
+
+TASA_LAYERS = ("q", "k", "v", "proj")  # the order of DS2TA's tau
+
+
+def attention_summary(model: ModelFile) -> dict:
+    """The attention operator and its parameters per block, JSON-ready (for ``inspect``).
+
+    Integer parameters are listed in full (tau as q/k/v/proj, T_AW, NSAD tables, delta, L);
+    float arrays (vbar, the folded DWC) as shape, min, max and mean."""
+    blocks = []
+    for b, a in enumerate(model.attention):
+        row: dict = {"block": attention_block_name(b), "operator": a.operator}
+        for s in attention_param_specs(model.config, a.operator):
+            v = np.asarray(a.params[s.name])
+            if s.name == "tau":
+                row[s.name] = dict(zip(TASA_LAYERS, (int(x) for x in v)))
+            elif s.dtype == "int":
+                row[s.name] = v.tolist()
+            else:
+                row[s.name] = {"shape": list(v.shape), "min": float(v.min()),
+                               "max": float(v.max()), "mean": float(v.mean())}
+        blocks.append(row)
+    return {"operator": model.config.attention, "blocks": blocks}

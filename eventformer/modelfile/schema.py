@@ -4,13 +4,23 @@ One entry per spiking layer, named by the checkpoint's LIF module (``patch_embed
 ``block.0.attn.q_lif``, ...), holding the folded synapse that drives it (BatchNorm already folded
 into weight and bias) and its neuron parameters; plus ``head``. Export builds files from this
 list and load checks files against it, so the two cannot drift apart.
+
+Per block, the attention operator (SPEC §4: ``ssa``, ``ds2ta``, ``ssa_bin``, ``saformer``) adds
+its own parameters, listed by :func:`attention_param_specs` and checked by
+:func:`attention_problem` (the same checks for the builder and for load). SAFormer has no V
+branch, so its blocks have no ``v_lif`` layer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.config import SpikformerConfig, sps_suffix
+import numpy as np
+
+from ..models.config import ATTENTION_OPERATOR_NAMES, SpikformerConfig, sps_suffix
+
+ATTENTION_NAMES = ATTENTION_OPERATOR_NAMES
+INT32 = np.iinfo(np.int32)
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,25 @@ class LayerSpec:
     padding: int = 0
 
 
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of an attention operator: a dataset of its block's group in the file."""
+
+    name: str
+    dtype: str  # "int" (stored int32) | "float" (stored float32)
+    shape: tuple[int, ...]  # () for a scalar
+
+
+def check_config(config: SpikformerConfig) -> None:
+    """``config.validate()``: every attention operator a model file can name is accepted (the
+    engine refuses, when built, one it cannot run yet). Raises ValueError with one sentence."""
+    config.validate()
+
+
+def has_v_branch(config: SpikformerConfig) -> bool:
+    return config.attention != "saformer"
+
+
 def layer_specs(config: SpikformerConfig) -> list[LayerSpec]:
     specs: list[LayerSpec] = []
     cin = config.in_channels
@@ -41,9 +70,10 @@ def layer_specs(config: SpikformerConfig) -> list[LayerSpec]:
     specs.append(LayerSpec(
         "patch_embed.rpe_lif", "conv2d", "patch_embed.rpe_conv", "patch_embed.rpe_bn",
         (d, d, 3, 3), (d,), theta=config.theta, stride=1, padding=1))
+    branches = ("q", "k", "v") if has_v_branch(config) else ("q", "k")
     for b in range(config.depth):
         a = f"block.{b}.attn"
-        for n in ("q", "k", "v"):
+        for n in branches:
             specs.append(LayerSpec(f"{a}.{n}_lif", "linear", f"{a}.{n}_conv", f"{a}.{n}_bn",
                                    (d, d), (d,), theta=config.theta))
         specs.append(LayerSpec(f"{a}.attn_lif", "attention", "", "", None, None,
@@ -59,3 +89,79 @@ def layer_specs(config: SpikformerConfig) -> list[LayerSpec]:
     specs.append(LayerSpec("head", "head", "head", "", (config.num_classes, d),
                            (config.num_classes,), conv_has_bias=True))
     return specs
+
+
+def attention_block_name(block: int) -> str:
+    """The attention module of a block, as the checkpoint names it (and the model file's group)."""
+    return f"block.{block}.attn"
+
+
+def attention_param_specs(config: SpikformerConfig, operator: str | None = None
+                          ) -> list[ParamSpec]:
+    """The parameters one block of ``operator`` (default: the configuration's) stores (SPEC §4)."""
+    op = config.attention if operator is None else operator
+    heads, d, dim = config.heads, config.head_dim, config.dim
+    if op == "ssa":
+        return []
+    if op == "ds2ta":  # TASA decay exponents of q, k, v, proj; window T_AW; NSAD table per head
+        return [ParamSpec("tau", "int", (4,)), ParamSpec("taw", "int", ()),
+                ParamSpec("nsad_table", "int", (heads, d + 1))]
+    if op == "ssa_bin":
+        return [ParamSpec("delta", "int", (heads,)), ParamSpec("vbar", "float", (dim,))]
+    if op == "saformer":  # depthwise 3x3 conv with its BatchNorm folded; adaptive pool rows L
+        return [ParamSpec("dwc_weight", "float", (dim, 3, 3)), ParamSpec("dwc_bias", "float", (dim,)),
+                ParamSpec("pool_rows", "int", ())]
+    raise ValueError(f"unknown attention operator {op!r} (known: {', '.join(ATTENTION_NAMES)})")
+
+
+def attention_problem(config: SpikformerConfig, operator: str, params: dict
+                      ) -> tuple[str, str] | None:
+    """The first problem of one block's attention parameters, as (parameter, description), or None.
+
+    Checks that exactly the operator's parameters are present with their shapes, that integer
+    parameters hold integers (within int32) and float ones finite values, and SPEC §4's ranges:
+    tau >= 0, T_AW >= 1, NSAD AD[0] == 0, delta >= 0, pool rows L >= 1 dividing the token count.
+    """
+    specs = attention_param_specs(config, operator)
+    names = {s.name for s in specs}
+    for s in specs:
+        if s.name not in params or params[s.name] is None:
+            return s.name, "is missing"
+    extra = sorted(set(params) - names)
+    if extra:
+        return extra[0], f"is not a parameter of {operator} attention"
+    for s in specs:
+        arr = np.asarray(params[s.name])
+        if arr.shape != s.shape:
+            return s.name, f"has shape {arr.shape}, expected {s.shape}"
+        if s.dtype == "int":
+            if not np.issubdtype(arr.dtype, np.integer):
+                return s.name, f"has dtype {arr.dtype}, expected integers"
+            if arr.size and (arr.min() < INT32.min or arr.max() > INT32.max):
+                return s.name, "holds integers outside the int32 range"
+        else:
+            if not np.issubdtype(arr.dtype, np.floating):
+                return s.name, f"has dtype {arr.dtype}, expected float"
+            if not np.all(np.isfinite(arr)):
+                return s.name, "holds NaN or infinite values"
+    p = {k: np.asarray(v) for k, v in params.items()}
+    if operator == "ds2ta":
+        if np.any(p["tau"] < 0):
+            return "tau", f"holds {p['tau'].tolist()}, expected non-negative decay exponents"
+        if int(p["taw"]) < 1:
+            return "taw", f"is {int(p['taw'])}, expected a window T_AW >= 1"
+        bad = np.flatnonzero(p["nsad_table"][:, 0] != 0)
+        if bad.size:
+            h = int(bad[0])
+            return "nsad_table", (f"has AD[0] = {int(p['nsad_table'][h, 0])} for head {h}, "
+                                  "expected 0 (pairs that share no active channel stay absent)")
+    elif operator == "ssa_bin":
+        bad = np.flatnonzero(p["delta"] < 0)
+        if bad.size:
+            h = int(bad[0])
+            return "delta", f"is {int(p['delta'][h])} for head {h}, expected >= 0"
+    elif operator == "saformer":
+        rows = int(p["pool_rows"])
+        if rows < 1 or config.tokens % rows:
+            return "pool_rows", (f"is {rows}, expected a divisor of the {config.tokens} tokens")
+    return None

@@ -69,8 +69,9 @@ class SpikformerConfig:
             raise ValueError(f"clip_us must be positive, got {self.clip_us}")
         if self.split_by not in ("number", "time"):
             raise ValueError(f"split_by must be 'number' or 'time', got {self.split_by!r}")
-        if self.attention != "ssa":
-            raise ValueError(f"attention operator {self.attention!r} is not supported by this engine")
+        if self.attention not in ATTENTION_OPERATOR_NAMES:
+            raise ValueError(f"unknown attention operator {self.attention!r} "
+                             f"(known: {', '.join(ATTENTION_OPERATOR_NAMES)})")
         if self.grid <= 0:
             raise ValueError(f"image size {self.image_size} is too small for the SPS stages")
         if self.class_names and len(self.class_names) != self.num_classes:
@@ -101,11 +102,18 @@ def sps_suffix(stage: int) -> str:
     return "" if stage == 0 else str(stage)
 
 
+#: Attention operators a model file can name (SPEC §4); the engine runs those in
+#: ``layers.ATTENTION_OPERATORS``.
+ATTENTION_OPERATOR_NAMES = ("ssa", "ds2ta", "ssa_bin", "saformer")
+
+
 def lif_layer_names(config: SpikformerConfig) -> list[str]:
     """Every spiking layer's module name, in forward order (the checkpoint's own naming)."""
     names = [f"patch_embed.proj_lif{sps_suffix(i)}" for i in range(len(config.sps_channels))]
     names.append("patch_embed.rpe_lif")
     for b in range(config.depth):
-        names += [f"block.{b}.attn.{n}_lif" for n in ("q", "k", "v", "attn", "proj")]
+        branches = ("q", "k", "attn", "proj") if config.attention == "saformer" else \
+            ("q", "k", "v", "attn", "proj")  # SAFormer has no V branch (SPEC §4)
+        names += [f"block.{b}.attn.{n}_lif" for n in branches]
         names += [f"block.{b}.mlp.fc1_lif", f"block.{b}.mlp.fc2_lif"]
     return names

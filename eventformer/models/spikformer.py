@@ -11,9 +11,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import EventformerError
+from ..layers import (
+    ATTENTION_OPERATORS,
+    Conv2dLIF,
+    LinearLIF,
+    MeanLinearHead,
+    PathPolicy,
+    add_events,
+)
 from ..runtime import limit_blas_threads
-from ..layers import (ATTENTION_OPERATORS, Conv2dLIF, LinearLIF, MeanLinearHead, PathPolicy,
-                      add_events)
 from .config import sps_suffix
 
 if TYPE_CHECKING:  # the model file package imports the config from here
@@ -66,6 +73,10 @@ class Spikformer:
     def __init__(self, model: ModelFile, *, dtype="float32", policy: PathPolicy | None = None):
         cfg = model.config
         cfg.validate()
+        if cfg.attention not in ATTENTION_OPERATORS:
+            raise EventformerError(
+                f"this engine runs the attention operators {', '.join(ATTENTION_OPERATORS)}; "
+                f"{cfg.attention!r} is not implemented yet")
         limit_blas_threads()
         self.model_file = model
         self.config = cfg
