@@ -38,6 +38,91 @@ def need_official():
         pytest.skip(f"official checkpoint and golden outputs not found in {MODELS_DIR}")
     need_gesture()
 
+
+# --------------------------------------------------------------------------------------------------
+# Models whose every layer fires
+# --------------------------------------------------------------------------------------------------
+
+
+def assert_every_layer_fires(layer_stats) -> None:
+    """Every spiking layer of a run (engine ``layer_stats()`` rows or the CLI's ``"layers"``, each
+    with "name" and "spikes"; the head row is skipped) spiked at least once. Two paths that agree
+    on a silent network prove nothing."""
+    rows = [r for r in layer_stats if r["name"] != "head"]
+    assert rows, "no layer rows"
+    silent = [r["name"] for r in rows if r["spikes"] <= 0]
+    assert not silent, f"silent layers (the comparison would be vacuous): {silent}"
+
+
+def calibrated_checkpoint(path, config, events, steps: int, *, sensor: int | None = None,
+                          seed: int = 0, wrap: bool = True):
+    """Save a tiny random checkpoint (``torch_reference.RefConfig`` ``config``) whose BatchNorms
+    are calibrated on ``events`` (a list of event arrays: the test's own kind of input), framed
+    as the engine frames them (``split_by="number"`` into ``steps`` steps, a ``sensor``-wide
+    recording downsampled to the model's input), so that every LIF fires, the attention LIF
+    included. Returns ``path``."""
+    import torch
+    from torch_reference import calibrated_state_dict
+
+    from eventformer.events import dense_frames
+
+    size = config.image_size
+    factor = (sensor or size) // size
+    frames = []
+    for ev in events:
+        ev = ev.copy()
+        ev["x"] //= factor
+        ev["y"] //= factor
+        frames.append(dense_frames(ev, steps, size, size))
+    sd = calibrated_state_dict(config, frames, seed)
+    torch.save({"model": sd} if wrap else sd, path)
+    return path
+
+
+def uniform_events(rng, n: int, size: int, duration_us: int = 1_000_000):
+    """``n`` events uniform over a ``size`` x ``size`` sensor, both polarities, sorted in time."""
+    import numpy as np
+
+    ev = np.zeros(n, dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
+    ev["t"] = np.sort(rng.integers(0, duration_us, n))
+    ev["x"], ev["y"] = rng.integers(0, size, n), rng.integers(0, size, n)
+    ev["p"] = rng.integers(0, 2, n)
+    return ev
+
+
+# --------------------------------------------------------------------------------------------------
+# The official checkpoint on the real segments: float64 truth and the float32 spread
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def official():
+    """The official checkpoint on the 5 real segments (T = 16, split_by number), computed once:
+    ``truth`` the float64 reference with BatchNorm folded as the model file holds it (what the
+    engine computes in float64), ``spread`` the reference's float32 realisations (golden, native,
+    jittered; see torch_reference.float32_spread), ``events``/``frames``/``names`` per segment."""
+    import json
+    from types import SimpleNamespace
+
+    need_official()
+    pytest.importorskip("torch")
+    import torch
+    from torch_reference import (Outputs, float32_spread, folded_reference,
+                                 load_official_checkpoint, reference_outputs)
+
+    from eventformer.events import dense_frames, read_events
+
+    golden = json.loads(GOLDEN.read_text())
+    names = sorted(golden)
+    events = [read_events(GESTURE_DIR / n).events for n in names]
+    frames = [dense_frames(e, 16, 128, 128) for e in events]
+    model32 = load_official_checkpoint(OFFICIAL_CKPT, heads=16, scale=0.25)
+    truth = reference_outputs(folded_reference(model32), frames, torch.float64)
+    gold = [Outputs.of(golden[n]["logits"], golden[n]["spikes"]) for n in names]
+    spread = float32_spread(model32, frames, truth, extra={"golden": gold})
+    return SimpleNamespace(names=names, events=events, frames=frames, truth=truth,
+                           spread=spread, golden=golden, model32=model32)
+
 # CI runs the property tests on a fixed set of examples, so a red build is reproducible;
 # locally hypothesis keeps exploring new ones.
 import os  # noqa: E402

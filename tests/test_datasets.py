@@ -102,14 +102,17 @@ def test_wrong_layout_and_missing_pieces(tmp_path):
 
 @pytest.fixture(scope="module")
 def gesture_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from torch_reference import RefConfig, random_state_dict
-
+    """A tiny model calibrated on this file's kind of samples (500 uniform events on 128x128, 4
+    steps) so that every layer fires on them."""
+    pytest.importorskip("torch")
+    from conftest import calibrated_checkpoint
     from eventformer_cli.main import app
+    from torch_reference import RefConfig
 
     d = tmp_path_factory.mktemp("gmodel")
     cfg = RefConfig(image_size=128, sps_channels=(8, 8, 16, 16), dim=16, heads=2, depth=1)
-    torch.save({"model": random_state_dict(cfg, 0)}, d / "g.pth")
+    rng = np.random.default_rng(3)
+    calibrated_checkpoint(d / "g.pth", cfg, [_events(rng, 500) for _ in range(4)], 4, seed=0)
     r = runner.invoke(app, ["export", str(d / "g.pth"), "-o", str(d / "g.h5"), "--heads", "2",
                             "--steps", "4", "--classes", "dvs-gesture"])
     assert r.exit_code == 0, r.output
@@ -117,6 +120,7 @@ def gesture_model(tmp_path_factory):
 
 
 def test_infer_dataset_json_and_summary(tmp_path, gesture_model):
+    from conftest import assert_every_layer_fires
     from eventformer_cli.main import app
 
     make_tonic(tmp_path, np.random.default_rng(2))
@@ -127,6 +131,8 @@ def test_infer_dataset_json_and_summary(tmp_path, gesture_model):
     assert len(lines) == 6
     assert all({"label", "sample", "prediction", "logits", "layers", "ops"} <= set(x)
                for x in lines[:5])
+    for x in lines[:5]:
+        assert_every_layer_fires(x["layers"])
     summary = lines[-1]
     assert summary["samples"] == 5 and 0.0 <= summary["accuracy"] <= 1.0
     assert summary["split_convention"].startswith("tonic")

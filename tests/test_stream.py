@@ -65,17 +65,31 @@ def test_window_spec_validation():
         WindowSpec(window_us=0)
 
 
-def test_run_stream_carries_state_and_matches_offline_steps(tmp_path):
-    torch = pytest.importorskip("torch")
-    from torch_reference import RefConfig, random_state_dict
+@pytest.fixture(scope="module")
+def stream_model(tmp_path_factory):
+    """A tiny model calibrated on this file's kind of input (uniform 32x32 events, steps of ~1000
+    events) so that every layer fires: two paths that agree on a silent net prove nothing."""
+    pytest.importorskip("torch")
+    from conftest import calibrated_checkpoint
+    from torch_reference import RefConfig
 
-    from eventformer.events import frame_events
     from eventformer.modelfile.export import export_checkpoint
-    from eventformer.models import Spikformer
 
     cfg = RefConfig(image_size=32, sps_channels=(8, 16), dim=16, heads=2, depth=1, num_classes=4)
-    torch.save(random_state_dict(cfg, 5), tmp_path / "m.pth")
-    model, _ = export_checkpoint(tmp_path / "m.pth", heads=2, image_size=32, steps=4)
+    rng = np.random.default_rng(11)
+    path = calibrated_checkpoint(tmp_path_factory.mktemp("stream") / "m.pth", cfg,
+                                 [events(4000, rng) for _ in range(2)], 4, seed=5, wrap=False)
+    model, _ = export_checkpoint(path, heads=2, image_size=32, steps=4)
+    return model
+
+
+def test_run_stream_carries_state_and_matches_offline_steps(stream_model):
+    from conftest import assert_every_layer_fires
+
+    from eventformer.events import frame_events
+    from eventformer.models import Spikformer
+
+    model = stream_model
     ev = events(4000, np.random.default_rng(1))
     records = []
     summary = run_stream(Spikformer(model, dtype="float64"), ChunkSource(ev, [123]),
@@ -85,35 +99,29 @@ def test_run_stream_carries_state_and_matches_offline_steps(tmp_path):
     for key in ("t_start_us", "t_end_us", "events", "prediction", "logits", "ops", "latency_ms",
                 "backlog_events"):
         assert key in records[0]
-    # the same windows fed offline as steps give the same final logits
+    # the same windows fed offline as steps give the same logits after every window
     offline = Spikformer(model, dtype="float64")
     offline.reset()
     t0 = int(ev["t"][0])
     for k in range(4):
         chunk = ev[(ev["t"] >= t0 + k * 250_000) & (ev["t"] < t0 + (k + 1) * 250_000)]
+        assert records[k]["events"] == chunk.shape[0]
         (idx, cnt), = frame_events(chunk, 1, 32, 32)
         offline.step(idx, cnt)
-    np.testing.assert_array_equal(offline.logits(), records[-1]["logits"])
+        np.testing.assert_array_equal(offline.logits(), records[k]["logits"])
+    assert_every_layer_fires(offline.layer_stats())  # the streams compared were not silent
 
 
-def test_follow_stops_after_idle_timeout():
-    torch = pytest.importorskip("torch")
+def test_follow_stops_after_idle_timeout(stream_model):
     import time
 
-    from torch_reference import RefConfig, random_state_dict
-
-    from eventformer.modelfile.export import export_checkpoint
     from eventformer.models import Spikformer
 
-    cfg = RefConfig(image_size=32, sps_channels=(8, 16), dim=16, heads=2, depth=1, num_classes=4)
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        torch.save(random_state_dict(cfg, 5), f"{d}/m.pth")
-        model, _ = export_checkpoint(f"{d}/m.pth", heads=2, image_size=32, steps=4)
     ev = events(1000, np.random.default_rng(2))
     start = time.perf_counter()
-    summary = run_stream(Spikformer(model), ChunkSource(ev, [400]), WindowSpec(window_events=300),
-                         follow=True, idle_timeout=0.3, poll_s=0.01)
+    summary = run_stream(Spikformer(stream_model), ChunkSource(ev, [400]),
+                         WindowSpec(window_events=300), follow=True, idle_timeout=0.3,
+                         poll_s=0.01)
     assert summary["events"] == 1000 and 0.3 <= time.perf_counter() - start < 5
 
 
@@ -126,15 +134,27 @@ def test_cli_follow_reads_a_file_while_it_is_written(tmp_path):
 
     from conftest import GESTURE_DIR, need_gesture
 
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     need_gesture()
-    from torch_reference import RefConfig, random_state_dict
+    from conftest import assert_every_layer_fires, calibrated_checkpoint
+    from torch_reference import RefConfig
 
+    from eventformer.events import frame_events, read_events
+    from eventformer.modelfile import load
+    from eventformer.models import Spikformer
+
+    # a model that fires in every layer on this recording's 5000-event windows
+    recorded = read_events(GESTURE_DIR / "1.bs2").events
     cfg = RefConfig(image_size=128, sps_channels=(8, 8, 16, 16), dim=16, heads=2, depth=1)
-    torch.save(random_state_dict(cfg, 0), tmp_path / "m.pth")
+    calibrated_checkpoint(tmp_path / "m.pth", cfg, [recorded[:40_000]], 8, seed=0)
     cli = [sys.executable, "-m", "eventformer_cli.main"]
     subprocess.run(cli + ["export", str(tmp_path / "m.pth"), "-o", str(tmp_path / "m.h5"),
                           "--heads", "2"], check=True, capture_output=True)
+    engine = Spikformer(load(tmp_path / "m.h5"))
+    for k in range(0, recorded.shape[0], 5000):
+        (idx, cnt), = frame_events(recorded[k:k + 5000], 1, 128, 128)
+        engine.step(idx, cnt)
+    assert_every_layer_fires(engine.layer_stats())
     source = (GESTURE_DIR / "1.bs2").read_bytes()
     growing = tmp_path / "live.bs2"
     growing.write_bytes(b"")

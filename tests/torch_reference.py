@@ -39,16 +39,19 @@ one flip before the attention cascades into hundreds of spike differences downst
 attention map multiplies them). The golden outputs of ``spikformer-dvs-calibrated.pth`` are
 therefore reproduced exactly only for some samples; see tests/test_torch_reference.py for the
 measured agreement. ``conv_accumulation="float64"`` makes the reference machine independent
-(every conv output correctly rounded to float32).
+(every conv output correctly rounded to float32). Tests therefore hold float32 results to the
+float64 reference only as closely as the reference's own float32 runs come to it
+(:class:`Float32Spread`), and check exactness in float64 (:func:`folded_reference`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +73,12 @@ __all__ = [
     "calibrate_bn_",
     "fold_bn",
     "lif_names",
+    "calibrated_state_dict",
+    "folded_reference",
+    "Outputs",
+    "reference_outputs",
+    "Float32Spread",
+    "float32_spread",
 ]
 
 
@@ -249,14 +258,29 @@ class LIF(nn.Module):
 class _AccumulatingConv:
     """Conv mixin: with ``accumulate_float64`` set, a float32 conv is computed in float64 and
     rounded once to float32 (a correctly rounded result, independent of the machine's kernel and
-    its accumulation order). Off by default: plain torch, as the official code runs."""
+    its accumulation order). Off by default: plain torch, as the official code runs.
+
+    With ``jitter_ulps = k > 0`` as well, every output element is then moved by a seeded random
+    whole number of its own ulps in [-k, k]: a float32 result as legitimate as any other summation
+    order's (torch's own float32 convs are off by ~10-30 ulps of the output on average on the
+    official model), but one that is the same on every machine. Such runs measure how far float32
+    rounding alone moves a chaotic spiking net (see :func:`float32_spread`)."""
 
     accumulate_float64 = False
+    jitter_ulps = 0
+    jitter_generator: torch.Generator | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.accumulate_float64 and x.dtype != torch.float64:
             bias = None if self.bias is None else self.bias.double()
-            return self._conv_forward(x.double(), self.weight.double(), bias).to(x.dtype)
+            y = self._conv_forward(x.double(), self.weight.double(), bias).to(x.dtype)
+            if self.jitter_ulps:
+                k = self.jitter_ulps
+                steps = torch.randint(-k, k + 1, y.shape, generator=self.jitter_generator)
+                mag = y.abs()
+                ulp = torch.nextafter(mag, torch.full_like(mag, math.inf)) - mag
+                y = y + steps.to(y.dtype) * ulp
+            return y
         return super().forward(x)
 
 
@@ -407,14 +431,21 @@ class SpikformerRef(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
         self.set_conv_accumulation(conv_accumulation)
 
-    def set_conv_accumulation(self, mode: str) -> "SpikformerRef":
-        """``"native"`` (torch float32 convs) or ``"float64"`` (accumulate in float64, round once)."""
+    def set_conv_accumulation(self, mode: str, jitter_ulps: int = 0,
+                              seed: int = 0) -> "SpikformerRef":
+        """``"native"`` (torch float32 convs) or ``"float64"`` (accumulate in float64, round once;
+        with ``jitter_ulps`` > 0 then jittered by up to that many ulps, seeded by ``seed``: see
+        :class:`_AccumulatingConv`). The jitter streams restart here."""
         if mode not in ("native", "float64"):
             raise ValueError(f"conv_accumulation must be 'native' or 'float64', got {mode!r}")
+        if jitter_ulps and mode != "float64":
+            raise ValueError("jitter_ulps needs conv_accumulation='float64'")
         self._conv_accumulation = mode
-        for m in self.modules():
-            if isinstance(m, _AccumulatingConv):
-                m.accumulate_float64 = mode == "float64"
+        convs = [m for m in self.modules() if isinstance(m, _AccumulatingConv)]
+        for i, m in enumerate(convs):
+            m.accumulate_float64 = mode == "float64"
+            m.jitter_ulps = int(jitter_ulps)
+            m.jitter_generator = torch.Generator().manual_seed(1009 * seed + i) if jitter_ulps else None
         return self
 
     def lif_names(self) -> list[str]:
@@ -526,7 +557,7 @@ def _bn_lif_pairs(model: SpikformerRef) -> list[tuple[str, nn.Module, LIF]]:
 def calibrate_bn_(
     model: SpikformerRef,
     frames_list: Iterable[Tensor] | Tensor,
-    target_rate: float = 0.15,
+    target_rate: float | Callable[[str], float] = 0.15,
     eval: bool = True,
     tol: float = 1e-3,
     bracket: tuple[float, float] = (-10.0, 10.0),
@@ -548,6 +579,9 @@ def calibrate_bn_(
        not re-run) is within ``tol`` of the target is taken. The bracket is widened if it does not
        contain the target.
 
+    ``target_rate`` may also be a function of the LIF's name (e.g. a higher rate for q/k/v, which
+    makes the attention LIF, that has no BatchNorm of its own, fire more).
+
     Returns the achieved rate per LIF name (exactly what the forward pass now gives on these frames).
     ``eval=True`` leaves the model in eval mode (what calibrated statistics are for); ``eval=False``
     restores the mode it had.
@@ -567,6 +601,8 @@ def calibrate_bn_(
     rates: dict[str, float] = {}
 
     def make_hook(name: str, lif: LIF):
+        target = float(target_rate(name) if callable(target_rate) else target_rate)
+
         def hook(bn, inputs):
             (x,) = inputs  # [T*B, C, ...], the BN's input in the forward pass
             dims = [d for d in range(x.dim()) if d != 1]
@@ -583,19 +619,19 @@ def calibrate_bn_(
 
             lo, hi = bracket
             for _ in range(20):  # widen the bracket until it contains the target
-                if rate(lo) <= target_rate:
+                if rate(lo) <= target:
                     break
                 lo -= hi - lo
             for _ in range(20):
-                if rate(hi) >= target_rate:
+                if rate(hi) >= target:
                     break
                 hi += hi - lo
             for _ in range(max_iter):
                 delta = 0.5 * (lo + hi)
                 r = rate(delta)  # leaves bn.bias = beta0 + delta
-                if abs(r - target_rate) <= tol:
+                if abs(r - target) <= tol:
                     break
-                if r < target_rate:
+                if r < target:
                     lo = delta
                 else:
                     hi = delta
@@ -693,3 +729,244 @@ def ref_config(cfg) -> RefConfig:
                      depth=cfg.depth, mlp_ratio=cfg.mlp_hidden / cfg.dim,
                      num_classes=cfg.num_classes, scale=cfg.scale, tau=cfg.tau,
                      theta=cfg.theta, attn_theta=cfg.attn_theta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Test models: calibrated tiny checkpoints (every layer fires) and folded float64 references
+# --------------------------------------------------------------------------------------------------
+
+CALIBRATION_RATE = 0.15
+QKV_CALIBRATION_RATE = 0.3  # q, k, v fire more so that the attention LIF (no BatchNorm) fires too
+
+
+def calibration_rate(name: str, rate: float = CALIBRATION_RATE,
+                     qkv_rate: float = QKV_CALIBRATION_RATE) -> float:
+    """The target firing rate of a BN-fed LIF in the tests' calibrated models."""
+    return qkv_rate if name.rsplit(".", 1)[-1] in ("q_lif", "k_lif", "v_lif") else rate
+
+
+@contextmanager
+def torch_threads(n: int = 1):
+    """Run torch on ``n`` threads inside the block. The tests' reference runs use one: on a
+    loaded 2-core machine torch's OpenMP threads spin against other work and a full-size float64
+    forward took 3.4 s on two threads against 1.5 s on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _as_batch(frames_list) -> Tensor:
+    """``[T, C, H, W]`` samples and/or ``[T, B, C, H, W]`` batches (tensors or arrays) -> one
+    float32 ``[T, B, C, H, W]`` batch."""
+    if not isinstance(frames_list, (list, tuple)):
+        frames_list = [frames_list]
+    frames = [torch.as_tensor(f).float() for f in frames_list]
+    return torch.cat([f if f.dim() == 5 else f.unsqueeze(1) for f in frames], dim=1)
+
+
+@torch.no_grad()
+def calibrated_state_dict(config: RefConfig, frames_list, seed: int = 0,
+                          rate: float = CALIBRATION_RATE,
+                          qkv_rate: float = QKV_CALIBRATION_RATE,
+                          tol: float = 0.02) -> dict[str, Tensor]:
+    """``random_state_dict(config, seed)`` with every BN-fed LIF calibrated (:func:`calibrate_bn_`)
+    to fire at ``rate`` (q/k/v at ``qkv_rate``, each within ``tol``: only firing matters here, and
+    a loose ``tol`` keeps the bisection short) on ``frames_list``, the test's own kind of input.
+
+    An uncalibrated random model goes silent after its first layer (every later LIF 0 spikes,
+    logits = head bias), which makes any comparison of two paths vacuous. Raises if any LIF, the
+    attention LIF included, is silent on ``frames_list``."""
+    model = SpikformerRef(config)
+    model.load_state_dict(random_state_dict(config, seed))
+    model.double()  # calibrated in float64: the same model on every machine
+    frames = _as_batch(frames_list).double()
+    with torch_threads(1):
+        calibrate_bn_(model, frames, lambda name: calibration_rate(name, rate, qkv_rate), tol=tol)
+        model.float()
+        _, spikes = model(frames.float(), record=True)
+    silent = [name for name, s in spikes.items() if not bool(s.any())]
+    if silent:
+        raise AssertionError(f"calibrated model still has silent layers: {silent}")
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def folded_reference(source, dtype: torch.dtype = torch.float64, heads: int = 16,
+                     scale: float = 0.25) -> SpikformerRef:
+    """The reference with BatchNorm folded exactly as a model file holds it: each conv carries the
+    folded weight W' (float32 values) and its BatchNorm adds the folded bias b' and nothing else
+    (gamma 1, mean 0, var 1, eps 0: ``(x - 0) / sqrt(1 + 0) * 1 + b' == x + b'`` exactly).
+
+    Run in float64 this is what the engine computes in float64 up to summation order (the weights
+    are the same float32 numbers, every product and sum is float64). ``source``: an eventformer
+    ``ModelFile`` (its layers' weights as they are), or a ``SpikformerRef`` or a state dict (with
+    ``heads`` and ``scale``), folded here with :func:`fold_bn` in float64 and rounded once to
+    float32 as the exporter does."""
+    if hasattr(source, "layers") and hasattr(source, "config"):  # an eventformer ModelFile
+        cfg = ref_config(source.config)
+        folded = {name: (torch.from_numpy(p.weight), torch.from_numpy(p.bias))
+                  for name, p in source.layers.items() if p.weight is not None}
+        base = None
+    else:
+        base = source if isinstance(source, SpikformerRef) else None
+        if base is None:
+            sd = _unwrap(source)
+            base = SpikformerRef(RefConfig.from_state_dict(sd, heads=heads, scale=scale))
+            base.load_state_dict(sd)
+        cfg = base.cfg
+        mods = dict(base.named_modules())
+        folded = {}
+        for name, bn, _ in _bn_lif_pairs(base):
+            parent, _, leaf = name.rpartition(".")
+            conv = mods[f"{parent}.{leaf.replace('_lif', '_conv')}"]
+            folded[name] = fold_bn(conv.weight, conv.bias, bn, eps=bn.eps, dtype=torch.float32)
+        folded["head"] = (base.head.weight.detach().float(), base.head.bias.detach().float())
+    ref = SpikformerRef(cfg)
+    mods = dict(ref.named_modules())
+    with torch.no_grad():
+        for name, (w, b) in folded.items():
+            if name == "head":
+                ref.head.weight.copy_(w)
+                ref.head.bias.copy_(b)
+                continue
+            parent, _, leaf = name.rpartition(".")
+            conv = mods[f"{parent}.{leaf.replace('_lif', '_conv')}"]
+            bn = mods[f"{parent}.{leaf.replace('_lif', '_bn')}"]
+            conv.weight.copy_(w.reshape(conv.weight.shape))
+            if conv.bias is not None:
+                conv.bias.zero_()
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(b)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+            bn.eps = 0.0
+    return ref.to(dtype).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# The float32 spread: how far float32 rounding alone moves the network from float64
+# --------------------------------------------------------------------------------------------------
+
+# A float32 spiking net is chaotic: a membrane within rounding distance of threshold flips with the
+# accumulation order, and one flip before the attention cascades. So a float32 result is checked
+# against the float64 reference, not against another float32 result, and only as closely as the
+# reference's own float32 runs come to float64 ("realisations"): the native run (this machine's
+# torch kernels), runs whose convs are correctly rounded and then jittered by a seeded +-16 ulps
+# (about torch's own float32 conv error; the same numbers on every machine, so the tolerance never
+# shrinks below theirs), and optional extras such as the golden file (another machine's run).
+# Tolerance = FLOAT32_FACTOR x the largest deviation of any realisation + a floor, for the logits
+# (max |difference|) and for every layer's total spike count (relative difference).
+# Measured (torch 2.13 CPU; OPENBLAS_CORETYPE unset/Haswell, EVENTFORMER_THREADS 1/2):
+#   official checkpoint, 5 segments: golden and native 7.7e-3 / 0.24 % (3.bs2 cascades), jitter0
+#   2.3e-2 / 1.2 %, jitter1 1.4e-2 / 0.86 % -> tolerance 4.7e-2 / 2.5 %. The engine in float32:
+#   1.4e-2 .. 2.3e-2 / 0.7 .. 1.0 % over kernel paths, threads and OpenBLAS core types.
+#   random full-size model calibrated on the segments: native 2.5e-7 (no cascade), jitter0 3.9e-2
+#   / 1.0 %, jitter1 2.6e-2 / 0.8 % -> 7.9e-2 / 2.2 %; the engine 1.9e-2 .. 2.7e-2 / 0.4 .. 0.6 %.
+#   The float64 predictions were kept by every engine run; one jittered reference run changes
+#   1.bs2's (float64 top-2 margin 0.0066), hence predictions are asserted only beyond 2 x tol.
+# Factor 2 leaves 2x room above the worst engine run seen. It also means these end-to-end checks
+# only catch errors larger than float32 chaos (a bias off by 0.05 fails, one off by 0.01 can
+# pass): the sharp float32 checks are per layer, with each layer fed the reference's own input
+# (tests/test_engine_vs_torch.py, teacher forcing).
+JITTER_ULPS = 16
+JITTER_SEEDS = (0, 1)
+FLOAT32_FACTOR = 2.0
+FLOAT32_LOGIT_FLOOR = 1e-3
+FLOAT32_COUNT_FLOOR = 1e-3  # relative, per layer
+
+
+@dataclass
+class Outputs:
+    """One sample's logits (float64) and total spikes per LIF name."""
+
+    logits: Tensor
+    counts: dict[str, int]
+
+    @classmethod
+    def of(cls, logits, counts: Mapping[str, int]) -> Outputs:
+        return cls(torch.as_tensor(logits, dtype=torch.float64).reshape(-1),
+                   {k: int(v) for k, v in counts.items() if k != "head"})
+
+    @property
+    def prediction(self) -> int:
+        return int(self.logits.argmax())
+
+
+@torch.no_grad()
+def reference_outputs(model: SpikformerRef, frames_list, dtype: torch.dtype = torch.float32
+                      ) -> list[Outputs]:
+    """Run ``model`` (already in ``dtype``) on each ``[T, C, H, W]`` sample alone."""
+    out = []
+    with torch_threads(1):
+        for frames in frames_list:
+            logits, spikes = model(torch.as_tensor(frames).to(dtype).unsqueeze(1), record=True)
+            out.append(Outputs.of(logits[0], {k: int(v.sum()) for k, v in spikes.items()}))
+    return out
+
+
+def deviation(outputs: list[Outputs], truth: list[Outputs]) -> tuple[float, float, str]:
+    """(max |logit difference|, max relative per-layer spike count difference, where) over samples."""
+    worst_l, worst_c, where = 0.0, 0.0, ""
+    assert len(outputs) == len(truth)
+    for i, (o, t) in enumerate(zip(outputs, truth)):
+        worst_l = max(worst_l, float((o.logits - t.logits).abs().max()))
+        assert set(o.counts) == set(t.counts), (sorted(o.counts), sorted(t.counts))
+        for name, n in t.counts.items():
+            rel = abs(o.counts[name] - n) / max(n, 1)
+            if rel > worst_c:
+                worst_c, where = rel, f"sample {i} {name}: {o.counts[name]} vs {n}"
+    return worst_l, worst_c, where
+
+
+@dataclass
+class Float32Spread:
+    """The float64 truth per sample and the reference's float32 realisations of it."""
+
+    truth: list[Outputs]
+    runs: dict[str, list[Outputs]]
+
+    def deviations(self) -> dict[str, tuple[float, float, str]]:
+        return {name: deviation(o, self.truth) for name, o in self.runs.items()}
+
+    def tolerances(self, exclude: Iterable[str] = ()) -> tuple[float, float]:
+        """(logit tolerance, relative count tolerance) from the realisations not in ``exclude``."""
+        devs = [d for name, d in self.deviations().items() if name not in set(exclude)]
+        s_l = max(d[0] for d in devs)
+        s_c = max(d[1] for d in devs)
+        return (FLOAT32_FACTOR * s_l + FLOAT32_LOGIT_FLOOR,
+                FLOAT32_FACTOR * s_c + FLOAT32_COUNT_FLOOR)
+
+    def check(self, outputs: list[Outputs], what: str = "float32",
+              exclude: Iterable[str] = ()) -> None:
+        """``outputs`` are no further from float64 than the reference's float32 (with slack), and
+        predict float64's class wherever float64's top-2 margin is beyond float32's reach."""
+        tol_l, tol_c = self.tolerances(exclude)
+        dev_l, dev_c, where = deviation(outputs, self.truth)
+        spread = {k: f"{v[0]:.2e}/{v[1]:.2e}" for k, v in self.deviations().items()}
+        assert dev_l <= tol_l, f"{what}: logits {dev_l:.3e} from float64 > {tol_l:.3e} ({spread})"
+        assert dev_c <= tol_c, f"{what}: spikes {where} ({dev_c:.3e} > {tol_c:.3e}; {spread})"
+        for i, (o, t) in enumerate(zip(outputs, self.truth)):
+            top2 = t.logits.topk(2).values
+            if float(top2[0] - top2[1]) > 2 * tol_l:
+                assert o.prediction == t.prediction, f"{what}: sample {i} prediction"
+
+
+def float32_spread(model32: SpikformerRef, frames_list, truth: list[Outputs],
+                   extra: Mapping[str, list[Outputs]] | None = None,
+                   seeds: Iterable[int] = JITTER_SEEDS) -> Float32Spread:
+    """Run the float32 reference ``model32`` natively and jittered (one run per seed, see
+    :class:`_AccumulatingConv`) on every sample; ``extra`` adds other float32 realisations (e.g.
+    golden outputs computed on another machine). The model's conv mode is restored."""
+    mode = model32._conv_accumulation
+    runs: dict[str, list[Outputs]] = dict(extra or {})
+    try:
+        model32.set_conv_accumulation("native")
+        runs["native"] = reference_outputs(model32, frames_list)
+        for seed in seeds:
+            model32.set_conv_accumulation("float64", JITTER_ULPS, seed)
+            runs[f"jitter{seed}"] = reference_outputs(model32, frames_list)
+    finally:
+        model32.set_conv_accumulation(mode)
+    return Float32Spread(truth, runs)
