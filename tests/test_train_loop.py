@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from conftest import one_error_line
+from conftest import assert_every_layer_fires, one_error_line
 from eventformer.datasets import embedded_synthetic_dir, embedded_synthetic_set
 from eventformer.errors import EventformerError
 from eventformer.events import dense_frames, frame_events
@@ -159,21 +159,52 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(sets, tmp_path):
     assert load_checkpoint(ck)["meta"]["epoch"] == 1
 
 
+def _grid(x: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(x, np.float64) * 256) / 256
+
+
+def exactly_foldable(params, state, config, shift: float):
+    """The trained parameters made exact to fold and to sum: weights and biases on a 2^-8 grid,
+    every BatchNorm an identity (mean 0, var + eps == 1, gamma 1) plus its shift ``beta`` raised
+    by ``shift`` so that every layer fires. The model file's float32 folded weights then equal
+    the trainer's float64 ones, and float64 sums of grid values are exact in any order."""
+    p = {k: _grid(v) for k, v in params.items()}
+    st = {k: np.array(v, copy=True) for k, v in state.items()}
+    for bn in M.bn_names(config):
+        st[f"{bn}.running_mean"] = np.zeros_like(st[f"{bn}.running_mean"], np.float64)
+        st[f"{bn}.running_var"] = np.full_like(st[f"{bn}.running_var"], 1.0 - M.BN_EPS,
+                                               np.float64)
+        assert np.all(st[f"{bn}.running_var"] + M.BN_EPS == 1.0)
+        p[f"{bn}.weight"] = np.ones_like(p[f"{bn}.weight"])
+        p[f"{bn}.bias"] = p[f"{bn}.bias"] + shift
+    return p, st
+
+
 def test_trainer_predictions_equal_the_engine(sets, tmp_path):
+    """The trainer's eval forward and the engine running the exported file are one computation:
+    in float64 on exactly representable parameters they agree to the bit, on a model whose
+    every layer fires."""
     tr, va = sets
     cfg = small_config()
     out = tmp_path / "m.h5"
     r = train(cfg, tr, va, epochs=2, batch=8, lr=3e-3, out_path=out, handle_sigint=False,
               metadata={"command": "test"})
-    want = predict(r.params, r.state, cfg, va)
-    engine = Spikformer(load(out), dtype="float64")
-    for i, ev in enumerate(va.events):
-        got = engine.run(frame_events(ev, T, S, S))
-        assert int(np.argmax(got)) == int(np.argmax(want[i]))
-        np.testing.assert_allclose(got, want[i], atol=1e-3)
     prov = load(out).provenance["training"]
     assert prov["epochs"] == 2 and prov["seed"] == 0 and prov["command"] == "test"
     assert prov["augmentation"]["flip"] is False and prov["framing"]["split_by"] == "number"
+    params, state = exactly_foldable(r.params, r.state, cfg, shift=1.0)
+    exact = tmp_path / "exact.h5"
+    from eventformer.modelfile import save
+    from eventformer.train.export import to_model_file
+
+    save(exact, to_model_file(params, state, cfg))
+    want = predict(params, state, cfg, va)
+    engine = Spikformer(load(exact), dtype="float64")
+    for i, ev in enumerate(va.events):
+        engine.clear_stats()
+        got = engine.run(frame_events(ev, T, S, S))
+        assert_every_layer_fires(engine.layer_stats())  # not two silent networks agreeing
+        np.testing.assert_array_equal(got, want[i])
 
 
 # --- CLI -----------------------------------------------------------------------------------------
