@@ -75,7 +75,7 @@ def infer(
     Files that cannot be classified are named one by one (one line each, and a JSON object with
     an "error" key under --json) while the others are classified; the exit code is then 2."""
     from eventformer.errors import EventformerError
-    from eventformer.inference import classify_file
+    from eventformer.inference import classify_files
     from eventformer.report import EnergyTable
 
     energy = EnergyTable(ac_pj=check_number("--pj-ac", pj_ac, low=0.0),
@@ -98,28 +98,22 @@ def infer(
     results, failed = [], 0
     with progress_bar(len(files) > 1 and not as_json) as progress:
         task = progress.add_task("classifying", total=len(files)) if progress else None
-        for f in files:
-            try:
-                if not f.exists():
-                    raise EventformerError(f"{f}: no such file")
-                r = classify_file(engine, str(f), energy=energy, **framing)
-            except EventformerError as exc:  # this file only: the others still count
+        for f, r in classify_files(engine, files, energy=energy, **framing):
+            if progress:
+                progress.advance(task)
+            if isinstance(r, EventformerError):  # this file only: the others still count
                 if STATE["debug"]:
-                    traceback.print_exc()
+                    traceback.print_exception(r)
                 failed += 1
-                err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+                err.print(f"error: {r}", markup=False, highlight=False, soft_wrap=True)
                 if as_json:
-                    _emit_json({"file": str(f), "error": str(exc)})
-                if progress:
-                    progress.advance(task)
+                    _emit_json({"file": f, "error": str(r)})
                 continue
             for w in r.warnings:
                 err.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
             results.append(r)
             if as_json:
                 _emit_json(r.to_json())
-            if progress:
-                progress.advance(task)
     if results and not as_json:
         announce_model(weights)
         _print_results(results, show_layers=layers or len(results) == 1)

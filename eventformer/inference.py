@@ -106,8 +106,8 @@ def frame_recording(rec: Recording, model: Spikformer, steps: int, split_by: str
         raise EventformerError(f"{rec.path}: no events to classify ({why})")
     if split_by == "number" and steps > n:
         raise EventformerError(
-            f"{rec.path}: {steps} steps for {n} events: split_by='number' would put all of them into the "
-            f"last step; use at most {n} steps or split by time")
+            f"{rec.path}: {steps} steps for {n} events: split_by='number' would put all of "
+            f"them into the last step; use at most {n} steps or split by time")
     if split_by == "time" and n > 1 and np.any(np.diff(events["t"]) < 0):
         events = events[np.argsort(events["t"], kind="stable")]
     try:
@@ -155,3 +155,14 @@ def classify_file(model: Spikformer, path: str, **kw) -> Classification:
     """Read (format from the header bytes), frame and classify one recording; ``kw`` as
     `classify` (steps, split_by, energy, sensor_size, transform)."""
     return classify(model, read_events(path), **kw)
+
+
+def classify_files(model: Spikformer, paths, **kw):
+    """Classify recordings one after another, yielding ``(path, Classification)`` for each good
+    one and ``(path, EventformerError)`` for one that cannot be read or framed, so that one bad
+    file in a batch costs only its own result; ``kw`` as `classify`."""
+    for path in paths:
+        try:
+            yield str(path), classify_file(model, str(path), **kw)
+        except EventformerError as exc:
+            yield str(path), exc

@@ -199,6 +199,21 @@ def test_one_bad_file_in_json_mode(recording, tmp_path):
     assert second["file"] == str(recording) and "prediction" in second
 
 
+def test_classify_files_yields_each_files_own_result(recording, tmp_path, shipped_engine):
+    from eventformer.errors import EventformerError
+    from eventformer.inference import Classification, classify_files
+
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    paths = [tmp_path / "missing.npy", recording, empty, recording]
+    out = list(classify_files(shipped_engine, paths))
+    assert [p for p, _ in out] == [str(p) for p in paths]
+    kinds = [type(r) for _, r in out]
+    assert kinds[1] is kinds[3] is Classification
+    assert issubclass(kinds[0], EventformerError) and issubclass(kinds[2], EventformerError)
+    assert out[1][1].prediction == out[3][1].prediction
+
+
 def test_infer_dataset_prints_partial_results_on_ctrl_c(monkeypatch):
     import eventformer.evaluate as evaluate
 
