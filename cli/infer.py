@@ -210,18 +210,21 @@ def _print_results(results, show_layers: bool) -> None:
 
 
 def _layer_table(r) -> Table:
-    t = Table(title=f"{Path(r.file).name}: per layer (AC/MAC counted by the kernels; "
-                    f"SOP = paper estimate fr x T x FLOPs)", title_justify="left")
+    t = Table(title=f"{Path(r.file).name}: per layer, attention {r.attention} (AC/MAC counted by "
+                    f"the kernels; SOP = paper estimate fr x T x FLOPs)", title_justify="left")
+    # the attention operators' own work, shown when the model does any
+    extra = [k for k in ("lut", "shift", "compare", "attn_entries", "attn_nonzero") if r.ops[k]]
     for col in ("layer", "neurons", "spikes", "rate", "in density", "path", "AC", "MAC",
-                "dense MAC", "SOP (paper)"):
+                "dense MAC", *extra, "SOP (paper)"):
         t.add_column(col, justify="left" if col in ("layer", "path") else "right")
     for row in r.layers:
         t.add_row(row["name"], f"{row['neurons']:,}", f"{row['spikes']:,}",
                   f"{row['firing_rate']:.3f}", f"{row['input_density']:.3f}", row["path"],
                   f"{row['ac']:,}", f"{row['mac']:,}", f"{row['dense_mac']:,}",
-                  f"{row['sop_paper']:.3g}")
+                  *[f"{row[k]:,}" for k in extra], f"{row['sop_paper']:.3g}")
     o = r.ops
     t.caption = (f"total AC {o['ac']:,}  MAC {o['mac']:,}  dense MAC {o['dense_mac']:,}  "
-                 f"energy {o['energy_uj']:.2f} uJ (counted) / {o['energy_uj_paper']:.2f} uJ "
+                 + "".join(f"{k} {o[k]:,}  " for k in extra)
+                 + f"energy {o['energy_uj']:.2f} uJ (counted) / {o['energy_uj_paper']:.2f} uJ "
                  f"(paper estimate)  SOP {o['sop_paper']:.3g}")
     return t

@@ -30,12 +30,15 @@ class Classification:
     warnings: list
     #: What was done to the focal plane (`SpatialPlan.describe`), e.g. "downsample by 4 ...".
     spatial: str = ""
+    #: The model's attention operator (ssa, ds2ta, ssa_bin, saformer).
+    attention: str = "ssa"
 
     def to_json(self) -> dict:
         return {"file": self.file, "events": self.events, "steps": self.steps,
                 "prediction": self.prediction, "class_name": self.class_name,
                 "logits": [float(x) for x in self.logits], "layers": self.layers,
-                "ops": self.ops, "seconds": self.seconds, "spatial": self.spatial}
+                "ops": self.ops, "seconds": self.seconds, "spatial": self.spatial,
+                "attention": self.attention}
 
 
 def downsample_factor(sensor: tuple[int, int] | None, size: int, name: str) -> int:
@@ -148,7 +151,7 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
         file=rec.path, events=int(len(rec.events)), steps=steps, logits=logits, prediction=k,
         class_name=class_name(model, k), layers=layer_rows(stats, steps),
         ops=summarize(stats, steps, energy), seconds=seconds, duration_us=int(rec.duration_us),
-        warnings=warnings, spatial=plan.describe())
+        warnings=warnings, spatial=plan.describe(), attention=model.config.attention)
 
 
 def classify_file(model: Spikformer, path: str, **kw) -> Classification:

@@ -27,6 +27,12 @@ def layer_sop(stats: dict, steps: int) -> float:
     return stats["input_density"] * steps * stats["dense_macs_per_step"]
 
 
+#: The attention operators' own work (SPEC §5): NSAD look-ups, TASA shifts, binary compares,
+#: map entries formed and left non-zero. Reported for every model (zeros where an operator has
+#: none), so reports of different operators line up.
+ATTENTION_COUNTERS = ("lut", "shift", "compare", "attn_entries", "attn_nonzero")
+
+
 def summarize(layer_stats: list[dict], steps: int, table: EnergyTable | None = None) -> dict:
     """Totals over layers: real counts, the paper estimate, and both energies in microjoules."""
     table = table or EnergyTable()
@@ -44,7 +50,7 @@ def summarize(layer_stats: list[dict], steps: int, table: EnergyTable | None = N
         "mac": int(mac),
         "dense_mac": int(sum(s.get("dense_mac", 0) for s in layer_stats)),
         "neuron_updates": int(sum(s.get("neuron_updates", 0) for s in layer_stats)),
-        "attn_entries": int(sum(s.get("attn_entries", 0) for s in layer_stats)),
+        **{k: int(sum(s.get(k, 0) for s in layer_stats)) for k in ATTENTION_COUNTERS},
         "sop_paper": float(sop),
         "energy_uj": table.energy_uj(ac, mac),
         "energy_uj_paper": table.energy_uj(sop, paper_mac),
@@ -64,7 +70,7 @@ def layer_rows(layer_stats: list[dict], steps: int) -> list[dict]:
             "firing_rate": (s["spikes"] / (s["neurons"] * steps)) if s["neurons"] and steps else 0.0,
             "ac": s["ac"], "mac": s["mac"], "dense_mac": s.get("dense_mac", 0),
             "neuron_updates": s.get("neuron_updates", 0),
-            "attn_entries": s.get("attn_entries", 0),
+            **{k: s.get(k, 0) for k in ATTENTION_COUNTERS},
             "input": s.get("input", ""), "input_density": round(s["input_density"], 6),
             "path": path, "sparse_steps": sparse, "dense_steps": dense,
             "sop_paper": layer_sop(s, steps) if s.get("input") != "counts" else 0.0,

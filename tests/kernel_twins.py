@@ -260,6 +260,165 @@ def ssa_ops(q, k, v, heads, order_used):
 
 
 # --------------------------------------------------------------------------------------------
+# the attention variants of SPEC §4
+# --------------------------------------------------------------------------------------------
+
+
+def qk_counts(q, k, heads):
+    """Per-head count maps (Q_h @ K_h^T) of dense 0/1 [N, D] maps -> int64 [heads, N, N]."""
+    n, dim = q.shape
+    d = dim // heads
+    maps = np.zeros((heads, n, n), np.int64)
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        maps[h] = q[:, sl].astype(np.int64) @ k[:, sl].astype(np.int64).T
+    return maps
+
+
+def _apply_maps(maps, v, heads):
+    """Per head M_h @ V_h, merged back to [N, D] int64."""
+    n, dim = v.shape
+    d = dim // heads
+    y = np.zeros((n, dim), np.int64)
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        y[:, sl] = maps[h] @ v[:, sl].astype(np.int64)
+    return y
+
+
+def ssa_bin(q, k, v, heads, delta, vbar, scale, dtype):
+    """SSA_Bin: B = 1((Q_h K_h^T) > delta[h]), Y = (B V - vbar) * scale -> ([N, D] in ``dtype``,
+    the binary maps int64 [heads, N, N]). One subtraction and one product, in ``dtype``."""
+    counts = qk_counts(q, k, heads)
+    binary = np.zeros_like(counts)
+    for h in range(heads):
+        binary[h] = (counts[h] > delta[h]).astype(np.int64)
+    dt = np.dtype(dtype).type
+    y = _apply_maps(binary, v, heads).astype(dtype)
+    return (y - np.asarray(vbar, dtype)[None, :]) * dt(scale), binary
+
+
+def nsad(q, k, v, heads, table, scale, dtype):
+    """DS2TA's NSAD: A[h, i, j] = table[h, (Q_h K_h^T)[i, j]], Y = (A V) * scale -> ([N, D] in
+    ``dtype``, A int64 [heads, N, N])."""
+    counts = qk_counts(q, k, heads)
+    mapped = np.zeros_like(counts)
+    for h in range(heads):
+        mapped[h] = np.asarray(table, np.int64)[h][counts[h]]
+    dt = np.dtype(dtype).type
+    return _apply_maps(mapped, v, heads).astype(dtype) * dt(scale), mapped
+
+
+def mapped_attention_ops(q, k, v, heads, mapped):
+    """Work of an attention that forms the map explicitly over active pairs (SSA_Bin, NSAD):
+    entries = pairs sharing an active channel (one compare or table look-up each), nonzero =
+    entries left non-zero by the map, ac = one add per shared channel (forming the counts) plus
+    |M_ij| per active V channel of key token j (an entry is an event of multiplicity |M_ij|)."""
+    counts = qk_counts(q, k, heads)
+    d = v.shape[1] // heads
+    ac = int(counts.sum())
+    for h in range(heads):
+        vj = v[:, h * d:(h + 1) * d].astype(np.int64).sum(axis=1)
+        ac += int((np.abs(mapped[h]) * vj[None, :]).sum())
+    return {"ac": ac, "entries": int(np.count_nonzero(counts)),
+            "nonzero": int(np.count_nonzero(mapped))}
+
+
+def tasa(currents, tau, taw, bias, dtype):
+    """DS2TA's TASA over a whole sample: I_t = sum_{m=0}^{T_AW-1} J_{t-m} 2^(-tau m) + b.
+
+    ``currents`` [T, size] are the J_t (no bias), ``bias`` [size] b'. Summed m ascending, then
+    the bias, each step in ``dtype``. Steps without input (J_t all zero, ``live`` False) add
+    nothing. Returns (I [T, size], shifts: one per decayed element of a live earlier step)."""
+    currents = np.asarray(currents, dtype)
+    t_total, size = currents.shape
+    live = np.any(currents != 0, axis=1)
+    dt = np.dtype(dtype).type
+    out = np.empty((t_total, size), dtype)
+    shifts = 0
+    for t in range(t_total):
+        x = currents[t].copy()
+        for m in range(1, taw):
+            if t - m < 0 or not live[t - m]:
+                continue
+            x = x + currents[t - m] * dt(2.0 ** (-tau * m))
+            shifts += size
+        out[t] = x + np.asarray(bias, dtype)
+    return out, shifts
+
+
+def adaptive_avg_pool_tokens(x, rows):
+    """PyTorch's adaptive average pooling of x [N, D] over the token axis to ``rows`` rows
+    (row l averages tokens floor(l N / L) .. ceil((l + 1) N / L) - 1), as float64 [L, D]."""
+    n = x.shape[0]
+    out = np.zeros((rows, x.shape[1]))
+    for r in range(rows):
+        lo = (r * n) // rows
+        hi = -((-(r + 1) * n) // rows)
+        out[r] = x[lo:hi].astype(np.float64).sum(axis=0) / (hi - lo)
+    return out
+
+
+def depthwise_conv(x, weight, bias):
+    """Depthwise cross-correlation with "same" zero padding: x [C, H, W], weight [C, KH, KW]
+    (odd), bias [C] -> [C, H, W] in the dtype of ``weight``; the bias first, then the taps."""
+    c, h, w = x.shape
+    _, kh, kw = weight.shape
+    ph, pw = kh // 2, kw // 2
+    dt = weight.dtype
+    xp = np.zeros((c, h + 2 * ph, w + 2 * pw), dt)
+    xp[:, ph:ph + h, pw:pw + w] = x
+    out = np.empty((c, h, w), dt)
+    for ch in range(c):
+        for y in range(h):
+            for xx in range(w):
+                out[ch, y, xx] = bias[ch] + np.sum(xp[ch, y:y + kh, xx:xx + kw] * weight[ch],
+                                                   dtype=dt)
+    return out
+
+
+def depthwise_ops(x, kh, kw):
+    """ac of a depthwise scatter of the 0/1 map x [C, H, W]: one per spike and tap in the grid."""
+    _, h, w = x.shape
+    fan = conv_fanout(h, w, kh, kw, 1, kh // 2)
+    return int(np.sum((np.asarray(x) != 0) * fan[None]))
+
+
+def saformer(q, k, grid_w, rows, dwc_weight, dwc_bias, scale, dtype):
+    """SAFormer: Y = scale * (K * a) + DWC(K), a = sum_l Qa[l] * Ka[l] -> [N, D] in ``dtype``.
+
+    q, k dense 0/1 [N, D]; the token grid is (N / grid_w) x grid_w. The pooled rows and the
+    gate in float64 (exact for the tests' power-of-two row sizes), then cast to ``dtype``."""
+    n, dim = k.shape
+    dt = np.dtype(dtype).type
+    qa = adaptive_avg_pool_tokens(q, rows)
+    ka = adaptive_avg_pool_tokens(k, rows)
+    gate = (qa * ka).sum(axis=0).astype(dtype)
+    grid = k.T.reshape(dim, n // grid_w, grid_w)
+    dwc = depthwise_conv(grid, np.asarray(dwc_weight, dtype), np.asarray(dwc_bias, dtype))
+    dwc = dwc.reshape(dim, n).T
+    return (dt(scale) * (k.astype(dtype) * gate[None, :])) + dwc
+
+
+def saformer_ops(q, k, grid_w, rows, kh, kw):
+    """ac and mac of SAFormer's core (see saformer_step): the DWC taps, and when Q and K both
+    have spikes the pooling counts (one per spike and row holding its token), one add per K
+    spike, and 3 L D + D multiplies for the gate."""
+    n, dim = k.shape
+    grid = k.T.reshape(dim, n // grid_w, grid_w)
+    ac = depthwise_ops(grid, kh, kw)
+    mac = 0
+    if q.any() and k.any():
+        for r in range(rows):
+            lo = (r * n) // rows
+            hi = -((-(r + 1) * n) // rows)
+            ac += int(q[lo:hi].sum()) + int(k[lo:hi].sum())
+        ac += int(k.sum())
+        mac = 3 * rows * dim + dim
+    return ac, mac
+
+
+# --------------------------------------------------------------------------------------------
 # layout helpers
 # --------------------------------------------------------------------------------------------
 
@@ -315,6 +474,7 @@ TWINS = {
     "channel_sums": (channel_sums,),
     "conv2d_scatter": (conv2d, conv2d_ops),
     "densify_padded": (conv2d, conv2d_ops),  # densify + im2col + GEMM against the conv
+    "depthwise3x3_scatter": (depthwise_conv, depthwise_ops),
     "im2col_padded": (conv2d,),
     "lif_params": (lif,),  # its params drive lif_step, compared with lif given tau, theta, ...
     "lif_quiet_step": (lif_periodic,),
@@ -324,6 +484,10 @@ TWINS = {
     "linear_scatter": (linear, linear_ops),
     "maxpool_flags": (maxpool2d,),
     "merge_add": (merge_add,),
+    "nsad_step": (nsad, mapped_attention_ops),
+    "saformer_step": (saformer, saformer_ops),
     "scatter_dense": (scatter_dense,),
+    "ssa_bin_step": (ssa_bin, mapped_attention_ops),
     "ssa_step": (ssa, ssa_ops),
+    "tasa_current": (tasa,),
 }

@@ -19,6 +19,7 @@ from eventformer.kernels import (
     conv2d_scatter,
     counters as C,
     densify_padded,
+    depthwise3x3_scatter,
     im2col_padded,
     lif_params,
     lif_quiet_step,
@@ -28,8 +29,12 @@ from eventformer.kernels import (
     linear_scatter,
     maxpool_flags,
     merge_add,
+    nsad_step,
+    saformer_step,
     scatter_dense,
+    ssa_bin_step,
     ssa_step,
+    tasa_current,
 )
 
 SETTINGS = settings(max_examples=50, deadline=None,
@@ -508,6 +513,212 @@ def test_ssa_twin_agrees_with_torch():
 
 
 # ---------------------------------------------------------------------------------------------
+# the attention variants (SPEC §4): SSA_Bin, NSAD, TASA, SAFormer
+# ---------------------------------------------------------------------------------------------
+
+
+def _qkv(case, rng):
+    n, dim = case["n"], case["dim"]
+    q, k, v = ((rng.random((n, dim)) < case[d]).astype(np.int64) for d in ("dq", "dk", "dv"))
+    return q, k, v, *(twin.tokens_to_events(m)[0] for m in (q, k, v))
+
+
+def _mapped_counters(start, ops, slot, qi, ki, vi):
+    exp = start.copy()
+    exp[C.AC] += ops["ac"]
+    exp[C.ATTN_ENTRIES] += ops["entries"]
+    exp[slot] += ops["entries"]
+    exp[C.ATTN_NONZERO] += ops["nonzero"]
+    exp[C.INPUT_EVENTS] += qi.shape[0] + ki.shape[0] + vi.shape[0]
+    return exp
+
+
+@SETTINGS
+@given(ssa_cases(), st.integers(0, 2**32 - 1))
+def test_ssa_bin_step_matches_twin(case, seed2):
+    rng = np.random.default_rng(case["seed"])
+    n, dim, heads, dt = case["n"], case["dim"], case["heads"], case["dtype"]
+    d = dim // heads
+    q, k, v, qi, ki, vi = _qkv(case, rng)
+    r2 = np.random.default_rng(seed2)
+    delta = r2.integers(0, d + 1, size=heads).astype(np.int32)  # d: nothing can pass
+    vbar = grid(r2, (dim,), dt)
+    expect, binary = twin.ssa_bin(q, k, v, heads, delta, vbar, case["scale"], dt)
+    out = np.full(n * dim, np.nan, dt)  # fully overwritten
+    counters = counter_start(rng)
+    start = counters.copy()
+    ssa_bin_step(qi, ki, vi, n, dim, heads, delta, vbar, np.array([case["scale"]], dt), out,
+                 counters)
+    assert out.dtype == dt
+    np.testing.assert_array_equal(out.reshape(n, dim), expect)
+    ops = twin.mapped_attention_ops(q, k, v, heads, binary)
+    np.testing.assert_array_equal(counters, _mapped_counters(start, ops, C.COMPARE, qi, ki, vi))
+    if qi.shape[0] == 0 or ki.shape[0] == 0:  # nothing pairs: Y = -vbar * scale, nothing counted
+        assert ops["entries"] == ops["ac"] == 0
+        np.testing.assert_array_equal(out.reshape(n, dim)[0], (dt(0) - vbar) * dt(case["scale"]))
+
+
+@SETTINGS
+@given(ssa_cases(), st.integers(0, 2**32 - 1))
+def test_nsad_step_matches_twin(case, seed2):
+    rng = np.random.default_rng(case["seed"])
+    n, dim, heads, dt = case["n"], case["dim"], case["heads"], case["dtype"]
+    d = dim // heads
+    q, k, v, qi, ki, vi = _qkv(case, rng)
+    table = np.random.default_rng(seed2).integers(-3, 21, size=(heads, d + 1)).astype(np.int32)
+    table[:, 0] = 0
+    table[:, 1] = 0 if seed2 % 2 else table[:, 1]  # denoised single-channel pairs, sometimes
+    expect, mapped = twin.nsad(q, k, v, heads, table, case["scale"], dt)
+    out = np.full(n * dim, np.nan, dt)
+    counters = counter_start(rng)
+    start = counters.copy()
+    nsad_step(qi, ki, vi, n, dim, heads, table, np.array([case["scale"]], dt), out, counters)
+    assert out.dtype == dt
+    np.testing.assert_array_equal(out.reshape(n, dim), expect)
+    ops = twin.mapped_attention_ops(q, k, v, heads, mapped)
+    np.testing.assert_array_equal(counters, _mapped_counters(start, ops, C.LUT, qi, ki, vi))
+    # the identity table above 0 is SSA: the same Y and, per the multiplicity convention, ac
+    ident = np.tile(np.arange(d + 1, dtype=np.int32), (heads, 1))
+    out2 = np.full(n * dim, np.nan, dt)
+    c2 = np.zeros(C.N_COUNTERS, np.int64)
+    nsad_step(qi, ki, vi, n, dim, heads, ident, np.array([case["scale"]], dt), out2, c2)
+    out3 = np.full(n * dim, np.nan, dt)
+    c3 = np.zeros(C.N_COUNTERS, np.int64)
+    ssa_step(qi, ki, vi, n, dim, heads, np.array([case["scale"]], dt), out3, c3, 1)
+    np.testing.assert_array_equal(out2, out3)
+    assert c2[C.AC] == c3[C.AC] and c2[C.ATTN_ENTRIES] == c3[C.ATTN_ENTRIES]
+
+
+@SETTINGS
+@given(steps=st.integers(1, 9), size=st.integers(1, 24), taw=st.integers(1, 4),
+       tau=st.integers(0, 3), dtype=DTYPES, seed=SEEDS)
+def test_tasa_current_matches_twin(steps, size, taw, tau, dtype, seed):
+    """Driven over a sample the way a layer drives it (a ring of the last T_AW - 1 currents,
+    steps without input left out), arbitrary float currents, bit for bit against the twin."""
+    rng = np.random.default_rng(seed)
+    live = rng.random(steps) < 0.7
+    currents = np.where(live[:, None], rng.uniform(-2, 2, (steps, size)), 0).astype(dtype)
+    reps = int(rng.integers(1, 4))
+    period = rng.uniform(-1, 1, size).astype(dtype)
+    bias_full = np.tile(period, reps)
+    currents = np.tile(currents, (1, reps))
+    expect, shifts = twin.tasa(currents, tau, taw, bias_full, dtype)
+    ring = np.full((max(taw - 1, 1), size * reps), np.nan, dtype)
+    ring_live = np.zeros(max(taw - 1, 1), bool)
+    counters = counter_start(rng)
+    start = counters.copy()
+    for t in range(steps):
+        slots, factors = [], []
+        for m in range(1, taw):
+            slot = (t - m) % (taw - 1)
+            if t - m >= 0 and ring_live[slot]:
+                slots.append(slot)
+                factors.append(2.0 ** (-tau * m))
+        out = np.full(size * reps, np.nan, dtype)
+        cur = currents[t].copy()
+        same = t % 2 == 0  # in place, sometimes
+        tasa_current(cur, ring, np.array(slots, np.int64), np.array(factors, dtype), period,
+                     cur if same else out, counters)
+        got = cur if same else out
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got.view(np.uint8), expect[t].view(np.uint8))
+        if taw > 1:
+            ring[t % (taw - 1)] = currents[t]
+            ring_live[t % (taw - 1)] = live[t]
+    exp = start.copy()
+    exp[C.SHIFT] += shifts
+    np.testing.assert_array_equal(counters, exp)
+
+
+@SETTINGS
+@given(h=st.integers(1, 7), w=st.integers(1, 7), dim=st.integers(1, 5),
+       k=st.sampled_from([1, 3, 3, 5]), dtype=DTYPES, mode=MODES, seed=SEEDS)
+def test_depthwise3x3_scatter_matches_twin(h, w, dim, k, dtype, mode, seed):
+    rng = np.random.default_rng(seed)
+    x = count_map(rng, (dim, h, w), mode, 1, border_axes=(1, 2))
+    idx, _ = twin.chw_to_events(x)  # HWC = [token, channel], token y * w + x
+    weight = grid(rng, (dim, k, k), dtype)
+    bias = grid(rng, (dim,), dtype)
+    out = np.tile(bias, h * w)
+    counters = counter_start(rng)
+    start = counters.copy()
+    depthwise3x3_scatter(idx, h, w, dim, weight, out, counters)
+    assert out.dtype == dtype
+    got = out.reshape(h, w, dim).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got, twin.depthwise_conv(x, weight, bias))
+    exp = start.copy()
+    exp[C.AC] += twin.depthwise_ops(x, k, k)
+    exp[C.INPUT_EVENTS] += idx.shape[0]
+    np.testing.assert_array_equal(counters, exp)
+
+
+@SETTINGS
+@given(side=st.sampled_from([1, 2, 3, 4, 8]), dim=st.sampled_from([1, 3, 8]),
+       rows=st.integers(1, 6), dq=DENSITIES, dk=DENSITIES, scale=st.sampled_from([0.25, 0.125]),
+       dtype=DTYPES, seed=SEEDS)
+def test_saformer_step_matches_twin(side, dim, rows, dq, dk, scale, dtype, seed):
+    n = side * side
+    # float32 is compared exactly where the pooled averages are (power-of-two row sizes)
+    widths = {-((-(r + 1) * n) // rows) - (r * n) // rows for r in range(rows)}
+    assume(dtype == np.float64 or all(wd & (wd - 1) == 0 for wd in widths))
+    rng = np.random.default_rng(seed)
+    q = (rng.random((n, dim)) < dq).astype(np.int64)
+    k = (rng.random((n, dim)) < dk).astype(np.int64)
+    qi, _ = twin.tokens_to_events(q)
+    ki, _ = twin.tokens_to_events(k)
+    weight = grid(rng, (dim, 3, 3), dtype)
+    bias = grid(rng, (dim,), dtype)
+    out = np.full(n * dim, np.nan, dtype)
+    counters = counter_start(rng)
+    start = counters.copy()
+    saformer_step(qi, ki, n, dim, side, rows, weight, bias, np.array([scale], dtype), out,
+                  counters)
+    assert out.dtype == dtype
+    expect = twin.saformer(q, k, side, rows, weight, bias, scale, dtype)
+    np.testing.assert_array_equal(out.reshape(n, dim), expect)
+    ac, mac = twin.saformer_ops(q, k, side, rows, 3, 3)
+    exp = start.copy()
+    exp[C.AC] += ac
+    exp[C.MAC] += mac
+    exp[C.INPUT_EVENTS] += qi.shape[0] + ki.shape[0]
+    np.testing.assert_array_equal(counters, exp)
+
+
+def test_variant_twins_agree_with_torch():
+    """The pooling, depthwise-conv and map twins against torch's own operators."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(9)
+    for n, rows in [(64, 4), (9, 4), (16, 3), (3, 5), (7, 1)]:
+        x = (rng.random((n, 6)) < 0.4).astype(np.float64)
+        ref = F.adaptive_avg_pool1d(torch.from_numpy(x.T)[None], rows)[0].numpy().T
+        np.testing.assert_allclose(twin.adaptive_avg_pool_tokens(x, rows), ref, rtol=0,
+                                   atol=1e-15)
+    for h, w, k in [(8, 8, 3), (3, 5, 3), (1, 1, 3), (4, 6, 5)]:
+        x = (rng.random((4, h, w)) < 0.5).astype(np.float64)
+        weight = grid(rng, (4, k, k), np.float64)
+        bias = grid(rng, (4,), np.float64)
+        ref = F.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weight)[:, None],
+                       torch.from_numpy(bias), padding=k // 2, groups=4)[0].numpy()
+        np.testing.assert_array_equal(twin.depthwise_conv(x, weight, bias), ref)
+    q, k, v = ((rng.random((9, 16)) < 0.5).astype(np.float64) for _ in range(3))
+    tq, tk, tv = (torch.from_numpy(a).reshape(9, 4, 4).transpose(0, 1) for a in (q, k, v))
+    counts = tq @ tk.transpose(-2, -1)
+    vbar = grid(rng, (16,), np.float64)
+    delta = np.array([0, 1, 2, 0])
+    b = (counts > torch.from_numpy(delta)[:, None, None]).double()
+    ref = ((b @ tv).transpose(0, 1).reshape(9, 16) - torch.from_numpy(vbar)) * 0.25
+    np.testing.assert_array_equal(twin.ssa_bin(q, k, v, 4, delta, vbar, 0.25, np.float64)[0],
+                                  ref.numpy())
+    table = rng.integers(-3, 9, size=(4, 5))
+    table[:, 0] = 0
+    a = torch.gather(torch.from_numpy(table)[:, None, :].expand(4, 9, 5), 2,
+                     counts.long()).double()
+    ref = ((a @ tv) * 0.125).transpose(0, 1).reshape(9, 16)
+    np.testing.assert_array_equal(twin.nsad(q, k, v, 4, table, 0.125, np.float64)[0], ref.numpy())
+
+
+# ---------------------------------------------------------------------------------------------
 # no hidden state; compiled with cache=True
 # ---------------------------------------------------------------------------------------------
 
@@ -559,7 +770,7 @@ def test_kernels_are_pure_functions_of_their_inputs():
 @pytest.mark.parametrize("kernel", [
     conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops, lif_step,
     maxpool_flags, lif_step_flags, lif_quiet_step, merge_add, channel_sums, scatter_dense,
-    ssa_step,
+    ssa_step, ssa_bin_step, nsad_step, tasa_current, depthwise3x3_scatter, saformer_step,
 ], ids=lambda f: f.py_func.__name__)
 def test_kernel_compiled_with_cache(kernel):
     assert not isinstance(kernel._cache, NullCache)

@@ -4,17 +4,20 @@ Each kernel has a naive numpy twin in ``tests/kernel_twins.py`` that it is teste
 """
 
 from . import counters
-from .attention import ssa_step
+from .attention import nsad_step, ssa_bin_step, ssa_step
 from .conv import conv2d_scatter, densify_padded, im2col_padded
 from .linear import linear_event_ops, linear_scatter
 from .neurons import lif_params, lif_quiet_step, lif_step, lif_step_flags
+from .saformer import depthwise3x3_scatter, saformer_step
 from .sparse import channel_sums, maxpool_flags, merge_add, scatter_dense
+from .tasa import tasa_current
 
 __all__ = [
     "channel_sums",
     "counters",
-    "densify_padded",
     "conv2d_scatter",
+    "densify_padded",
+    "depthwise3x3_scatter",
     "im2col_padded",
     "lif_params",
     "lif_quiet_step",
@@ -24,6 +27,10 @@ __all__ = [
     "linear_scatter",
     "maxpool_flags",
     "merge_add",
+    "nsad_step",
+    "saformer_step",
     "scatter_dense",
+    "ssa_bin_step",
     "ssa_step",
+    "tasa_current",
 ]

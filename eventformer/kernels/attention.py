@@ -1,4 +1,4 @@
-"""Spiking self-attention over active (query, key) pairs only (SPEC §2, SSA).
+"""Spiking self-attention over active (query, key) pairs only (SPEC §2 SSA; §4 SSA_Bin, NSAD).
 
 Q, K, V are spike lists over ``[token, channel]`` (flat ``n * D + c``, sorted). Per head h the
 output is Y = (Q_h K_h^T) V_h * scale, channel ``h * d + j``. Both association orders give the
@@ -11,12 +11,17 @@ same integers; per head we take the cheaper one:
   channel adds one table row. Work ~ sum_j |K_j||V_j| + |Q| d.
 
 Counts are integers throughout; the only rounding is the final multiply by ``scale``.
+
+The SPEC §4 variants that map each entry of the map through a nonlinearity cannot reassociate,
+so they always form the map explicitly over active pairs (the pairs order): SSA_Bin
+(:func:`ssa_bin_step`, B = 1(count > delta_h), then (B V - vbar) * scale) and DS2TA's NSAD
+(:func:`nsad_step`, A = AD_h[count], then (A V) * scale).
 """
 
 import numpy as np
 
 from ..jit import kernel
-from .counters import AC, ATTN_ENTRIES, ATTN_NONZERO, INPUT_EVENTS
+from .counters import AC, ATTN_ENTRIES, ATTN_NONZERO, COMPARE, INPUT_EVENTS, LUT
 
 
 @kernel
@@ -165,3 +170,194 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
     counters[ATTN_NONZERO] += entries
     counters[INPUT_EVENTS] += q_idx.shape[0] + k_idx.shape[0] + v_idx.shape[0]
     return used
+
+
+# ---------------------------------------------------------------------------------------------
+# the variants that form the map explicitly: SSA_Bin and DS2TA's NSAD (SPEC §4)
+# ---------------------------------------------------------------------------------------------
+
+
+@kernel
+def _key_columns(k_idx, dim):
+    """Inverted index of K: ``col_tok[col_ptr[c]:col_ptr[c + 1]]`` are the key tokens that fired
+    on channel c, ascending."""
+    col_len = np.zeros(dim + 1, np.int64)
+    for e in range(k_idx.shape[0]):
+        col_len[k_idx[e] % dim + 1] += 1
+    col_ptr = np.cumsum(col_len)
+    col_tok = np.empty(k_idx.shape[0], np.int32)
+    fill = col_ptr[:-1].copy()
+    for e in range(k_idx.shape[0]):
+        c = k_idx[e] % dim
+        col_tok[fill[c]] = k_idx[e] // dim
+        fill[c] += 1
+    return col_ptr, col_tok
+
+
+@kernel
+def _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, binary, delta, y,
+                      counters):
+    """Y = M(Q_h K_h^T) V_h per head into the zeroed int64 ``y``, over active pairs only, M the
+    entry map: binary ``1(s > delta[h])`` or the table ``table[h, s]``. Returns nothing; counts
+    as documented by :func:`ssa_bin_step` and :func:`nsad_step`."""
+    d = dim // heads
+    qp = _head_offsets(q_idx, n_tokens, dim, d)
+    vp = _head_offsets(v_idx, n_tokens, dim, d)
+    col_ptr, col_tok = _key_columns(k_idx, dim)
+    acc = np.zeros(n_tokens, np.int64)
+    touched = np.empty(n_tokens, np.int32)
+    ops = 0
+    entries = 0
+    nonzero = 0
+    for h in range(heads):
+        for i in range(n_tokens):
+            nt = 0
+            for p in range(qp[i, h], qp[i, h + 1]):
+                c = q_idx[p] - i * dim
+                for r in range(col_ptr[c], col_ptr[c + 1]):
+                    j = col_tok[r]
+                    if acc[j] == 0:
+                        touched[nt] = j
+                        nt += 1
+                    acc[j] += 1
+                    ops += 1
+            entries += nt
+            for t in range(nt):
+                j = touched[t]
+                s = acc[j]
+                acc[j] = 0
+                if binary:
+                    a = 1 if s > delta[h] else 0
+                else:
+                    a = np.int64(table[h, s])
+                if a == 0:
+                    continue
+                nonzero += 1
+                mult = a if a > 0 else -a
+                for p in range(vp[j, h], vp[j, h + 1]):
+                    y[i * dim + (v_idx[p] - j * dim)] += a
+                    ops += mult
+    counters[AC] += ops
+    counters[ATTN_ENTRIES] += entries
+    counters[ATTN_NONZERO] += nonzero
+    if binary:
+        counters[COMPARE] += entries
+    else:
+        counters[LUT] += entries
+    counters[INPUT_EVENTS] += q_idx.shape[0] + k_idx.shape[0] + v_idx.shape[0]
+
+
+@kernel
+def ssa_bin_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, delta, vbar, scale_arr, out,
+                 counters):
+    """SSA_Bin: write Y = (B V - vbar) * scale per head into the dense ``out``.
+
+    B = 1((Q_h K_h^T) > delta[h]) per head h (strictly greater; delta >= 0, so only active
+    (query, key) pairs, those sharing an active channel, can pass). The map is formed explicitly
+    for active pairs only (pairs order, as :func:`ssa_step`'s order 1): per query token, its
+    active channels are walked to the key tokens that fired on them, counting shared channels;
+    each touched key token is one entry, compared with delta[h]; a passing entry adds key token
+    j's V spikes. B V is an integer; the only roundings are ``(B V - vbar[c])`` and the product
+    with ``scale``, in ``out``'s dtype, in this order. Y may be negative.
+
+    Parameters
+    ----------
+    q_idx : int32[nq], sorted ascending, each site once
+        Query spikes over [n_tokens, dim], flat ``token * dim + c``; channel c belongs to head
+        ``c // (dim // heads)``.
+    k_idx : int32[nk], sorted ascending, each site once
+        Key spikes, the same layout.
+    v_idx : int32[nv], sorted ascending, each site once
+        Value spikes, the same layout.
+    n_tokens : int
+        Tokens N.
+    dim : int
+        Channels D of Q, K, V and the output.
+    heads : int
+        Attention heads; divides ``dim`` (head size d = dim // heads).
+    delta : int32|int64[heads], each >= 0
+        Per-head threshold: an entry passes when its count is strictly greater.
+    vbar : float32|float64[dim], the dtype of ``out``
+        Per-channel offset subtracted from B V (channel ``c`` of every token).
+    scale_arr : float32|float64[1], the dtype of ``out``
+        The scale, in an array so that the product is computed in ``out``'s dtype.
+    out : float32|float64[n_tokens * dim], overwritten
+        The flat [token, channel] current ``(B V - vbar) * scale``, every entry written.
+    counters : int64[N_COUNTERS], incremented in place
+        ``ATTN_ENTRIES`` and ``COMPARE`` += the (query, key) pairs formed (sharing at least one
+        active channel, per head), ``ATTN_NONZERO`` += those that passed; ``AC`` += the adds of
+        forming the counts (one per query channel and key token sharing it) plus those of B V
+        (one per passing pair and active V channel of its key token); ``INPUT_EVENTS`` +=
+        nq + nk + nv.
+
+    Returns
+    -------
+    None
+        The results are ``out`` and ``counters``, both modified in place.
+    """
+    y = np.zeros(n_tokens * dim, np.int64)
+    dummy = np.zeros((1, 1), np.int32)
+    _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, dummy, True, delta, y,
+                      counters)
+    scale = scale_arr[0]
+    kbuf = np.empty(1, out.dtype)
+    for i in range(n_tokens):
+        row = i * dim
+        for c in range(dim):
+            kbuf[0] = y[row + c]
+            out[row + c] = (kbuf[0] - vbar[c]) * scale
+
+
+@kernel
+def nsad_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, scale_arr, out, counters):
+    """DS2TA's NSAD: write Y = (A V) * scale, A[i, j] = table[h, (Q_h K_h^T)[i, j]], into ``out``.
+
+    The integer table per head replaces each count of the map; table[h, 0] == 0 (checked when
+    the model file loads), so only active (query, key) pairs, those sharing an active channel,
+    can be non-zero and the map is formed explicitly for them alone (pairs order, as
+    :func:`ssa_step`'s order 1). Each touched key token is one entry and one table look-up; a
+    non-zero entry a adds a to key token j's active V channels. A V is an integer; the only
+    rounding is the final product with ``scale`` in ``out``'s dtype.
+
+    Parameters
+    ----------
+    q_idx : int32[nq], sorted ascending, each site once
+        Query spikes over [n_tokens, dim], flat ``token * dim + c``; channel c belongs to head
+        ``c // (dim // heads)``.
+    k_idx : int32[nk], sorted ascending, each site once
+        Key spikes, the same layout.
+    v_idx : int32[nv], sorted ascending, each site once
+        Value spikes, the same layout.
+    n_tokens : int
+        Tokens N.
+    dim : int
+        Channels D of Q, K, V and the output.
+    heads : int
+        Attention heads; divides ``dim`` (head size d = dim // heads).
+    table : int32|int64[heads, d + 1], table[:, 0] == 0
+        The NSAD table AD_h[s] per head, s = 0..d the count of shared active channels.
+    scale_arr : float32|float64[1], the dtype of ``out``
+        The scale, in an array so that the product is computed in ``out``'s dtype.
+    out : float32|float64[n_tokens * dim], overwritten
+        The flat [token, channel] current ``(A V) * scale``, every entry written.
+    counters : int64[N_COUNTERS], incremented in place
+        ``ATTN_ENTRIES`` and ``LUT`` += the (query, key) pairs formed (sharing at least one
+        active channel, per head), ``ATTN_NONZERO`` += those whose table value is non-zero;
+        ``AC`` += the adds of forming the counts (one per query channel and key token sharing
+        it) plus those of A V (an entry of value a is an event of multiplicity |a|, SPEC §2:
+        |a| per active V channel of its key token); ``INPUT_EVENTS`` += nq + nk + nv.
+
+    Returns
+    -------
+    None
+        The results are ``out`` and ``counters``, both modified in place.
+    """
+    y = np.zeros(n_tokens * dim, np.int64)
+    nodelta = np.zeros(1, np.int64)
+    _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, False, nodelta, y,
+                      counters)
+    scale = scale_arr[0]
+    kbuf = np.empty(1, out.dtype)
+    for i in range(n_tokens * dim):
+        kbuf[0] = y[i]
+        out[i] = kbuf[0] * scale

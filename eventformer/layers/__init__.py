@@ -2,7 +2,7 @@
 
 from .base import EMPTY, PathPolicy, SpikingLayer, add_events, ones
 from .neurons import LIFNeurons
-from .synapses import Conv2dLIF, LinearLIF
+from .synapses import Conv2dLIF, LinearLIF, TasaLinearLIF
 from .attention import ATTENTION_OPERATORS, SpikingSelfAttention
 from .head import MeanLinearHead
 
@@ -16,6 +16,7 @@ __all__ = [
     "PathPolicy",
     "SpikingLayer",
     "SpikingSelfAttention",
+    "TasaLinearLIF",
     "add_events",
     "ones",
 ]

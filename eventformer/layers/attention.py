@@ -1,18 +1,26 @@
 """Attention operators: pluggable parts of a block, from the residual stream to its update.
 
 An operator takes the block input (an integer event list over [tokens, D]) and returns the
-event list added back to the residual stream. It lists its spiking layers for the report. The
-DS2TA, SSA_Bin and SAFormer operators (SPEC §4) register here beside SSA.
+event list added back to the residual stream. It lists its spiking layers for the report.
+Registered by name in :data:`ATTENTION_OPERATORS` (SPEC §2 and §4):
+
+- ``ssa``: Spikformer's SSA, Y = (Q K^T) V * scale;
+- ``ssa_bin``: binary attention, Y = (1(Q K^T > delta_h) V - vbar) * scale;
+- ``ds2ta``: NSAD, Y = (AD_h[Q K^T] V) * scale, with TASA on the q, k, v and proj layers;
+- ``saformer``: no V branch, Y = scale * (K * a) + DWC(K), a the pooled Q/K channel gate.
+
+Each is built from the block's layers and its operator parameters (the model file's
+``AttentionParams.params``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import counters as C, ssa_step
+from ..kernels import counters as C, nsad_step, saformer_step, ssa_bin_step, ssa_step
 from .base import PathPolicy, SpikingLayer, ones, period
 from .neurons import LIFNeurons
-from .synapses import LinearLIF
+from .synapses import LinearLIF, TasaLinearLIF
 
 
 class AttentionLIF(SpikingLayer):
@@ -76,23 +84,171 @@ class AttentionLIF(SpikingLayer):
         return out
 
 
+class MappedAttentionLIF(SpikingLayer):
+    """Attention cores that form the (Q K^T) map explicitly over active pairs and map each entry
+    (SSA_Bin's compare, NSAD's table), then the attention LIF. A subclass gives the kernel call
+    (:meth:`_compute`) and the current of a step where nothing pairs (:meth:`_unpaired_row`)."""
+
+    kind = "attention"
+
+    def __init__(self, params, tokens: int, dim: int, heads: int, scale: float, *, dtype):
+        super().__init__(params.name, tokens * dim, "spikes")
+        self.tokens, self.dim, self.heads = tokens, dim, heads
+        self.scale = np.array([scale], dtype)
+        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        self.current = np.empty(tokens * dim, dtype)
+        # an empty Q or K pairs nothing: every token's current is this row, as the kernel writes it
+        self._unpaired = self._unpaired_row(dtype)
+        self._unpaired_period = period(self._unpaired, tokens * dim)
+        self.neurons.steady = self._unpaired_period
+        self.dense_macs_per_step = 2 * tokens * tokens * dim  # Q K^T and (.) V, all heads
+
+    def _unpaired_row(self, dtype) -> np.ndarray:
+        raise NotImplementedError
+
+    def _compute(self, q, k, v, out) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        self.neurons.reset()
+
+    def _nothing_to_attend(self, nq: int, nk: int, nv: int) -> bool:
+        """Whether the kernel would form no pair (an empty Q or K): its current is then the
+        unpaired row at every token and no op but the input events is counted."""
+        return nq == 0 or nk == 0
+
+    def attend(self, q, k, v) -> np.ndarray:
+        counters = self.counters
+        nq, nk, nv = q.shape[0], k.shape[0], v.shape[0]
+        if self._nothing_to_attend(nq, nk, nv):
+            counters[C.INPUT_EVENTS] += nq + nk + nv
+            if self.probe is None:
+                current = self._unpaired_period
+            else:
+                current = self.current
+                current.reshape(-1, self.dim)[:] = self._unpaired
+        else:
+            current = self.current
+            self._compute(q, k, v, current)
+        counters[C.INPUT_SITES] += 3 * self.tokens * self.dim
+        counters[C.SPARSE_STEPS] += 1
+        return self.fire(current)
+
+
+class BinaryAttentionLIF(MappedAttentionLIF):
+    """SSA_Bin core: B = 1((Q K^T) > delta_h), Y = (B V - vbar) * scale, then the attention LIF."""
+
+    def __init__(self, params, tokens, dim, heads, scale, *, dtype, delta, vbar):
+        self.delta = np.array(delta, np.int64)  # copies: the model file's arrays stay its own
+        self.vbar = np.array(vbar, dtype)
+        if self.delta.shape != (heads,) or np.any(self.delta < 0):
+            raise ValueError(f"{params.name}: delta must be {heads} integers >= 0")
+        if self.vbar.shape != (dim,):
+            raise ValueError(f"{params.name}: vbar must have {dim} entries")
+        super().__init__(params, tokens, dim, heads, scale, dtype=dtype)
+
+    def _unpaired_row(self, dtype):
+        return (np.zeros(self.dim, dtype) - self.vbar) * self.scale[0]
+
+    def _compute(self, q, k, v, out):
+        ssa_bin_step(q, k, v, self.tokens, self.dim, self.heads, self.delta, self.vbar,
+                     self.scale, out, self.counters)
+
+
+class NsadAttentionLIF(MappedAttentionLIF):
+    """DS2TA's NSAD core: A = AD_h[(Q K^T)] per entry, Y = (A V) * scale, then the attention LIF."""
+
+    def __init__(self, params, tokens, dim, heads, scale, *, dtype, table):
+        self.table = np.array(table, np.int64)  # copies: the model file's arrays stay its own
+        d = dim // heads
+        if self.table.shape != (heads, d + 1) or np.any(self.table[:, 0] != 0):
+            raise ValueError(f"{params.name}: the NSAD table must be [{heads}, {d + 1}] with "
+                             "AD[0] = 0")
+        super().__init__(params, tokens, dim, heads, scale, dtype=dtype)
+
+    def _unpaired_row(self, dtype):
+        return np.zeros(self.dim, dtype) * self.scale[0]
+
+    def _compute(self, q, k, v, out):
+        nsad_step(q, k, v, self.tokens, self.dim, self.heads, self.table, self.scale, out,
+                  self.counters)
+
+
+class SaformerAttentionLIF(SpikingLayer):
+    """SAFormer core: Y = scale * (K * a) + DWC(K) (a = sum_l Qa[l] * Ka[l], DWC a depthwise 3x3
+    conv over the token grid, an event-driven scatter), then the attention LIF. No V."""
+
+    kind = "attention"
+
+    def __init__(self, params, tokens: int, dim: int, grid: int, scale: float, *, dtype,
+                 dwc_weight, dwc_bias, pool_rows: int):
+        super().__init__(params.name, tokens * dim, "spikes")
+        if grid * grid != tokens:
+            raise ValueError(f"{params.name}: {tokens} tokens are not a {grid}x{grid} grid")
+        self.tokens, self.dim, self.grid = tokens, dim, grid
+        self.pool_rows = int(pool_rows)
+        if not 1 <= self.pool_rows:
+            raise ValueError(f"{params.name}: pool rows must be >= 1, got {self.pool_rows}")
+        self.scale = np.array([scale], dtype)
+        self.dwc_weight = np.array(dwc_weight, dtype)  # copies, C-contiguous
+        self.dwc_bias = np.array(dwc_bias, dtype)
+        if self.dwc_weight.shape != (dim, 3, 3) or self.dwc_bias.shape != (dim,):
+            raise ValueError(f"{params.name}: the DWC must be [{dim}, 3, 3] with a [{dim}] bias")
+        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        self.current = np.empty(tokens * dim, dtype)
+        # no K spike: Y = DWC(0) = the DWC bias at every token (the gate term needs K too)
+        self._quiet_period = period(self.dwc_bias, tokens * dim)
+        self.neurons.steady = self._quiet_period
+        # dense: the DWC's 9 taps and the gate term per site, the gate's L x D products
+        self.dense_macs_per_step = 10 * tokens * dim + self.pool_rows * dim
+
+    def reset(self) -> None:
+        self.neurons.reset()
+
+    def _nothing_to_attend(self, nq: int, nk: int) -> bool:
+        """No key spike: the kernel would only write the DWC bias."""
+        return nk == 0
+
+    def attend(self, q, k) -> np.ndarray:
+        counters = self.counters
+        nq, nk = q.shape[0], k.shape[0]
+        if self._nothing_to_attend(nq, nk):
+            counters[C.INPUT_EVENTS] += nq + nk
+            if self.probe is None:
+                current = self._quiet_period
+            else:
+                current = self.current
+                current.reshape(-1, self.dim)[:] = self.dwc_bias
+        else:
+            current = self.current
+            saformer_step(q, k, self.tokens, self.dim, self.grid, self.pool_rows,
+                          self.dwc_weight, self.dwc_bias, self.scale, current, counters)
+        counters[C.INPUT_SITES] += 2 * self.tokens * self.dim
+        counters[C.SPARSE_STEPS] += 1
+        return self.fire(current)
+
+
 class SpikingSelfAttention:
     """Spikformer's SSA: q/k/v linear+LIF, attention core + LIF, proj linear+LIF."""
 
     name = "ssa"
 
-    def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy):
-        n, d = config.tokens, config.dim
+    def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy,
+                 params: dict | None = None):
+        n = config.tokens
         self.q = LinearLIF(layers[f"{prefix}.q_lif"], n, dtype=dtype, input_kind="integers",
                            policy=policy)
         self.k = LinearLIF(layers[f"{prefix}.k_lif"], n, dtype=dtype, input_kind="integers",
                            policy=policy)
         self.v = LinearLIF(layers[f"{prefix}.v_lif"], n, dtype=dtype, input_kind="integers",
                            policy=policy)
-        self.core = AttentionLIF(layers[f"{prefix}.attn_lif"], n, d, config.heads,
-                                 config.scale, dtype=dtype)
+        self.core = self._core(layers[f"{prefix}.attn_lif"], config, dtype, params or {})
         self.proj = LinearLIF(layers[f"{prefix}.proj_lif"], n, dtype=dtype, input_kind="spikes",
                               policy=policy)
+
+    def _core(self, lif, config, dtype, params):
+        return AttentionLIF(lif, config.tokens, config.dim, config.heads, config.scale,
+                            dtype=dtype)
 
     @property
     def layers(self) -> list[SpikingLayer]:
@@ -118,4 +274,81 @@ class SpikingSelfAttention:
         return self.proj.run_steps([(x, ones(x.shape[0])) for x in s])
 
 
-ATTENTION_OPERATORS = {"ssa": SpikingSelfAttention}
+class BinarySelfAttention(SpikingSelfAttention):
+    """SSA_Bin (SPEC §4): SSA's layers with the binary core (parameters ``delta``, ``vbar``)."""
+
+    name = "ssa_bin"
+
+    def _core(self, lif, config, dtype, params):
+        return BinaryAttentionLIF(lif, config.tokens, config.dim, config.heads, config.scale,
+                                  dtype=dtype, delta=params["delta"], vbar=params["vbar"])
+
+
+class DS2TAAttention(SpikingSelfAttention):
+    """DS2TA (SPEC §4): TASA on q, k, v and proj (decay exponents ``tau``, window ``taw``) and
+    the NSAD core (``nsad_table``)."""
+
+    name = "ds2ta"
+
+    def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy,
+                 params: dict):
+        n = config.tokens
+        tau = [int(x) for x in np.asarray(params["tau"]).reshape(-1)]
+        taw = int(np.asarray(params["taw"]))
+
+        def tasa(name, i, kind):
+            return TasaLinearLIF(layers[f"{prefix}.{name}_lif"], n, dtype=dtype,
+                                 input_kind=kind, policy=policy, tau=tau[i], taw=taw)
+
+        self.q = tasa("q", 0, "integers")
+        self.k = tasa("k", 1, "integers")
+        self.v = tasa("v", 2, "integers")
+        self.core = NsadAttentionLIF(layers[f"{prefix}.attn_lif"], n, config.dim, config.heads,
+                                     config.scale, dtype=dtype, table=params["nsad_table"])
+        self.proj = tasa("proj", 3, "spikes")
+
+
+class SAFormerAttention:
+    """SAFormer (SPEC §4): q/k linear+LIF (no V), the SASA + DWC core + LIF, proj linear+LIF."""
+
+    name = "saformer"
+
+    def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy,
+                 params: dict):
+        n = config.tokens
+        self.q = LinearLIF(layers[f"{prefix}.q_lif"], n, dtype=dtype, input_kind="integers",
+                           policy=policy)
+        self.k = LinearLIF(layers[f"{prefix}.k_lif"], n, dtype=dtype, input_kind="integers",
+                           policy=policy)
+        self.core = SaformerAttentionLIF(
+            layers[f"{prefix}.attn_lif"], n, config.dim, config.grid, config.scale, dtype=dtype,
+            dwc_weight=params["dwc_weight"], dwc_bias=params["dwc_bias"],
+            pool_rows=int(np.asarray(params["pool_rows"])))
+        self.proj = LinearLIF(layers[f"{prefix}.proj_lif"], n, dtype=dtype, input_kind="spikes",
+                              policy=policy)
+
+    @property
+    def layers(self) -> list[SpikingLayer]:
+        return [self.q, self.k, self.core, self.proj]
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+
+    def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q, _ = self.q.step(idx, cnt)
+        k, _ = self.k.step(idx, cnt)
+        s = self.core.attend(q, k)
+        return self.proj.step(s, ones(s.shape[0]))
+
+    def run_steps(self, inputs: list) -> list:
+        """All steps of a sample, layer by layer (offline): same results as :meth:`step`."""
+        q = self.q.run_steps(inputs)
+        k = self.k.run_steps(inputs)
+        s = [self.core.attend(q[t][0], k[t][0]) for t in range(len(inputs))]
+        return self.proj.run_steps([(x, ones(x.shape[0])) for x in s])
+
+
+# The operators the engine runs (a model file naming another is refused by the engine).
+ATTENTION_OPERATORS = {"ssa": SpikingSelfAttention, "ssa_bin": BinarySelfAttention,
+                       "ds2ta": DS2TAAttention, "saformer": SAFormerAttention}

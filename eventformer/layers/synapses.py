@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import (conv2d_scatter, counters as C, densify_padded, im2col_padded,
-                       linear_event_ops, linear_scatter, maxpool_flags, scatter_dense)
+                       linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
+                       tasa_current)
 from ..runtime import gemm
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
 from .neurons import LIFNeurons
@@ -217,3 +218,125 @@ class LinearLIF(SynapticLIF):
 
     def _scatter(self, idx, cnt, cur_flat) -> None:
         linear_scatter(idx, cnt, self.cin, self.weight, cur_flat, self.counters, self.weighted)
+
+
+class TasaLinearLIF(LinearLIF):
+    """DS2TA's TASA on a token-wise linear layer (SPEC §4): the LIF sees the attenuated current
+
+        I_t = sum_{m=0}^{T_AW-1} J_{t-m} * 2^(-tau m) + b'
+
+    with J_t = W' s_t the ordinary per-step current without the folded shift b' (by scatter or
+    GEMM, chosen per step as in :class:`LinearLIF`) and J = 0 before the sample start. The
+    currents of the last T_AW steps live in a ring (the layer's state, cleared by :meth:`reset`);
+    a step without input events stores none and is skipped in later sums (adding zero changes no
+    bit), and once no stored current is left in the window a quiet step's current is the bias
+    alone, as for any layer. ``step`` (streaming) and ``run_steps`` (offline) compute each
+    step's J the same way and combine it in the same order (:func:`tasa_current`), so they agree
+    to the bit. Counts ``shift``: one per element of a stored current decayed.
+    """
+
+    def __init__(self, params, tokens: int, *, dtype, input_kind: str, policy: PathPolicy,
+                 tau: int, taw: int):
+        super().__init__(params, tokens, dtype=dtype, input_kind=input_kind, policy=policy)
+        tau, taw = int(tau), int(taw)
+        if tau < 0 or taw < 1:
+            raise ValueError(f"{params.name}: TASA needs tau >= 0 and T_AW >= 1, got {tau}, {taw}")
+        self.tau_exp, self.taw = tau, taw
+        size = self.rows * self.cout
+        self._ring = np.zeros((taw, size), dtype)  # J of step t in row t % T_AW
+        self._live = np.zeros(taw, bool)  # the row holds the current of a step with input
+        self._decay = np.array([2.0 ** (-tau * m) for m in range(taw)], dtype)  # exact powers of 2
+        self._slots = np.empty(taw, np.int64)
+        self._factors = np.empty(taw, dtype)
+        self._zeros = None  # J of a step without input, when earlier steps still count
+        self._t = 0  # steps since the sample start
+
+    def reset(self) -> None:
+        self.neurons.reset()
+        self._live[:] = False
+        self._t = 0
+
+    def _sparse_current(self, idx, cnt, cur):
+        """J_t by scatter into ``cur`` (flat), or None for a step without input events."""
+        counters = self.counters
+        counters[C.INPUT_SITES] += self.in_sites
+        counters[C.SPARSE_STEPS] += 1
+        if idx.shape[0] == 0:
+            return None
+        cur[:] = 0
+        self._scatter(idx, cnt, cur)
+        return cur
+
+    def synaptic(self, idx: np.ndarray, cnt: np.ndarray):
+        """This step's J_t (flat, no bias) in its ring row, or None without input events."""
+        row = self._ring[self._t % self.taw]
+        if not self._dense(idx):
+            return self._sparse_current(idx, cnt, row)
+        if self._rows_buf is None:
+            self._rows_buf = np.empty((self.rows, self.k_dim), row.dtype)
+        self._dense_rows(idx, cnt, self._rows_buf)
+        gemm(self._rows_buf, self.gemm_weight, row.reshape(self.rows, self.cout))
+        return row if idx.shape[0] else None  # a forced GEMM of no input stores no current
+
+    def attenuate(self, j) -> np.ndarray:
+        """I_t from J_t (``j``, None for a step without input) and the stored earlier currents;
+        stores J_t and advances the window."""
+        t, taw = self._t, self.taw
+        m = 0
+        for back in range(1, min(t, taw - 1) + 1):
+            slot = (t - back) % taw
+            if self._live[slot]:
+                self._slots[m] = slot
+                self._factors[m] = self._decay[back]
+                m += 1
+        row = t % taw
+        self._t = t + 1
+        if j is None:
+            self._live[row] = False
+            if m == 0:  # nothing to attenuate: the bias alone, as any quiet step
+                if self.probe is None:
+                    return self._bias_period
+                self._fill_bias(self.current)
+                return self.current.reshape(-1)
+            if self._zeros is None:
+                self._zeros = np.zeros(self._ring.shape[1], self._ring.dtype)
+            j = self._zeros
+        else:
+            if j is not self._ring[row]:
+                self._ring[row] = j
+            self._live[row] = True
+        out = self.current.reshape(-1)
+        tasa_current(j, self._ring, self._slots[:m], self._factors[:m], self._bias_period, out,
+                     self.counters)
+        return out
+
+    def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.emit(self.attenuate(self.synaptic(idx, cnt)))
+
+    def run_steps(self, inputs: list) -> list:
+        """Many steps at once (offline): the dense steps' J share one GEMM, then every step is
+        attenuated and fired in time order, exactly as :meth:`step` does it."""
+        dense = [self._dense(idx) for idx, _ in inputs]
+        n_dense = sum(dense)
+        if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
+            return [self.step(idx, cnt) for idx, cnt in inputs]
+        dtype = self.current.dtype
+        stacked = np.empty((n_dense * self.rows, self.k_dim), dtype)
+        j = 0
+        for (idx, cnt), is_dense in zip(inputs, dense):
+            if is_dense:
+                self._dense_rows(idx, cnt, stacked[j * self.rows:(j + 1) * self.rows])
+                j += 1
+        currents = np.empty((n_dense * self.rows, self.cout), dtype)
+        gemm(stacked, self.gemm_weight, currents)
+        out = []
+        j = 0
+        for (idx, cnt), is_dense in zip(inputs, dense):
+            if is_dense:
+                cur = currents[j * self.rows:(j + 1) * self.rows].reshape(-1)
+                cur = cur if idx.shape[0] else None
+                j += 1
+            else:
+                cur = self._sparse_current(idx, cnt, self._ring[self._t % self.taw])
+            out.append(self.emit(self.attenuate(cur)))
+        return out

@@ -35,7 +35,9 @@ class Block:
         cfg = model.config
         layers = model.layers
         attention = ATTENTION_OPERATORS[cfg.attention]
-        self.attn = attention(f"block.{index}.attn", layers, cfg, dtype=dtype, policy=policy)
+        params = model.attention[index].params if model.attention else {}
+        self.attn = attention(f"block.{index}.attn", layers, cfg, dtype=dtype, policy=policy,
+                              params=params)
         m = f"block.{index}.mlp"
         self.fc1 = LinearLIF(layers[f"{m}.fc1_lif"], cfg.tokens, dtype=dtype,
                              input_kind="integers", policy=policy)
