@@ -241,9 +241,13 @@ def test_shortcuts_equal_plain_computation(which, dtype):
             logits = drive(engine, xs, path)
             runs[variant, path] = (logits, store, engine.layer_stats(),
                                    {layer.name: layer.neurons.v.copy() for layer in engine.layers})
-    want_logits, want_spikes, want_stats, want_v = runs["plain", "step"]
     fired = 0
     for key, (logits, store, stats, v) in runs.items():
+        # the shortcuts against the plain computation on the same path, bit for bit; run()
+        # against step() only in float64: offline, small dense layers batch their steps into one
+        # GEMM, whose float32 rounding depends on the BLAS kernel and thread count
+        want = ("plain", key[1]) if dtype == "float32" else ("plain", "step")
+        want_logits, want_spikes, want_stats, want_v = runs[want]
         assert logits.tobytes() == want_logits.tobytes(), key
         assert stats == want_stats, key
         for name, steps in want_spikes.items():
