@@ -29,6 +29,22 @@ Forward pass (names are the official module names, hence the checkpoint keys)::
     MLP   out = LIF(fc2_bn(fc2_conv(LIF(fc1_bn(fc1_conv(x))))))   # Conv1d k1 with bias, hidden 4 D
     head  logits = Linear(x.mean(over tokens).mean(over T))
 
+The SPEC §4 variants replace the block's attention (``RefConfig.attention``; written from SPEC §4
+alone, not from the engine's code), with modules and buffers named as the variants' checkpoint
+keys, so that ``state_dict()`` is a checkpoint of the variant::
+
+    ds2ta     q, k, v, proj: TASA on the synaptic input: c = conv(x) without its bias, attenuated
+              a_t = sum_{m<taw} c_{t-m} 2^(-tau_l m), then + conv bias (proj), then BN -> LIF
+              (buffer tau [4] int: q, k, v, proj); NSAD per head: A = AD_h[Q K^T] entry by entry
+              (buffer nsad_table [heads, d+1] int), y = (A @ v) * scale -> attn_lif
+    ssa_bin   per head B = 1(Q K^T > delta_h) (buffer delta [heads] int), y = (B @ v - vbar) *
+              scale (buffer vbar [D], per channel c = d * h + j) -> attn_lif
+    saformer  no v branch; a = sum_l AdaptiveAvgPool1d(L)(q) * AdaptiveAvgPool1d(L)(k) per step
+              and channel, y = scale * (k * a) + dwc_bn(dwc_conv(k)) with dwc_conv a depthwise
+              3x3 conv (padding 1, no bias) on the grid x grid tokens -> attn_lif
+
+``taw`` (T_AW) and ``pool_rows`` (L) are configuration, as they are export options.
+
 BatchNorms are evaluated as BatchNorms (not folded) in eval mode, as the official code does. The
 ``pos_embed``, ``block.{i}.norm{1,2}`` and ``norm`` tensors exist only so that official state dicts
 load with ``strict=True``; they take no part in the forward pass.
@@ -63,6 +79,12 @@ __all__ = [
     "LIF",
     "SPS",
     "SSA",
+    "DS2TA",
+    "SSABin",
+    "SAFormer",
+    "ATTENTIONS",
+    "attention_of",
+    "tasa",
     "MLP",
     "Block",
     "SpikformerRef",
@@ -103,8 +125,16 @@ class RefConfig:
     tau: float = 2.0
     theta: float = 1.0  # every LIF except the attention LIF
     attn_theta: float = 0.5
+    attention: str = "ssa"  # the attention operator (SPEC §4): ssa, ds2ta, ssa_bin, saformer
+    taw: int = 3  # ds2ta: TASA window T_AW in steps (not in a checkpoint: an export option)
+    pool_rows: int = 4  # saformer: rows L of the adaptive token pooling (an export option)
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {self.attention!r} (known: {sorted(ATTENTIONS)})")
+        self.taw, self.pool_rows = int(self.taw), int(self.pool_rows)
+        if self.taw < 1 or self.pool_rows < 1:
+            raise ValueError(f"taw and pool_rows must be >= 1, got {self.taw}, {self.pool_rows}")
         self.sps_channels = tuple(int(c) for c in self.sps_channels)
         if not self.sps_channels:
             raise ValueError("at least one SPS stage is required")
@@ -114,6 +144,8 @@ class RefConfig:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.image_size % (2**self.stages):
             raise ValueError(f"image size {self.image_size} is not divisible by 2**{self.stages}")
+        if self.attention == "saformer" and self.num_tokens % self.pool_rows:
+            raise ValueError(f"pool_rows {self.pool_rows} does not divide {self.num_tokens} tokens")
 
     @property
     def stages(self) -> int:
@@ -148,7 +180,9 @@ class RefConfig:
         """Infer the layout from tensor shapes. ``heads`` and ``scale`` are not visible in shapes.
 
         The image size follows from ``pos_embed`` ([1, N, D], N = (image_size / 2**stages)**2)
-        unless ``image_size`` is given explicitly.
+        unless ``image_size`` is given explicitly. The attention operator follows from the keys
+        (:func:`attention_of`) unless given in ``overrides``, as do ``taw`` and ``pool_rows``
+        (which no checkpoint holds).
         """
         sd = _unwrap(sd)
         stage_w = []
@@ -188,9 +222,21 @@ class RefConfig:
             mlp_ratio=mlp_ratio,
             num_classes=int(sd["head.weight"].shape[0]),
             scale=scale,
+            attention=attention_of(sd),
         )
         kw.update(overrides)
         return cls(**kw)
+
+
+def attention_of(sd: Mapping[str, Tensor]) -> str:
+    """The attention operator a state dict's keys name (SPEC §4 "Checkpoints of the variants"):
+    ``block.{i}.attn.nsad_table`` -> ds2ta, ``.delta`` -> ssa_bin, ``.dwc_conv.weight`` ->
+    saformer, none of them -> ssa."""
+    marks = {"ds2ta": ".attn.nsad_table", "ssa_bin": ".attn.delta", "saformer": ".attn.dwc_conv.weight"}
+    found = {op for op, mark in marks.items() for k in _unwrap(sd) if k.endswith(mark)}
+    if len(found) > 1:
+        raise ValueError(f"state dict mixes attention operators: {sorted(found)}")
+    return found.pop() if found else "ssa"
 
 
 def _stage_name(prefix: str, i: int) -> str:
@@ -270,9 +316,12 @@ class _AccumulatingConv:
     jitter_ulps = 0
     jitter_generator: torch.Generator | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, with_bias: bool = True) -> Tensor:
+        """The conv; ``with_bias=False`` leaves the conv's bias out (TASA attenuates the synaptic
+        part only and adds the bias afterwards, SPEC §4)."""
+        b = self.bias if with_bias else None
         if self.accumulate_float64 and x.dtype != torch.float64:
-            bias = None if self.bias is None else self.bias.double()
+            bias = None if b is None else b.double()
             y = self._conv_forward(x.double(), self.weight.double(), bias).to(x.dtype)
             if self.jitter_ulps:
                 k = self.jitter_ulps
@@ -281,7 +330,7 @@ class _AccumulatingConv:
                 ulp = torch.nextafter(mag, torch.full_like(mag, math.inf)) - mag
                 y = y + steps.to(y.dtype) * ulp
             return y
-        return super().forward(x)
+        return self._conv_forward(x, self.weight, b)  # what nn.Conv{1,2}d.forward does
 
 
 class Conv1d(_AccumulatingConv, nn.Conv1d):
@@ -329,14 +378,20 @@ class SPS(nn.Module):
 
 
 class SSA(nn.Module):
-    """Spiking self-attention (official CIFAR10-DVS variant: Conv1d k1 projections)."""
+    """Spiking self-attention (official CIFAR10-DVS variant: Conv1d k1 projections).
+
+    The base of the SPEC §4 variants too: ``branches`` are the spiking projections of the block's
+    input (q, k, v), :meth:`_current` the synaptic input of a BN-fed LIF (overridden by DS2TA's
+    TASA), :meth:`core` the attention proper (heads merged back, before ``attn_lif``)."""
+
+    branches = ("q", "k", "v")
 
     def __init__(self, cfg: RefConfig):
         super().__init__()
         D = cfg.dim
         self.heads = cfg.heads
         self.scale = cfg.scale
-        for n in ("q", "k", "v"):
+        for n in self.branches:
             setattr(self, f"{n}_conv", Conv1d(D, D, 1, 1, bias=False))
             setattr(self, f"{n}_bn", nn.BatchNorm1d(D))
             setattr(self, f"{n}_lif", LIF(cfg.tau, cfg.theta))
@@ -345,11 +400,18 @@ class SSA(nn.Module):
         self.proj_bn = nn.BatchNorm1d(D)
         self.proj_lif = LIF(cfg.tau, cfg.theta)
 
-    def _qkv(self, x_flat: Tensor, n: str, T: int, B: int) -> Tensor:
-        C, N = x_flat.shape[1:]
-        y = getattr(self, f"{n}_bn")(getattr(self, f"{n}_conv")(x_flat))
-        y = getattr(self, f"{n}_lif")(y.reshape(T, B, C, N).contiguous())
-        # [T, B, C, N] -> [T, B, heads, N, d]; channel c = d * h + j
+    def _current(self, n: str, x_flat: Tensor, T: int, B: int) -> Tensor:
+        """The input of LIF ``n`` ([T*B, C, N]): BN(conv(x))."""
+        return getattr(self, f"{n}_bn")(getattr(self, f"{n}_conv")(x_flat))
+
+    def _spikes(self, n: str, x_flat: Tensor, T: int, B: int) -> Tensor:
+        """LIF ``n`` on its current: spikes [T, B, C, N]."""
+        y = self._current(n, x_flat, T, B)
+        return getattr(self, f"{n}_lif")(y.reshape(T, B, *y.shape[1:]).contiguous())
+
+    def _split_heads(self, y: Tensor) -> Tensor:
+        """[T, B, C, N] -> [T, B, heads, N, d]; channel c = d * h + j."""
+        T, B, C, N = y.shape
         return (
             y.transpose(-1, -2)
             .reshape(T, B, N, self.heads, C // self.heads)
@@ -357,19 +419,140 @@ class SSA(nn.Module):
             .contiguous()
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        T, B, C, N = x.shape
-        x_flat = x.flatten(0, 1)
+    @staticmethod
+    def _merge_heads(y: Tensor) -> Tensor:
+        """[T, B, heads, N, d] -> [T, B, C, N] (c = d * h + j)."""
+        T, B, H, N, d = y.shape
+        return y.transpose(3, 4).reshape(T, B, H * d, N).contiguous()
+
+    def _qkv(self, x_flat: Tensor, n: str, T: int, B: int) -> Tensor:
+        return self._split_heads(self._spikes(n, x_flat, T, B))
+
+    def core(self, x_flat: Tensor, T: int, B: int) -> Tensor:
+        """Y, the attention LIF's input [T, B, C, N], from the block input ``x_flat``."""
         q = self._qkv(x_flat, "q", T, B)
         k = self._qkv(x_flat, "k", T, B)
         v = self._qkv(x_flat, "v", T, B)
         attn = (q @ k.transpose(-2, -1)) * self.scale  # [T, B, h, N, N]
-        x = attn @ v  # [T, B, h, N, d]
-        x = x.transpose(3, 4).reshape(T, B, C, N).contiguous()  # heads merged back: c = d * h + j
-        x = self.attn_lif(x)
-        x = x.flatten(0, 1)
-        x = self.proj_bn(self.proj_conv(x)).reshape(T, B, C, N)
+        return self._merge_heads(attn @ v)  # [T, B, h, N, d] -> heads merged back
+
+    def forward(self, x: Tensor) -> Tensor:
+        T, B, C, N = x.shape
+        x_flat = x.flatten(0, 1)
+        x = self.attn_lif(self.core(x_flat, T, B))
+        x = self._current("proj", x.flatten(0, 1), T, B).reshape(T, B, C, N)
         return self.proj_lif(x)
+
+
+def tasa(c: Tensor, tau: int, taw: int) -> Tensor:
+    """SPEC §4 TASA's attenuation over ``c [T, ...]``: out_t = sum_{m=0}^{taw-1} c_{t-m} *
+    2^(-tau m) (c_{t-m} = 0 before the first step), summed in the order m = 0, 1, ..."""
+    out = torch.empty_like(c)
+    for t in range(c.shape[0]):
+        acc = c[t]
+        for m in range(1, taw):
+            if t - m < 0:
+                break
+            acc = acc + c[t - m] * math.ldexp(1.0, -int(tau) * m)
+        out[t] = acc
+    return out
+
+
+class DS2TA(SSA):
+    """DS2TA (SPEC §4): TASA on the synaptic input of q, k, v and proj, NSAD on the count map.
+
+    TASA, literally (BatchNorm acts on the attenuated sum): the conv output without its bias,
+    attenuated over the last ``taw`` steps by 2^(-tau_l m), then the conv bias (proj has one; it
+    is not attenuated), then BatchNorm (eval) -> LIF. After folding BN this is I_t = sum_m
+    J_{t-m} 2^(-tau_l m) + b'. NSAD: per head, A = AD_h[Q K^T] entry by entry, Y = (A V) * scale.
+
+    Buffers (checkpoint keys): ``tau`` [4] int (q, k, v, proj decay exponents), ``nsad_table``
+    [heads, d + 1] int (AD_h[0] = 0)."""
+
+    TASA_LAYERS = ("q", "k", "v", "proj")
+
+    def __init__(self, cfg: RefConfig):
+        super().__init__(cfg)
+        self.taw = cfg.taw
+        d = cfg.head_dim
+        s = torch.arange(d + 1)
+        # defaults: tau_l = 2 (DVS), u_h = 2 and AD_h[s] = s above it
+        self.register_buffer("tau", torch.full((4,), 2, dtype=torch.int64))
+        self.register_buffer("nsad_table", (s * (s > 2)).repeat(cfg.heads, 1).to(torch.int64))
+
+    def _current(self, n: str, x_flat: Tensor, T: int, B: int) -> Tensor:
+        conv, bn = getattr(self, f"{n}_conv"), getattr(self, f"{n}_bn")
+        c = conv(x_flat, with_bias=False)  # J: the synaptic part only
+        c = tasa(c.reshape(T, B, *c.shape[1:]), int(self.tau[self.TASA_LAYERS.index(n)]),
+                 self.taw).flatten(0, 1)
+        if conv.bias is not None:
+            c = c + conv.bias.reshape(-1, *([1] * (c.dim() - 2)))
+        return bn(c)
+
+    def core(self, x_flat: Tensor, T: int, B: int) -> Tensor:
+        q = self._qkv(x_flat, "q", T, B)
+        k = self._qkv(x_flat, "k", T, B)
+        v = self._qkv(x_flat, "v", T, B)
+        counts = (q @ k.transpose(-2, -1)).round().long()  # [T, B, h, N, N], 0..d
+        heads = torch.arange(self.heads).reshape(-1, 1, 1)
+        a = self.nsad_table.to(q.dtype)[heads, counts]  # A[i, j] = AD_h[(Q K^T)[i, j]]
+        return self._merge_heads((a @ v) * self.scale)
+
+
+class SSABin(SSA):
+    """SSA_Bin (SPEC §4): per head B = 1((Q K^T) > delta_h) (kappa = 1), Y = (B V - vbar) *
+    scale. Buffers (checkpoint keys): ``delta`` [heads] int, ``vbar`` [D] float."""
+
+    def __init__(self, cfg: RefConfig):
+        super().__init__(cfg)
+        self.register_buffer("delta", torch.zeros(cfg.heads, dtype=torch.int64))
+        self.register_buffer("vbar", torch.zeros(cfg.dim))
+
+    def core(self, x_flat: Tensor, T: int, B: int) -> Tensor:
+        q = self._qkv(x_flat, "q", T, B)
+        k = self._qkv(x_flat, "k", T, B)
+        v = self._qkv(x_flat, "v", T, B)
+        counts = q @ k.transpose(-2, -1)  # [T, B, h, N, N]
+        b = (counts > self.delta.to(q.dtype).reshape(-1, 1, 1)).to(q.dtype)  # strictly greater
+        bv = self._merge_heads(b @ v)  # [T, B, C, N]
+        return (bv - self.vbar.to(q.dtype).reshape(-1, 1)) * self.scale
+
+
+class SAFormer(SSA):
+    """SAFormer (SPEC §4): SASA + DWC, no V branch. Q, K spikes; Qa, Ka = AdaptiveAvgPool1d(L)
+    over the tokens; a = sum_l Qa[l] * Ka[l] (per channel); Y = scale * (K * a) + BN(DWC(K)),
+    DWC a depthwise 3x3 conv (padding 1, no bias) on the sqrt(N) x sqrt(N) token grid
+    (token n = grid * row + col). Modules (checkpoint keys): ``dwc_conv`` (weight [D, 1, 3, 3]),
+    ``dwc_bn``; no ``v_conv`` / ``v_bn`` / ``v_lif``."""
+
+    branches = ("q", "k")
+
+    def __init__(self, cfg: RefConfig):
+        super().__init__(cfg)
+        D = cfg.dim
+        self.grid = cfg.grid
+        self.pool = nn.AdaptiveAvgPool1d(cfg.pool_rows)
+        self.dwc_conv = Conv2d(D, D, 3, 1, 1, groups=D, bias=False)
+        self.dwc_bn = nn.BatchNorm2d(D)
+        self._sasa: Tensor | None = None  # scale * (K * a) while dwc_bn runs (BN calibration)
+
+    def core(self, x_flat: Tensor, T: int, B: int) -> Tensor:
+        q = self._spikes("q", x_flat, T, B).flatten(0, 1)  # [T*B, C, N]
+        k = self._spikes("k", x_flat, T, B).flatten(0, 1)
+        TB, C, N = k.shape
+        a = (self.pool(q) * self.pool(k)).sum(-1)  # [T*B, C]: sum over the L pooled rows
+        sasa = self.scale * (k * a.unsqueeze(-1))
+        g = self.grid
+        self._sasa = sasa.reshape(TB, C, g, g)
+        try:
+            dwc = self.dwc_bn(self.dwc_conv(k.reshape(TB, C, g, g))).reshape(TB, C, N)
+        finally:
+            self._sasa = None
+        return (sasa + dwc).reshape(T, B, C, N)
+
+
+ATTENTIONS: dict[str, type[SSA]] = {"ssa": SSA, "ds2ta": DS2TA, "ssa_bin": SSABin,
+                                    "saformer": SAFormer}
 
 
 class MLP(nn.Module):
@@ -395,7 +578,7 @@ class Block(nn.Module):
     def __init__(self, cfg: RefConfig):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.dim)  # unused (exists in the official checkpoint)
-        self.attn = SSA(cfg)
+        self.attn = ATTENTIONS[cfg.attention](cfg)
         self.norm2 = nn.LayerNorm(cfg.dim)  # unused
         self.mlp = MLP(cfg)
 
@@ -412,7 +595,7 @@ class SpikformerRef(nn.Module):
     module name (``patch_embed.proj_lif``, ..., ``block.0.attn.attn_lif``, ...) to its output
     ``[T, B, ...]`` in the layout of the torch code: ``[T, B, C, H, W]`` for SPS stages (before the
     max-pool), ``[T, B, D, g, g]`` for ``rpe_lif``, ``[T, B, C, N]`` for the blocks (heads merged,
-    ``c = d * h + j``), including ``attn_lif``.
+    ``c = d * h + j``), including ``attn_lif`` (a saformer block has no ``v_lif``).
 
     ``conv_accumulation``: ``"native"`` (default) runs torch's float32 convolutions as the official
     code does (results depend on the kernel's accumulation order, see the module docstring);
@@ -484,8 +667,9 @@ def lif_names(cfg: RefConfig) -> list[str]:
     """LIF module names of a configuration, in forward order (the golden file's keys)."""
     names = [f"patch_embed.{_stage_name('proj_lif', i)}" for i in range(cfg.stages)]
     names.append("patch_embed.rpe_lif")
+    branches = ATTENTIONS[cfg.attention].branches
     for b in range(cfg.depth):
-        names += [f"block.{b}.attn.{n}_lif" for n in ("q", "k", "v", "attn", "proj")]
+        names += [f"block.{b}.attn.{n}_lif" for n in (*branches, "attn", "proj")]
         names += [f"block.{b}.mlp.fc1_lif", f"block.{b}.mlp.fc2_lif"]
     return names
 
@@ -520,6 +704,12 @@ def random_state_dict(config: RefConfig, seed: int = 0, init: str = "torch") -> 
     Linear weight ~ trunc_normal(std 0.02) (in that order), Linear biases 0. Same RNG stream as the
     official code: with seed 0 this reproduces every non-BatchNorm tensor of
     ``spikformer-dvs-calibrated.pth``.
+
+    The SPEC §4 variants' own parameters are drawn from a separate generator (``seed``), per
+    block: ds2ta ``tau`` in 1..2 and NSAD tables AD_h[s] = 1(s > u_h) round(a_h s + b_h s^2)
+    (u_h in {0, 1}, a_h in [0.5, 1.5], b_h in [0, 0.15]: AD_h[0] = 0, non-decreasing); ssa_bin
+    ``delta`` in 0..1 and ``vbar`` in [0.05, 0.5]; saformer's ``dwc_conv`` is torch-initialised
+    like every conv (and ``dwc_bn`` the identity, as every BN).
     """
     if init not in ("torch", "official"):
         raise ValueError(f"init must be 'torch' or 'official', got {init!r}")
@@ -533,7 +723,30 @@ def random_state_dict(config: RefConfig, seed: int = 0, init: str = "torch") -> 
                     if isinstance(m, nn.Linear):
                         nn.init.trunc_normal_(m.weight, std=0.02)
                         nn.init.zeros_(m.bias)
+    _randomize_attention_(model, seed)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def _randomize_attention_(model: SpikformerRef, seed: int) -> None:
+    """Random valid SPEC §4 operator parameters (see :func:`random_state_dict`)."""
+    g = torch.Generator().manual_seed(int(seed))
+
+    def uniform(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    for blk in model.block:
+        a = blk.attn
+        if isinstance(a, DS2TA):
+            a.tau.copy_(torch.randint(1, 3, (4,), generator=g))
+            H, d1 = a.nsad_table.shape
+            s = torch.arange(d1, dtype=torch.float64)
+            u = torch.randint(0, 2, (H, 1), generator=g)
+            f = uniform(0.5, 1.5, H, 1) * s + uniform(0.0, 0.15, H, 1) * s**2
+            a.nsad_table.copy_(torch.round(f).long() * (s > u))
+        elif isinstance(a, SSABin):
+            a.delta.copy_(torch.randint(0, 2, a.delta.shape, generator=g))
+            a.vbar.copy_(uniform(0.05, 0.5, *a.vbar.shape))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -580,7 +793,9 @@ def calibrate_bn_(
        contain the target.
 
     ``target_rate`` may also be a function of the LIF's name (e.g. a higher rate for q/k/v, which
-    makes the attention LIF, that has no BatchNorm of its own, fire more).
+    makes the attention LIF, that has no BatchNorm of its own, fire more). SAFormer's ``dwc_bn``
+    is calibrated the same way for its block's ``attn_lif``, whose input is BN(DWC(K)) plus the
+    gate term scale * (K * a) of the same forward pass.
 
     Returns the achieved rate per LIF name (exactly what the forward pass now gives on these frames).
     ``eval=True`` leaves the model in eval mode (what calibrated statistics are for); ``eval=False``
@@ -600,7 +815,7 @@ def calibrate_bn_(
     model.eval()
     rates: dict[str, float] = {}
 
-    def make_hook(name: str, lif: LIF):
+    def make_hook(name: str, lif: LIF, addend: Callable[[], Tensor] | None = None):
         target = float(target_rate(name) if callable(target_rate) else target_rate)
 
         def hook(bn, inputs):
@@ -610,9 +825,13 @@ def calibrate_bn_(
             bn.running_var.copy_(x.var(dim=dims))
             beta0 = bn.bias.detach().clone()
 
+            extra = None if addend is None else addend()
+
             def rate(delta: float) -> float:
                 bn.bias.copy_(beta0 + delta)
                 y = bn.forward(x)  # .forward: bypass this very hook; same op as the forward pass
+                if extra is not None:
+                    y = y + extra
                 y = y.reshape(T, -1, *y.shape[1:])
                 spikes = sum(int(s.sum()) for s in lif_steps(y, lif.tau, lif.theta))
                 return spikes / y.numel()
@@ -640,6 +859,10 @@ def calibrate_bn_(
         return hook
 
     handles = [bn.register_forward_pre_hook(make_hook(n, lif)) for n, bn, lif in _bn_lif_pairs(model)]
+    for name, m in model.named_modules():
+        if isinstance(m, SAFormer):  # dwc_bn feeds attn_lif beside the gate term scale * (K * a)
+            hook = make_hook(f"{name}.attn_lif", m.attn_lif, lambda m=m: m._sasa)
+            handles.append(m.dwc_bn.register_forward_pre_hook(hook))
     try:
         model(frames)
     finally:
@@ -722,13 +945,15 @@ def surrogate_lif_forward(self, x):
     return torch.stack(out)
 
 
-def ref_config(cfg) -> RefConfig:
-    """The reference configuration of an eventformer ``SpikformerConfig``."""
+def ref_config(cfg, **options) -> RefConfig:
+    """The reference configuration of an eventformer ``SpikformerConfig`` (``options``: ``taw``,
+    ``pool_rows``, which a model file keeps with the attention parameters)."""
     return RefConfig(in_channels=cfg.in_channels, image_size=cfg.image_size,
                      sps_channels=cfg.sps_channels, dim=cfg.dim, heads=cfg.heads,
                      depth=cfg.depth, mlp_ratio=cfg.mlp_hidden / cfg.dim,
                      num_classes=cfg.num_classes, scale=cfg.scale, tau=cfg.tau,
-                     theta=cfg.theta, attn_theta=cfg.attn_theta)
+                     theta=cfg.theta, attn_theta=cfg.attn_theta,
+                     attention=getattr(cfg, "attention", "ssa"), **options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -794,26 +1019,36 @@ def calibrated_state_dict(config: RefConfig, frames_list, seed: int = 0,
 
 
 def folded_reference(source, dtype: torch.dtype = torch.float64, heads: int = 16,
-                     scale: float = 0.25) -> SpikformerRef:
+                     scale: float = 0.25, **options) -> SpikformerRef:
     """The reference with BatchNorm folded exactly as a model file holds it: each conv carries the
     folded weight W' (float32 values) and its BatchNorm adds the folded bias b' and nothing else
     (gamma 1, mean 0, var 1, eps 0: ``(x - 0) / sqrt(1 + 0) * 1 + b' == x + b'`` exactly).
 
     Run in float64 this is what the engine computes in float64 up to summation order (the weights
     are the same float32 numbers, every product and sum is float64). ``source``: an eventformer
-    ``ModelFile`` (its layers' weights as they are), or a ``SpikformerRef`` or a state dict (with
-    ``heads`` and ``scale``), folded here with :func:`fold_bn` in float64 and rounded once to
-    float32 as the exporter does."""
+    ``ModelFile`` (its layers' weights and attention parameters as they are), or a
+    ``SpikformerRef`` or a state dict (with ``heads``, ``scale`` and the variant ``options``
+    ``taw`` / ``pool_rows``), folded here with :func:`fold_bn` in float64 and rounded once to
+    float32 as the exporter does.
+
+    The SPEC §4 operators' parameters come along: ds2ta ``tau`` and ``nsad_table`` (TASA still
+    attenuates the conv's output and the BN adds b' once per step), ssa_bin ``delta`` and
+    ``vbar`` (float32), saformer's depthwise conv folded with ``dwc_bn`` like every other BN."""
     if hasattr(source, "layers") and hasattr(source, "config"):  # an eventformer ModelFile
-        cfg = ref_config(source.config)
+        blocks = [dict(a.params) for a in getattr(source, "attention", [])]
+        if source.config.attention == "ds2ta":
+            options.setdefault("taw", int(blocks[0]["taw"]))
+        if source.config.attention == "saformer":
+            options.setdefault("pool_rows", int(blocks[0]["pool_rows"]))
+        cfg = ref_config(source.config, **options)
         folded = {name: (torch.from_numpy(p.weight), torch.from_numpy(p.bias))
                   for name, p in source.layers.items() if p.weight is not None}
-        base = None
+        attn = [{k: torch.as_tensor(v) for k, v in p.items()} for p in blocks]
     else:
         base = source if isinstance(source, SpikformerRef) else None
         if base is None:
             sd = _unwrap(source)
-            base = SpikformerRef(RefConfig.from_state_dict(sd, heads=heads, scale=scale))
+            base = SpikformerRef(RefConfig.from_state_dict(sd, heads=heads, scale=scale, **options))
             base.load_state_dict(sd)
         cfg = base.cfg
         mods = dict(base.named_modules())
@@ -823,6 +1058,18 @@ def folded_reference(source, dtype: torch.dtype = torch.float64, heads: int = 16
             conv = mods[f"{parent}.{leaf.replace('_lif', '_conv')}"]
             folded[name] = fold_bn(conv.weight, conv.bias, bn, eps=bn.eps, dtype=torch.float32)
         folded["head"] = (base.head.weight.detach().float(), base.head.bias.detach().float())
+        attn = []
+        for blk in base.block:
+            a, p = blk.attn, {}
+            if isinstance(a, DS2TA):
+                p = {"tau": a.tau.clone(), "nsad_table": a.nsad_table.clone()}
+            elif isinstance(a, SSABin):
+                p = {"delta": a.delta.clone(), "vbar": a.vbar.detach().float()}
+            elif isinstance(a, SAFormer):
+                w, b = fold_bn(a.dwc_conv.weight, None, a.dwc_bn, eps=a.dwc_bn.eps,
+                               dtype=torch.float32)
+                p = {"dwc_weight": w[:, 0], "dwc_bias": b}
+            attn.append(p)
     ref = SpikformerRef(cfg)
     mods = dict(ref.named_modules())
     with torch.no_grad():
@@ -834,15 +1081,30 @@ def folded_reference(source, dtype: torch.dtype = torch.float64, heads: int = 16
             parent, _, leaf = name.rpartition(".")
             conv = mods[f"{parent}.{leaf.replace('_lif', '_conv')}"]
             bn = mods[f"{parent}.{leaf.replace('_lif', '_bn')}"]
-            conv.weight.copy_(w.reshape(conv.weight.shape))
-            if conv.bias is not None:
-                conv.bias.zero_()
-            bn.weight.fill_(1.0)
-            bn.bias.copy_(b)
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0)
-            bn.eps = 0.0
+            _set_folded(conv, bn, w, b)
+        for blk, p in zip(ref.block, attn, strict=True):
+            a = blk.attn
+            if isinstance(a, DS2TA):
+                a.tau.copy_(p["tau"])
+                a.nsad_table.copy_(p["nsad_table"])
+            elif isinstance(a, SSABin):
+                a.delta.copy_(p["delta"])
+                a.vbar.copy_(p["vbar"])
+            elif isinstance(a, SAFormer):
+                _set_folded(a.dwc_conv, a.dwc_bn, p["dwc_weight"], p["dwc_bias"])
     return ref.to(dtype).eval()
+
+
+def _set_folded(conv: nn.Module, bn: nn.Module, w: Tensor, b: Tensor) -> None:
+    """conv <- the folded weight (no bias), bn <- a pure shift by the folded bias."""
+    conv.weight.copy_(w.reshape(conv.weight.shape))
+    if conv.bias is not None:
+        conv.bias.zero_()
+    bn.weight.fill_(1.0)
+    bn.bias.copy_(b)
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0)
+    bn.eps = 0.0
 
 
 # --------------------------------------------------------------------------------------------------
