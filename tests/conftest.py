@@ -27,6 +27,43 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
+def record_spikes(engine) -> dict:
+    """Capture every layer's spike indices per step, where its neurons fire (wrapping them):
+    ``{layer name: [int32 indices of step 0, step 1, ...]}``."""
+    import numpy as np
+
+    store: dict = {}
+    for layer in engine.layers:
+        neurons = layer.neurons
+
+        def fire(current, counters, _fire=neurons.fire, _name=layer.name):
+            out = _fire(current, counters)
+            store.setdefault(_name, []).append(out.copy())
+            return out
+
+        def fire_flags(current, counters, _fire=neurons.fire_flags, _name=layer.name,
+                       _size=neurons.size):
+            flags, n = _fire(current, counters)
+            spikes = np.flatnonzero(flags[:_size]).astype(np.int32)
+            assert spikes.size == n
+            store.setdefault(_name, []).append(spikes)
+            return flags, n
+
+        neurons.fire = fire
+        neurons.fire_flags = fire_flags
+    return store
+
+
+def ref_spike_sets(spikes: dict, name: str) -> list:
+    """A torch reference's recorded spikes of one layer as per-step flat indices in the engine's
+    layout (HWC for convolutions, [token, channel] for blocks)."""
+    import numpy as np
+
+    s = spikes[name][:, 0].double().numpy()  # [T, C, H, W] or [T, C, N]
+    s = s.transpose(0, 2, 3, 1) if s.ndim == 4 else s.transpose(0, 2, 1)
+    return [np.flatnonzero(step.reshape(-1)) for step in s]
+
+
 def need_gesture():
     if not GESTURE_DIR.is_dir():
         pytest.skip(f"real DVS Gesture segments not found at {GESTURE_DIR} (../shared is absent)")

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import record_spikes, ref_spike_sets
 
 from eventformer.bench.calibrate import random_model
 from eventformer.kernels import counters as C, ssa_step
@@ -35,28 +36,6 @@ EMPTY = np.empty(0, np.int32)
 # --------------------------------------------------------------------------------------------
 
 
-def record_spikes(engine: Spikformer) -> dict[str, list[np.ndarray]]:
-    """Every layer's spike indices per step, captured where the neurons fire."""
-    store: dict[str, list[np.ndarray]] = {}
-    for layer in engine.layers:
-        neurons = layer.neurons
-
-        def fire(current, counters, _fire=neurons.fire, _name=layer.name):
-            out = _fire(current, counters)
-            store.setdefault(_name, []).append(out.copy())
-            return out
-
-        def fire_flags(current, counters, _fire=neurons.fire_flags, _name=layer.name,
-                       _size=neurons.size):
-            flags, n = _fire(current, counters)
-            spikes = np.flatnonzero(flags[:_size]).astype(np.int32)
-            assert spikes.size == n
-            store.setdefault(_name, []).append(spikes)
-            return flags, n
-
-        neurons.fire = fire
-        neurons.fire_flags = fire_flags
-    return store
 
 
 def plain(engine: Spikformer) -> Spikformer:
@@ -163,10 +142,6 @@ def reference_of(model):
     return ref.double().eval()
 
 
-def ref_spikes(spikes, name: str) -> list[np.ndarray]:
-    s = spikes[name][:, 0].double().numpy()  # [T, C, H, W] or [T, C, N]
-    s = s.transpose(0, 2, 3, 1) if s.ndim == 4 else s.transpose(0, 2, 1)
-    return [np.flatnonzero(step.reshape(-1)) for step in s]
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +168,7 @@ def test_empty_steps_match_reference_float64(grid_case, mode, path):
     T = frames.shape[0]
     fired_empty, quiet = set(), set()
     for layer in engine.layers:
-        want = ref_spikes(spikes, layer.name)
+        want = ref_spike_sets(spikes, layer.name)
         got = store[layer.name]
         assert len(got) == len(want) == T
         for t in range(T):

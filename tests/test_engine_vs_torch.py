@@ -26,7 +26,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import (OFFICIAL_CKPT, assert_every_layer_fires,  # noqa: E402
-                      calibrated_checkpoint, need_gesture)
+                      calibrated_checkpoint, need_gesture, record_spikes, ref_spike_sets)
 from torch_reference import (LIF, Outputs, RefConfig, SpikformerRef,  # noqa: E402
                              calibrate_bn_, float32_spread, folded_reference, random_state_dict,
                              reference_outputs, torch_threads)
@@ -58,37 +58,8 @@ def random_events(rng, n, size, duration_us=100_000):
     return ev
 
 
-def record_engine_spikes(engine: Spikformer) -> dict[str, list[np.ndarray]]:
-    """Capture every layer's spike indices per step (wrapping each layer's neurons)."""
-    store: dict[str, list[np.ndarray]] = {}
-    for layer in engine.layers:
-        fire = layer.neurons.fire
-
-        def wrapped(current, counters, _fire=fire, _name=layer.name):
-            out = _fire(current, counters)
-            store.setdefault(_name, []).append(out.copy())
-            return out
-
-        layer.neurons.fire = wrapped
-        fire_flags = layer.neurons.fire_flags
-
-        def wrapped_flags(current, counters, _fire=fire_flags, _name=layer.name):
-            flags, n = _fire(current, counters)
-            store.setdefault(_name, []).append(np.flatnonzero(flags).astype(np.int32))
-            return flags, n
-
-        layer.neurons.fire_flags = wrapped_flags
-    return store
 
 
-def ref_spike_sets(spikes: dict, name: str) -> list[np.ndarray]:
-    """Reference spikes of one layer as per-step flat indices in the engine's layout."""
-    s = spikes[name][:, 0].double().numpy()  # [T, C, H, W] or [T, C, N]
-    if s.ndim == 4:
-        s = s.transpose(0, 2, 3, 1)  # HWC
-    else:
-        s = s.transpose(0, 2, 1)  # [token, channel]
-    return [np.flatnonzero(step.reshape(-1)) for step in s]
 
 
 def grid_model_pair(tmp_path, seed=0):
@@ -115,7 +86,7 @@ def grid_pair(tmp_path_factory):
 def test_float64_grid_weights_identical_spikes_and_logits(grid_pair, mode):
     model, ref, samples = grid_pair
     engine = Spikformer(model, dtype="float64", policy=PathPolicy(mode=mode))
-    store = record_engine_spikes(engine)
+    store = record_spikes(engine)
     for ev in samples:
         store.clear()
         engine.clear_stats()
@@ -177,7 +148,7 @@ def teacher_forced_agreement(engine: Spikformer, spikes: dict,
         inputs[block.fc1.name] = [_events(resid[t].numpy()) for t in range(T)]
         inputs[block.fc2.name] = [_events(tok(block.fc1.name)[t].numpy()) for t in range(T)]
         resid = resid + tok(block.fc2.name)
-    store = record_engine_spikes(engine)
+    store = record_spikes(engine)
     engine.reset()
     agreement = {}
     for layer in engine.layers:
@@ -289,7 +260,7 @@ def test_float64_official_checkpoint_is_exact(official, official_model):
     ref = folded_reference(official_model)
     engines = {mode: Spikformer(official_model, dtype="float64", policy=PathPolicy(mode=mode))
                for mode in ("auto", "sparse", "dense")}
-    stores = {mode: record_engine_spikes(e) for mode, e in engines.items()}
+    stores = {mode: record_spikes(e) for mode, e in engines.items()}
     for name, ev, frames, truth in zip(official.names, official.events, official.frames,
                                        official.truth):
         x = torch.from_numpy(frames).double()[:, None]
@@ -355,7 +326,7 @@ def test_offline_run_equals_time_major_steps(grid_pair, mode):
     steps = frame_events(samples[0], 8, 32, 32)
     offline = Spikformer(model, dtype="float64", policy=PathPolicy(mode=mode))
     stepped = Spikformer(model, dtype="float64", policy=PathPolicy(mode=mode))
-    a, b = record_engine_spikes(offline), record_engine_spikes(stepped)
+    a, b = record_spikes(offline), record_spikes(stepped)
     logits_offline = offline.run(steps)
     assert_every_layer_fires(offline.layer_stats())
     stepped.reset()

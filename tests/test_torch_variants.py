@@ -34,7 +34,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import assert_every_layer_fires
+from conftest import assert_every_layer_fires, record_spikes, ref_spike_sets
 from eventformer_cli.main import app
 from torch_reference import (
     DS2TA,
@@ -103,33 +103,8 @@ def on_grid(a) -> np.ndarray:
     return (np.round(np.asarray(a, np.float64) / GRID) * GRID).astype(np.float32)
 
 
-def record_spikes(engine: Spikformer) -> dict[str, list[np.ndarray]]:
-    """Capture every layer's spike indices per step (wrapping each layer's neurons)."""
-    store: dict[str, list[np.ndarray]] = {}
-    for layer in engine.layers:
-        neurons = layer.neurons
-
-        def fire(current, counters, _fire=neurons.fire, _name=layer.name):
-            out = _fire(current, counters)
-            store.setdefault(_name, []).append(out.copy())
-            return out
-
-        def fire_flags(current, counters, _fire=neurons.fire_flags, _name=layer.name,
-                       _size=neurons.size):
-            flags, n = _fire(current, counters)
-            store.setdefault(_name, []).append(np.flatnonzero(flags[:_size]).astype(np.int32))
-            return flags, n
-
-        neurons.fire = fire
-        neurons.fire_flags = fire_flags
-    return store
 
 
-def ref_spike_sets(spikes: dict, name: str) -> list[np.ndarray]:
-    """Reference spikes of one layer as per-step flat indices in the engine's layout."""
-    s = spikes[name][:, 0].double().numpy()  # [T, C, H, W] or [T, C, N]
-    s = s.transpose(0, 2, 3, 1) if s.ndim == 4 else s.transpose(0, 2, 1)  # HWC / [token, channel]
-    return [np.flatnonzero(step.reshape(-1)) for step in s]
 
 
 def threshold_margins(ref: SpikformerRef, x: torch.Tensor) -> dict[str, float]:

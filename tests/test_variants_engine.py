@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import assert_every_layer_fires
+from conftest import assert_every_layer_fires, record_spikes
 
 from eventformer.bench.calibrate import calibrate, random_model
 from eventformer.errors import EventformerError
@@ -341,25 +341,6 @@ def reference(model, frames: np.ndarray):
 # --------------------------------------------------------------------------------------------
 
 
-def record_spikes(engine: Spikformer) -> dict[str, list[np.ndarray]]:
-    store: dict[str, list[np.ndarray]] = {}
-    for layer in engine.layers:
-        neurons = layer.neurons
-
-        def fire(current, counters, _fire=neurons.fire, _name=layer.name):
-            out = _fire(current, counters)
-            store.setdefault(_name, []).append(out.copy())
-            return out
-
-        def fire_flags(current, counters, _fire=neurons.fire_flags, _name=layer.name,
-                       _size=neurons.size):
-            flags, n = _fire(current, counters)
-            store.setdefault(_name, []).append(np.flatnonzero(flags[:_size]).astype(np.int32))
-            return flags, n
-
-        neurons.fire = fire
-        neurons.fire_flags = fire_flags
-    return store
 
 
 def drive(engine: Spikformer, frames: np.ndarray, path: str) -> np.ndarray:
