@@ -75,13 +75,12 @@ def infer(
     Files that cannot be classified are named one by one (one line each, and a JSON object with
     an "error" key under --json) while the others are classified; the exit code is then 2."""
     from eventformer.errors import EventformerError
+    from eventformer.events import SpatialTransform
     from eventformer.inference import classify_files
     from eventformer.report import EnergyTable
 
     energy = EnergyTable(ac_pj=check_number("--pj-ac", pj_ac, low=0.0),
                          mac_pj=check_number("--pj-mac", pj_mac, low=0.0))
-    from eventformer.events import SpatialTransform
-
     framing = {"steps": steps, "split_by": split_by.value if split_by else None,
                "sensor_size": parse_size(sensor_size),
                "transform": SpatialTransform.from_options(crop, center_crop)}
