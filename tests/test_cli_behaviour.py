@@ -269,6 +269,7 @@ def test_ctrl_c_closes_the_open_window_with_what_it_has(shipped_engine):
 
     events = gesture_like_events(20_000)
     windows = []
+    handler = signal.getsignal(signal.SIGINT)  # default, or ignored when run in the background
 
     def on_window(w):
         windows.append(w)
@@ -284,7 +285,7 @@ def test_ctrl_c_closes_the_open_window_with_what_it_has(shipped_engine):
     within = int(np.sum(events["t"] < t0 + 300_000))
     assert summary["events"] == within == sum(w["events"] for w in windows)
     assert summary["unprocessed_events"] == len(events) - within
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler before is back
 
 
 def test_realtime_backlog_is_what_has_arrived(shipped_engine):

@@ -117,6 +117,7 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(sets, tmp_path):
     ref = train(cfg, tr, va, **kw)
 
     ck = tmp_path / "run.ckpt.npz"
+    handler = signal.getsignal(signal.SIGINT)  # default, or ignored when run in the background
 
     def ctrl_c_mid_epoch_2(info):  # Ctrl-C after the 2nd batch of epoch 2: deferred to its end
         if info["kind"] == "batch" and info["epoch"] == 1 and info["batch"] == 2:
@@ -125,7 +126,7 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(sets, tmp_path):
     with pytest.raises(TrainingInterrupted) as exc:
         train(cfg, tr, va, checkpoint_path=ck, progress=ctrl_c_mid_epoch_2, **kw)
     assert exc.value.saved and exc.value.epoch == 1 and exc.value.batch == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler before is back
     meta = load_checkpoint(ck)["meta"]
     assert (meta["epoch"], meta["batch"], len(meta["history"])) == (1, 2, 1)
 
