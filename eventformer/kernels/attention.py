@@ -20,7 +20,7 @@ so they always form the map explicitly over active pairs (the pairs order): SSA_
 
 import numpy as np
 
-from ..jit import kernel
+from ..jit import inlined, kernel
 from .counters import AC, ATTN_ENTRIES, ATTN_NONZERO, COMPARE, INPUT_EVENTS, LUT
 
 
@@ -38,6 +38,42 @@ def _head_offsets(idx, n_tokens, dim, d):
                 pos += 1
             ptr[n, h] = pos
     return ptr
+
+
+@kernel
+def _key_columns(k_idx, dim):
+    """Inverted index of K: ``col_tok[col_ptr[c]:col_ptr[c + 1]]`` are the key tokens that fired
+    on channel c, ascending."""
+    col_len = np.zeros(dim + 1, np.int64)
+    for e in range(k_idx.shape[0]):
+        col_len[k_idx[e] % dim + 1] += 1
+    col_ptr = np.cumsum(col_len)
+    col_tok = np.empty(k_idx.shape[0], np.int32)
+    fill = col_ptr[:-1].copy()
+    for e in range(k_idx.shape[0]):
+        c = k_idx[e] % dim
+        col_tok[fill[c]] = k_idx[e] // dim
+        fill[c] += 1
+    return col_ptr, col_tok
+
+
+@inlined
+def _query_row_counts(i, h, dim, qp, q_idx, col_ptr, col_tok, acc, touched):
+    """Row i of head h's count map (Q K^T)[i, :], over the keys that share an active channel
+    with query token i only: ``acc[j]`` += 1 per shared channel, the keys reached listed once in
+    ``touched[:nt]`` (the caller reads and re-zeroes ``acc`` there). Returns ``(nt, adds)``."""
+    nt = 0
+    adds = 0
+    for p in range(qp[i, h], qp[i, h + 1]):
+        c = q_idx[p] - i * dim
+        for r in range(col_ptr[c], col_ptr[c + 1]):
+            j = col_tok[r]
+            if acc[j] == 0:
+                touched[nt] = j
+                nt += 1
+            acc[j] += 1
+            adds += 1
+    return nt, adds
 
 
 @kernel
@@ -87,18 +123,7 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
     kp = _head_offsets(k_idx, n_tokens, dim, d)
     vp = _head_offsets(v_idx, n_tokens, dim, d)
 
-    # inverted index of K: for channel c, the key tokens that fired on it (ascending)
-    col_len = np.zeros(dim + 1, np.int64)
-    for e in range(k_idx.shape[0]):
-        col_len[k_idx[e] % dim + 1] += 1
-    col_ptr = np.cumsum(col_len)
-    col_tok = np.empty(k_idx.shape[0], np.int32)
-    fill = col_ptr[:-1].copy()
-    for e in range(k_idx.shape[0]):
-        c = k_idx[e] % dim
-        col_tok[fill[c]] = k_idx[e] // dim
-        fill[c] += 1
-
+    col_ptr, col_tok = _key_columns(k_idx, dim)
     y = np.zeros(n_tokens * dim, np.int64)
     acc = np.zeros(n_tokens, np.int64)
     touched = np.empty(n_tokens, np.int32)
@@ -126,16 +151,8 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
         if order == 1 or (order == 0 and pair_work <= kv_work):
             used[h] = 1
             for i in range(n_tokens):
-                nt = 0
-                for p in range(qp[i, h], qp[i, h + 1]):
-                    c = q_idx[p] - i * dim
-                    for r in range(col_ptr[c], col_ptr[c + 1]):
-                        j = col_tok[r]
-                        if acc[j] == 0:
-                            touched[nt] = j
-                            nt += 1
-                        acc[j] += 1
-                        ops += 1
+                nt, adds = _query_row_counts(i, h, dim, qp, q_idx, col_ptr, col_tok, acc, touched)
+                ops += adds
                 entries += nt
                 for t in range(nt):
                     j = touched[t]
@@ -178,23 +195,6 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
 
 
 @kernel
-def _key_columns(k_idx, dim):
-    """Inverted index of K: ``col_tok[col_ptr[c]:col_ptr[c + 1]]`` are the key tokens that fired
-    on channel c, ascending."""
-    col_len = np.zeros(dim + 1, np.int64)
-    for e in range(k_idx.shape[0]):
-        col_len[k_idx[e] % dim + 1] += 1
-    col_ptr = np.cumsum(col_len)
-    col_tok = np.empty(k_idx.shape[0], np.int32)
-    fill = col_ptr[:-1].copy()
-    for e in range(k_idx.shape[0]):
-        c = k_idx[e] % dim
-        col_tok[fill[c]] = k_idx[e] // dim
-        fill[c] += 1
-    return col_ptr, col_tok
-
-
-@kernel
 def _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, binary, delta, y,
                       counters):
     """Y = M(Q_h K_h^T) V_h per head into the zeroed int64 ``y``, over active pairs only, M the
@@ -211,16 +211,8 @@ def _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, binary, 
     nonzero = 0
     for h in range(heads):
         for i in range(n_tokens):
-            nt = 0
-            for p in range(qp[i, h], qp[i, h + 1]):
-                c = q_idx[p] - i * dim
-                for r in range(col_ptr[c], col_ptr[c + 1]):
-                    j = col_tok[r]
-                    if acc[j] == 0:
-                        touched[nt] = j
-                        nt += 1
-                    acc[j] += 1
-                    ops += 1
+            nt, adds = _query_row_counts(i, h, dim, qp, q_idx, col_ptr, col_tok, acc, touched)
+            ops += adds
             entries += nt
             for t in range(nt):
                 j = touched[t]
