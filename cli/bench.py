@@ -40,14 +40,19 @@ def bench(
                                                "PyTorch baseline (default: every core, at most "
                                                "8)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random full-size weights."),
+    attention: str = typer.Option("ssa", "--attention",
+                                  help="Attention operator of the random full-size models: ssa, "
+                                       "ds2ta, ssa_bin or saformer (SPEC §4)."),
     no_dense: bool = typer.Option(False, "--no-dense", help="Skip the PyTorch baseline."),
     no_start: bool = typer.Option(False, "--no-start", help="Skip the cold/warm start timing."),
     as_json: bool = typer.Option(False, "--json", help="The whole result as JSON on stdout."),
 ):
     """Time the engine against a dense PyTorch forward of the same model on real recordings.
 
-    Until trained full-size weights exist, the models are random Spikformer-DVS weights whose
-    BatchNorm is calibrated on the recordings so every LIF fires at each rate of --rates. The two
+    Until trained full-size weights exist, the models are random Spikformer-DVS weights (with
+    the attention operator of --attention) whose BatchNorm is calibrated on the recordings so
+    every LIF fires at each rate of --rates. The dense side is the package's plain-torch
+    Spikformer on the same model file. The two
     engines run interleaved on the same threads; each is reported as the median of --repeat runs
     with the min..max spread. glibc's malloc is tuned for torch (the command re-executes itself
     with MALLOC_* settings when they are missing).
@@ -71,7 +76,8 @@ def bench(
                  "pass event files to time")
         files = sorted(folder.glob("*.bs2"))
     opts = BenchOptions(files=[str(f) for f in files], rates=rate_list, steps=steps,
-                        repeat=repeat, seed=seed, dense=not no_dense, cold_start=not no_start)
+                        repeat=repeat, seed=seed, dense=not no_dense, cold_start=not no_start,
+                        attention=attention)
     if threads is not None:
         opts.threads = threads
     check_options(opts)  # bad options fail here, before any re-exec or model work
@@ -82,7 +88,8 @@ def bench(
         os.execve(*again)
     samples = load_samples(opts.files, steps, bench_config(opts).image_size)  # bad files fail here
     err.print(f"[bold]eventformer bench[/]: full-size Spikformer-DVS (2x128x128, D 256, 16 heads, "
-              f"2 blocks), T {steps}, batch 1, {len(files)} recordings; random weights with "
+              f"2 blocks, {attention} attention), T {steps}, batch 1, {len(files)} recordings; "
+              "random weights with "
               "BatchNorm calibrated on the recordings to each firing rate (no trained "
               "full-size weights exist yet)")
     try:
@@ -115,6 +122,8 @@ def _print_bench(result: dict, dense: bool) -> None:
     err.print(f"allocator: glibc MALLOC_* settings {a['how']}")
     for entry in result["rates"]:
         title = f"target firing rate {entry['target_rate']:.0%}"
+        if "attention" in entry:
+            title += f", {entry['attention']} attention"
         if not entry["complete"]:
             title += " (interrupted: partial)"
         t = Table(title=title, title_justify="left")

@@ -4,14 +4,16 @@ only: the full-size timings are the bench's job, not the tests'."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 import numpy as np
 import pytest
+from conftest import one_error_line
+from eventformer_cli.main import app
 from typer.testing import CliRunner
 
-from conftest import one_error_line
 from eventformer.bench import allocator
 from eventformer.bench.accounting import PathMeter
 from eventformer.bench.calibrate import calibrate, random_model
@@ -19,15 +21,18 @@ from eventformer.bench.run import (
     BenchInterrupted,
     BenchOptions,
     _RateRun,
+    bench_config,
+    check_options,
     load_samples,
     run_bench,
 )
 from eventformer.bench.timing import OtherLoad, interleave, spread
+from eventformer.errors import EventformerError
 from eventformer.events import write_npy
 from eventformer.layers import PathPolicy
 from eventformer.models import Spikformer, SpikformerConfig
+from eventformer.models.config import ATTENTION_OPERATOR_NAMES
 from eventformer.runtime import engine_threads
-from eventformer_cli.main import app
 
 runner = CliRunner()
 TINY = SpikformerConfig(image_size=32, sps_channels=(16, 32), sps_pool=(True, True), dim=32,
@@ -222,8 +227,9 @@ def test_scatter_accumulates_exclude_gemm_work(tiny_model_and_steps, mode):
 # --- run_bench end to end on a tiny model, with a fake clock --------------------------------------
 
 def _tiny_opts(recording, cache_dir, **kw):
+    kw.setdefault("config", TINY)
     return BenchOptions(files=[str(recording)], rates=(0.2,), repeat=3, threads=engine_threads(),
-                        cold_start=False, cache_dir=cache_dir, config=TINY, **kw)
+                        cold_start=False, cache_dir=cache_dir, **kw)
 
 
 def test_run_bench_reports_medians_spreads_and_scatter_rate(recording, cache_dir):
@@ -271,6 +277,65 @@ def test_run_bench_interrupted_returns_what_was_measured(recording, cache_dir):
     assert row["dense"]["times_s"] == pytest.approx([1.0])
     assert row["speedup"] == pytest.approx(1.0 / 0.15)
     json.dumps(result)
+
+
+# --- the attention operator: the engine against the package's plain-torch model ----------------
+
+@pytest.mark.parametrize("attention", ATTENTION_OPERATOR_NAMES)
+def test_dense_baseline_is_the_torch_model_for_every_operator(recording, attention):
+    """The bench's dense baseline runs the model file through eventformer.torch_model (the tests'
+    oracle): on a calibrated tiny model of each operator it predicts what the engine predicts,
+    in float32 as the bench times it, and gives the engine's logits in float64."""
+    pytest.importorskip("torch")
+    from eventformer.bench.dense_torch import build_dense_forward, build_dense_model
+    from eventformer.torch_model import SpikformerRef
+
+    config = dataclasses.replace(TINY, attention=attention)
+    sample = load_samples([str(recording)], config.steps, config.image_size)[0]
+    model = calibrate(random_model(config, 1), [sample.steps], 0.2)
+    net = build_dense_model(model)
+    assert isinstance(net, SpikformerRef) and not net.training
+    assert net.cfg.attention == attention
+    for dtype in ("float32", "float64"):
+        engine = Spikformer(model, dtype=dtype)
+        logits = engine.run(sample.steps)
+        spikes = sum(s["spikes"] for s in engine.layer_stats()[:-1])
+        assert spikes > 0  # a silent model would make the comparison vacuous
+        dense = build_dense_forward(model, dtype)(sample.dense)
+        assert dense.shape == (config.num_classes,)
+        assert int(np.argmax(dense)) == int(np.argmax(logits)), (dtype, dense, logits)
+        if dtype == "float64":
+            np.testing.assert_allclose(dense, logits, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("attention", ["ds2ta", "saformer"])
+def test_run_bench_names_the_attention_operator(recording, cache_dir, attention):
+    pytest.importorskip("torch")
+    config = dataclasses.replace(TINY, attention=attention)
+    clock = FakeClock([0.1, 1.0] * 3)
+    result = run_bench(_tiny_opts(recording, cache_dir, config=config), log=lambda m: None,
+                       warn=lambda m: None, clock=clock)
+    assert result["attention"] == attention
+    entry = result["rates"][0]
+    assert entry["attention"] == attention and f"-{attention}-" in entry["model"]
+    assert entry["files"][0]["same_prediction"] is True
+    json.dumps(result)
+
+
+def test_bench_config_takes_the_attention_option():
+    assert bench_config(BenchOptions(files=["a"])).attention == "ssa"
+    for name in ATTENTION_OPERATOR_NAMES:
+        cfg = bench_config(BenchOptions(files=["a"], attention=name))
+        assert cfg.attention == name and cfg.dim == 256 and cfg.image_size == 128
+    with pytest.raises(EventformerError, match="--attention"):
+        check_options(BenchOptions(files=["a"], attention="linear"))
+
+
+@pytest.mark.parametrize("name", ["linear", "SSA", ""])
+def test_unknown_attention_is_one_sentence_and_exit_2(recording, name, no_reexec):
+    r = runner.invoke(app, ["bench", str(recording), "--rates", "0.1", "--attention", name])
+    line = one_error_line(r)
+    assert "--attention" in line and "ssa_bin" in line and "internal error" not in line
 
 
 # --- the command line -----------------------------------------------------------------------------

@@ -5,6 +5,11 @@ number of threads; each side is reported as the median with its min..max spread,
 the ratio of the medians, and a side whose spread exceeds :data:`timing.UNSTABLE_RATIO` is
 flagged. Accumulates per second are those of the scatter steps only, per second spent in them
 (:mod:`.accounting`), never the GEMM steps' work.
+
+The models are random full-size Spikformer-DVS weights of one attention operator
+(``BenchOptions.attention``: ssa, ds2ta, ssa_bin or saformer), calibrated by the engine; the dense
+side runs the same model file through the package's plain-torch Spikformer
+(:mod:`.dense_torch`, :mod:`eventformer.torch_model`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ..errors import EventformerError
 from ..events import dense_frames, frame_events, read_events
 from ..modelfile import load, save
 from ..models import Spikformer, SpikformerConfig
+from ..models.config import ATTENTION_OPERATOR_NAMES
 from ..report import summarize
 from ..runtime import engine_threads, set_engine_threads
 from .accounting import PathMeter
@@ -69,9 +75,11 @@ class BenchOptions:
     threads: int = field(default_factory=lambda: engine_threads())
     dense: bool = True
     cold_start: bool = True
+    attention: str = "ssa"  # the attention operator of the random full-size models (SPEC §4)
     cache_dir: str = field(default_factory=lambda: os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "eventformer", "bench"))
-    config: SpikformerConfig | None = None  # default: the full-size Spikformer-DVS, T = steps
+    config: SpikformerConfig | None = None  # default: the full-size Spikformer-DVS, T = steps,
+    #                                         with ``attention``
 
 
 class BenchInterrupted(KeyboardInterrupt):
@@ -100,6 +108,9 @@ def check_options(opts: BenchOptions) -> None:
             raise EventformerError(f"{name} must be at least 1, got {value}")
     if int(opts.seed) < 0:
         raise EventformerError(f"--seed must be 0 or more, got {opts.seed}")
+    if opts.attention not in ATTENTION_OPERATOR_NAMES:
+        raise EventformerError(f"--attention: unknown attention operator {opts.attention!r} "
+                               f"(known: {', '.join(ATTENTION_OPERATOR_NAMES)})")
 
 
 def load_samples(files: list[str], steps: int, size: int) -> list[Sample]:
@@ -122,7 +133,8 @@ def calibrated_model(config: SpikformerConfig, samples: list[Sample], rate: floa
     """Path of a model file calibrated to ``rate`` (cached by seed, rate and input files)."""
     key = hashlib.sha256(json.dumps([config.to_dict(), seed, rate,
                                      [(s.path, s.events) for s in samples]]).encode()).hexdigest()
-    path = os.path.join(cache_dir, f"spikformer-dvs-seed{seed}-rate{rate:.2f}-{key[:10]}.h5")
+    path = os.path.join(cache_dir, f"spikformer-dvs-{config.attention}-seed{seed}-rate{rate:.2f}"
+                                   f"-{key[:10]}.h5")
     if os.path.exists(path):
         return path
     try:
@@ -178,8 +190,9 @@ class _RateRun:
     """One firing rate: untimed accounting rows per file, then interleaved timings."""
 
     def __init__(self, rate: float, model_path: str, samples: list[Sample], steps: int,
-                 dense: bool):
+                 dense: bool, attention: str = "ssa"):
         self.rate, self.model_path, self.samples, self.steps = rate, model_path, samples, steps
+        self.attention = attention
         self.sides = ("engine", "dense") if dense else ("engine",)
         self.rows: list[dict] = []
         self.layer_density: dict[str, list] = {}
@@ -259,7 +272,8 @@ class _RateRun:
                 "--threads 1")
         scatter_ac = sum(r["ac_scatter"] for r in rows)
         scatter_s = sum(r["scatter_s"] for r in rows)
-        entry = {"target_rate": self.rate, "model": self.model_path, "complete": complete,
+        entry = {"target_rate": self.rate, "attention": self.attention,
+                 "model": self.model_path, "complete": complete,
                  "files": rows, "other_load_cores": self.other_load,
                  "busy": self.other_load is not None and self.other_load > OTHER_LOAD_WARN,
                  "unstable": {side: any(side in r and r[side]["unstable"] for r in rows)
@@ -275,8 +289,11 @@ class _RateRun:
 
 
 def bench_config(opts: BenchOptions) -> SpikformerConfig:
-    """The model the bench times: ``opts.config``, else the full-size Spikformer-DVS."""
-    return opts.config if opts.config is not None else SpikformerConfig(steps=opts.steps)
+    """The model the bench times: ``opts.config``, else the full-size Spikformer-DVS with the
+    attention operator ``opts.attention``."""
+    if opts.config is not None:
+        return opts.config
+    return SpikformerConfig(steps=opts.steps, attention=opts.attention)
 
 
 def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_counter,
@@ -292,6 +309,7 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
     set_engine_threads(opts.threads)
     config = bench_config(opts)
     opts.steps = config.steps
+    opts.attention = config.attention
     if samples is None:
         samples = load_samples(opts.files, opts.steps, config.image_size)
     torch_threads = None
@@ -312,6 +330,9 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
               "timing": {"order": "interleaved: each repeat round times every file on the "
                                   "engine, then on torch", "repeat": opts.repeat,
                          "statistic": "median", "unstable_if_max_over_min_above": UNSTABLE_RATIO},
+              "attention": config.attention,
+              "dense_baseline": "eventformer.torch_model.SpikformerRef (folded from the model "
+                                "file; float32, batch 1, eval, no autograd)" if opts.dense else None,
               "steps": opts.steps, "files": [s.path for s in samples], "rates": [],
               "warnings": [], "unstable": False, "busy": False, "interrupted": False}
     current = None
@@ -331,7 +352,8 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
             if opts.dense:
                 dense_forward = build_dense_forward(model)
                 dense_forward(samples[0].dense)
-            current = _RateRun(rate, model_paths[rate], samples, opts.steps, opts.dense)
+            current = _RateRun(rate, model_paths[rate], samples, opts.steps, opts.dense,
+                               config.attention)
             current.account(engine, dense_forward)
             sides = {"engine": lambda i, e=engine: e.run(samples[i].steps)}
             if opts.dense:
