@@ -51,7 +51,3 @@ def user_errors(fn):
             raise typer.Exit(code=1)
 
     return wrapper
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from eventformer.errors import CheckpointError, EventformerError, ModelFileError
+from eventformer.errors import CheckpointError, ModelFileError
 from eventformer.modelfile import detect_attention, load, save
 from eventformer.modelfile.export import export_checkpoint
 
