@@ -116,7 +116,7 @@ def stream(
     final = "-" if k is None else f"{k} {names[k] if k < len(names) else ''}"
     err.print(f"{summary['windows']} windows, {summary['events']:,} events, final prediction "
               f"{final}; latency p50 {summary['latency_ms_p50']:.1f} ms, p99 "
-              f"{summary['latency_ms_p99']:.1f} ms; compute {summary['compute_s']:.2f} s of "
-              f"{summary['wall_s']:.2f} s" + (
+              f"{summary['latency_ms_p99']:.1f} ms; engine busy {summary['compute_s']:.2f} s of "
+              f"{summary['wall_s']:.2f} s wall time" + (
                   f" (interrupted; {summary['unprocessed_events']:,} events read ahead were not "
                   "reached)" if summary["interrupted"] else ""))
