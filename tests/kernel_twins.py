@@ -472,6 +472,7 @@ def conv_weight_dense_rows(weight):
 #: a test calls the kernel and each of its twins). Op-count twins sit beside value twins.
 TWINS = {
     "channel_sums": (channel_sums,),
+    "conv2d_gather": (conv2d, conv2d_ops),
     "conv2d_scatter": (conv2d, conv2d_ops),
     "densify_padded": (conv2d, conv2d_ops),  # densify + im2col + GEMM against the conv
     "depthwise3x3_scatter": (depthwise_conv, depthwise_ops),

@@ -82,7 +82,7 @@ def grid_pair(tmp_path_factory):
     return grid_model_pair(tmp_path_factory.mktemp("grid"))
 
 
-@pytest.mark.parametrize("mode", ["auto", "sparse", "dense"])
+@pytest.mark.parametrize("mode", ["auto", "sparse", "dense", "gather"])
 def test_float64_grid_weights_identical_spikes_and_logits(grid_pair, mode):
     model, ref, samples = grid_pair
     engine = Spikformer(model, dtype="float64", policy=PathPolicy(mode=mode))
@@ -92,6 +92,14 @@ def test_float64_grid_weights_identical_spikes_and_logits(grid_pair, mode):
         engine.clear_stats()
         logits = engine.run(frame_events(ev, 8, 32, 32))
         assert_every_layer_fires(engine.layer_stats())
+        if mode == "gather":  # SPS1..3 and RPE really gathered, every step with input
+            convs = engine.sps[1:] + [engine.rpe]
+            assert all(layer.can_gather for layer in convs)
+            assert not engine.sps[0].can_gather and engine.sps[0].gather_steps == 0
+            for layer in convs:
+                st = layer.stats()
+                assert st["dense_steps"] == 0 and 0 < layer.gather_steps <= st["sparse_steps"], (
+                    layer.name)
         frames = torch.from_numpy(dense_frames(ev, 8, 32, 32)).double()[:, None]
         with torch.no_grad(), torch_threads(1):
             ref_logits, spikes = ref(frames, record=True)

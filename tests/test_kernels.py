@@ -16,6 +16,7 @@ from numba.core.caching import NullCache
 import kernel_twins as twin
 from eventformer.kernels import (
     channel_sums,
+    conv2d_gather,
     conv2d_scatter,
     counters as C,
     densify_padded,
@@ -163,6 +164,60 @@ def test_conv_dense_path_matches_twin(case):
     assert dense.dtype == dt
     np.testing.assert_array_equal(dense.reshape(ho, wo, cout).transpose(2, 0, 1), expect)
 
+
+@st.composite
+def gather_cases(draw):
+    """Stride 1, padding k // 2 (the gather's geometry), odd k up to 5, channel counts that
+    cross the kernel's accumulator block (64)."""
+    k = draw(st.sampled_from([1, 3, 3, 5]))
+    return dict(
+        k=k, stride=1, pad=k // 2, h=draw(st.integers(1, 7)), w=draw(st.integers(1, 7)),
+        cin=draw(st.integers(1, 4)), cout=draw(st.sampled_from([1, 3, 5, 64, 70])),
+        dtype=draw(DTYPES), mode=draw(MODES), max_mult=draw(st.sampled_from([1, 1, 3, 7])),
+        weighted=draw(st.booleans()), seed=draw(SEEDS),
+    )
+
+
+@SETTINGS
+@given(gather_cases())
+def test_conv2d_gather_matches_twin(case):
+    rng, x, weight, bias, ho, wo, idx, cnt, expect, ops = _conv_setup(case)
+    k, cout, dt = case["k"], case["cout"], case["dtype"]
+    assert (ho, wo) == (case["h"], case["w"])
+    out = np.full(ho * wo * cout, np.nan, dt)  # overwritten in full, bias included
+    counters = counter_start(rng)
+    start = counters.copy()
+    conv2d_gather(idx, cnt, case["h"], case["w"], case["cin"],
+                  twin.conv_weight_dense_rows(weight), bias, k, out, counters, case["weighted"])
+    assert out.dtype == dt
+    got = out.reshape(ho, wo, cout).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got, expect)
+    np.testing.assert_array_equal(counters, _expected_counters(start, case, ops, idx.shape[0]))
+
+
+def test_conv2d_gather_vectorises():
+    """The gather's float32 channel-block adds compile to ymm/zmm ``vaddps`` (PERF-NOTES: a hot
+    kernel that scalarises runs several times slower and nothing else would notice)."""
+    import re
+
+    from numba import njit
+    from numba.core import config
+
+    if config.DISABLE_JIT:
+        pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
+    import llvmlite.binding as llvm
+
+    if "+avx" not in llvm.get_host_cpu_features().flatten().split(","):
+        pytest.skip("the CPU has no AVX")
+    from eventformer.jit import OPTIONS
+
+    # a fresh, uncached compile of the same source: cached machine code cannot be inspected
+    fresh = njit(**{**OPTIONS, "cache": False})(conv2d_gather.py_func)
+    f32 = np.float32
+    fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), f32),
+          np.zeros(64, f32), 3, np.zeros(4 * 64, f32), np.zeros(C.N_COUNTERS, np.int64), False)
+    asm = fresh.inspect_asm(fresh.signatures[0])
+    assert re.search(r"vaddps\s[^\n]*%[yz]mm", asm), "conv2d_gather's float32 adds scalarised"
 
 def test_conv_twin_agrees_with_torch():
     """The twin itself against torch's conv2d (exact on the grid), so the twin is no tautology."""

@@ -6,6 +6,7 @@ Each kernel has a naive numpy twin in ``tests/kernel_twins.py`` that it is teste
 from . import counters
 from .attention import nsad_step, ssa_bin_step, ssa_step
 from .conv import conv2d_scatter, densify_padded, im2col_padded
+from .gather import conv2d_gather
 from .linear import linear_event_ops, linear_scatter
 from .neurons import lif_params, lif_quiet_step, lif_step, lif_step_flags
 from .saformer import depthwise3x3_scatter, saformer_step
@@ -15,6 +16,7 @@ from .tasa import tasa_current
 __all__ = [
     "channel_sums",
     "counters",
+    "conv2d_gather",
     "conv2d_scatter",
     "densify_padded",
     "depthwise3x3_scatter",

@@ -15,6 +15,11 @@ from ..runtime import engine_threads
 # threads the dense path takes over at lower densities.
 CROSSOVER = {1: {"conv2d": 0.25, "linear": 0.22}, 2: {"conv2d": 0.14, "linear": 0.17}}
 
+# Input densities (lo, hi] in which a stride-1 spike-input conv takes the output-stationary
+# gather in "auto" (below lo the scatter, above it up to the conv CROSSOVER the scatter, above
+# that the GEMM), by engine threads; None: never (benchmarks/crossover.py, gather column).
+GATHER_BAND: dict[int, tuple[float, float] | None] = {1: (0.05, 0.25), 2: (0.05, 0.14)}
+
 
 @dataclass
 class PathPolicy:
@@ -25,15 +30,38 @@ class PathPolicy:
     multiply-accumulate several times faster, so above some density the dense path wins even
     though it does more arithmetic. Thresholds default to :data:`CROSSOVER` for the engine's
     thread count; "sparse" and "dense" force one path (for tests and benchmarks).
+
+    Conv layers that can (stride 1, "same" padding, spike or integer input) have a third,
+    event-driven path, the output-stationary gather (:func:`eventformer.kernels.conv2d_gather`):
+    "gather" forces it on them (every other layer scatters, as with "sparse"); "auto" takes it for
+    a step whose density lies in ``gather_band`` (default :data:`GATHER_BAND`) and that does not
+    go dense.
     """
 
     mode: str = "auto"
     conv_threshold: float | None = None
     linear_threshold: float | None = None
+    gather_band: tuple[float, float] | None = None
 
     def __post_init__(self):
-        if self.mode not in ("auto", "sparse", "dense"):
-            raise ValueError(f"path mode must be auto, sparse or dense, got {self.mode!r}")
+        if self.mode not in ("auto", "sparse", "dense", "gather"):
+            raise ValueError(
+                f"path mode must be auto, sparse, dense or gather, got {self.mode!r}")
+
+    def gather(self, events: int, sites: int) -> bool:
+        """Whether a gather-capable conv layer's event-driven step gathers (not scatters)."""
+        mode = self.mode
+        if mode == "gather":
+            return True
+        if mode != "auto" or events == 0:
+            return False
+        band = self.gather_band
+        if band is None:
+            band = GATHER_BAND[min(engine_threads(), 2)]
+            if band is None:
+                return False
+        lo, hi = band
+        return lo * sites < events <= hi * sites
 
     def threshold(self, kind: str) -> float:
         given = self.conv_threshold if kind == "conv2d" else self.linear_threshold
@@ -43,7 +71,7 @@ class PathPolicy:
 
     def dense(self, kind: str, events: int, sites: int) -> bool:
         mode = self.mode
-        if mode == "sparse":
+        if mode == "sparse" or mode == "gather":
             return False
         if mode == "dense":
             return True

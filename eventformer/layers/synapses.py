@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import (conv2d_scatter, counters as C, densify_padded, im2col_padded,
+from ..kernels import (conv2d_gather, conv2d_scatter, counters as C, densify_padded, im2col_padded,
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
                        tasa_current)
 from ..runtime import gemm
@@ -159,6 +159,11 @@ class Conv2dLIF(SynapticLIF):
                                                      dtype))
         self._padded = np.empty((h + 2 * self.pad, wd + 2 * self.pad, cin), dtype)
         self._geometry = (wd, cin)
+        # the output-stationary gather: stride 1, "same" padding, odd square kernel, not the raw
+        # event counts of the first layer (their scatter is best: PERF-NOTES.md)
+        self.can_gather = (self.stride == 1 and kh == kw and kh % 2 == 1 and self.pad == kh // 2
+                           and not self.weighted)
+        self.gather_steps = 0  # steps that took the gather (also counted as sparse steps)
         self._taps = (kh, kw, self.stride, self.pad, self.out_h, self.out_w)
         self.pool = pool
         if pool is not None:
@@ -175,6 +180,23 @@ class Conv2dLIF(SynapticLIF):
                        self.counters, self.weighted)
         im2col_padded(self._padded, self.kh, self.kw, self.stride, self.out_h, self.out_w,
                       rows_out)
+
+    def clear_stats(self) -> None:
+        super().clear_stats()
+        self.gather_steps = 0
+
+    def _sparse_current(self, idx, cnt, cur) -> np.ndarray:
+        """An event-driven step: by gather where the policy says so, else by scatter."""
+        if (idx.shape[0] == 0 or not self.can_gather
+                or not self.policy.gather(idx.shape[0], self.in_sites)):
+            return super()._sparse_current(idx, cnt, cur)
+        self.counters[C.INPUT_SITES] += self.in_sites
+        flat = cur.reshape(-1)
+        conv2d_gather(idx, cnt, self.in_shape[0], *self._geometry, self.gemm_weight, self.bias,
+                      self.kh, flat, self.counters, self.weighted)
+        self.counters[C.SPARSE_STEPS] += 1
+        self.gather_steps += 1
+        return flat
 
     def _scatter(self, idx, cnt, cur_flat) -> None:
         conv2d_scatter(idx, cnt, *self._geometry, self.weight_rows, *self._taps, cur_flat,
