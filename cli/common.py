@@ -37,6 +37,7 @@ class DType(str, Enum):
 class Path_(str, Enum):
     auto = "auto"
     sparse = "sparse"
+    gather = "gather"
     dense = "dense"
 
 

@@ -58,7 +58,8 @@ def infer(
                                 help="Arithmetic: float32 (fast) or float64 (exactness checks)."),
     path: Path_ = typer.Option(Path_.auto, "--path",
                                help="Per-step kernel choice: auto (by input density), or force "
-                                    "sparse (event scatter) or dense (GEMM)."),
+                                    "sparse (event scatter), gather (output-stationary, for "
+                                    "the spike-input convolutions) or dense (GEMM)."),
     layers: bool = typer.Option(False, "--layers", help="Print the per-layer table for every "
                                                         "file (always shown for one file)."),
     pj_ac: float = typer.Option(0.9, "--pj-ac", help="Energy of one accumulate, pJ (45 nm)."),
