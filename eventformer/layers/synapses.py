@@ -104,15 +104,7 @@ class SynapticLIF(SpikingLayer):
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
             return [self.step(idx, cnt) for idx, cnt in inputs]
-        dtype = self.current.dtype
-        stacked = np.empty((n_dense * self.rows, self.k_dim), dtype)
-        j = 0
-        for (idx, cnt), is_dense in zip(inputs, dense):
-            if is_dense:
-                self._dense_rows(idx, cnt, stacked[j * self.rows:(j + 1) * self.rows])
-                j += 1
-        currents = np.empty((n_dense * self.rows, self.cout), dtype)
-        gemm(stacked, self.gemm_weight, currents)
+        currents = self._batched_synaptic(inputs, dense, n_dense)
         self._add_bias(currents)
         out = []
         j = 0
@@ -123,6 +115,20 @@ class SynapticLIF(SpikingLayer):
             else:
                 out.append(self.emit(self._sparse_current(idx, cnt, self.current)))
         return out
+
+    def _batched_synaptic(self, inputs: list, dense: list, n_dense: int) -> np.ndarray:
+        """The synaptic currents (no bias) of the dense steps of ``inputs``, stacked, by one GEMM
+        of their input rows: ``[n_dense * rows, cout]``."""
+        dtype = self.current.dtype
+        stacked = np.empty((n_dense * self.rows, self.k_dim), dtype)
+        j = 0
+        for (idx, cnt), is_dense in zip(inputs, dense):
+            if is_dense:
+                self._dense_rows(idx, cnt, stacked[j * self.rows:(j + 1) * self.rows])
+                j += 1
+        currents = np.empty((n_dense * self.rows, self.cout), dtype)
+        gemm(stacked, self.gemm_weight, currents)
+        return currents
 
     def emit(self, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         spikes = self.fire(current)
@@ -342,15 +348,7 @@ class TasaLinearLIF(LinearLIF):
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
             return [self.step(idx, cnt) for idx, cnt in inputs]
-        dtype = self.current.dtype
-        stacked = np.empty((n_dense * self.rows, self.k_dim), dtype)
-        j = 0
-        for (idx, cnt), is_dense in zip(inputs, dense):
-            if is_dense:
-                self._dense_rows(idx, cnt, stacked[j * self.rows:(j + 1) * self.rows])
-                j += 1
-        currents = np.empty((n_dense * self.rows, self.cout), dtype)
-        gemm(stacked, self.gemm_weight, currents)
+        currents = self._batched_synaptic(inputs, dense, n_dense)
         out = []
         j = 0
         for (idx, cnt), is_dense in zip(inputs, dense):
