@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .common import err
+from .common import DTYPE_HELP, DType, err
 from .errors import fail, user_errors
 
 
@@ -43,6 +43,7 @@ def bench(
     attention: str = typer.Option("ssa", "--attention",
                                   help="Attention operator of the random full-size models: ssa, "
                                        "ds2ta, ssa_bin or saformer (SPEC §4)."),
+    dtype: DType = typer.Option(DType.float32, "--dtype", help=DTYPE_HELP),
     no_dense: bool = typer.Option(False, "--no-dense", help="Skip the PyTorch baseline."),
     no_start: bool = typer.Option(False, "--no-start", help="Skip the cold/warm start timing."),
     as_json: bool = typer.Option(False, "--json", help="The whole result as JSON on stdout."),
@@ -77,7 +78,7 @@ def bench(
         files = sorted(folder.glob("*.bs2"))
     opts = BenchOptions(files=[str(f) for f in files], rates=rate_list, steps=steps,
                         repeat=repeat, seed=seed, dense=not no_dense, cold_start=not no_start,
-                        attention=attention)
+                        attention=attention, dtype=dtype.value)
     if threads is not None:
         opts.threads = threads
     check_options(opts)  # bad options fail here, before any re-exec or model work
@@ -88,7 +89,8 @@ def bench(
         os.execve(*again)
     samples = load_samples(opts.files, steps, bench_config(opts).image_size)  # bad files fail here
     err.print(f"[bold]eventformer bench[/]: full-size Spikformer-DVS (2x128x128, D 256, 16 heads, "
-              f"2 blocks, {attention} attention), T {steps}, batch 1, {len(files)} recordings; "
+              f"2 blocks, {attention} attention), {dtype.value}, T {steps}, batch 1, "
+              f"{len(files)} recordings; "
               "random weights with "
               "BatchNorm calibrated on the recordings to each firing rate (no trained "
               "full-size weights exist yet)")

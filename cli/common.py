@@ -32,6 +32,15 @@ class SplitBy(str, Enum):
 class DType(str, Enum):
     float32 = "float32"
     float64 = "float64"
+    int16 = "int16"
+    int8 = "int8"
+
+
+DTYPE_HELP = ("Arithmetic: float32 (fast), float64 (exactness checks), or fixed point int16 / "
+              "int8 (weights quantised per output channel at load, integer currents and "
+              "membranes: SPEC §6).")
+ENERGY_HELP = ("Energy of one {op}, pJ (45 nm). Default: the arithmetic's entry of the table "
+               "(float32 {f}, int16 {i16}, int8 {i8}).")
 
 
 class Path_(str, Enum):

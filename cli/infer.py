@@ -15,6 +15,8 @@ from .common import (
     CENTER_CROP_HELP,
     CROP_HELP,
     SENSOR_SIZE_HELP,
+    DTYPE_HELP,
+    ENERGY_HELP,
     DType,
     Path_,
     SplitBy,
@@ -54,16 +56,19 @@ def infer(
                                         show_default="the model's"),
     split_by: Optional[SplitBy] = typer.Option(None, "--split-by",
                                                help="Framing rule.", show_default="the model's"),
-    dtype: DType = typer.Option(DType.float32, "--dtype",
-                                help="Arithmetic: float32 (fast) or float64 (exactness checks)."),
+    dtype: DType = typer.Option(DType.float32, "--dtype", help=DTYPE_HELP),
     path: Path_ = typer.Option(Path_.auto, "--path",
                                help="Per-step kernel choice: auto (by input density), or force "
                                     "sparse (event scatter), gather (output-stationary, for "
                                     "the spike-input convolutions) or dense (GEMM)."),
     layers: bool = typer.Option(False, "--layers", help="Print the per-layer table for every "
                                                         "file (always shown for one file)."),
-    pj_ac: float = typer.Option(0.9, "--pj-ac", help="Energy of one accumulate, pJ (45 nm)."),
-    pj_mac: float = typer.Option(4.6, "--pj-mac", help="Energy of one multiply-accumulate, pJ."),
+    pj_ac: Optional[float] = typer.Option(
+        None, "--pj-ac", help=ENERGY_HELP.format(op="accumulate", f=0.9, i16=0.05, i8=0.03),
+        show_default="by --dtype"),
+    pj_mac: Optional[float] = typer.Option(
+        None, "--pj-mac", help=ENERGY_HELP.format(op="multiply-accumulate", f=4.6, i16=3.2,
+                                                  i8=0.3), show_default="by --dtype"),
     sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
                                               help=SENSOR_SIZE_HELP),
     crop: Optional[str] = typer.Option(None, "--crop", metavar="X,Y,W,H", help=CROP_HELP),
@@ -80,8 +85,11 @@ def infer(
     from eventformer.inference import classify_files
     from eventformer.report import EnergyTable
 
-    energy = EnergyTable(ac_pj=check_number("--pj-ac", pj_ac, low=0.0),
-                         mac_pj=check_number("--pj-mac", pj_mac, low=0.0))
+    energy = EnergyTable.for_arithmetic(dtype.value)
+    if pj_ac is not None:
+        energy.ac_pj = check_number("--pj-ac", pj_ac, low=0.0)
+    if pj_mac is not None:
+        energy.mac_pj = check_number("--pj-mac", pj_mac, low=0.0)
     framing = {"steps": steps, "split_by": split_by.value if split_by else None,
                "sensor_size": parse_size(sensor_size),
                "transform": SpatialTransform.from_options(crop, center_crop)}
@@ -173,7 +181,8 @@ def _print_summary(s: dict, config) -> None:
               f"(engine time {s['engine_seconds']:.1f} s)")
     o = s["ops_per_sample"]
     err.print(f"per sample: AC {o['ac']:.3g}, MAC {o['mac']:.3g}, dense MAC {o['dense_mac']:.3g}, "
-              f"energy {o['energy_uj']:.1f} uJ (counted), SOP {o['sop_paper']:.3g} (paper)")
+              f"energy {o['energy_uj']:.3g} uJ (counted), SOP {o['sop_paper']:.3g} (paper)")
+    err.print(_arithmetic_line(s["energy_table"]), markup=False, highlight=False)
     t = Table(title="confusion matrix (rows: label, columns: prediction) and per-class accuracy",
               title_justify="left")
     t.add_column("label")
@@ -194,6 +203,11 @@ def _print_summary(s: dict, config) -> None:
     err.print(lt)
 
 
+def _arithmetic_line(e: dict) -> str:
+    return (f"arithmetic {e['arithmetic']}: energy counts an AC as {e['ac']} ({e['ac_pj']:g} pJ), "
+            f"a MAC as {e['mac']} ({e['mac_pj']:g} pJ); 45 nm, Horowitz 2014")
+
+
 def _print_results(results, show_layers: bool) -> None:
     table = Table(title="eventformer infer", title_justify="left")
     for col in ("file", "events", "T", "prediction", "class", "top logit", "time s",
@@ -204,6 +218,7 @@ def _print_results(results, show_layers: bool) -> None:
                       r.class_name, f"{float(r.logits.max()):.4f}", f"{r.seconds:.3f}",
                       f"{r.ops['ac']:,}", f"{r.ops['mac']:,}", f"{r.ops['energy_uj']:.2f}")
     err.print(table)
+    err.print(_arithmetic_line(results[0].ops["energy_table"]), markup=False, highlight=False)
     if show_layers:
         for r in results:
             err.print(_layer_table(r))

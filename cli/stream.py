@@ -13,6 +13,7 @@ from .common import (
     CENTER_CROP_HELP,
     CROP_HELP,
     SENSOR_SIZE_HELP,
+    DTYPE_HELP,
     DType,
     announce_model,
     check_number,
@@ -44,7 +45,7 @@ def stream(
     idle_timeout: float = typer.Option(5.0, "--idle-timeout", min=0.0,
                                        help="With --follow: stop after this many seconds "
                                             "without growth."),
-    dtype: DType = typer.Option(DType.float32, "--dtype", help="float32 or float64."),
+    dtype: DType = typer.Option(DType.float32, "--dtype", help=DTYPE_HELP),
     sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
                                               help=SENSOR_SIZE_HELP),
     crop: Optional[str] = typer.Option(None, "--crop", metavar="X,Y,W,H", help=CROP_HELP),

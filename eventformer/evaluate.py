@@ -71,6 +71,8 @@ def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | No
     return {
         "accuracy": correct / count if count else 0.0,
         "interrupted": interrupted,
+        "arithmetic": engine.arithmetic,
+        "energy_table": (energy or EnergyTable.for_arithmetic(engine.arithmetic)).describe(),
         "samples": count,
         "correct": correct,
         "split": data.split,

@@ -150,7 +150,8 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
     return Classification(
         file=rec.path, events=int(len(rec.events)), steps=steps, logits=logits, prediction=k,
         class_name=class_name(model, k), layers=layer_rows(stats, steps),
-        ops=summarize(stats, steps, energy), seconds=seconds, duration_us=int(rec.duration_us),
+        ops=summarize(stats, steps, energy or EnergyTable.for_arithmetic(model.arithmetic)),
+        seconds=seconds, duration_us=int(rec.duration_us),
         warnings=warnings, spatial=plan.describe(), attention=model.config.attention)
 
 

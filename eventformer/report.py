@@ -12,14 +12,44 @@ from dataclasses import dataclass
 
 ENERGY_45NM_PJ = {"ac": 0.9, "mac": 4.6}  # Horowitz, 45 nm, 32-bit float (the papers' table)
 
+# Horowitz (ISSCC 2014), 45 nm, pJ per operation (SPEC §6); int16 add interpolated.
+OP_ENERGY_45NM_PJ = {"int8 add": 0.03, "int16 add": 0.05, "int32 add": 0.1,
+                     "int8 multiply": 0.2, "int32 multiply": 3.1,
+                     "fp32 add": 0.9, "fp32 multiply": 3.7}
+
+#: What one counted accumulate and one counted multiply are in each arithmetic: an accumulate
+#: adds a weight at the weights' width; a multiply is a weight times an input, summed into the
+#: int32 accumulator. The table has no int16 multiply: int16 products are charged as int32
+#: multiplies (an upper bound). float64 is charged as float32, the papers' table.
+ARITHMETIC_OPS = {
+    "float32": (("fp32 add",), ("fp32 multiply", "fp32 add")),
+    "float64": (("fp32 add",), ("fp32 multiply", "fp32 add")),
+    "int16": (("int16 add",), ("int32 multiply", "int32 add")),
+    "int8": (("int8 add",), ("int8 multiply", "int32 add")),
+}
+
 
 @dataclass
 class EnergyTable:
     ac_pj: float = ENERGY_45NM_PJ["ac"]
     mac_pj: float = ENERGY_45NM_PJ["mac"]
+    arithmetic: str = "float32"  # what the entries price (see ARITHMETIC_OPS)
+
+    @classmethod
+    def for_arithmetic(cls, name: str) -> "EnergyTable":
+        """The 45 nm table of an arithmetic (float32, float64, int16, int8)."""
+        ac, mac = ARITHMETIC_OPS[name]
+        return cls(ac_pj=round(sum(OP_ENERGY_45NM_PJ[o] for o in ac), 6),
+                   mac_pj=round(sum(OP_ENERGY_45NM_PJ[o] for o in mac), 6), arithmetic=name)
 
     def energy_uj(self, ac: float, mac: float) -> float:
         return (ac * self.ac_pj + mac * self.mac_pj) * 1e-6
+
+    def describe(self) -> dict:
+        """The arithmetic and what each counted op is priced as (for the op report)."""
+        ac, mac = ARITHMETIC_OPS.get(self.arithmetic, ARITHMETIC_OPS["float32"])
+        return {"arithmetic": self.arithmetic, "ac": " + ".join(ac), "mac": " + ".join(mac),
+                "ac_pj": self.ac_pj, "mac_pj": self.mac_pj}
 
 
 def layer_sop(stats: dict, steps: int) -> float:
@@ -33,9 +63,15 @@ def layer_sop(stats: dict, steps: int) -> float:
 ATTENTION_COUNTERS = ("lut", "shift", "compare", "attn_entries", "attn_nonzero")
 
 
-def summarize(layer_stats: list[dict], steps: int, table: EnergyTable | None = None) -> dict:
-    """Totals over layers: real counts, the paper estimate, and both energies in microjoules."""
+def summarize(layer_stats: list[dict], steps: int, table: EnergyTable | None = None,
+              paper_table: EnergyTable | None = None) -> dict:
+    """Totals over layers: real counts, the paper estimate, and both energies in microjoules.
+
+    ``table`` prices the counted ops (the engine's arithmetic); ``paper_table`` the paper
+    estimate (default: the papers' float32 table, or ``table`` when that is a float one)."""
     table = table or EnergyTable()
+    if paper_table is None:
+        paper_table = table if table.arithmetic.startswith("float") else EnergyTable()
     ac = sum(s["ac"] for s in layer_stats)
     mac = sum(s["mac"] for s in layer_stats)
     sop = 0.0
@@ -53,7 +89,8 @@ def summarize(layer_stats: list[dict], steps: int, table: EnergyTable | None = N
         **{k: int(sum(s.get(k, 0) for s in layer_stats)) for k in ATTENTION_COUNTERS},
         "sop_paper": float(sop),
         "energy_uj": table.energy_uj(ac, mac),
-        "energy_uj_paper": table.energy_uj(sop, paper_mac),
+        "energy_uj_paper": paper_table.energy_uj(sop, paper_mac),
+        "energy_table": table.describe(),
     }
 
 

@@ -235,7 +235,9 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
         record = {"t_start_us": int(t_start), "t_end_us": int(t_end),
                   "events": int(chunk.shape[0]), "prediction": int(np.argmax(logits)),
                   "logits": [float(x) for x in logits],
-                  "ops": summarize(layer_stats, 1, energy), "latency_ms": latency * 1e3,
+                  "ops": summarize(layer_stats, 1, energy or
+                                   EnergyTable.for_arithmetic(engine.arithmetic)),
+                  "latency_ms": latency * 1e3,
                   "backlog_events": framer.backlog, "step": engine.steps_seen}
         stats["windows"] += 1
         stats["events"] += record["events"]

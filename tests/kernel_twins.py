@@ -470,13 +470,85 @@ def conv_weight_dense_rows(weight):
 #: Every public kernel of :mod:`eventformer.kernels` -> the twin(s) tests/test_kernels.py
 #: compares it against (tests/test_kernel_docs.py checks both that the map is complete and that
 #: a test calls the kernel and each of its twins). Op-count twins sit beside value twins.
+
+# --------------------------------------------------------------------------------------------
+# the integer engine (SPEC §6), in Python integers
+# --------------------------------------------------------------------------------------------
+
+
+def lif_fixed(v, x, theta, shift, hard_reset, decay_input):
+    """One integer LIF step, neuron by neuron in Python ints (unbounded, floor shifts).
+
+    decay_input: H = V + ((X - V) >> k); else H = V - (V >> k) + X. S = H >= theta; hard
+    reset V = 0, soft V = H - theta. ``theta`` per neuron (same length as v). Returns (new v
+    int64, spike mask, neuron_updates)."""
+    new_v = np.empty(len(v), np.int64)
+    spikes = np.zeros(len(v), bool)
+    for i in range(len(v)):
+        vi, xi, th = int(v[i]), int(x[i]), int(theta[i])
+        h = vi + ((xi - vi) >> shift) if decay_input else vi - (vi >> shift) + xi
+        s = h >= th
+        spikes[i] = s
+        new_v[i] = (0 if hard_reset else h - th) if s else h
+    return new_v, spikes, len(v)
+
+
+def tasa_fixed(currents, tau, taw, bias):
+    """TASA in integers over a whole sample: I_t = sum_m (J_{t-m} >> tau m) + b, steps without
+    input (J_t all zero) adding nothing. Returns (I int64 [T, size], shifts)."""
+    currents = np.asarray(currents, np.int64)
+    t_total, size = currents.shape
+    live = np.any(currents != 0, axis=1)
+    out = np.empty((t_total, size), np.int64)
+    shifts = 0
+    for t in range(t_total):
+        acc = currents[t].copy()
+        for m in range(1, taw):
+            if t - m >= 0 and live[t - m]:
+                acc += currents[t - m] >> (tau * m)
+                shifts += size
+        out[t] = acc + np.asarray(bias, np.int64)
+    return out, shifts
+
+
+def ssa_bin_fixed(q, k, v, heads, delta, vbar_q, unit):
+    """SSA_Bin in fixed point: B V * unit - vbar_q (int64 [N, D])."""
+    counts = qk_counts(q, k, heads)
+    binary = np.zeros_like(counts)
+    for h in range(heads):
+        binary[h] = (counts[h] > delta[h]).astype(np.int64)
+    return _apply_maps(binary, v, heads).astype(np.int64) * unit - np.asarray(vbar_q)[None, :]
+
+
+def saformer_fixed(q, k, grid_w, rows, dwc_weight, dwc_bias, gate_mult, gate_shift):
+    """SAFormer in fixed point: DWC(K) in integers plus, per active key site of channel c,
+    round((a_c * gate_mult[c]) / 2^gate_shift) (half up), a_c = sum_l cq[l, c] ck[l, c] the
+    pooled rows' spike-count products (equal rows). int64 [N, D]."""
+    n, dim = k.shape
+    grid = k.T.reshape(dim, n // grid_w, grid_w).astype(np.int64)
+    dwc = depthwise_conv(grid, np.asarray(dwc_weight, np.int64), np.asarray(dwc_bias, np.int64))
+    y = dwc.reshape(dim, n).T.copy()
+    if q.any() and k.any():
+        width = n // rows
+        cq = q.reshape(rows, width, dim).sum(axis=1).astype(np.int64)
+        ck = k.reshape(rows, width, dim).sum(axis=1).astype(np.int64)
+        a = (cq * ck).sum(axis=0)
+        term = [(int(a[c]) * int(gate_mult[c]) + (1 << (gate_shift - 1))) >> gate_shift
+                for c in range(dim)]
+        y += k.astype(np.int64) * np.array(term, np.int64)[None, :]
+    return y
+
 TWINS = {
     "channel_sums": (channel_sums,),
     "conv2d_gather": (conv2d, conv2d_ops),
+    "conv2d_gather_int": (conv2d, conv2d_ops),  # the twin run in int64
     "conv2d_scatter": (conv2d, conv2d_ops),
     "densify_padded": (conv2d, conv2d_ops),  # densify + im2col + GEMM against the conv
     "depthwise3x3_scatter": (depthwise_conv, depthwise_ops),
     "im2col_padded": (conv2d,),
+    "lif_fixed_quiet_step": (lif_fixed,),
+    "lif_fixed_step": (lif_fixed,),
+    "lif_fixed_step_flags": (lif_fixed,),
     "lif_params": (lif,),  # its params drive lif_step, compared with lif given tau, theta, ...
     "lif_quiet_step": (lif_periodic,),
     "lif_step": (lif, lif_periodic),
@@ -487,8 +559,11 @@ TWINS = {
     "merge_add": (merge_add,),
     "nsad_step": (nsad, mapped_attention_ops),
     "saformer_step": (saformer, saformer_ops),
+    "saformer_step_fixed": (saformer_fixed, saformer_ops),
     "scatter_dense": (scatter_dense,),
     "ssa_bin_step": (ssa_bin, mapped_attention_ops),
+    "ssa_bin_step_fixed": (ssa_bin_fixed, mapped_attention_ops),
     "ssa_step": (ssa, ssa_ops),
     "tasa_current": (tasa,),
+    "tasa_fixed_current": (tasa_fixed,),
 }

@@ -219,6 +219,126 @@ def test_conv2d_gather_vectorises():
     asm = fresh.inspect_asm(fresh.signatures[0])
     assert re.search(r"vaddps\s[^\n]*%[yz]mm", asm), "conv2d_gather's float32 adds scalarised"
 
+
+# ---------------------------------------------------------------------------------------------
+# the integer gather (SPEC §6): int8 weights in int16 lanes, int16 weights in int32
+# ---------------------------------------------------------------------------------------------
+
+
+@st.composite
+def gather_int_cases(draw):
+    """The gather's geometry with int8 or int16 weights over their whole range, channel counts
+    around the kernel's blocks (128, then 64, then a partial one), and multiplicities past the
+    int16 lanes' budget of 256 unit adds (an event of m > 256 goes straight to int32). Sums stay
+    within int32: at most 25 taps x 4 channels x 300 x 32768 < 2^30."""
+    k = draw(st.sampled_from([1, 3, 3, 5]))
+    return dict(
+        k=k, stride=1, pad=k // 2, h=draw(st.integers(1, 6)), w=draw(st.integers(1, 6)),
+        cin=draw(st.integers(1, 4)), cout=draw(st.sampled_from([1, 5, 64, 70, 128, 131, 200])),
+        wdtype=draw(st.sampled_from([np.int8, np.int16])), mode=draw(MODES),
+        max_mult=draw(st.sampled_from([1, 1, 3, 257, 300])), weighted=draw(st.booleans()),
+        seed=draw(SEEDS),
+    )
+
+
+def _gather_int_setup(case):
+    """Inputs of the integer gather and what the twin says, computed in int64."""
+    rng = np.random.default_rng(case["seed"])
+    k, p, cin, cout = case["k"], case["pad"], case["cin"], case["cout"]
+    x = count_map(rng, (cin, case["h"], case["w"]), case["mode"], case["max_mult"],
+                  border_axes=(1, 2))
+    info = np.iinfo(case["wdtype"])
+    weight = rng.integers(info.min, info.max + 1, size=(cout, cin, k, k)).astype(case["wdtype"])
+    bias = rng.integers(-2**20, 2**20, size=cout).astype(np.int32)
+    idx, cnt = twin.chw_to_events(x)
+    expect = twin.conv2d(x, weight.astype(np.int64), 1, p, bias.astype(np.int64))
+    ops = twin.conv2d_ops(x, k, k, cout, 1, p, case["weighted"])
+    return rng, weight, bias, idx, cnt, expect, ops
+
+
+def _run_gather_int(case, weight, bias, idx, cnt, counters):
+    from eventformer.kernels import conv2d_gather_int
+
+    h, w, cout = case["h"], case["w"], case["cout"]
+    out = np.full(h * w * cout, -12345, np.int32)  # overwritten in full, bias included
+    conv2d_gather_int(idx, cnt, h, w, case["cin"], twin.conv_weight_dense_rows(weight), bias,
+                      case["k"], out, counters, case["weighted"])
+    assert out.dtype == np.int32
+    return out.reshape(h, w, cout).transpose(2, 0, 1)
+
+
+@SETTINGS
+@given(gather_int_cases())
+def test_conv2d_gather_int_matches_twin(case):
+    rng, weight, bias, idx, cnt, expect, ops = _gather_int_setup(case)
+    counters = counter_start(rng)
+    start = counters.copy()
+    got = _run_gather_int(case, weight, bias, idx, cnt, counters)
+    np.testing.assert_array_equal(got, expect)
+    np.testing.assert_array_equal(counters, _expected_counters(start, case, ops, idx.shape[0]))
+
+
+@pytest.mark.parametrize("fill", [127, -128])
+@pytest.mark.parametrize("mult", ["1", "255", "256", "257", "20000", "mixed"])
+def test_conv2d_gather_int_int8_lanes_never_overflow(fill, mult):
+    """int8 weights at either end of their range on a full 64-channel input: an interior 3x3
+    output sums 576 events (576 x 127 = 73152 and 576 x -128 = -73728 do not fit an int16), so
+    the lanes must be flushed into int32 in time, also around multiplicities of 255-257 (the
+    budget's edge) and far past it (straight to int32), in all three block kinds (128, 64,
+    partial: Cout = 198)."""
+    from eventformer.kernels import conv2d_gather_int
+
+    h = w = 4
+    cin, cout, k = 64, 198, 3
+    rng = np.random.default_rng(abs(fill))
+    if mult == "mixed":
+        x = rng.choice([1, 2, 255, 256, 257], size=(cin, h, w)).astype(np.int64)
+    else:
+        x = np.full((cin, h, w), int(mult), np.int64)
+    weight = np.full((cout, cin, k, k), fill, np.int8)
+    weight[:, :, 0, 0] = rng.integers(-128, 128, size=(cout, cin))  # not all alike
+    bias = rng.integers(-1000, 1000, size=cout).astype(np.int32)
+    idx, cnt = twin.chw_to_events(x)
+    expect = twin.conv2d(x, weight.astype(np.int64), 1, 1, bias.astype(np.int64))
+    assert np.abs(expect).max() > 2 * 32767  # far beyond an int16 lane
+    out = np.empty(h * w * cout, np.int32)
+    counters = np.zeros(C.N_COUNTERS, np.int64)
+    conv2d_gather_int(idx, cnt, h, w, cin, twin.conv_weight_dense_rows(weight), bias, k, out,
+                      counters, False)
+    np.testing.assert_array_equal(out.reshape(h, w, cout).transpose(2, 0, 1), expect)
+    assert counters[C.AC] == twin.conv2d_ops(x, k, k, cout, 1, 1, False)
+
+
+@pytest.mark.parametrize("wdtype, add", [(np.int8, "vpaddw"), (np.int16, "vpaddd")])
+def test_conv2d_gather_int_vectorises(wdtype, add):
+    """The integer gather's channel-block adds compile to ymm/zmm vector adds: int8 weights as
+    int16 lanes (``vpaddw``), int16 weights as int32 (``vpaddd``) (PERF-NOTES: a 32-channel
+    block was once unrolled into scalar adds)."""
+    import re
+
+    from numba import njit
+    from numba.core import config
+
+    from eventformer.kernels import conv2d_gather_int
+
+    if config.DISABLE_JIT:
+        pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
+    import llvmlite.binding as llvm
+
+    if "+avx" not in llvm.get_host_cpu_features().flatten().split(","):
+        pytest.skip("the CPU has no AVX")
+    from eventformer.jit import OPTIONS
+
+    # a fresh, uncached compile: its asm holds the (uncached) step code it calls
+    fresh = njit(**{**OPTIONS, "cache": False})(conv2d_gather_int.py_func)
+    fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), wdtype),
+          np.zeros(64, np.int32), 3, np.zeros(4 * 64, np.int32),
+          np.zeros(C.N_COUNTERS, np.int64), False)
+    asm = fresh.inspect_asm(fresh.signatures[0])
+    assert re.search(rf"{add}\s[^\n]*%[yz]mm", asm), (
+        f"conv2d_gather_int's {np.dtype(wdtype).name}-weight adds scalarised")
+
+
 def test_conv_twin_agrees_with_torch():
     """The twin itself against torch's conv2d (exact on the grid), so the twin is no tautology."""
     torch = pytest.importorskip("torch")
@@ -873,3 +993,164 @@ def test_lif_step_flags_agrees_with_lif_step(n, hard, decay, seed):
         np.testing.assert_array_equal(np.flatnonzero(flags), spikes[:m])
         np.testing.assert_array_equal(v1, v2)
     np.testing.assert_array_equal(c1, c2)
+
+
+# --------------------------------------------------------------------------------------------
+# the integer engine's kernels (SPEC §6) against their Python-integer twins
+# --------------------------------------------------------------------------------------------
+
+from eventformer.kernels import (  # noqa: E402
+    lif_fixed_quiet_step,
+    lif_fixed_step,
+    lif_fixed_step_flags,
+    saformer_step_fixed,
+    ssa_bin_step_fixed,
+    tasa_fixed_current,
+)
+
+
+def _fixed_lif_case(rng, n_period, reps):
+    """Membranes and currents around a per-channel integer threshold, extremes included."""
+    n = n_period * reps
+    theta = rng.integers(1, 40000, n_period).astype(np.int32)
+    v = rng.integers(-60000, 60000, n).astype(np.int32)
+    v[::7] = np.tile(theta, reps)[::7]  # exactly at threshold
+    x = rng.integers(-90000, 90000, n).astype(np.int32)
+    x[::5] = 2**30 - 1  # the largest current the load-time bound admits
+    x[1::9] = -(2**30)
+    return v, x, theta, n
+
+
+@SETTINGS
+@given(n_period=st.integers(1, 40), reps=st.integers(1, 5), shift=st.integers(0, 4),
+       hard=st.booleans(), decay=st.booleans(), periodic=st.booleans(), seed=SEEDS)
+def test_lif_fixed_step_matches_twin(n_period, reps, shift, hard, decay, periodic, seed):
+    rng = np.random.default_rng(seed)
+    v, x, theta, n = _fixed_lif_case(rng, n_period, reps)
+    current = x[:n_period].copy() if periodic else x
+    dense_x = np.tile(current, reps) if periodic else x
+    want_v, want_s, updates = twin.lif_fixed(v, dense_x, np.tile(theta, reps), shift, hard, decay)
+    for kernel in ("step", "flags", "quiet"):
+        vv = v.copy()
+        counters = counter_start(rng)
+        start = counters.copy()
+        out = np.full(n, -1, np.int32)
+        if kernel == "step":
+            count = lif_fixed_step(vv, current, theta, shift, hard, decay, out, counters)
+            np.testing.assert_array_equal(out[:count], np.flatnonzero(want_s))
+        elif kernel == "flags":
+            flags = np.zeros(n, np.uint8)
+            count = lif_fixed_step_flags(vv, current, theta, shift, hard, decay, flags, counters)
+            np.testing.assert_array_equal(flags.astype(bool), want_s)
+        else:
+            flags = np.zeros(n, np.uint8)
+            count, still = lif_fixed_quiet_step(vv, current, theta, shift, hard, decay, flags,
+                                                out, counters)
+            np.testing.assert_array_equal(flags.astype(bool), want_s)
+            if count:
+                np.testing.assert_array_equal(out[:count], np.flatnonzero(want_s))
+            assert still == (not want_s.any() and np.array_equal(want_v, v))
+        assert count == int(want_s.sum())
+        np.testing.assert_array_equal(vv, want_v)
+        exp = start.copy()
+        exp[C.NEURON_UPDATES] += updates
+        np.testing.assert_array_equal(counters, exp)
+
+
+def test_lif_fixed_shift_is_floor_division():
+    """The decay rounds towards minus infinity (an arithmetic shift), for both signs."""
+    theta = np.array([1000], np.int32)
+    for v0, x0 in [(0, -3), (0, 3), (-5, 0), (5, 0), (-1, 0)]:
+        v = np.array([v0], np.int32)
+        lif_fixed_step(v, np.array([x0], np.int32), theta, 1, True, True,
+                       np.empty(1, np.int32), np.zeros(C.N_COUNTERS, np.int64))
+        assert v[0] == v0 + (x0 - v0) // 2
+
+
+@SETTINGS
+@given(steps=st.integers(1, 9), size=st.integers(1, 24), taw=st.integers(1, 4),
+       tau=st.integers(0, 3), seed=SEEDS)
+def test_tasa_fixed_current_matches_twin(steps, size, taw, tau, seed):
+    """Driven over a sample as the layer drives it (a ring, steps without input left out),
+    against the integer twin: each stored current shifted right by tau k bits."""
+    rng = np.random.default_rng(seed)
+    live = rng.random(steps) < 0.7
+    currents = np.where(live[:, None], rng.integers(-70000, 70000, (steps, size)), 0)
+    currents = currents.astype(np.int32)
+    reps = int(rng.integers(1, 4))
+    period = rng.integers(-5000, 5000, size).astype(np.int32)
+    currents = np.tile(currents, (1, reps))
+    expect, shifts = twin.tasa_fixed(currents, tau, taw, np.tile(period, reps))
+    ring = np.zeros((max(taw - 1, 1), size * reps), np.int32)
+    ring_live = np.zeros(max(taw - 1, 1), bool)
+    counters = counter_start(rng)
+    start = counters.copy()
+    for t in range(steps):
+        slots, sh = [], []
+        for m in range(1, taw):
+            slot = (t - m) % (taw - 1)
+            if t - m >= 0 and ring_live[slot]:
+                slots.append(slot)
+                sh.append(tau * m)
+        out = np.full(size * reps, -1, np.int32)
+        cur = currents[t].copy()
+        same = t % 2 == 0
+        tasa_fixed_current(cur, ring, np.array(slots, np.int64), np.array(sh, np.int64), period,
+                           cur if same else out, counters)
+        np.testing.assert_array_equal(cur if same else out, expect[t])
+        if taw > 1:
+            ring[t % (taw - 1)] = currents[t]
+            ring_live[t % (taw - 1)] = live[t]
+    exp = start.copy()
+    exp[C.SHIFT] += shifts
+    np.testing.assert_array_equal(counters, exp)
+
+
+@SETTINGS
+@given(ssa_cases(), st.integers(0, 2**32 - 1))
+def test_ssa_bin_step_fixed_matches_twin(case, seed2):
+    rng = np.random.default_rng(case["seed"])
+    n, dim, heads = case["n"], case["dim"], case["heads"]
+    d = dim // heads
+    q, k, v, qi, ki, vi = _qkv(case, rng)
+    r2 = np.random.default_rng(seed2)
+    delta = r2.integers(0, d + 1, size=heads).astype(np.int32)
+    vbar_q = r2.integers(-300, 700, dim).astype(np.int64)
+    unit = 256
+    out = np.full(n * dim, -7, np.int32)
+    counters = counter_start(rng)
+    start = counters.copy()
+    ssa_bin_step_fixed(qi, ki, vi, n, dim, heads, delta, vbar_q, unit, out, counters)
+    np.testing.assert_array_equal(out.reshape(n, dim),
+                                  twin.ssa_bin_fixed(q, k, v, heads, delta, vbar_q, unit))
+    _, binary = twin.ssa_bin(q, k, v, heads, delta, np.zeros(dim), 1.0, np.float64)
+    ops = twin.mapped_attention_ops(q, k, v, heads, binary)
+    np.testing.assert_array_equal(counters, _mapped_counters(start, ops, C.COMPARE, qi, ki, vi))
+
+
+@SETTINGS
+@given(side=st.sampled_from([1, 2, 4, 8]), dim=st.sampled_from([1, 3, 8]),
+       rows=st.sampled_from([1, 2, 4]), dq=DENSITIES, dk=DENSITIES, seed=SEEDS)
+def test_saformer_step_fixed_matches_twin(side, dim, rows, dq, dk, seed):
+    n = side * side
+    assume(n % rows == 0)
+    rng = np.random.default_rng(seed)
+    q = (rng.random((n, dim)) < dq).astype(np.int64)
+    k = (rng.random((n, dim)) < dk).astype(np.int64)
+    qi, _ = twin.tokens_to_events(q)
+    ki, _ = twin.tokens_to_events(k)
+    weight = rng.integers(-127, 128, (dim, 3, 3)).astype(np.int8)
+    bias = rng.integers(-3000, 3000, dim).astype(np.int32)
+    mult = rng.integers(0, 2**20, dim).astype(np.int64)
+    out = np.full(n * dim, -7, np.int32)
+    counters = counter_start(rng)
+    start = counters.copy()
+    saformer_step_fixed(qi, ki, n, dim, side, rows, weight, bias, mult, 16, out, counters)
+    expect = twin.saformer_fixed(q, k, side, rows, weight, bias, mult, 16)
+    np.testing.assert_array_equal(out.reshape(n, dim), expect)
+    ac, _ = twin.saformer_ops(q, k, side, rows, 3, 3)
+    exp = start.copy()
+    exp[C.AC] += ac
+    exp[C.MAC] += (rows * dim + dim) if (q.any() and k.any()) else 0
+    exp[C.INPUT_EVENTS] += qi.shape[0] + ki.shape[0]
+    np.testing.assert_array_equal(counters, exp)

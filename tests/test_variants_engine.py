@@ -72,8 +72,9 @@ def on_grid(a) -> np.ndarray:
     return (np.round(np.asarray(a, np.float64) / GRID) * GRID).astype(np.float32)
 
 
-def grid_model(op: str, seed: int = 0):
-    """A calibrated random model of ``op`` with every float on the 2^-8 grid, and its input."""
+def grid_model(op: str, seed: int = 0, grid: bool = True):
+    """A calibrated random model of ``op`` with every float on the 2^-8 grid (``grid``; else
+    the calibrated float32 values as they are), and its input."""
     cfg = config_for(op)
     model = random_model(cfg, seed)
     rng = np.random.default_rng(seed)
@@ -96,6 +97,8 @@ def grid_model(op: str, seed: int = 0):
               for s in range(2)]
     samples = [[to_events(f) for f in fr] for fr in frames]
     model = calibrate(model, samples, 0.2, seed=seed)
+    if not grid:
+        return model
     for p in model.layers.values():
         if p.weight is not None:
             p.weight = on_grid(p.weight)

@@ -33,7 +33,8 @@ from ..events import dense_frames, frame_events, read_events
 from ..modelfile import load, save
 from ..models import Spikformer, SpikformerConfig
 from ..models.config import ATTENTION_OPERATOR_NAMES
-from ..report import summarize
+from ..models.spikformer import ARITHMETICS
+from ..report import EnergyTable, summarize
 from ..runtime import engine_threads, set_engine_threads
 from .accounting import PathMeter
 from .allocator import allocator_status
@@ -76,6 +77,7 @@ class BenchOptions:
     dense: bool = True
     cold_start: bool = True
     attention: str = "ssa"  # the attention operator of the random full-size models (SPEC §4)
+    dtype: str = "float32"  # the engine's arithmetic: float32, float64, int16 or int8 (SPEC §6)
     cache_dir: str = field(default_factory=lambda: os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "eventformer", "bench"))
     config: SpikformerConfig | None = None  # default: the full-size Spikformer-DVS, T = steps,
@@ -108,6 +110,9 @@ def check_options(opts: BenchOptions) -> None:
             raise EventformerError(f"{name} must be at least 1, got {value}")
     if int(opts.seed) < 0:
         raise EventformerError(f"--seed must be 0 or more, got {opts.seed}")
+    if opts.dtype not in ARITHMETICS:
+        raise EventformerError(f"--dtype must be one of {', '.join(ARITHMETICS)}, "
+                               f"got {opts.dtype!r}")
     if opts.attention not in ATTENTION_OPERATOR_NAMES:
         raise EventformerError(f"--attention: unknown attention operator {opts.attention!r} "
                                f"(known: {', '.join(ATTENTION_OPERATOR_NAMES)})")
@@ -165,13 +170,13 @@ def time_best(fn, repeat: int) -> float:
     return best
 
 
-def measure_start(model_path: str, file: str) -> dict:
+def measure_start(model_path: str, file: str, dtype: str = "float32") -> dict:
     """Wall time of ``eventformer infer`` in a fresh process: empty Numba cache, then warm."""
     out = {}
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         cmd = [sys.executable, "-m", "eventformer_cli.main", "infer", file, "-w", model_path,
-               "--json"]
+               "--dtype", dtype, "--json"]
         for label in ("cold_s", "warm_s"):
             start = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -210,7 +215,7 @@ class _RateRun:
             with PathMeter(engine) as meter:
                 logits = engine.run(s.steps)
             stats = engine.layer_stats()
-            ops = summarize(stats, self.steps)
+            ops = summarize(stats, self.steps, EnergyTable.for_arithmetic(engine.arithmetic))
             split = meter.summary()
             split["ac_head"] = int(stats[-1]["ac"])
             split["ac_unattributed"] = ops["ac"] - (split["ac_scatter"] + split["ac_gemm_steps"]
@@ -330,7 +335,7 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
               "timing": {"order": "interleaved: each repeat round times every file on the "
                                   "engine, then on torch", "repeat": opts.repeat,
                          "statistic": "median", "unstable_if_max_over_min_above": UNSTABLE_RATIO},
-              "attention": config.attention,
+              "attention": config.attention, "dtype": opts.dtype,
               "dense_baseline": "eventformer.torch_model.SpikformerRef (folded from the model "
                                 "file; float32, batch 1, eval, no autograd)" if opts.dense else None,
               "steps": opts.steps, "files": [s.path for s in samples], "rates": [],
@@ -346,7 +351,7 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
             model_paths[rate] = calibrated_model(config, samples, rate, opts.seed,
                                                  opts.cache_dir, log)
             model = load(model_paths[rate])
-            engine = Spikformer(model)
+            engine = Spikformer(model, dtype=opts.dtype)
             engine.run(samples[0].steps)  # compile / warm caches outside the timings
             dense_forward = None
             if opts.dense:
@@ -368,7 +373,8 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
             current = None
         if opts.cold_start:
             log("measuring cold start (empty Numba cache) and warm start of `eventformer infer`...")
-            result["start"] = measure_start(model_paths[opts.rates[0]], samples[0].path)
+            result["start"] = measure_start(model_paths[opts.rates[0]], samples[0].path,
+                                            opts.dtype)
     except KeyboardInterrupt:
         result["interrupted"] = True
         if current is not None and current.timed():

@@ -6,7 +6,9 @@ Each kernel has a naive numpy twin in ``tests/kernel_twins.py`` that it is teste
 from . import counters
 from .attention import nsad_step, ssa_bin_step, ssa_step
 from .conv import conv2d_scatter, densify_padded, im2col_padded
-from .gather import conv2d_gather
+from .fixed import (lif_fixed_quiet_step, lif_fixed_step, lif_fixed_step_flags,
+                    saformer_step_fixed, ssa_bin_step_fixed, tasa_fixed_current)
+from .gather import conv2d_gather, conv2d_gather_int
 from .linear import linear_event_ops, linear_scatter
 from .neurons import lif_params, lif_quiet_step, lif_step, lif_step_flags
 from .saformer import depthwise3x3_scatter, saformer_step
@@ -17,10 +19,14 @@ __all__ = [
     "channel_sums",
     "counters",
     "conv2d_gather",
+    "conv2d_gather_int",
     "conv2d_scatter",
     "densify_padded",
     "depthwise3x3_scatter",
     "im2col_padded",
+    "lif_fixed_quiet_step",
+    "lif_fixed_step",
+    "lif_fixed_step_flags",
     "lif_params",
     "lif_quiet_step",
     "lif_step",
@@ -31,8 +37,11 @@ __all__ = [
     "merge_add",
     "nsad_step",
     "saformer_step",
+    "saformer_step_fixed",
     "scatter_dense",
     "ssa_bin_step",
+    "ssa_bin_step_fixed",
     "ssa_step",
     "tasa_current",
+    "tasa_fixed_current",
 ]

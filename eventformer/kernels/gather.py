@@ -6,48 +6,285 @@ rows of its active input pixels. With a sorted HWC event list the input pixels
 through a per-pixel offset table built once per call, and the weight row of an event in that range
 is ``idx[e] + offset``: the dense (im2col) weight rows ``[(ky * k + kx) * Cin + c, Cout]`` serve
 unchanged, with no channel decoding and no per-event division.
+
+:func:`conv2d_gather` adds float weights into float accumulators; :func:`conv2d_gather_int`
+(integer mode, SPEC §6) int16 weights into int32 accumulators, and int8 weights into int16 lanes
+flushed into int32 (PERF-NOTES: twice the lanes per vector add, exact).
 """
 
-import llvmlite.ir as ir
 import numpy as np
-from numba import types
+from llvmlite import ir
+from numba import njit, types
 from numba.core import config
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from ..jit import kernel
+from ..jit import OPTIONS, inlined, kernel
 from ._common import book_ops
 
-# Output channels per accumulator block: 64 float32 (four zmm registers) or 64 float64 (eight).
-CHANNEL_BLOCK = 64
+# Output channels per accumulator block: blocks of BLOCK while they fit, then one of BLOCK_SMALL,
+# then one partial block. BLOCK float32 or int32 accumulators take eight zmm registers, BLOCK int16
+# lanes four. A wider block walks an output pixel's event ranges fewer times (the per-event index
+# and address work is shared by more lanes). Measured on random inputs at 5-40% density, 1 thread:
+# the int8-weight gather ran 1.4-1.5x faster with 128-channel blocks than with 64 on SPS2, SPS3
+# and RPE, the int16 one 1.2x; 256 gained up to a quarter on RPE (int8) and lost SPS2 (Cout 128
+# would fall to two blocks of 64); 32 was unrolled by LLVM into scalar adds (PERF-NOTES) and ran
+# 5-17x slower than 64.
+BLOCK = 128
+BLOCK_SMALL = 64
+
+# The private closures' compile options (:func:`_make_step`): the engine's, without the cache.
+_uncached = njit(**{**OPTIONS, "cache": False})
 
 
-def _block_buffer_py(like):
+def _block_buffer_py(like, length):
     """The accumulator block as a plain array (NUMBA_DISABLE_JIT=1)."""
-    return np.empty(CHANNEL_BLOCK, like.dtype)
+    return np.empty(length, like.dtype if isinstance(like, np.ndarray) else like)
 
 
 @intrinsic
-def _block_buffer_jit(typingctx, like):
-    """A CHANNEL_BLOCK-long 1-D array of ``like``'s dtype on the kernel's stack (an ``alloca``
-    in its entry block, not the heap): with constant-trip channel loops LLVM keeps it in vector
-    registers across the event loop (PERF-NOTES: a heap block ran at 12 vs 20 G accumulates/s)."""
-    arrty = types.Array(like.dtype, 1, "C")
+def _block_buffer_jit(typingctx, like, length):
+    """A ``length``-long 1-D array on the kernel's stack (an ``alloca`` in its entry block, not
+    the heap), of ``like``'s dtype (``like`` an array, or a numpy scalar type such as
+    ``np.int16``); ``length`` must be a compile-time constant (a module constant). With
+    constant-trip channel loops LLVM keeps it in vector registers across the event loop
+    (PERF-NOTES: a heap block ran at 12 vs 20 G accumulates/s)."""
+    if not isinstance(length, types.IntegerLiteral):
+        return None  # Numba retries with the literal value of a constant
+    n = length.literal_value
+    dtype = like.dtype if isinstance(like, types.Array) else like.instance_type
+    arrty = types.Array(dtype, 1, "C")
 
     def codegen(context, builder, signature, args):
-        lty = context.get_value_type(like.dtype)
+        lty = context.get_value_type(dtype)
         with builder.goto_entry_block():
-            ptr = builder.alloca(ir.ArrayType(lty, CHANNEL_BLOCK))
+            ptr = builder.alloca(ir.ArrayType(lty, n))
         ary = context.make_array(arrty)(context, builder)
         itemsize = context.get_constant(types.intp, context.get_abi_sizeof(lty))
         context.populate_array(ary, data=builder.bitcast(ptr, lty.as_pointer()),
-                               shape=[context.get_constant(types.intp, CHANNEL_BLOCK)],
+                               shape=[context.get_constant(types.intp, n)],
                                strides=[itemsize], itemsize=itemsize, meminfo=None)
         return ary._getvalue()
 
-    return arrty(like), codegen
+    return arrty(like, length), codegen
 
 
 _block_buffer = _block_buffer_py if config.DISABLE_JIT else _block_buffer_jit
+
+
+# Unit adds (multiplicity counted) the int16 lanes of an int8-weight gather take between flushes
+# into the int32 block: |w| <= 128 and 128 * 256 = 32768, so a lane stays within
+# [-32768, 32512] and never overflows.
+LANE_FLUSH = 256
+
+
+@inlined
+def _pixel_starts(idx, npix, cin, start):
+    """``start[p]`` = the first event at input pixel p or later: pixel p's events are
+    ``start[p]:start[p + 1]``."""
+    n = idx.shape[0]
+    e = 0
+    for p in range(npix + 1):
+        lim = p * cin
+        while e < n and idx[e] < lim:
+            e += 1
+        start[p] = e
+
+
+@inlined
+def _pixel_ops(start, cum, in_h, in_w, k, oy, ox, weighted):
+    """The ops of output pixel (oy, ox) per output channel: its valid taps' events (weighted) or
+    their multiplicities (not)."""
+    pad = k // 2
+    x0 = max(ox - pad, 0)
+    x1 = min(ox + pad, in_w - 1)
+    ops = 0
+    for ky in range(k):
+        iy = oy - pad + ky
+        if iy < 0 or iy >= in_h:
+            continue
+        lo = start[iy * in_w + x0]
+        hi = start[iy * in_w + x1 + 1]
+        ops += (hi - lo) if weighted else (cum[hi] - cum[lo])
+    return ops
+
+
+@inlined
+def _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox, c0, cb,
+                acc, lane, kbuf, o):
+    """``o[:cb]`` = output pixel (oy, ox)'s channels ``c0:c0 + cb``, accumulated in ``acc`` (the
+    dtype of ``o``): bias first, then kernel row by kernel row the events in list order, an
+    event of multiplicity m as ``m * w`` (m in ``acc``'s dtype), as :func:`conv2d_gather` adds.
+    Inlined with a constant ``cb``, the channel loops vectorise and ``acc`` stays in registers."""
+    pad = k // 2
+    x0 = max(ox - pad, 0)
+    x1 = min(ox + pad, in_w - 1)
+    bb = bias[c0:c0 + cb]
+    for j in range(cb):
+        acc[j] = bb[j]
+    for ky in range(k):
+        iy = oy - pad + ky
+        if iy < 0 or iy >= in_h:
+            continue
+        row = iy * in_w
+        lo = start[row + x0]
+        hi = start[row + x1 + 1]
+        off = ky * k * cin - (row + ox - pad) * cin
+        if cum[hi] - cum[lo] == hi - lo:  # the spike fast path: all multiplicities 1
+            for e in range(np.uint64(lo), np.uint64(hi)):
+                w = weight_rows[np.uint64(idx[e] + off), c0:c0 + cb]
+                for j in range(cb):
+                    acc[j] += w[j]
+        else:
+            for e in range(lo, hi):
+                w = weight_rows[idx[e] + off, c0:c0 + cb]
+                m = cnt[e]
+                if m == 1:
+                    for j in range(cb):
+                        acc[j] += w[j]
+                else:
+                    kbuf[0] = m
+                    kf = kbuf[0]
+                    for j in range(cb):
+                        acc[j] += kf * w[j]
+    for j in range(cb):
+        o[j] = acc[j]
+
+
+@inlined
+def _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox, c0, cb,
+                  acc, lane, kbuf, o):
+    """:func:`_wide_block` for int8 weights: the adds go into the int16 ``lane`` block, flushed
+    into the int32 ``acc`` block before it could take more than LANE_FLUSH unit adds (an event
+    of multiplicity m counts m); an event with m > LANE_FLUSH is added into ``acc`` directly."""
+    pad = k // 2
+    x0 = max(ox - pad, 0)
+    x1 = min(ox + pad, in_w - 1)
+    bb = bias[c0:c0 + cb]
+    for j in range(cb):
+        acc[j] = bb[j]
+        lane[j] = 0
+    used = 0  # unit adds in the lanes since their last flush
+    for ky in range(k):
+        iy = oy - pad + ky
+        if iy < 0 or iy >= in_h:
+            continue
+        row = iy * in_w
+        lo = start[row + x0]
+        hi = start[row + x1 + 1]
+        off = ky * k * cin - (row + ox - pad) * cin
+        if cum[hi] - cum[lo] == hi - lo:  # the spike fast path: all multiplicities 1
+            e = lo
+            while e < hi:
+                stop = min(hi, e + (LANE_FLUSH - used))
+                for e2 in range(np.uint64(e), np.uint64(stop)):
+                    w = weight_rows[np.uint64(idx[e2] + off), c0:c0 + cb]
+                    for j in range(cb):
+                        lane[j] += w[j]
+                used += stop - e
+                e = stop
+                if used == LANE_FLUSH:
+                    for j in range(cb):
+                        acc[j] += lane[j]
+                        lane[j] = 0
+                    used = 0
+        else:
+            for e in range(lo, hi):
+                w = weight_rows[idx[e] + off, c0:c0 + cb]
+                m = cnt[e]
+                if m > LANE_FLUSH:  # more than the lanes may ever take: straight to int32
+                    for j in range(cb):
+                        acc[j] += m * w[j]
+                    continue
+                if used + m > LANE_FLUSH:
+                    for j in range(cb):
+                        acc[j] += lane[j]
+                        lane[j] = 0
+                    used = 0
+                if m == 1:
+                    for j in range(cb):
+                        lane[j] += w[j]
+                else:
+                    for j in range(cb):
+                        lane[j] += m * w[j]
+                used += m
+    for j in range(cb):
+        o[j] = acc[j] + lane[j]
+
+
+def _make_step(block):
+    """The single-step gather with ``block`` (:func:`_wide_block` or :func:`_narrow_block`)
+    inlined for every channel block: blocks of BLOCK, then one of BLOCK_SMALL, then a partial
+    one, each with its own accumulators on the stack.
+
+    Compiled without Numba's disk cache, unlike :data:`~eventformer.jit.OPTIONS`: a closure's
+    cache key holds its cell contents (here a dispatcher, pickled with a per-process id), so it
+    would never hit and would add a cache entry per process. It needs none: the public kernels
+    that call it are cached with its machine code linked in.
+    """
+
+    def step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted):
+        n = idx.shape[0]
+        cout = weight_rows.shape[1]
+        npix = in_h * in_w
+        start = np.empty(npix + 1, np.int64)
+        _pixel_starts(idx, npix, cin, start)
+        # prefix sums of the multiplicities: the ops of an event range without walking it again
+        cum = np.zeros(n + 1, np.int64)
+        for e in range(n):
+            cum[e + 1] = cum[e] + cnt[e]
+        acc_big = _block_buffer(out, BLOCK)
+        acc_small = _block_buffer(out, BLOCK_SMALL)
+        acc_part = _block_buffer(out, BLOCK_SMALL)
+        lane_big = _block_buffer(np.int16, BLOCK)
+        lane_small = _block_buffer(np.int16, BLOCK_SMALL)
+        lane_part = _block_buffer(np.int16, BLOCK_SMALL)
+        kbuf = np.empty(1, out.dtype)
+        n_big = cout // BLOCK * BLOCK
+        small = cout - n_big >= BLOCK_SMALL
+        part0 = n_big + BLOCK_SMALL if small else n_big
+        ops = 0
+        for oy in range(in_h):
+            for ox in range(in_w):
+                ops += _pixel_ops(start, cum, in_h, in_w, k, oy, ox, weighted)
+                ob = (oy * in_w + ox) * cout
+                for c0 in range(0, n_big, BLOCK):
+                    block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox,
+                          c0, BLOCK, acc_big, lane_big, kbuf, out[ob + c0:ob + c0 + BLOCK])
+                if small:
+                    block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox,
+                          n_big, BLOCK_SMALL, acc_small, lane_small, kbuf,
+                          out[ob + n_big:ob + part0])
+                if part0 < cout:
+                    block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox,
+                          part0, cout - part0, acc_part, lane_part, kbuf,
+                          out[ob + part0:ob + cout])
+        book_ops(counters, ops * cout, n, weighted)
+
+    return _uncached(step)
+
+
+_wide_step = _make_step(_wide_block)
+_narrow_step = _make_step(_narrow_block)
+
+
+def _int_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted):
+    """:func:`conv2d_gather_int`'s body: ``_narrow_step`` for int8 weights, ``_wide_step`` for
+    int16. Compiled, the choice is an overload resolved per signature, so each signature compiles
+    only the code it runs; this Python body serves NUMBA_DISABLE_JIT=1."""
+    if weight_rows.dtype.itemsize == 1:
+        _narrow_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)
+    else:
+        _wide_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)
+
+
+@overload(_int_step, jit_options={**OPTIONS, "cache": False})  # see _make_step
+def _int_step_overload(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted):
+    step = _narrow_step if weight_rows.dtype.bitwidth == 8 else _wide_step
+
+    def impl(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted):
+        step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)
+
+    return impl
 
 
 @kernel
@@ -96,80 +333,53 @@ def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters
     None
         The results are ``out`` and ``counters``, both modified in place.
     """
-    n = idx.shape[0]
-    cout = weight_rows.shape[1]
-    pad = k // 2
-    npix = in_h * in_w
-    # start[p] = first event of input pixel p (or later): pixel p's events are start[p]:start[p+1]
-    start = np.empty(npix + 1, np.int64)
-    e = 0
-    for p in range(npix + 1):
-        lim = p * cin
-        while e < n and idx[e] < lim:
-            e += 1
-        start[p] = e
-    # prefix sums of the multiplicities: the ops of an event range without walking it again
-    cum = np.zeros(n + 1, np.int64)
-    for e in range(n):
-        cum[e + 1] = cum[e] + cnt[e]
-    # the accumulator block, on the stack: every full block's loops run exactly CHANNEL_BLOCK
-    # times, so LLVM unrolls them into vector ops and keeps the block in registers
-    acc = _block_buffer(out)
-    kbuf = np.empty(1, out.dtype)
-    ops = 0
-    nfull = cout - cout % CHANNEL_BLOCK
-    for oy in range(in_h):
-        for ox in range(in_w):
-            ob = (oy * in_w + ox) * cout
-            x0 = max(ox - pad, 0)
-            x1 = min(ox + pad, in_w - 1)
-            for c0 in range(0, cout, CHANNEL_BLOCK):
-                full = c0 < nfull
-                cb = CHANNEL_BLOCK if full else cout - c0
-                bb = bias[c0:c0 + cb]
-                if full:
-                    for j in range(CHANNEL_BLOCK):
-                        acc[j] = bb[j]
-                else:
-                    for j in range(cb):
-                        acc[j] = bb[j]
-                for ky in range(k):
-                    iy = oy - pad + ky
-                    if iy < 0 or iy >= in_h:
-                        continue
-                    row = iy * in_w
-                    lo = start[row + x0]
-                    hi = start[row + x1 + 1]
-                    mult = cum[hi] - cum[lo]
-                    if c0 == 0:
-                        ops += (hi - lo) if weighted else mult
-                    # idx[e] - (row + ox - pad) * cin = kx * cin + c within this kernel row
-                    off = ky * k * cin - (row + ox - pad) * cin
-                    if full and mult == hi - lo:
-                        # the spike fast path: every event of the range has multiplicity 1
-                        for e in range(lo, hi):
-                            # a 1-D view of the row: no flat index, no gather instructions
-                            w = weight_rows[idx[e] + off, c0:c0 + CHANNEL_BLOCK]
-                            for j in range(CHANNEL_BLOCK):
-                                acc[j] += w[j]
-                    else:
-                        # a partial block, or a range with multiplicities > 1 (same order of adds)
-                        for e in range(lo, hi):
-                            w = weight_rows[idx[e] + off, c0:c0 + cb]
-                            m = cnt[e]
-                            if m == 1:
-                                for j in range(cb):
-                                    acc[j] += w[j]
-                            else:
-                                kbuf[0] = m  # m in the weights' dtype, as the scatter rounds
-                                kf = kbuf[0]
-                                for j in range(cb):
-                                    acc[j] += kf * w[j]
-                o = out[ob + c0:ob + c0 + cb]
-                if full:
-                    for j in range(CHANNEL_BLOCK):
-                        o[j] = acc[j]
-                else:
-                    for j in range(cb):
-                        o[j] = acc[j]
-    book_ops(counters, ops * cout, n, weighted)
+    _wide_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)
+
+
+@kernel
+def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters,
+                      weighted):
+    """The exact integer current of a stride-1, "same"-padded k x k convolution, by gather.
+
+    :func:`conv2d_gather` for integer mode (SPEC §6): the same geometry, argument meaning and op
+    counting, with int8 or int16 weights, an int32 bias and int32 output, exact (equal to the
+    integer convolution computed in int32). int16 weights are added into int32 accumulators.
+    int8 weights are added into int16 lanes (``vpmovsxbw`` + ``vpaddw``: twice the lanes of
+    int32) flushed into the int32 accumulators after at most ``LANE_FLUSH`` (256) unit adds, an
+    event of multiplicity m counting m: 256 x 128 fits an int16, so a lane never overflows; an
+    event with m above 256 is added straight into int32. Ruling out int32 overflow is the
+    caller's (a layer's worst case is checked at load).
+
+    Parameters
+    ----------
+    idx : int32[n], sorted ascending, each site once
+        Flat indices into the HWC input map [H, W, Cin]: ``(y * W + x) * Cin + c``.
+    cnt : int32[n]
+        Multiplicities (>= 1) of the events in ``idx``: 1 for a spike, m for an integer value.
+    in_h : int
+        Input height H (also the output height).
+    in_w : int
+        Input width W (also the output width).
+    cin : int
+        Input channels Cin.
+    weight_rows : int8|int16[k * k * Cin, Cout], C-contiguous
+        The quantised dense (im2col) weight rows: row ``(ky * k + kx) * Cin + c`` is the
+        contiguous Cout slab of input channel c at tap (ky, kx), as in :func:`conv2d_gather`.
+    bias : int32[Cout]
+        The quantised bias, added to every output pixel.
+    k : int
+        Kernel height and width, odd; the padding is ``k // 2`` and the stride 1.
+    out : int32[H * W * Cout], C-contiguous, overwritten
+        The flat HWC output current, ``(oy * W + ox) * Cout + co``: bias plus the convolution.
+    counters : int64[N_COUNTERS], incremented in place
+        ``MAC`` (``weighted``) or ``AC`` (not) += the ops done, ``INPUT_EVENTS`` += n.
+    weighted : bool
+        True for raw event counts (counted as multiplies), False for spikes and integer
+        residual values (counted as accumulates).
+
+    Returns
+    -------
+    None
+        The results are ``out`` and ``counters``, both modified in place.
+    """
+    _int_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)

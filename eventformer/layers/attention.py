@@ -17,10 +17,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import counters as C, nsad_step, saformer_step, ssa_bin_step, ssa_step
+from ..fixedpoint import (ACC_LIMIT, ATTENTION_UNIT, GATE_SHIFT, Fixed, FixedPointError,
+                          arithmetic, attention_theta, quantise, shift_of)
+from ..kernels import (counters as C, nsad_step, saformer_step, saformer_step_fixed, ssa_bin_step,
+                       ssa_bin_step_fixed, ssa_step)
 from .base import PathPolicy, SpikingLayer, ones, period
-from .neurons import LIFNeurons
+from .neurons import FixedLIFNeurons, LIFNeurons
 from .synapses import LinearLIF, TasaLinearLIF
+
+
+def _core_arithmetic(layer, params, dim: int, scale: float, dtype):
+    """Set an attention core's arithmetic: ``dtype`` (of its current), ``scale`` (an array the
+    kernels multiply the integer Y by) and ``neurons``. In an integer mode the current is Y in
+    units of scale / ATTENTION_UNIT (SPEC §6), so the kernels multiply by ATTENTION_UNIT and the
+    LIF's threshold is theta / scale * ATTENTION_UNIT."""
+    arith = arithmetic(dtype)
+    layer.fixed = arith if isinstance(arith, Fixed) else None
+    if layer.fixed is None:
+        layer.dtype = arith
+        layer.scale = np.array([scale], arith)
+        layer.neurons = LIFNeurons.from_params(layer.n_neurons, params, arith)
+        return
+    if params.v_reset is not None and params.v_reset != 0:
+        raise FixedPointError(f"{params.name}: integer mode supports v_reset 0 or a soft reset, "
+                              f"got v_reset {params.v_reset:g}")
+    layer.dtype = np.dtype(np.int32)
+    layer.scale = np.array([ATTENTION_UNIT], np.int32)
+    theta = np.full(dim, attention_theta(params.theta, scale), np.int32)
+    layer.neurons = FixedLIFNeurons(layer.n_neurons, shift=shift_of(params.tau, params.name),
+                                    theta=theta, soft_reset=params.v_reset is None,
+                                    decay_input=params.decay_input)
+
+
+def _check_bound(name: str, worst: float, arith) -> None:
+    if worst > ACC_LIMIT:
+        raise FixedPointError(f"{name}: in {arith.name} its worst-case current ({worst:.3g} "
+                              "units) could overflow the int32 accumulator; run it in a float "
+                              "--dtype")
 
 
 class AttentionLIF(SpikingLayer):
@@ -32,8 +65,10 @@ class AttentionLIF(SpikingLayer):
                  order: int = 0):
         super().__init__(params.name, tokens * dim, "spikes")
         self.tokens, self.dim, self.heads = tokens, dim, heads
-        self.scale = np.array([scale], dtype)
-        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        _core_arithmetic(self, params, dim, scale, dtype)
+        dtype = self.dtype
+        if self.fixed is not None:  # Y <= N d (d shared channels with each of N keys)
+            _check_bound(params.name, tokens * (dim // heads) * ATTENTION_UNIT, self.fixed)
         self.current = np.empty(tokens * dim, dtype)
         # Y = 0 (nothing pairs: see _nothing_to_attend): every site's current is 0 * scale, as the
         # kernel would write it
@@ -94,8 +129,10 @@ class MappedAttentionLIF(SpikingLayer):
     def __init__(self, params, tokens: int, dim: int, heads: int, scale: float, *, dtype):
         super().__init__(params.name, tokens * dim, "spikes")
         self.tokens, self.dim, self.heads = tokens, dim, heads
-        self.scale = np.array([scale], dtype)
-        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        _core_arithmetic(self, params, dim, scale, dtype)
+        dtype = self.dtype
+        if self.fixed is not None:
+            _check_bound(params.name, self._worst(tokens) * ATTENTION_UNIT, self.fixed)
         self.current = np.empty(tokens * dim, dtype)
         # an empty Q or K pairs nothing: every token's current is this row, as the kernel writes it
         self._unpaired = self._unpaired_row(dtype)
@@ -104,6 +141,10 @@ class MappedAttentionLIF(SpikingLayer):
         self.dense_macs_per_step = 2 * tokens * tokens * dim  # Q K^T and (.) V, all heads
 
     def _unpaired_row(self, dtype) -> np.ndarray:
+        raise NotImplementedError
+
+    def _worst(self, tokens: int) -> float:
+        """The largest |Y| / scale a step can reach (for the integer overflow bound)."""
         raise NotImplementedError
 
     def _compute(self, q, k, v, out) -> None:
@@ -136,21 +177,34 @@ class MappedAttentionLIF(SpikingLayer):
 
 
 class BinaryAttentionLIF(MappedAttentionLIF):
-    """SSA_Bin core: B = 1((Q K^T) > delta_h), Y = (B V - vbar) * scale, then the attention LIF."""
+    """SSA_Bin core: B = 1((Q K^T) > delta_h), Y = (B V - vbar) * scale, then the attention LIF.
+    In an integer mode vbar is held in units of scale / ATTENTION_UNIT (SPEC §6)."""
 
     def __init__(self, params, tokens, dim, heads, scale, *, dtype, delta, vbar):
         self.delta = np.array(delta, np.int64)  # copies: the model file's arrays stay its own
-        self.vbar = np.array(vbar, dtype)
+        if isinstance(arithmetic(dtype), Fixed):
+            self.vbar = np.rint(np.asarray(vbar, np.float64) * ATTENTION_UNIT).astype(np.int64)
+        else:
+            self.vbar = np.array(vbar, dtype)
         if self.delta.shape != (heads,) or np.any(self.delta < 0):
             raise ValueError(f"{params.name}: delta must be {heads} integers >= 0")
         if self.vbar.shape != (dim,):
             raise ValueError(f"{params.name}: vbar must have {dim} entries")
         super().__init__(params, tokens, dim, heads, scale, dtype=dtype)
 
+    def _worst(self, tokens):
+        return tokens + float(np.abs(self.vbar).max(initial=0)) / ATTENTION_UNIT
+
     def _unpaired_row(self, dtype):
+        if self.fixed is not None:
+            return np.ascontiguousarray(-self.vbar, dtype)
         return (np.zeros(self.dim, dtype) - self.vbar) * self.scale[0]
 
     def _compute(self, q, k, v, out):
+        if self.fixed is not None:
+            ssa_bin_step_fixed(q, k, v, self.tokens, self.dim, self.heads, self.delta, self.vbar,
+                               ATTENTION_UNIT, out, self.counters)
+            return
         ssa_bin_step(q, k, v, self.tokens, self.dim, self.heads, self.delta, self.vbar,
                      self.scale, out, self.counters)
 
@@ -165,6 +219,9 @@ class NsadAttentionLIF(MappedAttentionLIF):
             raise ValueError(f"{params.name}: the NSAD table must be [{heads}, {d + 1}] with "
                              "AD[0] = 0")
         super().__init__(params, tokens, dim, heads, scale, dtype=dtype)
+
+    def _worst(self, tokens):
+        return tokens * float(np.abs(self.table).max(initial=0))
 
     def _unpaired_row(self, dtype):
         return np.zeros(self.dim, dtype) * self.scale[0]
@@ -189,18 +246,46 @@ class SaformerAttentionLIF(SpikingLayer):
         self.pool_rows = int(pool_rows)
         if not 1 <= self.pool_rows:
             raise ValueError(f"{params.name}: pool rows must be >= 1, got {self.pool_rows}")
-        self.scale = np.array([scale], dtype)
-        self.dwc_weight = np.array(dwc_weight, dtype)  # copies, C-contiguous
-        self.dwc_bias = np.array(dwc_bias, dtype)
-        if self.dwc_weight.shape != (dim, 3, 3) or self.dwc_bias.shape != (dim,):
+        if np.shape(dwc_weight) != (dim, 3, 3) or np.shape(dwc_bias) != (dim,):
             raise ValueError(f"{params.name}: the DWC must be [{dim}, 3, 3] with a [{dim}] bias")
-        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        arith = arithmetic(dtype)
+        self.fixed = arith if isinstance(arith, Fixed) else None
+        if self.fixed is None:
+            self.dtype = arith
+            self.scale = np.array([scale], dtype)
+            self.dwc_weight = np.array(dwc_weight, dtype)  # copies, C-contiguous
+            self.dwc_bias = np.array(dwc_bias, dtype)
+            self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        else:
+            self._fixed_point(params, dwc_weight, dwc_bias, scale)
+        dtype = self.dtype
         self.current = np.empty(tokens * dim, dtype)
         # no K spike: Y = DWC(0) = the DWC bias at every token (the gate term needs K too)
         self._quiet_period = period(self.dwc_bias, tokens * dim)
         self.neurons.steady = self._quiet_period
         # dense: the DWC's 9 taps and the gate term per site, the gate's L x D products
         self.dense_macs_per_step = 10 * tokens * dim + self.pool_rows * dim
+
+    def _fixed_point(self, params, dwc_weight, dwc_bias, scale) -> None:
+        """SPEC §6: the DWC quantised per channel like any synaptic layer (channel c's unit
+        s_c), the gate a (an integer in units of 1 / (N/L)^2) brought to s_c by a fixed-point
+        multiplier; the LIF in s_c."""
+        name, arith = params.name, self.fixed
+        if self.tokens % self.pool_rows:
+            raise FixedPointError(f"{name}: integer mode needs the {self.tokens} tokens to split "
+                                  f"evenly into {self.pool_rows} pooled rows")
+        q = quantise(dwc_weight, dwc_bias, params.theta, params.v_reset, arith, name, 1)
+        self.dtype = np.dtype(np.int32)
+        self.dwc_weight = np.ascontiguousarray(q.weight.astype(arith.weight_dtype))
+        self.dwc_bias = np.ascontiguousarray(q.bias)
+        width = self.tokens // self.pool_rows
+        self.gate_mult = np.rint(scale / width**2 / q.scale * 2**GATE_SHIFT).astype(np.int64)
+        gate_peak = self.pool_rows * width**2  # every query and key site active
+        _check_bound(name, q.worst + gate_peak * float(self.gate_mult.max()) / 2**GATE_SHIFT,
+                     arith)
+        self.neurons = FixedLIFNeurons(self.n_neurons, shift=shift_of(params.tau, name),
+                                       theta=q.theta, soft_reset=params.v_reset is None,
+                                       decay_input=params.decay_input)
 
     def reset(self) -> None:
         self.neurons.reset()
@@ -221,8 +306,13 @@ class SaformerAttentionLIF(SpikingLayer):
                 current.reshape(-1, self.dim)[:] = self.dwc_bias
         else:
             current = self.current
-            saformer_step(q, k, self.tokens, self.dim, self.grid, self.pool_rows,
-                          self.dwc_weight, self.dwc_bias, self.scale, current, counters)
+            if self.fixed is not None:
+                saformer_step_fixed(q, k, self.tokens, self.dim, self.grid, self.pool_rows,
+                                    self.dwc_weight, self.dwc_bias, self.gate_mult, GATE_SHIFT,
+                                    current, counters)
+            else:
+                saformer_step(q, k, self.tokens, self.dim, self.grid, self.pool_rows,
+                              self.dwc_weight, self.dwc_bias, self.scale, current, counters)
         counters[C.INPUT_SITES] += 2 * self.tokens * self.dim
         counters[C.SPARSE_STEPS] += 1
         return self.fire(current)
@@ -234,14 +324,15 @@ class SpikingSelfAttention:
     name = "ssa"
 
     def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy,
-                 params: dict | None = None):
+                 params: dict | None = None, multiplicity: int = 1):
         n = config.tokens
+        m = multiplicity  # the largest value of the block input (an integer overflow bound)
         self.q = LinearLIF(layers[f"{prefix}.q_lif"], n, dtype=dtype, input_kind="integers",
-                           policy=policy)
+                           policy=policy, multiplicity=m)
         self.k = LinearLIF(layers[f"{prefix}.k_lif"], n, dtype=dtype, input_kind="integers",
-                           policy=policy)
+                           policy=policy, multiplicity=m)
         self.v = LinearLIF(layers[f"{prefix}.v_lif"], n, dtype=dtype, input_kind="integers",
-                           policy=policy)
+                           policy=policy, multiplicity=m)
         self.core = self._core(layers[f"{prefix}.attn_lif"], config, dtype, params or {})
         self.proj = LinearLIF(layers[f"{prefix}.proj_lif"], n, dtype=dtype, input_kind="spikes",
                               policy=policy)
@@ -291,14 +382,15 @@ class DS2TAAttention(SpikingSelfAttention):
     name = "ds2ta"
 
     def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy,
-                 params: dict):
+                 params: dict, multiplicity: int = 1):
         n = config.tokens
         tau = [int(x) for x in np.asarray(params["tau"]).reshape(-1)]
         taw = int(np.asarray(params["taw"]))
 
         def tasa(name, i, kind):
             return TasaLinearLIF(layers[f"{prefix}.{name}_lif"], n, dtype=dtype,
-                                 input_kind=kind, policy=policy, tau=tau[i], taw=taw)
+                                 input_kind=kind, policy=policy, tau=tau[i], taw=taw,
+                                 multiplicity=multiplicity if kind == "integers" else 1)
 
         self.q = tasa("q", 0, "integers")
         self.k = tasa("k", 1, "integers")
@@ -314,12 +406,12 @@ class SAFormerAttention:
     name = "saformer"
 
     def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy,
-                 params: dict):
+                 params: dict, multiplicity: int = 1):
         n = config.tokens
         self.q = LinearLIF(layers[f"{prefix}.q_lif"], n, dtype=dtype, input_kind="integers",
-                           policy=policy)
+                           policy=policy, multiplicity=multiplicity)
         self.k = LinearLIF(layers[f"{prefix}.k_lif"], n, dtype=dtype, input_kind="integers",
-                           policy=policy)
+                           policy=policy, multiplicity=multiplicity)
         self.core = SaformerAttentionLIF(
             layers[f"{prefix}.attn_lif"], n, config.dim, config.grid, config.scale, dtype=dtype,
             dwc_weight=params["dwc_weight"], dwc_bias=params["dwc_bias"],

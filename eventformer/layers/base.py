@@ -15,10 +15,19 @@ from ..runtime import engine_threads
 # threads the dense path takes over at lower densities.
 CROSSOVER = {1: {"conv2d": 0.25, "linear": 0.22}, 2: {"conv2d": 0.14, "linear": 0.17}}
 
-# Input densities (lo, hi] in which a stride-1 spike-input conv takes the output-stationary
-# gather in "auto" (below lo the scatter, above it up to the conv CROSSOVER the scatter, above
-# that the GEMM), by engine threads; None: never (benchmarks/crossover.py, gather column).
-GATHER_BAND: dict[int, tuple[float, float] | None] = {1: (0.05, 0.25), 2: (0.05, 0.14)}
+# Input densities (lo, hi] in which a gather-capable conv (stride 1, "same" padding, spike or
+# integer input: SPS1-3 and RPE) gathers in "auto", by arithmetic and engine threads: at lo or
+# below it scatters, above hi it runs as a GEMM. `python benchmarks/crossover.py --real` (the
+# layers' recorded inputs on the real gesture segments, where 5% firing means 18-25% input
+# density after the max-pool and 15% firing 43-53%) put the gather ahead of the scatter at every
+# density seen (2-60%, float32 and integer), ahead of the GEMM up to ~45% (float32, 1 thread) or
+# ~30% (2 threads, where the GEMM splits over both cores), and in int8 ahead of everything
+# everywhere; int16 on 2 threads loses to the offline batched GEMM of SPS3 and RPE above ~40%.
+GATHER_BAND: dict[str, dict[int, tuple[float, float] | None]] = {
+    "float": {1: (0.0, 0.45), 2: (0.0, 0.30)},
+    "int16": {1: (0.0, 1.0), 2: (0.0, 0.40)},
+    "int8": {1: (0.0, 1.0), 2: (0.0, 1.0)},
+}
 
 
 @dataclass
@@ -32,10 +41,11 @@ class PathPolicy:
     thread count; "sparse" and "dense" force one path (for tests and benchmarks).
 
     Conv layers that can (stride 1, "same" padding, spike or integer input) have a third,
-    event-driven path, the output-stationary gather (:func:`eventformer.kernels.conv2d_gather`):
-    "gather" forces it on them (every other layer scatters, as with "sparse"); "auto" takes it for
-    a step whose density lies in ``gather_band`` (default :data:`GATHER_BAND`) and that does not
-    go dense.
+    event-driven path, the output-stationary gather (:func:`eventformer.kernels.conv2d_gather`,
+    :func:`~eventformer.kernels.conv2d_gather_int`): "gather" forces it on them (every other
+    layer scatters, as with "sparse"); in "auto" such a layer gathers a step whose density lies
+    in its band (``gather_band``, default :data:`GATHER_BAND` for its arithmetic) and runs as a
+    GEMM above the band (unless ``conv_threshold`` is given).
     """
 
     mode: str = "auto"
@@ -48,18 +58,22 @@ class PathPolicy:
             raise ValueError(
                 f"path mode must be auto, sparse, dense or gather, got {self.mode!r}")
 
-    def gather(self, events: int, sites: int) -> bool:
+    def band(self, arith: str) -> tuple[float, float] | None:
+        """The gather band of a layer in arithmetic ``arith`` ("float", "int16", "int8")."""
+        if self.gather_band is not None:
+            return self.gather_band
+        return GATHER_BAND[arith][min(engine_threads(), 2)]
+
+    def gather(self, events: int, sites: int, arith: str = "float") -> bool:
         """Whether a gather-capable conv layer's event-driven step gathers (not scatters)."""
         mode = self.mode
         if mode == "gather":
             return True
         if mode != "auto" or events == 0:
             return False
-        band = self.gather_band
+        band = self.band(arith)
         if band is None:
-            band = GATHER_BAND[min(engine_threads(), 2)]
-            if band is None:
-                return False
+            return False
         lo, hi = band
         return lo * sites < events <= hi * sites
 
@@ -69,7 +83,9 @@ class PathPolicy:
             return given
         return CROSSOVER[min(engine_threads(), 2)][kind]
 
-    def dense(self, kind: str, events: int, sites: int) -> bool:
+    def dense(self, kind: str, events: int, sites: int, gather_arith: str | None = None) -> bool:
+        """Whether a step runs as a GEMM; ``gather_arith``: the layer can gather, in this
+        arithmetic, and then goes dense only above its gather band."""
         mode = self.mode
         if mode == "sparse" or mode == "gather":
             return False
@@ -79,7 +95,8 @@ class PathPolicy:
         if given is None:
             if events == 0:  # 0 > threshold * sites: the default thresholds are positive
                 return False
-            given = CROSSOVER[min(engine_threads(), 2)][kind]
+            band = self.band(gather_arith) if gather_arith is not None else None
+            given = band[1] if band is not None else CROSSOVER[min(engine_threads(), 2)][kind]
         return events > given * sites
 
 

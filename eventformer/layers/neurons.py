@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import counters as C, lif_params, lif_quiet_step, lif_step, lif_step_flags
-from .base import EMPTY
+from ..kernels import (counters as C, lif_fixed_quiet_step, lif_fixed_step,
+                       lif_fixed_step_flags, lif_params, lif_quiet_step, lif_step,
+                       lif_step_flags)
+from .base import EMPTY, period
 
 
 class LIFNeurons:
@@ -20,12 +22,18 @@ class LIFNeurons:
     still counted, as every membrane still decays towards the same value.
     """
 
+    # the kernels of a step, a step into flags, a quiet step; their arguments after (v, current)
+    _step = staticmethod(lif_step)
+    _step_flags = staticmethod(lif_step_flags)
+    _quiet = staticmethod(lif_quiet_step)
+
     def __init__(self, size: int, *, tau: float, theta: float, v_reset: float | None,
                  decay_input: bool, dtype):
         self.size = size
         self.params = lif_params(tau, theta, v_reset, np.dtype(dtype).type)
         self.hard_reset = v_reset is not None
         self.decay_input = bool(decay_input)
+        self._args = (self.params, self.hard_reset, self.decay_input)
         self.v = np.zeros(size, dtype)
         self._spikes = np.empty(size, np.int32)
         self._flags = np.empty(size, np.uint8)
@@ -42,8 +50,8 @@ class LIFNeurons:
         if self._settled:
             counters[C.NEURON_UPDATES] += self.size
             return 0
-        n, still = lif_quiet_step(self.v, self.steady, self.params, self.hard_reset,
-                                  self.decay_input, self._flags, spikes_out, counters)
+        n, still = self._quiet(self.v, self.steady, *self._args, self._flags, spikes_out,
+                               counters)
         self._settled = still
         return n
 
@@ -55,8 +63,7 @@ class LIFNeurons:
             n = self._steady_step(self._spikes, counters)
         else:
             self._settled = False
-            n = lif_step(self.v, current, self.params, self.hard_reset, self.decay_input,
-                         self._spikes, counters)
+            n = self._step(self.v, current, *self._args, self._spikes, counters)
         return self._spikes[:n].copy() if n else EMPTY
 
     def fire_flags(self, current: np.ndarray, counters: np.ndarray) -> tuple[np.ndarray, int]:
@@ -64,11 +71,38 @@ class LIFNeurons:
         if current is self.steady:
             return self._flags, self._steady_step(EMPTY, counters)
         self._settled = False
-        n = lif_step_flags(self.v, current, self.params, self.hard_reset, self.decay_input,
-                           self._flags, counters)
+        n = self._step_flags(self.v, current, *self._args, self._flags, counters)
         return self._flags, n
 
     @classmethod
     def from_params(cls, size, p, dtype) -> "LIFNeurons":
         return cls(size, tau=p.tau, theta=p.theta, v_reset=p.v_reset,
                    decay_input=p.decay_input, dtype=dtype)
+
+
+class FixedLIFNeurons(LIFNeurons):
+    """Integer membranes (int32, each channel in its own unit) and the shift LIF of SPEC §6.
+
+    ``theta`` holds the per-channel thresholds [C] (channel-innermost layout: neuron i is
+    channel i % C); the kernels read them as one period, as long as the period of a steady
+    current (:func:`~eventformer.layers.base.period`), so a step on the bias alone runs as fast
+    as a dense one.
+    """
+
+    _step = staticmethod(lif_fixed_step)
+    _step_flags = staticmethod(lif_fixed_step_flags)
+    _quiet = staticmethod(lif_fixed_quiet_step)
+
+    def __init__(self, size: int, *, shift: int, theta: np.ndarray, soft_reset: bool,
+                 decay_input: bool):
+        self.size = size
+        self.shift = int(shift)
+        self.hard_reset = not soft_reset
+        self.decay_input = bool(decay_input)
+        self.theta = period(np.asarray(theta, np.int32), size)
+        self._args = (self.theta, self.shift, self.hard_reset, self.decay_input)
+        self.v = np.zeros(size, np.int32)
+        self._spikes = np.empty(size, np.int32)
+        self._flags = np.empty(size, np.uint8)
+        self.steady = None
+        self._settled = False

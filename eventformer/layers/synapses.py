@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import (conv2d_gather, conv2d_scatter, counters as C, densify_padded, im2col_padded,
+from ..fixedpoint import Fixed, arithmetic, quantise, shift_of
+from ..kernels import (conv2d_gather, conv2d_gather_int, conv2d_scatter, counters as C, densify_padded, im2col_padded,
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
-                       tasa_current)
+                       tasa_current, tasa_fixed_current)
 from ..runtime import gemm
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
-from .neurons import LIFNeurons
+from .neurons import FixedLIFNeurons, LIFNeurons
+
+# An integer GEMM runs on float BLAS, exactly: every partial sum of integers below 2^24 (float32)
+# or 2^53 (float64) is an integer the float holds exactly, whatever order BLAS adds in.
+FLOAT32_EXACT = 2**24
 
 # Offline runs stack the dense steps of a layer into one GEMM when a step alone has fewer rows
 # than this: small GEMMs (64 token rows) run far below the machine's GEMM speed.
@@ -22,23 +27,69 @@ class SynapticLIF(SpikingLayer):
     A subclass says how events become GEMM input rows (:meth:`_gemm_rows`), how they scatter
     (:meth:`_scatter`) and what follows the LIF (:meth:`emit`). The dense path's GEMM is
     ``rows x k_dim @ k_dim x cout``.
+
+    In an integer arithmetic (:class:`~eventformer.fixedpoint.Fixed`) the layer holds its
+    weights quantised per output channel (SPEC §6): the scatter and gather add int8/int16 weights
+    into int32 currents, and the GEMM multiplies the same integers on float BLAS, exactly.
     """
+
+    def _arithmetic(self, params, dtype, multiplicity: int | None, window: float = 1.0):
+        """The layer's weights [cout, ...] and bias as its arithmetic computes with them; sets
+        the dtypes of currents (``dtype``), event-path weights (``weight_dtype``) and the GEMM
+        (``gemm_dtype``). ``multiplicity``: the largest input value (None: raw counts, checked
+        per step), ``window``: how many currents one step can sum (TASA)."""
+        arith = arithmetic(dtype)
+        w = np.asarray(params.weight, np.float64)
+        if not isinstance(arith, Fixed):
+            self.fixed, self.quant = None, None
+            self.dtype = self.weight_dtype = self.gemm_dtype = arith
+            return w, np.asarray(params.bias, np.float64)
+        q = quantise(w, params.bias, params.theta, params.v_reset, arith, params.name,
+                     multiplicity, window)
+        self.shift = shift_of(params.tau, params.name)
+        self.fixed, self.quant = arith, q
+        self.dtype, self.weight_dtype = arith.dtype, arith.weight_dtype
+        worst = q.worst * (multiplicity if multiplicity is not None else q.max_multiplicity)
+        self.gemm_dtype = np.dtype(np.float32 if worst < FLOAT32_EXACT else np.float64)
+        return q.weight, q.bias
 
     def _setup(self, params, *, rows: int, k_dim: int, in_sites: int, gemm_weight, dtype,
                policy: PathPolicy):
         self.rows, self.k_dim, self.in_sites = rows, k_dim, in_sites
-        self.gemm_weight = gemm_weight
-        self.bias = np.ascontiguousarray(np.asarray(params.bias, dtype))
-        self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        self.gemm_weight = np.ascontiguousarray(gemm_weight, self.gemm_dtype)
+        self.bias = np.ascontiguousarray(self._bias, dtype)
+        if self.fixed is None:
+            self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
+        else:
+            self.neurons = FixedLIFNeurons(self.n_neurons, shift=self.shift,
+                                           theta=self.quant.theta,
+                                           soft_reset=params.v_reset is None,
+                                           decay_input=params.decay_input)
         self.current = np.empty((rows, self.cout), dtype)
         self._bias_period = period(self.bias, rows * self.cout)
         self.neurons.steady = self._bias_period  # the current of every step without input
         self.policy = policy
         self.dense_macs_per_step = rows * k_dim * self.cout
         self._rows_buf = None
+        self._gemm_out = None
 
     def reset(self) -> None:
         self.neurons.reset()
+
+    def _check_counts(self, cnt) -> None:
+        """In an integer mode, refuse raw counts large enough to overflow (SPEC §6)."""
+        if self.fixed is not None and self.weighted:
+            self.quant.check_multiplicity(cnt, self.name)
+
+    def _gemm(self, rows, out) -> None:
+        """``out = rows @ gemm_weight``; in an integer mode on float BLAS (exact), then cast."""
+        if self.fixed is None:
+            gemm(rows, self.gemm_weight, out)
+            return
+        if self._gemm_out is None or self._gemm_out.shape[0] != rows.shape[0]:
+            self._gemm_out = np.empty((rows.shape[0], self.cout), self.gemm_dtype)
+        gemm(rows, self.gemm_weight, self._gemm_out)
+        np.copyto(out, self._gemm_out, casting="unsafe")
 
     def _dense(self, idx: np.ndarray) -> bool:
         return self.policy.dense(self.kind, idx.shape[0], self.in_sites)
@@ -85,12 +136,13 @@ class SynapticLIF(SpikingLayer):
     def synapse(self, idx: np.ndarray, cnt: np.ndarray) -> np.ndarray:
         """The step's input current (flat, channel-innermost), by the path the policy picks."""
         cur = self.current
+        self._check_counts(cnt)
         if not self._dense(idx):
             return self._sparse_current(idx, cnt, cur)
         if self._rows_buf is None:  # allocated on the first dense step only
-            self._rows_buf = np.empty((self.rows, self.k_dim), cur.dtype)
+            self._rows_buf = np.empty((self.rows, self.k_dim), self.gemm_dtype)
         self._dense_rows(idx, cnt, self._rows_buf)
-        gemm(self._rows_buf, self.gemm_weight, cur)
+        self._gemm(self._rows_buf, cur)
         self._add_bias(cur)
         return cur.reshape(-1)
 
@@ -104,6 +156,8 @@ class SynapticLIF(SpikingLayer):
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
             return [self.step(idx, cnt) for idx, cnt in inputs]
+        for _, cnt in inputs:
+            self._check_counts(cnt)
         currents = self._batched_synaptic(inputs, dense, n_dense)
         self._add_bias(currents)
         out = []
@@ -119,15 +173,14 @@ class SynapticLIF(SpikingLayer):
     def _batched_synaptic(self, inputs: list, dense: list, n_dense: int) -> np.ndarray:
         """The synaptic currents (no bias) of the dense steps of ``inputs``, stacked, by one GEMM
         of their input rows: ``[n_dense * rows, cout]``."""
-        dtype = self.current.dtype
-        stacked = np.empty((n_dense * self.rows, self.k_dim), dtype)
+        stacked = np.empty((n_dense * self.rows, self.k_dim), self.gemm_dtype)
         j = 0
         for (idx, cnt), is_dense in zip(inputs, dense):
             if is_dense:
                 self._dense_rows(idx, cnt, stacked[j * self.rows:(j + 1) * self.rows])
                 j += 1
-        currents = np.empty((n_dense * self.rows, self.cout), dtype)
-        gemm(stacked, self.gemm_weight, currents)
+        currents = np.empty((n_dense * self.rows, self.cout), self.current.dtype)
+        self._gemm(stacked, currents)
         return currents
 
     def emit(self, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,8 +198,11 @@ class Conv2dLIF(SynapticLIF):
     kind = "conv2d"
 
     def __init__(self, params, in_shape: tuple[int, int, int], *, dtype, input_kind: str,
-                 pool: tuple[int, int, int] | None, policy: PathPolicy):
-        w = np.asarray(params.weight, np.float64)
+                 pool: tuple[int, int, int] | None, policy: PathPolicy,
+                 multiplicity: int | None = 1):
+        w, self._bias = self._arithmetic(params, dtype, None if input_kind == "counts"
+                                         else multiplicity)
+        dtype = self.dtype
         cout, cin, kh, kw = w.shape
         h, wd, c = in_shape
         if c != cin:
@@ -158,12 +214,17 @@ class Conv2dLIF(SynapticLIF):
         self.in_shape, self.kh, self.kw, self.cin, self.cout = in_shape, kh, kw, cin, cout
         self.weighted = input_kind == "counts"
         # scatter rows [(c, ky, kx), Cout]; GEMM rows [(ky, kx, c), Cout] to match im2col
-        self.weight_rows = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(-1, cout), dtype)
+        self.weight_rows = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(-1, cout),
+                                                self.weight_dtype)
+        dense_rows = w.transpose(2, 3, 1, 0).reshape(-1, cout)
         self._setup(params, rows=self.out_h * self.out_w, k_dim=kh * kw * cin,
-                    in_sites=h * wd * cin, dtype=dtype, policy=policy,
-                    gemm_weight=np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, cout),
-                                                     dtype))
-        self._padded = np.empty((h + 2 * self.pad, wd + 2 * self.pad, cin), dtype)
+                    in_sites=h * wd * cin, dtype=dtype, policy=policy, gemm_weight=dense_rows)
+        # the gather reads the dense rows in the event path's dtype (int8/int16 when integer:
+        # conv2d_gather_int adds int8 weights in int16 lanes)
+        self.gather_weight = (self.gemm_weight if self.fixed is None
+                              else np.ascontiguousarray(dense_rows, self.weight_dtype))
+        self._arith = "float" if self.fixed is None else self.fixed.name
+        self._padded = np.empty((h + 2 * self.pad, wd + 2 * self.pad, cin), self.gemm_dtype)
         self._geometry = (wd, cin)
         # the output-stationary gather: stride 1, "same" padding, odd square kernel, not the raw
         # event counts of the first layer (their scatter is best: PERF-NOTES.md)
@@ -194,15 +255,35 @@ class Conv2dLIF(SynapticLIF):
     def _sparse_current(self, idx, cnt, cur) -> np.ndarray:
         """An event-driven step: by gather where the policy says so, else by scatter."""
         if (idx.shape[0] == 0 or not self.can_gather
-                or not self.policy.gather(idx.shape[0], self.in_sites)):
+                or not self.policy.gather(idx.shape[0], self.in_sites, self._arith)):
             return super()._sparse_current(idx, cnt, cur)
         self.counters[C.INPUT_SITES] += self.in_sites
         flat = cur.reshape(-1)
-        conv2d_gather(idx, cnt, self.in_shape[0], *self._geometry, self.gemm_weight, self.bias,
-                      self.kh, flat, self.counters, self.weighted)
+        self._gather(idx, cnt, flat, self.counters)
         self.counters[C.SPARSE_STEPS] += 1
         self.gather_steps += 1
         return flat
+
+    def _dense(self, idx: np.ndarray) -> bool:
+        return self.policy.dense(self.kind, idx.shape[0], self.in_sites,
+                                 self._arith if self.can_gather else None)
+
+    def _gather(self, idx, cnt, flat, counters) -> None:
+        if self.fixed is not None:
+            conv2d_gather_int(idx, cnt, self.in_shape[0], *self._geometry, self.gather_weight,
+                              self.bias, self.kh, flat, counters, self.weighted)
+            return
+        conv2d_gather(idx, cnt, self.in_shape[0], *self._geometry, self.gather_weight, self.bias,
+                      self.kh, flat, counters, self.weighted)
+
+    def warm_up(self) -> None:
+        """Load (or compile) the gather kernel for this layer's dtypes: a model's warm-up steps
+        need not fall in the gather's density band, and a first gather mid-stream would stall
+        a window."""
+        if self.can_gather:
+            one = np.zeros(1, np.int32)
+            self._gather(one, one + 1, np.empty(self.current.size, self.current.dtype),
+                         np.zeros(C.N_COUNTERS, np.int64))
 
     def _scatter(self, idx, cnt, cur_flat) -> None:
         conv2d_scatter(idx, cnt, *self._geometry, self.weight_rows, *self._taps, cur_flat,
@@ -229,15 +310,19 @@ class LinearLIF(SynapticLIF):
 
     kind = "linear"
 
-    def __init__(self, params, tokens: int, *, dtype, input_kind: str, policy: PathPolicy):
-        w = np.asarray(params.weight, np.float64)
+    def __init__(self, params, tokens: int, *, dtype, input_kind: str, policy: PathPolicy,
+                 multiplicity: int | None = 1, window: float = 1.0):
+        w, self._bias = self._arithmetic(params, dtype, None if input_kind == "counts"
+                                         else multiplicity, window)
+        dtype = self.dtype
         cout, cin = w.shape
         super().__init__(params.name, tokens * cout, input_kind)
         self.tokens, self.cin, self.cout = tokens, cin, cout
         self.weighted = input_kind == "counts"
-        self.weight = np.ascontiguousarray(w.T, dtype)  # [Cin, Cout]: one event, one row
+        self.weight = np.ascontiguousarray(w.T, self.weight_dtype)  # [Cin, Cout]: one event, one row
         self._setup(params, rows=tokens, k_dim=cin, in_sites=tokens * cin,
-                    gemm_weight=self.weight, dtype=dtype, policy=policy)
+                    gemm_weight=self.weight if self.fixed is None else w.T, dtype=dtype,
+                    policy=policy)
         self.out_shape = (tokens, cout)
 
     def _gemm_rows(self, idx, cnt, rows_out) -> None:
@@ -264,18 +349,26 @@ class TasaLinearLIF(LinearLIF):
     """
 
     def __init__(self, params, tokens: int, *, dtype, input_kind: str, policy: PathPolicy,
-                 tau: int, taw: int):
-        super().__init__(params, tokens, dtype=dtype, input_kind=input_kind, policy=policy)
+                 tau: int, taw: int, multiplicity: int | None = 1):
         tau, taw = int(tau), int(taw)
         if tau < 0 or taw < 1:
             raise ValueError(f"{params.name}: TASA needs tau >= 0 and T_AW >= 1, got {tau}, {taw}")
+        window = sum(2.0 ** (-tau * m) for m in range(taw))  # the attenuated sum's worst case
+        super().__init__(params, tokens, dtype=dtype, input_kind=input_kind, policy=policy,
+                         multiplicity=multiplicity, window=window)
+        dtype = self.dtype
         self.tau_exp, self.taw = tau, taw
         size = self.rows * self.cout
         self._ring = np.zeros((taw, size), dtype)  # J of step t in row t % T_AW
         self._live = np.zeros(taw, bool)  # the row holds the current of a step with input
-        self._decay = np.array([2.0 ** (-tau * m) for m in range(taw)], dtype)  # exact powers of 2
+        if self.fixed is None:  # J_{t-m} * 2^(-tau m): exact powers of two
+            self._decay = np.array([2.0 ** (-tau * m) for m in range(taw)], dtype)
+            self._tasa = tasa_current
+        else:  # J_{t-m} >> (tau m): arithmetic shifts (SPEC §6)
+            self._decay = np.array([tau * m for m in range(taw)], np.int64)
+            self._tasa = tasa_fixed_current
         self._slots = np.empty(taw, np.int64)
-        self._factors = np.empty(taw, dtype)
+        self._factors = np.empty(taw, self._decay.dtype)
         self._zeros = None  # J of a step without input, when earlier steps still count
         self._t = 0  # steps since the sample start
 
@@ -301,9 +394,9 @@ class TasaLinearLIF(LinearLIF):
         if not self._dense(idx):
             return self._sparse_current(idx, cnt, row)
         if self._rows_buf is None:
-            self._rows_buf = np.empty((self.rows, self.k_dim), row.dtype)
+            self._rows_buf = np.empty((self.rows, self.k_dim), self.gemm_dtype)
         self._dense_rows(idx, cnt, self._rows_buf)
-        gemm(self._rows_buf, self.gemm_weight, row.reshape(self.rows, self.cout))
+        self._gemm(self._rows_buf, row.reshape(self.rows, self.cout))
         return row if idx.shape[0] else None  # a forced GEMM of no input stores no current
 
     def attenuate(self, j) -> np.ndarray:
@@ -334,8 +427,8 @@ class TasaLinearLIF(LinearLIF):
                 self._ring[row] = j
             self._live[row] = True
         out = self.current.reshape(-1)
-        tasa_current(j, self._ring, self._slots[:m], self._factors[:m], self._bias_period, out,
-                     self.counters)
+        self._tasa(j, self._ring, self._slots[:m], self._factors[:m], self._bias_period, out,
+                   self.counters)
         return out
 
     def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import EventformerError
+from ..fixedpoint import Fixed, arithmetic, residual_bound
 from ..layers import (
     ATTENTION_OPERATORS,
     Conv2dLIF,
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # the model file package imports the config from here
 
 SPS_POOL = (3, 2, 1)  # MaxPool2d(kernel_size=3, stride=2, padding=1) after an SPS stage's LIF
 DTYPES = {"float32": np.float32, "float64": np.float64}
+#: What ``dtype`` may name: the float engines and the fixed-point ones (SPEC §6).
+ARITHMETICS = ("float32", "float64", "int16", "int8")
 
 
 class Block:
@@ -37,10 +40,11 @@ class Block:
         attention = ATTENTION_OPERATORS[cfg.attention]
         params = model.attention[index].params if model.attention else {}
         self.attn = attention(f"block.{index}.attn", layers, cfg, dtype=dtype, policy=policy,
-                              params=params)
+                              params=params, multiplicity=residual_bound(index, False))
         m = f"block.{index}.mlp"
         self.fc1 = LinearLIF(layers[f"{m}.fc1_lif"], cfg.tokens, dtype=dtype,
-                             input_kind="integers", policy=policy)
+                             input_kind="integers", policy=policy,
+                             multiplicity=residual_bound(index, True))
         self.fc2 = LinearLIF(layers[f"{m}.fc2_lif"], cfg.tokens, dtype=dtype,
                              input_kind="spikes", policy=policy)
 
@@ -82,9 +86,10 @@ class Spikformer:
         limit_blas_threads()
         self.model_file = model
         self.config = cfg
-        self.dtype = np.dtype(DTYPES.get(dtype, dtype))
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        # float32 / float64, or a Fixed (int16, int8): every layer quantises at load
+        self.dtype = arithmetic(DTYPES.get(dtype, dtype))
+        self.fixed = self.dtype if isinstance(self.dtype, Fixed) else None
+        self.arithmetic = self.fixed.name if self.fixed else self.dtype.name  # "int8", "float32"..
         self.policy = policy or PathPolicy()
         shape = (cfg.image_size, cfg.image_size, cfg.in_channels)
         self.sps = []
@@ -100,7 +105,9 @@ class Spikformer:
                              input_kind="spikes", pool=None, policy=self.policy)
         self.blocks = [Block(b, model, dtype=self.dtype, policy=self.policy)
                        for b in range(cfg.depth)]
-        self.head = MeanLinearHead(model.layers["head"], cfg.tokens, self.dtype)
+        # the head sums integers exactly; only the logits are float (float64 in integer modes)
+        self.head = MeanLinearHead(model.layers["head"], cfg.tokens,
+                                   np.float64 if self.fixed else self.dtype)
         self.input_sites = cfg.image_size * cfg.image_size * cfg.in_channels
 
     @property
@@ -147,6 +154,8 @@ class Spikformer:
             idx = np.sort(rng.choice(self.input_sites, n, replace=False)).astype(np.int32)
             self.step(idx, np.ones(n, np.int32))
         self.logits()
+        for layer in self.sps + [self.rpe]:
+            layer.warm_up()
         self.reset()
         self.clear_stats()
 
