@@ -13,6 +13,7 @@ around each call. It is meant for one untimed accounting run; :meth:`close` remo
 
 from __future__ import annotations
 
+import threading
 import time
 
 from ..kernels import counters as C
@@ -21,8 +22,9 @@ from ..kernels import counters as C
 class PathMeter:
     """Per-path split of an engine's counted work over the runs made while it is attached.
 
-    - ``scatter_ac`` / ``scatter_s``: accumulates booked by event-driven (scatter) steps of layers
-      with spike or integer input, and the time spent in those steps;
+    - ``scatter_ac`` / ``scatter_s``: accumulates booked by event-driven (scatter or gather) steps
+      of layers with spike or integer input, and the time spent in those steps (summed over the
+      engine's threads when an offline run computes several steps at once);
     - ``scatter_mac`` / ``scatter_mac_s``: the same for weighted input (raw event counts: the first
       conv, whose scatter multiplies);
     - ``gemm_step_ac``: accumulates booked on steps that ran as a GEMM (their work is dense_mac);
@@ -31,6 +33,7 @@ class PathMeter:
 
     def __init__(self, engine, clock=time.perf_counter):
         self.clock = clock
+        self._lock = threading.Lock()  # parallel offline steps are metered from worker threads
         self.scatter_ac = self.scatter_mac = self.gemm_step_ac = self.attention_ac = 0
         self.scatter_s = self.scatter_mac_s = self.attention_s = 0.0
         self.unmetered: list[str] = []  # synaptic layers without the expected step methods
@@ -53,15 +56,20 @@ class PathMeter:
         clock = self.clock
 
         def metered(*args, **kwargs):
-            before = int(counters[slot])
+            # a worker of a parallel offline run counts into its own array (4th argument)
+            given = args[3] if len(args) > 3 else kwargs.get("counters")
+            target = counters if given is None else given
+            before = int(target[slot])
             start = clock()
             try:
                 return original(*args, **kwargs)
             finally:
                 elapsed = clock() - start
-                setattr(self, ops_field, getattr(self, ops_field) + int(counters[slot]) - before)
-                if time_field is not None:
-                    setattr(self, time_field, getattr(self, time_field) + elapsed)
+                with self._lock:
+                    setattr(self, ops_field,
+                            getattr(self, ops_field) + int(target[slot]) - before)
+                    if time_field is not None:
+                        setattr(self, time_field, getattr(self, time_field) + elapsed)
 
         setattr(layer, method, metered)  # an instance attribute: shadows the class's method
         self._wrapped.append((layer, method))
