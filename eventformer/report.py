@@ -94,12 +94,25 @@ def summarize(layer_stats: list[dict], steps: int, table: EnergyTable | None = N
     }
 
 
+def step_paths(sparse: int, dense: int, gather: int = 0) -> str:
+    """How a layer's steps ran: "sparse" (scatter), "gather", "dense", or "mixed" with the
+    counts (event-driven steps include the gathered ones)."""
+    scatter = sparse - gather
+    used = [(n, name) for n, name in ((scatter, "sparse"), (gather, "gather"), (dense, "dense"))
+            if n]
+    if len(used) <= 1:
+        return used[0][1] if used else "sparse"
+    if not gather:
+        return f"mixed {sparse}/{dense}"
+    return "mixed " + "/".join(f"{n} {name}" for n, name in used)
+
+
 def layer_rows(layer_stats: list[dict], steps: int) -> list[dict]:
     """Per-layer report rows: counts, spikes, path taken, input density, paper SOPs."""
     rows = []
     for s in layer_stats:
         sparse, dense = s.get("sparse_steps", 0), s.get("dense_steps", 0)
-        path = "sparse" if dense == 0 else ("dense" if sparse == 0 else f"mixed {sparse}/{dense}")
+        path = step_paths(sparse, dense, s.get("gather_steps", 0))
         if s["kind"] == "head":
             path = "dense"
         rows.append({

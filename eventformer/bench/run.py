@@ -34,7 +34,7 @@ from ..modelfile import load, save
 from ..models import Spikformer, SpikformerConfig
 from ..models.config import ATTENTION_OPERATOR_NAMES
 from ..models.spikformer import ARITHMETICS
-from ..report import EnergyTable, summarize
+from ..report import EnergyTable, step_paths, summarize
 from ..runtime import engine_threads, set_engine_threads
 from .accounting import PathMeter
 from .allocator import allocator_status
@@ -232,8 +232,8 @@ class _RateRun:
                             "max_logit_diff": float(np.abs(dense_logits - logits).max())})
             self.rows.append(row)
             for x in stats[:-1]:
-                path = ("sparse" if x["dense_steps"] == 0 else
-                        "dense" if x["sparse_steps"] == 0 else "mixed")
+                path = step_paths(x["sparse_steps"], x["dense_steps"], x.get("gather_steps", 0))
+                path = path if not path.startswith("mixed") else "mixed"
                 self.layer_density.setdefault(x["name"], []).append(
                     (x["input_density"], path, x["spikes"] / max(1, x["neurons"] * self.steps)))
 

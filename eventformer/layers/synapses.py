@@ -258,6 +258,11 @@ class Conv2dLIF(SynapticLIF):
         super().clear_stats()
         self.gather_steps = 0
 
+    def stats(self) -> dict:
+        out = super().stats()
+        out["gather_steps"] = int(self.gather_steps)  # of the sparse (event-driven) steps
+        return out
+
     def _gathers(self, idx) -> bool:
         return (idx.shape[0] > 0 and self.can_gather
                 and self.policy.gather(idx.shape[0], self.in_sites, self._arith))
