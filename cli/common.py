@@ -71,27 +71,67 @@ NO_SHIPPED_MODEL = (
     "pass --weights MODEL.h5 (`eventformer export CHECKPOINT.pth -o MODEL.h5` converts a "
     "Spikformer checkpoint), or reinstall the package")
 
+WEIGHTS_HELP = ("Model file (.h5), or a shipped model's name: ssa, ds2ta, ssa_bin, saformer "
+                "(an existing path wins).")
+WEIGHTS_DEFAULT = "ssa: the shipped spikformer-tiny-synth.h5"
+
+
+def _names_available() -> str:
+    from eventformer.weights import installed_models
+
+    installed = list(installed_models())
+    return ("the shipped models installed: " + ", ".join(installed)) if installed else \
+        "no shipped model is installed"
+
 
 def resolve_weights(weights: Optional[Path]) -> Path:
-    """The given model file, else the shipped default (trained on synthetic gestures only)."""
-    from eventformer.weights import SHIPPED_MODEL, shipped_model_path
+    """The given model file or shipped model (by name), else the shipped default (trained on
+    synthetic gestures only). A path that exists wins over a name."""
+    from eventformer.weights import SHIPPED_MODEL, SHIPPED_MODELS, shipped_model_path
 
-    if weights is not None:
+    if weights is None:
+        shipped = shipped_model_path()
+        if shipped is None:
+            fail(NO_SHIPPED_MODEL.format(name=SHIPPED_MODEL))
+        return shipped
+    if weights.exists():
         return weights
-    shipped = shipped_model_path()
-    if shipped is None:
-        fail(NO_SHIPPED_MODEL.format(name=SHIPPED_MODEL))
-    return shipped
+    name = str(weights)
+    if name in SHIPPED_MODELS:
+        shipped = shipped_model_path(name)
+        if shipped is None:
+            fail(f"the shipped model {name} ({SHIPPED_MODELS[name]}) is not installed with this "
+                 f"copy of eventformer; {_names_available()}")
+        return shipped
+    fail(f"{weights}: no such model file, nor a shipped model's name (known: "
+         f"{', '.join(SHIPPED_MODELS)}; {_names_available()})")
+
+
+def resolve_models(weights: Optional[list[Path]]) -> list[tuple[str, Path]]:
+    """(label, model file) for each --weights given (names or paths), else every shipped model
+    installed. The label is a shipped model's name, else the file's name (its path if two
+    names coincide)."""
+    from eventformer.weights import SHIPPED_MODEL, installed_models, shipped_model_name
+
+    if not weights:
+        installed = installed_models()
+        if not installed:
+            fail(NO_SHIPPED_MODEL.format(name=SHIPPED_MODEL))
+        return list(installed.items())
+    paths = [resolve_weights(w) for w in weights]
+    labels = [shipped_model_name(p) or p.name for p in paths]
+    return [(str(p) if labels.count(label) > 1 else label, p) for label, p in zip(labels, paths)]
 
 
 def announce_model(weights: Path) -> None:
-    """Say so when the shipped model is in use (called once the inputs have been read, so that a
+    """Say so when a shipped model is in use (called once the inputs have been read, so that a
     bad input is one line, not a model banner and a line)."""
-    from eventformer.weights import shipped_model_path
+    from eventformer.weights import shipped_model_name
 
-    if weights == shipped_model_path():
-        err.print(f"model: the shipped {weights.name} (a tiny Spikformer trained on synthetic "
-                  "DVS Gesture only; see its MODEL_CARD.md); --weights to use another",
+    name = shipped_model_name(weights)
+    if name is not None:
+        err.print(f"model: the shipped {weights.name} ({name}: a tiny Spikformer trained on "
+                  "synthetic DVS Gesture only; see its model card); --weights to use another",
                   markup=False, highlight=False)
 
 

@@ -15,6 +15,8 @@ from .common import (
     CENTER_CROP_HELP,
     CROP_HELP,
     SENSOR_SIZE_HELP,
+    WEIGHTS_DEFAULT,
+    WEIGHTS_HELP,
     DTYPE_HELP,
     ENERGY_HELP,
     DType,
@@ -37,9 +39,8 @@ def infer(
                                                   "DAT, N-MNIST .bin/.bs2, .npy, .npz, eventformer "
                                                   ".h5); the format is read from the file's bytes "
                                                   "(headerless .bs2/.bin by extension)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w",
-                                           help="Model file (.h5).",
-                                           show_default="the shipped spikformer-tiny-synth.h5"),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP,
+                                           show_default=WEIGHTS_DEFAULT),
     dataset: Optional[str] = typer.Option(None, "--dataset",
                                           help="Classify a dataset instead of files "
                                                "(dvs-gesture)."),

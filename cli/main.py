@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, convert, data, infer, model, stream, train
+from . import bench, compare, convert, data, infer, model, stream, train
 from .errors import STATE
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ app.command()(model.export)
 app.command()(model.inspect)
 app.command()(stream.stream)
 app.command()(bench.bench)
+app.command()(compare.compare)
 app.command()(convert.convert)
 app.command()(train.train)
 

@@ -13,6 +13,8 @@ from .common import (
     CENTER_CROP_HELP,
     CROP_HELP,
     SENSOR_SIZE_HELP,
+    WEIGHTS_DEFAULT,
+    WEIGHTS_HELP,
     DTYPE_HELP,
     DType,
     announce_model,
@@ -29,9 +31,8 @@ from .errors import fail, user_errors
 def stream(
     file: Path = typer.Argument(..., help="Event file to classify window by window; with "
                                           "--follow it may still be being written."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w",
-                                           help="Model file (.h5).",
-                                           show_default="the shipped spikformer-tiny-synth.h5"),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP,
+                                           show_default=WEIGHTS_DEFAULT),
     follow: bool = typer.Option(False, "--follow", "-f",
                                 help="Keep reading as the file grows (until --idle-timeout "
                                      "or Ctrl-C)."),

@@ -11,7 +11,87 @@ from .datasets import GestureSet, TonicSet
 from .events import Recording, SpatialTransform
 from .inference import Classification, classify
 from .models import Spikformer
-from .report import EnergyTable
+from .report import ATTENTION_COUNTERS, EnergyTable
+
+#: The op counts summed over samples and reported per sample (the counted work, the paper
+#: estimate, the energy, and the attention operators' own work).
+OPS_KEYS = ("ac", "mac", "dense_mac", "sop_paper", "energy_uj", *ATTENTION_COUNTERS)
+
+
+class Tally:
+    """What a run over labelled samples adds up: the confusion matrix, events, engine time, ops
+    and per-layer sums of one engine. ``add`` each sample's result, then ``summary``."""
+
+    def __init__(self, engine: Spikformer, data: GestureSet | TonicSet,
+                 energy: EnergyTable | None = None):
+        self.engine, self.data, self.energy = engine, data, energy
+        n_classes = engine.config.num_classes
+        self.confusion = np.zeros((n_classes, n_classes), np.int64)
+        self.totals = {"events": 0, "seconds": 0.0, **{k: 0 for k in OPS_KEYS}}
+        self.layer_sums: dict[str, dict] = {}
+        self.count = 0
+
+    def check_label(self, ref) -> None:
+        n_classes = self.engine.config.num_classes
+        if ref.label >= n_classes:
+            from .errors import EventformerError
+
+            raise EventformerError(f"{ref.name}: label {ref.label} but the model has only "
+                                   f"{n_classes} classes")
+
+    def add(self, label: int, result: Classification) -> None:
+        self.confusion[label, result.prediction] += 1
+        self.count += 1
+        self.totals["events"] += result.events
+        self.totals["seconds"] += result.seconds
+        for key in OPS_KEYS:
+            self.totals[key] += result.ops[key]
+        for row in result.layers:
+            acc = self.layer_sums.setdefault(row["name"], {"spikes": 0, "ac": 0, "mac": 0,
+                                                           "dense_mac": 0})
+            for key in acc:
+                acc[key] += row[key]
+
+    def summary(self, wall: float, interrupted: bool = False) -> dict:
+        """The summary of the samples added so far (``wall``: seconds the run took)."""
+        engine, data, totals, count = self.engine, self.data, self.totals, self.count
+        confusion = self.confusion
+        correct = int(np.trace(confusion))
+        per_class = {}
+        for k in range(engine.config.num_classes):
+            n = int(confusion[k].sum())
+            if n:
+                per_class[k] = float(confusion[k, k] / n)
+        energy = self.energy or EnergyTable.for_arithmetic(engine.arithmetic)
+        return {
+            "accuracy": correct / count if count else 0.0,
+            "interrupted": interrupted,
+            "arithmetic": engine.arithmetic,
+            "energy_table": energy.describe(),
+            "samples": count,
+            "correct": correct,
+            "split": data.split,
+            "split_convention": data.convention,
+            "synthetic": data.synthetic,
+            "per_class_accuracy": per_class,
+            "confusion": confusion.tolist(),
+            "samples_per_s": count / wall if wall else 0.0,
+            "events_per_s": totals["events"] / totals["seconds"] if totals["seconds"] else 0.0,
+            "engine_seconds": totals["seconds"],
+            "engine_ms_per_sample": 1000.0 * totals["seconds"] / count if count else 0.0,
+            "ops_total": {k: totals[k] for k in OPS_KEYS},
+            "ops_per_sample": {k: (totals[k] / count if count else 0.0) for k in OPS_KEYS},
+            "layers_per_sample": [{"name": name, **{k: v / count for k, v in acc.items()}}
+                                  for name, acc in self.layer_sums.items()] if count else [],
+        }
+
+
+def sample_record(ref, result: Classification) -> dict:
+    """One sample's JSON record: the ``infer`` keys plus its label and where it came from."""
+    record = result.to_json()
+    record.update({"label": ref.label, "sample": {"recording": ref.source,
+                                                  "segment": ref.segment, "name": ref.name}})
+    return record
 
 
 def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | None = None,
@@ -23,69 +103,19 @@ def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | No
 
     A KeyboardInterrupt stops the run between or inside samples: the summary then covers the
     samples finished before it and says ``interrupted``."""
-    n_classes = engine.config.num_classes
-    confusion = np.zeros((n_classes, n_classes), np.int64)
-    totals = {"events": 0, "seconds": 0.0, "ac": 0, "mac": 0, "dense_mac": 0,
-              "energy_uj": 0.0, "sop_paper": 0.0}
-    layer_sums: dict[str, dict] = {}
+    tally = Tally(engine, data, energy)
     start = time.perf_counter()
-    count = 0
     interrupted = False
     try:  # Ctrl-C ends the run early; what was classified until then is still summarised
         for ref, events in data.iter_events(limit):
-            if ref.label >= n_classes:
-                from .errors import EventformerError
-
-                raise EventformerError(f"{ref.name}: label {ref.label} but the model has only "
-                                       f"{n_classes} classes")
+            tally.check_label(ref)
             rec = Recording(path=ref.name, format=data.layout, events=events,
                             sensor_size=data.sensor_size)
             result = classify(engine, rec, steps=steps, split_by=split_by, energy=energy,
                               sensor_size=sensor_size, transform=transform)
-            confusion[ref.label, result.prediction] += 1
-            count += 1
-            totals["events"] += result.events
-            totals["seconds"] += result.seconds
-            for key in ("ac", "mac", "dense_mac", "energy_uj", "sop_paper"):
-                totals[key] += result.ops[key]
-            for row in result.layers:
-                acc = layer_sums.setdefault(row["name"], {"spikes": 0, "ac": 0, "mac": 0,
-                                                          "dense_mac": 0})
-                for key in acc:
-                    acc[key] += row[key]
+            tally.add(ref.label, result)
             if on_sample is not None:
-                record = result.to_json()
-                record.update({"label": ref.label, "sample": {"recording": ref.source,
-                                                              "segment": ref.segment,
-                                                              "name": ref.name}})
-                on_sample(record, result)
+                on_sample(sample_record(ref, result), result)
     except KeyboardInterrupt:
         interrupted = True
-    wall = time.perf_counter() - start
-    correct = int(np.trace(confusion))
-    per_class = {}
-    for k in range(n_classes):
-        n = int(confusion[k].sum())
-        if n:
-            per_class[k] = float(confusion[k, k] / n)
-    return {
-        "accuracy": correct / count if count else 0.0,
-        "interrupted": interrupted,
-        "arithmetic": engine.arithmetic,
-        "energy_table": (energy or EnergyTable.for_arithmetic(engine.arithmetic)).describe(),
-        "samples": count,
-        "correct": correct,
-        "split": data.split,
-        "split_convention": data.convention,
-        "synthetic": data.synthetic,
-        "per_class_accuracy": per_class,
-        "confusion": confusion.tolist(),
-        "samples_per_s": count / wall if wall else 0.0,
-        "events_per_s": totals["events"] / totals["seconds"] if totals["seconds"] else 0.0,
-        "engine_seconds": totals["seconds"],
-        "ops_total": {k: totals[k] for k in ("ac", "mac", "dense_mac", "sop_paper", "energy_uj")},
-        "ops_per_sample": {k: (totals[k] / count if count else 0.0)
-                           for k in ("ac", "mac", "dense_mac", "sop_paper", "energy_uj")},
-        "layers_per_sample": [{"name": name, **{k: v / count for k, v in acc.items()}}
-                              for name, acc in layer_sums.items()] if count else [],
-    }
+    return tally.summary(time.perf_counter() - start, interrupted)
