@@ -13,6 +13,13 @@ Conventions (cs231n style):
   NCL), LIFs on ``[T, B, ...]`` (loop over ``T``); token tensors are ``[M, C, N]``; heads split
   channel ``c = d * h + j``.
 
+Speed: the GEMMs are numpy/BLAS calls (time folded into the batch, so one call per layer); the
+memory-bound rest (im2col / col2im, max-pool, BatchNorm in training mode, the LIF loops over T)
+runs in the Numba kernels of :mod:`eventformer.train.kernels`, each tested against the numpy
+formulation it replaced. Large GEMMs and the kernels are split over the engine's threads
+(:func:`eventformer.runtime.engine_threads`, ``EVENTFORMER_THREADS``) with BLAS itself on one
+thread, as the engine runs (``benchmarks/train_speed.py`` measures both against torch).
+
 The LIF's backward uses the sigmoid surrogate of SpikingJelly (``surrogate.Sigmoid(alpha=4)``):
 ``dS/dH = alpha * sigmoid(alpha (H - theta)) * (1 - sigmoid(alpha (H - theta)))``, with the reset
 detached (``detach_reset=True``) and gradients flowing through the membrane across steps (BPTT).
@@ -24,6 +31,9 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit
+
+from .. import runtime
+from . import kernels as K
 
 __all__ = [
     "add_backward",
@@ -68,15 +78,80 @@ def _pair(v) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int) -> np.ndarray:
-    """Padded ``xp [M, C, Hp, Wp]`` -> columns ``[C, KH, KW, M, OH, OW]`` (C-contiguous)."""
-    M, C = xp.shape[:2]
-    cols = np.empty((C, kh, kw, M, oh, ow), dtype=xp.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
-            cols[:, i, j] = patch.transpose(1, 0, 2, 3)
+#: Below this many elements a kernel runs on the calling thread alone (a hand-off costs ~50 us).
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+def _run(kernel, n: int, work: int, *args) -> None:
+    """``kernel(*args, lo, hi)`` over ``[0, n)``: split into disjoint ranges over the engine's
+    threads (:func:`eventformer.runtime.engine_threads`) when ``work`` (elements touched) is
+    large enough, else one call."""
+    parts = min(runtime.engine_threads(), n)
+    if parts <= 1 or work < PARALLEL_MIN_ELEMENTS:
+        kernel(*args, 0, n)
+        return
+    bounds = runtime.split(n, parts)
+    runtime.run_parts(lambda i: kernel(*args, bounds[i], bounds[i + 1]), parts)
+
+
+#: Below this many multiply-adds a GEMM runs on the calling thread alone.
+PARALLEL_GEMM_MIN_MACS = 1 << 21
+
+
+def _gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (2-D), split into row or column blocks (whichever side is longer) over the
+    engine's threads when large; each block is one single-threaded BLAS call. BLAS's own threads
+    are pinned to one (:func:`eventformer.runtime.limit_blas_threads`, as the engine does) the
+    first time a product is split: its spinning workers made the trainer 2x slower on a busy
+    2-core machine. Blocks may round differently from the whole product at their edges
+    (OpenBLAS's edge kernels): float rounding only."""
+    rows, cols = a.shape[0], b.shape[1]
+    threads = runtime.engine_threads()
+    if threads == 1 or rows * a.shape[1] * cols < PARALLEL_GEMM_MIN_MACS:
+        return a @ b
+    runtime.limit_blas_threads()
+    out = np.empty((rows, cols), dtype=np.result_type(a, b))
+    if rows >= cols:
+        bounds = runtime.split(rows, min(threads, rows))
+        runtime.run_parts(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b,
+                                              out=out[bounds[i]:bounds[i + 1]]), len(bounds) - 1)
+    else:
+        bounds = runtime.split(cols, min(threads, cols))
+        runtime.run_parts(lambda i: np.matmul(a, b[:, bounds[i]:bounds[i + 1]],
+                                              out=out[:, bounds[i]:bounds[i + 1]]), len(bounds) - 1)
+    return out
+
+
+def _wmatmul(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``np.matmul(w, x)`` for ``w [O, I]`` and ``x [M, I, N]`` -> ``[M, O, N]``, split over M on
+    the engine's threads when large (as :func:`_gemm`)."""
+    M, _, N = x.shape
+    threads = min(runtime.engine_threads(), M)
+    if threads <= 1 or M * w.shape[0] * w.shape[1] * N < PARALLEL_GEMM_MIN_MACS:
+        return np.matmul(w, x)
+    runtime.limit_blas_threads()
+    out = np.empty((M, w.shape[0], N), dtype=np.result_type(w, x))
+    bounds = runtime.split(M, threads)
+    runtime.run_parts(lambda i: np.matmul(w, x[bounds[i]:bounds[i + 1]],
+                                          out=out[bounds[i]:bounds[i + 1]]), threads)
+    return out
+
+
+def _im2col(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, oh: int,
+            ow: int) -> np.ndarray:
+    """``x [M, C, H, W]`` (C-contiguous; zero padding ``ph, pw`` implied) -> columns
+    ``[C, KH, KW, M, OH, OW]`` (C-contiguous), by :func:`eventformer.train.kernels.im2col`."""
+    M, C = x.shape[:2]
+    cols = np.empty((C, kh, kw, M, oh, ow), dtype=x.dtype)
+    _run(K.im2col, C, cols.size, x, kh, kw, sh, sw, ph, pw, cols)
     return cols
+
+
+def _float(x: np.ndarray) -> np.ndarray:
+    """``x`` as a C-contiguous float array (integer inputs become float64)."""
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    return np.ascontiguousarray(x)
 
 
 def conv2d_forward(
@@ -84,9 +159,13 @@ def conv2d_forward(
 ) -> tuple[np.ndarray, Cache]:
     """``torch.nn.functional.conv2d``: ``x [M, Cin, H, W]``, ``params["weight"] [Cout, Cin, KH, KW]``,
     optional ``params["bias"] [Cout]`` (absent or None = no bias). ``stride`` / ``padding``: int or
-    pair (zero padding). Returns ``y [M, Cout, OH, OW]``."""
+    pair (zero padding). Returns ``y [M, Cout, OH, OW]``.
+
+    im2col + one GEMM ``[Cout, Cin*KH*KW] @ [Cin*KH*KW, M*OH*OW]`` with
+    time folded into M, so all steps of a batch share one BLAS call."""
     w = params["weight"]
     b = params.get("bias")
+    x = _float(x)
     M, C, H, W = x.shape
     O, Cw, KH, KW = w.shape
     if Cw != C:
@@ -97,13 +176,13 @@ def conv2d_forward(
     OW = (W + 2 * pw - KW) // sw + 1
     if OH <= 0 or OW <= 0:
         raise ValueError("conv2d: output would be empty")
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if (ph or pw) else x
-    cols = _im2col(xp, KH, KW, sh, sw, OH, OW).reshape(C * KH * KW, M * OH * OW)
+    cols = _im2col(x, KH, KW, sh, sw, ph, pw, OH, OW).reshape(C * KH * KW, M * OH * OW)
     w2 = w.reshape(O, C * KH * KW)
-    y = (w2 @ cols).reshape(O, M, OH, OW).transpose(1, 0, 2, 3)
+    out = _gemm(w2, cols)
+    y = np.empty((M, O, OH, OW), dtype=out.dtype)
+    np.copyto(y, out.reshape(O, M, OH, OW).transpose(1, 0, 2, 3))
     if b is not None:
-        y = y + b.reshape(1, O, 1, 1)
-    y = np.ascontiguousarray(y)
+        y += b.reshape(1, O, 1, 1)
     cache = {
         "cols": cols, "w": w, "has_bias": b is not None, "x_shape": x.shape, "stride": (sh, sw), "padding": (ph, pw),
         "out": (OH, OW),
@@ -112,27 +191,27 @@ def conv2d_forward(
 
 
 def conv2d_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Gradients of :func:`conv2d_forward`: ``(dx, {"weight": dw[, "bias": db]})``."""
+    """Gradients of :func:`conv2d_forward`: ``(dx, {"weight": dw[, "bias": db]})``.
+
+    Two GEMMs (``dW = dY2 cols^T``, ``dcols = W2^T dY2``) and a Numba col2im that sums the columns'
+    gradients into ``dx`` in the order of the per-offset adds (bit-identical to them)."""
     cols, w = cache["cols"], cache["w"]
     M, C, H, W = cache["x_shape"]
     sh, sw = cache["stride"]
     ph, pw = cache["padding"]
     OH, OW = cache["out"]
     O, _, KH, KW = w.shape
-    dy2 = dy.transpose(1, 0, 2, 3).reshape(O, M * OH * OW)
+    dy2 = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(O, M * OH * OW)
     # (cols @ dy2.T).T, not dy2 @ cols.T: OpenBLAS is ~40x slower on the latter layout here
-    grads = {"weight": np.ascontiguousarray((cols @ dy2.T).T).reshape(w.shape)}
+    grads = {"weight": np.ascontiguousarray(_gemm(cols, dy2.T).T).reshape(w.shape)}
     if cache["has_bias"]:
         grads["bias"] = dy.sum(axis=(0, 2, 3))
-    dcols = (w.reshape(O, -1).T @ dy2).reshape(C, KH, KW, M, OH, OW)
-    dxp = np.zeros((M, C, H + 2 * ph, W + 2 * pw), dtype=dy.dtype)
-    for i in range(KH):
-        for j in range(KW):
-            dxp[:, :, i : i + sh * (OH - 1) + 1 : sh, j : j + sw * (OW - 1) + 1 : sw] += dcols[
-                :, i, j
-            ].transpose(1, 0, 2, 3)
-    dx = dxp[:, :, ph : ph + H, pw : pw + W] if (ph or pw) else dxp
-    return np.ascontiguousarray(dx), grads
+    dcols = _gemm(w.reshape(O, -1).T, dy2).reshape(C, KH, KW, M, OH, OW)
+    dx = np.empty((M, C, H, W), dtype=dcols.dtype)
+    _run(K.col2im, C, dcols.size, dcols, sh, sw, ph, pw, dx)
+    if dx.dtype != dy.dtype:
+        dx = dx.astype(dy.dtype)
+    return dx, grads
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,6 +246,7 @@ def batchnorm_forward(
     torch does. Eval mode normalises with the running statistics.
     """
     gamma, beta = params["weight"], params["bias"]
+    x = _float(x)
     C = x.shape[1]
     axes = (0,) + tuple(range(2, x.ndim))
     bshape = (1, C) + (1,) * (x.ndim - 2)
@@ -174,10 +254,13 @@ def batchnorm_forward(
         n = x.size // C
         if n <= 1:
             raise ValueError("batchnorm: training mode needs more than one value per channel")
-        mean = x.mean(axis=axes)
-        xc = x - mean.reshape(bshape)
-        var = np.mean(xc * xc, axis=axes)
-        invstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
+        dt = x.dtype
+        x3 = x.reshape(x.shape[0], C, -1)
+        mean, var, invstd = (np.empty(C, dt) for _ in range(3))
+        xhat, y = np.empty_like(x), np.empty_like(x)
+        _run(K.bn_forward_train, C, x.size, x3, np.ascontiguousarray(gamma, dt),
+             np.ascontiguousarray(beta, dt), np.array([eps], dt), mean, var, invstd,
+             xhat.reshape(x3.shape), y.reshape(x3.shape))
         if state is not None:
             m = momentum
             rm, rv = state["running_mean"], state["running_var"]
@@ -192,8 +275,8 @@ def batchnorm_forward(
         mean = state["running_mean"].astype(x.dtype, copy=False)
         xc = x - mean.reshape(bshape)
         invstd = 1.0 / np.sqrt(state["running_var"].astype(x.dtype, copy=False) + x.dtype.type(eps))
-    xhat = xc * invstd.reshape(bshape)
-    y = xhat * gamma.reshape(bshape) + beta.reshape(bshape)
+        xhat = xc * invstd.reshape(bshape)
+        y = xhat * gamma.reshape(bshape) + beta.reshape(bshape)
     cache = {"xhat": xhat, "invstd": invstd, "gamma": gamma, "training": training, "axes": axes, "bshape": bshape}
     return y, cache
 
@@ -203,15 +286,18 @@ def batchnorm_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, dict[s
     training mode ``dx`` includes the paths through the batch mean and variance."""
     xhat, invstd, gamma = cache["xhat"], cache["invstd"], cache["gamma"]
     axes, bshape = cache["axes"], cache["bshape"]
-    grads = {"weight": np.sum(dy * xhat, axis=axes), "bias": dy.sum(axis=axes)}
-    g = (gamma * invstd).reshape(bshape)
     if not cache["training"]:
-        return dy * g, grads
-    n = dy.size // dy.shape[1]
-    dxhat_mean = (grads["bias"] / n).reshape(bshape)
-    dxhat_xhat_mean = (grads["weight"] / n).reshape(bshape)
-    dx = g * (dy - dxhat_mean - xhat * dxhat_xhat_mean)
-    return dx, grads
+        grads = {"weight": np.sum(dy * xhat, axis=axes), "bias": dy.sum(axis=axes)}
+        return dy * (gamma * invstd).reshape(bshape), grads
+    dt = xhat.dtype
+    C = xhat.shape[1]
+    dy = np.ascontiguousarray(dy, dt).reshape(xhat.shape)
+    shape3 = (xhat.shape[0], C, -1)
+    dgamma, dbeta = np.empty(C, dt), np.empty(C, dt)
+    dx = np.empty_like(xhat)
+    _run(K.bn_backward_train, C, dy.size, dy.reshape(shape3), xhat.reshape(shape3),
+         np.ascontiguousarray(gamma, dt), invstd, dgamma, dbeta, dx.reshape(shape3))
+    return dx, {"weight": dgamma, "bias": dbeta}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,22 +319,10 @@ def maxpool2d_forward(
     M, C, H, W = x.shape
     OH = (H + 2 * ph - kh) // sh + 1
     OW = (W + 2 * pw - kw) // sw + 1
-    if ph or pw:
-        xp = np.full((M, C, H + 2 * ph, W + 2 * pw), -np.inf, dtype=x.dtype)
-        xp[:, :, ph : ph + H, pw : pw + W] = x
-    else:
-        xp = x
-    y = None
-    arg = np.zeros((M, C, OH, OW), dtype=np.int16)
-    for i in range(kh):
-        for j in range(kw):
-            cand = xp[:, :, i : i + sh * (OH - 1) + 1 : sh, j : j + sw * (OW - 1) + 1 : sw]
-            if y is None:
-                y = cand.copy()
-                continue
-            better = cand > y  # strict: ties keep the earlier position
-            np.copyto(y, cand, where=better)
-            arg[better] = i * kw + j
+    x = _float(x)
+    y = np.empty((M, C, OH, OW), dtype=x.dtype)
+    arg = np.empty((M, C, OH, OW), dtype=np.int16)
+    _run(K.maxpool2d_forward, M, x.size, x, kh, kw, sh, sw, ph, pw, y, arg)
     cache = {"arg": arg, "x_shape": x.shape, "k": (kh, kw), "stride": (sh, sw), "padding": (ph, pw)}
     return y, cache
 
@@ -261,16 +335,10 @@ def maxpool2d_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, dict]:
     kh, kw = cache["k"]
     sh, sw = cache["stride"]
     ph, pw = cache["padding"]
-    OH, OW = arg.shape[2:]
-    dxp = np.zeros((M, C, H + 2 * ph, W + 2 * pw), dtype=dy.dtype)
-    zero = dy.dtype.type(0)
-    for i in range(kh):
-        for j in range(kw):
-            dxp[:, :, i : i + sh * (OH - 1) + 1 : sh, j : j + sw * (OW - 1) + 1 : sw] += np.where(
-                arg == i * kw + j, dy, zero
-            )
-    dx = dxp[:, :, ph : ph + H, pw : pw + W] if (ph or pw) else dxp
-    return np.ascontiguousarray(dx), {}
+    dy = _float(dy)
+    dx = np.empty((M, C, H, W), dtype=dy.dtype)
+    _run(K.maxpool2d_backward, M, dx.size, dy, arg, kh, kw, sh, sw, ph, pw, dx)
+    return dx, {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,7 +371,7 @@ def conv1x1_forward(x: np.ndarray, params: dict[str, np.ndarray]) -> tuple[np.nd
     w = params["weight"]
     b = params.get("bias")
     w2 = w.reshape(w.shape[0], w.shape[1])
-    y = np.matmul(w2, x)
+    y = _wmatmul(w2, x)
     if b is not None:
         y = y + b.reshape(-1, 1)
     return y, {"x": x, "w": w, "has_bias": b is not None}
@@ -315,7 +383,7 @@ def conv1x1_backward(dy: np.ndarray, cache: Cache) -> tuple[np.ndarray, dict[str
     grads = {"weight": np.tensordot(dy, x, axes=([0, 2], [0, 2])).reshape(w.shape)}
     if cache["has_bias"]:
         grads["bias"] = dy.sum(axis=(0, 2))
-    return np.matmul(w2.T, dy), grads
+    return _wmatmul(w2.T, dy), grads
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,54 +415,48 @@ def lif_forward(
         V = v_reset if S else H                      # hard reset; soft (v_reset None): V = H - S*theta
 
     With v_reset 0 the first line is ``V + (X - V) * (1/tau)``. ``alpha`` is the surrogate's slope
-    used by :func:`lif_backward`."""
-    dt = x.dtype.type
-    inv_tau = dt(1.0 / tau)
-    keep = dt(1.0 - 1.0 / tau)
-    th = dt(theta)
+    used by :func:`lif_backward`; the cache keeps the spikes ``"S"`` and, instead of H, the
+    surrogate's argument ``"Z" = -(alpha * (H - theta))`` (one Numba pass writes both)."""
+    x = _float(x)
     hard = v_reset is not None
-    vr = dt(v_reset) if hard else dt(0)
-    v = np.zeros_like(x[0])
-    H = np.empty_like(x)
+    if decay_input:
+        mode = K.LIF_DECAY_HARD if (hard and v_reset != 0) else K.LIF_DECAY_ZERO
+    else:
+        mode = K.LIF_NODECAY_HARD if hard else K.LIF_NODECAY_SOFT
+    p = _lif_params(x.dtype, tau, theta, v_reset, alpha)
+    x2 = x.reshape(x.shape[0], -1)
+    Z = np.empty_like(x)  # -(alpha * (H - theta)): the surrogate's exp argument, not H itself
     S = np.empty_like(x)
-    for t in range(x.shape[0]):
-        if decay_input:
-            h = v + (x[t] - (v - vr)) * inv_tau if (hard and vr != 0) else v + (x[t] - v) * inv_tau
-        elif hard:
-            h = v - (v - vr) * inv_tau + x[t]
-        else:
-            h = v * keep + x[t]
-        s = h >= th
-        H[t] = h
-        S[t] = s
-        if hard:
-            v = np.where(s, vr, h)
-        else:
-            v = h - S[t] * th
-    cache = {"H": H, "S": S, "tau": tau, "theta": theta, "hard": hard, "decay_input": decay_input, "alpha": alpha}
+    _run(K.lif_forward, x2.shape[1], x2.size, x2, p, mode, Z.reshape(x2.shape), S.reshape(x2.shape))
+    cache = {"Z": Z, "S": S, "tau": tau, "theta": theta, "hard": hard, "decay_input": decay_input, "alpha": alpha}
     return S, cache
+
+
+def _lif_params(dtype, tau, theta, v_reset, alpha) -> np.ndarray:
+    """The LIF kernels' scalars, each rounded once to ``dtype`` (v_reset None: NaN = soft reset)."""
+    p = np.empty(5, dtype)
+    p[K.P_INV_TAU] = 1.0 / tau
+    p[K.P_KEEP] = 1.0 - 1.0 / tau
+    p[K.P_THETA] = theta
+    p[K.P_V_RESET] = np.nan if v_reset is None else v_reset
+    p[K.P_ALPHA] = alpha
+    return p
 
 
 def lif_backward(ds: np.ndarray, cache: Cache) -> tuple[np.ndarray, dict]:
     """BPTT through :func:`lif_forward` with the sigmoid surrogate for dS/dH and the reset detached
     (``detach_reset=True``): ``dV_t/dH_t = 1 - S_t`` (hard) or 1 (soft), no gradient through S in
-    the reset. ``dH_t/dX_t = 1/tau`` (decay_input) or 1; ``dH_t/dV_{t-1} = 1 - 1/tau``."""
-    H, S = cache["H"], cache["S"]
-    dt = H.dtype.type
-    inv_tau = dt(1.0 / cache["tau"])
-    keep = dt(1.0 - 1.0 / cache["tau"])
-    sg = sigmoid_surrogate_grad(H, cache["theta"], cache["alpha"])
-    dx = np.empty_like(H)
-    dv = np.zeros_like(H[0])  # dL/dV_t coming from step t+1
-    one = dt(1)
-    for t in range(H.shape[0] - 1, -1, -1):
-        dh = ds[t] * sg[t] + (dv * (one - S[t]) if cache["hard"] else dv)
-        if cache["decay_input"]:
-            dx[t] = dh * inv_tau
-            dv = dh - dh * inv_tau
-        else:
-            dx[t] = dh
-            dv = dh - dh * inv_tau if cache["hard"] else dh * keep
+    the reset. ``dH_t/dX_t = 1/tau`` (decay_input) or 1; ``dH_t/dV_{t-1} = 1 - 1/tau``. numpy's
+    vectorised ``exp`` of the cached ``Z = -(alpha (H - theta))`` then one Numba pass
+    (:func:`eventformer.train.kernels.lif_backward`) forms the surrogate and runs the BPTT."""
+    Z, S = cache["Z"], cache["S"]
+    T = Z.shape[0]
+    p = _lif_params(Z.dtype, cache["tau"], cache["theta"], 0.0, cache["alpha"])
+    ds2 = np.ascontiguousarray(ds, Z.dtype).reshape(T, -1)
+    e = np.exp(Z)  # exp(-(alpha * (H - theta))), vectorised
+    dx = np.empty_like(Z)
+    _run(K.lif_backward, ds2.shape[1], ds2.size, ds2, e.reshape(T, -1), S.reshape(T, -1), p,
+         bool(cache["hard"]), bool(cache["decay_input"]), dx.reshape(T, -1))
     return dx, {}
 
 
