@@ -23,6 +23,15 @@ def train(
                                             show_default="$EVENTFORMER_DATA, then "
                                                          "~/.cache/eventformer/data"),
     model: str = typer.Option("tiny", "--model", help="Model size: tiny or small."),
+    attention: str = typer.Option("ssa", "--attention",
+                                  help="Attention operator (SPEC §4): ssa, ds2ta, ssa_bin or "
+                                       "saformer."),
+    taw: Optional[int] = typer.Option(None, "--taw", help="ds2ta only: the TASA window T_AW in "
+                                                         "steps.", show_default="3"),
+    pool_rows: Optional[int] = typer.Option(None, "--pool-rows",
+                                            help="saformer only: rows L of the adaptive token "
+                                                 "pooling (a divisor of the token count).",
+                                            show_default="4"),
     resolution: int = typer.Option(32, "--resolution", help="Input side S: the 128x128 sensor "
                                                            "is downsampled by 128 // S."),
     steps: int = typer.Option(8, "--steps", "-T", min=1, help="Time steps per sample."),
@@ -56,11 +65,25 @@ def train(
     check_number("--weight-decay", weight_decay, low=0.0)
     if model not in CONFIGS:
         fail(f"unknown model {model!r}; known: {', '.join(CONFIGS)}")
+    from eventformer.train.attention import OPERATORS
+
+    if attention not in OPERATORS:
+        fail(f"unknown attention operator {attention!r}; known: {', '.join(OPERATORS)}")
+    if taw is not None and attention != "ds2ta":
+        fail(f"--taw is a ds2ta option, the attention is {attention}")
+    if pool_rows is not None and attention != "saformer":
+        fail(f"--pool-rows is a saformer option, the attention is {attention}")
+    if taw is not None and taw < 1:
+        fail(f"--taw must be at least 1, got {taw}")
     check_resolution(resolution, len(CONFIGS[model]["sps_channels"]))
     ckpt = checkpoint or output.with_name(output.name + ".ckpt.npz")
     train_set, val_set, class_names = training_sets(
         dataset, data_dir, log=lambda m: err.print(m, markup=False, highlight=False))
-    cfg = model_config(model, resolution, steps, len(class_names), tuple(class_names))
+    cfg = model_config(model, resolution, steps, len(class_names), tuple(class_names),
+                       attention=attention)
+    if pool_rows is not None and (pool_rows < 1 or cfg.tokens % pool_rows):
+        fail(f"--pool-rows must divide the {cfg.tokens} tokens of a {resolution}x{resolution} "
+             f"input, got {pool_rows}")
     framed = {}
     with progress_bar(True) as progress:
         for name, data, n_crops in (("train", train_set, crops), ("validation", val_set, 1)):
@@ -76,7 +99,8 @@ def train(
              f"{batch}: give more data or a smaller --batch")
     err.print(f"{train_set.convention}: {len(tr)} training clips from {train_set.root}, "
               f"{len(va)} validation clips ({val_set.split} split of {val_set.root})")
-    err.print(f"model {model}: {resolution}x{resolution} input (128 // {128 // resolution}), "
+    extra = {"ds2ta": f", T_AW {taw or 3}", "saformer": f", L {pool_rows or 4}"}.get(attention, "")
+    err.print(f"model {model} ({attention} attention{extra}): {resolution}x{resolution} input (128 // {128 // resolution}), "
               f"T {steps}, split_by number, 1.45 s clips; checkpoint {ckpt}")
     command = "eventformer " + " ".join(sys.argv[1:]) if sys.argv else "eventformer train"
     started = time.perf_counter()
@@ -96,12 +120,12 @@ def train(
                                   weight_decay=weight_decay, seed=seed, out_path=output,
                                   checkpoint_path=ckpt, resume=resume, progress=report,
                                   metadata={"command": command, "dataset": dataset,
-                                            "model": model})
+                                            "model": model}, taw=taw, pool_rows=pool_rows)
         except TrainingInterrupted as exc:
             typer.echo(f"{exc}" + (f"; resume with --resume {exc.checkpoint}"
                                    if exc.checkpoint else ""), err=True)
             raise typer.Exit(code=130)
-    err.print(f"[bold]trained[/] {model} for {epochs} epochs in "
+    err.print(f"[bold]trained[/] {model} ({attention}) for {epochs} epochs in "
               f"{time.perf_counter() - started:.0f} s: train acc "
               f"{result.train_accuracy:.1%}, val acc "
               f"{(result.val_accuracy or 0.0):.1%} -> {output}")

@@ -4,11 +4,14 @@
 (y, cache)`` and ``*_backward(dy, cache) -> (dx, grads)``, with ``params`` / ``grads`` dicts keyed like
 the torch state dict (``weight``, ``bias``).
 
+:mod:`eventformer.train.attention` holds the pairs of the SPEC §4 attention operators (``ds2ta``,
+``ssa_bin``, ``saformer``; ``ssa``'s core is in ``layers``).
+
 :mod:`eventformer.train.model` assembles them into a whole Spikformer (``forward`` / ``backward`` on
 official-checkpoint-keyed parameter dicts), :mod:`eventformer.train.optim` holds AdamW and the cosine
 schedule, :mod:`eventformer.train.export` turns trained parameters into a model file.
 """
 
-from . import export, layers, model, optim
+from . import attention, export, layers, model, optim
 
-__all__ = ["export", "layers", "model", "optim"]
+__all__ = ["attention", "export", "layers", "model", "optim"]

@@ -23,11 +23,15 @@ def to_model_file(params: dict[str, np.ndarray], state: dict[str, Any], config: 
                   metadata: dict | None = None, dtype=np.float32) -> ModelFile:
     """A validated-shape :class:`ModelFile` from trainer ``params`` / BN ``state`` (official keys).
 
+    The attention operator is ``config.attention``; its options (DS2TA's T_AW, SAFormer's L)
+    come from ``state`` (:func:`eventformer.train.model.attention_options`).
     ``metadata`` (JSON-serialisable: epochs, dataset, seed, accuracy, ...) is stored under
     ``provenance["training"]``. A missing, misshapen or non-finite tensor is a
     :class:`~eventformer.errors.CheckpointError` naming it."""
-    tensors = {**params, **{k: np.asarray(v) for k, v in state.items()}}
+    from .model import attention_options, state_dict
+
+    tensors = state_dict(params, state)  # SPEC §4 keys: nsad_table from NSAD's a..e
     provenance = {"exported_by": "eventformer.train", "bn_eps": BN_EPS,
                   "training": dict(metadata or {})}
     return build_model_file(config, tensors, source="trainer parameters", provenance=provenance,
-                            dtype=dtype)
+                            dtype=dtype, **attention_options(state))

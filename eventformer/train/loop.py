@@ -186,15 +186,19 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
           max_shift: int = 2, out_path=None, checkpoint_path=None, resume=None,
           progress: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, metadata: dict | None = None,
-          dtype=np.float32, handle_sigint: bool = True) -> TrainResult:
+          dtype=np.float32, handle_sigint: bool = True, taw: int | None = None,
+          pool_rows: int | None = None) -> TrainResult:
     """Train ``config`` on ``train_data``; see the module docstring for checkpoints/interrupts.
 
     ``resume``: a checkpoint path to continue from (True: ``checkpoint_path``). ``progress(info)``
     is called with ``info["kind"]`` ``"start"``, ``"batch"`` (epoch, batch, batches, loss, lr) and
     ``"epoch"`` (the epoch's history record: train_loss, train_accuracy, val_accuracy, seconds).
     ``metadata`` (JSON-able, e.g. ``{"command": ...}``) is merged into the model file's
-    ``provenance["training"]``. Returns a :class:`TrainResult`; writes the model file to
-    ``out_path`` when given."""
+    ``provenance["training"]``. ``config.attention`` picks the attention operator (ssa, ds2ta,
+    ssa_bin, saformer); ``taw`` (DS2TA's T_AW, default 3) and ``pool_rows`` (SAFormer's L,
+    default 4) are its options, refused for another operator. Returns a :class:`TrainResult`;
+    writes the model file (which names the operator and its parameters) to ``out_path`` when
+    given."""
     cfg = config
     if train_data.resolution != cfg.image_size or train_data.steps != cfg.steps:
         raise EventformerError(
@@ -221,7 +225,12 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
                "max_shift": max_shift, "n_train": n, "dtype": dtype.name}
 
     params = M.init_params(cfg, seed, dtype)
-    state = M.init_state(cfg, dtype)
+    try:
+        state = M.init_state(cfg, dtype, taw=taw, pool_rows=pool_rows)
+    except ValueError as exc:
+        raise EventformerError(str(exc)) from None
+    hparams["attention"] = cfg.attention
+    hparams.update(M.attention_options(state))
     opt = AdamW(params, lr=lr, weight_decay=weight_decay, no_decay=no_decay_keys(params))
     rng = np.random.default_rng(seed)
     start_epoch, start_batch, history = 0, 0, []
@@ -235,12 +244,12 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
         meta = ck["meta"]
         if meta["config"] != _config_dict(cfg):
             raise EventformerError(f"{rpath}: the checkpoint is of another model configuration "
-                                   "(model, resolution or steps differ)")
-        for key in ("batch", "seed", "n_train", "dtype"):
-            if meta["hparams"][key] != hparams[key]:
+                                   "(model, resolution, steps or attention differ)")
+        for key in ("batch", "seed", "n_train", "dtype", "taw", "pool_rows"):
+            if meta["hparams"].get(key) != hparams.get(key):
                 raise EventformerError(
-                    f"{rpath}: the checkpoint was made with {key}={meta['hparams'][key]}, this "
-                    f"run has {key}={hparams[key]}; resume with the same settings and data")
+                    f"{rpath}: the checkpoint was made with {key}={meta['hparams'].get(key)}, this "
+                    f"run has {key}={hparams.get(key)}; resume with the same settings and data")
         for k in params:
             params[k][...] = ck["params"][k]
             opt.exp_avg[k][...] = ck["exp_avg"][k]
@@ -388,6 +397,8 @@ def _training_metadata(cfg, train_data, val_data, epochs, hparams, history, extr
                       "weight_decay": hparams["weight_decay"], "schedule": "cosine",
                       "warmup_epochs": hparams["warmup_epochs"], "batch": hparams["batch"]},
         "label_smoothing": hparams["label_smoothing"],
+        "attention": {"operator": cfg.attention,
+                      **{k: hparams[k] for k in ("taw", "pool_rows") if k in hparams}},
         "augmentation": {"shift_pixels": hparams["max_shift"], "flip": False},
         "history": history,
     }
@@ -396,11 +407,12 @@ def _training_metadata(cfg, train_data, val_data, epochs, hparams, history, extr
 
 
 def model_config(name: str, resolution: int, steps: int, num_classes: int = 11,
-                 class_names: tuple[str, ...] = ()) -> SpikformerConfig:
-    """A named trainer configuration (``tiny`` / ``small``) at another input size / steps."""
+                 class_names: tuple[str, ...] = (), attention: str = "ssa") -> SpikformerConfig:
+    """A named trainer configuration (``tiny`` / ``small``) at another input size / steps, with
+    the attention operator ``attention`` (ssa, ds2ta, ssa_bin, saformer)."""
     try:
         cfg = M.config_by_name(name, image_size=resolution, steps=steps, num_classes=num_classes,
-                               split_by="number")
+                               split_by="number", attention=attention)
     except ValueError as exc:
         raise EventformerError(str(exc)) from None
     if class_names:
