@@ -76,6 +76,15 @@ def infer(
     center_crop: bool = typer.Option(False, "--center-crop", help=CENTER_CROP_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file (or sample, "
                                                        "then a summary) on stdout."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="With --dataset: classify the samples on a local "
+                                               "Dask cluster of N worker processes (needs "
+                                               "eventformer[cluster]).",
+                                          show_default="one process, no Dask"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT",
+                                            help="With --dataset: classify the samples on an "
+                                                 "existing Dask cluster.",
+                                            show_default="none"),
 ):
     """Classify event recordings or a dataset: predictions, per-layer spikes, operations done.
 
@@ -94,12 +103,15 @@ def infer(
     framing = {"steps": steps, "split_by": split_by.value if split_by else None,
                "sensor_size": parse_size(sensor_size),
                "transform": SpatialTransform.from_options(crop, center_crop)}
+    cluster = _cluster_options(workers, scheduler)
     if dataset is not None:
         if files:
             fail("give either event files or --dataset, not both")
         _infer_dataset(dataset, data_dir, split, limit, weights, dtype.value, path.value,
-                       energy, framing, as_json)
+                       energy, framing, as_json, cluster)
         return
+    if cluster is not None:
+        fail("--workers and --scheduler run a --dataset on Dask; files are classified here")
     if not files:
         fail("give event files to classify (or --dataset dvs-gesture); see --help")
     weights = resolve_weights(weights)
@@ -138,8 +150,21 @@ def _emit_json(obj: dict) -> None:
     sys.stdout.flush()
 
 
+def _cluster_options(workers, scheduler):
+    """(workers, scheduler) when the run goes to Dask, else None; Dask must be installed."""
+    if workers is None and scheduler is None:
+        return None
+    if workers is not None and scheduler is not None:
+        fail("give either --workers (a local cluster) or --scheduler (an existing one), not both")
+    from eventformer.cluster import INSTALL_HINT, have_distributed
+
+    if not have_distributed():
+        fail(INSTALL_HINT)
+    return workers, scheduler
+
+
 def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, energy, framing,
-                   as_json) -> None:
+                   as_json, cluster=None) -> None:
     from eventformer.datasets import open_dataset
     from eventformer.evaluate import evaluate
 
@@ -162,9 +187,14 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
         if progress:
             progress.advance(task)
 
-    with progress_bar(not as_json) as progress:
-        task = progress.add_task("classifying", total=total) if progress else None
-        summary = evaluate(engine, data, limit=limit, energy=energy, on_sample=emit, **framing)
+    if cluster is not None:
+        summary = _evaluate_on_cluster(cluster, engine, data, limit, weights, dtype, path_mode,
+                                       energy, framing, as_json, total)
+    else:
+        with progress_bar(not as_json) as progress:
+            task = progress.add_task("classifying", total=total) if progress else None
+            summary = evaluate(engine, data, limit=limit, energy=energy, on_sample=emit,
+                               **framing)
     if as_json:
         _emit_json({"summary": True, **summary})
     else:
@@ -172,6 +202,46 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
     if summary["interrupted"]:
         err.print(f"interrupted: the results above cover {summary['samples']} of {total} samples")
         raise typer.Exit(code=130)
+    if summary.get("failed"):
+        err.print(f"{summary['failed']} of {total} samples could not be classified",
+                  markup=False, highlight=False)
+        raise typer.Exit(code=2)
+
+
+def _evaluate_on_cluster(cluster, engine, data, limit, weights, dtype, path_mode, energy,
+                         framing, as_json, total) -> dict:
+    """The samples as Dask tasks; records and summary as the serial run's (see
+    eventformer.cluster), each failed sample one error line."""
+    from eventformer.cluster import (EngineSpec, cluster_client, evaluate_on_cluster,
+                                     warm_workers, worker_count)
+
+    from eventformer.runtime import engine_threads
+
+    workers, scheduler = cluster
+    # float32 sums can depend on how many threads the engine splits them over: workers use as
+    # many as a serial run here does, so that their results are the serial run's
+    spec = EngineSpec(str(Path(weights).resolve()), dtype, path_mode, threads=engine_threads())
+    if not as_json:
+        err.print(f"starting a local Dask cluster of {workers} worker processes" if workers else
+                  f"connecting to the Dask scheduler at {scheduler}", markup=False,
+                  highlight=False)
+
+    def on_error(record):
+        err.print(f"error: {record['error']}", markup=False, highlight=False, soft_wrap=True)
+        if as_json:
+            _emit_json(record)
+
+    with cluster_client(workers, scheduler) as client:
+        if not as_json and scheduler:
+            err.print(f"{worker_count(client)} workers", markup=False, highlight=False)
+        warm_workers(client, spec)  # every worker loads the model once, before the clock starts
+        with progress_bar(not as_json) as progress:
+            task = progress.add_task("classifying", total=total) if progress else None
+            return evaluate_on_cluster(
+                client, spec, engine, data, limit=limit, energy=energy,
+                on_sample=(lambda record, _r: _emit_json(record)) if as_json else None,
+                on_error=on_error,
+                on_done=(lambda: progress.advance(task)) if progress else None, **framing)
 
 
 def _print_summary(s: dict, config) -> None:

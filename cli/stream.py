@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -29,8 +29,10 @@ from .errors import fail, user_errors
 
 @user_errors
 def stream(
-    file: Path = typer.Argument(..., help="Event file to classify window by window; with "
-                                          "--follow it may still be being written."),
+    files: List[Path] = typer.Argument(..., help="Event file to classify window by window; "
+                                                 "with --follow it may still be being written. "
+                                                 "Several files (streams) need --workers or "
+                                                 "--scheduler."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP,
                                            show_default=WEIGHTS_DEFAULT),
     follow: bool = typer.Option(False, "--follow", "-f",
@@ -53,11 +55,21 @@ def stream(
     center_crop: bool = typer.Option(False, "--center-crop", help=CENTER_CROP_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per window on stdout, "
                                                        "then a summary line."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                          help="Follow the streams on a local Dask cluster of N "
+                                               "worker processes, all streams at once (needs "
+                                               "eventformer[cluster]).",
+                                          show_default="one stream, here"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT",
+                                            help="Follow the streams on an existing Dask "
+                                                 "cluster.", show_default="none"),
 ):
     """Classify a live or recorded event stream in causal windows, state carried across them.
 
     Each window advances the model one time step, so the prediction evolves as the gesture
-    unfolds; --follow keeps reading a file that is still being written."""
+    unfolds; --follow keeps reading a file that is still being written. With --workers or
+    --scheduler several streams run at once on Dask, one engine state each, every window
+    tagged with its stream's name; a stream that ends or fails does not stop the others."""
     from eventformer.events import SpatialTransform
     from eventformer.stream import FileSource, WindowSpec, run_stream
 
@@ -69,6 +81,16 @@ def stream(
         check_number("--window-ms", window_ms, low=0.001)  # windows are whole microseconds
     spec = WindowSpec(window_events=window_events) if window_events else \
         WindowSpec(window_us=int(round((window_ms or 100.0) * 1000)))
+    if workers is not None and scheduler is not None:
+        fail("give either --workers (a local cluster) or --scheduler (an existing one), not both")
+    if workers is not None or scheduler is not None:
+        _stream_on_cluster(files, workers, scheduler, weights, dtype.value, spec, follow,
+                           realtime, idle_timeout, parse_size(sensor_size), transform, as_json)
+        return
+    if len(files) > 1:
+        fail(f"{len(files)} streams: several streams run at once on Dask, give --workers N "
+             "(pip install 'eventformer[cluster]')")
+    file = files[0]
     if not file.exists():
         fail(f"{file}: no such file")
     weights = resolve_weights(weights)
@@ -122,3 +144,81 @@ def stream(
               f"{summary['wall_s']:.2f} s wall time" + (
                   f" (interrupted; {summary['unprocessed_events']:,} events read ahead were not "
                   "reached)" if summary["interrupted"] else ""))
+
+
+def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, realtime,
+                       idle_timeout, sensor_size, transform, as_json) -> None:
+    """Every stream a Dask task with its own engine (see eventformer.cluster.follow_streams):
+    one line per window tagged with the stream's name, then one summary (or error) per stream."""
+    import math
+
+    from eventformer.cluster import (INSTALL_HINT, EngineSpec, StreamJob, cluster_client,
+                                     follow_streams, have_distributed)
+
+    if not have_distributed():
+        fail(INSTALL_HINT)
+    names = [str(f) for f in files]
+    if len(set(names)) < len(names):
+        fail("a stream is given twice; each file is one stream")
+    missing = [n for n in names if not Path(n).exists()]
+    if missing and not follow:
+        fail(f"{missing[0]}: no such file")
+    weights = resolve_weights(weights)
+    load_engine(weights, dtype, "auto", quiet=as_json)  # validates the model, fills Numba's cache
+    from eventformer.runtime import engine_threads
+
+    # as many engine threads as `stream FILE` here: float32 sums may depend on their number
+    engine_spec = EngineSpec(str(Path(weights).resolve()), dtype, "auto",
+                             threads=engine_threads())
+    jobs = [StreamJob(name, str(Path(name).resolve()), spec, follow=follow, realtime=realtime,
+                      idle_timeout=idle_timeout, sensor_size=sensor_size, transform=transform)
+            for name in names]
+    if not as_json:
+        announce_model(weights)
+        err.print(f"following {len(jobs)} streams on a local Dask cluster of {workers} worker "
+                  "processes" if workers else
+                  f"following {len(jobs)} streams on the Dask cluster at {scheduler}",
+                  markup=False, highlight=False)
+
+    def on_window(w):
+        if as_json:
+            sys.stdout.write(json.dumps(w) + "\n")
+            sys.stdout.flush()
+        else:
+            err.print(f"{w['stream']}: t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s"
+                      f"  {w['events']:7d} events  prediction {w['prediction']}  latency "
+                      f"{w['latency_ms']:.1f} ms  backlog {w['backlog_events']}", markup=False,
+                      highlight=False)
+
+    def on_end(result):
+        name = result["stream"]
+        if "error" in result:
+            err.print(f"error: {result['error']}", markup=False, highlight=False, soft_wrap=True)
+            if as_json:
+                on_window_line({"stream": name, "error": result["error"]})
+            return
+        for w in result["warnings"]:
+            err.print(f"warning: {name}: {w}", markup=False, highlight=False, soft_wrap=True)
+        s = result["summary"]
+        if as_json:
+            on_window_line({"summary": True, "stream": name, **s})
+        else:
+            err.print(f"{name}: {s['windows']} windows, {s['events']:,} events, final prediction "
+                      f"{'-' if s['final_prediction'] is None else s['final_prediction']}; "
+                      f"latency p50 {s['latency_ms_p50']:.1f} ms, p99 {s['latency_ms_p99']:.1f} ms"
+                      + (" (interrupted)" if s["interrupted"] else ""), markup=False,
+                      highlight=False)
+
+    def on_window_line(obj):
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    # every stream runs at once: a local cluster gets threads enough for all of them
+    threads = math.ceil(len(jobs) / workers) if workers else 1
+    with cluster_client(workers, scheduler, threads_per_worker=threads) as client:
+        results, _ = follow_streams(client, engine_spec, jobs, on_window=on_window,
+                                    on_end=on_end)
+    failed = sum(1 for r in results if "error" in r)
+    if failed:
+        err.print(f"{failed} of {len(results)} streams failed", markup=False, highlight=False)
+        raise typer.Exit(code=2)

@@ -316,17 +316,21 @@ class TonicSet:
 
     def iter_events(self, limit: int | None = None):
         for i in self.samples[:limit] if limit else self.samples:
-            raw, target = self.dataset[i]
-            names = raw.dtype.names or ()
-            if not {"x", "y", "p", "t"} <= set(names):
-                raise DatasetError(f"tonic {self.name} sample {i} has fields {names}, "
-                                   "expected x, y, p, t")
-            ev = np.empty(raw.shape[0], EVENT_DTYPE)
-            ev["t"] = np.asarray(raw["t"]).astype(np.int64)
-            ev["x"], ev["y"] = raw["x"], raw["y"]
-            ev["p"] = np.asarray(raw["p"]) > 0
-            label = int(np.asarray(target).reshape(-1)[0])
-            yield SampleRef(f"{self.name}[{i}]", label), ev
+            yield self.read_sample(i)
+
+    def read_sample(self, i: int) -> tuple[SampleRef, np.ndarray]:
+        """(SampleRef, events) of sample ``i`` (its label is known once it is read)."""
+        raw, target = self.dataset[i]
+        names = raw.dtype.names or ()
+        if not {"x", "y", "p", "t"} <= set(names):
+            raise DatasetError(f"tonic {self.name} sample {i} has fields {names}, "
+                               "expected x, y, p, t")
+        ev = np.empty(raw.shape[0], EVENT_DTYPE)
+        ev["t"] = np.asarray(raw["t"]).astype(np.int64)
+        ev["x"], ev["y"] = raw["x"], raw["y"]
+        ev["p"] = np.asarray(raw["p"]) > 0
+        label = int(np.asarray(target).reshape(-1)[0])
+        return SampleRef(f"{self.name}[{i}]", label), ev
 
 
 # --- a dataset by the name a user gives ---------------------------------------------------------
