@@ -16,9 +16,10 @@ F = torch.nn.functional
 
 import torch_reference as R
 from conftest import assert_every_layer_fires, one_error_line
+from eventformer_cli.main import app
+from test_train_layers import num_grad
 from typer.testing import CliRunner
 
-from cli.main import app
 from eventformer.datasets import embedded_synthetic_dir, embedded_synthetic_set
 from eventformer.events import frame_events
 from eventformer.modelfile import load, save
@@ -36,22 +37,6 @@ runner = CliRunner()
 
 def t64(a):
     return torch.tensor(np.asarray(a, np.float64), requires_grad=True)
-
-
-def num_grad(f, x, eps=1e-6):
-    """Central finite differences of scalar f() with respect to array x (modified in place)."""
-    g = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + eps
-        fp = f()
-        x[i] = old - eps
-        fm = f()
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def close(a, b, rtol=1e-9, atol=1e-10):

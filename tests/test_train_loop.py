@@ -9,10 +9,10 @@ import signal
 
 import numpy as np
 import pytest
+from conftest import assert_every_layer_fires, one_error_line
+from eventformer_cli.main import app
 from typer.testing import CliRunner
 
-from cli.main import app
-from conftest import assert_every_layer_fires, one_error_line
 from eventformer.datasets import embedded_synthetic_dir, embedded_synthetic_set
 from eventformer.errors import EventformerError
 from eventformer.events import dense_frames, frame_events
@@ -20,10 +20,22 @@ from eventformer.inference import downsample
 from eventformer.modelfile import load
 from eventformer.models import Spikformer
 from eventformer.train import model as M
-from eventformer.train.data import (CLIP_US, FrameSet, batches, check_resolution, clip_events, frame_set,
-                                    shift_frames)
-from eventformer.train.loop import (TrainingDiverged, TrainingInterrupted, load_checkpoint,
-                                    predict, train)
+from eventformer.train.data import (
+    CLIP_US,
+    FrameSet,
+    batches,
+    check_resolution,
+    clip_events,
+    frame_set,
+    shift_frames,
+)
+from eventformer.train.loop import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    load_checkpoint,
+    predict,
+    train,
+)
 
 S, T = 16, 4
 runner = CliRunner()
@@ -241,10 +253,9 @@ def test_cli_train_errors(sets, tmp_path, args, needle):
 
 
 def test_train_cli_tonic_dataset_errors(tmp_path):
-    from typer.testing import CliRunner
-
     from conftest import one_error_line
     from eventformer_cli.main import app
+    from typer.testing import CliRunner
 
     runner = CliRunner()
     out = str(tmp_path / "m.h5")
