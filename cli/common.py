@@ -188,3 +188,39 @@ def check_writable(output: Path, force: bool) -> None:
         fail(f"{output}: cannot be written (folder {folder} does not exist)")
     if not os.access(folder, os.W_OK):
         fail(f"{output}: cannot be written (permission denied)")
+
+
+# (no square brackets: rich would take "[plot]" for markup)
+PLOT_HELP = ("Write figures (PNG, or SVG with --plot-format svg) into this folder, created if "
+             "missing (needs matplotlib: the plot extra).")
+PLOT_FORMAT_HELP = "Figure file format: png or svg."
+
+
+def plot_options(plot: Optional[Path], fmt: str = "png", layer: Optional[str] = None,
+                 head: Optional[int] = None, step: Optional[int] = None):
+    """The `eventformer.plots.PlotOptions` of --plot DIR (None without it), checked before any
+    long work: matplotlib importable (else one sentence on how to install it), DIR a folder
+    (created), the format known. --plot-* choices without --plot are refused."""
+    if plot is None:
+        given = [name for name, value in (("--plot-layer", layer), ("--plot-head", head),
+                                          ("--plot-step", step)) if value is not None]
+        if given or fmt != "png":
+            fail(f"{(given or ['--plot-format'])[0]} chooses what --plot DIR draws; give "
+                 "--plot DIR too")
+        return None
+    from eventformer.errors import EventformerError
+    from eventformer.plots import PlotOptions, prepare_dir, require
+
+    try:
+        require()
+        options = PlotOptions(plot, fmt.lower(), layer, head, step)
+        prepare_dir(plot)
+    except EventformerError as exc:
+        fail(str(exc))
+    return options
+
+
+def report_written(paths) -> None:
+    """Name each figure written, one line each on stderr."""
+    for p in paths:
+        err.print(f"wrote {p}", markup=False, highlight=False, soft_wrap=True)

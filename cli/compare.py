@@ -10,7 +10,16 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .common import DType, err, progress_bar, resolve_models
+from .common import (
+    PLOT_FORMAT_HELP,
+    PLOT_HELP,
+    DType,
+    err,
+    plot_options,
+    progress_bar,
+    report_written,
+    resolve_models,
+)
 from .errors import fail, user_errors
 
 
@@ -38,6 +47,11 @@ def compare(
                                         show_default="every sample"),
     as_json: bool = typer.Option(False, "--json", help="The raw numbers as one JSON object on "
                                                        "stdout."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="DIR",
+                                        help=PLOT_HELP + " compare.png: accuracy vs energy per "
+                                             "sample, one point per model and arithmetic."),
+    plot_format: str = typer.Option("png", "--plot-format", metavar="png|svg",
+                                     help=PLOT_FORMAT_HELP),
 ):
     """Compare models on the same labelled samples: accuracy, operations, energy and engine time
     per sample, per model and arithmetic, in one table.
@@ -51,6 +65,7 @@ def compare(
 
     if split not in ("test", "train"):
         fail(f"--split must be test or train, got {split!r}")
+    plots = plot_options(plot, plot_format)
     models = resolve_models(weights)
     dtypes = [d.value for d in dtype] if dtype else list(DEFAULT_DTYPES)
     def compiling():
@@ -75,6 +90,10 @@ def compare(
         sys.stdout.write(json.dumps(result) + "\n")
     else:
         print_table(result)
+    if plots and result["samples"]:
+        from eventformer.plots import compare_figure
+
+        report_written([compare_figure(result, plots.outdir, plots.fmt)])
     if result["interrupted"]:
         err.print(f"interrupted: the table covers {result['samples']} of {total} samples")
         raise typer.Exit(code=130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
@@ -14,6 +15,8 @@ from rich.table import Table
 from .common import (
     CENTER_CROP_HELP,
     CROP_HELP,
+    PLOT_FORMAT_HELP,
+    PLOT_HELP,
     SENSOR_SIZE_HELP,
     WEIGHTS_DEFAULT,
     WEIGHTS_HELP,
@@ -27,7 +30,9 @@ from .common import (
     err,
     load_engine,
     parse_size,
+    plot_options,
     progress_bar,
+    report_written,
     resolve_weights,
 )
 from .errors import STATE, fail, user_errors
@@ -85,6 +90,23 @@ def infer(
                                             help="With --dataset: classify the samples on an "
                                                  "existing Dask cluster.",
                                             show_default="none"),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="DIR",
+                                        help=PLOT_HELP + " Per file: its input frames, per-layer "
+                                             "firing rates and operations, a spike raster, an "
+                                             "attention map; with --dataset: the confusion "
+                                             "matrix and per-class accuracy."),
+    plot_format: str = typer.Option("png", "--plot-format", metavar="png|svg",
+                                     help=PLOT_FORMAT_HELP),
+    plot_layer: Optional[str] = typer.Option(None, "--plot-layer", metavar="NAME",
+                                             help="The layer whose spike raster is drawn (a "
+                                                  "block's layer also picks the attention "
+                                                  "map's block).",
+                                             show_default="the first block's attn_lif"),
+    plot_head: Optional[int] = typer.Option(None, "--plot-head", metavar="H",
+                                            help="The attention head drawn.", show_default="0"),
+    plot_step: Optional[int] = typer.Option(None, "--plot-step", metavar="T",
+                                            help="The time step of the attention map drawn.",
+                                            show_default="the step with the most entries"),
 ):
     """Classify event recordings or a dataset: predictions, per-layer spikes, operations done.
 
@@ -104,11 +126,15 @@ def infer(
                "sensor_size": parse_size(sensor_size),
                "transform": SpatialTransform.from_options(crop, center_crop)}
     cluster = _cluster_options(workers, scheduler)
+    plots = plot_options(plot, plot_format, plot_layer, plot_head, plot_step)
     if dataset is not None:
         if files:
             fail("give either event files or --dataset, not both")
+        if plots and (plot_layer, plot_head, plot_step) != (None, None, None):
+            fail("--plot-layer, --plot-head and --plot-step choose the figures of event files; "
+                 "with --dataset --plot draws the confusion matrix and per-class accuracy")
         _infer_dataset(dataset, data_dir, split, limit, weights, dtype.value, path.value,
-                       energy, framing, as_json, cluster)
+                       energy, framing, as_json, cluster, plots)
         return
     if cluster is not None:
         fail("--workers and --scheduler run a --dataset on Dask; files are classified here")
@@ -116,13 +142,22 @@ def infer(
         fail("give event files to classify (or --dataset dvs-gesture); see --help")
     weights = resolve_weights(weights)
     engine = load_engine(weights, dtype.value, path.value, quiet=as_json)
-    results, failed = [], 0
-    with progress_bar(len(files) > 1 and not as_json) as progress:
+    plotter = None
+    if plots:  # the choices are checked against the model before any file is read
+        from eventformer.plots import ClassificationPlotter
+
+        plotter = ClassificationPlotter(engine, plots, steps)
+    results, failed, written = [], 0, []
+    with progress_bar(len(files) > 1 and not as_json) as progress, \
+            plotter or contextlib.nullcontext():
         task = progress.add_task("classifying", total=len(files)) if progress else None
-        for f, r in classify_files(engine, files, energy=energy, **framing):
+        for f, r in classify_files(engine, files, energy=energy, keep_frames=bool(plotter),
+                                   **framing):
             if progress:
                 progress.advance(task)
             if isinstance(r, EventformerError):  # this file only: the others still count
+                if plotter:
+                    plotter.skip()
                 if STATE["debug"]:
                     traceback.print_exception(r)
                 failed += 1
@@ -135,9 +170,15 @@ def infer(
             results.append(r)
             if as_json:
                 _emit_json(r.to_json())
+            if plotter:
+                written += plotter.write(r)
     if results and not as_json:
         announce_model(weights)
         _print_results(results, show_layers=layers or len(results) == 1)
+    if plotter:
+        if plotter.note:
+            err.print(plotter.note, markup=False, highlight=False)
+        report_written(written)
     if failed:
         if len(files) > 1:
             err.print(f"{failed} of {len(files)} files could not be classified", markup=False,
@@ -164,7 +205,7 @@ def _cluster_options(workers, scheduler):
 
 
 def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, energy, framing,
-                   as_json, cluster=None) -> None:
+                   as_json, cluster=None, plots=None) -> None:
     from eventformer.datasets import open_dataset
     from eventformer.evaluate import evaluate
 
@@ -199,6 +240,13 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
         _emit_json({"summary": True, **summary})
     else:
         _print_summary(summary, engine.config)
+    if plots and summary["samples"]:
+        from eventformer.plots import dataset_figures
+
+        where = "embedded synthetic set" if data.synthetic else data.convention
+        report_written(dataset_figures(
+            summary, engine.config.class_names, plots.outdir, plots.fmt,
+            title=f"{name} {split} split ({where}), {Path(weights).name} {dtype}"))
     if summary["interrupted"]:
         err.print(f"interrupted: the results above cover {summary['samples']} of {total} samples")
         raise typer.Exit(code=130)

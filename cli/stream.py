@@ -12,6 +12,8 @@ import typer
 from .common import (
     CENTER_CROP_HELP,
     CROP_HELP,
+    PLOT_FORMAT_HELP,
+    PLOT_HELP,
     SENSOR_SIZE_HELP,
     WEIGHTS_DEFAULT,
     WEIGHTS_HELP,
@@ -22,6 +24,8 @@ from .common import (
     err,
     load_engine,
     parse_size,
+    plot_options,
+    report_written,
     resolve_weights,
 )
 from .errors import fail, user_errors
@@ -63,6 +67,12 @@ def stream(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT",
                                             help="Follow the streams on an existing Dask "
                                                  "cluster.", show_default="none"),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="DIR",
+                                        help=PLOT_HELP + " One per stream: its logits and class "
+                                             "probabilities window by window, the final "
+                                             "decision marked."),
+    plot_format: str = typer.Option("png", "--plot-format", metavar="png|svg",
+                                     help=PLOT_FORMAT_HELP),
 ):
     """Classify a live or recorded event stream in causal windows, state carried across them.
 
@@ -74,6 +84,8 @@ def stream(
     from eventformer.stream import FileSource, WindowSpec, run_stream
 
     transform = SpatialTransform.from_options(crop, center_crop)
+    plots = plot_options(plot, plot_format)
+    windows: dict = {}  # stream -> its window records, kept for --plot
 
     if window_ms is not None and window_events is not None:
         fail("give either --window-ms or --window-events, not both")
@@ -85,7 +97,8 @@ def stream(
         fail("give either --workers (a local cluster) or --scheduler (an existing one), not both")
     if workers is not None or scheduler is not None:
         _stream_on_cluster(files, workers, scheduler, weights, dtype.value, spec, follow,
-                           realtime, idle_timeout, parse_size(sensor_size), transform, as_json)
+                           realtime, idle_timeout, parse_size(sensor_size), transform, as_json,
+                           plots)
         return
     if len(files) > 1:
         fail(f"{len(files)} streams: several streams run at once on Dask, give --workers N "
@@ -107,6 +120,8 @@ def stream(
     announced = []
 
     def on_window(w):
+        if plots:
+            windows.setdefault(str(file), []).append(w)
         if as_json:
             sys.stdout.write(json.dumps(w) + "\n")
             sys.stdout.flush()
@@ -133,6 +148,7 @@ def stream(
     leftover = source.finish()
     for w in source.warnings + ([leftover.message] if leftover.message else []):
         err.print(f"warning: {file}: {w}", markup=False, highlight=False, soft_wrap=True)
+    _plot_streams(plots, windows, names)
     if as_json:
         sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
         return
@@ -146,8 +162,17 @@ def stream(
                   "reached)" if summary["interrupted"] else ""))
 
 
+def _plot_streams(plots, windows: dict, class_names) -> None:
+    """--plot: one figure per stream that had a window."""
+    if not plots:
+        return
+    from eventformer.plots import stream_figures
+
+    report_written(stream_figures(windows, class_names, plots.outdir, plots.fmt))
+
+
 def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, realtime,
-                       idle_timeout, sensor_size, transform, as_json) -> None:
+                       idle_timeout, sensor_size, transform, as_json, plots=None) -> None:
     """Every stream a Dask task with its own engine (see eventformer.cluster.follow_streams):
     one line per window tagged with the stream's name, then one summary (or error) per stream."""
     import math
@@ -164,7 +189,9 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
     if missing and not follow:
         fail(f"{missing[0]}: no such file")
     weights = resolve_weights(weights)
-    load_engine(weights, dtype, "auto", quiet=as_json)  # validates the model, fills Numba's cache
+    # validates the model, fills Numba's cache
+    class_names = load_engine(weights, dtype, "auto", quiet=as_json).config.class_names
+    windows = {} if plots else None  # stream -> its window records, for --plot
     from eventformer.runtime import engine_threads
 
     # as many engine threads as `stream FILE` here: float32 sums may depend on their number
@@ -181,6 +208,8 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
                   markup=False, highlight=False)
 
     def on_window(w):
+        if windows is not None:
+            windows.setdefault(w["stream"], []).append(w)
         if as_json:
             sys.stdout.write(json.dumps(w) + "\n")
             sys.stdout.flush()
@@ -218,6 +247,7 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
     with cluster_client(workers, scheduler, threads_per_worker=threads) as client:
         results, _ = follow_streams(client, engine_spec, jobs, on_window=on_window,
                                     on_end=on_end)
+    _plot_streams(plots, windows, class_names)
     failed = sum(1 for r in results if "error" in r)
     if failed:
         err.print(f"{failed} of {len(results)} streams failed", markup=False, highlight=False)

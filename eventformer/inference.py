@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +32,11 @@ class Classification:
     spatial: str = ""
     #: The model's attention operator (ssa, ds2ta, ssa_bin, saformer).
     attention: str = "ssa"
+    #: The framed input steps the engine ran (``[(idx, cnt), ...]``), kept only when asked
+    #: (``classify(..., keep_frames=True)``, for figures); not part of the JSON.
+    frames: list | None = field(default=None, repr=False)
+    #: The sensor's (width, height) as the framing took it (header or --sensor-size), if known.
+    sensor_size: tuple | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
         return {"file": self.file, "events": self.events, "steps": self.steps,
@@ -134,8 +139,10 @@ def class_name(model: Spikformer, k: int) -> str:
 def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
              split_by: str | None = None, energy: EnergyTable | None = None,
              sensor_size: tuple[int, int] | None = None,
-             transform: SpatialTransform | None = None) -> Classification:
-    """Frame ``rec`` (see `frame_recording`; ``transform`` crops) and run the model over it."""
+             transform: SpatialTransform | None = None,
+             keep_frames: bool = False) -> Classification:
+    """Frame ``rec`` (see `frame_recording`; ``transform`` crops) and run the model over it;
+    ``keep_frames`` keeps the framed steps in the result (``frames``)."""
     steps = steps or model.config.steps
     split_by = split_by or model.config.split_by
     warnings = [f"{rec.path}: {w}" for w in rec.warnings]
@@ -152,12 +159,13 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
         class_name=class_name(model, k), layers=layer_rows(stats, steps),
         ops=summarize(stats, steps, energy or EnergyTable.for_arithmetic(model.arithmetic)),
         seconds=seconds, duration_us=int(rec.duration_us),
-        warnings=warnings, spatial=plan.describe(), attention=model.config.attention)
+        warnings=warnings, spatial=plan.describe(), attention=model.config.attention,
+        frames=frames if keep_frames else None, sensor_size=plan.sensor_size)
 
 
 def classify_file(model: Spikformer, path: str, **kw) -> Classification:
     """Read (format from the header bytes), frame and classify one recording; ``kw`` as
-    `classify` (steps, split_by, energy, sensor_size, transform)."""
+    `classify` (steps, split_by, energy, sensor_size, transform, keep_frames)."""
     return classify(model, read_events(path), **kw)
 
 
