@@ -55,13 +55,13 @@ def load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False):
     anything is timed."""
     from eventformer.layers import PathPolicy
     from eventformer.modelfile import load
-    from eventformer.models import Spikformer
+    from eventformer.models import engine_for
     from eventformer.runtime import kernels_cached
 
     model_file = load(weights)
     if not quiet and not kernels_cached():
         err.print("first run: compiling the engine's kernels (about 10-20 s, cached afterwards)")
-    engine = Spikformer(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
+    engine = engine_for(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
     engine.warm_up()
     return engine
 

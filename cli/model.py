@@ -8,6 +8,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -24,10 +25,21 @@ class Attention(str, Enum):
     saformer = "saformer"
 
 
+class Framework(str, Enum):
+    """Frameworks whose NIR exports eventformer steps as they do (the neurons' discrete rule)."""
+
+    sinabs = "sinabs"
+    snntorch = "snntorch"
+    norse = "norse"
+    rockpool = "rockpool"
+
+
 @user_errors
 def export(
-    checkpoint: Path = typer.Argument(..., help="Official Spikformer checkpoint (.pth): a "
-                                                "state_dict or {'model': state_dict}."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT.pth|MODEL.nir",
+                                      help="Official Spikformer checkpoint (.pth: a state_dict "
+                                           "or {'model': state_dict}), or a NIR graph (.nir) of "
+                                           "a sequential spiking CNN."),
     output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.h5)."),
     heads: int = typer.Option(16, "--heads", min=1, help="Attention heads (not in the tensors)."),
     scale: float = typer.Option(0.25, "--scale", help="Attention scale: 0.25 in the official "
@@ -49,18 +61,38 @@ def export(
                                             help="SAFormer: rows L of the adaptive token pooling "
                                                  "(must divide the token count).",
                                             show_default="4"),
+    framework: Optional[Framework] = typer.Option(
+        None, "--framework", help="NIR only: the framework that exported the graph; its "
+                                  "neurons are stepped by that framework's rule (a NIR file "
+                                  "does not say which).", show_default="required for .nir"),
+    dt: Optional[float] = typer.Option(None, "--dt", help="NIR only: the time step the "
+                                                          "exporter assumed, seconds.",
+                                       show_default="snntorch 1e-4, norse and rockpool 1e-3"),
+    input_shape: Optional[str] = typer.Option(
+        None, "--input-shape", metavar="CxHxW",
+        help="NIR only: the image a flat input (an MLP on the flattened frame) flattens, "
+             "C-major as torch's flatten.", show_default="the input node's, when 3-D"),
     force: bool = typer.Option(False, "--force", help="Overwrite the model file if it exists."),
 ):
     """Convert a PyTorch Spikformer checkpoint (or a DS2TA / SSA_Bin / SAFormer one) into an
-    eventformer model file (BN folded)."""
+    eventformer model file (BN folded), or import a NIR graph of a sequential spiking CNN
+    exported by sinabs, snnTorch, Norse or Rockpool (--framework)."""
     from eventformer.classes import CLASS_SETS
     from eventformer.modelfile import save
     from eventformer.modelfile.export import export_checkpoint
+    from eventformer.modelfile.nir_import import is_nir_file
 
     check_writable(output, force)
     names: tuple = ()
     if classes:
         names = CLASS_SETS.get(classes) or tuple(c.strip() for c in classes.split(","))
+    if checkpoint.suffix.lower() == ".nir" or is_nir_file(checkpoint):
+        _export_nir(checkpoint, output, framework, dt, steps, split_by.value, names,
+                    _chw(input_shape))
+        return
+    if framework is not None or dt is not None or input_shape is not None:
+        fail("--framework, --dt and --input-shape apply to NIR graphs (.nir), not to PyTorch "
+             "checkpoints")
     model, report = export_checkpoint(checkpoint, heads=heads, scale=scale, steps=steps,
                                       image_size=image_size, class_names=names,
                                       attention=attention.value if attention else None,
@@ -83,6 +115,105 @@ def export(
               f"{cfg.heads} heads of {cfg.head_dim}")
 
 
+def _chw(text: Optional[str]):
+    """``--input-shape CxHxW`` as a tuple of three positive integers."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        fail(f"--input-shape {text!r}: expected CxHxW, three positive integers such as 2x32x32")
+    return tuple(int(p) for p in parts)
+
+
+def _export_nir(path: Path, output: Path, framework, dt, steps: int, split_by: str,
+                names: tuple, input_shape) -> None:
+    from eventformer.modelfile import save
+    from eventformer.modelfile.nir_import import FRAMEWORKS, import_nir
+
+    if framework is None:
+        fail(f"{path}: a NIR graph does not say how its neurons were stepped: give --framework "
+             f"({', '.join(FRAMEWORKS)}), the framework that exported it")
+    model, report = import_nir(path, framework=framework.value, steps=steps, split_by=split_by,
+                               class_names=names, dt=dt, input_shape=input_shape)
+    save(output, model)
+    err.print(f"[bold]exported[/] {path} (NIR, {framework.value}) -> {output}")
+    err.print("  chain: " + " -> ".join(f"{n} ({k})" for n, k in report.chain), markup=False)
+    err.print(f"  neurons stepped as {framework.value} steps them (dt {report.dt:g}):")
+    for node, rule in report.rules.items():
+        err.print(f"    {node}: {rule}", markup=False)
+    for line in report.folded:
+        err.print(f"  {line}", markup=False)
+    cfg = model.config
+    err.print(f"  input {cfg.in_channels}x{cfg.image_size}x{cfg.image_size}, {cfg.num_classes} "
+              f"output neurons (their spike counts are the class scores), T {cfg.steps}, "
+              f"split_by {cfg.split_by}; {model.parameter_count():,} parameters")
+
+
+def _inspect_snn(model_path: Path, m, as_json: bool) -> None:
+    from eventformer.modelfile.nir_import import DISCRETISATION
+
+    cfg = m.config
+    shapes = m.shapes()
+    rows = []
+    for st, shape in zip(m.stages, shapes):
+        row = {"name": st.name, "op": st.op, "output": list(shape), "source": st.source}
+        if st.weight is not None:
+            row["weight"] = list(st.weight.shape)
+            row["stride"], row["padding"], row["groups"] = st.stride, st.padding, st.groups
+            n = st.neuron
+            kind = _neuron_kind(n)
+            row["neuron"] = {"rule": n.rule, "node": kind, "options": n.options,
+                             "discretisation": DISCRETISATION.get((n.rule, kind), ""),
+                             "theta": [float(np.min(n.params["theta"])),
+                                       float(np.max(n.params["theta"]))]}
+        elif st.op in ("sumpool", "avgpool"):
+            row["kernel"], row["stride"], row["padding"] = st.kernel, st.stride, st.padding
+        rows.append(row)
+    info = {"file": str(model_path), "format_version": m.format_version,
+            "architecture": m.architecture, "attention": "none", "config": cfg.to_dict(),
+            "parameters": m.parameter_count(), "provenance": m.provenance, "stages": rows}
+    if as_json:
+        sys.stdout.write(json.dumps(info) + "\n")
+        return
+    err.print(f"[bold]{model_path}[/]: sequential SNN ({cfg.neurons} neurons), "
+              f"{m.parameter_count():,} parameters (format version {m.format_version})")
+    err.print(f"  input {cfg.in_channels}x{cfg.image_size}x{cfg.image_size}, {cfg.num_classes} "
+              f"classes (output spike counts), T {cfg.steps}, split_by {cfg.split_by}")
+    if cfg.class_names:
+        err.print("  classes: " + ", ".join(cfg.class_names))
+    t = Table(title_justify="left")
+    for col in ("stage", "op", "output", "weight", "neurons", "threshold"):
+        t.add_column(col)
+    for r in rows:
+        n = r.get("neuron")
+        t.add_row(r["name"], r["op"] if "kernel" not in r else
+                  f"{r['op']} k{r['kernel']} s{r['stride']} p{r['padding']}",
+                  "x".join(map(str, r["output"])), "x".join(map(str, r.get("weight", []))) or "-",
+                  f"{n['rule']} {n['node']}" if n else "-",
+                  (f"{n['theta'][0]:g}" if n['theta'][0] == n['theta'][1] else
+                   f"{n['theta'][0]:g}..{n['theta'][1]:g}") if n else "-")
+    err.print(t)
+    err.print("  discretisation (how the exporting framework steps each neuron):")
+    for r in rows:
+        if r.get("neuron"):
+            err.print(f"    {r['name']}: {r['neuron']['discretisation']}", markup=False)
+    if m.provenance:
+        err.print("  provenance: " + ", ".join(f"{k}={v}" for k, v in m.provenance.items()))
+
+
+def _neuron_kind(n) -> str:
+    """The NIR node type a stage's neurons came from, told by its rule and options."""
+    if n.rule == "sinabs":
+        return "LIF" if n.options.get("norm_input") else "IF"
+    if n.rule == "snntorch":
+        return "LIF"
+    if n.rule == "rockpool":
+        return "CubaLIF" if n.options.get("synaptic") else "LIF"
+    if n.options.get("integrate"):
+        return "IF"
+    return "CubaLIF" if n.options.get("synaptic") else "LIF"
+
+
 @user_errors
 def inspect(
     model_path: Path = typer.Argument(..., metavar="MODEL.h5", help="Model file to describe."),
@@ -92,6 +223,9 @@ def inspect(
     from eventformer.modelfile import attention_summary, layer_specs, load
 
     m = load(model_path)
+    if m.architecture == "snn":
+        _inspect_snn(model_path, m, as_json)
+        return
     cfg = m.config
     info = {"file": str(model_path), "format_version": m.format_version,
             "architecture": m.architecture, "attention": attention_summary(m),

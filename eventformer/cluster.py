@@ -137,12 +137,12 @@ class EngineSpec:
         """A new engine, its kernels loaded (from Numba's on-disk cache after the first run)."""
         from .layers import PathPolicy
         from .modelfile import load
-        from .models import Spikformer
+        from .models import engine_for
         from .runtime import set_engine_threads
 
         if self.threads is not None:
             set_engine_threads(self.threads)
-        engine = Spikformer(load(self.weights), dtype=self.dtype,
+        engine = engine_for(load(self.weights), dtype=self.dtype,
                             policy=PathPolicy(mode=self.path_mode))
         engine.warm_up()
         return engine

@@ -19,7 +19,7 @@ from .errors import EventformerError
 from .evaluate import Tally
 from .events import Recording
 from .inference import classify
-from .models import Spikformer
+from .models import Spikformer, engine_for
 from .report import EnergyTable
 
 #: The arithmetics compared when none are given: the float engine and the cheapest integer one.
@@ -37,7 +37,7 @@ class Run:
     model: str  # its label: a shipped model's name or the file's stem
     file: str
     dtype: str
-    engine: Spikformer
+    engine: Spikformer  # or a SpikingNet (a NIR-imported SNN): the same interface
 
 
 def load_runs(models: Sequence[tuple[str, str | os.PathLike]],
@@ -61,7 +61,7 @@ def load_runs(models: Sequence[tuple[str, str | os.PathLike]],
     for label, path in models:
         model_file = load(path)
         for dtype in dict.fromkeys(dtypes):  # each once, in the order given
-            engine = Spikformer(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
+            engine = engine_for(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
             runs.append(Run(label, str(path), dtype, engine))
     if before_warm_up is not None:
         before_warm_up()

@@ -507,7 +507,7 @@ def attention_note(attention: str | None) -> str | None:
 
     if attention in MAP_OPERATORS:
         return None
-    if attention is None:
+    if attention is None or attention == "none":  # a sequential SNN (NIR import)
         return "no attention figure: the model has no attention blocks"
     return (f"no attention figure: the {attention} operator forms no (query, key) map "
             "(SAFormer's attention is a pooled channel gate)")

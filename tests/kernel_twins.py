@@ -538,6 +538,163 @@ def saformer_fixed(q, k, grid_w, rows, dwc_weight, dwc_bias, gate_mult, gate_shi
         y += k.astype(np.int64) * np.array(term, np.int64)[None, :]
     return y
 
+# --------------------------------------------------------------------------------------------
+# neurons of NIR-imported networks (kernels/snn.py), written from the frameworks' forward passes
+# --------------------------------------------------------------------------------------------
+
+
+def sinabs_neurons(v, i_syn, x, alpha_mem, alpha_syn, theta, min_v, reset_value, synaptic,
+                   norm_input, multi_spike, max_spikes, subtract, floor):
+    """One step of sinabs' ``lif_forward_single`` over dense arrays, numpy element-wise in its
+    order (alpha_syn (i + x); (1 - alpha) x; alpha v + x; MultiSpike (v > 0) trunc(v / theta)
+    or SingleSpike v - theta >= 0, or with ``multi_spike`` 2 Rockpool's StepPWL (v >= theta)
+    floor(v / theta); MembraneSubtract / MembraneReset; relu(v - m) + m).
+    Returns (v, i_syn, spike counts int64), new arrays."""
+    v, i_syn, x = v.copy(), i_syn.copy(), x.copy()
+    if synaptic:
+        i_syn = alpha_syn * (i_syn + x)
+        x = i_syn
+    if norm_input:
+        x = (np.asarray(1, v.dtype) - alpha_mem) * x
+    v = alpha_mem * v + x
+    if multi_spike == 2:  # Rockpool's StepPWL
+        s = np.where(v >= theta, np.floor(v / theta), 0).astype(np.int64)
+    elif multi_spike:  # sinabs' MultiSpike
+        s = np.where(v > 0, np.trunc(v / theta), 0).astype(np.int64)
+    else:  # SingleSpike
+        s = (v - theta >= 0).astype(np.int64)
+    if multi_spike and max_spikes > 0:
+        s = np.minimum(s, max_spikes)
+    if subtract:
+        v = v - s.astype(v.dtype) * theta
+    else:
+        v = v * (s == 0).astype(v.dtype) + reset_value
+    if floor:
+        v = np.maximum(v - min_v, 0) + min_v
+    return v, i_syn, s
+
+
+def snntorch_leaky(v, x, beta, theta, reset):
+    """One step of snnTorch's ``Leaky`` (reset_delay=True): the reset from the old membrane.
+    Returns (v, spikes int64)."""
+    r = (v - theta > 0).astype(v.dtype)
+    if reset == "subtract":
+        h = (beta * v + x) - r * theta
+    elif reset == "zero":
+        h = beta * ((np.asarray(1, v.dtype) - r) * v) + x
+    else:
+        h = beta * v + x
+    return h, (h - theta > 0).astype(np.int64)
+
+
+def norse_cell(v, i_syn, x, a, b, v_leak, theta, v_reset, cuba, subtract, integrate):
+    """One step of Norse's IAFCell / LIFBoxCell / LIFCell (a = dt tau_mem_inv, b = -dt
+    tau_syn_inv). Returns (v, i_syn, spikes int64)."""
+    if integrate:
+        vd = v + x
+    elif cuba:
+        i_syn = i_syn + x
+        vd = v + a * ((v_leak - v) + i_syn)
+        i_syn = i_syn + b * i_syn
+    else:
+        vd = v + a * ((x + v_leak) - v)
+    z = vd - theta > 0
+    if subtract:
+        v = np.where(z, vd - theta, vd)
+    else:
+        zf = z.astype(v.dtype)
+        v = (np.asarray(1, v.dtype) - zf) * vd + zf * v_reset
+    return v, i_syn, z.astype(np.int64)
+
+
+def _fixed_mul(x, m):
+    """x * m / 2^16, floored, in Python ints (m = 2^16 is one)."""
+    return x if m == 1 << 16 else (x * m) >> 16
+
+
+def sinabs_neurons_fixed(v, i_syn, x, alpha_mem, alpha_syn, theta, min_v, reset_value, gain,
+                         synaptic, norm_input, multi_spike, max_spikes, subtract, floor):
+    """sinabs' step in Python integers (multipliers with 16 fractional bits). Returns (v,
+    i_syn, counts), int64 arrays."""
+    n = len(v)
+    nv, ni, s_out = np.zeros(n, np.int64), np.array(i_syn, np.int64), np.zeros(n, np.int64)
+    for i in range(n):
+        xi = int(x[i])
+        if synaptic:
+            xi = _fixed_mul(int(i_syn[i]) + xi, int(alpha_syn[i]))
+            ni[i] = xi
+        if norm_input:
+            xi = _fixed_mul(xi, int(gain[i]))
+        h = _fixed_mul(int(v[i]), int(alpha_mem[i])) + xi
+        th = int(theta[i])
+        if multi_spike:
+            s = h // th if h > 0 else 0
+            if max_spikes > 0:
+                s = min(s, max_spikes)
+        else:
+            s = 1 if h - th >= 0 else 0
+        h = h - s * th if subtract else (h if s == 0 else 0) + int(reset_value[i])
+        if floor:
+            h = max(h - int(min_v[i]), 0) + int(min_v[i])
+        nv[i], s_out[i] = h, s
+    return nv, ni, s_out
+
+
+def snntorch_leaky_fixed(v, x, beta, theta, reset):
+    """snnTorch's Leaky in Python integers. Returns (v, spikes) int64."""
+    n = len(v)
+    nv, s = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for i in range(n):
+        vi, th = int(v[i]), int(theta[i])
+        r = vi > th
+        if reset == "subtract":
+            h = _fixed_mul(vi, int(beta[i])) + int(x[i]) - (th if r else 0)
+        elif reset == "zero":
+            h = _fixed_mul(0 if r else vi, int(beta[i])) + int(x[i])
+        else:
+            h = _fixed_mul(vi, int(beta[i])) + int(x[i])
+        nv[i], s[i] = h, int(h > th)
+    return nv, s
+
+
+def norse_cell_fixed(v, i_syn, x, a, b, v_leak, theta, v_reset, cuba, subtract, integrate):
+    """Norse's cells in Python integers. Returns (v, i_syn, spikes) int64."""
+    n = len(v)
+    nv, ni, s = np.zeros(n, np.int64), np.array(i_syn, np.int64), np.zeros(n, np.int64)
+    for i in range(n):
+        vi, xi = int(v[i]), int(x[i])
+        if integrate:
+            vd = vi + xi
+        elif cuba:
+            cur = int(i_syn[i]) + xi
+            vd = vi + _fixed_mul((int(v_leak[i]) - vi) + cur, int(a[i]))
+            ni[i] = cur + _fixed_mul(cur, int(b[i]))
+        else:
+            vd = vi + _fixed_mul((xi + int(v_leak[i])) - vi, int(a[i]))
+        if vd > int(theta[i]):
+            nv[i] = vd - int(theta[i]) if subtract else int(v_reset[i])
+            s[i] = 1
+        else:
+            nv[i] = vd
+    return nv, ni, s
+
+
+def sumpool(x, k, stride, pad):
+    """Sum pooling of a dense [C, H, W] map as PyTorch windows it (zero padding, floor mode),
+    and its adds: one per (input value unit, window covering it). Returns (pooled int64, adds)."""
+    c, h, w = x.shape
+    xp = np.zeros((c, h + 2 * pad, w + 2 * pad), np.int64)
+    xp[:, pad:pad + h, pad:pad + w] = x
+    ho = conv_out_size(h, k, stride, pad)
+    wo = conv_out_size(w, k, stride, pad)
+    out = np.zeros((c, ho, wo), np.int64)
+    for oy in range(ho):
+        for ox in range(wo):
+            out[:, oy, ox] = xp[:, oy * stride:oy * stride + k, ox * stride:ox * stride + k].sum(
+                axis=(1, 2))
+    return out, int(out.sum())
+
+
 TWINS = {
     "channel_sums": (channel_sums,),
     "conv2d_gather": (conv2d, conv2d_ops),
@@ -557,13 +714,20 @@ TWINS = {
     "linear_scatter": (linear, linear_ops),
     "maxpool_flags": (maxpool2d,),
     "merge_add": (merge_add,),
+    "norse_step": (norse_cell,),
+    "norse_step_fixed": (norse_cell_fixed,),
     "nsad_step": (nsad, mapped_attention_ops),
     "saformer_step": (saformer, saformer_ops),
     "saformer_step_fixed": (saformer_fixed, saformer_ops),
     "scatter_dense": (scatter_dense,),
+    "sinabs_step": (sinabs_neurons,),
+    "sinabs_step_fixed": (sinabs_neurons_fixed,),
+    "snntorch_step": (snntorch_leaky,),
+    "snntorch_step_fixed": (snntorch_leaky_fixed,),
     "ssa_bin_step": (ssa_bin, mapped_attention_ops),
     "ssa_bin_step_fixed": (ssa_bin_fixed, mapped_attention_ops),
     "ssa_step": (ssa, ssa_ops),
+    "sumpool_events": (sumpool,),
     "tasa_current": (tasa,),
     "tasa_fixed_current": (tasa_fixed,),
 }

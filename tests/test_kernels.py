@@ -1154,3 +1154,248 @@ def test_saformer_step_fixed_matches_twin(side, dim, rows, dq, dk, seed):
     exp[C.MAC] += (rows * dim + dim) if (q.any() and k.any()) else 0
     exp[C.INPUT_EVENTS] += qi.shape[0] + ki.shape[0]
     np.testing.assert_array_equal(counters, exp)
+
+
+# ---------------------------------------------------------------------------------------------
+# neurons of NIR-imported networks and sum pooling (kernels/snn.py)
+# ---------------------------------------------------------------------------------------------
+
+from eventformer.kernels import (  # noqa: E402
+    norse_step,
+    norse_step_fixed,
+    sinabs_step,
+    sinabs_step_fixed,
+    snntorch_step,
+    snntorch_step_fixed,
+    sumpool_events,
+)
+from eventformer.kernels import snn as K  # noqa: E402
+
+
+def _framework_case(rng, c, reps, dtype, periodic):
+    """Membranes, thresholds and currents of a few steps (dense or periodic currents), some
+    membranes exactly at threshold, some currents negative."""
+    n = c * reps
+    theta = rng.choice([0.5, 1.0, 1.25, 2.0], n).astype(dtype)
+    v = rng.normal(0, 1.5, n).astype(dtype)
+    v[::5] = theta[::5]
+    xs = []
+    for _ in range(4):
+        x = rng.normal(0.3, 2.0, c if periodic else n).astype(dtype)
+        xs.append(x)
+    return n, theta, v, xs
+
+
+def _dense(x, n):
+    return np.tile(x, n // x.shape[0])
+
+
+@SETTINGS
+@given(c=st.integers(1, 24), reps=st.integers(1, 4), dtype=DTYPES, periodic=st.booleans(),
+       synaptic=st.booleans(), norm=st.booleans(), multi=st.sampled_from([0, 1, 2]),
+       cap=st.sampled_from([0, 1, 3]), subtract=st.booleans(), floor=st.booleans(), seed=SEEDS)
+def test_sinabs_step_matches_twin(c, reps, dtype, periodic, synaptic, norm, multi, cap,
+                                  subtract, floor, seed):
+    rng = np.random.default_rng(seed)
+    n, theta, v, xs = _framework_case(rng, c, reps, dtype, periodic)
+    alpha = rng.choice([1.0, 0.875, 0.9], n).astype(dtype)
+    alpha_syn = rng.uniform(0.5, 0.95, n).astype(dtype)
+    min_v = -theta
+    reset_value = rng.choice([0.0, 0.25], n).astype(dtype)
+    params = np.stack([alpha, alpha_syn, theta, min_v, reset_value, alpha]).astype(dtype)
+    params[K.SINABS_INPUT_GAIN] = dtype(1) - alpha
+    options = np.array([synaptic, norm, multi, cap, subtract, floor], np.int64)
+    i_syn = np.zeros(n if synaptic else 0, dtype)
+    want_v, want_i = v.copy(), np.zeros(n, dtype)
+    counters = counter_start(rng)
+    start = counters.copy()
+    for x in xs:
+        want_v, want_i, s = twin.sinabs_neurons(want_v, want_i, _dense(x, n), alpha, alpha_syn,
+                                                theta, min_v, reset_value, synaptic, norm,
+                                                multi, cap, subtract, floor)
+        idx, cnt = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+        k = sinabs_step(v, i_syn, x, params, options, idx, cnt, counters)
+        np.testing.assert_array_equal(idx[:k], np.flatnonzero(s))
+        np.testing.assert_array_equal(cnt[:k], s[s > 0])
+        np.testing.assert_array_equal(v, want_v)
+        if synaptic:
+            np.testing.assert_array_equal(i_syn, want_i)
+    assert counters[C.NEURON_UPDATES] - start[C.NEURON_UPDATES] == 4 * n
+
+
+@SETTINGS
+@given(c=st.integers(1, 24), reps=st.integers(1, 4), dtype=DTYPES, periodic=st.booleans(),
+       reset=st.sampled_from(["subtract", "zero", "none"]), seed=SEEDS)
+def test_snntorch_step_matches_twin(c, reps, dtype, periodic, reset, seed):
+    rng = np.random.default_rng(seed)
+    n, theta, v, xs = _framework_case(rng, c, reps, dtype, periodic)
+    beta = rng.choice([0.8, 0.9, 0.95, 1.0], n).astype(dtype)
+    params = np.stack([beta, theta]).astype(dtype)
+    want_v = v.copy()
+    counters = counter_start(rng)
+    for x in xs:
+        want_v, s = twin.snntorch_leaky(want_v, _dense(x, n), beta, theta, reset)
+        idx, cnt = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+        k = snntorch_step(v, x, params, K.RESET_SUBTRACT if reset == "subtract" else
+                          K.RESET_ZERO if reset == "zero" else K.RESET_NONE, idx, cnt, counters)
+        np.testing.assert_array_equal(idx[:k], np.flatnonzero(s))
+        assert np.all(cnt[:k] == 1)
+        np.testing.assert_array_equal(v, want_v)
+
+
+@SETTINGS
+@given(c=st.integers(1, 24), reps=st.integers(1, 4), dtype=DTYPES, periodic=st.booleans(),
+       kind=st.sampled_from(["iaf", "box", "cuba"]), subtract=st.booleans(), seed=SEEDS)
+def test_norse_step_matches_twin(c, reps, dtype, periodic, kind, subtract, seed):
+    rng = np.random.default_rng(seed)
+    n, theta, v, xs = _framework_case(rng, c, reps, dtype, periodic)
+    a = (dtype(1e-3) * rng.choice([50.0, 100.0, 200.0], n).astype(dtype)).astype(dtype)
+    b = (dtype(-1e-3) * rng.choice([100.0, 200.0], n).astype(dtype)).astype(dtype)
+    v_leak = rng.choice([0.0, 0.1], n).astype(dtype)
+    v_reset = rng.choice([0.0, -0.2], n).astype(dtype)
+    params = np.stack([a, b, v_leak, theta, v_reset]).astype(dtype)
+    cuba, iaf = kind == "cuba", kind == "iaf"
+    options = np.array([cuba, subtract, iaf], np.int64)
+    i_syn = np.zeros(n if cuba else 0, dtype)
+    want_v, want_i = v.copy(), np.zeros(n, dtype)
+    counters = counter_start(rng)
+    for x in xs:
+        want_v, want_i, s = twin.norse_cell(want_v, want_i, _dense(x, n), a, b, v_leak, theta,
+                                            v_reset, cuba, subtract, iaf)
+        idx, cnt = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+        k = norse_step(v, i_syn, x, params, options, idx, cnt, counters)
+        np.testing.assert_array_equal(idx[:k], np.flatnonzero(s))
+        np.testing.assert_array_equal(v, want_v)
+        if cuba:
+            np.testing.assert_array_equal(i_syn, want_i)
+
+
+def _fixed_framework_case(rng, c, reps, periodic):
+    n = c * reps
+    theta = rng.integers(1, 30000, n).astype(np.int64)
+    v = rng.integers(-50000, 50000, n).astype(np.int32)
+    v[::5] = theta[::5]
+    xs = [rng.integers(-2**20, 2**20, c if periodic else n).astype(np.int32) for _ in range(4)]
+    return n, theta, v, xs
+
+
+@SETTINGS
+@given(c=st.integers(1, 16), reps=st.integers(1, 4), periodic=st.booleans(),
+       synaptic=st.booleans(), norm=st.booleans(), multi=st.booleans(),
+       cap=st.sampled_from([0, 2]), subtract=st.booleans(), floor=st.booleans(), seed=SEEDS)
+def test_sinabs_step_fixed_matches_twin(c, reps, periodic, synaptic, norm, multi, cap, subtract,
+                                        floor, seed):
+    rng = np.random.default_rng(seed)
+    n, theta, v, xs = _fixed_framework_case(rng, c, reps, periodic)
+    one = 1 << 16
+    alpha = rng.choice([one, 57344, 60000], n).astype(np.int64)
+    alpha_syn = rng.integers(30000, 62000, n).astype(np.int64)
+    gain = one - alpha
+    min_v, reset_value = -theta, rng.choice([0, 77], n).astype(np.int64)
+    params = np.stack([alpha, alpha_syn, theta, min_v, reset_value, gain]).astype(np.int64)
+    options = np.array([synaptic, norm, multi, cap, subtract, floor], np.int64)
+    i_syn = np.zeros(n if synaptic else 0, np.int32)
+    want_v, want_i = v.astype(np.int64), np.zeros(n, np.int64)
+    for x in xs:
+        want_v, want_i, s = twin.sinabs_neurons_fixed(
+            want_v, want_i, _dense(x, n), alpha, alpha_syn, theta, min_v, reset_value, gain,
+            synaptic, norm, multi, cap, subtract, floor)
+        idx, cnt = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+        k = sinabs_step_fixed(v, i_syn, x, params, options, idx, cnt, counter_start(rng))
+        np.testing.assert_array_equal(idx[:k], np.flatnonzero(s))
+        np.testing.assert_array_equal(cnt[:k], s[s > 0])
+        np.testing.assert_array_equal(v, want_v)
+        if synaptic:
+            np.testing.assert_array_equal(i_syn, want_i)
+
+
+@SETTINGS
+@given(c=st.integers(1, 16), reps=st.integers(1, 4), periodic=st.booleans(),
+       reset=st.sampled_from(["subtract", "zero", "none"]), seed=SEEDS)
+def test_snntorch_step_fixed_matches_twin(c, reps, periodic, reset, seed):
+    rng = np.random.default_rng(seed)
+    n, theta, v, xs = _fixed_framework_case(rng, c, reps, periodic)
+    beta = rng.choice([1 << 16, 58982, 52429], n).astype(np.int64)
+    params = np.stack([beta, theta])
+    want_v = v.astype(np.int64)
+    mech = {"subtract": K.RESET_SUBTRACT, "zero": K.RESET_ZERO, "none": K.RESET_NONE}[reset]
+    for x in xs:
+        want_v, s = twin.snntorch_leaky_fixed(want_v, _dense(x, n), beta, theta, reset)
+        idx, cnt = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+        k = snntorch_step_fixed(v, x, params, mech, idx, cnt, counter_start(rng))
+        np.testing.assert_array_equal(idx[:k], np.flatnonzero(s))
+        np.testing.assert_array_equal(v, want_v)
+
+
+@SETTINGS
+@given(c=st.integers(1, 16), reps=st.integers(1, 4), periodic=st.booleans(),
+       kind=st.sampled_from(["iaf", "box", "cuba"]), subtract=st.booleans(), seed=SEEDS)
+def test_norse_step_fixed_matches_twin(c, reps, periodic, kind, subtract, seed):
+    rng = np.random.default_rng(seed)
+    n, theta, v, xs = _fixed_framework_case(rng, c, reps, periodic)
+    a = rng.choice([3277, 6554, 13107], n).astype(np.int64)
+    b = -rng.choice([6554, 13107], n).astype(np.int64)
+    v_leak = rng.choice([0, 500], n).astype(np.int64)
+    v_reset = rng.choice([0, -300], n).astype(np.int64)
+    params = np.stack([a, b, v_leak, theta, v_reset])
+    cuba, iaf = kind == "cuba", kind == "iaf"
+    options = np.array([cuba, subtract, iaf], np.int64)
+    i_syn = np.zeros(n if cuba else 0, np.int32)
+    want_v, want_i = v.astype(np.int64), np.zeros(n, np.int64)
+    for x in xs:
+        want_v, want_i, s = twin.norse_cell_fixed(want_v, want_i, _dense(x, n), a, b, v_leak,
+                                                  theta, v_reset, cuba, subtract, iaf)
+        idx, cnt = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+        k = norse_step_fixed(v, i_syn, x, params, options, idx, cnt, counter_start(rng))
+        np.testing.assert_array_equal(idx[:k], np.flatnonzero(s))
+        np.testing.assert_array_equal(v, want_v)
+        if cuba:
+            np.testing.assert_array_equal(i_syn, want_i)
+
+
+def test_fixed_multiplier_is_a_floor():
+    """(x m) >> 16 floors toward minus infinity (negative membranes decay away from zero by
+    at most one unit), and a multiplier of one is exactly the identity."""
+    v = np.array([-3, -1, 1, 3, 2**30], np.int32)
+    params = np.stack([np.full(5, 1 << 15, np.int64), np.full(5, 2**31 - 1, np.int64)])
+    idx, cnt = np.empty(5, np.int32), np.empty(5, np.int32)
+    snntorch_step_fixed(v, np.zeros(5, np.int32), params, K.RESET_NONE, idx, cnt,
+                        np.zeros(C.N_COUNTERS, np.int64))
+    np.testing.assert_array_equal(v, [-2, -1, 0, 1, 2**29])
+    w = np.array([-7, 7], np.int32)
+    one = np.stack([np.full(2, 1 << 16, np.int64), np.full(2, 100, np.int64)])
+    snntorch_step_fixed(w, np.zeros(2, np.int32), one, K.RESET_NONE, idx, cnt,
+                        np.zeros(C.N_COUNTERS, np.int64))
+    np.testing.assert_array_equal(w, [-7, 7])
+
+
+@SETTINGS
+@given(c=st.integers(1, 5), h=st.integers(1, 12), w=st.integers(1, 12), k=st.integers(1, 4),
+       stride=st.integers(1, 3), pad=st.integers(0, 2), mode=MODES, seed=SEEDS)
+def test_sumpool_events_matches_twin(c, h, w, k, stride, pad, mode, seed):
+    assume(2 * pad <= k and h + 2 * pad >= k and w + 2 * pad >= k)
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((c, h, w), np.int64)
+    if mode == "random":
+        dense = rng.integers(0, 3, (c, h, w)) * (rng.random((c, h, w)) < 0.3)
+    elif mode == "border":
+        dense[:, 0, :] = 1
+        dense[:, -1, :] = 2
+        dense[:, :, 0] = 1
+    elif mode == "full":
+        dense = rng.integers(1, 4, (c, h, w))
+    hwc = dense.transpose(1, 2, 0).reshape(-1)
+    idx = np.flatnonzero(hwc).astype(np.int32)
+    cnt = hwc[idx].astype(np.int32)
+    want, adds = twin.sumpool(dense, k, stride, pad)
+    ho, wo = want.shape[1], want.shape[2]
+    acc = np.zeros(ho * wo * c, np.int32)
+    out_i, out_c = np.full(acc.size, -1, np.int32), np.full(acc.size, -1, np.int32)
+    counters = counter_start(rng)
+    start = counters.copy()
+    n = sumpool_events(idx, cnt, h, w, c, k, stride, pad, ho, wo, acc, out_i, out_c, counters)
+    want_hwc = want.transpose(1, 2, 0).reshape(-1)
+    np.testing.assert_array_equal(out_i[:n], np.flatnonzero(want_hwc))
+    np.testing.assert_array_equal(out_c[:n], want_hwc[want_hwc != 0])
+    assert not acc.any()  # scratch handed back zeroed
+    assert counters[C.AC] - start[C.AC] == adds

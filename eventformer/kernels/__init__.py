@@ -12,6 +12,8 @@ from .gather import conv2d_gather, conv2d_gather_int
 from .linear import linear_event_ops, linear_scatter
 from .neurons import lif_params, lif_quiet_step, lif_step, lif_step_flags
 from .saformer import depthwise3x3_scatter, saformer_step
+from .snn import (norse_step, norse_step_fixed, sinabs_step, sinabs_step_fixed, snntorch_step,
+                  snntorch_step_fixed, sumpool_events)
 from .sparse import channel_sums, maxpool_flags, merge_add, scatter_dense
 from .tasa import tasa_current
 
@@ -35,13 +37,20 @@ __all__ = [
     "linear_scatter",
     "maxpool_flags",
     "merge_add",
+    "norse_step",
+    "norse_step_fixed",
     "nsad_step",
     "saformer_step",
     "saformer_step_fixed",
     "scatter_dense",
+    "sinabs_step",
+    "sinabs_step_fixed",
+    "snntorch_step",
+    "snntorch_step_fixed",
     "ssa_bin_step",
     "ssa_bin_step_fixed",
     "ssa_step",
+    "sumpool_events",
     "tasa_current",
     "tasa_fixed_current",
 ]

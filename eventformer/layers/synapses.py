@@ -58,13 +58,7 @@ class SynapticLIF(SpikingLayer):
         self.rows, self.k_dim, self.in_sites = rows, k_dim, in_sites
         self.gemm_weight = np.ascontiguousarray(gemm_weight, self.gemm_dtype)
         self.bias = np.ascontiguousarray(self._bias, dtype)
-        if self.fixed is None:
-            self.neurons = LIFNeurons.from_params(self.n_neurons, params, dtype)
-        else:
-            self.neurons = FixedLIFNeurons(self.n_neurons, shift=self.shift,
-                                           theta=self.quant.theta,
-                                           soft_reset=params.v_reset is None,
-                                           decay_input=params.decay_input)
+        self.neurons = self._make_neurons(params, dtype)
         self.current = np.empty((rows, self.cout), dtype)
         self._bias_period = period(self.bias, rows * self.cout)
         self.neurons.steady = self._bias_period  # the current of every step without input
@@ -72,6 +66,13 @@ class SynapticLIF(SpikingLayer):
         self.dense_macs_per_step = rows * k_dim * self.cout
         self._rows_buf = None
         self._gemm_out = None
+
+    def _make_neurons(self, params, dtype):
+        """The layer's neurons: SPEC §1's LIF, in floats or in fixed point."""
+        if self.fixed is None:
+            return LIFNeurons.from_params(self.n_neurons, params, dtype)
+        return FixedLIFNeurons(self.n_neurons, shift=self.shift, theta=self.quant.theta,
+                               soft_reset=params.v_reset is None, decay_input=params.decay_input)
 
     def reset(self) -> None:
         self.neurons.reset()

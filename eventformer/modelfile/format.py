@@ -45,7 +45,7 @@ from .schema import (
 FORMAT_NAME = "eventformer"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-ARCHITECTURES = ("spikformer",)
+ARCHITECTURES = ("spikformer", "snn")  # snn: sequential spiking CNNs (NIR import)
 
 
 @dataclass
@@ -95,9 +95,16 @@ class ModelFile:
         return int(n)
 
 
-def save(path: str | os.PathLike, model: ModelFile) -> None:
-    """Write ``model`` to ``path`` (overwritten, format version 2), after validating it."""
-    _validate(model, str(path))
+def save(path: str | os.PathLike, model) -> None:
+    """Write ``model`` (a :class:`ModelFile` or a sequential
+    :class:`~eventformer.modelfile.snn.SnnModelFile`) to ``path`` (overwritten, format version
+    2), after validating it."""
+    from .snn import SnnModelFile, check_snn
+
+    if isinstance(model, SnnModelFile):
+        check_snn(model, str(path))
+    else:
+        _validate(model, str(path))
     # written beside PATH, then renamed over it: a failed write leaves PATH as it was
     partial = f"{os.fspath(path)}.{os.getpid()}.partial"
     try:
@@ -108,12 +115,17 @@ def save(path: str | os.PathLike, model: ModelFile) -> None:
             os.remove(partial)
 
 
-def _write(path: str, model: ModelFile) -> None:
+def _write(path: str, model) -> None:
     import h5py
+
+    from .snn import SnnModelFile, write_snn
 
     with h5py.File(path, "w") as f:
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
+        if isinstance(model, SnnModelFile):
+            write_snn(f, model)
+            return
         f.attrs["architecture"] = model.architecture
         f.attrs["config"] = json.dumps(model.config.to_dict())
         f.attrs["provenance"] = json.dumps(model.provenance)
@@ -142,8 +154,10 @@ def _write(path: str, model: ModelFile) -> None:
                 g.create_dataset(s.name, data=np.asarray(a.params[s.name], dtype))
 
 
-def load(path: str | os.PathLike) -> ModelFile:
-    """Read and validate a model file; every problem is a :class:`ModelFileError` sentence."""
+def load(path: str | os.PathLike):
+    """Read and validate a model file: a :class:`ModelFile` (Spikformer family) or a sequential
+    SNN's :class:`~eventformer.modelfile.snn.SnnModelFile`; every problem is a
+    :class:`ModelFileError` sentence."""
     import h5py
 
     path = str(path)
@@ -171,6 +185,10 @@ def load(path: str | os.PathLike) -> ModelFile:
         arch = _attr(f, "architecture", path)
         if arch not in ARCHITECTURES:
             raise ModelFileError(f"{path}: unknown architecture {arch!r}")
+        if arch == "snn":
+            from .snn import read_snn
+
+            return read_snn(f, path, version)
         try:
             config = SpikformerConfig.from_dict(json.loads(_attr(f, "config", path)))
             if version == 1 and config.attention != "ssa":
