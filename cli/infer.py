@@ -84,7 +84,7 @@ def infer(
     workers: Optional[int] = typer.Option(None, "--workers", min=1,
                                           help="With --dataset: classify the samples on a local "
                                                "Dask cluster of N worker processes (needs "
-                                               "eventformer[cluster]).",
+                                               "eventformer\\[cluster]).",
                                           show_default="one process, no Dask"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT",
                                             help="With --dataset: classify the samples on an "

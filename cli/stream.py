@@ -62,7 +62,7 @@ def stream(
     workers: Optional[int] = typer.Option(None, "--workers", min=1,
                                           help="Follow the streams on a local Dask cluster of N "
                                                "worker processes, all streams at once (needs "
-                                               "eventformer[cluster]).",
+                                               "eventformer\\[cluster]).",
                                           show_default="one stream, here"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT",
                                             help="Follow the streams on an existing Dask "

@@ -112,6 +112,20 @@ def test_help_shows_every_default():
     assert shown >= 11
 
 
+def test_help_keeps_square_brackets_of_extras():
+    """rich takes an unescaped "[cluster]" for markup and prints "needs eventformer": every
+    extra an option's help names comes out whole."""
+    import re
+
+    for words, cmd in _commands(get_command(app)):
+        r = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "300"}, terminal_width=300)
+        for param in cmd.params:
+            text = getattr(param, "help", None) or ""
+            for extra in re.findall(r"eventformer\\?\[(\w+)\]", text):
+                assert f"eventformer[{extra}]" in r.output, (words, param.name, extra)
+        assert "(needs eventformer)" not in r.output, words
+
+
 # --- option checks: one sentence, exit 2 -------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0.0001", "0", "-5"])
