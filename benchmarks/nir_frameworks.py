@@ -34,15 +34,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 FLAT_INPUT = {"rockpool": (2, 32, 32)}  # Rockpool exports MLPs: the frame flattened
 
 
-def event_steps(dense):
-    out = []
-    for x in dense:
-        hwc = x.transpose(1, 2, 0).reshape(-1)
-        idx = np.flatnonzero(hwc).astype(np.int32)
-        out.append((idx, hwc[idx].astype(np.int32)))
-    return out
-
-
 def best_of(fn, repeat):
     best = math.inf
     out = None
@@ -67,6 +58,7 @@ def main(argv=None) -> int:
     import nir_frameworks as fw
     import torch
 
+    from eventformer.events import sparse_steps
     from eventformer.modelfile.nir_import import import_nir
     from eventformer.models import SpikingNet
     from eventformer.report import summarize
@@ -94,7 +86,7 @@ def main(argv=None) -> int:
         agree = {d: 0 for d in engines}
         ops = None
         for dense in frames:
-            steps = event_steps(dense)
+            steps = sparse_steps(dense)
             run(model, dense)  # warm-up
             t_fw, want = best_of(lambda r=run, m=model, x=dense: r(m, x), args.repeat)
             times["framework"].append(t_fw)

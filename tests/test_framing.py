@@ -244,3 +244,17 @@ def test_fewer_events_than_steps_fill_only_the_last_step(n: int, steps: int) -> 
     if n < steps:
         assert all(idx.size == 0 for idx, _ in sparse[:-1])
         assert int(sparse[-1][1].sum()) == n
+
+
+def test_sparse_steps_invert_dense_frames():
+    from eventformer.events import sparse_steps
+
+    rng = np.random.default_rng(0)
+    n = 500
+    ev = np.zeros(n, EVENT_DTYPE)
+    ev["t"] = np.sort(rng.integers(0, 10_000, n))
+    ev["x"], ev["y"], ev["p"] = rng.integers(0, 6, n), rng.integers(0, 5, n), rng.integers(0, 2, n)
+    dense = dense_frames(ev, 4, 5, 6)
+    for (idx, cnt), (want_idx, want_cnt) in zip(sparse_steps(dense), frame_events(ev, 4, 5, 6)):
+        np.testing.assert_array_equal(idx, want_idx)
+        np.testing.assert_array_equal(cnt, want_cnt)

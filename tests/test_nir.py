@@ -31,7 +31,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from typer.testing import CliRunner
 
 from eventformer.errors import ModelFileError
-from eventformer.events import read_events
+from eventformer.events import read_events, sparse_steps
 from eventformer.events.framing import frame_events
 from eventformer.fixedpoint import FixedPointError
 from eventformer.inference import downsample
@@ -434,16 +434,6 @@ def exported(tmp_path_factory):
     return out
 
 
-def _event_steps(dense):
-    """[T, C, H, W] counts as the engine's event lists (HWC flat index, multiplicity)."""
-    out = []
-    for x in dense:
-        hwc = x.transpose(1, 2, 0).reshape(-1)
-        idx = np.flatnonzero(hwc).astype(np.int32)
-        out.append((idx, hwc[idx].astype(np.int32)))
-    return out
-
-
 def _engine_layer_spikes(engine, model_file):
     """Engine spike totals keyed by the framework's neuron module (its NIR node name)."""
     by_stage = {s["name"]: s["spikes"] for s in engine.layer_stats() if s["neurons"]}
@@ -469,7 +459,7 @@ def test_framework_round_trip_on_real_gestures(framework, exported):
         want = run(model, dense)
         want_layers = {k: int(v) for k, v in run_layers(model, dense).items()}
         assert all(want_layers.values()), f"{framework}: a layer is silent {want_layers}"
-        steps = _event_steps(dense)
+        steps = sparse_steps(dense)
         for dtype, engine in engines.items():
             engine.clear_stats()
             got = engine.run(steps)

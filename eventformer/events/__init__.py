@@ -17,6 +17,7 @@ from eventformer.events.framing import (
     event_sites,
     frame_boundaries,
     frame_events,
+    sparse_steps,
     split_by_number,
     split_by_time,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "read_events",
     "register_reader",
     "registered_readers",
+    "sparse_steps",
     "split_by_number",
     "split_by_time",
     "write_events_h5",

@@ -175,6 +175,17 @@ def dense_frames(events: np.ndarray, steps: int, height: int, width: int,
     return counts.astype(np.int32).reshape(steps, 2, height, width)
 
 
+def sparse_steps(dense: np.ndarray) -> list[SparseStep]:
+    """The engine's sparse steps ``(idx, cnt)`` of dense counts ``[steps, C, H, W]`` (PyTorch's
+    layout, e.g. frames a framework was fed): the inverse of `dense_frames` for C = 2."""
+    out = []
+    for frame in np.asarray(dense):
+        hwc = frame.transpose(1, 2, 0).reshape(-1)
+        idx = np.flatnonzero(hwc).astype(np.int32)
+        out.append((idx, hwc[idx].astype(np.int32)))
+    return out
+
+
 def clip_events(events: np.ndarray, clip_us: int | None, start_us: int | None = None
                 ) -> np.ndarray:
     """Events in ``[start, start + clip_us)`` (start: the first event's time by default); the
