@@ -663,3 +663,42 @@ def test_rockpool_files_check_the_step_they_were_exported_with(exported):
         import_nir(path, framework="rockpool", dt=1e-4, input_shape=(2, 32, 32))
     with pytest.raises(ModelFileError, match="is a CubaLIF, which sinabs does not export"):
         import_nir(path, framework="sinabs", input_shape=(2, 32, 32))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("weight", "has no weight"),
+    ("rule", "steps its neurons by the bogus rule"),
+    ("theta", "threshold <= 0"),
+    ("classes", "neurons for 7 classes"),
+    ("shape", "does not broadcast"),
+    ("option", "lacks the option reset"),
+])
+def test_damaged_snn_model_files_are_one_sentence(damage, needle, nir_files, tmp_path):
+    import h5py
+
+    model, _ = import_nir(nir_files["snntorch"], framework="snntorch", steps=STEPS)
+    path = tmp_path / "m.h5"
+    save(path, model)
+    with h5py.File(path, "r+") as f:
+        stage = f["stages"][min(f["stages"])]
+        if damage == "weight":
+            del stage["weight"]
+        elif damage == "rule":
+            stage["neuron"].attrs["rule"] = "bogus"
+        elif damage == "theta":
+            stage["neuron"]["theta"][...] = -1.0
+        elif damage == "classes":
+            cfg = json.loads(f.attrs["config"])
+            f.attrs["config"] = json.dumps({**cfg, "num_classes": 7})
+        elif damage == "shape":
+            del stage["neuron"]["beta"]
+            stage["neuron"].create_dataset("beta", data=np.ones(5))
+        else:
+            del stage["neuron"].attrs["reset"]
+    with pytest.raises(ModelFileError) as exc:
+        load(path)
+    assert needle in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+    seg = min(need_gesture().glob("*.bs2"))
+    r = runner.invoke(_app(), ["infer", str(seg), "--weights", str(path), "--sensor-size",
+                               "128x128"])
+    assert needle in one_error_line(r)

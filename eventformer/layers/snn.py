@@ -37,7 +37,7 @@ from ..kernels.snn import (
     sumpool_events,
 )
 from .base import EMPTY, SpikingLayer
-from .synapses import Conv2dLIF, LinearLIF
+from .synapses import FLOAT32_EXACT, Conv2dLIF, LinearLIF
 
 SNNTORCH_RESETS = {"subtract": RESET_SUBTRACT, "zero": RESET_ZERO, "none": RESET_NONE}
 
@@ -215,8 +215,6 @@ class _FrameworkLayer:
         q = quantise(w, b, params.theta, None, arith, params.name, multiplicity, window)
         self.fixed, self.quant = arith, q
         self.dtype, self.weight_dtype = arith.dtype, arith.weight_dtype
-        from .synapses import FLOAT32_EXACT
-
         worst = q.worst * (multiplicity if multiplicity is not None else q.max_multiplicity)
         self.gemm_dtype = np.dtype(np.float32 if worst < FLOAT32_EXACT else np.float64)
         return q.weight, q.bias
