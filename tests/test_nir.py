@@ -512,11 +512,33 @@ def _framework_neuron_run(framework, mod, xs):
         return np.stack(spikes), mems
 
 
+# Frameworks whose neurons the engine repeats operation for operation with the same operands, so
+# float64 agrees to the last bit on any CPU: snnTorch's beta = 1 - dt/tau and Norse's dt/tau are
+# one correctly rounded division each. sinabs (alpha = exp(-1/tau)) and Rockpool (alpha =
+# exp(fl(1/tau) * -dt)) take their leak factor from torch's exp, whose vectorised kernel differs
+# from libm's in the last bit on some CPUs (seen on an Intel Xeon, not on AMD EPYC): there the
+# membranes are held to the error such a factor can carry, see _membrane_tolerance.
+EXACT_BY_CONSTRUCTION = {"snntorch", "norse"}
+
+
+def _membrane_tolerance(framework: str, step: int, v_max: float) -> float:
+    """How far the engine's float64 membrane may lie from the framework's after ``step + 1``
+    steps: zero where the operands are the same by construction; otherwise a leak factor one ulp
+    apart changes each step's decay by at most eps * |v|, and the step's own three roundings
+    (charge, leak, reset) at most 3 * eps * |v| more: (step + 1) * 4 eps * max |v|."""
+    if framework in EXACT_BY_CONSTRUCTION:
+        return 0.0
+    return (step + 1) * 4 * np.finfo(np.float64).eps * max(v_max, 1.0)
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_engine_neurons_match_the_frameworks_to_the_last_bit(framework, exported):
     """Random non-dyadic currents straight into each spiking layer: the engine's neurons (built
-    from the exported file's nodes) and the framework's module give the same spikes and the same
-    membranes bit for bit, step after step: the operation order is the framework's."""
+    from the exported file's nodes) and the framework's module give the same spikes step after
+    step, and the same membranes: bit for bit where the operands are the same by construction,
+    else within the error a last-bit difference in torch's exp can carry (_membrane_tolerance).
+    Spikes are compared exactly everywhere: a flip needs a membrane within ~1e-13 of a threshold,
+    which the continuous random currents (seeded, machine-independent) do not produce."""
     model, _, model_file = exported[framework]
     modules = dict(model.named_children())
     rng = np.random.default_rng(7)
@@ -536,6 +558,7 @@ def test_engine_neurons_match_the_frameworks_to_the_last_bit(framework, exported
         neurons = FrameworkNeurons(st.neuron, tuple(shape), np.float64)
         counters = np.zeros(C.N_COUNTERS, np.int64)
         to_hwc = (1, 2, 0) if len(shape) == 3 else (0,)
+        v_max = 0.0
         for t, x in enumerate(xs):
             idx, cnt = neurons.fire(np.ascontiguousarray(x.transpose(to_hwc).reshape(-1)),
                                     counters)
@@ -543,11 +566,21 @@ def test_engine_neurons_match_the_frameworks_to_the_last_bit(framework, exported
             dense[idx] = cnt
             np.testing.assert_array_equal(dense, want_s[t].transpose(to_hwc).reshape(-1),
                                           err_msg=f"{st.name} step {t}")
+            v_max = max(v_max, float(np.abs(neurons.v).max()))
             if want_v[t] is not None:
-                np.testing.assert_array_equal(neurons.v, want_v[t].transpose(to_hwc).reshape(-1),
-                                              err_msg=f"{st.name} membrane, step {t}")
+                np.testing.assert_allclose(neurons.v, want_v[t].transpose(to_hwc).reshape(-1),
+                                           rtol=0, atol=_membrane_tolerance(framework, t, v_max),
+                                           err_msg=f"{st.name} membrane, step {t}")
         checked += 1
     assert checked == 3
+
+
+def test_membrane_tolerance_is_zero_where_exact_and_small_elsewhere():
+    """The tolerance is no loophole: none where exactness holds by construction, and for the
+    exp-based leaks far below any membrane's scale after the test's 40 steps."""
+    assert _membrane_tolerance("snntorch", 39, 5.0) == 0.0
+    assert _membrane_tolerance("norse", 39, 5.0) == 0.0
+    assert 0 < _membrane_tolerance("sinabs", 39, 5.0) < 1e-12
 
 
 def test_without_the_nir_package_export_says_how_to_install_it(nir_files, tmp_path,
