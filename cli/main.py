@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from . import bench, compare, convert, data, infer, model, stream, train
-from .errors import STATE
+from .errors import STATE, OneLineCommand, OneLineGroup
 
 app = typer.Typer(
     name="eventformer",
@@ -18,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineGroup,  # a mistyped option value is one `error:` line, as every other mistake
 )
 
 
@@ -36,19 +37,19 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for 
     STATE["debug"] = debug
 
 
-app.command()(infer.infer)
-app.command()(model.export)
-app.command()(model.inspect)
-app.command()(stream.stream)
-app.command()(bench.bench)
-app.command()(compare.compare)
-app.command()(convert.convert)
-app.command()(train.train)
+app.command(cls=OneLineCommand)(infer.infer)
+app.command(cls=OneLineCommand)(model.export)
+app.command(cls=OneLineCommand)(model.inspect)
+app.command(cls=OneLineCommand)(stream.stream)
+app.command(cls=OneLineCommand)(bench.bench)
+app.command(cls=OneLineCommand)(compare.compare)
+app.command(cls=OneLineCommand)(convert.convert)
+app.command(cls=OneLineCommand)(train.train)
 
 data_app = typer.Typer(help="Datasets: fetch DVS Gesture, generate the synthetic set.",
-                       no_args_is_help=True)
-data_app.command("fetch")(data.data_fetch)
-data_app.command("synth")(data.data_synth)
+                       no_args_is_help=True, cls=OneLineGroup)
+data_app.command("fetch", cls=OneLineCommand)(data.data_fetch)
+data_app.command("synth", cls=OneLineCommand)(data.data_synth)
 app.add_typer(data_app, name="data")
 
 

@@ -128,6 +128,79 @@ def test_help_keeps_square_brackets_of_extras():
 
 # --- option checks: one sentence, exit 2 -------------------------------------------------------
 
+def _bad_values(param):
+    """Values the option's declaration refuses: a choice it does not offer, a word for a number,
+    a number below its minimum, nan and infinity for a float."""
+    desc = param.type_descriptor
+    annotation = desc.annotation
+    inner = getattr(annotation, "__args__", None)
+    if inner and len(inner) == 1:  # a repeatable option
+        annotation = inner[0]
+    if desc.choices:
+        yield "no-such-choice"
+    elif annotation in (int, float):
+        yield "abc"
+        low = desc.parameter_info.min
+        if low is not None:
+            yield str(low - 1)
+        if annotation is float:
+            yield from ("nan", "inf", "-inf")
+
+
+def test_every_bad_option_value_is_one_sentence_naming_the_option():
+    """Walk every command's options: each value its declaration refuses ends as one `error:`
+    line naming the option and what it takes, exit code 2 (typer would print a usage panel
+    with pydantic's wording)."""
+    checked = 0
+    for words, cmd in _commands(get_command(app)):
+        for param in cmd.params:
+            if not getattr(param, "opts", None) or not param.opts[0].startswith("-") or \
+                    getattr(param, "is_flag", False):
+                continue
+            option = max(param.opts, key=len)
+            for value in _bad_values(param):
+                r = runner.invoke(app, [*words, option, value])
+                line = one_error_line(r)
+                assert line.startswith(f"error: {option} must be "), (words, option, value, line)
+                assert value in line, (words, option, value, line)
+                checked += 1
+    assert checked >= 60
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["infer", "x.npy", "--steps", "0"], "error: --steps must be a whole number of at least 1, "
+                                         "got 0"),
+    (["infer", "x.npy", "--dtype", "float16"], "error: --dtype must be one of float32, float64, "
+                                               "int16, int8, got float16"),
+    (["infer", "--dataset", "dvs-gesture", "--limit", "0"], "error: --limit must be a whole "
+                                                            "number of at least 1, got 0"),
+    (["compare", "--limit", "0"], "error: --limit must be a whole number of at least 1, got 0"),
+    (["stream", "x.npy", "--idle-timeout", "nan"], "error: --idle-timeout must be a finite "
+                                                   "number of at least 0, got nan"),
+    (["stream", "x.npy", "--idle-timeout", "-1"], "error: --idle-timeout must be a finite "
+                                                  "number of at least 0, got -1"),
+])
+def test_the_reported_option_values_are_one_sentence(args, expected):
+    assert one_error_line(runner.invoke(app, args)) == expected
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["infer", "--bogus"], "error: no such option: --bogus (see: eventformer infer --help)"),
+    (["--bogus"], "error: no such option: --bogus"),
+    (["nosuch"], "error: no such command 'nosuch'"),
+    (["infer", "--steps"], "error: option '--steps' requires an argument"),
+    (["export"], "error: missing argument"),
+    (["data", "synth", "--users", "1"], "error: --users must be a whole number of at least 2"),
+])
+def test_other_command_line_mistakes_are_one_sentence(args, needle):
+    assert one_error_line(runner.invoke(app, args)).startswith(needle)
+
+
+def test_no_command_still_prints_the_help():
+    r = runner.invoke(app, [])
+    assert r.exit_code == 2 and "Usage" in r.output and "error:" not in r.output
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "0.0001", "0", "-5"])
 def test_window_ms_must_be_a_positive_finite_microsecond_count(recording, value):
     line = one_error_line(runner.invoke(app, ["stream", str(recording), "--window-ms", value]))
