@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import CheckpointError
 from ..models.config import SpikformerConfig
 from .format import AttentionParams, LayerParams, ModelFile
+from .provenance import portable
 from .schema import (
     ATTENTION_NAMES,
     INT32,
@@ -234,7 +235,9 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
         raise CheckpointError(
             f"{source}: unexpected key {unexpected[0]!r}{more} for a Spikformer with "
             f"{len(config.sps_channels)} SPS stages and {config.depth} blocks of {op} attention")
-    return ModelFile(config, layers, architecture, dict(provenance or {}), attention=attention)
+    # the provenance travels with the file: names, not this machine's absolute paths
+    return ModelFile(config, layers, architecture, portable(dict(provenance or {})),
+                     attention=attention)
 
 
 def _option(source, op, owner, label, value, default):

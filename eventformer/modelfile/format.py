@@ -4,7 +4,8 @@ Layout (format_version 2)::
 
     /                 attrs: format="eventformer", format_version=2, architecture="spikformer",
                              config (JSON; its "attention" names the operator),
-                             provenance (JSON: source checkpoint, sha256, tool)
+                             provenance (JSON: source checkpoint, sha256, tool; file and
+                             folder names, never the writing machine's absolute paths)
     /layers/<name>/   one group per spiking layer (LIF module name) and "head":
                       datasets weight (folded, PyTorch layout [Cout, Cin(, KH, KW)]), bias;
                       attrs kind, source, stride, padding, tau, theta, v_reset, reset, decay_input
@@ -33,7 +34,23 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..models.config import SpikformerConfig
+from .provenance import portable
+from .reading import (
+    attr,
+    check_fields,
+    check_model_path,
+    flag,
+    float_dataset,
+    hdf5_damage,
+    int_dataset,
+    integer,
+    json_object,
+    number,
+    text,
+    where,
+)
 from .schema import (
+    CONFIG_FIELDS,
     LayerSpec,
     attention_block_name,
     attention_param_specs,
@@ -128,7 +145,7 @@ def _write(path: str, model) -> None:
             return
         f.attrs["architecture"] = model.architecture
         f.attrs["config"] = json.dumps(model.config.to_dict())
-        f.attrs["provenance"] = json.dumps(model.provenance)
+        f.attrs["provenance"] = json.dumps(portable(model.provenance))
         layers = f.create_group("layers")
         for spec in layer_specs(model.config):
             p = model.layers[spec.name]
@@ -157,65 +174,70 @@ def _write(path: str, model) -> None:
 def load(path: str | os.PathLike):
     """Read and validate a model file: a :class:`ModelFile` (Spikformer family) or a sequential
     SNN's :class:`~eventformer.modelfile.snn.SnnModelFile`; every problem is a
-    :class:`ModelFileError` sentence."""
+    :class:`ModelFileError` sentence naming the attribute or dataset at fault."""
     import h5py
 
     path = str(path)
-    if not os.path.exists(path):
-        raise ModelFileError(f"{path}: no such model file")
-    if os.path.isdir(path):
-        raise ModelFileError(f"{path}: is a directory, not a model file")
+    check_model_path(path)
     try:
         f = h5py.File(path, "r")
     except OSError:
         raise ModelFileError(f"{path}: not an HDF5 file (an eventformer model file is .h5; "
                              "convert a PyTorch checkpoint with `eventformer export`)") from None
-    with f:
-        fmt = _attr(f, "format", path)
-        if fmt != FORMAT_NAME:
-            raise ModelFileError(f"{path}: an HDF5 file but not an eventformer model (format={fmt!r})")
-        try:
-            version = int(_attr(f, "format_version", path))
-        except (TypeError, ValueError):
-            raise ModelFileError(f"{path}: format_version is not an integer") from None
-        if version not in READABLE_VERSIONS:
-            raise ModelFileError(
-                f"{path}: model file format version {version}, this eventformer reads versions "
-                f"{' and '.join(map(str, READABLE_VERSIONS))}")
-        arch = _attr(f, "architecture", path)
-        if arch not in ARCHITECTURES:
-            raise ModelFileError(f"{path}: unknown architecture {arch!r}")
-        if arch == "snn":
-            from .snn import read_snn
+    try:
+        with f:
+            return _read(f, path)
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+        damage = hdf5_damage(exc, path)
+        if damage is None:
+            raise
+        raise damage from None
 
-            return read_snn(f, path, version)
-        try:
-            config = SpikformerConfig.from_dict(json.loads(_attr(f, "config", path)))
-            if version == 1 and config.attention != "ssa":
-                raise ValueError(f"a version 1 file holds only ssa attention, not "
-                                 f"{config.attention!r}")
-            check_config(config)
-        except (ValueError, TypeError) as exc:
-            raise ModelFileError(f"{path}: bad configuration: {exc}") from None
-        try:
-            provenance = json.loads(f.attrs.get("provenance", "{}"))
-        except ValueError:
-            provenance = {}
-        if "layers" not in f:
-            raise ModelFileError(f"{path}: has no 'layers' group")
-        group = f["layers"]
-        layers: dict[str, LayerParams] = {}
-        for spec in layer_specs(config):
-            if spec.name not in group:
-                raise ModelFileError(f"{path}: layer {spec.name!r} is missing")
-            layers[spec.name] = _read_layer(group[spec.name], spec, path)
-        extra = sorted(set(group) - set(layers))
-        if extra:
-            raise ModelFileError(f"{path}: unexpected layer {extra[0]!r} for this configuration")
-        if version == 1:  # written before the variants existed: SSA in every block
-            attention = [AttentionParams("ssa") for _ in range(config.depth)]
-        else:
-            attention = _read_attention(f, config, path)
+
+def _read(f, path: str):
+    fmt = f.attrs.get("format")
+    fmt = fmt.decode(errors="replace") if isinstance(fmt, bytes) else fmt
+    if fmt is None:
+        raise ModelFileError(f"{path}: not an eventformer model file (no 'format' attribute)")
+    if not isinstance(fmt, str) or fmt != FORMAT_NAME:
+        raise ModelFileError(f"{path}: an HDF5 file but not an eventformer model "
+                             f"(format={fmt!r})")
+    version = integer(attr(f, "format_version", path), "format_version", path, 0, 1 << 30)
+    if version not in READABLE_VERSIONS:
+        raise ModelFileError(
+            f"{path}: model file format version {version}, this eventformer reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}")
+    arch = text(attr(f, "architecture", path), "the attribute architecture", path)
+    if arch not in ARCHITECTURES:
+        raise ModelFileError(f"{path}: unknown architecture {arch!r}")
+    provenance = json_object(f.attrs.get("provenance", "{}"), "the attribute provenance", path)
+    if arch == "snn":
+        from .snn import read_snn
+
+        return read_snn(f, path, version, provenance)
+    fields = check_fields(json_object(attr(f, "config", path), "the attribute config", path),
+                          CONFIG_FIELDS, path)
+    try:
+        config = SpikformerConfig.from_dict(fields)
+        if version == 1 and config.attention != "ssa":
+            raise ValueError(f"a version 1 file holds only ssa attention, not "
+                             f"{config.attention!r}")
+        check_config(config)
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: bad configuration: {exc}") from None
+    group = _group(f, "layers", path, "has no 'layers' group")
+    layers: dict[str, LayerParams] = {}
+    for spec in layer_specs(config):
+        if spec.name not in group:
+            raise ModelFileError(f"{path}: layer {spec.name!r} is missing")
+        layers[spec.name] = _read_layer(_group(group, spec.name, path), spec, path)
+    extra = sorted(set(group) - set(layers))
+    if extra:
+        raise ModelFileError(f"{path}: unexpected layer {extra[0]!r} for this configuration")
+    if version == 1:  # written before the variants existed: SSA in every block
+        attention = [AttentionParams("ssa") for _ in range(config.depth)]
+    else:
+        attention = _read_attention(f, config, path)
     model = ModelFile(config, layers, arch, provenance, path, attention, version)
     _validate(model, path)  # ranges checked before integers are narrowed to int32
     for a in model.attention:
@@ -225,76 +247,70 @@ def load(path: str | os.PathLike):
     return model
 
 
-def _attr(f, key, path):
-    if key not in f.attrs:
-        raise ModelFileError(f"{path}: not an eventformer model file (no '{key}' attribute)")
-    value = f.attrs[key]
-    return value.decode() if isinstance(value, bytes) else value
+def _group(parent, key: str, path: str, missing: str | None = None):
+    """The subgroup ``key`` of ``parent``; missing, or a dataset in its place, is one sentence."""
+    import h5py
+
+    if key not in parent:
+        raise ModelFileError(f"{path}: {missing or where(parent, key) + ' is missing'}")
+    g = parent[key]
+    if not isinstance(g, h5py.Group):
+        raise ModelFileError(f"{path}: {where(parent, key)} is a dataset, expected a group")
+    return g
 
 
 def _read_layer(g, spec: LayerSpec, path: str) -> LayerParams:
-    def dataset(key):
-        if key not in g:
-            raise ModelFileError(f"{path}: layer {spec.name!r} has no {key}")
-        arr = g[key][()]
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise ModelFileError(f"{path}: {spec.name}/{key} has dtype {arr.dtype}, expected float")
-        return arr.astype(np.float32)
+    """One spiking layer: its folded synapse (shapes checked against the configuration before
+    reading) and its neuron's parameters; stride and padding are the architecture's."""
+    def a(key, default=None, required=True):
+        return attr(g, key, path, default, required=required)
+
+    def what(key):
+        return f"{where(g)} attribute {key}"
 
     weight = bias = None
     if spec.weight_shape is not None:
-        weight, bias = dataset("weight"), dataset("bias")
-    try:
-        reset = g.attrs.get("reset", "hard")
-        reset = reset.decode() if isinstance(reset, bytes) else str(reset)
-        return LayerParams(
-            name=spec.name, kind=str(g.attrs.get("kind", spec.kind)), weight=weight, bias=bias,
-            tau=float(g.attrs["tau"]), theta=float(g.attrs["theta"]),
-            v_reset=None if reset == "soft" else float(g.attrs["v_reset"]),
-            decay_input=bool(g.attrs["decay_input"]), stride=int(g.attrs["stride"]),
-            padding=int(g.attrs["padding"]), source=str(g.attrs.get("source", "")))
-    except KeyError as exc:
-        raise ModelFileError(f"{path}: layer {spec.name!r} lacks the attribute {exc.args[0]}") from None
+        weight = float_dataset(g, "weight", path, spec.weight_shape).astype(np.float32)
+        bias = float_dataset(g, "bias", path, spec.bias_shape).astype(np.float32)
+    reset = text(a("reset", "hard", required=False), what("reset"), path)
+    if reset not in ("hard", "soft"):
+        raise ModelFileError(f"{path}: {what('reset')} is {reset!r}, expected hard or soft")
+    stride = integer(a("stride"), what("stride"), path, spec.stride, spec.stride)
+    padding = integer(a("padding"), what("padding"), path, spec.padding, spec.padding)
+    return LayerParams(
+        name=spec.name, kind=text(a("kind", spec.kind, required=False), what("kind"), path),
+        weight=weight, bias=bias,
+        tau=number(a("tau"), what("tau"), path, low=0.0, low_open=True),
+        theta=number(a("theta"), what("theta"), path, low=0.0, low_open=True),
+        v_reset=None if reset == "soft" else number(a("v_reset"), what("v_reset"), path),
+        decay_input=flag(a("decay_input"), what("decay_input"), path),
+        stride=stride, padding=padding,
+        source=text(a("source", "", required=False), what("source"), path))
 
 
 def _read_attention(f, config: SpikformerConfig, path: str) -> list[AttentionParams]:
-    import h5py
-
-    if "attention" not in f or not isinstance(f["attention"], h5py.Group):
-        raise ModelFileError(f"{path}: has no 'attention' group (a version 2 file names its "
-                             "attention operator per block)")
-    group = f["attention"]
+    group = _group(f, "attention", path, "has no 'attention' group (a version 2 file names "
+                                         "its attention operator per block)")
     names = [attention_block_name(b) for b in range(config.depth)]
     out = []
     for name in names:
-        if name not in group or not isinstance(group[name], h5py.Group):
-            raise ModelFileError(f"{path}: attention group {name!r} is missing")
-        g = group[name]
+        g = _group(group, name, path, f"attention group {name!r} is missing")
         if "operator" not in g.attrs:
             raise ModelFileError(f"{path}: {name} does not name its attention operator")
-        op = g.attrs["operator"]
-        op = op.decode() if isinstance(op, bytes) else str(op)
+        op = text(g.attrs["operator"], f"{where(g)} attribute operator", path)
         if op != config.attention:
             raise ModelFileError(f"{path}: {name} is {op!r} attention but the configuration says "
                                  f"{config.attention!r} (one operator for every block)")
         specs = attention_param_specs(config, op)
-        for s in specs:
-            if s.name not in g or not isinstance(g[s.name], h5py.Dataset):
-                raise ModelFileError(f"{path}: {name} ({op}) has no dataset {s.name!r}")
         extra = sorted(set(g) - {s.name for s in specs})
         if extra:
             raise ModelFileError(f"{path}: {name} ({op}) has an unexpected dataset {extra[0]!r}")
         params = {}
         for s in specs:
-            arr = g[s.name][()]
-            arr = np.asarray(arr)
-            if s.dtype == "int" and not np.issubdtype(arr.dtype, np.integer):
-                raise ModelFileError(f"{path}: {name}/{s.name} has dtype {arr.dtype}, "
-                                     "expected integers")
-            if s.dtype == "float" and not np.issubdtype(arr.dtype, np.floating):
-                raise ModelFileError(f"{path}: {name}/{s.name} has dtype {arr.dtype}, "
-                                     "expected float")
-            params[s.name] = arr
+            if s.name not in g:
+                raise ModelFileError(f"{path}: {name} ({op}) has no dataset {s.name!r}")
+            params[s.name] = (int_dataset(g, s.name, path, s.shape) if s.dtype == "int" else
+                              float_dataset(g, s.name, path, s.shape))
         out.append(AttentionParams(op, params))
     extra = sorted(set(group) - set(names))
     if extra:

@@ -18,9 +18,44 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.config import ATTENTION_OPERATOR_NAMES, SpikformerConfig, sps_suffix
+from .reading import flag_field, int_field, list_field, number_field, text_field
 
 ATTENTION_NAMES = ATTENTION_OPERATOR_NAMES
 INT32 = np.iinfo(np.int32)
+
+# Plausibility bounds on what a model file may ask of the engine. Sizes that weights do not pin
+# (the input side, the time steps, the TASA window) allocate membranes and buffers: a damaged
+# value must be refused, not tried. The largest event sensors are 1280x720 and 1280x960.
+MAX_IMAGE_SIZE = 2048
+MAX_STEPS = 10_000
+MAX_CHANNELS = 1 << 16
+MAX_CLIP_US = 1 << 52  # microseconds: ~140 years, still exact in a float64
+MAX_TAW = 4096
+MAX_DECAY_EXPONENT = 62  # 2^-62 attenuates any current to nothing (and int64 shifts stay defined)
+
+#: The type and range of every field of a Spikformer configuration as read from a model file.
+CONFIG_FIELDS = {
+    "in_channels": int_field(1, 64),
+    "image_size": int_field(1, MAX_IMAGE_SIZE),
+    "sps_channels": list_field(int_field(1, MAX_CHANNELS), 1, 16),
+    "sps_pool": list_field(flag_field, 1, 16),
+    "dim": int_field(1, MAX_CHANNELS),
+    "heads": int_field(1, MAX_CHANNELS),
+    "depth": int_field(0, 256),
+    "mlp_hidden": int_field(1, 1 << 20),
+    "num_classes": int_field(1, 1 << 20),
+    "steps": int_field(1, MAX_STEPS),
+    "scale": number_field(0.0, low_open=True),
+    "split_by": text_field,
+    "clip_us": int_field(1, MAX_CLIP_US, optional=True),
+    "tau": number_field(0.0, low_open=True),
+    "theta": number_field(0.0, low_open=True),
+    "attn_theta": number_field(0.0, low_open=True),
+    "v_reset": number_field(optional=True),
+    "decay_input": flag_field,
+    "attention": text_field,
+    "class_names": list_field(text_field, 0, 1 << 20),
+}
 
 
 @dataclass(frozen=True)
@@ -119,8 +154,9 @@ def attention_problem(config: SpikformerConfig, operator: str, params: dict
     """The first problem of one block's attention parameters, as (parameter, description), or None.
 
     Checks that exactly the operator's parameters are present with their shapes, that integer
-    parameters hold integers (within int32) and float ones finite values, and SPEC §4's ranges:
-    tau >= 0, T_AW >= 1, NSAD AD[0] == 0, delta >= 0, pool rows L >= 1 dividing the token count.
+    parameters hold integers (within int32) and float ones finite values, and SPEC §4's ranges
+    (bounded above where a value sizes buffers): 0 <= tau <= 62, 1 <= T_AW <= 4096,
+    NSAD AD[0] == 0, delta >= 0, pool rows L >= 1 dividing the token count.
     """
     specs = attention_param_specs(config, operator)
     names = {s.name for s in specs}
@@ -146,10 +182,11 @@ def attention_problem(config: SpikformerConfig, operator: str, params: dict
                 return s.name, "holds NaN or infinite values"
     p = {k: np.asarray(v) for k, v in params.items()}
     if operator == "ds2ta":
-        if np.any(p["tau"] < 0):
-            return "tau", f"holds {p['tau'].tolist()}, expected non-negative decay exponents"
-        if int(p["taw"]) < 1:
-            return "taw", f"is {int(p['taw'])}, expected a window T_AW >= 1"
+        if np.any(p["tau"] < 0) or np.any(p["tau"] > MAX_DECAY_EXPONENT):
+            return "tau", (f"holds {p['tau'].tolist()}, expected decay exponents from 0 to "
+                           f"{MAX_DECAY_EXPONENT}")
+        if not 1 <= int(p["taw"]) <= MAX_TAW:
+            return "taw", f"is {int(p['taw'])}, expected a window T_AW from 1 to {MAX_TAW}"
         bad = np.flatnonzero(p["nsad_table"][:, 0] != 0)
         if bad.size:
             h = int(bad[0])

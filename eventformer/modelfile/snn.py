@@ -31,8 +31,24 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from ..errors import ModelFileError
+from .provenance import portable
+from .reading import (
+    attr,
+    check_fields,
+    float_dataset,
+    int_field,
+    integer,
+    json_object,
+    list_field,
+    number,
+    text,
+    text_field,
+    where,
+)
+from .schema import MAX_CHANNELS, MAX_CLIP_US, MAX_IMAGE_SIZE, MAX_STEPS
 
 ARCHITECTURE = "snn"
+INT32_MAX = int(np.iinfo(np.int32).max)
 SYNAPTIC_OPS = ("conv2d", "linear")
 POOL_OPS = ("sumpool", "avgpool")
 STAGE_OPS = SYNAPTIC_OPS + POOL_OPS + ("flatten",)
@@ -269,9 +285,15 @@ def check_snn(model: SnnModelFile, path: str) -> None:
             if key not in n.options:
                 raise ModelFileError(f"{path}: {st.name} ({n.rule} neurons) lacks the option "
                                      f"{key}")
-            if allowed is not None and n.options[key] not in allowed:
+            value = n.options[key]
+            if allowed is not None and (not isinstance(value, (int, float, str))
+                                        or value not in allowed):
                 raise ModelFileError(f"{path}: {st.name}: neuron option {key}="
-                                     f"{n.options[key]!r} (allowed: {allowed})")
+                                     f"{value!r} (allowed: {allowed})")
+            if key == "max_spikes":  # 0: no cap on the spikes per step
+                integer(value, f"{st.name}: neuron option max_spikes", path, 0, INT32_MAX)
+            elif key == "dt":
+                number(value, f"{st.name}: neuron option dt", path, low=0.0, low_open=True)
         if np.any(np.asarray(n.params["theta"]) <= 0):
             raise ModelFileError(f"{path}: {st.name} has a threshold <= 0")
 
@@ -280,7 +302,7 @@ def write_snn(f, model: SnnModelFile) -> None:
     """Write ``model`` into the open HDF5 file ``f`` (attributes and /stages)."""
     f.attrs["architecture"] = ARCHITECTURE
     f.attrs["config"] = json.dumps(model.config.to_dict())
-    f.attrs["provenance"] = json.dumps(model.provenance)
+    f.attrs["provenance"] = json.dumps(portable(model.provenance))
     group = f.create_group("stages")
     for i, st in enumerate(model.stages):
         g = group.create_group(f"{i:02d}-{st.name}")
@@ -305,71 +327,86 @@ def write_snn(f, model: SnnModelFile) -> None:
             g.attrs["padding"] = st.padding
 
 
-def read_snn(f, path: str, version: int) -> SnnModelFile:
-    """Read a sequential SNN model file from the open HDF5 file ``f``."""
+#: The type and range of every field of a sequential SNN's configuration as read from a file.
+SNN_CONFIG_FIELDS = {
+    "in_channels": int_field(1, MAX_CHANNELS),
+    "image_size": int_field(1, MAX_IMAGE_SIZE),
+    "num_classes": int_field(1, 1 << 20),
+    "steps": int_field(1, MAX_STEPS),
+    "split_by": text_field,
+    "clip_us": int_field(1, MAX_CLIP_US, optional=True),
+    "class_names": list_field(text_field, 0, 1 << 20),
+    "neurons": text_field,
+    "attention": text_field,
+}
+MAX_SIDE = 1 << 12  # kernels, strides and paddings beyond any sensor
+
+
+def read_snn(f, path: str, version: int, provenance: dict | None = None) -> SnnModelFile:
+    """Read a sequential SNN model file from the open HDF5 file ``f`` (its format attributes
+    already checked); every attribute and dataset is checked as it is read."""
     import h5py
 
+    fields = check_fields(json_object(attr(f, "config", path), "the attribute config", path),
+                          SNN_CONFIG_FIELDS, path)
     try:
-        config = SnnConfig.from_dict(json.loads(_text(f.attrs["config"])))
-    except (KeyError, ValueError, TypeError) as exc:
+        config = SnnConfig.from_dict(fields)
+    except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: bad configuration: {exc}") from None
-    try:
-        provenance = json.loads(_text(f.attrs.get("provenance", "{}")))
-    except ValueError:
-        provenance = {}
     if "stages" not in f or not isinstance(f["stages"], h5py.Group):
         raise ModelFileError(f"{path}: has no 'stages' group")
     stages = []
     for key in sorted(f["stages"]):
         g = f["stages"][key]
-        try:
-            op = _text(g.attrs["op"])
-            st = Stage(op=op, name=_text(g.attrs.get("name", key)),
-                       source=_text(g.attrs.get("source", "")))
-            if op in SYNAPTIC_OPS:
-                st.weight = _floats(g, "weight", path)
-                st.bias = _floats(g, "bias", path)
-                st.stride = int(g.attrs["stride"])
-                st.padding = int(g.attrs["padding"])
-                st.groups = int(g.attrs["groups"])
-                if "neuron" not in g:
-                    raise ModelFileError(f"{path}: stage {key!r} has no neuron group")
-                n = g["neuron"]
-                st.neuron = NeuronParams(
-                    rule=_text(n.attrs["rule"]),
-                    params={k: _floats(n, k, path) for k in n},
-                    options={k: _plain(v) for k, v in n.attrs.items() if k != "rule"})
-            elif op in POOL_OPS:
-                st.kernel = int(g.attrs["kernel"])
-                st.stride = int(g.attrs["stride"])
-                st.padding = int(g.attrs["padding"])
-            elif op != "flatten":
-                raise ModelFileError(f"{path}: stage {key!r} has the unknown operation {op!r}")
-        except KeyError as exc:
-            raise ModelFileError(f"{path}: stage {key!r} lacks {exc.args[0]}") from None
+        if not isinstance(g, h5py.Group):
+            raise ModelFileError(f"{path}: stage {key!r} is a dataset, expected a group")
+
+        def a(name, obj=g):
+            return attr(obj, name, path)
+
+        def what(name, obj=g):
+            return f"{where(obj)} attribute {name}"
+
+        op = text(a("op"), what("op"), path)
+        st = Stage(op=op, name=text(attr(g, "name", path, key, required=False), what("name"),
+                                    path),
+                   source=text(attr(g, "source", path, "", required=False), what("source"),
+                               path))
+        if op in SYNAPTIC_OPS:
+            st.weight = float_dataset(g, "weight", path, ndim=4 if op == "conv2d" else 2)
+            st.bias = float_dataset(g, "bias", path, (st.weight.shape[0],))
+            side = max(st.weight.shape[2:], default=1)
+            st.stride = integer(a("stride"), what("stride"), path, 1, MAX_SIDE)
+            st.padding = integer(a("padding"), what("padding"), path, 0, side)
+            st.groups = integer(a("groups"), what("groups"), path, 1, MAX_CHANNELS)
+            if "neuron" not in g or not isinstance(g["neuron"], h5py.Group):
+                raise ModelFileError(f"{path}: stage {key!r} has no neuron group")
+            n = g["neuron"]
+            st.neuron = NeuronParams(
+                rule=text(a("rule", n), what("rule", n), path),
+                params={k: float_dataset(n, k, path) for k in n},
+                options={k: _option(v, what(k, n), path) for k, v in n.attrs.items()
+                         if k != "rule"})
+        elif op in POOL_OPS:
+            st.kernel = integer(a("kernel"), what("kernel"), path, 1, MAX_SIDE)
+            st.stride = integer(a("stride"), what("stride"), path, 1, MAX_SIDE)
+            st.padding = integer(a("padding"), what("padding"), path, 0, MAX_SIDE)
+        elif op != "flatten":
+            raise ModelFileError(f"{path}: stage {key!r} has the unknown operation {op!r}")
         stages.append(st)
-    model = SnnModelFile(config, stages, provenance=provenance, path=path,
+    model = SnnModelFile(config, stages, provenance=dict(provenance or {}), path=path,
                          format_version=version)
     check_snn(model, path)
     return model
 
 
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _plain(v):
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def _floats(g, key, path) -> np.ndarray:
-    if key not in g:
-        raise ModelFileError(f"{path}: {g.name} has no {key}")
-    arr = np.asarray(g[key][()])
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ModelFileError(f"{path}: {g.name}/{key} has dtype {arr.dtype}, expected float")
-    return arr
+def _option(value, what: str, path: str):
+    """A neuron option: a scalar (number or text); NEURON_RULES says which values it may take."""
+    if isinstance(value, np.ndarray):
+        if value.ndim:
+            raise ModelFileError(f"{path}: {what} is an array of shape {value.shape}, "
+                                 "expected one value")
+        value = value[()]
+    if isinstance(value, bytes):
+        return text(value, what, path)
+    return value.item() if isinstance(value, np.generic) else value

@@ -26,7 +26,8 @@ def to_model_file(params: dict[str, np.ndarray], state: dict[str, Any], config: 
     The attention operator is ``config.attention``; its options (DS2TA's T_AW, SAFormer's L)
     come from ``state`` (:func:`eventformer.train.model.attention_options`).
     ``metadata`` (JSON-serialisable: epochs, dataset, seed, accuracy, ...) is stored under
-    ``provenance["training"]``. A missing, misshapen or non-finite tensor is a
+    ``provenance["training"]``, its absolute paths (data folders, ``-o``) cut to names by the
+    builder (:func:`eventformer.modelfile.provenance.portable`). A missing, misshapen or non-finite tensor is a
     :class:`~eventformer.errors.CheckpointError` naming it."""
     from .model import attention_options, state_dict
 
