@@ -151,15 +151,19 @@ def stream(
     _plot_streams(plots, windows, names)
     if as_json:
         sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
-        return
-    k = summary["final_prediction"]
-    final = "-" if k is None else f"{k} {names[k] if k < len(names) else ''}"
-    err.print(f"{summary['windows']} windows, {summary['events']:,} events, final prediction "
-              f"{final}; latency p50 {summary['latency_ms_p50']:.1f} ms, p99 "
-              f"{summary['latency_ms_p99']:.1f} ms; engine busy {summary['compute_s']:.2f} s of "
-              f"{summary['wall_s']:.2f} s wall time" + (
-                  f" (interrupted; {summary['unprocessed_events']:,} events read ahead were not "
-                  "reached)" if summary["interrupted"] else ""))
+        sys.stdout.flush()
+    else:
+        k = summary["final_prediction"]
+        final = "-" if k is None else f"{k} {names[k] if k < len(names) else ''}"
+        err.print(f"{summary['windows']} windows, {summary['events']:,} events, final "
+                  f"prediction {final}; latency p50 {summary['latency_ms_p50']:.1f} ms, p99 "
+                  f"{summary['latency_ms_p99']:.1f} ms; engine busy {summary['compute_s']:.2f} s "
+                  f"of {summary['wall_s']:.2f} s wall time", markup=False, highlight=False)
+    if summary["interrupted"]:  # as every command: what was done is reported, exit code 130
+        err.print(f"interrupted: the results above cover {summary['windows']} windows; "
+                  f"{summary['unprocessed_events']:,} events read ahead were not reached",
+                  markup=False, highlight=False)
+        raise typer.Exit(code=130)
 
 
 def _plot_streams(plots, windows: dict, class_names) -> None:
@@ -245,10 +249,16 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
     # every stream runs at once: a local cluster gets threads enough for all of them
     threads = math.ceil(len(jobs) / workers) if workers else 1
     with cluster_client(workers, scheduler, threads_per_worker=threads) as client:
-        results, _ = follow_streams(client, engine_spec, jobs, on_window=on_window,
-                                    on_end=on_end)
+        results, interrupted = follow_streams(client, engine_spec, jobs, on_window=on_window,
+                                              on_end=on_end)
     _plot_streams(plots, windows, class_names)
     failed = sum(1 for r in results if "error" in r)
     if failed:
         err.print(f"{failed} of {len(results)} streams failed", markup=False, highlight=False)
+    if interrupted:
+        done = sum(r["summary"]["windows"] for r in results if "summary" in r)
+        err.print(f"interrupted: the results above cover {done} windows of {len(results)} "
+                  "streams", markup=False, highlight=False)
+        raise typer.Exit(code=130)
+    if failed:
         raise typer.Exit(code=2)

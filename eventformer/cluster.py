@@ -85,20 +85,50 @@ def cluster_client(workers: int | None = None, scheduler: str | None = None, *,
         return
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    cluster = LocalCluster(n_workers=workers, processes=True,
-                           threads_per_worker=threads_per_worker, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=logging.ERROR,
-                           # its health endpoint too, on a free loopback port (not 8787)
-                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                           preload=["eventformer.cluster"])  # runs dask_setup in each worker
+    cluster = client = None
+    # A terminal sends Ctrl-C to the whole process group: worker processes started now would
+    # die of it mid start-up, each with a traceback. SIGINT stays blocked while they are
+    # started (threads and processes inherit the mask, so the workers never see it); a Ctrl-C
+    # pressed meanwhile is held and arrives once the cluster stands, which is then closed.
+    blocked = _block_sigint()
     try:
+        cluster = LocalCluster(n_workers=workers, processes=True,
+                               threads_per_worker=threads_per_worker, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=logging.ERROR,
+                               # its health endpoint too, on a free loopback port (not 8787)
+                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                               preload=["eventformer.cluster"])  # dask_setup in each worker
         client = Client(cluster)
-        try:
-            yield client
-        finally:
-            client.close()
+        blocked = _restore_sigint(blocked)  # a Ctrl-C held so far is raised here
+        yield client
     finally:
-        cluster.close()
+        try:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            _restore_sigint(blocked)
+
+
+def _block_sigint():
+    """Block SIGINT in this (main) thread; the mask to restore, or None where signals cannot
+    be masked (not the main thread, or no pthread_sigmask)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread() or \
+            not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _restore_sigint(mask):
+    """Put back the mask ``_block_sigint`` returned (a pending Ctrl-C is delivered now)."""
+    if mask is not None:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return None
 
 
 def dask_setup(worker) -> None:

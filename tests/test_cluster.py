@@ -150,6 +150,65 @@ def test_ctrl_c_cancels_the_tasks_and_summarises_what_finished(cluster, shipped,
     assert not [k for k in client.who_has() if str(k).startswith("eventformer-sample")]
 
 
+def _interrupt_after(monkeypatch, name: str, callback: str, n: int) -> None:
+    """Wrap eventformer.cluster.NAME so that its ``callback`` raises KeyboardInterrupt (Ctrl-C in
+    the client) right after its n-th call has done its work."""
+    import eventformer.cluster as cluster_module
+
+    real = getattr(cluster_module, name)
+
+    def wrapped(*args, **kwargs):
+        inner, calls = kwargs[callback], []
+
+        def interrupting(*a):
+            inner(*a)
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+
+        kwargs[callback] = interrupting
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cluster_module, name, wrapped)
+
+
+def test_cli_ctrl_c_on_the_cluster_prints_the_samples_finished(cluster, monkeypatch):
+    """`infer --dataset ... --scheduler` and Ctrl-C: as the serial run, the samples finished
+    (JSON lines), a summary saying interrupted, one line saying how many, exit code 130."""
+    lc, _ = cluster
+    _interrupt_after(monkeypatch, "evaluate_on_cluster", "on_sample", 3)
+    r = runner.invoke(app, ["infer", "--dataset", "synthetic-gesture", "--limit", str(LIMIT),
+                            "--json", "--scheduler", lc.scheduler_address])
+    assert r.exit_code == 130, r.output
+    *samples, summary = _json_lines(r)
+    assert summary["summary"] and summary["interrupted"]
+    assert 3 <= summary["samples"] == len(samples) < LIMIT
+    assert f"interrupted: the results above cover {len(samples)} of {LIMIT} samples" in r.stderr
+
+
+def test_cli_ctrl_c_stops_every_stream_and_each_reports(cluster, synthetic, tmp_path,
+                                                        monkeypatch):
+    """`stream A B --follow --scheduler` and Ctrl-C after two windows: both streams stop long
+    before their idle timeout, each one's windows and summary (saying interrupted) are printed,
+    exit code 130."""
+    lc, _ = cluster
+    _stream_sources(synthetic, tmp_path)
+    a, b = (str(tmp_path / n) for n in ("src_a.aedat", "src_b.aedat"))
+    _interrupt_after(monkeypatch, "follow_streams", "on_window", 2)
+    r = runner.invoke(app, ["stream", a, b, "--follow", "--idle-timeout", "120",
+                            "--window-events", "3000", "--json", "--scheduler",
+                            lc.scheduler_address])
+    assert r.exit_code == 130, r.output
+    lines = _json_lines(r)
+    summaries = {x["stream"]: x for x in lines if x.get("summary")}
+    assert set(summaries) == {a, b}
+    for name, s in summaries.items():
+        assert s["interrupted"]
+        windows = [x for x in lines if x.get("stream") == name and "t_start_us" in x]
+        assert len(windows) == s["windows"]
+    assert "interrupted: the results above cover" in r.stderr
+
+
 def test_cli_without_dask_says_how_to_install(monkeypatch, tmp_path):
     import eventformer.cluster
 

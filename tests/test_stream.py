@@ -180,3 +180,48 @@ with open({str(growing)!r}, 'ab', buffering=0) as f:
     assert summary["events"] == sum(w["events"] for w in windows) == total
     assert [w["events"] for w in windows[:-1]] == [5000] * (len(windows) - 1)
     assert all(w["t_end_us"] > w["t_start_us"] for w in windows)
+
+
+# --- Ctrl-C: what was done is reported, exit code 130 --------------------------------------------
+
+@pytest.mark.parametrize("follow", [False, True])
+@pytest.mark.parametrize("as_json", [True, False])
+def test_cli_ctrl_c_reports_the_windows_done_and_exits_130(tmp_path, monkeypatch, follow,
+                                                           as_json):
+    """Ctrl-C (SIGINT to this process) while the second window is computed, with and without
+    --follow: the windows done and the summary are printed (JSON lines or text), the summary
+    says interrupted, one line says so, exit code 130 (not 0)."""
+    import json
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    import eventformer.stream as stream_module
+    from eventformer.events import write_npy
+    from eventformer_cli.main import app
+
+    ev = events(6000, np.random.default_rng(3))
+    write_npy(tmp_path / "rec.npy", ev)
+    real, calls = stream_module.summarize, []
+
+    def summarize_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream_module, "summarize", summarize_then_ctrl_c)
+    args = ["stream", str(tmp_path / "rec.npy"), "--window-ms", "100", "--idle-timeout", "30"]
+    r = CliRunner().invoke(app, args + (["--follow"] if follow else []) +
+                           (["--json"] if as_json else []))
+    assert r.exit_code == 130, r.output
+    assert "interrupted: the results above cover 3 windows" in r.stderr
+    if as_json:
+        lines = [json.loads(line) for line in r.stdout.splitlines()]
+        windows, summary = lines[:-1], lines[-1]
+        assert summary["summary"] and summary["interrupted"] and summary["windows"] == 3
+        assert len(windows) == 3 and sum(w["events"] for w in windows) == summary["events"]
+        assert summary["events"] + summary["unprocessed_events"] == len(ev)
+    else:
+        assert "3 windows" in r.stderr and "final prediction" in r.stderr
