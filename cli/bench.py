@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from .common import DTYPE_HELP, DType, err
 from .errors import fail, user_errors
+from .tables import FitTable
 
 
 def parse_rates(text: str) -> tuple[float, ...]:
@@ -128,13 +128,15 @@ def _print_bench(result: dict, dense: bool) -> None:
             title += f", {entry['attention']} attention"
         if not entry["complete"]:
             title += " (interrupted: partial)"
-        t = Table(title=title, title_justify="left")
+        # every column is a measurement of the report: none is left out; those that do not fit
+        # beside the file continue in a table below
+        t = FitTable(title)
         cols = ["file", "events", "fired", "engine s (min..max)"]
         if dense:
             cols += ["torch s (min..max)", "speedup", "same pred"]
         cols += ["events/s", "real-time x", "scatter AC/s", "dense MAC"]
         for c in cols:
-            t.add_column(c, justify="left" if c == "file" else "right", no_wrap=True)
+            t.add_column(c, left=c == "file", key=c == "file")
         for r in entry["files"]:
             cells = [r["file"], f"{r['events']:,}", f"{r['firing_rate']:.3f}",
                      _spread_cell(r["engine"])]
@@ -161,14 +163,14 @@ def _print_bench(result: dict, dense: bool) -> None:
             caption += (f"; other processes kept {entry['other_load_cores']:.2f} core(s) busy "
                         "meanwhile")
         t.caption = caption
-        err.print(t)
-        lt = Table(title="  per layer: mean input density and path taken", title_justify="left")
+        t.print(err, wide=True)
+        lt = FitTable("  per layer: mean input density and path taken")
         for c in ("layer", "input density", "firing rate", "path"):
-            lt.add_column(c)
+            lt.add_column(c, left=c in ("layer", "path"), key=c == "layer")
         for row in entry["layers"]:
             lt.add_row(row["name"], f"{row['input_density']:.3f}", f"{row['firing_rate']:.3f}",
                        "/".join(row["paths"]))
-        err.print(lt)
+        lt.print(err, wide=True)
         sc = entry.get("scatter_ac_per_s")
         if sc is not None and roof:
             files = entry["files"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,8 +14,11 @@ from rich.console import Console
 
 from .errors import fail
 
-# rich wraps at 80 columns when stderr is not a terminal; the layer tables need more
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Tables are laid out for this console's width (cli/tables.py). On a terminal that is the
+# terminal's; piped into a file or a pager there is no terminal to fit, so rich's 80 would only
+# hide columns: 160 unless COLUMNS says otherwise (rich reads it when width is None).
+err = Console(stderr=True, width=None if sys.stderr.isatty() or
+              os.environ.get("COLUMNS", "").isdigit() else 160)
 
 
 SENSOR_SIZE_HELP = ("Sensor size for formats whose header has none; a larger sensor is "

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from .common import (
     PLOT_FORMAT_HELP,
@@ -21,6 +20,7 @@ from .common import (
     resolve_models,
 )
 from .errors import fail, user_errors
+from .tables import WIDE_HELP, WIDE_HINT, FitTable
 
 
 @user_errors
@@ -47,6 +47,7 @@ def compare(
                                         show_default="every sample"),
     as_json: bool = typer.Option(False, "--json", help="The raw numbers as one JSON object on "
                                                        "stdout."),
+    wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="DIR",
                                         help=PLOT_HELP + " compare.png: accuracy vs energy per "
                                              "sample, one point per model and arithmetic."),
@@ -89,7 +90,7 @@ def compare(
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
-        print_table(result)
+        print_table(result, wide)
     if plots and result["samples"]:
         from eventformer.plots import compare_figure
 
@@ -105,29 +106,35 @@ _OPS_COLUMNS = (("AC", "ac"), ("MAC", "mac"), ("attn entries", "attn_entries"),
                 ("compare", "compare"))
 
 
-def print_table(result: dict) -> None:
+def print_table(result: dict, wide: bool = False) -> None:
     d = result["dataset"]
     where = "embedded synthetic set" if d["synthetic"] else d["convention"]
     n = result["samples"]
-    t = Table(title=f"eventformer compare: {n} sample{'' if n == 1 else 's'} of the "
-                    f"{d['split']} split ({where}), per sample", title_justify="left")
-    for col in ("model", "attention", "dtype", "accuracy", *[c for c, _ in _OPS_COLUMNS],
-                "energy uJ", "engine ms"):
-        t.add_column(col, justify="left" if col in ("model", "attention", "dtype") else "right")
+    prices = dict.fromkeys(f"{r['dtype']} {r['energy_table']['ac_pj']:g}/"
+                           f"{r['energy_table']['mac_pj']:g}" for r in result["runs"])
+    t = FitTable(f"eventformer compare: {n} sample{'' if n == 1 else 's'} of the "
+                 f"{d['split']} split ({where}), per sample",
+                 caption="AC, MAC: accumulates and multiply-accumulates the kernels counted; "
+                 "attention entries formed and left non-zero, look-ups, shifts and compares: "
+                 "the attention operators' own work; energy: AC and MAC priced with each "
+                 f"arithmetic's 45 nm table (pJ per AC/MAC: {', '.join(prices)}); engine ms: "
+                 "compute time of the engine alone", more_hint=WIDE_HINT)
+    # a row is a (model, arithmetic); what it scored and cost comes first, the attention
+    # operators' own counters when they fit
+    t.add_column("model", left=True, key=True)
+    t.add_column("attention", left=True, priority=0)
+    t.add_column("dtype", left=True, key=True)
+    t.add_column("accuracy", essential=True)
+    for n_col, (col, _) in enumerate(_OPS_COLUMNS):
+        t.add_column(col, essential=col in ("AC", "MAC"), priority=1 + n_col)
+    t.add_column("energy uJ", essential=True)
+    t.add_column("engine ms", essential=True)
     for r in result["runs"]:
         o = r["ops_per_sample"]
         numbers = ([f"{r['accuracy']:.1%}", *[f"{o[k]:.4g}" for _, k in _OPS_COLUMNS],
                     f"{o['energy_uj']:.4g}", f"{r['engine_ms_per_sample']:.1f}"]
                    if r["samples"] else ["-"] * (len(_OPS_COLUMNS) + 3))
         t.add_row(r["model"], r["attention"], r["dtype"], *numbers)
-    prices = dict.fromkeys(f"{r['dtype']} {r['energy_table']['ac_pj']:g}/"
-                           f"{r['energy_table']['mac_pj']:g}" for r in result["runs"])
-    t.caption = ("AC, MAC: accumulates and multiply-accumulates the kernels counted; attention "
-                 "entries formed and left non-zero, look-ups, shifts and compares: the attention "
-                 "operators' own work; energy: AC and MAC priced with each arithmetic's 45 nm "
-                 f"table (pJ per AC/MAC: {', '.join(prices)}); engine ms: compute time of the "
-                 "engine alone")
-    t.caption_justify = "left"
-    err.print(t)
+    t.print(err, wide)
     files = dict.fromkeys(f"{r['model']} = {r['file']}" for r in result["runs"])
     err.print("models: " + "; ".join(files), markup=False, highlight=False)

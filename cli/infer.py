@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from .common import (
     CENTER_CROP_HELP,
@@ -36,6 +35,7 @@ from .common import (
     resolve_weights,
 )
 from .errors import STATE, fail, user_errors
+from .tables import WIDE_HINT, WIDE_HELP, FitTable
 
 
 @user_errors
@@ -69,6 +69,7 @@ def infer(
                                     "the spike-input convolutions) or dense (GEMM)."),
     layers: bool = typer.Option(False, "--layers", help="Print the per-layer table for every "
                                                         "file (always shown for one file)."),
+    wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
     pj_ac: Optional[float] = typer.Option(
         None, "--pj-ac", help=ENERGY_HELP.format(op="accumulate", f=0.9, i16=0.05, i8=0.03),
         show_default="by --dtype"),
@@ -134,7 +135,7 @@ def infer(
             fail("--plot-layer, --plot-head and --plot-step choose the figures of event files; "
                  "with --dataset --plot draws the confusion matrix and per-class accuracy")
         _infer_dataset(dataset, data_dir, split, limit, weights, dtype.value, path.value,
-                       energy, framing, as_json, cluster, plots)
+                       energy, framing, as_json, cluster, plots, wide)
         return
     if cluster is not None:
         fail("--workers and --scheduler run a --dataset on Dask; files are classified here")
@@ -174,7 +175,7 @@ def infer(
                 written += plotter.write(r)
     if results and not as_json:
         announce_model(weights)
-        _print_results(results, show_layers=layers or len(results) == 1)
+        _print_results(results, show_layers=layers or len(results) == 1, wide=wide)
     if plotter:
         if plotter.note:
             err.print(plotter.note, markup=False, highlight=False)
@@ -205,7 +206,7 @@ def _cluster_options(workers, scheduler):
 
 
 def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, energy, framing,
-                   as_json, cluster=None, plots=None) -> None:
+                   as_json, cluster=None, plots=None, wide=False) -> None:
     from eventformer.datasets import open_dataset
     from eventformer.evaluate import evaluate
 
@@ -239,7 +240,7 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
     if as_json:
         _emit_json({"summary": True, **summary})
     else:
-        _print_summary(summary, engine.config)
+        _print_summary(summary, engine.config, wide)
     if plots and summary["samples"]:
         from eventformer.plots import dataset_figures
 
@@ -292,7 +293,7 @@ def _evaluate_on_cluster(cluster, engine, data, limit, weights, dtype, path_mode
                 on_done=(lambda: progress.advance(task)) if progress else None, **framing)
 
 
-def _print_summary(s: dict, config) -> None:
+def _print_summary(s: dict, config, wide: bool = False) -> None:
     names = [n.strip() for n in config.class_names] or [str(k) for k in range(config.num_classes)]
     err.print(f"[bold]accuracy {s['accuracy']:.2%}[/] ({s['correct']}/{s['samples']}), "
               f"{s['split']} split, {s['split_convention']}")
@@ -302,63 +303,100 @@ def _print_summary(s: dict, config) -> None:
     err.print(f"per sample: AC {o['ac']:.3g}, MAC {o['mac']:.3g}, dense MAC {o['dense_mac']:.3g}, "
               f"energy {o['energy_uj']:.3g} uJ (counted), SOP {o['sop_paper']:.3g} (paper)")
     err.print(_arithmetic_line(s["energy_table"]), markup=False, highlight=False)
-    t = Table(title="confusion matrix (rows: label, columns: prediction) and per-class accuracy",
-              title_justify="left")
-    t.add_column("label")
-    for k in range(len(s["confusion"])):
-        t.add_column(str(k), justify="right")
-    t.add_column("accuracy", justify="right")
-    for k, row in enumerate(s["confusion"]):
-        acc = s["per_class_accuracy"].get(k)
-        t.add_row(f"{k} {names[k] if k < len(names) else ''}", *[str(v) for v in row],
-                  "-" if acc is None else f"{acc:.0%}")
-    err.print(t)
-    lt = Table(title="per layer, mean per sample", title_justify="left")
-    for c in ("layer", "spikes", "AC", "MAC", "dense MAC"):
-        lt.add_column(c, justify="left" if c == "layer" else "right")
+    _confusion_table(s, names, err.width).print(err, wide=True)
+    lt = FitTable("per layer, mean per sample", more_hint=WIDE_HINT)
+    lt.add_column("layer", left=True, key=True)
+    for c in ("spikes", "AC", "MAC", "dense MAC"):
+        lt.add_column(c, essential=c != "dense MAC")
     for row in s["layers_per_sample"]:
         lt.add_row(row["name"], f"{row['spikes']:.4g}", f"{row['ac']:.4g}", f"{row['mac']:.4g}",
                    f"{row['dense_mac']:.4g}")
-    err.print(lt)
+    lt.print(err, wide)
+
+
+def _confusion_table(s: dict, names: list[str], width: int) -> FitTable:
+    """The confusion matrix with each row's class name beside its number when that fits the
+    width in one table, else numbers only and the names listed under it (a matrix split across
+    two tables is unreadable); it continues below only when even that does not fit."""
+    for with_names in (True, False):
+        t = FitTable("confusion matrix (rows: label, columns: prediction) and per-class "
+                     "accuracy")
+        t.add_column("label", key=True)
+        if with_names:
+            t.add_column("class", left=True, essential=True)
+        for k in range(len(s["confusion"])):
+            t.add_column(str(k), essential=True)
+        t.add_column("accuracy", essential=True)
+        for k, row in enumerate(s["confusion"]):
+            acc = s["per_class_accuracy"].get(k)
+            name = [names[k] if k < len(names) else ""] if with_names else []
+            t.add_row(str(k), *name, *[str(v) for v in row], "-" if acc is None else f"{acc:.0%}")
+        if with_names and len(t.layout(width).groups) == 1:
+            return t
+    # "k=name": a number is never wrapped away from its name
+    t.caption = "classes: " + ", ".join(f"{k}={names[k]}" for k in range(len(s["confusion"]))
+                                        if k < len(names))
+    return t
 
 
 def _arithmetic_line(e: dict) -> str:
-    return (f"arithmetic {e['arithmetic']}: energy counts an AC as {e['ac']} ({e['ac_pj']:g} pJ), "
-            f"a MAC as {e['mac']} ({e['mac_pj']:g} pJ); 45 nm, Horowitz 2014")
+    from eventformer.report import energy_sentence
+
+    return energy_sentence(e)
 
 
-def _print_results(results, show_layers: bool) -> None:
-    table = Table(title="eventformer infer", title_justify="left")
-    for col in ("file", "events", "T", "prediction", "class", "top logit", "time s",
-                "AC", "MAC", "energy uJ"):
-        table.add_column(col, justify="left" if col in ("file", "class") else "right")
+def _print_results(results, show_layers: bool, wide: bool = False) -> None:
+    table = FitTable("eventformer infer", more_hint=WIDE_HINT)
+    table.add_column("file", left=True, key=True)
+    table.add_column("events", priority=2)
+    table.add_column("T", priority=4)
+    table.add_column("prediction", essential=True)
+    table.add_column("class", left=True, essential=True)
+    table.add_column("top logit", priority=1)
+    table.add_column("time s", priority=3)
+    for col in ("AC", "MAC", "energy uJ"):
+        table.add_column(col, essential=True)
     for r in results:
         table.add_row(Path(r.file).name, f"{r.events:,}", str(r.steps), str(r.prediction),
                       r.class_name, f"{float(r.logits.max()):.4f}", f"{r.seconds:.3f}",
                       f"{r.ops['ac']:,}", f"{r.ops['mac']:,}", f"{r.ops['energy_uj']:.2f}")
-    err.print(table)
+    table.print(err, wide)
     err.print(_arithmetic_line(results[0].ops["energy_table"]), markup=False, highlight=False)
     if show_layers:
         for r in results:
-            err.print(_layer_table(r))
+            _layer_table(r).print(err, wide)
 
 
-def _layer_table(r) -> Table:
-    t = Table(title=f"{Path(r.file).name}: per layer, attention {r.attention} (AC/MAC counted by "
-                    f"the kernels; SOP = paper estimate fr x T x FLOPs)", title_justify="left")
-    # the attention operators' own work, shown when the model does any
-    extra = [k for k in ("lut", "shift", "compare", "attn_entries", "attn_nonzero") if r.ops[k]]
-    for col in ("layer", "neurons", "spikes", "rate", "in density", "path", "AC", "MAC",
-                "dense MAC", *extra, "SOP (paper)"):
-        t.add_column(col, justify="left" if col in ("layer", "path") else "right")
+#: The attention operators' own counters (columns shown when the model does any such work).
+_ATTENTION_COLUMNS = (("lut", "LUT"), ("shift", "shift"), ("compare", "compare"),
+                      ("attn_entries", "attn entries"), ("attn_nonzero", "attn non-zero"))
+
+
+def _layer_table(r) -> FitTable:
+    o = r.ops
+    extra = [(k, header) for k, header in _ATTENTION_COLUMNS if o[k]]
+    t = FitTable(f"{Path(r.file).name}: per layer, attention {r.attention} (AC/MAC counted by "
+                 "the kernels; SOP = paper estimate fr x T x FLOPs)",
+                 caption=f"total AC {o['ac']:,}, MAC {o['mac']:,}, dense MAC {o['dense_mac']:,}, "
+                 + "".join(f"{header} {o[k]:,}, " for k, header in extra)
+                 + f"energy {o['energy_uj']:.2f} uJ (counted) / {o['energy_uj_paper']:.2f} uJ "
+                 f"(paper estimate), SOP {o['sop_paper']:.3g}", more_hint=WIDE_HINT)
+    # essential: what fired and what it cost; then what explains the path, then the rest
+    t.add_column("layer", left=True, key=True)
+    t.add_column("neurons", priority=2)
+    t.add_column("spikes", essential=True)
+    t.add_column("rate", essential=True)
+    t.add_column("in density", priority=0)
+    t.add_column("path", left=True, essential=True)
+    t.add_column("AC", essential=True)
+    t.add_column("MAC", essential=True)
+    t.add_column("dense MAC", priority=1)
+    for n, (_, header) in enumerate(extra):
+        t.add_column(header, priority=3 + n)
+    t.add_column("SOP (paper)", priority=3 + len(extra))
     for row in r.layers:
         t.add_row(row["name"], f"{row['neurons']:,}", f"{row['spikes']:,}",
                   f"{row['firing_rate']:.3f}", f"{row['input_density']:.3f}", row["path"],
                   f"{row['ac']:,}", f"{row['mac']:,}", f"{row['dense_mac']:,}",
-                  *[f"{row[k]:,}" for k in extra], f"{row['sop_paper']:.3g}")
-    o = r.ops
-    t.caption = (f"total AC {o['ac']:,}  MAC {o['mac']:,}  dense MAC {o['dense_mac']:,}  "
-                 + "".join(f"{k} {o[k]:,}  " for k in extra)
-                 + f"energy {o['energy_uj']:.2f} uJ (counted) / {o['energy_uj_paper']:.2f} uJ "
-                 f"(paper estimate)  SOP {o['sop_paper']:.3g}")
+                  *[f"{row[k]:,}" for k, _ in extra], f"{row['sop_paper']:.3g}")
     return t
