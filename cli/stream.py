@@ -81,7 +81,7 @@ def stream(
     --scheduler several streams run at once on Dask, one engine state each, every window
     tagged with its stream's name; a stream that ends or fails does not stop the others."""
     from eventformer.events import SpatialTransform
-    from eventformer.stream import FileSource, WindowSpec, run_stream
+    from eventformer.stream import FileSource, WindowSpec, describe_gap, run_stream
 
     transform = SpatialTransform.from_options(crop, center_crop)
     plots = plot_options(plot, plot_format)
@@ -122,10 +122,13 @@ def stream(
     def on_window(w):
         if plots:
             windows.setdefault(str(file), []).append(w)
+        if "gap" in w:  # said on stderr in either mode: a jump in the recording's time
+            err.print(f"{file}: {describe_gap(w)}", markup=False, highlight=False,
+                      soft_wrap=True)
         if as_json:
             sys.stdout.write(json.dumps(w) + "\n")
             sys.stdout.flush()
-        else:  # a live line on a terminal, one line per window otherwise (logs, pipes)
+        elif "gap" not in w:  # a live line on a terminal, one line per window otherwise
             if not announced:
                 announced.append(announce_model(weights))
             k = w["prediction"]
@@ -155,7 +158,10 @@ def stream(
     else:
         k = summary["final_prediction"]
         final = "-" if k is None else f"{k} {names[k] if k < len(names) else ''}"
-        err.print(f"{summary['windows']} windows, {summary['events']:,} events, final "
+        n_gaps = summary["gaps"]
+        gaps = (f" ({summary['gap_windows']:,} of them empty, skipped in {n_gaps} "
+                f"gap{'' if n_gaps == 1 else 's'})" if n_gaps else "")
+        err.print(f"{summary['windows']:,} windows{gaps}, {summary['events']:,} events, final "
                   f"prediction {final}; latency p50 {summary['latency_ms_p50']:.1f} ms, p99 "
                   f"{summary['latency_ms_p99']:.1f} ms; engine busy {summary['compute_s']:.2f} s "
                   f"of {summary['wall_s']:.2f} s wall time", markup=False, highlight=False)
@@ -183,6 +189,7 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
 
     from eventformer.cluster import (INSTALL_HINT, EngineSpec, StreamJob, cluster_client,
                                      follow_streams, have_distributed)
+    from eventformer.stream import describe_gap
 
     if not have_distributed():
         fail(INSTALL_HINT)
@@ -214,10 +221,13 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
     def on_window(w):
         if windows is not None:
             windows.setdefault(w["stream"], []).append(w)
+        if "gap" in w:
+            err.print(f"{w['stream']}: {describe_gap(w)}", markup=False, highlight=False,
+                      soft_wrap=True)
         if as_json:
             sys.stdout.write(json.dumps(w) + "\n")
             sys.stdout.flush()
-        else:
+        elif "gap" not in w:
             err.print(f"{w['stream']}: t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s"
                       f"  {w['events']:7d} events  prediction {w['prediction']}  latency "
                       f"{w['latency_ms']:.1f} ms  backlog {w['backlog_events']}", markup=False,

@@ -8,11 +8,17 @@ reading: the window being computed finishes, the open window closes with the eve
 events read ahead beyond it are reported as not reached. With ``realtime`` a finished recording is
 replayed at its own speed: events count as arrived only when the replay clock reaches them. Memory
 stays flat: only the events of windows not yet closed are held.
+
+A recording whose timestamps jump (hours without events, or a clock that leapt by 2^40 us) would
+otherwise be millions of empty windows. A run of at least ``GAP_WINDOWS`` empty windows is a
+`Gap`: the engine crosses it with `skip_empty_steps`, exactly and in bounded time, and the gap
+is reported as one record (``"gap"``) whose window count and step keep the numbering honest.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import signal
 import threading
 import time
@@ -53,8 +59,23 @@ class WindowSpec:
             raise ValueError("the window must be positive")
 
 
+#: A run of at least this many empty time windows is crossed as one gap (fewer are stepped and
+#: reported one by one, as any window).
+GAP_WINDOWS = 100
+
+
+@dataclass(frozen=True)
+class Gap:
+    """``windows`` consecutive empty time windows covering [t_start_us, t_end_us)."""
+
+    t_start_us: int
+    t_end_us: int
+    windows: int
+
+
 class CausalFramer:
-    """Cuts an incoming event stream into complete windows, holding back the open one."""
+    """Cuts an incoming event stream into complete windows, holding back the open one. A long
+    run of empty windows (a jump in the timestamps) comes out as one `Gap`, in O(1)."""
 
     def __init__(self, spec: WindowSpec):
         self.spec = spec
@@ -73,7 +94,8 @@ class CausalFramer:
                 self.t0 = int(events["t"][0])
 
     def complete_windows(self):
-        """Yield (t_start, t_end, events) for every window that can no longer change."""
+        """Yield (t_start, t_end, events) for every window that can no longer change, and a
+        `Gap` for a run of at least ``GAP_WINDOWS`` empty ones."""
         spec = self.spec
         if spec.window_events is not None:
             n = spec.window_events
@@ -86,6 +108,11 @@ class CausalFramer:
             t = self.pending["t"]
             if t[-1] < end:  # the window may still grow
                 return
+            empty = (int(t[0]) - self.t0) // spec.window_us  # whole windows before the next event
+            if empty >= GAP_WINDOWS:
+                start, self.t0 = self.t0, self.t0 + empty * spec.window_us
+                yield Gap(start, self.t0, empty)
+                continue
             cut = int(np.searchsorted(t, end, side="left"))
             chunk, self.pending = self.pending[:cut], self.pending[cut:]
             start, self.t0 = self.t0, end  # before the hand-over: a consumer may stop there
@@ -184,6 +211,99 @@ class ReplayClock:
         return (t_us - self.now_us()) / 1e6
 
 
+#: How many empty steps `skip_empty_steps` watches for the engine's orbit before it gives up and
+#: steps through the rest (the shipped models enter theirs within ~130 steps, periods <= 720).
+ORBIT_SEARCH_STEPS = 5000
+
+_NO_EVENTS = np.empty(0, np.int32)
+
+
+def _state_key(engine) -> bytes:
+    """A digest of everything a step without input depends on: each layer's membranes (and a
+    framework neuron's synaptic current), DS2TA's ring of recent currents with its position.
+    The op counters and the head's running sums are left out: they only accumulate."""
+    h = hashlib.blake2b(digest_size=20)
+    for layer in engine.layers:
+        neurons = getattr(layer, "neurons", None)
+        for name in ("v", "i_syn"):
+            a = getattr(neurons, name, None)
+            if a is not None:
+                h.update(a.tobytes())
+        for name in ("_ring", "_live"):
+            a = getattr(layer, name, None)
+            if a is not None:
+                h.update(a.tobytes())
+        if hasattr(layer, "_t"):  # which ring rows are read next, and whether the ring is full
+            h.update(repr((layer._t % layer.taw, min(layer._t, layer.taw))).encode())
+    return h.digest()
+
+
+def _head_totals(engine):
+    """The head's running totals: an integer array (channel sums or spike counts), or None."""
+    for name in ("sums", "counts"):
+        a = getattr(engine.head, name, None)
+        if isinstance(a, np.ndarray) and a.dtype.kind in "iu":
+            return a
+    return None
+
+
+def skip_empty_steps(engine, n: int, search: int = ORBIT_SEARCH_STEPS) -> dict:
+    """Advance ``engine`` by ``n`` steps without input events, exactly as ``n`` calls of
+    ``engine.step`` with no events would, but in bounded time.
+
+    Without input every layer is driven by its constant bias alone, a deterministic map on a
+    finite state (float or integer membranes): after a transient the state repeats, either a
+    fixed point (every membrane settled) or a cycle (neurons whose bias exceeds threshold fire
+    periodically). Once the state at step k equals the state at step i, steps i..k-1 repeat
+    forever; whole cycles are then added to the head's integer totals (its sums and step count)
+    instead of being computed, and the remainder is stepped. Nothing is rounded: the totals are
+    integers and the membranes are those of the equal state. Where no repeat shows within
+    ``search`` steps, every step is computed.
+
+    Returns ``{"computed": steps really run, "period": the cycle's length or None}``.
+    """
+    totals = _head_totals(engine)
+    seen: dict[bytes, int] = {}
+    history = []  # (head totals, head steps) before step k
+    k = 0
+    while k < n:
+        if totals is not None and k < search:
+            key = _state_key(engine)
+            i = seen.get(key)
+            if i is not None:
+                period = k - i
+                cycles, rest = divmod(n - k, period)
+                then_totals, then_steps = history[i]
+                totals += cycles * (totals - then_totals)
+                engine.head.steps += cycles * (engine.head.steps - then_steps)
+                for _ in range(rest):
+                    engine.step(_NO_EVENTS, _NO_EVENTS)
+                return {"computed": k + rest, "period": period}
+            seen[key] = k
+            history.append((totals.copy(), engine.head.steps))
+        engine.step(_NO_EVENTS, _NO_EVENTS)
+        k += 1
+    return {"computed": n, "period": None}
+
+
+def _duration(us: int) -> str:
+    s = us / 1e6
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if s >= size:
+            return f"{s / size:.3g} {unit}"
+    return f"{us / 1e3:.3g} ms"
+
+
+def describe_gap(record: dict) -> str:
+    """One line for a gap record: how long, how many windows, how the engine crossed it."""
+    g = record["gap"]
+    how = (f"the model's state repeats every {g['period_windows']} windows without input, so "
+           f"{g['computed_windows']:,} were computed and the rest added up exactly"
+           if g["period_windows"] else f"all {g['computed_windows']:,} computed")
+    return (f"gap of {_duration(record['t_end_us'] - record['t_start_us'])} without events at "
+            f"t {record['t_start_us'] / 1e6:.3f} s: {g['windows']:,} empty windows skipped ({how})")
+
+
 def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
                follow: bool = False, realtime: bool = False, idle_timeout: float = 5.0,
                poll_s: float = 0.05, energy: EnergyTable | None = None,
@@ -194,13 +314,17 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     """Drive the engine window by window until the source ends (or goes idle when following).
 
     Returns a summary; ``on_window`` receives one record per window with the keys
-    t_start_us, t_end_us, events, prediction, logits, ops, latency_ms, backlog_events.
+    t_start_us, t_end_us, events, prediction, logits, ops, latency_ms, backlog_events, step
+    (the engine's steps so far). A run of ``GAP_WINDOWS`` or more empty windows is one record
+    with the same keys (the state at its end) plus ``gap``: its windows, those computed and the
+    period of the state without input (see `skip_empty_steps`). The summary's ``windows``
+    counts every window, those in gaps too (``gap_windows``), so it equals the last step.
     """
     size = engine.config.image_size
     framer = CausalFramer(spec)
     engine.warm_up()  # latency of the first window should not include loading kernels
     # latencies of the most recent windows only: memory stays flat over hours of input
-    stats = {"windows": 0, "events": 0, "compute_s": 0.0,
+    stats = {"windows": 0, "events": 0, "compute_s": 0.0, "gaps": 0, "gap_windows": 0,
              "latencies_ms": collections.deque(maxlen=100_000)}
     wall_start = time.perf_counter()
     last_growth = time.perf_counter()
@@ -247,6 +371,29 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
             on_window(record)
         return record
 
+    def cross(gap: Gap):
+        """A run of empty windows: the engine crosses it exactly, one record for all."""
+        engine.clear_stats()
+        start = time.perf_counter()
+        how = skip_empty_steps(engine, gap.windows)
+        logits = engine.logits()
+        seconds = time.perf_counter() - start
+        record = {"t_start_us": int(gap.t_start_us), "t_end_us": int(gap.t_end_us), "events": 0,
+                  "prediction": int(np.argmax(logits)), "logits": [float(x) for x in logits],
+                  "ops": summarize(engine.layer_stats(), max(how["computed"], 1), energy or
+                                   EnergyTable.for_arithmetic(engine.arithmetic)),
+                  "latency_ms": seconds * 1e3, "backlog_events": framer.backlog,
+                  "step": engine.steps_seen,
+                  "gap": {"windows": gap.windows, "computed_windows": how["computed"],
+                          "period_windows": how["period"]}}
+        stats["windows"] += gap.windows
+        stats["gaps"] += 1
+        stats["gap_windows"] += gap.windows
+        stats["compute_s"] += seconds  # (not a window's latency: kept out of the percentiles)
+        if on_window is not None:
+            on_window(record)
+        return record
+
     last = None
     interrupted = False
     # --realtime: events reach the framer only once the replay clock has come to them, so the
@@ -259,7 +406,7 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     def drain(windows) -> None:
         nonlocal last
         for window in windows:
-            last = process(*window)
+            last = cross(window) if isinstance(window, Gap) else process(*window)
             if stopped():  # finish the window in hand, then stop reading
                 return
 
@@ -304,6 +451,7 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
             last = process(*window)
     lat = np.array(stats["latencies_ms"]) if stats["latencies_ms"] else np.zeros(1)
     return {"windows": stats["windows"], "events": stats["events"],
+            "gaps": stats["gaps"], "gap_windows": stats["gap_windows"],
             "compute_s": stats["compute_s"], "wall_s": time.perf_counter() - wall_start,
             "latency_ms_p50": float(np.percentile(lat, 50)),
             "latency_ms_p99": float(np.percentile(lat, 99)),

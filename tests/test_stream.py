@@ -225,3 +225,104 @@ def test_cli_ctrl_c_reports_the_windows_done_and_exits_130(tmp_path, monkeypatch
         assert summary["events"] + summary["unprocessed_events"] == len(ev)
     else:
         assert "3 windows" in r.stderr and "final prediction" in r.stderr
+
+
+# --- jumps in time: runs of empty windows crossed exactly, in bounded time ---------------------
+
+def _burst(rng, n, t0, size=32):
+    ev = np.zeros(n, EVENT_DTYPE)
+    ev["t"] = t0 + np.sort(rng.integers(0, 300_000, n))
+    ev["x"], ev["y"], ev["p"] = rng.integers(0, size, n), rng.integers(0, size, n), \
+        rng.integers(0, 2, n)
+    return ev
+
+
+def test_a_jump_in_time_is_one_gap_and_short_lulls_stay_windows():
+    """Events, a jump of 2^40 us, events, a lull of 50 windows, events: the jump comes out as
+    one Gap, in O(1), the lull as 50 empty windows; the windows tile the timeline and nothing is
+    lost."""
+    from eventformer.stream import GAP_WINDOWS, Gap
+
+    rng = np.random.default_rng(4)
+    w = 100_000
+    ev = np.concatenate([_burst(rng, 500, 0), _burst(rng, 500, 2 ** 40),
+                         _burst(rng, 500, 2 ** 40 + 5_300_000)])
+    framer = CausalFramer(WindowSpec(window_us=w))
+    framer.push(ev)
+    got = list(framer.complete_windows()) + list(framer.flush())
+    gaps = [g for g in got if isinstance(g, Gap)]
+    assert len(gaps) == 1 and gaps[0].windows > 10_000_000
+    assert gaps[0].t_end_us - gaps[0].t_start_us == gaps[0].windows * w
+    windows = [g for g in got if not isinstance(g, Gap)]
+    t0, last_before_lull, first_after = int(ev["t"][0]), int(ev["t"][999]), int(ev["t"][1000])
+    lull_start = t0 + ((last_before_lull - t0) // w + 1) * w  # the end of that event's window
+    lull = (first_after - lull_start) // w  # about 50
+    assert 45 <= lull < GAP_WINDOWS
+    assert sum(1 for _, _, chunk in windows if chunk.shape[0] == 0) == lull
+    spans = [(g.t_start_us, g.t_end_us) if isinstance(g, Gap) else g[:2] for g in got]
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, no window twice
+    np.testing.assert_array_equal(np.concatenate([c for _, _, c in windows]), ev)
+
+
+@pytest.mark.parametrize("model,dtype", [("ssa", "float64"), ("ds2ta", "int8"),
+                                         ("saformer", "float64")])
+def test_skipping_empty_steps_is_exactly_stepping_through_them(model, dtype):
+    """The shipped models fire on their bias alone: without input their state enters a cycle
+    rather than settling. Crossing 1,000 empty steps by whole cycles leaves the engine exactly
+    where stepping through them does (membranes, DS2TA's ring, the head's sums and step count)
+    and the next window's logits are the same to the bit (float64, integers)."""
+    from eventformer.modelfile import load
+    from eventformer.models import engine_for
+    from eventformer.stream import _state_key, skip_empty_steps
+    from eventformer.weights import shipped_model_path
+
+    path = shipped_model_path(model)
+    if path is None:
+        pytest.skip(f"the shipped {model} is not installed")
+    stepped, skipped = (engine_for(load(path), dtype=dtype) for _ in range(2))
+    rng = np.random.default_rng(5)
+    n = stepped.input_sites
+    inputs = [np.sort(rng.choice(n, n // 8, replace=False)).astype(np.int32) for _ in range(4)]
+    empty = np.empty(0, np.int32)
+    for engine in (stepped, skipped):
+        engine.reset()
+        for idx in inputs[:3]:
+            engine.step(idx, np.ones(idx.size, np.int32))
+    for _ in range(1000):
+        stepped.step(empty, empty)
+    how = skip_empty_steps(skipped, 1000)
+    assert how["period"] and how["computed"] < 1000  # whole cycles were added, not computed
+    assert _state_key(stepped) == _state_key(skipped)
+    assert stepped.steps_seen == skipped.steps_seen == 1003
+    np.testing.assert_array_equal(stepped.head.sums, skipped.head.sums)
+    assert stepped.head.sums.any()  # the cycle did reach the head: its sums were added up
+    for engine in (stepped, skipped):
+        engine.step(inputs[3], np.ones(inputs[3].size, np.int32))
+    np.testing.assert_array_equal(stepped.logits(), skipped.logits())
+
+
+def test_cli_stream_crosses_a_jump_of_2_to_the_40_us(tmp_path):
+    """`stream` on a recording whose clock leaps 2^40 us (11 million windows of 100 ms): one gap
+    record and one stderr line saying so; the window records tile the timeline and the step
+    numbering counts the gap's windows."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from eventformer.events import write_npy
+    from eventformer_cli.main import app
+
+    rng = np.random.default_rng(6)
+    ev = np.concatenate([_burst(rng, 3000, 0), _burst(rng, 3000, 2 ** 40)])
+    write_npy(tmp_path / "jump.npy", ev)
+    r = CliRunner().invoke(app, ["stream", str(tmp_path / "jump.npy"), "--json"])
+    assert r.exit_code == 0, r.output
+    *records, summary = [json.loads(line) for line in r.stdout.splitlines()]
+    gaps = [x for x in records if "gap" in x]
+    assert len(gaps) == 1 and gaps[0]["events"] == 0
+    assert gaps[0]["gap"]["windows"] == summary["gap_windows"] > 10_000_000
+    assert all(a["t_end_us"] == b["t_start_us"] for a, b in zip(records, records[1:]))
+    assert [x["step"] for x in records] == list(np.cumsum(
+        [x["gap"]["windows"] if "gap" in x else 1 for x in records]))
+    assert summary["windows"] == records[-1]["step"] and summary["events"] == len(ev)
+    assert "gap of 12.7 days without events" in r.stderr
