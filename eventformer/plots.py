@@ -30,7 +30,7 @@ DPI = 100
 SIZES = {
     "layers": (1200, 650),
     "raster": (1000, 600),
-    "attention": (1100, 600),
+    "attention": (1150, 640),
     "confusion": (800, 720),
     "per-class": (1000, 520),
     "stream": (1100, 750),
@@ -65,11 +65,21 @@ def prepare_dir(outdir) -> Path:
     return path
 
 
+#: Panels per row of the input-frames figure: four keep each frame large enough to read when
+#: the figure is shown at a page's column width.
+INPUT_COLUMNS = 4
+
+
+def _input_grid(steps: int) -> tuple[int, int]:
+    cols = min(max(steps, 1), INPUT_COLUMNS)
+    return math.ceil(max(steps, 1) / cols), cols
+
+
 def input_size(steps: int) -> tuple[int, int]:
-    """Pixel size of the input-frames figure of ``steps`` panels (8 per row)."""
-    cols = min(max(steps, 1), 8)
-    rows = math.ceil(max(steps, 1) / cols)
-    return 170 * cols + 40, 190 * rows + 110
+    """Pixel size of the input-frames figure of ``steps`` panels (:data:`INPUT_COLUMNS` per
+    row)."""
+    rows, cols = _input_grid(steps)
+    return 235 * cols + 70, 230 * rows + 150
 
 
 def figure_size(kind: str, steps: int | None = None) -> tuple[int, int]:
@@ -129,8 +139,8 @@ def unique_stems(paths) -> list[str]:
 
 def plot_input(frames, size: int, path, *, title: str) -> Path:
     """The input the engine ran: one panel per time step, the step's event counts per pixel of
-    the model's ``size`` x ``size`` input, ON events in vermillion, OFF in blue (both: their
-    mix by share), colour strength by count (a square-root scale shared by the panels,
+    the model's ``size`` x ``size`` input, ON events in vermillion, OFF in blue (a pixel with
+    both: their mix by share, as the legend shows), colour strength by count (a square-root scale shared by the panels,
     saturating at the 99th percentile of the non-zero counts).
 
     ``frames``: the framed steps ``[(idx, cnt), ...]``, flat channel-innermost sites
@@ -147,8 +157,8 @@ def plot_input(frames, size: int, path, *, title: str) -> Path:
     vmax = max(1.0, float(np.percentile(nonzero, 99))) if nonzero.size else 1.0
     on_rgb, off_rgb = np.array(to_rgb(ON_COLOUR)), np.array(to_rgb(OFF_COLOUR))
     fig = _figure(input_size(steps))
-    cols = min(max(steps, 1), 8)
-    rows = math.ceil(max(steps, 1) / cols)
+    rows, cols = _input_grid(steps)
+    fig.get_layout_engine().set(hspace=0.05)  # room between a row's axes and the next's titles
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     for t in range(rows * cols):
         ax = axes[t // cols][t % cols]
@@ -164,16 +174,19 @@ def plot_input(frames, size: int, path, *, title: str) -> Path:
         ax.imshow(img, origin="upper", interpolation="nearest",
                   extent=(-0.5, size - 0.5, size - 0.5, -0.5))
         n = int(counts[t].sum())
-        ax.set_title(f"step {t}: {n:,} events", fontsize=9)
+        ax.set_title(f"step {t}: {n:,} events", fontsize=10)
         if t % cols == 0:
             ax.set_ylabel("y (pixel)")
         if t // cols == rows - 1 or t + cols >= steps:
             ax.set_xlabel("x (pixel)")
     fig.suptitle(title, fontsize=11)
-    fig.legend(handles=[Patch(color=ON_COLOUR, label="ON"), Patch(color=OFF_COLOUR,
-                                                                  label="OFF")],
-               loc="outside lower right", ncols=2, fontsize=8, frameon=False,
-               title=f"events per pixel (sqrt scale, full at {vmax:.0f})", title_fontsize=8)
+    both = tuple((on_rgb + off_rgb) / 2)
+    fig.legend(handles=[Patch(color=ON_COLOUR, label="ON events"),
+                        Patch(color=OFF_COLOUR, label="OFF events"),
+                        Patch(color=both, label="ON and OFF in one pixel (hue by their shares)")],
+               loc="outside lower center", ncols=3, fontsize=9, frameon=False,
+               title=f"colour strength: events per pixel in the step, square-root scale, full "
+                     f"colour at {vmax:.0f} or more; white: none", title_fontsize=9)
     return _save(fig, path)
 
 
@@ -278,12 +291,20 @@ def plot_raster(spikes: list, neurons: int, channels: int, path, *, layer: str, 
     return _save(fig, path)
 
 
+#: Maps of at most this many tokens a side carry each formed entry's value in its cell; larger
+#: ones would need a font too small to read, and show the colours only.
+ANNOTATED_TOKENS = 16
+
+
 def plot_attention(before: np.ndarray, after: np.ndarray | None, path, *, title: str,
-                   before_label: str, after_label: str | None = None) -> Path:
+                   before_label: str, after_label: str | None = None,
+                   head: int | None = None) -> Path:
     """One head's attention map at one step: left, the raw map (Q K^T)[i, j], the number of
     channels query token i and key token j share; right (when ``after`` is given), the map after
     the operator's table or threshold, on the same colour scale. White cells: no entry formed
-    (no shared channel); formed entries a table or threshold zeroed show in the scale's 0."""
+    (no shared channel); formed entries a table or threshold zeroed show in the scale's 0.
+    Each panel counts the entries of this head (``head``, named in the panel) formed and left
+    non-zero; maps of up to :data:`ANNOTATED_TOKENS` tokens show the values in the cells."""
     before = np.asarray(before)
     n = before.shape[0]
     formed = before > 0
@@ -299,20 +320,24 @@ def plot_attention(before: np.ndarray, after: np.ndarray | None, path, *, title:
         image = ax.imshow(shown, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest",
                           origin="upper")
         ax.set_facecolor("white")
-        if n <= 16:  # small maps: the values themselves
+        if n <= ANNOTATED_TOKENS:  # small maps: the values themselves
             for i, j in zip(*np.nonzero(formed)):
                 v = m[i, j]
-                ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=6,
+                ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=9,
                         color="white" if v < vmin + 0.6 * (vmax - vmin) else "black")
         ax.set_xlabel("key token j")
         ax.set_ylabel("query token i")
         kept = int((formed & (m != 0)).sum())
-        ax.set_title(f"{label}\n{int(formed.sum())} entries formed, {kept} non-zero",
-                     fontsize=9)
+        whose = "" if head is None else f"head {head}: "
+        ax.set_title(f"{label}\n{whose}{int(formed.sum())} of {n * n} entries formed, {kept} "
+                     "non-zero", fontsize=10)
     fig.colorbar(image, ax=list(axes), shrink=0.85,
                  label="shared active channels" if after is None else
                  "map value (shared active channels before; mapped value after)")
     fig.suptitle(title, fontsize=11)
+    fig.supxlabel("white: no entry formed (query and key share no active channel)"
+                  + ("" if n <= ANNOTATED_TOKENS else "; values by colour only (a large map)"),
+                  fontsize=9)
     return _save(fig, path)
 
 
@@ -417,64 +442,166 @@ def plot_stream(windows: list[dict], class_names, path, *, title: str) -> Path:
     return _save(fig, path)
 
 
+#: Points of compare.png closer than this (pixels) would hide one another: they are drawn side by
+#: side, this far apart, and each gets its own label.
+COINCIDE_PX = 14
+
+
 def plot_compare(runs: list[dict], path, *, title: str) -> Path:
     """Accuracy against energy per sample for compared models: one point per (model,
-    arithmetic) run, labelled, colour by model and marker by arithmetic; a log energy axis when
-    the energies span more than a factor 10. ``runs``: `compare`'s rows (``model``, ``dtype``,
-    ``accuracy``, ``samples``, ``ops_per_sample["energy_uj"]``)."""
+    arithmetic) run, colour by model and marker by arithmetic (both in the legend), each point
+    labelled; a log energy axis when the energies span more than a factor 10. Points that would
+    cover one another (three models at 100% and nearly the same energy) are drawn side by side
+    around where they lie, in the order of their energies, each with its own label joined to it
+    by a thin line, and label blocks are placed where they overlap no other label or point.
+    ``runs``: `compare`'s rows (``model``, ``dtype``, ``accuracy``, ``samples``,
+    ``ops_per_sample["energy_uj"]``)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import offset_copy
+
     runs = [r for r in runs if r.get("samples")]
     if not runs:
         raise EventformerError("no compared run to plot")
     models = list(dict.fromkeys(r["model"] for r in runs))
     dtypes = list(dict.fromkeys(r["dtype"] for r in runs))
     markers = dict(zip(dtypes, "osD^vP"))
+    colours = [c for c in OKABE_ITO if c not in ("#F0E442", "#999999")] + ["#000000"]
+    colour_of = {m: colours[i % len(colours)] for i, m in enumerate(models)}
     energy = np.array([r["ops_per_sample"]["energy_uj"] for r in runs], float)
     acc = np.array([r["accuracy"] * 100 for r in runs])
     fig = _figure(SIZES["compare"])
     ax = fig.subplots()
-    colours = [c for c in OKABE_ITO if c not in ("#F0E442", "#999999")] + ["#000000"]
-    for i, r in enumerate(runs):
-        colour = colours[models.index(r["model"]) % len(colours)]
-        ax.scatter(energy[i], acc[i], s=70, marker=markers.get(r["dtype"], "o"), color=colour,
-                   edgecolors="#000000", linewidths=0.6, zorder=3, alpha=0.85)
-    # points that (nearly) coincide share one label listing them, so no label hides another
-    groups: list[list[int]] = []
-    for i in np.lexsort((energy, -acc)):
-        for g in groups:
-            j = g[0]
-            if abs(acc[i] - acc[j]) < 0.5 and max(energy[i], energy[j]) <= \
-                    1.15 * max(min(energy[i], energy[j]), 1e-12):
-                g.append(int(i))
-                break
-        else:
-            groups.append([int(i)])
-    for g in groups:
-        ax.annotate("\n".join(f"{runs[i]['model']} {runs[i]['dtype']}" for i in g),
-                    (energy[g[0]], acc[g[0]]), xytext=(9, -4), textcoords="offset points",
-                    fontsize=8, va="top")
     positive = energy[energy > 0]
     if positive.size and positive.max() / positive.min() > 10:
         ax.set_xscale("log")
+        ax.set_xlim(positive.min() / 2, positive.max() * 3)
         ax.set_xlabel("energy per sample (µJ, counted AC and MAC at 45 nm; log scale)")
     else:
+        span = float(energy.max() - energy.min()) or max(float(energy.max()), 1.0)
+        ax.set_xlim(max(0.0, energy.min() - 0.3 * span), energy.max() + 0.6 * span)
         ax.set_xlabel("energy per sample (µJ, counted AC and MAC at 45 nm)")
     lo, hi = float(acc.min()), float(acc.max())
     ax.set_ylim(max(0.0, lo - 10), min(101.5, hi + 8))
-    if ax.get_xscale() == "log":
-        ax.set_xlim(positive.min() / 2, positive.max() * 3)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], linestyle="", marker=markers[d], color="#777777", label=d)
-               for d in dtypes]
-    handles += [Line2D([], [], linestyle="", marker="o", color=colours[i % len(colours)],
-                       label=m) for i, m in enumerate(models)]
-    ax.legend(handles=handles, loc="lower right", fontsize=8, ncols=2)
+    fig.legend(handles=[Line2D([], [], linestyle="", marker=markers[d], color="#777777",
+                               markeredgecolor="#000000", label=d) for d in dtypes],
+               title="arithmetic (marker)", loc="outside right upper", fontsize=8,
+               title_fontsize=8)
+    fig.legend(handles=[Line2D([], [], linestyle="", marker="o", color=colour_of[m],
+                               markeredgecolor="#000000", label=m) for m in models],
+               title="model (colour)", loc="outside right lower", fontsize=8, title_fontsize=8)
     n = runs[0]["samples"]
-    ax.set_title(f"{n} sample{'' if n == 1 else 's'} per run", fontsize=9)
     fig.suptitle(title, fontsize=11)
+    fig.canvas.draw()  # the layout settles: from here on, data map to their final pixels
+    pixels = ax.transData.transform(np.column_stack([energy, acc]))
+    groups = _coinciding(pixels, COINCIDE_PX)
+    pt = 72 / DPI  # points per pixel
+    renderer = fig.canvas.get_renderer()
+    taken = [_box(x - COINCIDE_PX, y - COINCIDE_PX / 2, x + COINCIDE_PX, y + COINCIDE_PX / 2)
+             for group in groups for x, y in _dodged(pixels, group)]
+    for group in groups:
+        spots = _dodged(pixels, group)
+        for i, (x, y) in zip(group, spots):  # each point drawn at its spot in the row
+            where = offset_copy(ax.transData, fig=fig, x=(x - pixels[i, 0]) * pt,
+                                y=(y - pixels[i, 1]) * pt, units="points")
+            ax.scatter([energy[i]], [acc[i]], s=70, marker=markers[runs[i]["dtype"]],
+                       color=colour_of[runs[i]["model"]], edgecolors="#000000", linewidths=0.6,
+                       zorder=3, transform=where)
+        taken.append(_place_labels(ax, renderer, [runs[i] for i in group],
+                                   [(energy[i], acc[i]) for i in group], group, pixels, spots,
+                                   taken))
+    together = any(len(g) > 1 for g in groups)
+    ax.set_title(f"{n} sample{'' if n == 1 else 's'} per run"
+                 + ("; points that would cover one another are drawn side by side, in the "
+                    "order of their energies" if together else ""), fontsize=9)
     return _save(fig, path)
+
+
+def _box(x0, y0, x1, y1):
+    from matplotlib.transforms import Bbox
+
+    return Bbox([[x0, y0], [x1, y1]])
+
+
+def _coinciding(pixels: np.ndarray, near: float) -> list[list[int]]:
+    """Groups of points (indices) joined by chains of pairs closer than ``near`` pixels, each
+    group in the order of x."""
+    n = len(pixels)
+    group_of = list(range(n))
+
+    def root(i):
+        while group_of[i] != i:
+            i = group_of[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if np.hypot(*(pixels[i] - pixels[j])) < near:
+                group_of[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return [sorted(g, key=lambda i: (pixels[i, 0], i)) for g in groups.values()]
+
+
+def _dodged(pixels: np.ndarray, group: list[int]) -> list[tuple[float, float]]:
+    """Where each point of a group is drawn: its own place when alone, else in a row centred on
+    the group's mean, :data:`COINCIDE_PX` apart."""
+    if len(group) == 1:
+        return [tuple(pixels[group[0]])]
+    cx, cy = pixels[group].mean(axis=0)
+    return [(cx + (k - (len(group) - 1) / 2) * COINCIDE_PX, cy) for k in range(len(group))]
+
+
+def _place_labels(ax, renderer, runs, points, group, pixels, spots, taken):
+    """One label per point of a group, stacked in a block beside the group's row, each joined to
+    its point by a thin line (the top label to the rightmost point, so lines never cross); the
+    block goes to the first side where it overlaps nothing already drawn. Returns its box."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import offset_copy
+
+    pt = 72 / DPI
+    order = list(range(len(group)))[::-1]  # rightmost point first: top line
+    right = max(x for x, _ in spots) + 10
+    left = min(x for x, _ in spots) - 10
+    y = spots[0][1]
+    axes_box = ax.get_window_extent(renderer)
+    line = 11 / pt  # pixels per line of 8-point text
+    height = line * len(group)
+    candidates = [(right, y - 8, "left"), (right, y + 8 + height, "left"),
+                  (left, y - 8, "right"), (left, y + 8 + height, "right"),
+                  (right, y - 8 - 2 * height, "left")]
+
+    def draw(x0, y0, ha):
+        texts = []
+        for row, k in enumerate(order):
+            i = group[k]
+            px, py = spots[k]
+            text = ax.annotate(
+                f"{runs[k]['model']} {runs[k]['dtype']}", xy=points[k],
+                xycoords=offset_copy(ax.transData, fig=ax.figure, x=(px - pixels[i, 0]) * pt,
+                                     y=(py - pixels[i, 1]) * pt, units="points"),
+                xytext=((x0 - px) * pt, (y0 - row * line - py) * pt),
+                textcoords="offset points", ha=ha, va="top", fontsize=8,
+                annotation_clip=False,
+                arrowprops=dict(arrowstyle="-", color="#888888", linewidth=0.6, shrinkA=1,
+                                shrinkB=5) if len(group) > 1 else None)
+            text.set_in_layout(False)
+            texts.append(text)
+        boxes = [Text.get_window_extent(t, renderer) for t in texts]  # the words, no line
+        return texts, _box(min(b.x0 for b in boxes), min(b.y0 for b in boxes),
+                           max(b.x1 for b in boxes), max(b.y1 for b in boxes))
+
+    for x0, y0, ha in candidates:
+        texts, block = draw(x0, y0, ha)
+        inside = (block.x0 >= axes_box.x0 and block.x1 <= axes_box.x1
+                  and block.y0 >= axes_box.y0 and block.y1 <= axes_box.y1)
+        if inside and not any(block.overlaps(b) for b in taken):
+            return block
+        for t in texts:
+            t.remove()
+    return draw(*candidates[0])[1]  # nowhere free: the first side, as good as any
 
 
 def _names(class_names, k: int) -> list[str]:
@@ -637,14 +764,18 @@ class ClassificationPlotter:
             before, after = "raw map Q K^T", f"after the threshold: 1(count > {delta})"
         else:
             before, after = "raw map Q K^T (SSA: no denoiser)", None
-        counted = (f"; engine counters, all heads: {engine_formed} formed, {engine_kept} "
-                   "non-zero" if self.attention != "ssa" else "")
+        heads = self.engine.config.heads
+        # the title counts what the engine did at this step over every head; each panel, the
+        # head drawn: the two differ unless the model has one head
+        counted = (f"; the engine's counters at step {step}, all {heads} heads together: "
+                   f"{engine_formed} entries formed, {engine_kept} non-zero"
+                   if self.attention != "ssa" else "")
         return plot_attention(
             counts[head], None if mapped is None else mapped[head],
             out / f"{stem}-attention-block{self.block}-head{head}-step{step}.{ext}",
             title=f"{name}: block {self.block} attention ({self.attention}), head {head}, "
-                  f"step {step}\n(step: {why}{counted})",
-            before_label=before, after_label=after)
+                  f"step {step}\n(step {step}: {why}{counted})",
+            before_label=before, after_label=after, head=head)
 
 
 def dataset_figures(summary: dict, class_names, outdir, fmt: str = "png", *,

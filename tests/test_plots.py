@@ -106,7 +106,9 @@ def test_infer_file_writes_its_four_figures(tmp_path):
     for name, size in names.items():
         check_png(out / name, size)
     check_png(attention[0], plots.figure_size("attention"))
-    assert plots.input_size(STEPS) == (170 * 8 + 40, 190 + 110)
+    # 8 steps in 2 rows of 4 panels: each frame large enough to read at a page's column width
+    assert plots._input_grid(STEPS) == (2, 4) and plots._input_grid(3) == (1, 3)
+    assert plots.input_size(STEPS)[0] <= 1100
 
 
 def test_svg_figures_say_what_they_show(tmp_path):
@@ -119,7 +121,8 @@ def test_svg_figures_say_what_they_show(tmp_path):
         "1-attention-block0-head2-step3.svg", "1-input.svg", "1-layers.svg",
         "1-raster-block.0.attn.q_lif.svg"]
     text = svg_text(tmp_path / "1-input.svg")
-    assert "step 7" in text and "x (pixel)" in text and "ON" in text and "OFF" in text
+    assert "step 7" in text and "x (pixel)" in text and "ON events" in text and "OFF events" in text
+    assert "ON and OFF in one pixel" in text  # the colour of an overlap has its legend entry
     assert "32x32" in text
     text = svg_text(tmp_path / "1-layers.svg")
     assert "firing rate" in text and "compare (binary)" in text and "block.0.mlp.fc1_lif" in text
@@ -128,6 +131,9 @@ def test_svg_figures_say_what_they_show(tmp_path):
     text = svg_text(tmp_path / "1-attention-block0-head2-step3.svg")
     assert "query token i" in text and "key token j" in text and "1(count > 0)" in text
     assert "head 2, step 3" in text and "--plot-step" in text
+    # the title counts every head at the step, each panel the head drawn, and says so
+    assert "all 4 heads together" in text and text.count("head 2: ") == 2
+    assert "of 256 entries formed" in text and "white: no entry formed" in text
 
 
 def test_ssa_draws_the_raw_map_only(tmp_path):
@@ -304,6 +310,57 @@ def test_compare_figure_labels_every_run(tmp_path):
     text = svg_text(path)
     for label in ("ssa float32", "ssa int8", "ds2ta float32", "log scale", "accuracy (%)"):
         assert label in text
+
+
+def _drawn_compare(runs, monkeypatch, tmp_path):
+    """The figure plot_compare saves (points, labels), kept instead of written."""
+    kept = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: kept.append(fig) or Path(path))
+    plots.plot_compare(runs, tmp_path / "c.png", title="t")
+    (fig,) = kept
+    fig.canvas.draw()
+    return fig, fig.axes[0], fig.canvas.get_renderer()
+
+
+def test_compare_points_that_coincide_stay_visible_and_labels_apart(monkeypatch, tmp_path):
+    """Three models at 100% with the same energy (as the shipped ones score on the embedded
+    set), in two arithmetics: every point is drawn where no other covers it, every run has its
+    own label, and no label overlaps another label or a point."""
+    runs = [{"model": m, "dtype": d, "accuracy": a, "samples": 4,
+             "ops_per_sample": {"energy_uj": e * (0.27 if d == "int8" else 5.3)}}
+            for d in ("float32", "int8")
+            for m, a, e in (("ssa", 1.0, 1.0), ("ds2ta", 1.0, 1.0), ("ssa_bin", 1.0, 1.01),
+                            ("saformer", 0.75, 0.97))]
+    fig, ax, renderer = _drawn_compare(runs, monkeypatch, tmp_path)
+    spots = np.array([c.get_offset_transform().transform(c.get_offsets())[0]
+                      for c in ax.collections])
+    assert len(spots) == len(runs)
+    gaps = [np.hypot(*(a - b)) for i, a in enumerate(spots) for b in spots[i + 1:]]
+    assert min(gaps) >= plots.COINCIDE_PX - 0.5  # no marker hides another
+    labels = [t for t in ax.texts if t.get_text()]
+    assert sorted(t.get_text() for t in labels) == sorted(f"{r['model']} {r['dtype']}"
+                                                          for r in runs)
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the words only
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+        for x, y in spots:
+            assert not a.contains(x, y)
+    assert "side by side" in ax.get_title()
+
+
+def test_compare_points_apart_are_drawn_where_they_are(monkeypatch, tmp_path):
+    runs = [{"model": m, "dtype": "float32", "accuracy": a, "samples": 2,
+             "ops_per_sample": {"energy_uj": e}}
+            for m, a, e in (("ssa", 0.5, 1.0), ("ds2ta", 1.0, 4.0))]
+    fig, ax, _ = _drawn_compare(runs, monkeypatch, tmp_path)
+    for c, r in zip(ax.collections, runs):
+        at = c.get_offset_transform().transform(c.get_offsets())[0]
+        want = ax.transData.transform([r["ops_per_sample"]["energy_uj"], r["accuracy"] * 100])
+        assert np.allclose(at, want, atol=0.5)
+    assert "side by side" not in ax.get_title()
 
 
 def test_large_layer_raster_shows_a_channel_sorted_subset(tmp_path):

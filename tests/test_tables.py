@@ -328,3 +328,24 @@ def test_piped_output_honours_columns(tmp_path):
                                    text=True, check=True).stdout.strip()
     assert run(env) == "160"
     assert run({**env, "COLUMNS": "100"}) == "100"
+
+
+@pytest.mark.parametrize("dtype, ac, mac", [("float32", "fp32 add", "fp32 multiply + fp32 add"),
+                                            ("float64", "fp64 add", "fp64 multiply + fp64 add"),
+                                            ("int8", "int8 add", "int8 multiply + int32 add")])
+def test_energy_line_names_the_arithmetic_run(dtype, ac, mac):
+    """The line under the table names the operations the arithmetic does; float64, which the
+    45 nm table has no entries for, says what it is priced as instead of calling it fp32."""
+    from eventformer.report import EnergyTable, energy_sentence
+
+    table = EnergyTable.for_arithmetic(dtype)
+    line = energy_sentence(table.describe())
+    assert f"an AC as {ac} ({table.ac_pj:g} pJ)" in line and f"a MAC as {mac} (" in line
+    assert ("priced the AC as fp32 add, the MAC as fp32 multiply + fp32 add" in line) == \
+        (dtype == "float64")
+    if dtype == "float64":  # float64 is priced as float32, and the line says so
+        assert (table.ac_pj, table.mac_pj) == (0.9, 4.6)
+        table.ac_pj = 2.0  # a price given by the user is not the table's fp32 entry
+        line = energy_sentence(table.describe())
+        assert "an AC as fp64 add (2 pJ)" in line and "the AC as" not in line
+        assert "priced the MAC as fp32 multiply + fp32 add" in line
