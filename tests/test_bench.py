@@ -228,6 +228,7 @@ def test_scatter_accumulates_exclude_gemm_work(tiny_model_and_steps, mode):
 
 def _tiny_opts(recording, cache_dir, **kw):
     kw.setdefault("config", TINY)
+    kw.setdefault("compiled", False)  # compiling takes minutes: the tests give a stand-in
     return BenchOptions(files=[str(recording)], rates=(0.2,), repeat=3, threads=engine_threads(),
                         cold_start=False, cache_dir=cache_dir, **kw)
 
@@ -419,3 +420,361 @@ def test_allocator_status_says_how_the_settings_came():
     assert s["applied"] and "already set" in s["how"]
     s = allocator.allocator_status({**allocator.MALLOC_SETTINGS, allocator.REEXEC_GUARD: "1"})
     assert s["applied"] and "re-executing" in s["how"]
+
+
+# --- torch eager and torch.compile: the faster one is the baseline -------------------------------
+
+def _side(median):
+    return {"median_s": median, "min_s": median, "max_s": median, "times_s": [median],
+            "spread": 1.0, "unstable": False}
+
+
+def test_faster_dense_is_the_smaller_sum_of_medians():
+    from eventformer.bench.run import faster_dense
+
+    rows = [{"dense": _side(1.0), "compiled": _side(0.7)}, {"dense": _side(1.0),
+                                                            "compiled": _side(0.9)}]
+    assert faster_dense(rows) == "compiled"
+    rows[1]["compiled"] = _side(1.4)  # 2.0 against 2.1 in all: eager
+    assert faster_dense(rows) == "dense"
+    assert faster_dense([{"dense": _side(1.0)}]) == "dense"
+    assert faster_dense([{"engine": _side(1.0)}]) is None
+    # interrupted: the comparison is made on the files timed on both sides only
+    partial = [{"dense": _side(1.0), "compiled": _side(0.8)}, {"dense": _side(0.1)}]
+    assert faster_dense(partial) == "compiled"
+
+
+def _three_sided_run(engine, eager, compiled):
+    run = _RateRun(0.05, "m.h5", [object()], 4, dense=True, compiled=True)
+    run.rows = [{"file": "a.bs2", "events": 1000, "duration_s": 1.0, "prediction": 0,
+                 "ac": 10, "mac": 0, "dense_mac": 99, "ac_scatter": 6, "scatter_s": 0.5,
+                 "scatter_ac_per_s": 12.0, "ac_gemm_steps": 4, "firing_rate": 0.05}]
+    run.times = {"engine": [list(engine)], "dense": [list(eager)], "compiled": [list(compiled)]}
+    run.compile_s = 123.0
+    return run
+
+
+def test_speedup_is_quoted_against_the_faster_dense_side():
+    entry = _three_sided_run([0.1, 0.1, 0.1], [0.4, 0.4, 0.4], [0.3, 0.2, 0.25]).entry(True)
+    row = entry["files"][0]
+    assert entry["baseline"] == "compiled" and entry["baseline_label"] == "torch.compile"
+    assert row["speedup"] == pytest.approx(0.25 / 0.1)
+    assert row["speedup_eager"] == pytest.approx(4.0)
+    assert row["speedup_compiled"] == pytest.approx(2.5)
+    assert row["speedup_pairs"] == pytest.approx([2.0, 3.0])
+    assert entry["compile_s"] == 123.0
+    assert entry["speedup_geomean"] == pytest.approx(2.5)
+    assert entry["speedup_geomean_eager"] == pytest.approx(4.0)
+    slow = _three_sided_run([0.1], [0.2], [0.5]).entry(True)
+    assert slow["baseline"] == "dense" and slow["files"][0]["speedup"] == pytest.approx(2.0)
+    noisy = _three_sided_run([0.1, 0.1], [0.2, 0.2], [0.1, 0.9])
+    noisy.entry(True)
+    assert any("torch.compile times" in w for w in noisy.warnings)
+
+
+class _StandInCompile:
+    """torch.compile's place in tests: the eager forward, counting its first call apart."""
+
+    def __init__(self, fail_with=None):
+        self.fail_with = fail_with
+        self.models = 0
+
+    def __call__(self, model):
+        from eventformer.bench.dense_torch import build_dense_forward
+
+        self.models += 1
+        forward = build_dense_forward(model)
+        state = {"calls": 0}
+
+        def compiled(frames):
+            state["calls"] += 1
+            if self.fail_with is not None:
+                raise self.fail_with
+            return forward(frames)
+
+        compiled.state = state
+        return compiled
+
+
+def test_run_bench_times_engine_eager_and_compiled_interleaved(recording, cache_dir):
+    pytest.importorskip("torch")
+    stand_in = _StandInCompile()
+    order = []
+    clock = FakeClock([0.1, 1.0, 0.5, 0.2, 1.1, 0.6, 0.15, 1.2, 0.4])
+    progress = []
+    result = run_bench(_tiny_opts(recording, cache_dir, compiled=True), log=lambda m: None,
+                       warn=lambda m: None, clock=clock, compile_forward=stand_in,
+                       progress=lambda *a: progress.append(a))
+    json.dumps(result)
+    assert stand_in.models == 1 and result["compiled"]["available"] is True
+    entry = result["rates"][0]
+    row = entry["files"][0]
+    assert row["engine"]["times_s"] == pytest.approx([0.1, 0.2, 0.15])
+    assert row["dense"]["times_s"] == pytest.approx([1.0, 1.1, 1.2])
+    assert row["compiled"]["times_s"] == pytest.approx([0.5, 0.6, 0.4])
+    assert entry["baseline"] == "compiled"
+    assert row["speedup"] == pytest.approx(0.5 / 0.15)
+    assert entry["compile_s"] is not None and entry["compile_s"] >= 0
+    assert "compiled_max_logit_diff" in row
+    # progress: the timing task counts every timed run up to its total, and compiling is told
+    timing = [p for p in progress if p[0].startswith("timing")]
+    assert timing[0][1:] == (0, 9) and timing[-1][1:] == (9, 9)
+    assert any(p[0].startswith("compiling") and p[2] is None for p in progress)
+
+
+def test_run_bench_goes_on_eager_only_when_compile_fails(recording, cache_dir):
+    pytest.importorskip("torch")
+    warnings = []
+    clock = FakeClock([0.1, 1.0] * 3)
+    result = run_bench(_tiny_opts(recording, cache_dir, compiled=True), log=lambda m: None,
+                       warn=warnings.append, clock=clock,
+                       compile_forward=_StandInCompile(RuntimeError("no cl.exe\nmore lines")))
+    assert result["compiled"]["available"] is False
+    assert "torch.compile failed" in result["compiled"]["reason"]
+    assert "no cl.exe" in result["compiled"]["reason"] and "more" not in \
+        result["compiled"]["reason"]
+    line = [w for w in warnings if "torch.compile" in w]
+    assert len(line) == 1 and "\n" not in line[0] and "eager only" in line[0]
+    row = result["rates"][0]["files"][0]
+    assert "compiled" not in row and row["speedup"] == pytest.approx(1.0 / 0.1)
+    assert result["rates"][0]["baseline"] == "dense"
+
+
+def test_compile_needs_a_cxx_compiler(monkeypatch):
+    pytest.importorskip("torch")
+    import shutil
+
+    from eventformer.bench import dense_torch
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    reason = dense_torch.compile_prerequisite()
+    assert "C++ compiler" in reason
+    with pytest.raises(dense_torch.CompileUnavailable, match="C\\+\\+ compiler"):
+        dense_torch.build_compiled_forward(random_model(TINY, 0))
+
+
+# --- what to time when no files are given ---------------------------------------------------------
+
+def test_default_inputs_prefer_the_shared_segments(monkeypatch, tmp_path):
+    import eventformer.bench.run as bench_run
+
+    for name in ("2.bs2", "1.bs2"):
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(bench_run, "default_gesture_dir", lambda: tmp_path)
+    loaded = []
+    monkeypatch.setattr(bench_run, "load_samples",
+                        lambda files, steps, size: loaded.append(files) or ["s1", "s2"])
+    inputs = bench_run.default_inputs(4, 32)
+    assert loaded == [[str(tmp_path / "1.bs2"), str(tmp_path / "2.bs2")]]
+    assert inputs.source == "shared segments" and "2 real DVS Gesture segments" in \
+        inputs.description
+
+
+class _FakeGestureSet:
+    synthetic = True
+    root = "/nowhere"
+
+    def __init__(self, n):
+        self.n = n
+
+    def iter_events(self, limit=None):
+        from eventformer.datasets import SampleRef
+
+        for i in range(min(self.n, limit or self.n)):
+            yield SampleRef(f"/cache/user{i}.aedat", 0, (0, 50_000), i), _events(seed=i)
+
+
+def test_default_inputs_fall_back_to_the_embedded_synthetic_set(monkeypatch):
+    import eventformer.bench.run as bench_run
+    import eventformer.datasets as datasets
+
+    monkeypatch.setattr(bench_run, "default_gesture_dir", lambda: None)
+    asked = []
+
+    def fake_open(name, data_dir, split, *, synthetic_fallback=False, log=None):
+        asked.append((name, split, synthetic_fallback))
+        return _FakeGestureSet(9)
+
+    monkeypatch.setattr(datasets, "open_dataset", fake_open)
+    inputs = bench_run.default_inputs(TINY.steps, TINY.image_size, count=3)
+    assert asked == [("dvs-gesture", "test", True)]
+    assert inputs.source == "synthetic" and "embedded synthetic" in inputs.description
+    assert [s.path for s in inputs.samples] == ["user0.aedat#0", "user1.aedat#1",
+                                                "user2.aedat#2"]
+    s = inputs.samples[0]
+    assert s.events == 3000 and len(s.steps) == TINY.steps and s.recording is not None
+    assert s.dense.shape == (TINY.steps, 2, TINY.image_size, TINY.image_size)
+    real = _FakeGestureSet(2)
+    real.synthetic = False
+    monkeypatch.setattr(datasets, "open_dataset", lambda *a, **k: real)
+    inputs = bench_run.default_inputs(TINY.steps, TINY.image_size, count=5)
+    assert inputs.source == "dvs-gesture" and len(inputs.samples) == 2
+
+
+def test_bench_without_files_says_what_it_times(monkeypatch, recording, cache_dir, no_reexec):
+    """No ../shared here: the command times the embedded synthetic set and says so."""
+    pytest.importorskip("torch")
+    import eventformer.bench.run as bench_run
+    import eventformer.datasets as datasets
+
+    tiny = run_bench(_tiny_opts(recording, cache_dir), log=lambda m: None,
+                     warn=lambda m: None, clock=FakeClock([0.1, 1.0] * 3))
+    monkeypatch.setattr(bench_run, "default_gesture_dir", lambda: None)
+    monkeypatch.setattr(datasets, "open_dataset", lambda *a, **k: _FakeGestureSet(9))
+    seen = {}
+
+    def fake_run_bench(opts, log=print, warn=None, samples=None, **kw):
+        seen.update(files=list(opts.files), samples=samples)
+        return tiny
+
+    monkeypatch.setattr(bench_run, "run_bench", fake_run_bench)
+    r = runner.invoke(app, ["bench", "--rates", "0.2", "--no-start", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "was not found" not in r.stderr
+    assert "inputs: 5 samples of the embedded synthetic DVS Gesture test set" in \
+        " ".join(r.stderr.split())
+    assert seen["files"] == [f"user{i}.aedat#{i}" for i in range(5)]
+    assert json.loads(r.stdout)["inputs"].startswith("5 samples of the embedded synthetic")
+
+
+def test_roofline_ratio_is_explained_not_a_bare_percentage(monkeypatch, recording, cache_dir,
+                                                           no_reexec):
+    pytest.importorskip("torch")
+    import eventformer.bench.run as bench_run
+
+    tiny = run_bench(_tiny_opts(recording, cache_dir, config=TINY), log=lambda m: None,
+                     warn=lambda m: None, clock=FakeClock([0.1, 1.0] * 3))
+    tiny["rates"][0]["scatter_ac_per_s"] = 3 * tiny["machine"]["scatter_roofline_ac_per_s"]
+    monkeypatch.setattr(bench_run, "run_bench", lambda *a, **k: tiny)
+    r = runner.invoke(app, ["bench", str(recording), "--rates", "0.2", "--no-start"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stderr.split())
+    assert "300%" not in text and "3.00x the scatter-add roofline" in text
+    assert "a ratio above 1x means" in text
+
+
+# --- --profile: where the time goes -------------------------------------------------------------
+
+class StepClock:
+    """A clock that advances by one second per reading: deterministic self times."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize("mode", ["sparse", "dense", "mixed"])
+def test_profile_stages_add_up_and_book_the_work_done(tiny_model_and_steps, mode):
+    from eventformer.bench.profile import Profiler, profile_table
+    from eventformer.kernels import counters as C
+
+    model, steps = tiny_model_and_steps
+    policy = (PathPolicy(mode=mode) if mode != "mixed"
+              else PathPolicy(conv_threshold=0.0, linear_threshold=1.0))
+    engine = Spikformer(model, policy=policy, dtype="int8")
+    engine.run(steps)
+    engine.clear_stats()
+    plain = engine.run(steps)
+    plain_stats = engine.layer_stats()
+    engine.clear_stats()
+    classes = {id(layer): type(layer) for layer in engine.layers}
+    with Profiler(engine, clock=StepClock()) as prof:
+        profiled = engine.run(steps)
+        engine.run(steps)
+        # the profiler is invisible to the engine's own checks
+        assert not any(k in vars(layer) for layer in engine.layers
+                       for k in ("synapse", "_scatter", "emit"))
+        assert not any("fire" in vars(layer.neurons) for layer in engine.layers)
+    assert all(type(layer) is classes[id(layer)] for layer in engine.layers)  # unwrapped
+    np.testing.assert_array_equal(profiled, plain)  # int8: the same integers, the same path
+    stats = engine.layer_stats()
+    for before, after in zip(plain_stats, stats):  # two runs: twice the counts of one
+        assert {k: after[k] for k in C.NAMES} == {k: 2 * before[k] for k in C.NAMES}
+    table = profile_table(prof, samples=2)
+    assert prof.runs == 2
+    # the fake clock: every wrapped call's self time is a whole number of seconds
+    assert table["total_ms"] == pytest.approx(sum(s["ms"] for s in table["stages"]), abs=1e-6)
+    assert table["total_ms"] == pytest.approx(sum(layer["ms"] for layer in table["layers"]),
+                                              abs=1e-6)
+    by_stage = {s["stage"]: s for s in table["stages"]}
+    assert "other" in by_stage and by_stage["other"]["ms"] > 0
+    assert "LIF" in by_stage and "attention core" in by_stage and "head" in by_stage
+    # the work booked per stage is what the layers' counters say was done (per sample)
+    updates = sum(s["neuron_updates"] for s in stats)
+    assert by_stage["LIF"]["work"] == updates / 2
+    event_work = sum(by_stage[s]["work"] for s in ("scatter", "gather") if s in by_stage)
+    gemm_work = by_stage["GEMM"]["work"] if "GEMM" in by_stage else 0
+    dense_mac = sum(s["dense_mac"] for s in stats)
+    assert gemm_work == dense_mac / 2
+    metered = Spikformer(model, policy=policy, dtype="int8")
+    with PathMeter(metered) as meter:
+        metered.run(steps)
+    split = meter.summary()
+    assert event_work == split["ac_scatter"] + split["mac_scatter"]
+    assert by_stage["attention core"]["work"] == sum(
+        s["ac"] for s in stats if s["kind"] == "attention") / 2
+    if mode == "dense":
+        assert event_work == 0 and gemm_work > 0
+    if mode == "sparse":
+        assert gemm_work == 0 and event_work > 0
+
+
+def test_profile_table_reports_rates_against_peaks_and_skips_missing_methods(
+        tiny_model_and_steps):
+    from eventformer.bench.profile import STAGE_TABLE, Hook, Profiler, profile_table
+
+    model, steps = tiny_model_and_steps
+    engine = Spikformer(model, policy=PathPolicy(mode="sparse"))
+    engine.run(steps)
+    table = STAGE_TABLE + (Hook("layer", "no_such_method", "scatter"),)
+    with Profiler(engine, table=table) as prof:
+        engine.run(steps)
+    assert "no_such_method" not in {m for _, m in prof.timed}
+    assert "_scatter" in {m for _, m in prof.timed}
+    out = profile_table(prof, 1, peaks={"scatter": {"ops_per_s": 1e6}})
+    scatter = next(s for s in out["stages"] if s["stage"] == "scatter")
+    assert scatter["peak_ops_per_s"] == 1e6
+    assert scatter["of_peak"] == pytest.approx(scatter["ops_per_s"] / 1e6)
+    lif = next(s for s in out["stages"] if s["stage"] == "LIF")
+    assert lif["of_peak"] is None and lif["unit"] == "update"
+    assert out["total_ms"] == pytest.approx(sum(s["ms"] for s in out["stages"]))
+    assert set(out["stage_meaning"]) == {s["stage"] for s in out["stages"]}
+
+
+def test_kernel_peaks_cover_the_models_kernels(tiny_model_and_steps, monkeypatch):
+    from eventformer.bench import peaks
+
+    monkeypatch.setattr(peaks, "MIN_SECONDS", 0.001)
+    engine = Spikformer(tiny_model_and_steps[0], dtype="int8")
+    out = peaks.kernel_peaks(engine)
+    assert set(out) == {"scatter", "gather", "gemm"}
+    assert all(p["ops_per_s"] > 0 for p in out.values())
+    assert out["gemm"]["unit"] == "MAC" and out["scatter"]["threads"] == 1
+    assert set(out["scatter"]["by_width"]) == {16, 32, 64}
+
+
+def test_bench_profile_prints_the_stage_table_and_puts_it_in_json(monkeypatch, recording,
+                                                                   cache_dir, no_reexec):
+    pytest.importorskip("torch")
+    import eventformer.bench.peaks as peaks
+    import eventformer.bench.run as bench_run
+
+    monkeypatch.setattr(peaks, "MIN_SECONDS", 0.001)
+    result = run_bench(_tiny_opts(recording, cache_dir, profile=True), log=lambda m: None,
+                       warn=lambda m: None, clock=FakeClock([0.1, 1.0] * 3))
+    prof = result["rates"][0]["profile"]
+    assert prof["samples"] == 1 and prof["timed_engine_ms"] == pytest.approx(100.0)
+    assert prof["check_ms"] == pytest.approx(prof["total_ms"])
+    assert set(result["machine"]["kernel_peaks"]) >= {"scatter", "gemm"}
+    monkeypatch.setattr(bench_run, "run_bench", lambda *a, **k: result)
+    monkeypatch.setenv("COLUMNS", "100")
+    r = runner.invoke(app, ["bench", str(recording), "--rates", "0.2", "--profile", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["rates"][0]["profile"]["stages"]
+    assert "by stage" in r.stderr and "by layer and stage" in r.stderr
+    assert "kernel peaks on this machine" in r.stderr and "above 1x" in r.stderr
+    assert "…" not in r.stderr

@@ -6,9 +6,11 @@ does not depend on the path). Those were done by the GEMM, inside ``dense_mac``:
 ``ac`` by the engine's time credits GEMM work to the scatter and can beat the scatter roofline.
 
 :class:`PathMeter` splits ``ac`` without changing the layers: on one engine instance it wraps each
-synaptic layer's per-step methods (the sparse step ``_sparse_current`` and the dense step's
-``_dense_rows``) and the attention core's ``attend``, reading the layer's counters and a clock
-around each call. It is meant for one untimed accounting run; :meth:`close` removes the wrappers.
+synaptic layer's event-path kernels (``_scatter`` and, on convs that can, ``_gather``: whether a
+layer runs step by step or in bands of rows on several threads, its event-driven currents go
+through them), the dense step's ``_dense_rows`` and the attention core's ``attend``, reading the
+counters each call is given and a clock around it (:func:`.hooks.override`: the engine does not
+see the wrappers). It is meant for one untimed accounting run; :meth:`close` removes them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 
 from ..kernels import counters as C
+from .hooks import override
 
 
 class PathMeter:
@@ -37,27 +40,45 @@ class PathMeter:
         self.scatter_ac = self.scatter_mac = self.gemm_step_ac = self.attention_ac = 0
         self.scatter_s = self.scatter_mac_s = self.attention_s = 0.0
         self.unmetered: list[str] = []  # synaptic layers without the expected step methods
-        self._wrapped: list[tuple[object, str]] = []
+        self._undo: list = []
         for layer in engine.layers:
-            if hasattr(layer, "_sparse_current") and hasattr(layer, "_dense_rows"):
+            wrappers = {}
+            if hasattr(layer, "_scatter") and hasattr(layer, "_dense_rows"):
                 weighted = bool(getattr(layer, "weighted", False))
-                self._wrap(layer, "_sparse_current", "scatter_mac" if weighted else "scatter_ac",
-                           "scatter_mac_s" if weighted else "scatter_s")
-                self._wrap(layer, "_dense_rows", "gemm_step_ac", None)
+                for method in ("_scatter", "_gather"):
+                    if hasattr(layer, method):
+                        wrappers[method] = self._wrap(
+                            layer, method, "scatter_mac" if weighted else "scatter_ac",
+                            "scatter_mac_s" if weighted else "scatter_s")
+                wrappers["_dense_rows"] = self._wrap(layer, "_dense_rows", "gemm_step_ac", None,
+                                                     counters_arg=None)
+            elif hasattr(layer, "_core_current"):  # a step's attention core, counters last
+                wrappers["_core_current"] = self._wrap(layer, "_core_current", "attention_ac",
+                                                       "attention_s", counters_arg=-1)
             elif hasattr(layer, "attend"):
-                self._wrap(layer, "attend", "attention_ac", "attention_s")
+                wrappers["attend"] = self._wrap(layer, "attend", "attention_ac", "attention_s",
+                                                counters_arg=None)
             elif getattr(layer, "dense_macs_per_step", 0):
                 self.unmetered.append(layer.name)
+            if wrappers:
+                self._undo.append(override(layer, wrappers))
 
-    def _wrap(self, layer, method: str, ops_field: str, time_field: str | None) -> None:
+    def _wrap(self, layer, method: str, ops_field: str, time_field: str | None,
+              counters_arg: int | None = 3):
         original = getattr(layer, method)
         slot = C.MAC if ops_field == "scatter_mac" else C.AC
         counters = layer.counters
         clock = self.clock
 
         def metered(*args, **kwargs):
-            # a worker of a parallel offline run counts into its own array (4th argument)
-            given = args[3] if len(args) > 3 else kwargs.get("counters")
+            # the kernels' wrappers are given the counters to book into (a worker thread of a
+            # parallel offline run has its own array): the 4th argument
+            given = None
+            if counters_arg == -1:
+                given = args[-1] if args else None
+            elif counters_arg is not None:
+                given = (args[counters_arg] if len(args) > counters_arg
+                         else kwargs.get("counters"))
             target = counters if given is None else given
             before = int(target[slot])
             start = clock()
@@ -71,13 +92,12 @@ class PathMeter:
                     if time_field is not None:
                         setattr(self, time_field, getattr(self, time_field) + elapsed)
 
-        setattr(layer, method, metered)  # an instance attribute: shadows the class's method
-        self._wrapped.append((layer, method))
+        return metered
 
     def close(self) -> None:
-        for layer, method in self._wrapped:
-            delattr(layer, method)
-        self._wrapped = []
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
 
     def __enter__(self):
         return self

@@ -8,9 +8,15 @@ conv carries the folded weight, its BatchNorm is the identity plus the folded bi
 attention operator the file may name (ssa, ds2ta, ssa_bin, saformer). Batch 1, eval mode, no
 autograd; float32 unless asked otherwise. torch is imported only when a forward is built, so that
 ``eventformer bench`` can time both engines on identical weights in one run.
+
+:func:`build_compiled_forward` gives the same model through ``torch.compile`` (inductor, default
+mode): the best dense forward a PyTorch user gets on a CPU without changing the model.
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 import numpy as np
 
@@ -43,3 +49,62 @@ def build_dense_forward(model: ModelFile, dtype: str = "float32"):
             return net(x)[0].numpy()
 
     return forward
+
+
+class CompileUnavailable(Exception):
+    """torch.compile cannot run here; the message is one sentence saying why."""
+
+
+def compile_prerequisite() -> str | None:
+    """Why torch.compile's CPU backend (inductor) cannot run here, or None: it needs torch 2 and
+    a C++ compiler to build its kernels."""
+    import shutil
+
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile (torch 2 or later has)"
+    cxx = os.environ.get("CXX")
+    if not ((cxx and shutil.which(cxx)) or any(shutil.which(c) for c in ("g++", "c++",
+                                                                          "clang++"))):
+        return "torch.compile (inductor) needs a C++ compiler (g++ or clang++) on PATH"
+    return None
+
+
+def build_compiled_forward(model: ModelFile, dtype: str = "float32"):
+    """Like :func:`build_dense_forward`, but the plain-torch Spikformer goes through
+    ``torch.compile`` (inductor, default mode). Compiling happens on the first call (minutes the
+    first time; inductor caches its kernels on disk, so a rerun compiles in seconds): the caller
+    makes that call apart and times it as the compile time. Raises :class:`CompileUnavailable`
+    when the backend cannot run here."""
+    import torch
+
+    reason = compile_prerequisite()
+    if reason is not None:
+        raise CompileUnavailable(reason)
+    net = build_dense_model(model, dtype)
+    compiled = torch.compile(net)  # the default mode: mode=None, backend="inductor"
+    tdt = getattr(torch, dtype)
+
+    def forward(frames: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.asarray(frames)).to(tdt).unsqueeze(1)  # [T, 1, C, H, W]
+            return compiled(x)[0].numpy()
+
+    return forward
+
+
+def first_call(forward, frames: np.ndarray, clock=time.perf_counter) -> float:
+    """Seconds of ``forward``'s first call (a compiled forward compiles in it); any failure of
+    torch.compile becomes :class:`CompileUnavailable` with its first line."""
+    start = clock()
+    try:
+        forward(frames)
+    except CompileUnavailable:
+        raise
+    except Exception as exc:  # inductor fails in many ways: no headers, a broken toolchain...
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        what = lines[0] if lines else type(exc).__name__
+        raise CompileUnavailable(f"torch.compile failed ({type(exc).__name__}: "
+                                 f"{what[:160]})") from None
+    return clock() - start

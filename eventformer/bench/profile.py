@@ -1,6 +1,7 @@
 """``eventformer bench --profile``: where an engine's time goes, per layer and per stage.
 
-The profiler changes no engine code. It wraps, on one engine instance, the methods named in
+The profiler changes no engine code. It wraps (:func:`.hooks.override`, invisible to the
+engine's own checks), on one engine instance, the methods named in
 :data:`STAGE_TABLE` (the one place that maps the engine's methods to stages: when the engine's
 code changes, this table follows it; a method a layer does not have is simply not timed) with a
 clock, and books each call's *self* time (its time minus that of the wrapped calls inside it) to
@@ -30,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..kernels import counters as C
+from .hooks import override
 
 # Stages in the order they are reported: the synaptic current's paths, then what follows it.
 STAGES = ("scatter", "gather", "GEMM", "GEMM input", "current glue", "thread wait", "TASA",
@@ -40,7 +42,8 @@ STAGE_MEANING = {
     "GEMM": "dense current: the GEMM of a step (or of a layer's dense steps at once)",
     "GEMM input": "the dense step's input rows (densify + im2col, or a linear's rows)",
     "current glue": "bias fills and adds, buffers and path choice around the kernels",
-    "thread wait": "the calling thread waiting for the other threads' event currents",
+    "thread wait": "the calling thread waiting for work handed to the engine's other threads "
+                   "(event currents, bands of rows, attention cores)",
     "TASA": "DS2TA's attenuated sum of the last T_AW currents",
     "LIF": "membrane update and spike list",
     "max-pool": "spike max-pool after a pooled conv's LIF",
@@ -55,12 +58,16 @@ PEAK_OF_STAGE = {"scatter": "scatter", "gather": "gather", "GEMM": "gemm"}
 
 
 def counted(*slots: int, arg: int | None = None):
-    """Work of a call: the growth of ``slots`` of its counters array (argument ``arg`` when
-    given and passed, else the owner's ``counters``)."""
+    """Work of a call: the growth of ``slots`` of its counters array (positional argument
+    ``arg`` when given and passed, -1 the last; else the owner's ``counters``). A call's work
+    is booked without that of the wrapped calls inside it (an ``attend`` without its core
+    kernel's)."""
 
     def target(owner, args, kwargs):
         given = None
-        if arg is not None:
+        if arg == -1:
+            given = args[-1] if args else None
+        elif arg is not None:
             given = args[arg] if len(args) > arg else kwargs.get("counters")
         return owner.counters if given is None else given
 
@@ -117,12 +124,22 @@ STAGE_TABLE = (
     Hook("layer", "step", "current glue"),
     Hook("layer", "run_steps", "current glue"),
     Hook("layer", "_event_currents", "thread wait"),
+    Hook("layer", "_run_banded", "thread wait"),
+    Hook("layer", "_dense_currents", "current glue"),
+    Hook("layer", "_band_current", "current glue"),
+    Hook("layer", "_band_pool", "max-pool"),
     Hook("layer", "attenuate", "TASA", counted(C.SHIFT), "shift"),
     Hook("layer", "emit", _emit_stage),
     Hook("layer", "fire", "LIF"),
-    Hook("neurons", "fire", "LIF", counted(C.NEURON_UPDATES, arg=1), "update"),
-    Hook("neurons", "fire_flags", "LIF", counted(C.NEURON_UPDATES, arg=1), "update"),
+    Hook("neurons", "fire", "LIF"),
+    Hook("neurons", "fire_flags", "LIF"),
+    # the LIF kernels themselves (a banded layer calls them from its threads): counters last
+    Hook("neurons", "_step", "LIF", counted(C.NEURON_UPDATES, arg=-1), "update"),
+    Hook("neurons", "_step_flags", "LIF", counted(C.NEURON_UPDATES, arg=-1), "update"),
+    Hook("neurons", "_quiet", "LIF", counted(C.NEURON_UPDATES, arg=-1), "update"),
     Hook("layer", "attend", "attention core", counted(C.AC), "AC"),
+    Hook("layer", "_core_current", "attention core", counted(C.AC, arg=-1), "AC"),
+    Hook("layer", "attend_steps", "thread wait"),
     Hook("head", "step", "head", counted(C.AC), "AC"),
     Hook("head", "logits", "head"),
     Hook("block", "step", "block glue"),
@@ -136,10 +153,12 @@ STAGE_TABLE = (
 
 
 class _Frame:
-    __slots__ = ("owner", "stage", "start", "children")
+    __slots__ = ("owner", "stage", "start", "children", "child_work")
 
     def __init__(self, owner, stage, start):
-        self.owner, self.stage, self.start, self.children = owner, stage, start, 0.0
+        self.owner, self.stage, self.start = owner, stage, start
+        self.children = 0.0  # seconds of the wrapped calls inside this one (same thread)
+        self.child_work = {}  # unit -> work booked inside it (a call's work is its own only)
 
 
 class Profiler:
@@ -163,13 +182,16 @@ class Profiler:
         self._undo: list[Callable[[], None]] = []
         self.timed: list[tuple[str, str]] = []  # (owner, method) actually wrapped
         for owner, obj, where in self._targets(engine):
-            for hook in table:
-                if hook.where != where:
-                    continue
-                if where == "module":
+            hooks = [h for h in table if h.where == where]
+            if where == "module":
+                for hook in hooks:
                     self._wrap_function(obj, hook)
-                elif callable(getattr(obj, hook.method, None)):
-                    self._wrap_method(owner, obj, hook)
+                continue
+            wrappers = {h.method: self._wrapper(owner, h.stage, h, getattr(obj, h.method), obj)
+                        for h in hooks if callable(getattr(obj, h.method, None))}
+            if wrappers:
+                self._undo.append(override(obj, wrappers))
+                self.timed.extend((owner, m) for m in wrappers)
 
     def _targets(self, engine):
         """(owner name, object, where) for every object the table may name."""
@@ -197,6 +219,7 @@ class Profiler:
             self.units[stage] = hook.unit
         local, clock, lock = self._local, self.clock, self._lock
         root = hook.where == "engine"
+        unit = hook.unit
 
         def timed(*args, **kwargs):
             stack = getattr(local, "stack", None)
@@ -215,9 +238,18 @@ class Profiler:
                 elapsed = clock() - frame.start
                 stack.pop()
                 own = elapsed - frame.children
-                if stack:
-                    stack[-1].children += elapsed
                 work = after(state) if after is not None else None
+                if stack:
+                    parent = stack[-1]
+                    parent.children += elapsed
+                    inner = parent.child_work
+                    for u, w in frame.child_work.items():
+                        if u != unit:
+                            inner[u] = inner.get(u, 0) + w
+                    if work is not None:  # inclusive: it holds same-unit work inside it
+                        inner[unit] = inner.get(unit, 0) + work
+                if work is not None:
+                    work -= frame.child_work.get(unit, 0)
                 key = (who, stage)
                 with lock:
                     if main:
@@ -232,21 +264,6 @@ class Profiler:
                         k[1] += work
 
         return timed
-
-    def _wrap_method(self, owner, obj, hook) -> None:
-        original = getattr(obj, hook.method)
-        own = hook.method in vars(obj)  # already an instance attribute (another wrapper)
-        # an instance attribute shadows the class's method; undo restores what was there
-        setattr(obj, hook.method, self._wrapper(owner, hook.stage, hook, original, obj))
-
-        def undo(obj=obj, name=hook.method):
-            if own:
-                setattr(obj, name, original)
-            else:
-                delattr(obj, name)
-
-        self._undo.append(undo)
-        self.timed.append((owner, hook.method))
 
     def _wrap_function(self, module, hook) -> None:
         original = getattr(module, hook.method, None)

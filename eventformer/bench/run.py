@@ -1,10 +1,15 @@
 """``eventformer bench``: engine vs dense PyTorch on real recordings, at calibrated firing rates.
 
-Both engines are timed interleaved (per repeat round, per file: engine, then torch) on the same
-number of threads; each side is reported as the median with its min..max spread, the speed-up is
-the ratio of the medians, and a side whose spread exceeds :data:`timing.UNSTABLE_RATIO` is
-flagged. Accumulates per second are those of the scatter steps only, per second spent in them
-(:mod:`.accounting`), never the GEMM steps' work.
+Three sides are timed interleaved (per repeat round, per file: engine, torch eager, the same torch
+model through ``torch.compile``) on the same number of threads; each side is reported as the
+median with its min..max spread, and a side whose spread exceeds :data:`timing.UNSTABLE_RATIO` is
+flagged. The speed-up is quoted against the faster dense side at that rate (:func:`faster_dense`:
+the smaller sum of per-file medians), the ratio of the medians per file. Compiling (the compiled
+side's first call) and every warm-up call are made apart, untimed; the compile time is reported
+on its own. Accumulates per second are those of the scatter steps only, per second spent in them
+(:mod:`.accounting`), never the GEMM steps' work. With ``profile`` each rate's engine is also run
+once per file under :mod:`.profile` (where the time goes, per layer and stage), apart from the
+timings.
 
 The models are random full-size Spikformer-DVS weights of one attention operator
 (``BenchOptions.attention``: ssa, ds2ta, ssa_bin or saformer), calibrated by the engine; the dense
@@ -38,13 +43,18 @@ from ..report import EnergyTable, step_paths, summarize
 from ..runtime import engine_threads, set_engine_threads
 from .accounting import PathMeter
 from .allocator import allocator_status
-from .calibrate import calibrate, random_model
+from .calibrate import calibrate, calibration_groups, random_model
+from .peaks import kernel_peaks
+from .profile import profile_engine
 from .roofline import scatter_roofline_by_width
 from .timing import UNSTABLE_RATIO, OtherLoad, interleave, spread
 
 DEFAULT_RATES = (0.05, 0.10, 0.15, 0.25)
-SIDE_LABELS = {"engine": "engine", "dense": "torch"}
+# the timed sides, in their interleaved order; "dense" is torch eager
+SIDE_LABELS = {"engine": "engine", "dense": "torch eager", "compiled": "torch.compile"}
+DENSE_SIDES = ("dense", "compiled")
 OTHER_LOAD_WARN = 0.25  # cores kept busy by other processes during the timings
+DEFAULT_SAMPLES = 5  # dataset samples timed when no files are given
 
 
 def default_gesture_dir() -> Path | None:
@@ -59,11 +69,21 @@ def default_gesture_dir() -> Path | None:
 
 @dataclass
 class Sample:
-    path: str
+    path: str  # the file, or for a dataset sample its name (``file#segment``)
     events: int
     duration_us: int
     steps: list
     dense: np.ndarray
+    recording: np.ndarray | None = None  # the events of a sample that is not a file of its own
+
+
+@dataclass
+class Inputs:
+    """What the bench times and where it came from (said to the user and in the result)."""
+
+    samples: list[Sample]
+    source: str  # "files", "shared segments", "dvs-gesture" or "synthetic"
+    description: str
 
 
 @dataclass
@@ -75,6 +95,8 @@ class BenchOptions:
     seed: int = 0
     threads: int = field(default_factory=lambda: engine_threads())
     dense: bool = True
+    compiled: bool = True  # also time the dense model through torch.compile (needs dense)
+    profile: bool = False  # also profile the engine per layer and stage (bench.profile)
     cold_start: bool = True
     attention: str = "ssa"  # the attention operator of the random full-size models (SPEC §4)
     dtype: str = "float32"  # the engine's arithmetic: float32, float64, int16 or int8 (SPEC §6)
@@ -118,23 +140,58 @@ def check_options(opts: BenchOptions) -> None:
                                f"(known: {', '.join(ATTENTION_OPERATOR_NAMES)})")
 
 
+def sample_from_events(name: str, events: np.ndarray, steps: int, size: int,
+                       duration_us: int | None = None, keep: bool = False) -> Sample:
+    """One sample framed for a ``size`` x ``size`` model: ``steps`` event lists (the engine's)
+    and dense frames (torch's). ``keep``: hold the events (a sample that is no file of its
+    own)."""
+    if len(events) == 0:
+        raise EventformerError(f"{name}: holds no events to time")
+    try:
+        sparse = frame_events(events, steps, size, size)
+        dense = dense_frames(events, steps, size, size)
+    except ValueError as exc:  # events outside the model's frame
+        raise EventformerError(f"{name}: {exc}") from None
+    if duration_us is None:
+        duration_us = int(events["t"][-1] - events["t"][0])
+    return Sample(name, len(events), duration_us, sparse, dense, events if keep else None)
+
+
 def load_samples(files: list[str], steps: int, size: int) -> list[Sample]:
     samples = []
     for f in files:
         rec = read_events(f)
-        if len(rec.events) == 0:
-            raise EventformerError(f"{f}: holds no events to time")
-        try:
-            sparse = frame_events(rec.events, steps, size, size)
-            dense = dense_frames(rec.events, steps, size, size)
-        except ValueError as exc:  # events outside the model's frame
-            raise EventformerError(f"{f}: {exc}") from None
-        samples.append(Sample(f, len(rec.events), rec.duration_us, sparse, dense))
+        samples.append(sample_from_events(f, rec.events, steps, size, rec.duration_us))
     return samples
 
 
+def default_inputs(steps: int, size: int, count: int = DEFAULT_SAMPLES, log=None) -> Inputs:
+    """What to time when no files are given: the real DVS Gesture segments beside the checkout
+    (``../shared/data/events/dvs-gesture``) when they are there, else the first ``count`` test
+    samples of DVS Gesture as ``infer --dataset dvs-gesture`` finds it: the real release
+    ($EVENTFORMER_DATA or the cache), else the embedded synthetic set (generated on first use)."""
+    folder = default_gesture_dir()
+    if folder is not None:
+        files = sorted(str(f) for f in folder.glob("*.bs2"))
+        return Inputs(load_samples(files, steps, size), "shared segments",
+                      f"the {len(files)} real DVS Gesture segments in {folder}")
+    from ..datasets import open_dataset
+
+    data = open_dataset("dvs-gesture", None, "test", synthetic_fallback=True,
+                        log=lambda m: None if log is None else log(m))
+    samples = [sample_from_events(ref.name, events, steps, size, keep=True)
+               for ref, events in data.iter_events(limit=count)]
+    if getattr(data, "synthetic", False):
+        return Inputs(samples, "synthetic",
+                      f"{len(samples)} samples of the embedded synthetic DVS Gesture test set "
+                      "(no real recordings found: pass event files, or set EVENTFORMER_DATA to "
+                      "the DVS Gesture release, to time real ones)")
+    return Inputs(samples, "dvs-gesture",
+                  f"the first {len(samples)} DVS Gesture test samples in {data.root}")
+
+
 def calibrated_model(config: SpikformerConfig, samples: list[Sample], rate: float, seed: int,
-                     cache_dir: str, log) -> str:
+                     cache_dir: str, log, progress=None) -> str:
     """Path of a model file calibrated to ``rate`` (cached by seed, rate and input files)."""
     key = hashlib.sha256(json.dumps([config.to_dict(), seed, rate,
                                      [(s.path, s.events) for s in samples]]).encode()).hexdigest()
@@ -153,7 +210,13 @@ def calibrated_model(config: SpikformerConfig, samples: list[Sample], rate: floa
     start = time.perf_counter()
     log(f"calibrating BatchNorm for {rate:.0%} firing on {len(samples)} recordings "
         "(once; cached)...")
-    model = calibrate(random_model(config, seed), [s.steps for s in samples], rate)
+    task = f"calibrating {rate:.0%}"
+    groups = len(calibration_groups(config))
+    if progress is not None:
+        progress(task, 0, groups)
+    model = calibrate(random_model(config, seed), [s.steps for s in samples], rate,
+                      progress=None if progress is None else
+                      (lambda done, total: progress(task, done, total)))
     tmp = f"{path}.{os.getpid()}.tmp"
     save(tmp, model)
     os.replace(tmp, path)  # an interrupted calibration leaves no half-written cache entry
@@ -170,11 +233,21 @@ def time_best(fn, repeat: int) -> float:
     return best
 
 
-def measure_start(model_path: str, file: str, dtype: str = "float32") -> dict:
-    """Wall time of ``eventformer infer`` in a fresh process: empty Numba cache, then warm."""
+def measure_start(model_path: str, file: str | Sample, dtype: str = "float32") -> dict:
+    """Wall time of ``eventformer infer`` in a fresh process: empty Numba cache, then warm. A
+    sample that is no file of its own is written to a temporary .npy first."""
     out = {}
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        if isinstance(file, Sample):
+            if file.recording is None:
+                file = file.path
+            else:
+                from ..events import write_npy
+
+                path = os.path.join(cache, "sample.npy")
+                write_npy(path, file.recording)
+                file = path
         cmd = [sys.executable, "-m", "eventformer_cli.main", "infer", file, "-w", model_path,
                "--dtype", dtype, "--json"]
         for label in ("cold_s", "warm_s"):
@@ -191,24 +264,40 @@ def _geomean(values) -> float | None:
     return float(np.exp(np.mean(np.log(values)))) if values else None
 
 
+def faster_dense(rows: list[dict]) -> str | None:
+    """The faster dense side ("dense": torch eager, or "compiled") over a rate's file rows: the
+    smaller sum of per-file medians, on the files timed on both (every file, unless
+    interrupted); None when no dense side was timed."""
+    sides = [s for s in DENSE_SIDES if any(s in r for r in rows)]
+    if len(sides) < 2:
+        return sides[0] if sides else None
+    both = [r for r in rows if all(s in r for s in sides)]
+    if not both:  # interrupted before any file had both: the side timed on more files
+        return max(sides, key=lambda s: sum(s in r for r in rows))
+    return min(sides, key=lambda s: sum(r[s]["median_s"] for r in both))
+
+
 class _RateRun:
     """One firing rate: untimed accounting rows per file, then interleaved timings."""
 
     def __init__(self, rate: float, model_path: str, samples: list[Sample], steps: int,
-                 dense: bool, attention: str = "ssa"):
+                 dense: bool, attention: str = "ssa", compiled: bool = False):
         self.rate, self.model_path, self.samples, self.steps = rate, model_path, samples, steps
         self.attention = attention
-        self.sides = ("engine", "dense") if dense else ("engine",)
+        self.sides = ("engine",) + (("dense",) if dense else ()) + \
+            (("compiled",) if dense and compiled else ())
         self.rows: list[dict] = []
         self.layer_density: dict[str, list] = {}
         self.times = {side: [[] for _ in samples] for side in self.sides}
         self.warnings: list[str] = []
         self.other_load: float | None = None  # cores used by other processes while timing
+        self.compile_s: float | None = None  # the compiled side's first call
+        self.profile: dict | None = None
 
     def record(self, side: str, i: int, seconds: float) -> None:
         self.times[side][i].append(seconds)
 
-    def account(self, engine, dense_forward) -> None:
+    def account(self, engine, dense_forward, compiled_forward=None) -> None:
         """One untimed run per file (also its warm-up): predictions, counts, the path split."""
         for s in self.samples:
             engine.clear_stats()
@@ -230,6 +319,11 @@ class _RateRun:
                 row.update({"dense_prediction": int(np.argmax(dense_logits)),
                             "same_prediction": int(np.argmax(dense_logits)) == row["prediction"],
                             "max_logit_diff": float(np.abs(dense_logits - logits).max())})
+            if compiled_forward is not None:
+                compiled_logits = compiled_forward(s.dense)
+                row.update({"compiled_prediction": int(np.argmax(compiled_logits)),
+                            "compiled_max_logit_diff":
+                                float(np.abs(compiled_logits - logits).max())})
             self.rows.append(row)
             for x in stats[:-1]:
                 path = step_paths(x["sparse_steps"], x["dense_steps"], x.get("gather_steps", 0))
@@ -251,13 +345,20 @@ class _RateRun:
             row["engine"] = eng.to_dict()
             row.update({"engine_s": eng.median, "events_per_s": base["events"] / eng.median,
                         "realtime_factor": base["duration_s"] / eng.median})
-            if "dense" in self.times and self.times["dense"][i]:
-                den = spread(self.times["dense"][i])
-                pairs = [d / e for e, d in zip(self.times["engine"][i], self.times["dense"][i])]
-                row["dense"] = den.to_dict()
-                row.update({"dense_s": den.median, "speedup": den.median / eng.median,
-                            "speedup_pairs": [min(pairs), max(pairs)]})
+            for side in DENSE_SIDES:
+                if side in self.times and self.times[side][i]:
+                    den = spread(self.times[side][i])
+                    row[side] = den.to_dict()
+                    row[f"{side}_s"] = den.median
+                    row[f"speedup_{'eager' if side == 'dense' else side}"] = \
+                        den.median / eng.median
             rows.append(row)
+        baseline = faster_dense(rows)
+        for row, i in zip(rows, [i for i in range(len(self.rows)) if self.times["engine"][i]]):
+            if baseline is not None and baseline in row:
+                pairs = [d / e for e, d in zip(self.times["engine"][i], self.times[baseline][i])]
+                row.update({"speedup": row[f"{baseline}_s"] / row["engine_s"],
+                            "speedup_pairs": [min(pairs), max(pairs)]})
         self.warnings = []
         for side in self.sides:
             bad = [r for r in rows if side in r and r[side]["unstable"]]
@@ -272,7 +373,7 @@ class _RateRun:
         if self.other_load is not None and self.other_load > OTHER_LOAD_WARN:
             self.warnings.append(
                 f"warning: other processes kept {self.other_load:.1f} of {os.cpu_count()} cores "
-                f"busy during the timings at {self.rate:.0%}: both sides were slowed, torch's "
+                f"busy during the timings at {self.rate:.0%}: every side was slowed, torch's "
                 "threads most (they wait on each other); rerun on a quiet machine or with "
                 "--threads 1")
         scatter_ac = sum(r["ac_scatter"] for r in rows)
@@ -289,7 +390,19 @@ class _RateRun:
                              "paths": sorted({v[1] for v in vals})}
                             for k, vals in self.layer_density.items()]}
         if "dense" in self.times:
-            entry["speedup_geomean"] = _geomean(r.get("speedup") for r in rows)
+            entry.update({"baseline": baseline,
+                          "baseline_label": SIDE_LABELS.get(baseline) if baseline else None,
+                          "speedup_geomean": _geomean(r.get("speedup") for r in rows),
+                          "speedup_geomean_eager": _geomean(r.get("speedup_eager")
+                                                            for r in rows)})
+        if "compiled" in self.times:
+            entry.update({"compile_s": self.compile_s,
+                          "speedup_geomean_compiled": _geomean(r.get("speedup_compiled")
+                                                               for r in rows)})
+        if self.profile is not None:
+            self.profile["timed_engine_ms"] = (1e3 * statistics.mean(r["engine_s"] for r in rows)
+                                               if rows else None)
+            entry["profile"] = self.profile
         return entry
 
 
@@ -301,15 +414,25 @@ def bench_config(opts: BenchOptions) -> SpikformerConfig:
     return SpikformerConfig(steps=opts.steps, attention=opts.attention)
 
 
+def _no_progress(task: str, done: int, total: int | None) -> None:
+    pass
+
+
 def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_counter,
-              samples: list[Sample] | None = None) -> dict:
-    """Calibrate, then time engine and dense torch interleaved at each rate; see the module doc.
+              samples: list[Sample] | None = None, progress=None,
+              compile_forward=None) -> dict:
+    """Calibrate, then time the engine, torch eager and torch.compile interleaved at each rate
+    (and profile the engine with ``opts.profile``); see the module doc.
 
     ``warn`` gets the one-line warnings (default: ``log``); ``clock`` times the interleaved runs;
-    ``samples`` are the loaded ``opts.files`` when the caller has them already. Ctrl-C raises
-    :class:`BenchInterrupted` carrying the partial result.
+    ``samples`` are the loaded ``opts.files`` when the caller has them already. ``progress(task,
+    done, total)`` hears of long work (calibration, compiling with ``total`` None, the timing
+    runs, profiling); a task ends when ``done == total``. ``compile_forward(model)`` builds the
+    compiled side (default :func:`.dense_torch.build_compiled_forward`; it compiles on its first
+    call). Ctrl-C raises :class:`BenchInterrupted` carrying the partial result.
     """
     warn = warn or log
+    progress = progress or _no_progress
     check_options(opts)
     set_engine_threads(opts.threads)
     config = bench_config(opts)
@@ -318,63 +441,119 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
     if samples is None:
         samples = load_samples(opts.files, opts.steps, config.image_size)
     torch_threads = None
+    compiled = {"requested": bool(opts.dense and opts.compiled), "available": None,
+                "reason": None, "backend": "inductor", "mode": "default"}
     if opts.dense:
         try:
             import torch
 
             torch.set_num_threads(opts.threads)
             torch_threads = torch.get_num_threads()
-            from .dense_torch import build_dense_forward
+            from .dense_torch import (CompileUnavailable, build_compiled_forward,
+                                      build_dense_forward, first_call)
         except ImportError:
             log("torch is not installed: skipping the dense PyTorch baseline "
                 "(pip install 'eventformer[torch]')")
             opts.dense = False
+            compiled["requested"] = False
+    if not opts.dense:
+        opts.compiled = False
+    elif not opts.compiled:
+        compiled["reason"] = "skipped (--no-compile)"
+    compile_forward = compile_forward or (build_compiled_forward if opts.compiled else None)
     result = {"machine": {"cpus": os.cpu_count(), "threads": engine_threads(),
                           "torch_threads": torch_threads},
               "allocator": allocator_status(),
               "timing": {"order": "interleaved: each repeat round times every file on the "
-                                  "engine, then on torch", "repeat": opts.repeat,
-                         "statistic": "median", "unstable_if_max_over_min_above": UNSTABLE_RATIO},
+                                  "engine, then torch eager, then torch.compile",
+                         "repeat": opts.repeat, "statistic": "median",
+                         "warm_up": "one untimed call per file and side before the timings; "
+                                    "the compiled side's first call (compiling) apart",
+                         "unstable_if_max_over_min_above": UNSTABLE_RATIO},
               "attention": config.attention, "dtype": opts.dtype,
               "dense_baseline": "eventformer.torch_model.SpikformerRef (folded from the model "
                                 "file; float32, batch 1, eval, no autograd)" if opts.dense else None,
+              "compiled": compiled,
+              "speedup_against": "the faster of torch eager and torch.compile at each rate "
+                                 "(sum of per-file medians)" if opts.dense else None,
               "steps": opts.steps, "files": [s.path for s in samples], "rates": [],
               "warnings": [], "unstable": False, "busy": False, "interrupted": False}
     current = None
+    peaks = None
     try:
         widths = sorted(set(config.sps_channels) | {config.dim, config.mlp_hidden})
+        progress("scatter-add roofline", 0, None)
         by_width = scatter_roofline_by_width(widths)
+        progress("scatter-add roofline", 1, 1)
         result["machine"].update({"scatter_roofline_ac_per_s": max(by_width.values()),
                                   "scatter_roofline_by_width": by_width})
         model_paths = {}
         for rate in opts.rates:
             model_paths[rate] = calibrated_model(config, samples, rate, opts.seed,
-                                                 opts.cache_dir, log)
+                                                 opts.cache_dir, log, progress)
             model = load(model_paths[rate])
             engine = Spikformer(model, dtype=opts.dtype)
             engine.run(samples[0].steps)  # compile / warm caches outside the timings
-            dense_forward = None
+            dense_forward = compiled_forward = None
+            compile_s = None
             if opts.dense:
                 dense_forward = build_dense_forward(model)
                 dense_forward(samples[0].dense)
+            if opts.compiled:
+                task = (f"compiling the dense model with torch.compile for {rate:.0%} "
+                        "(minutes the first time; inductor caches on disk)")
+                progress(task, 0, None)
+                try:
+                    compiled_forward = compile_forward(model)
+                    compile_s = first_call(compiled_forward, samples[0].dense)
+                    compiled["available"] = True
+                except CompileUnavailable as exc:
+                    compiled.update({"available": False, "reason": str(exc)})
+                    warn(f"warning: {exc}; timing torch eager only")
+                    opts.compiled, compiled_forward = False, None
+                finally:
+                    progress(task, 1, 1)
+                if compiled_forward is not None:
+                    log(f"  torch.compile: {compile_s:.1f} s to compile for {rate:.0%} "
+                        "(reported apart, not in the per-sample times)")
             current = _RateRun(rate, model_paths[rate], samples, opts.steps, opts.dense,
-                               config.attention)
-            current.account(engine, dense_forward)
+                               config.attention, compiled=compiled_forward is not None)
+            current.compile_s = compile_s
+            current.account(engine, dense_forward, compiled_forward)
             sides = {"engine": lambda i, e=engine: e.run(samples[i].steps)}
-            if opts.dense:
+            if dense_forward is not None:
                 sides["dense"] = lambda i, f=dense_forward: f(samples[i].dense)
+            if compiled_forward is not None:
+                sides["compiled"] = lambda i, f=compiled_forward: f(samples[i].dense)
+            task = f"timing {rate:.0%} firing"
+            total = opts.repeat * len(samples) * len(sides)
+            progress(task, 0, total)
+
+            def record(side, i, seconds, run=current, task=task, total=total):
+                run.record(side, i, seconds)
+                progress(task, run.timed(), total)
+
             busy = OtherLoad()
             try:
                 with busy:
-                    interleave(len(samples), sides, opts.repeat, current.record, clock)
+                    interleave(len(samples), sides, opts.repeat, record, clock)
             finally:
                 current.other_load = busy.cores
+            if opts.profile:
+                if peaks is None:
+                    progress("measuring the scatter, gather and GEMM kernels' peaks", 0, None)
+                    peaks = kernel_peaks(engine)
+                    progress("measuring the scatter, gather and GEMM kernels' peaks", 1, 1)
+                    result["machine"]["kernel_peaks"] = peaks
+                task = f"profiling {rate:.0%} firing"
+                progress(task, 0, None)
+                current.profile = profile_engine(engine, [s.steps for s in samples], 1, peaks)
+                progress(task, 1, 1)
             _add_entry(result, current, True, warn)
             current = None
         if opts.cold_start:
             log("measuring cold start (empty Numba cache) and warm start of `eventformer infer`...")
-            result["start"] = measure_start(model_paths[opts.rates[0]], samples[0].path,
-                                            opts.dtype)
+            result["start"] = measure_start(model_paths[opts.rates[0]], samples[0], opts.dtype)
     except KeyboardInterrupt:
         result["interrupted"] = True
         if current is not None and current.timed():
@@ -391,4 +570,3 @@ def _add_entry(result: dict, run: _RateRun, complete: bool, warn) -> None:
     result["warnings"].extend(run.warnings)
     result["unstable"] = result["unstable"] or any(entry["unstable"].values())
     result["busy"] = result["busy"] or entry["busy"]
-
