@@ -1,6 +1,7 @@
 """Does streaming inference keep up with the camera? The real DVS Gesture segments, replayed.
 
-    python benchmarks/streaming.py [--rate 0.15] [--window-ms 90] [--repeat 3] [--json]
+    python benchmarks/streaming.py [--rate 0.05] [--window-ms 10] [--threads 2] [--repeat 3]
+                                   [--json]
 
 Each real segment (``../shared/data/events/dvs-gesture/1..5.bs2``, 1.45 s each) goes through the
 full-size Spikformer-DVS engine exactly as ``eventformer stream FILE --realtime --window-ms 90``
@@ -8,8 +9,10 @@ runs it (`FileSource` + `run_stream`): the model's state carries across windows,
 is processed only once the recording's clock, replayed at recording speed, has reached its end.
 The weights are random, with BatchNorm calibrated so every LIF fires at ``--rate`` on these
 segments (`eventformer.bench.run.calibrated_model`, cached under ``~/.cache/eventformer/bench``,
-the same model ``eventformer bench`` times). The default window, 90 ms, is about 1.45 s / 16:
-the offline model's time step.
+the same model ``eventformer bench`` times). The defaults are issue 20's streaming target: 5%
+firing, 10 ms windows, 2 engine threads (``--threads 1`` for one); the question is whether the
+p99 window latency stays below the window length. (``--window-ms 90``, about 1.45 s / 16, is the
+offline model's time step.)
 
 Per file, real-time replay:
 
@@ -21,7 +24,9 @@ Per file, real-time replay:
 - backlog max: the most events held in the framer, read but not yet in a closed window. A replay
   reads the whole segment from disk at once, so this starts near the file's event count and says
   nothing about keeping up (a live camera's backlog would); kept up and max lag do;
-- kept up: every window's latency below the window length.
+- kept up: every window's latency below the window length;
+- p99 < window: the 99th percentile of the window latency below the window length (the target),
+  over each file and over all windows of all files together.
 
 Then the same files as fast as possible (no ``--realtime``, best of ``--repeat``): events/s end
 to end (decoding, framing, engine; the engine's warm-up excluded) and of engine compute alone,
@@ -90,6 +95,8 @@ def measure_file(engine: Spikformer, sample, window_us: int, repeat: int) -> dic
         "replay_wall_s": rt["wall_s"], "max_lag_ms": max(rt["lag_ms"]),
         "backlog_max": max(r["backlog_events"] for r in rt["records"]),
         "kept_up": bool((lat < window_ms).all()),
+        "p99_below_window": bool(rt["latency_ms_p99"] < window_ms),
+        "latencies_ms": lat.tolist(),
         "final_prediction": rt["final_prediction"],
         "fast_wall_s": best_wall, "fast_compute_s": best_compute,
         "fast_events_per_s": sample.events / best_wall,
@@ -106,19 +113,27 @@ def print_table(result: dict) -> None:
           f"{result['rate']:.0%} firing, {result['window_ms']:g} ms windows, "
           f"{result['threads']} engine thread(s)")
     head = (f"{'file':7s} {'events':>8s} {'windows':>7s} {'p50 ms':>7s} {'p99 ms':>7s} "
-            f"{'RT factor':>9s} {'max lag ms':>10s} {'backlog max':>11s} {'kept up':>7s}   "
+            f"{'p99<win':>7s} {'RT factor':>9s} {'max lag ms':>10s} {'backlog max':>11s} "
+            f"{'kept up':>7s}   "
             f"{'fast ev/s':>10s} {'compute ev/s':>12s} {'fast RT':>7s} {'p50 ms':>7s}")
-    print(f"{'':7s} {'':8s} {'-- real-time replay (--realtime) ':-<64s}   "
+    print(f"{'':7s} {'':8s} {'-- real-time replay (--realtime) ':-<72s}   "
           f"{'-- as fast as possible, best of ' + str(result['repeat']) + ' ':-<39s}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['file']:7s} {r['events']:>8,d} {r['windows']:>7d} {r['latency_ms_p50']:7.1f} "
-              f"{r['latency_ms_p99']:7.1f} {r['realtime_factor']:9.1f} {r['max_lag_ms']:10.1f} "
+              f"{r['latency_ms_p99']:7.1f} {'yes' if r['p99_below_window'] else 'NO':>7s} "
+              f"{r['realtime_factor']:9.1f} {r['max_lag_ms']:10.1f} "
               f"{r['backlog_max']:>11,d} {'yes' if r['kept_up'] else 'NO':>7s}   "
               f"{r['fast_events_per_s']:10.3g} {r['fast_compute_events_per_s']:12.3g} "
               f"{r['fast_realtime_factor']:7.1f} {r['window_latency_fast_ms_p50']:7.1f}")
     kept = sum(r["kept_up"] for r in rows)
+    a = result["all_windows"]
+    print(f"all {a['windows']} windows: p50 {a['latency_ms_p50']:.2f} ms, p99 "
+          f"{a['latency_ms_p99']:.2f} ms against {result['window_ms']:g} ms windows: p99 "
+          f"{'below' if a['p99_below_window'] else 'NOT below'} the window length "
+          f"({a['latency_ms_p99'] / result['window_ms']:.2f} of it) on {result['threads']} "
+          "engine thread(s)")
     print(f"kept up on {kept} of {len(rows)} files; RT factor = recording duration / compute "
           f"time; fast RT = recording duration / end-to-end time without --realtime.")
     print("max lag: the latest a window's prediction came out after the replayed clock reached "
@@ -130,19 +145,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", help="recordings [default: the real DVS Gesture "
                                                  "segments in ../shared/data/events]")
-    parser.add_argument("--rate", type=float, default=0.15,
-                        help="LIF firing rate the random model is calibrated to [0.15]")
-    parser.add_argument("--window-ms", type=float, default=90.0,
-                        help="window length in ms [90, about 1.45 s / 16]")
+    parser.add_argument("--rate", type=float, default=0.05,
+                        help="LIF firing rate the random model is calibrated to [0.05]")
+    parser.add_argument("--window-ms", type=float, default=10.0,
+                        help="window length in ms [10; 90 is about 1.45 s / 16, the offline "
+                             "model's step]")
     parser.add_argument("--repeat", type=int, default=3,
                         help="as-fast-as-possible passes per file (best kept) [3]")
     parser.add_argument("--threads", type=int, default=None,
-                        help="engine threads [EVENTFORMER_THREADS, else every core]")
+                        help="engine threads [2, or every core if fewer]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights [0]")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    if args.window_ms <= 0:
-        parser.error("--window-ms must be positive")
+    if not (args.window_ms > 0 and np.isfinite(args.window_ms)):
+        parser.error("--window-ms must be a positive number of milliseconds")
+    if not 0.0 < args.rate < 1.0:
+        parser.error("--rate must be a firing rate between 0 and 1 (exclusive)")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     files = args.files
     if not files:
         folder = default_gesture_dir()
@@ -150,8 +172,8 @@ def main(argv=None):
             sys.exit("the real DVS Gesture segments (../shared/data/events/dvs-gesture) are not "
                      "here; pass files")
         files = [str(folder / f"{i}.bs2") for i in range(1, 6) if (folder / f"{i}.bs2").is_file()]
-    if args.threads is not None:
-        set_engine_threads(args.threads)
+    set_engine_threads(args.threads if args.threads is not None
+                       else min(2, os.cpu_count() or 1))
     config = SpikformerConfig()
     samples = load_samples(files, config.steps, config.image_size)
     log = lambda msg: print(msg, file=sys.stderr)
@@ -159,10 +181,19 @@ def main(argv=None):
                                   BenchOptions(files=files).cache_dir, log)
     engine = Spikformer(load(model_path))
     window_us = round(args.window_ms * 1000)
-    rows = [measure_file(engine, s, window_us, args.repeat) for s in samples]
+    engine.warm_up()  # every kernel loaded before the first window is timed
+    rows = []
+    for s in samples:
+        log(f"replaying {os.path.basename(s.path)} ({s.duration_us / 1e6:.2f} s at recording "
+            f"speed, then {args.repeat} pass(es) as fast as possible)...")
+        rows.append(measure_file(engine, s, window_us, args.repeat))
+    every = np.concatenate([r.pop("latencies_ms") for r in rows])
+    p50, p99 = (float(np.percentile(every, q)) for q in (50, 99))
     result = {"rate": args.rate, "window_ms": args.window_ms, "repeat": args.repeat,
               "threads": engine_threads(), "cpus": os.cpu_count(), "model": model_path,
-              "files": rows}
+              "files": rows,
+              "all_windows": {"windows": int(every.size), "latency_ms_p50": p50,
+                              "latency_ms_p99": p99, "p99_below_window": p99 < args.window_ms}}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
