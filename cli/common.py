@@ -148,7 +148,9 @@ def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
             raise ValueError
     except ValueError:
         fail(f"--sensor-size must look like 128x128, got {text!r}")
-    return w, h
+    from eventformer.events.sensors import check_sensor_size
+
+    return check_sensor_size((w, h), "--sensor-size")
 
 
 def progress_bar(enabled: bool):

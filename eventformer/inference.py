@@ -10,6 +10,7 @@ import numpy as np
 from .errors import EventformerError
 from .events import Recording, frame_events, read_events
 from .events.framing import clip_events
+from .events.sensors import assume_sensor, extent
 from .events.transforms import SpatialTransform
 from .models import Spikformer
 from .report import EnergyTable, layer_rows, summarize
@@ -74,12 +75,28 @@ def downsample(events: np.ndarray, factor: int) -> np.ndarray:
 
 
 def spatial_plan(rec: Recording, model: Spikformer, sensor_size: tuple[int, int] | None = None,
-                 transform: SpatialTransform | None = None):
+                 transform: SpatialTransform | None = None, warnings: list[str] | None = None):
     """The `SpatialPlan` mapping ``rec`` onto the model's input: the sensor size is the file
-    header's where the format records one, else ``sensor_size`` (``--sensor-size``)."""
+    header's where the format records one, else ``sensor_size`` (``--sensor-size``).
+
+    Where neither gives one and the mapping needs it (events beyond the model's input, or a
+    centre crop), a well-known sensor holding every event is assumed
+    (`eventformer.events.sensors.assume_sensor`): the sentence saying so goes to ``warnings``
+    and the plan's description names it."""
+    transform = transform or SpatialTransform()
+    size = model.config.image_size
     sensor = rec.sensor_size or sensor_size
-    return (transform or SpatialTransform()).plan(sensor, model.config.image_size, name=rec.path,
-                                                  from_header=rec.sensor_size is not None)
+    assumed = None
+    if sensor is None:
+        max_x, max_y = extent(rec.events)
+        if transform.needs_sensor(size, max_x, max_y):
+            hint, source = rec.sensor_hint or (None, "")
+            assumed = assume_sensor(rec.path, rec.format, max_x, max_y, hint, source)
+            sensor = assumed.size
+            if warnings is not None:
+                warnings.append(f"{rec.path}: {assumed.sentence}")
+    return transform.plan(sensor, size, name=rec.path, from_header=rec.sensor_size is not None,
+                          assumption=assumed.phrase if assumed else "")
 
 
 def frame_recording(rec: Recording, model: Spikformer, steps: int, split_by: str,
@@ -146,7 +163,7 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
     steps = steps or model.config.steps
     split_by = split_by or model.config.split_by
     warnings = [f"{rec.path}: {w}" for w in rec.warnings]
-    plan = spatial_plan(rec, model, sensor_size, transform)
+    plan = spatial_plan(rec, model, sensor_size, transform, warnings=warnings)
     frames = frame_recording(rec, model, steps, split_by, warnings=warnings, plan=plan)
     model.clear_stats()
     start = time.perf_counter()
@@ -165,8 +182,12 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
 
 def classify_file(model: Spikformer, path: str, **kw) -> Classification:
     """Read (format from the header bytes), frame and classify one recording; ``kw`` as
-    `classify` (steps, split_by, energy, sensor_size, transform, keep_frames)."""
-    return classify(model, read_events(path), **kw)
+    `classify` (steps, split_by, energy, sensor_size, transform, keep_frames).
+
+    Only the model's clip is read (``clip_us`` of its config, from the first event on; see
+    `eventformer.events.readers.read_start`), so a recording of many GB costs the memory of one
+    clip; a model without a clip length frames, and so reads, the whole recording."""
+    return classify(model, read_events(path, until_us=model.config.clip_us), **kw)
 
 
 def classify_files(model: Spikformer, paths, **kw):

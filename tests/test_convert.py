@@ -82,17 +82,30 @@ def test_crop_without_size_only_crops_and_size_without_crop_only_scales(tmp_path
     assert summary.events_written == 3000
 
 
-def test_headerless_input_needs_a_sensor_size_to_scale_or_center(tmp_path: Path) -> None:
+def test_headerless_input_assumes_the_smallest_well_known_sensor_and_says_so(tmp_path: Path) -> None:
     events = make_events(500, 128, 128)
+    events["x"][0], events["y"][0] = 127, 127  # the extent is the DVS128's exactly
     write_npy(tmp_path / "a.npy", events)
-    for kwargs, match in (({"size": 32}, "scaling to --size 32 needs the sensor size"),
-                          ({"transform": SpatialTransform(center_crop=True)}, "--center-crop needs the sensor size")):
-        with pytest.raises(EventformerError, match=match):
-            convert_file(tmp_path / "a.npy", tmp_path / "b.npy", **kwargs)
-        assert listing(tmp_path) == ["a.npy"]  # nothing written, nothing left behind
-    summary = convert_file(tmp_path / "a.npy", tmp_path / "b.h5", size=32, sensor_size=(128, 128))
-    assert summary.sensor_size == (32, 32)
-    np.testing.assert_array_equal(read_events(tmp_path / "b.h5").events["y"], events["y"] // 4)
+    for name, kwargs in (("b.npy", {"size": 32}), ("c.npy", {"transform": SpatialTransform(center_crop=True),
+                                                              "size": 32})):
+        summary = convert_file(tmp_path / "a.npy", tmp_path / name, chunk_bytes=1000, **kwargs)
+        assert summary.warnings[0].startswith("the file records no sensor size; assumed 128x128 (DVS128")
+        assert summary.spatial.endswith("; sensor 128x128 assumed (DVS128, the smallest well-known sensor "
+                                        "holding every event)")
+        np.testing.assert_array_equal(np.load(tmp_path / name)["y"], events["y"] // 4)
+    given = convert_file(tmp_path / "a.npy", tmp_path / "d.h5", size=32, sensor_size=(256, 256))
+    assert given.sensor_size == (32, 32) and given.warnings == [] and "assumed" not in given.spatial
+    np.testing.assert_array_equal(read_events(tmp_path / "d.h5").events["y"], events["y"] // 8)
+
+
+def test_events_beyond_every_well_known_sensor_ask_for_the_sensor_size(tmp_path: Path) -> None:
+    events = make_events(50, 128, 128)
+    events["x"][7] = 2000  # wider than any sensor in the list
+    write_npy(tmp_path / "a.npy", events)
+    with pytest.raises(EventformerError, match="x=2000, y=.*beyond every well-known npy sensor .*"
+                                               "give the sensor size with --sensor-size WxH"):
+        convert_file(tmp_path / "a.npy", tmp_path / "b.npy", size=32)
+    assert listing(tmp_path) == ["a.npy"]  # nothing written, nothing left behind
 
 
 def test_a_sensor_size_the_events_exceed_is_refused(tmp_path: Path) -> None:
@@ -102,25 +115,43 @@ def test_a_sensor_size_the_events_exceed_is_refused(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["a.npy"]
 
 
-def test_an_empty_time_window_is_said(tmp_path: Path) -> None:
+def test_an_empty_time_window_is_refused_and_nothing_written(tmp_path: Path) -> None:
     events = make_events(100, t_max=1000)
     events["t"] += 5000  # the recording spans [5000+, ...]
     write_npy(tmp_path / "a.npy", events)
     first, last = int(events["t"].min()), int(events["t"].max())
-    summary = convert_file(tmp_path / "a.npy", tmp_path / "b.npy", start=0, end=100)
-    assert summary.events_written == 0 and len(np.load(tmp_path / "b.npy")) == 0
-    assert summary.warnings == [f"no events in [0, 100) µs; the recording spans [{first}, {last}] µs"]
-    summary = convert_file(tmp_path / "a.npy", tmp_path / "c.npy", start=last + 1)
-    assert summary.warnings == [f"no events in [{last + 1}, inf) µs; the recording spans [{first}, {last}] µs"]
-    assert convert_file(tmp_path / "a.npy", tmp_path / "d.npy", end=first + 1).warnings == []
+    for out, window, shown in (("b.npy", {"start": 0, "end": 100}, "[0, 100)"),
+                               ("c.h5", {"start": last + 1}, f"[{last + 1}, inf)")):
+        with pytest.raises(EventformerError) as caught:
+            convert_file(tmp_path / "a.npy", tmp_path / out, chunk_bytes=500, **window)
+        assert str(caught.value) == (f"{tmp_path / 'a.npy'}: no events in {shown} µs (the recording spans "
+                                     f"[{first}, {last}] µs), so nothing was written")
+        assert listing(tmp_path) == ["a.npy"]
+    summary = convert_file(tmp_path / "a.npy", tmp_path / "d.npy", end=first + 1)
+    assert summary.warnings == [] and summary.events_written >= 1
 
 
-def test_a_crop_that_keeps_nothing_is_said(tmp_path: Path) -> None:
+def test_a_crop_that_keeps_nothing_is_refused(tmp_path: Path) -> None:
     events = make_events(100, 64, 64)
     write_events_h5(tmp_path / "a.h5", events, 640, 480)
-    summary = convert_file(tmp_path / "a.h5", tmp_path / "b.npy", transform=SpatialTransform(crop=(600, 400, 40, 80)))
-    assert summary.events_written == 0
-    assert summary.warnings == ["no events: the crop 40x80 at (600,400) keeps none of the 100 events"]
+    with pytest.raises(EventformerError, match=r"the crop 40x80 at \(600,400\) keeps none of the 100 events, "
+                                               "so nothing was written"):
+        convert_file(tmp_path / "a.h5", tmp_path / "b.npy", transform=SpatialTransform(crop=(600, 400, 40, 80)))
+    assert listing(tmp_path) == ["a.h5"]
+
+
+def test_an_output_that_cannot_be_written_is_one_sentence_before_any_decoding(tmp_path: Path, monkeypatch) -> None:
+    write_npy(tmp_path / "a.npy", make_events(10))
+    decoded = []
+    monkeypatch.setattr("eventformer.events.convert.EventStream.chunks",
+                        lambda *a, **k: decoded.append(1) or iter(()))
+    # a folder that exists but refuses new files even to root (/proc), or a read-only one
+    target = Path("/proc/nope.npy")
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc")
+    with pytest.raises(EventformerError, match=r"^/proc/nope.npy: cannot be written \(.+\)$"):
+        convert_file(tmp_path / "a.npy", target)
+    assert decoded == []
 
 
 def test_empty_and_header_only_inputs(tmp_path: Path) -> None:
@@ -186,15 +217,21 @@ def test_cli_bad_crop_options(tmp_path: Path, args: list[str], match: str) -> No
     assert listing(tmp_path) == ["a.h5"]
 
 
-def test_cli_empty_window_warning(tmp_path: Path) -> None:
+def test_cli_empty_window_is_one_error_line(tmp_path: Path) -> None:
     events = make_events(50, t_max=1000)
     write_npy(tmp_path / "a.npy", events)
-    r = convert(tmp_path / "a.npy", tmp_path / "b.npy", "--start", 5000)
-    assert r.exit_code == 0, r.output
-    lines = r.stderr.strip().splitlines()
-    assert lines[-1] == "converted 0 events (format npy -> npy)"
-    assert lines[-2] == (f"warning: {tmp_path / 'a.npy'}: no events in [5000, inf) µs; the recording spans "
-                         f"[{int(events['t'].min())}, {int(events['t'].max())}] µs")
+    line = one_error_line(convert(tmp_path / "a.npy", tmp_path / "b.npy", "--start", 5000))
+    assert line == (f"error: {tmp_path / 'a.npy'}: no events in [5000, inf) µs (the recording spans "
+                    f"[{int(events['t'].min())}, {int(events['t'].max())}] µs), so nothing was written")
+    assert listing(tmp_path) == ["a.npy"]
+
+
+def test_cli_unwritable_output_is_one_error_line(tmp_path: Path) -> None:
+    write_npy(tmp_path / "a.npy", make_events(10))
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc")
+    assert one_error_line(convert(tmp_path / "a.npy", "/proc/nope.npy")).startswith(
+        "error: /proc/nope.npy: cannot be written (")
 
 
 def test_cli_empty_file_is_one_error_line(tmp_path: Path) -> None:

@@ -7,6 +7,10 @@ written beside the output under a temporary name that is renamed over it only wh
 succeeded: a failed conversion leaves an existing output as it was and nothing behind.
 
 Without a window or a transform the output holds exactly the input's events in the input's order.
+A window or crop that keeps none of a recording's events is refused (nothing is written): an empty
+output would pass for a conversion. Where a crop or scaling needs the sensor size and the file
+records none, a well-known sensor holding every event is assumed (one more pass over the file to
+find the events' extent) and said, as `eventformer.inference.spatial_plan` does.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from eventformer.errors import EventformerError
 from eventformer.events import readers
 from eventformer.events.readers import EventFileError, EventStream, no_events, write_npy
+from eventformer.events.sensors import Assumption, assume_sensor, extent
 from eventformer.events.transforms import SpatialPlan, SpatialTransform
 
 __all__ = ["OUTPUT_FORMATS", "ConversionSummary", "convert_file"]
@@ -34,7 +39,7 @@ class ConversionSummary:
     """What `convert_file` did. ``events_read`` counts the input's events, ``events_written`` the
     output's; ``sensor_size`` is the output's (cropped / scaled) sensor size when known;
     ``spatial`` describes the crop / resize (None without one); ``warnings`` holds one sentence
-    each (reader oddities, an empty time window, a crop that kept nothing)."""
+    each (reader oddities, a sensor size assumed)."""
 
     input: str
     output: str
@@ -75,6 +80,32 @@ def _check_paths(input_path: Path, output: Path, force: bool) -> str:
     return out_format
 
 
+def _unwritable(output: Path, exc: OSError) -> EventformerError:
+    return EventformerError(f"{output}: cannot be written ({exc.strerror or exc})")
+
+
+def _assumed_sensor(input_path: Path, transform: SpatialTransform | None, size: int | None,
+                    chunk_bytes: int) -> Assumption | None:
+    """The sensor to assume for a file that records none, when the crop or scaling asked for
+    needs one (a pass over the file for the events' extent); None when the header has a size or
+    none is needed."""
+    wanted = transform or SpatialTransform()
+    if not (wanted.center_crop or (wanted.crop is None and size is not None)):
+        return None
+    max_x = max_y = -1
+    with EventStream(input_path) as stream:
+        for events in stream.chunks(chunk_bytes):
+            if stream.sensor_size is not None:
+                return None
+            x, y = extent(events)
+            max_x, max_y = max(max_x, x), max(max_y, y)
+        if stream.sensor_size is not None:
+            return None
+        hint, source = (stream.decoder.sensor_hint if stream.decoder is not None else None) \
+            or (None, "")
+        return assume_sensor(str(input_path), stream.format or "?", max_x, max_y, hint, source)
+
+
 def convert_file(input: str | os.PathLike[str], output: str | os.PathLike[str], *,
                  start: int | None = None, end: int | None = None, force: bool = False,
                  transform: SpatialTransform | None = None, size: int | None = None,
@@ -99,6 +130,11 @@ def convert_file(input: str | os.PathLike[str], output: str | os.PathLike[str], 
     out_format = _check_paths(input_path, output_path, force)
     transform = transform if transform is not None and transform.crops else None
     spatial = transform is not None or size is not None
+    chunk_bytes = chunk_bytes or readers.CHUNK_BYTES
+    assumed = _assumed_sensor(input_path, transform, size, chunk_bytes) \
+        if spatial and sensor_size is None else None
+    if assumed is not None:
+        sensor_size = assumed.size
     from eventformer.events.h5events import EventFileWriter  # h5py only when converting
 
     summary = ConversionSummary(input=str(input_path), output=str(output_path), in_format="?",
@@ -115,8 +151,9 @@ def convert_file(input: str | os.PathLike[str], output: str | os.PathLike[str], 
         if not spatial:
             return None
         header = stream.sensor_size
-        made = (transform or SpatialTransform()).plan(header or sensor_size, size, name=str(input_path),
-                                                      from_header=header is not None)
+        made = (transform or SpatialTransform()).plan(
+            header or sensor_size, size, name=str(input_path), from_header=header is not None,
+            assumption=assumed.phrase if assumed is not None and header is None else "")
         if size is not None and made.output_size is None:
             raise EventformerError(f"{input_path}: scaling to --size {size} needs the sensor size, which the "
                                    "file does not record; give it with --sensor-size WxH or crop with --crop")
@@ -157,8 +194,12 @@ def convert_file(input: str | os.PathLike[str], output: str | os.PathLike[str], 
         writer.append(events)  # HDF5 output: memory holds one chunk at a time
 
     try:
+        try:  # before any decoding: an output that cannot be written fails at once
+            partial.open("wb").close()
+        except OSError as exc:
+            raise _unwritable(output_path, exc) from None
         with EventStream(input_path) as stream:
-            for events in stream.chunks(chunk_bytes or readers.CHUNK_BYTES):
+            for events in stream.chunks(chunk_bytes):
                 if plan is None and spatial:
                     plan = plan_for(stream)
                 if not source_note:
@@ -172,27 +213,32 @@ def convert_file(input: str | os.PathLike[str], output: str | os.PathLike[str], 
             summary.warnings = stream.warnings + ([stream.leftover.message]
                                                   if stream.leftover and stream.leftover.message else [])
             summary.sensor_size = out_sensor(stream)
-        if out_format == "npy":
-            write_npy(partial, np.concatenate(parts) if parts else no_events())
-        elif writer is None:
-            EventFileWriter(partial, *(summary.sensor_size or (None, None)),
-                            source=f"converted from {input_path.name} ({summary.in_format})").close()
-        else:
-            writer.close()
-        os.replace(partial, output_path)
+        if (start is not None or end is not None) and summary.events_read and not windowed:
+            raise EventformerError(
+                f"{input_path}: no events in [{_bound(start, '-inf')}, {_bound(end, 'inf')}) µs (the "
+                f"recording spans [{summary.t_first}, {summary.t_last}] µs), so nothing was written")
+        if plan is not None and windowed and not summary.events_written:
+            raise EventformerError(f"{input_path}: the {plan.describe_crop() or 'scaling'} keeps none "
+                                   f"of the {windowed} events, so nothing was written")
+        try:
+            if out_format == "npy":
+                write_npy(partial, np.concatenate(parts) if parts else no_events())
+            elif writer is None:
+                EventFileWriter(partial, *(summary.sensor_size or (None, None)),
+                                source=f"converted from {input_path.name} ({summary.in_format})").close()
+            else:
+                writer.close()
+            os.replace(partial, output_path)
+        except OSError as exc:  # a full disk, a folder that vanished
+            raise _unwritable(output_path, exc) from None
     finally:
         if writer is not None:
             writer.close()
         if partial.exists():
             partial.unlink()
 
-    if (start is not None or end is not None) and summary.events_read and not windowed:
-        summary.warnings.append(
-            f"no events in [{_bound(start, '-inf')}, {_bound(end, 'inf')}) µs; the recording spans "
-            f"[{summary.t_first}, {summary.t_last}] µs")
+    if assumed is not None:
+        summary.warnings.insert(0, assumed.sentence)
     if plan is not None:
         summary.spatial = plan.describe()
-        if windowed and not summary.events_written:
-            summary.warnings.append(f"no events: the {plan.describe_crop()} keeps none of the "
-                                    f"{windowed} events")
     return summary

@@ -46,6 +46,7 @@ from typing import BinaryIO, ClassVar, Self
 import numpy as np
 
 from eventformer.errors import EventformerError
+from eventformer.events.sensors import KnownSensor, check_sensor_size
 
 __all__ = [
     "EVENT_DTYPE",
@@ -96,9 +97,13 @@ class Recording:
     """The events of one file, as stored (not re-sorted), plus what the reader noticed on the way.
 
     ``sensor_size`` is ``(width, height)`` when the format records it and ``None`` when it has no
-    header (bs2, npy): callers must then be told the size, since the largest coordinate seen is only
-    a lower bound. ``warnings`` holds one sentence per oddity that did not stop the read (for
-    example timestamps that go backwards, or a torn last record).
+    header (bs2, npy): callers must then be told the size, or assume one and say so
+    (`eventformer.events.sensors.assume_sensor`), since the largest coordinate seen is only a
+    lower bound. ``sensor_hint`` is a sensor the header names only indirectly (a Prophesee
+    ``plugin_name``), with the words saying where: a better guess than the coordinates, still a
+    guess. ``warnings`` holds one sentence per oddity that did not stop the read (for example
+    timestamps that go backwards, or a torn last record). ``complete`` is False when only the
+    start of the file was read (`read_events`'s ``until_us``).
     """
 
     path: str
@@ -106,6 +111,8 @@ class Recording:
     events: np.ndarray
     sensor_size: tuple[int, int] | None = None
     warnings: list[str] = field(default_factory=list)
+    sensor_hint: tuple[KnownSensor, str] | None = None
+    complete: bool = True
 
     @property
     def duration_us(self) -> int:
@@ -168,12 +175,22 @@ class Decoder(ABC):
     format: ClassVar[str] = "?"
     #: Bytes per record for fixed-size formats; the default `_wanted` after each decode.
     record_bytes: ClassVar[int] = 1
+    #: For formats with no magic number (any bytes decode into events): the largest fraction of
+    #: successive timestamps that may go backwards before the content is refused as not this
+    #: format (see `_judge_plausibility`); None for formats whose header vouches for the content.
+    max_backwards_fraction: ClassVar[float | None] = None
+    #: Successive-timestamp pairs seen before a growing stream is judged; a finished stream is
+    #: judged from `_JUDGE_AT_FINISH` pairs on.
+    _JUDGE_AFTER: ClassVar[int] = 1000
+    _JUDGE_AT_FINISH: ClassVar[int] = 10
 
     def __init__(self, name: str = "<stream>") -> None:
         #: Shown in error messages and warnings: the file path, usually.
         self.name = name
         #: ``(width, height)`` when the header records it, else None.
         self.sensor_size: tuple[int, int] | None = None
+        #: A sensor the header names only indirectly, and where (see `Recording.sensor_hint`).
+        self.sensor_hint: tuple[KnownSensor, str] | None = None
         self.header_complete = False
         #: Stream bytes consumed so far (header and decoded records); decoding resumes here.
         self.offset = 0
@@ -188,6 +205,7 @@ class Decoder(ABC):
         self._notes: dict[str, None] = {}
         self._last_t: int | None = None
         self._backwards = 0
+        self._pairs = 0
         self._outside = 0
 
     # -- the public protocol ---------------------------------------------------------------------
@@ -216,6 +234,7 @@ class Decoder(ABC):
             final = self._advance(final=True) if not self.header_complete else no_events()
             tail = self._final_events()
             self._observe(tail)
+            self._judge_plausibility(self._JUDGE_AT_FINISH)
             if len(final):
                 tail = np.concatenate([final, tail])
             self._end = Leftover(events=tail, decoded=self.decoded - len(tail),
@@ -278,6 +297,9 @@ class Decoder(ABC):
                 return no_events()
             self._consume(size)
             self.header_complete = True
+            if self.sensor_size is not None:  # a corrupt header must not reach the transforms
+                self.sensor_size = check_sensor_size(self.sensor_size, f"{self.name}: its header",
+                                                     EventFileError)
             self._wanted = self.record_bytes
             if len(self._pending) < self._wanted:
                 return no_events()
@@ -303,13 +325,36 @@ class Decoder(ABC):
         if not len(events):
             return
         t = events["t"]
-        if self._last_t is not None and t[0] < self._last_t:
-            self._backwards += 1
+        if self._last_t is not None:
+            self._pairs += 1
+            if t[0] < self._last_t:
+                self._backwards += 1
+        self._pairs += len(t) - 1
         self._backwards += int(np.count_nonzero(t[1:] < t[:-1]))
         self._last_t = int(t[-1])
+        self._judge_plausibility(self._JUDGE_AFTER)
         if self.sensor_size is not None:
             width, height = self.sensor_size
             self._outside += int(np.count_nonzero((events["x"] >= width) | (events["y"] >= height)))
+
+
+    def _judge_plausibility(self, min_pairs: int) -> None:
+        """Refuse headerless content that is not events, once ``min_pairs`` timestamps are seen.
+
+        A camera's clock only runs forward: in a real recording a timestamp goes backwards only
+        where two streams were merged or the clock wrapped (none in the bs2 and N-MNIST files
+        of ../shared/data/events), while in bytes that are not records of this format every
+        other one does (random 23-bit timestamps: half). A threshold far from both ends
+        (`max_backwards_fraction`, 10% for bs2) tells them apart without tuning."""
+        limit = self.max_backwards_fraction
+        if limit is None or self._pairs < min_pairs or self._backwards <= limit * self._pairs:
+            return
+        self._broken = True
+        share = self._backwards / self._pairs
+        raise EventFileError(
+            f"{self.name}: does not look like {self.format} events: timestamps go backwards at "
+            f"{share:.0%} of {self._pairs + 1} successive events, where a camera's clock runs "
+            f"forward (a headerless file is refused above {limit:.0%})")
 
 
 class IncrementalSource(ABC):
@@ -466,14 +511,20 @@ def detect_reader(path: str | os.PathLike[str]) -> EventReader:
     return _reader_for_head(head, size, os.fspath(path))
 
 
-def read_events(path: str | os.PathLike[str], format: str | None = None) -> Recording:
+def read_events(path: str | os.PathLike[str], format: str | None = None, *,
+                until_us: int | None = None) -> Recording:
     """Read a recording, detecting its format from its first bytes (a headerless bs2 / N-MNIST
     recording from its ``.bs2`` / ``.bin`` extension).
 
     ``format`` forces a reader by name (e.g. ``"bs2"``): for a headerless recording with another
     extension, or whose first event happens to spell another format's magic number. An empty
     file is an error; a recording without events reads as an empty one with a warning.
+
+    ``until_us`` reads only the start of the recording (see `read_start`): memory then holds
+    the events of ``until_us`` microseconds, however large the file.
     """
+    if until_us is not None:
+        return read_start(path, until_us, format)
     shown = os.fspath(path)
     if format is None:
         reader = detect_reader(path)
@@ -520,7 +571,54 @@ def decode_file(reader: EventReader, path: str | os.PathLike[str],
     if end.message:
         warnings.append(end.message)
     return Recording(path=shown, format=reader.name, events=events, sensor_size=decoder.sensor_size,
-                     warnings=warnings)
+                     warnings=warnings, sensor_hint=decoder.sensor_hint)
+
+
+def read_start(path: str | os.PathLike[str], until_us: int,
+               format: str | None = None) -> Recording:
+    """The events of a recording from its first one up to, not including, the first event at or
+    after ``t0 + until_us`` (t0: the first event's time), decoded a chunk at a time; reading stops
+    there, so memory holds about ``until_us`` of events and one chunk whatever the file's size.
+
+    On a recording in time order these are exactly the events of ``[t0, t0 + until_us)``
+    (`eventformer.events.framing.clip_events` of the whole file). ``complete`` on the result
+    says whether the file was read to its end (then torn-record warnings are known too).
+    """
+    if until_us <= 0:
+        raise ValueError(f"until_us must be positive, got {until_us}")
+    shown = os.fspath(path)
+    parts: list[np.ndarray] = []
+    complete = True
+    with EventStream(path, format=format) as stream:
+        end_us: int | None = None
+        while True:
+            before = stream.offset
+            events = stream.read()
+            if len(events):
+                if end_us is None:
+                    end_us = int(events["t"][0]) + int(until_us)
+                past = np.flatnonzero(events["t"] >= end_us)
+                if len(past):
+                    parts.append(events[:past[0]].copy())  # not a view pinning the whole chunk
+                    complete = False
+                    break
+                parts.append(events)
+            if stream.offset == before:
+                break
+        if complete:
+            end = stream.finish()
+            _check_header_complete(end, stream.format or "?", shown)
+            if len(end.events):
+                parts.append(end.events)
+        warnings = list(stream.warnings)
+        if complete and stream.leftover is not None and stream.leftover.message:
+            warnings.append(stream.leftover.message)
+        hint = stream.decoder.sensor_hint if stream.decoder is not None else None
+        recording = Recording(path=shown, format=stream.format or "?",
+                              events=np.concatenate(parts) if parts else no_events(),
+                              sensor_size=stream.sensor_size, warnings=warnings,
+                              sensor_hint=hint, complete=complete)
+    return recording
 
 
 def _check_header_complete(end: Leftover, format_name: str, shown: str) -> None:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eventformer.errors import EventformerError
+from eventformer.events.sensors import check_sensor_size
 
 __all__ = ["Crop", "SpatialPlan", "SpatialTransform", "parse_crop"]
 
@@ -105,20 +106,26 @@ class SpatialTransform:
     def crops(self) -> bool:
         return self.crop is not None or self.center_crop
 
+    def needs_sensor(self, size: int | None, max_x: int, max_y: int) -> bool:
+        """Whether mapping events reaching ``max_x``, ``max_y`` onto ``size`` needs the sensor
+        size: for a centre crop, and without a crop for events beyond the input (an explicit crop
+        names its region itself)."""
+        if self.center_crop:
+            return True
+        return self.crop is None and size is not None and (max_x >= size or max_y >= size)
+
     def plan(self, sensor_size: tuple[int, int] | None, size: int | None, *, name: str = "events",
-             from_header: bool = False) -> SpatialPlan:
+             from_header: bool = False, assumption: str = "") -> SpatialPlan:
         """The mapping for one recording.
 
         ``sensor_size`` is (width, height) from the header or the user, or None when unknown;
         ``size`` the model's input side S (None: crop only, no scaling); ``name`` (the file) opens
         every error sentence; ``from_header`` says where the sensor size came from, for the advice
-        an error gives.
+        an error gives; ``assumption`` (words) says that the size was assumed, and why (see
+        `eventformer.events.sensors.assume_sensor`), for `SpatialPlan.describe`.
         """
         if sensor_size is not None:
-            width, height = (int(v) for v in sensor_size)
-            if width <= 0 or height <= 0:
-                raise EventformerError(f"{name}: the sensor size must be positive, got {width}x{height}")
-            sensor_size = (width, height)
+            sensor_size = check_sensor_size(sensor_size, f"{name}: the sensor size")
         if size is not None and int(size) <= 0:
             raise EventformerError(f"{name}: the input size must be positive, got {size}")
         region: Crop | None = None
@@ -148,7 +155,7 @@ class SpatialTransform:
                 output = (math.floor((area[0] - 1) * scale) + 1, math.floor((area[1] - 1) * scale) + 1)
         return SpatialPlan(name=name, sensor_size=sensor_size, from_header=from_header, region=region,
                            centered=self.center_crop, divisor=divisor, scale=scale, output_size=output,
-                           size=None if size is None else int(size))
+                           size=None if size is None else int(size), assumption=assumption)
 
 
 @dataclass
@@ -170,6 +177,8 @@ class SpatialPlan:
     scale: float | None
     output_size: tuple[int, int] | None
     size: int | None
+    #: Words saying the sensor size was assumed (the file records none), '' when it was given.
+    assumption: str = ""
     events_in: int = field(default=0)
     events_kept: int = field(default=0)
 
@@ -231,7 +240,11 @@ class SpatialPlan:
 
     def describe(self) -> str:
         """What the plan does, in words, e.g. 'center crop 480x480 at (80,0), scale x0.2667
-        (floor) to 128x128'."""
+        (floor) to 128x128', followed by the sensor size assumed, if it was."""
+        done = self._describe_mapping()
+        return f"{done}; {self.assumption}" if self.assumption else done
+
+    def _describe_mapping(self) -> str:
         parts = [self.describe_crop()] if self.region is not None else []
         out = self.output_size
         shown = f"{out[0]}x{out[1]}" if out is not None else "?"

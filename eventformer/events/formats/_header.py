@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from eventformer.events.readers import Decoder, EventFileError
+from eventformer.events.sensors import plugin_sensor
 
 #: No real header comes near this; a "header" that does is garbage, refused before it eats memory.
 MAX_HEADER_BYTES = 16 << 20
@@ -167,4 +168,8 @@ class PropheseeRawDecoder(Decoder):
         size = self._header.end(buf, final, self.name)
         if size is not None:
             self.sensor_size = prophesee_sensor_size(self._header.lines)
+            plugin = self._header.value("plugin_name")
+            named = plugin_sensor(plugin)
+            if named is not None:
+                self.sensor_hint = (named, f"the header's plugin_name {plugin}")
         return size

@@ -80,6 +80,8 @@ def decode_bs2(raw: np.ndarray) -> np.ndarray:
 class Bs2Decoder(FixedRecordDecoder):
     format = "bs2"
     record_bytes = _BS2_EVENT_BYTES
+    # no magic number: content that is not bs2 records is refused by its clock going backwards
+    max_backwards_fraction = 0.1
 
     def _decode_records(self, raw: np.ndarray) -> np.ndarray:
         return decode_bs2(raw)

@@ -51,6 +51,7 @@ from eventformer.events.readers import (
     events_from_fields,
     no_events,
 )
+from eventformer.events.sensors import check_sensor_size
 
 __all__ = [
     "FORMAT_NAME",
@@ -129,6 +130,8 @@ class H5EventSource(IncrementalSource):
         self._count: Any = None
         self._committed = 0
         self._closed = False
+        #: Whether the file is read in SWMR mode (a writer was appending when it was opened).
+        self._swmr = False
         self._notes = _Notes(self.path)
         self._seen_polarity: set[int] = set()
 
@@ -195,7 +198,7 @@ class H5EventSource(IncrementalSource):
         h5py = _h5py()
         _check_regular_file(self.path)
         try:
-            f = h5py.File(self.path, "r", swmr=True, locking="best-effort")
+            f = self._open_file(h5py)
         except FileNotFoundError:
             raise EventFileError(f"{self.path}: no such file") from None
         except OSError as exc:
@@ -219,6 +222,25 @@ class H5EventSource(IncrementalSource):
         self._file = f
         return True
 
+    def _open_file(self, h5py: Any) -> Any:
+        """The file opened for reading: in SWMR mode only while a writer is appending to it.
+
+        A file no writer holds is opened plainly, because under SWMR libhdf5 retries a read
+        whose metadata checksum fails (a torn write may yet complete), sleeping between tries,
+        so one flipped byte in a finished file would hang the reader instead of failing. While a
+        SWMR writer is at work the plain open is refused ("already open for write"), and the
+        file is followed in SWMR mode."""
+        try:
+            f = h5py.File(self.path, "r", locking="best-effort")
+        except OSError as exc:
+            if "already open for write" not in str(exc):
+                raise
+        else:
+            self._swmr = False
+            return f
+        self._swmr = True
+        return h5py.File(self.path, "r", swmr=True, locking="best-effort")
+
     def _check(self, f: Any) -> None:
         """Check the layout of an open file (see the module docstring); one sentence per problem."""
         h5py = _h5py()
@@ -241,7 +263,9 @@ class H5EventSource(IncrementalSource):
         if width is None or height is None or width < 0 or height < 0:
             raise EventFileError(f"{path}: the width and height attributes must be non-negative "
                                  "integers")
-        self.sensor_size = (width, height) if width > 0 and height > 0 else None
+        self.sensor_size = check_sensor_size((width, height), f"{path}: its width and height "
+                                             "attributes", EventFileError) \
+            if width > 0 and height > 0 else None
         self._notes.sensor_size = self.sensor_size
         group = f.get("events")
         if not isinstance(group, h5py.Group):
@@ -271,10 +295,12 @@ class H5EventSource(IncrementalSource):
     def _refresh(self) -> int:
         """Re-read the committed count (then the fields' lengths) as the writer left them now."""
         if self._count is not None:
-            self._count.refresh()
+            if self._swmr:
+                self._count.refresh()
             committed = int(self._count[()])
-            for dataset in self._fields.values():
-                dataset.refresh()
+            if self._swmr:
+                for dataset in self._fields.values():
+                    dataset.refresh()
             if committed < 0:
                 raise EventFileError(f"{self.path}: 'events/{_COUNT}' is negative ({committed})")
             short = [(name, len(d)) for name, d in self._fields.items() if len(d) < committed]
@@ -283,8 +309,9 @@ class H5EventSource(IncrementalSource):
                 raise EventFileError(f"{self.path}: 'events/{_COUNT}' says {committed} events, but "
                                      f"'events/{name}' holds only {length} values")
         else:
-            for dataset in self._fields.values():
-                dataset.refresh()
+            if self._swmr:
+                for dataset in self._fields.values():
+                    dataset.refresh()
             lengths = {name: len(d) for name, d in self._fields.items()}
             if len(set(lengths.values())) != 1:
                 raise EventFileError(f"{self.path}: the event fields have unequal lengths "
