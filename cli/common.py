@@ -153,6 +153,41 @@ def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
     return check_sensor_size((w, h), "--sensor-size")
 
 
+@contextlib.contextmanager
+def note_if_slow(message: str, after_s: float = 3.0):
+    """Say ``message`` on stderr if the block is still running after ``after_s`` seconds (a
+    first compile, say, where a cached load takes about one second and needs no word)."""
+    import threading
+
+    done = threading.Event()
+
+    def note():
+        if not done.wait(after_s):
+            err.print(message, markup=False, highlight=False)
+
+    watcher = threading.Thread(target=note, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def waiting(description: str):
+    """A spinner with the time elapsed on a terminal's stderr while the block runs (a wait
+    whose length is unknown in advance: a cluster starting, a data set generated on first use);
+    lines printed meanwhile go above it. Nothing elsewhere: the lines say what happens."""
+    if not err.is_terminal:
+        return contextlib.nullcontext()
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False),
+                        TimeElapsedColumn(), console=err, transient=True)
+    progress.add_task(description, total=None)
+    return progress
+
+
 def progress_bar(enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -14,10 +15,12 @@ from .common import (
     PLOT_HELP,
     DType,
     err,
+    note_if_slow,
     plot_options,
     progress_bar,
     report_written,
     resolve_models,
+    waiting,
 )
 from .errors import fail, user_errors
 from .tables import WIDE_HELP, WIDE_HINT, FitTable
@@ -69,15 +72,24 @@ def compare(
     plots = plot_options(plot, plot_format)
     models = resolve_models(weights)
     dtypes = [d.value for d in dtype] if dtype else list(DEFAULT_DTYPES)
+    slow = contextlib.ExitStack()
+
     def compiling():
-        if not as_json and not kernels_cached():
-            err.print("first run: compiling the engine's kernels (about 10-20 s, cached "
-                      "afterwards)")
+        if not kernels_cached():
+            if not as_json:
+                err.print("first run: compiling the engine's kernels (about 10-20 s, cached "
+                          "afterwards)")
+        else:  # the cache check knows float32's kernels only: another arithmetic may compile
+            slow.enter_context(note_if_slow(
+                f"loading the engine's kernels for {', '.join(dict.fromkeys(dtypes))} (compiled "
+                "on the first use of an arithmetic, about 20 s each; cached afterwards)"))
 
     # every model file is checked before the data is read
-    runs = load_runs(models, dtypes, before_warm_up=compiling)
-    data = open_dataset(dataset, data_dir, split, synthetic_fallback=True,
-                        log=lambda m: err.print(m, markup=False, highlight=False))
+    with slow:
+        runs = load_runs(models, dtypes, before_warm_up=compiling)
+    with waiting("reading the data set"):
+        data = open_dataset(dataset, data_dir, split, synthetic_fallback=True,
+                            log=lambda m: err.print(m, markup=False, highlight=False))
     if not data.synthetic:
         err.print(f"{data.convention}: {split} split, {len(data)} samples from {data.root}",
                   markup=False, highlight=False)

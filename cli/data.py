@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import err, progress_bar
+from .common import err, progress_bar, waiting
 from .errors import fail, user_errors
 
 
@@ -50,7 +50,9 @@ def data_synth(
     from eventformer.datasets import load_dvs_gesture
     from eventformer.events.synth import compare_to_real, format_comparison, write_synthetic_dataset
 
-    with err.status("generating"):
+    err.print(f"generating {users} users x 2 lightings of synthetic gestures into {out} (some "
+              "4-8 s per user)", markup=False, highlight=False)
+    with waiting("generating"):
         summary = write_synthetic_dataset(out, seed=seed, users=users)
     data = load_dvs_gesture("ibm", out, "test", synthetic=True)
     err.print(f"wrote {len(summary.train)} train and {len(summary.test)} test recordings to "

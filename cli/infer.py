@@ -33,6 +33,7 @@ from .common import (
     progress_bar,
     report_written,
     resolve_weights,
+    waiting,
 )
 from .errors import STATE, fail, user_errors
 from .tables import WIDE_HINT, WIDE_HELP, FitTable
@@ -148,31 +149,34 @@ def infer(
         from eventformer.plots import ClassificationPlotter
 
         plotter = ClassificationPlotter(engine, plots, steps)
-    results, failed, written = [], 0, []
+    results, failed, written, interrupted = [], 0, [], False
     with progress_bar(len(files) > 1 and not as_json) as progress, \
             plotter or contextlib.nullcontext():
         task = progress.add_task("classifying", total=len(files)) if progress else None
-        for f, r in classify_files(engine, files, energy=energy, keep_frames=bool(plotter),
-                                   **framing):
-            if progress:
-                progress.advance(task)
-            if isinstance(r, EventformerError):  # this file only: the others still count
-                if plotter:
-                    plotter.skip()
-                if STATE["debug"]:
-                    traceback.print_exception(r)
-                failed += 1
-                err.print(f"error: {r}", markup=False, highlight=False, soft_wrap=True)
+        try:  # Ctrl-C: the files finished so far are still reported
+            for f, r in classify_files(engine, files, energy=energy, keep_frames=bool(plotter),
+                                       **framing):
+                if progress:
+                    progress.advance(task)
+                if isinstance(r, EventformerError):  # this file only: the others still count
+                    if plotter:
+                        plotter.skip()
+                    if STATE["debug"]:
+                        traceback.print_exception(r)
+                    failed += 1
+                    err.print(f"error: {r}", markup=False, highlight=False, soft_wrap=True)
+                    if as_json:
+                        _emit_json({"file": f, "error": str(r)})
+                    continue
+                for w in r.warnings:
+                    err.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
+                results.append(r)
                 if as_json:
-                    _emit_json({"file": f, "error": str(r)})
-                continue
-            for w in r.warnings:
-                err.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
-            results.append(r)
-            if as_json:
-                _emit_json(r.to_json())
-            if plotter:
-                written += plotter.write(r)
+                    _emit_json(r.to_json())
+                if plotter:
+                    written += plotter.write(r)
+        except KeyboardInterrupt:
+            interrupted = True
     if results and not as_json:
         announce_model(weights)
         _print_results(results, show_layers=layers or len(results) == 1, wide=wide)
@@ -180,10 +184,14 @@ def infer(
         if plotter.note:
             err.print(plotter.note, markup=False, highlight=False)
         report_written(written)
+    if failed and len(files) > 1:
+        err.print(f"{failed} of {len(files)} files could not be classified", markup=False,
+                  highlight=False)
+    if interrupted:
+        err.print(f"interrupted: the results above cover {len(results) + failed} of "
+                  f"{len(files)} files", markup=False, highlight=False)
+        raise typer.Exit(code=130)
     if failed:
-        if len(files) > 1:
-            err.print(f"{failed} of {len(files)} files could not be classified", markup=False,
-                      highlight=False)
         raise typer.Exit(code=2)
 
 
@@ -213,8 +221,9 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
     if split not in ("test", "train"):
         fail(f"--split must be test or train, got {split!r}")
     weights = resolve_weights(weights)
-    data = open_dataset(name, data_dir, split, synthetic_fallback=True,
-                        log=lambda m: err.print(m, markup=False, highlight=False))
+    with waiting("reading the data set"):
+        data = open_dataset(name, data_dir, split, synthetic_fallback=True,
+                            log=lambda m: err.print(m, markup=False, highlight=False))
     engine = load_engine(weights, dtype, path_mode, quiet=as_json)
     if not as_json:
         announce_model(weights)
@@ -239,7 +248,7 @@ def _infer_dataset(name, data_dir, split, limit, weights, dtype, path_mode, ener
                                **framing)
     if as_json:
         _emit_json({"summary": True, **summary})
-    else:
+    elif summary["samples"]:  # (interrupted before the first sample: nothing to tabulate)
         _print_summary(summary, engine.config, wide)
     if plots and summary["samples"]:
         from eventformer.plots import dataset_figures
@@ -270,27 +279,35 @@ def _evaluate_on_cluster(cluster, engine, data, limit, weights, dtype, path_mode
     # float32 sums can depend on how many threads the engine splits them over: workers use as
     # many as a serial run here does, so that their results are the serial run's
     spec = EngineSpec(str(Path(weights).resolve()), dtype, path_mode, threads=engine_threads())
-    if not as_json:
-        err.print(f"starting a local Dask cluster of {workers} worker processes" if workers else
-                  f"connecting to the Dask scheduler at {scheduler}", markup=False,
-                  highlight=False)
+    # said in either mode: the start-up is a wait of several seconds
+    err.print(f"starting a local Dask cluster of {workers} worker processes: start-up takes "
+              "several seconds, which pays off on larger sets (a few dozen samples run faster in "
+              "one process, without --workers)" if workers else
+              f"connecting to the Dask scheduler at {scheduler}", markup=False, highlight=False)
 
     def on_error(record):
         err.print(f"error: {record['error']}", markup=False, highlight=False, soft_wrap=True)
         if as_json:
             _emit_json(record)
 
-    with cluster_client(workers, scheduler) as client:
-        if not as_json and scheduler:
-            err.print(f"{worker_count(client)} workers", markup=False, highlight=False)
-        warm_workers(client, spec)  # every worker loads the model once, before the clock starts
-        with progress_bar(not as_json) as progress:
-            task = progress.add_task("classifying", total=total) if progress else None
-            return evaluate_on_cluster(
-                client, spec, engine, data, limit=limit, energy=energy,
-                on_sample=(lambda record, _r: _emit_json(record)) if as_json else None,
-                on_error=on_error,
-                on_done=(lambda: progress.advance(task)) if progress else None, **framing)
+    try:
+        with contextlib.ExitStack() as running:
+            with waiting("starting the cluster" if workers else "connecting"):
+                client = running.enter_context(cluster_client(workers, scheduler))
+                if not as_json and scheduler:
+                    err.print(f"{worker_count(client)} workers", markup=False, highlight=False)
+                warm_workers(client, spec)  # each worker loads the model once, before the clock
+            with progress_bar(not as_json) as progress:
+                task = progress.add_task("classifying", total=total) if progress else None
+                return evaluate_on_cluster(
+                    client, spec, engine, data, limit=limit, energy=energy,
+                    on_sample=(lambda record, _r: _emit_json(record)) if as_json else None,
+                    on_error=on_error,
+                    on_done=(lambda: progress.advance(task)) if progress else None, **framing)
+    except KeyboardInterrupt:  # while the cluster started: no sample was classified
+        from eventformer.evaluate import Tally
+
+        return {**Tally(engine, data, energy).summary(0.0, interrupted=True), "failed": 0}
 
 
 def _print_summary(s: dict, config, wide: bool = False) -> None:

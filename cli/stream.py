@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from .common import (
     plot_options,
     report_written,
     resolve_weights,
+    waiting,
 )
 from .errors import fail, user_errors
 
@@ -213,10 +215,11 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
             for name in names]
     if not as_json:
         announce_model(weights)
-        err.print(f"following {len(jobs)} streams on a local Dask cluster of {workers} worker "
-                  "processes" if workers else
-                  f"following {len(jobs)} streams on the Dask cluster at {scheduler}",
-                  markup=False, highlight=False)
+    # said in either mode: the start-up is a wait of several seconds
+    err.print(f"following {len(jobs)} streams on a local Dask cluster of {workers} worker "
+              "processes (its start-up takes several seconds)" if workers else
+              f"following {len(jobs)} streams on the Dask cluster at {scheduler}",
+              markup=False, highlight=False)
 
     def on_window(w):
         if windows is not None:
@@ -258,7 +261,10 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
 
     # every stream runs at once: a local cluster gets threads enough for all of them
     threads = math.ceil(len(jobs) / workers) if workers else 1
-    with cluster_client(workers, scheduler, threads_per_worker=threads) as client:
+    with contextlib.ExitStack() as running:
+        with waiting("starting the cluster" if workers else "connecting"):
+            client = running.enter_context(cluster_client(workers, scheduler,
+                                                          threads_per_worker=threads))
         results, interrupted = follow_streams(client, engine_spec, jobs, on_window=on_window,
                                               on_end=on_end)
     _plot_streams(plots, windows, class_names)

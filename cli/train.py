@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import check_number, err, progress_bar
+from .common import check_number, err, progress_bar, waiting
 from .errors import fail, user_errors
 
 
@@ -77,8 +77,9 @@ def train(
         fail(f"--taw must be at least 1, got {taw}")
     check_resolution(resolution, len(CONFIGS[model]["sps_channels"]))
     ckpt = checkpoint or output.with_name(output.name + ".ckpt.npz")
-    train_set, val_set, class_names = training_sets(
-        dataset, data_dir, log=lambda m: err.print(m, markup=False, highlight=False))
+    with waiting("reading the data sets"):  # a synthetic set is generated on first use
+        train_set, val_set, class_names = training_sets(
+            dataset, data_dir, log=lambda m: err.print(m, markup=False, highlight=False))
     cfg = model_config(model, resolution, steps, len(class_names), tuple(class_names),
                        attention=attention)
     if pool_rows is not None and (pool_rows < 1 or cfg.tokens % pool_rows):

@@ -259,7 +259,8 @@ def embedded_synthetic_set(split: str = "test", log=None) -> GestureSet:
         from .events.synth import write_synthetic_dataset
 
         if log is not None:
-            log(f"generating the embedded synthetic DVS Gesture set into {folder} (first use)")
+            log(f"generating the embedded synthetic DVS Gesture set into {folder} (first use: "
+                "some 10-30 s, cached afterwards)")
         folder.mkdir(parents=True, exist_ok=True)
         # small on purpose: two users (one for test), short gestures -> tens of MB, seconds
         write_synthetic_dataset(folder, seed=EMBEDDED_SEED, users=2, trials_test_fraction=0.5,

@@ -323,6 +323,31 @@ def test_infer_dataset_prints_partial_results_on_ctrl_c(monkeypatch):
     assert "interrupted" in r.stderr
 
 
+@pytest.mark.parametrize("as_json", [True, False])
+def test_infer_files_prints_the_files_finished_on_ctrl_c(recording, monkeypatch, as_json):
+    """Ctrl-C while the third of four files is classified: the two finished are reported (their
+    JSON lines, or the table), one line says how many, exit code 130."""
+    import eventformer.inference as inference
+
+    real, calls = inference.classify_file, []
+
+    def classify_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "classify_file", classify_then_interrupt)
+    r = runner.invoke(app, ["infer", *[str(recording)] * 4, *(["--json"] if as_json else [])])
+    assert r.exit_code == 130, r.output
+    assert "interrupted: the results above cover 2 of 4 files" in r.stderr
+    if as_json:
+        lines = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [x["file"] for x in lines] == [str(recording)] * 2
+    else:
+        assert r.stdout == "" and r.stderr.count("rec.npy") >= 2 and "prediction" in r.stderr
+
+
 # --- streams -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -398,3 +423,27 @@ def test_stream_without_a_terminal_prints_a_line_per_window(recording):
     lines = [line for line in r.stderr.splitlines() if line.lstrip().startswith("t ")]
     assert len(lines) == 5  # 1 s of events in 200 ms windows
     assert "5 windows, 20,000 events" in r.stderr
+
+
+# --- long waits are said -----------------------------------------------------------------------
+
+def test_a_wait_that_runs_long_is_said_once_and_a_short_one_not(monkeypatch):
+    """note_if_slow: a block still running when the watch expires gets its line on stderr; one
+    that ends first gets none (a cached kernel load needs no word, a first compile does)."""
+    import threading
+
+    import eventformer_cli.common as common
+
+    said, spoken = [], threading.Event()
+
+    class Stderr:
+        def print(self, message, **_):
+            said.append(message)
+            spoken.set()
+
+    monkeypatch.setattr(common, "err", Stderr())
+    with common.note_if_slow("compiling, please wait", after_s=0.0):
+        assert spoken.wait(60)  # the block outlives the watch
+    with common.note_if_slow("never said", after_s=600.0):
+        pass
+    assert said == ["compiling, please wait"]

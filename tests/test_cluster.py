@@ -96,6 +96,7 @@ def test_local_cluster_from_the_cli(serial_run):
                             "--workers", "2"])
     assert r.exit_code == 0, r.output
     assert "local Dask cluster of 2 worker processes" in r.stderr
+    assert "start-up takes several seconds, which pays off on larger sets" in r.stderr
     assert "accuracy" in r.stderr and "per layer, mean per sample" in r.stderr
 
 
