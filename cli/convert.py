@@ -57,7 +57,7 @@ def convert(
                                sensor_size=parse_size(sensor_size),
                                progress=advance if progress else None)
     for w in summary.warnings:
-        err.print(f"warning: {input_path}: {w}", markup=False, highlight=False)
+        err.print(f"warning: {input_path}: {w}", markup=False, highlight=False, soft_wrap=True)
     spatial = f", {summary.spatial}" if summary.spatial else ""
     err.print(f"converted {summary.events_written} events (format {summary.in_format} -> "
-              f"{summary.out_format}){spatial}", markup=False, highlight=False)
+              f"{summary.out_format}){spatial}", markup=False, highlight=False, soft_wrap=True)
