@@ -136,12 +136,25 @@ def test_conv2d_scatter_matches_twin(case):
     out = np.tile(bias, ho * wo)  # HWC current initialised with the bias
     counters = counter_start(rng)
     start = counters.copy()
-    conv2d_scatter(idx, cnt, case["w"], case["cin"], twin.conv_weight_scatter_rows(weight),
-                   k, k, case["stride"], case["pad"], ho, wo, out, counters, case["weighted"])
+    rows = twin.conv_weight_scatter_rows(weight)
+    conv2d_scatter(idx, cnt, case["w"], case["cin"], rows, k, k, case["stride"], case["pad"], ho,
+                   wo, 0, ho, out, counters, case["weighted"])
     assert out.dtype == dt
     got = out.reshape(ho, wo, cout).transpose(2, 0, 1)
     np.testing.assert_array_equal(got, expect)
     np.testing.assert_array_equal(counters, _expected_counters(start, case, ops, idx.shape[0]))
+    # two bands of output rows (as two threads run them) give the whole map and its ops
+    cut = int(rng.integers(0, ho + 1))
+    band_out, band_ops = [], 0
+    for r0, r1 in ((0, cut), (cut, ho)):
+        part = np.tile(bias, (r1 - r0) * wo)
+        c = np.zeros(C.N_COUNTERS, np.int64)
+        conv2d_scatter(idx, cnt, case["w"], case["cin"], rows, k, k, case["stride"], case["pad"],
+                       ho, wo, r0, r1, part, c, case["weighted"])
+        band_out.append(part)
+        band_ops += c[C.MAC if case["weighted"] else C.AC]
+    np.testing.assert_array_equal(np.concatenate(band_out), out)
+    assert band_ops == ops
 
 
 @SETTINGS
@@ -187,12 +200,25 @@ def test_conv2d_gather_matches_twin(case):
     out = np.full(ho * wo * cout, np.nan, dt)  # overwritten in full, bias included
     counters = counter_start(rng)
     start = counters.copy()
-    conv2d_gather(idx, cnt, case["h"], case["w"], case["cin"],
-                  twin.conv_weight_dense_rows(weight), bias, k, out, counters, case["weighted"])
+    rows = twin.conv_weight_dense_rows(weight)
+    conv2d_gather(idx, cnt, case["h"], case["w"], case["cin"], rows, bias, k, 0, ho, out,
+                  counters, case["weighted"])
     assert out.dtype == dt
     got = out.reshape(ho, wo, cout).transpose(2, 0, 1)
     np.testing.assert_array_equal(got, expect)
     np.testing.assert_array_equal(counters, _expected_counters(start, case, ops, idx.shape[0]))
+    # two bands of output rows (as two threads run them) give the whole map and its ops
+    cut = int(rng.integers(0, ho + 1))
+    band_out, band_ops = [], 0
+    for r0, r1 in ((0, cut), (cut, ho)):
+        part = np.full((r1 - r0) * wo * cout, np.nan, dt)
+        c = np.zeros(C.N_COUNTERS, np.int64)
+        conv2d_gather(idx, cnt, case["h"], case["w"], case["cin"], rows, bias, k, r0, r1, part,
+                      c, case["weighted"])
+        band_out.append(part)
+        band_ops += c[C.MAC if case["weighted"] else C.AC]
+    np.testing.assert_array_equal(np.concatenate(band_out), out)
+    assert band_ops == ops
 
 
 def test_conv2d_gather_vectorises():
@@ -215,7 +241,8 @@ def test_conv2d_gather_vectorises():
     fresh = njit(**{**OPTIONS, "cache": False})(conv2d_gather.py_func)
     f32 = np.float32
     fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), f32),
-          np.zeros(64, f32), 3, np.zeros(4 * 64, f32), np.zeros(C.N_COUNTERS, np.int64), False)
+          np.zeros(64, f32), 3, 0, 2, np.zeros(4 * 64, f32), np.zeros(C.N_COUNTERS, np.int64),
+          False)
     asm = fresh.inspect_asm(fresh.signatures[0])
     assert re.search(r"vaddps\s[^\n]*%[yz]mm", asm), "conv2d_gather's float32 adds scalarised"
 
@@ -260,10 +287,25 @@ def _run_gather_int(case, weight, bias, idx, cnt, counters):
     from eventformer.kernels import conv2d_gather_int
 
     h, w, cout = case["h"], case["w"], case["cout"]
+    rows = twin.conv_weight_dense_rows(weight)
     out = np.full(h * w * cout, -12345, np.int32)  # overwritten in full, bias included
-    conv2d_gather_int(idx, cnt, h, w, case["cin"], twin.conv_weight_dense_rows(weight), bias,
-                      case["k"], out, counters, case["weighted"])
+    booked = C.MAC if case["weighted"] else C.AC
+    before = int(counters[booked])
+    conv2d_gather_int(idx, cnt, h, w, case["cin"], rows, bias, case["k"], 0, h, out, counters,
+                      case["weighted"])
     assert out.dtype == np.int32
+    # two bands of output rows (as two threads run them) give the whole map and its ops
+    cut = h // 3
+    band_out, band_ops = [], 0
+    for r0, r1 in ((0, cut), (cut, h)):
+        part = np.full((r1 - r0) * w * cout, -12345, np.int32)
+        c = np.zeros(C.N_COUNTERS, np.int64)
+        conv2d_gather_int(idx, cnt, h, w, case["cin"], rows, bias, case["k"], r0, r1, part, c,
+                          case["weighted"])
+        band_out.append(part)
+        band_ops += c[booked]
+    np.testing.assert_array_equal(np.concatenate(band_out), out)
+    assert band_ops == counters[booked] - before
     return out.reshape(h, w, cout).transpose(2, 0, 1)
 
 
@@ -303,8 +345,8 @@ def test_conv2d_gather_int_int8_lanes_never_overflow(fill, mult):
     assert np.abs(expect).max() > 2 * 32767  # far beyond an int16 lane
     out = np.empty(h * w * cout, np.int32)
     counters = np.zeros(C.N_COUNTERS, np.int64)
-    conv2d_gather_int(idx, cnt, h, w, cin, twin.conv_weight_dense_rows(weight), bias, k, out,
-                      counters, False)
+    conv2d_gather_int(idx, cnt, h, w, cin, twin.conv_weight_dense_rows(weight), bias, k, 0, h,
+                      out, counters, False)
     np.testing.assert_array_equal(out.reshape(h, w, cout).transpose(2, 0, 1), expect)
     assert counters[C.AC] == twin.conv2d_ops(x, k, k, cout, 1, 1, False)
 
@@ -332,7 +374,7 @@ def test_conv2d_gather_int_vectorises(wdtype, add):
     # a fresh, uncached compile: its asm holds the (uncached) step code it calls
     fresh = njit(**{**OPTIONS, "cache": False})(conv2d_gather_int.py_func)
     fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), wdtype),
-          np.zeros(64, np.int32), 3, np.zeros(4 * 64, np.int32),
+          np.zeros(64, np.int32), 3, 0, 2, np.zeros(4 * 64, np.int32),
           np.zeros(C.N_COUNTERS, np.int64), False)
     asm = fresh.inspect_asm(fresh.signatures[0])
     assert re.search(rf"{add}\s[^\n]*%[yz]mm", asm), (
@@ -908,15 +950,15 @@ def test_kernels_are_pure_functions_of_their_inputs():
     for _ in range(2):
         out = np.zeros(3 * 3 * cout, np.float32)
         counters = np.zeros(C.N_COUNTERS, np.int64)
-        conv2d_scatter(idx, cnt, w, cin, rows, k, k, 2, 1, 3, 3, out, counters, False)
+        conv2d_scatter(idx, cnt, w, cin, rows, k, k, 2, 1, 3, 3, 0, 3, out, counters, False)
         outs.append((out, counters))
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
 
     flags = (x > 0).transpose(1, 2, 0).reshape(-1).astype(np.uint8)  # HWC 0/1 map
     pooled = [np.empty(3 * 3 * cin, np.int32) for _ in range(2)]
-    na = maxpool_flags(flags, h, w, cin, 3, 2, 1, 3, 3, pooled[0])
-    nb = maxpool_flags(flags, h, w, cin, 3, 2, 1, 3, 3, pooled[1])
+    na = maxpool_flags(flags, h, w, cin, 3, 2, 1, 3, 3, 0, 3, pooled[0])
+    nb = maxpool_flags(flags, h, w, cin, 3, 2, 1, 3, 3, 0, 3, pooled[1])
     np.testing.assert_array_equal(pooled[0][:na], pooled[1][:nb])
 
     q, kk, v = ((rng.random((9, 16)) < 0.5).astype(np.int64) for _ in range(3))
@@ -965,10 +1007,18 @@ def test_maxpool_flags_matches_twin(pool, c, h, w, density, seed):
     rng = np.random.default_rng(seed)
     flags = (rng.random(h * w * c) < density).astype(np.uint8)
     out = np.full(out_h * out_w * c, -1, np.int32)
-    n = maxpool_flags(flags, h, w, c, k, s, p, out_h, out_w, out)
+    n = maxpool_flags(flags, h, w, c, k, s, p, out_h, out_w, 0, out_h, out)
     chw = flags.reshape(h, w, c).transpose(2, 0, 1).astype(np.float64)
     want, _ = twin.chw_to_events(twin.maxpool2d(chw, k, s, p))
     np.testing.assert_array_equal(out[:n], want)
+    # bands of pooled rows, in order, give the whole map's events
+    cut = int(rng.integers(0, out_h + 1))
+    bands = []
+    for r0, r1 in ((0, cut), (cut, out_h)):
+        part = np.full(max(r1 - r0, 0) * out_w * c, -1, np.int32)
+        m = maxpool_flags(flags, h, w, c, k, s, p, out_h, out_w, r0, r1, part)
+        bands.append(part[:m])
+    np.testing.assert_array_equal(np.concatenate(bands), want)
 
 
 @SETTINGS

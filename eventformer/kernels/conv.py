@@ -40,9 +40,11 @@ def _tap_table(in_size, k, stride, pad, out_size):
 
 
 @kernel
-def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h, out_w, out,
-                   counters, weighted):
+def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h, out_w, row0,
+                   row1, out, counters, weighted):
     """Add the contribution of every input event to the dense HWC current ``out`` (in place).
+
+    Written over the output rows ``row0:row1`` (the whole map: 0, out_h).
 
     The scatter shape of a convolution: work grows with the events, not with the map, which
     wins for very sparse inputs (DESIGN "Kernels"). ``idx`` must be sorted (every event list in
@@ -50,7 +52,10 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
     An event of multiplicity k adds k x the weight slab once per valid tap: counted as k
     accumulates per output (``weighted`` False: spikes or integer residual values), or as one
     multiply per output (``weighted`` True: raw event counts into the first layer, SPEC §5).
-    Taps that fall outside the output (borders) are neither done nor counted.
+    Taps that fall outside the output (borders) are neither done nor counted, nor are taps
+    outside the band: the bands of one step can run on several threads at once, each into its
+    own ``out`` and ``counters`` and given the events of the input rows that reach it (or all),
+    and their ops add up to the whole map's.
 
     Parameters
     ----------
@@ -75,9 +80,11 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
         Zero padding on every side, the same along y and x.
     out_h, out_w : int
         Output height and width, ``(H + 2 * pad - kh) // stride + 1`` (and likewise for W).
-    out : float32|float64[out_h * out_w * Cout], C-contiguous, modified in place
-        The flat HWC output current, ``(oy * out_w + ox) * Cout + co``; added to, not cleared
-        (the layer fills it with the bias first).
+    row0, row1 : int
+        The band of output rows written, ``0 <= row0 <= row1 <= out_h``.
+    out : float32|float64[(row1 - row0) * out_w * Cout], C-contiguous, modified in place
+        The band's flat HWC output current, ``((oy - row0) * out_w + ox) * Cout + co``; added
+        to, not cleared (the layer fills it with the bias first).
     counters : int64[N_COUNTERS], incremented in place
         ``MAC`` (``weighted``) or ``AC`` (not) += the ops done, ``INPUT_EVENTS`` += n.
     weighted : bool
@@ -106,7 +113,7 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
         taps = 0
         for ky in range(kh):
             oy = rows[y, ky] if y < rows.shape[0] else -1
-            if oy < 0:
+            if oy < row0 or oy >= row1:  # outside the map (-1) or the band
                 continue
             for kx in range(kw):
                 ox = cols[x, kx]
@@ -114,7 +121,7 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
                     continue
                 # 1-D views let LLVM prove the slabs apart and vectorise the add
                 w = weight_rows[(c * kh + ky) * kw + kx]
-                ob = (oy * out_w + ox) * cout
+                ob = ((oy - row0) * out_w + ox) * cout
                 add_slab(out[ob:ob + cout], w, k, kf)
                 taps += 1
         ops += taps * cout if weighted else k * taps * cout

@@ -222,7 +222,8 @@ def _make_step(block):
     that call it are cached with its machine code linked in.
     """
 
-    def step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted):
+    def step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+             weighted):
         n = idx.shape[0]
         cout = weight_rows.shape[1]
         npix = in_h * in_w
@@ -243,10 +244,10 @@ def _make_step(block):
         small = cout - n_big >= BLOCK_SMALL
         part0 = n_big + BLOCK_SMALL if small else n_big
         ops = 0
-        for oy in range(in_h):
+        for oy in range(row0, row1):
             for ox in range(in_w):
                 ops += _pixel_ops(start, cum, in_h, in_w, k, oy, ox, weighted)
-                ob = (oy * in_w + ox) * cout
+                ob = ((oy - row0) * in_w + ox) * cout
                 for c0 in range(0, n_big, BLOCK):
                     block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox,
                           c0, BLOCK, acc_big, lane_big, kbuf, out[ob + c0:ob + c0 + BLOCK])
@@ -267,29 +268,34 @@ _wide_step = _make_step(_wide_block)
 _narrow_step = _make_step(_narrow_block)
 
 
-def _int_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted):
+def _int_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+              weighted):
     """:func:`conv2d_gather_int`'s body: ``_narrow_step`` for int8 weights, ``_wide_step`` for
     int16. Compiled, the choice is an overload resolved per signature, so each signature compiles
     only the code it runs; this Python body serves NUMBA_DISABLE_JIT=1."""
-    if weight_rows.dtype.itemsize == 1:
-        _narrow_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)
-    else:
-        _wide_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)
+    step = _narrow_step if weight_rows.dtype.itemsize == 1 else _wide_step
+    step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters, weighted)
 
 
 @overload(_int_step, jit_options={**OPTIONS, "cache": False})  # see _make_step
-def _int_step_overload(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted):
+def _int_step_overload(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out,
+                       counters, weighted):
     step = _narrow_step if weight_rows.dtype.bitwidth == 8 else _wide_step
 
-    def impl(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted):
-        step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)
+    def impl(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+             weighted):
+        step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+             weighted)
 
     return impl
 
 
 @kernel
-def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted):
+def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+                  weighted):
     """The current of a stride-1, "same"-padded k x k convolution of an event list, by gather.
+
+    Computed over the output rows ``row0:row1`` (the whole map: 0, H).
 
     Output-stationary: output pixel (oy, ox) starts from the bias and adds, kernel row by
     kernel row, the weight rows of the events of input pixels ``(oy - k//2 + ky,
@@ -298,7 +304,9 @@ def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters
     stride 1 and padding k//2), and counts the same ops: an event of multiplicity m adds m x its
     weight row once per valid tap, counted as m accumulates per output (``weighted`` False) or
     one multiply per output (``weighted`` True). Taps in the padding are neither done nor
-    counted.
+    counted. A band of rows reads what it needs from the whole event list, so the bands of one
+    step can run on several threads at once, each into its own ``out`` and ``counters``: their
+    ops add up to the whole map's, and each books all n events in ``INPUT_EVENTS``.
 
     Parameters
     ----------
@@ -320,8 +328,11 @@ def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters
         Added to every output pixel (the folded BatchNorm shift).
     k : int
         Kernel height and width, odd; the padding is ``k // 2`` and the stride 1.
-    out : float32|float64[H * W * Cout], C-contiguous, overwritten
-        The flat HWC output current, ``(oy * W + ox) * Cout + co``: bias plus the convolution.
+    row0, row1 : int
+        The band of output rows computed, ``0 <= row0 <= row1 <= H``.
+    out : float32|float64[(row1 - row0) * W * Cout], C-contiguous, overwritten
+        The band's flat HWC output current, ``((oy - row0) * W + ox) * Cout + co``: bias plus
+        the convolution.
     counters : int64[N_COUNTERS], incremented in place
         ``MAC`` (``weighted``) or ``AC`` (not) += the ops done, ``INPUT_EVENTS`` += n.
     weighted : bool
@@ -333,12 +344,13 @@ def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters
     None
         The results are ``out`` and ``counters``, both modified in place.
     """
-    _wide_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)
+    _wide_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+               weighted)
 
 
 @kernel
-def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters,
-                      weighted):
+def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out,
+                      counters, weighted):
     """The exact integer current of a stride-1, "same"-padded k x k convolution, by gather.
 
     :func:`conv2d_gather` for integer mode (SPEC §6): the same geometry, argument meaning and op
@@ -369,8 +381,11 @@ def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, coun
         The quantised bias, added to every output pixel.
     k : int
         Kernel height and width, odd; the padding is ``k // 2`` and the stride 1.
-    out : int32[H * W * Cout], C-contiguous, overwritten
-        The flat HWC output current, ``(oy * W + ox) * Cout + co``: bias plus the convolution.
+    row0, row1 : int
+        The band of output rows computed, ``0 <= row0 <= row1 <= H``.
+    out : int32[(row1 - row0) * W * Cout], C-contiguous, overwritten
+        The band's flat HWC output current, ``((oy - row0) * W + ox) * Cout + co``: bias plus
+        the convolution.
     counters : int64[N_COUNTERS], incremented in place
         ``MAC`` (``weighted``) or ``AC`` (not) += the ops done, ``INPUT_EVENTS`` += n.
     weighted : bool
@@ -382,4 +397,5 @@ def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, coun
     None
         The results are ``out`` and ``counters``, both modified in place.
     """
-    _int_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, out, counters, weighted)
+    _int_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+              weighted)

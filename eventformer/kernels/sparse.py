@@ -121,13 +121,16 @@ def channel_sums(idx, cnt, dim, sums):
 
 
 @kernel
-def maxpool_flags(flags, in_h, in_w, c, k, stride, pad, out_h, out_w, out):
+def maxpool_flags(flags, in_h, in_w, c, k, stride, pad, out_h, out_w, row0, row1, out):
     """Max-pool of a dense 0/1 spike-flag map (HWC) straight into sorted output indices.
+
+    Computed over the pooled rows ``row0:row1`` (the whole map: 0, out_h).
 
     Used right after a LIF whose flags are at hand: no per-spike index decoding. The window max
     is separable (rows, then columns of the row maxima), and every inner loop runs over a
     contiguous channel row, so it vectorises. Returns the count written to ``out`` (int32,
-    >= out_h*out_w*c).
+    >= out_h*out_w*c). Bands of rows only read ``flags``: several can run at once, and their
+    outputs in band order are the whole map's.
 
     Parameters
     ----------
@@ -146,20 +149,25 @@ def maxpool_flags(flags, in_h, in_w, c, k, stride, pad, out_h, out_w, out):
         Padding on every side; padded positions never hold a spike (PyTorch's -inf padding).
     out_h, out_w : int
         Pooled height and width, ``(in_h + 2 * pad - k) // stride + 1`` (and likewise for w).
-    out : int32[>= out_h * out_w * c], overwritten
-        ``out[:count]`` gets the flat HWC indices ``(oy * out_w + ox) * c + ch`` of the pooled
-        sites whose window holds a spike, ascending; entries from ``count`` up to
-        ``out_h * out_w * c`` are scratch (the compaction writes before it knows).
+    row0, row1 : int
+        The band of pooled rows computed, ``0 <= row0 <= row1 <= out_h``.
+    out : int32[>= (row1 - row0) * out_w * c], overwritten
+        ``out[:count]`` gets the flat HWC indices ``(oy * out_w + ox) * c + ch`` of the band's
+        pooled sites whose window holds a spike, ascending; entries from ``count`` up to
+        ``(row1 - row0) * out_w * c`` are scratch (the compaction writes before it knows).
 
     Returns
     -------
     count : int
         The number of pooled sites that spiked (indices written to ``out``).
     """
-    rowmax = np.zeros((in_h, out_w, c), np.uint8)  # max over each output column's x window
-    for iy in range(in_h):
+    # the input rows the band's windows reach
+    iy0 = max(row0 * stride - pad, 0)
+    iy1 = max(min((row1 - 1) * stride - pad + k, in_h), iy0)
+    rowmax = np.zeros((iy1 - iy0, out_w, c), np.uint8)  # max over each output column's x window
+    for iy in range(iy0, iy1):
         for ox in range(out_w):
-            dst = rowmax[iy, ox]
+            dst = rowmax[iy - iy0, ox]
             for kx in range(k):
                 ix = ox * stride - pad + kx
                 if ix < 0 or ix >= in_w:
@@ -169,14 +177,14 @@ def maxpool_flags(flags, in_h, in_w, c, k, stride, pad, out_h, out_w, out):
                     dst[ch] |= src[ch]
     row = np.empty(c, np.uint8)
     n = 0
-    for oy in range(out_h):
+    for oy in range(row0, row1):
         for ox in range(out_w):
             row[:] = 0
             for ky in range(k):
                 iy = oy * stride - pad + ky
                 if iy < 0 or iy >= in_h:
                     continue
-                src = rowmax[iy, ox]
+                src = rowmax[iy - iy0, ox]
                 for ch in range(c):
                     row[ch] |= src[ch]
             base = (oy * out_w + ox) * c

@@ -21,6 +21,7 @@ from ..fixedpoint import (ACC_LIMIT, ATTENTION_UNIT, GATE_SHIFT, Fixed, FixedPoi
                           arithmetic, attention_theta, quantise, shift_of)
 from ..kernels import (counters as C, nsad_step, saformer_step, saformer_step_fixed, ssa_bin_step,
                        ssa_bin_step_fixed, ssa_step)
+from ..runtime import engine_threads, run_parts
 from .base import PathPolicy, SpikingLayer, ones, period
 from .neurons import FixedLIFNeurons, LIFNeurons
 from .synapses import LinearLIF, TasaLinearLIF
@@ -49,6 +50,46 @@ def _core_arithmetic(layer, params, dim: int, scale: float, dtype):
                                     decay_input=params.decay_input)
 
 
+class AttentionCore(SpikingLayer):
+    """What the attention cores share: a step's Y (:meth:`_core_current`, written into a given
+    buffer with given counters, or a shared period where nothing pairs), then the attention
+    LIF. A step's Y depends only on its own q, k (and v) spikes, so :meth:`attend_steps` forms
+    the Y of a sample's steps on all engine threads at once and fires them in time order."""
+
+    kind = "attention"
+
+    def _core_current(self, *args):
+        raise NotImplementedError
+
+    def attend(self, *spikes) -> np.ndarray:
+        """One step: the core's Y from the step's spikes (q, k[, v]), then the LIF."""
+        return self.fire(self._core_current(*spikes, self.current, self.counters))
+
+    def attend_steps(self, steps: list) -> list:
+        """:meth:`attend` for every step of a sample (a list of spike tuples): the same spikes
+        and counts. On several engine threads the steps' Y are formed at once, each thread
+        taking every n-th step into its own buffer and counters (the work per step varies with
+        its activity); the LIF then runs in time order. A probe or a recorder watching the
+        neurons sees each step as :meth:`attend` gives it."""
+        parts = min(engine_threads(), len(steps))
+        if parts < 2 or self.probe is not None or "fire" in vars(self.neurons):
+            return [self.attend(*spikes) for spikes in steps]
+        bufs = getattr(self, "_step_bufs", None)
+        if bufs is None or bufs.shape[0] < len(steps):
+            bufs = self._step_bufs = np.empty((len(steps), self.current.shape[0]),
+                                              self.current.dtype)
+        counters = np.zeros((parts, C.N_COUNTERS), np.int64)
+        currents = [None] * len(steps)
+
+        def part(i):
+            for t in range(i, len(steps), parts):
+                currents[t] = self._core_current(*steps[t], bufs[t], counters[i])
+
+        run_parts(part, parts)
+        self.counters += counters.sum(axis=0)
+        return [self.fire(current) for current in currents]
+
+
 def _check_bound(name: str, worst: float, arith) -> None:
     if worst > ACC_LIMIT:
         raise FixedPointError(f"{name}: in {arith.name} its worst-case current ({worst:.3g} "
@@ -56,10 +97,8 @@ def _check_bound(name: str, worst: float, arith) -> None:
                               "--dtype")
 
 
-class AttentionLIF(SpikingLayer):
+class AttentionLIF(AttentionCore):
     """SSA core: Y = (Q K^T) V * scale per head, over active pairs only, then the attention LIF."""
-
-    kind = "attention"
 
     def __init__(self, params, tokens: int, dim: int, heads: int, scale: float, *, dtype,
                  order: int = 0):
@@ -91,8 +130,7 @@ class AttentionLIF(SpikingLayer):
             return nq == 0 and (nk == 0 or nv == 0)
         return nq == 0 or nk == 0
 
-    def attend(self, q, k, v) -> np.ndarray:
-        counters = self.counters
+    def _core_current(self, q, k, v, out, counters) -> np.ndarray:
         nq, nk, nv = q.shape[0], k.shape[0], v.shape[0]
         if self._nothing_to_attend(nq, nk, nv):
             # what ssa_step would do: every head in pairs order (kv when forced), no op, Y = 0
@@ -101,16 +139,21 @@ class AttentionLIF(SpikingLayer):
             if self.probe is None:
                 current = self._zero_period
             else:
-                current = self.current
+                current = out
                 current[:] = self._zero[0]
         else:
-            used = ssa_step(q, k, v, self.tokens, self.dim, self.heads, self.scale,
-                            self.current, counters, self.order)
+            used = ssa_step(q, k, v, self.tokens, self.dim, self.heads, self.scale, out,
+                            counters, self.order)
+            # a 3-element add: numpy keeps the GIL for it, so worker threads add safely
             self.orders_used += np.bincount(used, minlength=3)
-            current = self.current
+            current = out
         counters[C.INPUT_SITES] += 3 * self.tokens * self.dim
         counters[C.SPARSE_STEPS] += 1
-        return self.fire(current)
+        return current
+
+    def clear_stats(self) -> None:
+        super().clear_stats()
+        self.orders_used[:] = 0
 
     def stats(self) -> dict:
         out = super().stats()
@@ -119,12 +162,10 @@ class AttentionLIF(SpikingLayer):
         return out
 
 
-class MappedAttentionLIF(SpikingLayer):
+class MappedAttentionLIF(AttentionCore):
     """Attention cores that form the (Q K^T) map explicitly over active pairs and map each entry
     (SSA_Bin's compare, NSAD's table), then the attention LIF. A subclass gives the kernel call
     (:meth:`_compute`) and the current of a step where nothing pairs (:meth:`_unpaired_row`)."""
-
-    kind = "attention"
 
     def __init__(self, params, tokens: int, dim: int, heads: int, scale: float, *, dtype):
         super().__init__(params.name, tokens * dim, "spikes")
@@ -147,7 +188,7 @@ class MappedAttentionLIF(SpikingLayer):
         """The largest |Y| / scale a step can reach (for the integer overflow bound)."""
         raise NotImplementedError
 
-    def _compute(self, q, k, v, out) -> None:
+    def _compute(self, q, k, v, out, counters) -> None:
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -158,22 +199,21 @@ class MappedAttentionLIF(SpikingLayer):
         unpaired row at every token and no op but the input events is counted."""
         return nq == 0 or nk == 0
 
-    def attend(self, q, k, v) -> np.ndarray:
-        counters = self.counters
+    def _core_current(self, q, k, v, out, counters) -> np.ndarray:
         nq, nk, nv = q.shape[0], k.shape[0], v.shape[0]
         if self._nothing_to_attend(nq, nk, nv):
             counters[C.INPUT_EVENTS] += nq + nk + nv
             if self.probe is None:
                 current = self._unpaired_period
             else:
-                current = self.current
+                current = out
                 current.reshape(-1, self.dim)[:] = self._unpaired
         else:
-            current = self.current
-            self._compute(q, k, v, current)
+            current = out
+            self._compute(q, k, v, current, counters)
         counters[C.INPUT_SITES] += 3 * self.tokens * self.dim
         counters[C.SPARSE_STEPS] += 1
-        return self.fire(current)
+        return current
 
 
 class BinaryAttentionLIF(MappedAttentionLIF):
@@ -200,13 +240,13 @@ class BinaryAttentionLIF(MappedAttentionLIF):
             return np.ascontiguousarray(-self.vbar, dtype)
         return (np.zeros(self.dim, dtype) - self.vbar) * self.scale[0]
 
-    def _compute(self, q, k, v, out):
+    def _compute(self, q, k, v, out, counters):
         if self.fixed is not None:
             ssa_bin_step_fixed(q, k, v, self.tokens, self.dim, self.heads, self.delta, self.vbar,
-                               ATTENTION_UNIT, out, self.counters)
+                               ATTENTION_UNIT, out, counters)
             return
         ssa_bin_step(q, k, v, self.tokens, self.dim, self.heads, self.delta, self.vbar,
-                     self.scale, out, self.counters)
+                     self.scale, out, counters)
 
 
 class NsadAttentionLIF(MappedAttentionLIF):
@@ -226,16 +266,14 @@ class NsadAttentionLIF(MappedAttentionLIF):
     def _unpaired_row(self, dtype):
         return np.zeros(self.dim, dtype) * self.scale[0]
 
-    def _compute(self, q, k, v, out):
+    def _compute(self, q, k, v, out, counters):
         nsad_step(q, k, v, self.tokens, self.dim, self.heads, self.table, self.scale, out,
-                  self.counters)
+                  counters)
 
 
-class SaformerAttentionLIF(SpikingLayer):
+class SaformerAttentionLIF(AttentionCore):
     """SAFormer core: Y = scale * (K * a) + DWC(K) (a = sum_l Qa[l] * Ka[l], DWC a depthwise 3x3
     conv over the token grid, an event-driven scatter), then the attention LIF. No V."""
-
-    kind = "attention"
 
     def __init__(self, params, tokens: int, dim: int, grid: int, scale: float, *, dtype,
                  dwc_weight, dwc_bias, pool_rows: int):
@@ -294,18 +332,17 @@ class SaformerAttentionLIF(SpikingLayer):
         """No key spike: the kernel would only write the DWC bias."""
         return nk == 0
 
-    def attend(self, q, k) -> np.ndarray:
-        counters = self.counters
+    def _core_current(self, q, k, out, counters) -> np.ndarray:
         nq, nk = q.shape[0], k.shape[0]
         if self._nothing_to_attend(nq, nk):
             counters[C.INPUT_EVENTS] += nq + nk
             if self.probe is None:
                 current = self._quiet_period
             else:
-                current = self.current
+                current = out
                 current.reshape(-1, self.dim)[:] = self.dwc_bias
         else:
-            current = self.current
+            current = out
             if self.fixed is not None:
                 saformer_step_fixed(q, k, self.tokens, self.dim, self.grid, self.pool_rows,
                                     self.dwc_weight, self.dwc_bias, self.gate_mult, GATE_SHIFT,
@@ -315,7 +352,7 @@ class SaformerAttentionLIF(SpikingLayer):
                               self.dwc_weight, self.dwc_bias, self.scale, current, counters)
         counters[C.INPUT_SITES] += 2 * self.tokens * self.dim
         counters[C.SPARSE_STEPS] += 1
-        return self.fire(current)
+        return current
 
 
 class SpikingSelfAttention:
@@ -361,7 +398,7 @@ class SpikingSelfAttention:
         q = self.q.run_steps(inputs)
         k = self.k.run_steps(inputs)
         v = self.v.run_steps(inputs)
-        s = [self.core.attend(q[t][0], k[t][0], v[t][0]) for t in range(len(inputs))]
+        s = self.core.attend_steps([(q[t][0], k[t][0], v[t][0]) for t in range(len(inputs))])
         return self.proj.run_steps([(x, ones(x.shape[0])) for x in s])
 
 
@@ -437,7 +474,7 @@ class SAFormerAttention:
         """All steps of a sample, layer by layer (offline): same results as :meth:`step`."""
         q = self.q.run_steps(inputs)
         k = self.k.run_steps(inputs)
-        s = [self.core.attend(q[t][0], k[t][0]) for t in range(len(inputs))]
+        s = self.core.attend_steps([(q[t][0], k[t][0]) for t in range(len(inputs))])
         return self.proj.run_steps([(x, ones(x.shape[0])) for x in s])
 
 

@@ -95,6 +95,10 @@ class SynapticLIF(SpikingLayer):
     def _dense(self, idx: np.ndarray) -> bool:
         return self.policy.dense(self.kind, idx.shape[0], self.in_sites)
 
+    def _gathers(self, idx) -> bool:
+        """Whether an event step's current is gathered (conv layers that can), not scattered."""
+        return False
+
     def _dense_rows(self, idx, cnt, rows_out) -> None:
         """Fill GEMM input rows for a dense step and count its event ops and dense work."""
         self.counters[C.INPUT_SITES] += self.in_sites
@@ -131,7 +135,10 @@ class SynapticLIF(SpikingLayer):
         """``cur[:] = bias`` through rows of the bias period: ~3x faster than broadcasting a
         short bias row over a large current."""
         p = self._bias_period
-        cur.reshape(-1, p.shape[0])[:] = p
+        flat = cur.reshape(-1)
+        whole = flat.shape[0] - flat.shape[0] % p.shape[0]  # a band may end inside a period
+        flat[:whole].reshape(-1, p.shape[0])[:] = p
+        flat[whole:] = p[:flat.shape[0] - whole]
 
     def _add_bias(self, cur) -> None:
         """``cur += bias`` (a GEMM's output), the same element-wise adds, by bias periods."""
@@ -156,7 +163,12 @@ class SynapticLIF(SpikingLayer):
 
     def run_steps(self, inputs: list) -> list:
         """Many steps of one sample at once (offline): the same per-step results as
-        :meth:`step`, but the dense steps of a small layer share one GEMM."""
+        :meth:`step`. On more than one engine thread in bands of output rows, one per thread,
+        each band through every step (:meth:`_run_banded`); otherwise step by step, the dense
+        steps of a small layer sharing one GEMM."""
+        bounds = self._band_bounds(inputs)
+        if bounds is not None:
+            return self._run_banded(inputs, bounds)
         dense = [self._dense(idx) for idx, _ in inputs]
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
@@ -187,6 +199,159 @@ class SynapticLIF(SpikingLayer):
         currents = np.empty((n_dense * self.rows, self.cout), self.current.dtype)
         self._gemm(stacked, currents)
         return currents
+
+    # --- bands of output rows ---------------------------------------------------------------
+    # A neuron's membrane depends only on its own current, and the current of a band of output
+    # rows (conv rows, or tokens) only on the input events that reach them, so a band can run
+    # through all T steps of a sample (current, then LIF) without waiting for the other bands:
+    # one hand-off per layer and sample on the engine's threads, every stage (scatter, gather,
+    # LIF) on every thread, and no dense current of the whole map written and read back. A
+    # max-pool, which reads across band edges, follows as a second banded pass over the spike
+    # flags of all steps. The kernels are a step's, so the results are :meth:`step`'s: the same
+    # integers, and in float the same values for the same path.
+
+    pool = None  # (k, stride, pad) of a max-pool after the LIF (conv layers)
+
+    def _unit_rows(self) -> tuple[int, int]:
+        """(output rows, neurons per row) of the banded layout."""
+        raise NotImplementedError
+
+    def _row_work(self, inputs: list) -> np.ndarray:
+        """Per output row, the input events (times taps) that reach it over ``inputs``."""
+        raise NotImplementedError
+
+    def _band_current(self, idx, cnt, cur, counters, r0: int, r1: int, gathers: bool) -> None:
+        """An event step's current of output rows r0:r1 into ``cur`` (bias included)."""
+        raise NotImplementedError
+
+    def _band_bounds(self, inputs: list):
+        """Row edges of one band per engine thread, balanced by the work each band's rows
+        will see (the events that reach them, plus the LIF's neurons); None when the layer is
+        to run step by step: one thread, a probe or a recorder watching its neurons (they see
+        whole steps), or too few rows."""
+        parts = engine_threads()
+        neurons = self.neurons
+        if (parts < 2 or self.probe is not None or "fire" in vars(neurons)
+                or "fire_flags" in vars(neurons)):
+            return None
+        rows, row_size = self._unit_rows()
+        if rows < 2:
+            return None
+        parts = min(parts, rows)
+        # a weight row of Cout per event that reaches a row, 4 ops per neuron for the LIF
+        cum = np.cumsum(self._row_work(inputs) * self.cout + 4 * len(inputs) * row_size)
+        cuts = [int(np.searchsorted(cum, cum[-1] * i / parts)) + 1 for i in range(1, parts)]
+        return sorted(set([0] + [min(max(c, 1), rows - 1) for c in cuts] + [rows]))
+
+    def _run_banded(self, inputs: list, bounds: list) -> list:
+        """:meth:`run_steps` in bands of output rows ``bounds`` (see the notes above)."""
+        T = len(inputs)
+        for _, cnt in inputs:  # refused here, not in a worker thread
+            self._check_counts(cnt)
+        dense = [self._dense(idx) for idx, _ in inputs]
+        dense_cur = self._dense_currents(inputs, dense)
+        parts = len(bounds) - 1
+        counters = np.zeros((parts, C.N_COUNTERS), np.int64)
+        row = self._unit_rows()[1]
+        flags = self._band_flags(T) if self.pool is not None else None
+        fired = np.zeros((parts, T), np.int64)  # spikes per band and step (before a pool)
+        spikes = [[EMPTY] * T for _ in range(parts)]  # without a pool: band-local indices
+        gathers = [not d and self._gathers(idx) for (idx, _), d in zip(inputs, dense)]
+        neurons = self.neurons
+        args = neurons._args
+
+        def band(i):
+            r0, r1 = bounds[i], bounds[i + 1]
+            lo, hi = r0 * row, r1 * row
+            cur = self._band_buffer(i, hi - lo)
+            v = neurons.v[lo:hi]
+            cnt_i = counters[i]
+            for t, (idx, cnt) in enumerate(inputs):
+                if dense[t]:
+                    current = dense_cur[t][lo:hi]
+                elif idx.shape[0] == 0:
+                    # a quiet step: the bias alone, as one period (a band starts on a whole
+                    # row, so on channel 0 of the period, like the thresholds' period)
+                    current = self._bias_period
+                else:
+                    self._band_current(idx, cnt, cur, cnt_i, r0, r1, gathers[t])
+                    current = cur
+                if flags is not None:
+                    fired[i, t] = neurons._step_flags(v, current, *args, flags[t, lo:hi], cnt_i)
+                else:
+                    out = self._band_spikes(i, t, hi - lo)
+                    n = neurons._step(v, current, *args, out, cnt_i)
+                    fired[i, t] = n
+                    spikes[i][t] = out[:n]
+
+        run_parts(band, parts)
+        neurons._settled = False  # the membranes moved outside the steady-state bookkeeping
+        self.spikes_total += int(fired.sum())
+        self._book_band_steps(inputs, dense, gathers, counters)
+        if flags is not None:
+            return self._band_pool(flags, fired.sum(axis=0))
+        out = []
+        for t in range(T):
+            pieces = [spikes[i][t] + np.int32(bounds[i] * row) for i in range(parts)
+                      if spikes[i][t].shape[0]]
+            idx = np.concatenate(pieces) if pieces else EMPTY
+            out.append((idx, ones(idx.shape[0])))
+        return out
+
+    def _dense_currents(self, inputs: list, dense: list) -> dict:
+        """The dense steps' full currents (bias included) by GEMM, before the bands run:
+        {step: flat current}."""
+        n_dense = sum(dense)
+        if n_dense == 0:
+            return {}
+        if n_dense >= 2 and self.rows < BATCH_ROWS_BELOW:
+            batched = self._batched_synaptic(inputs, dense, n_dense)
+            self._add_bias(batched)
+            steps = [t for t, d in enumerate(dense) if d]
+            return {t: batched[j * self.rows:(j + 1) * self.rows].reshape(-1)
+                    for j, t in enumerate(steps)}
+        out = {}
+        for t, (idx, cnt) in enumerate(inputs):
+            if dense[t]:
+                out[t] = self.synapse(idx, cnt).copy()
+        return out
+
+    def _band_buffer(self, i: int, size: int) -> np.ndarray:
+        bufs = self.__dict__.setdefault("_band_bufs", {})
+        buf = bufs.get(i)
+        if buf is None or buf.shape[0] < size:
+            buf = bufs[i] = np.empty(self.n_neurons, self.current.dtype)
+        return buf[:size]
+
+    def _band_spikes(self, i: int, t: int, size: int) -> np.ndarray:
+        """A band's spike indices of step t (a buffer kept per band and step)."""
+        bufs = self.__dict__.setdefault("_band_spike_bufs", {})
+        buf = bufs.get((i, t))
+        if buf is None or buf.shape[0] < size:
+            buf = bufs[(i, t)] = np.empty(self.n_neurons, np.int32)
+        return buf[:size]
+
+    def _band_flags(self, steps: int) -> np.ndarray:
+        buf = getattr(self, "_flags_buf", None)
+        if buf is None or buf.shape[0] < steps:
+            buf = self._flags_buf = np.empty((steps, self.n_neurons), np.uint8)
+        return buf
+
+    def _book_band_steps(self, inputs, dense, gathers, counters) -> None:
+        """The counters of a banded run: the bands' ops and neuron updates, plus per step what
+        :meth:`step` books outside its kernels (each band booked a step's events again)."""
+        total = counters.sum(axis=0)
+        total[C.INPUT_EVENTS] = 0
+        c = self.counters
+        c += total
+        for (idx, _), d, g in zip(inputs, dense, gathers):
+            if d:
+                continue  # booked by the GEMM's own input rows (_dense_rows)
+            c[C.INPUT_SITES] += self.in_sites
+            c[C.SPARSE_STEPS] += 1
+            c[C.INPUT_EVENTS] += idx.shape[0]
+        if hasattr(self, "gather_steps"):
+            self.gather_steps += sum(gathers)
 
     def emit(self, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         spikes = self.fire(current)
@@ -236,8 +401,6 @@ class Conv2dLIF(SynapticLIF):
         self.can_gather = (self.stride == 1 and kh == kw and kh % 2 == 1 and self.pad == kh // 2
                            and not self.weighted)
         self.gather_steps = 0  # steps that took the gather (also counted as sparse steps)
-        self._part_buffers = None  # run_steps' per-thread currents (on more than one thread)
-        self._part_counters = None
         self._taps = (kh, kw, self.stride, self.pad, self.out_h, self.out_w)
         self.pool = pool
         if pool is not None:
@@ -282,77 +445,79 @@ class Conv2dLIF(SynapticLIF):
         counters[C.SPARSE_STEPS] += 1
         return flat
 
-    def run_steps(self, inputs: list) -> list:
-        """Many steps at once (offline). On more than one engine thread the event-driven
-        currents (gather or scatter) of consecutive steps are computed at once, one step per
-        thread (a step's current depends only on its own input; only the LIF runs in time
-        order), then fired in time order: the same kernels, so the same results and counts as
-        :meth:`step`. Dense steps run as in :meth:`SynapticLIF.run_steps`.
+    def _unit_rows(self) -> tuple[int, int]:
+        return self.out_h, self.out_w * self.cout
 
-        (A pipeline in which worker threads compute currents ahead while this thread fires was
-        slower here: 71 vs 62 ms per sample, int8 on 2 threads; the hand-offs per step cost more
-        than the overlap gained.)"""
-        parts = engine_threads()
-        dense = [self._dense(idx) for idx, _ in inputs]
-        event = [not d and idx.shape[0] > 0 for (idx, _), d in zip(inputs, dense)]
-        if parts < 2 or sum(event) < 2 or self.probe is not None:
-            return super().run_steps(inputs)
-        for _, cnt in inputs:  # refused here, not in a worker thread
-            self._check_counts(cnt)
-        n_dense = sum(dense)
-        batched = None
-        if n_dense >= 2 and self.rows < BATCH_ROWS_BELOW:
-            batched = self._batched_synaptic(inputs, dense, n_dense)
-            self._add_bias(batched)
-        if self._part_buffers is None or len(self._part_buffers) < parts:
-            self._part_buffers = [np.empty_like(self.current) for _ in range(parts)]
-            self._part_counters = np.zeros((parts, C.N_COUNTERS), np.int64)
-        queue = [t for t, e in enumerate(event) if e]
-        ready: dict = {}
+    def _row_work(self, inputs: list) -> np.ndarray:
+        h, wd, cin = self.in_shape
+        events = np.zeros(h, np.int64)
+        for idx, _ in inputs:
+            if idx.shape[0]:
+                events += np.bincount(idx // (wd * cin), minlength=h)
+        reach = np.zeros(self.out_h, np.int64)  # the events of the input rows a row's taps reach
+        for ky in range(self.kh):
+            iy = np.arange(self.out_h) * self.stride - self.pad + ky
+            ok = (iy >= 0) & (iy < h)
+            reach[ok] += events[iy[ok]]
+        return reach * self.kw
+
+    def _band_current(self, idx, cnt, cur, counters, r0, r1, gathers) -> None:
+        if gathers:
+            self._gather(idx, cnt, cur, counters, (r0, r1))
+            return
+        self._fill_bias(cur)
+        a, b = self._reaching(idx, r0, r1)
+        self._scatter(idx[a:b], cnt[a:b], cur, counters, (r0, r1))
+
+    def _reaching(self, idx, r0, r1) -> tuple[int, int]:
+        """The slice of a sorted event list whose input rows reach output rows r0:r1."""
+        h, wd, cin = self.in_shape
+        y0 = max(r0 * self.stride - self.pad, 0)
+        y1 = min((r1 - 1) * self.stride - self.pad + self.kh, h)
+        return (int(np.searchsorted(idx, y0 * wd * cin)),
+                int(np.searchsorted(idx, max(y1, y0) * wd * cin)))
+
+    def _band_pool(self, flags: np.ndarray, fired: list) -> list:
+        """The max-pool of every step's spike flags, in bands of pooled rows on the engine's
+        threads: per step the pooled event list."""
+        T = len(fired)
+        k, s, p = self.pool
+        parts = min(engine_threads(), self.pool_h)
+        edges = [self.pool_h * i // parts for i in range(parts + 1)]
+        size = self.pool_w * self.cout
+        bufs = self.__dict__.setdefault("_pool_bufs", {})
+        counts = np.zeros((parts, T), np.int64)
+
+        def band(i):
+            r0, r1 = edges[i], edges[i + 1]
+            buf = bufs.get((i, T))
+            if buf is None or buf.shape[1] < (r1 - r0) * size:
+                buf = bufs[(i, T)] = np.empty((T, (r1 - r0) * size), np.int32)
+            for t in range(T):
+                if fired[t]:
+                    counts[i, t] = maxpool_flags(flags[t], self.out_h, self.out_w, self.cout,
+                                                 k, s, p, self.pool_h, self.pool_w, r0, r1,
+                                                 buf[t])
+
+        run_parts(band, parts)
         out = []
-        j = 0
-        for t, (idx, cnt) in enumerate(inputs):
-            if event[t]:
-                if t not in ready:
-                    chunk, queue = queue[:parts], queue[parts:]
-                    ready = self._event_currents([inputs[s] for s in chunk], chunk)
-                out.append(self.emit(ready.pop(t)))
-            elif dense[t] and batched is not None:
-                out.append(self.emit(batched[j * self.rows:(j + 1) * self.rows].reshape(-1)))
-                j += 1
-            else:  # a lone dense step, or a step without events
-                out.append(self.step(idx, cnt))
+        for t in range(T):
+            pieces = [bufs[(i, T)][t, :counts[i, t]] for i in range(parts) if counts[i, t]]
+            idx = np.concatenate(pieces) if len(pieces) > 1 else (
+                pieces[0].copy() if pieces else EMPTY)
+            out.append((idx, ones(idx.shape[0])))
         return out
-
-    def _event_currents(self, steps: list, times: list) -> dict:
-        """The event-driven currents of ``steps`` (one per engine thread, at once) into the
-        part buffers: {time: flat current}. Each worker counts into its own row of
-        ``_part_counters`` (the kernels' counter adds are not atomic); the rows are summed into
-        the layer's counters afterwards."""
-        counters = self._part_counters
-        counters[:] = 0
-        bufs = self._part_buffers
-
-        def part(i):
-            idx, cnt = steps[i]
-            self._sparse_current(idx, cnt, bufs[i], counters[i])
-
-        run_parts(part, len(steps))
-        self.counters += counters[:len(steps)].sum(axis=0)
-        self.gather_steps += sum(1 for idx, _ in steps if self._gathers(idx))
-        return {t: bufs[i].reshape(-1) for i, t in enumerate(times)}
 
     def _dense(self, idx: np.ndarray) -> bool:
         return self.policy.dense(self.kind, idx.shape[0], self.in_sites,
                                  self._arith if self.can_gather else None)
 
-    def _gather(self, idx, cnt, flat, counters) -> None:
-        if self.fixed is not None:
-            conv2d_gather_int(idx, cnt, self.in_shape[0], *self._geometry, self.gather_weight,
-                              self.bias, self.kh, flat, counters, self.weighted)
-            return
-        conv2d_gather(idx, cnt, self.in_shape[0], *self._geometry, self.gather_weight, self.bias,
-                      self.kh, flat, counters, self.weighted)
+    def _gather(self, idx, cnt, flat, counters, rows=None) -> None:
+        """The current of output rows ``rows`` (default all) into ``flat``, by gather."""
+        r0, r1 = rows if rows is not None else (0, self.out_h)
+        gather = conv2d_gather if self.fixed is None else conv2d_gather_int
+        gather(idx, cnt, self.in_shape[0], *self._geometry, self.gather_weight, self.bias,
+               self.kh, r0, r1, flat, counters, self.weighted)
 
     def warm_up(self) -> None:
         """Load (or compile) the gather kernel for this layer's dtypes: a model's warm-up steps
@@ -363,9 +528,11 @@ class Conv2dLIF(SynapticLIF):
             self._gather(one, one + 1, np.empty(self.current.size, self.current.dtype),
                          np.zeros(C.N_COUNTERS, np.int64))
 
-    def _scatter(self, idx, cnt, cur_flat, counters) -> None:
-        conv2d_scatter(idx, cnt, *self._geometry, self.weight_rows, *self._taps, cur_flat,
-                       counters, self.weighted)
+    def _scatter(self, idx, cnt, cur_flat, counters, rows=None) -> None:
+        """Add the events' current of output rows ``rows`` (default all) into ``cur_flat``."""
+        r0, r1 = rows if rows is not None else (0, self.out_h)
+        conv2d_scatter(idx, cnt, *self._geometry, self.weight_rows, *self._taps, r0, r1,
+                       cur_flat, counters, self.weighted)
 
     def emit(self, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.pool is None:
@@ -379,7 +546,7 @@ class Conv2dLIF(SynapticLIF):
             return EMPTY, EMPTY
         k, s, p = self.pool
         count = maxpool_flags(flags, self.out_h, self.out_w, self.cout, k, s, p, self.pool_h,
-                              self.pool_w, self._pooled)
+                              self.pool_w, 0, self.pool_h, self._pooled)
         return self._pooled[:count].copy(), ones(count)
 
 
@@ -409,6 +576,24 @@ class LinearLIF(SynapticLIF):
 
     def _scatter(self, idx, cnt, cur_flat, counters) -> None:
         linear_scatter(idx, cnt, self.cin, self.weight, cur_flat, counters, self.weighted)
+
+    def _unit_rows(self) -> tuple[int, int]:
+        return self.tokens, self.cout
+
+    def _row_work(self, inputs: list) -> np.ndarray:
+        events = np.zeros(self.tokens, np.int64)
+        for idx, _ in inputs:
+            if idx.shape[0]:
+                events += np.bincount(idx // self.cin, minlength=self.tokens)
+        return events
+
+    def _band_current(self, idx, cnt, cur, counters, r0, r1, gathers) -> None:
+        """Tokens r0:r1: their events are one slice of the sorted list."""
+        self._fill_bias(cur)
+        a = int(np.searchsorted(idx, r0 * self.cin))
+        b = int(np.searchsorted(idx, r1 * self.cin))
+        if b > a:
+            self._scatter(idx[a:b] - np.int32(r0 * self.cin), cnt[a:b], cur, counters)
 
 
 class TasaLinearLIF(LinearLIF):

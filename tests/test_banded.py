@@ -1,0 +1,121 @@
+"""The offline engine on several threads: layers run in bands of output rows (conv rows, tokens),
+each band through every step of a sample, and attention cores form their steps' Y at once.
+
+Nothing may change: ``Spikformer.run`` on 2 or 3 engine threads (banded) gives the spikes,
+logits and op counts of ``Spikformer.step`` called step by step on the same thread count (the
+same path choices, so float32 too), for every attention operator and arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_every_layer_fires, uniform_events
+
+from eventformer.bench.calibrate import calibrate, random_model
+from eventformer.events import frame_events
+from eventformer.layers import PathPolicy
+from eventformer.layers.synapses import SynapticLIF
+from eventformer.models import Spikformer, SpikformerConfig
+from eventformer.runtime import engine_threads, set_engine_threads
+
+SIZE = 64
+STEPS = 8
+
+
+def _config(attention: str) -> SpikformerConfig:
+    return SpikformerConfig(image_size=SIZE, sps_channels=(16, 32, 64, 64), dim=64, heads=4,
+                            depth=1, mlp_hidden=128, steps=STEPS, attention=attention)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    rng = np.random.default_rng(5)
+    out = []
+    for n in (6000, 20000, 45000):  # sparse to busy inputs: scatter, gather and GEMM steps
+        ev = uniform_events(rng, n, SIZE)
+        # a busier stripe of rows, so that balanced bands are not simply halves
+        ev["y"][: n // 3] = rng.integers(SIZE // 2, SIZE // 2 + 6, n // 3)
+        ev = ev[np.argsort(ev["t"], kind="stable")]
+        out.append(frame_events(ev, STEPS, SIZE, SIZE))
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(samples):
+    return {att: calibrate(random_model(_config(att), seed=1), samples[:2], 0.12)
+            for att in ("ssa", "ds2ta", "ssa_bin", "saformer")}
+
+
+@pytest.fixture
+def threads():
+    before = engine_threads()
+    yield set_engine_threads
+    set_engine_threads(before)
+
+
+def _stepwise(engine, steps):
+    engine.reset()
+    for idx, cnt in steps:
+        engine.step(np.asarray(idx, np.int32), np.asarray(cnt, np.int32))
+    return engine.logits()
+
+
+@pytest.mark.parametrize("attention", ["ssa", "ds2ta", "ssa_bin", "saformer"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int16", "int8"])
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_banded_run_equals_step_by_step(models, samples, threads, attention, dtype, n_threads):
+    threads(n_threads)
+    engine = Spikformer(models[attention], dtype=dtype, policy=PathPolicy())
+    banded = []
+    original = SynapticLIF._run_banded
+
+    def spy(self, inputs, bounds):
+        banded.append((self.name, tuple(bounds)))
+        return original(self, inputs, bounds)
+
+    SynapticLIF._run_banded = spy
+    fired: dict = {}
+    try:
+        for steps in samples:
+            engine.clear_stats()
+            fast = engine.run(steps)
+            fast_stats = engine.layer_stats()
+            engine.clear_stats()
+            slow = _stepwise(engine, steps)
+            slow_stats = engine.layer_stats()
+            for row in slow_stats:
+                fired[row["name"]] = fired.get(row["name"], 0) + row["spikes"]
+            np.testing.assert_array_equal(fast, slow)
+            for a, b in zip(fast_stats, slow_stats):
+                # a step may batch its GEMM with others offline: the path tallies may differ,
+                # never the spikes or the ops
+                for key in ("spikes", "ac", "mac", "neuron_updates", "lut", "shift", "compare",
+                            "attn_entries", "attn_nonzero", "input_events", "input_sites"):
+                    assert a[key] == b[key], (a["name"], key, a[key], b[key])
+    finally:
+        SynapticLIF._run_banded = original
+    assert_every_layer_fires([{"name": k, "spikes": v} for k, v in fired.items()])
+    names = {name for name, _ in banded}
+    # every SPS stage and the RPE ran banded, and so did the plain linear layers
+    assert {"patch_embed.proj_lif", "patch_embed.proj_lif3", "patch_embed.rpe_lif",
+            "block.0.mlp.fc1_lif", "block.0.mlp.fc2_lif"} <= names
+    assert any(len(b) - 1 == n_threads for _, b in banded), "no layer split into every thread"
+
+
+def test_one_thread_runs_unbanded(models, samples, threads):
+    threads(1)
+    engine = Spikformer(models["ssa"], dtype="int8", policy=PathPolicy())
+    assert all(layer._band_bounds(samples[0]) is None
+               for layer in engine.layers if isinstance(layer, SynapticLIF))
+
+
+def test_bands_balance_the_busy_rows(models, samples, threads):
+    """Band edges follow the work: with a busy stripe in the lower half of the sensor, the first
+    band of the first convolution takes more than half of its rows."""
+    threads(2)
+    engine = Spikformer(models["ssa"], dtype="int8", policy=PathPolicy())
+    first = engine.sps[0]
+    bounds = first._band_bounds(samples[2])
+    assert bounds[0] == 0 and bounds[-1] == first.out_h and len(bounds) == 3
+    assert bounds[1] > first.out_h // 2
