@@ -315,8 +315,9 @@ def _print_profiles(result: dict) -> None:
                       _ratio_cell(st["of_peak"]))
         timed = prof.get("timed_engine_ms")
         t.caption = (f"stages add up to the profiled {prof['total_ms']:.2f} ms/sample"
-                     + (f" (timed without the profiler: {timed:.2f} ms/sample; the difference "
-                        "is the wrappers' own cost)" if timed else ""))
+                     + (f" (the timed runs, without the profiler: {timed:.2f} ms/sample; a "
+                        "profiled run also pays its wrappers' small cost per call, and a busy "
+                        "machine moves both)" if timed else ""))
         t.print(err, wide=True)
         err.print("  " + "; ".join(f"{k}: {v}" for k, v in prof["stage_meaning"].items()),
                   markup=False, highlight=False)
