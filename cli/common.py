@@ -55,18 +55,24 @@ class Path_(str, Enum):
 
 
 def load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False):
-    """The engine for a model file, its kernels loaded (compiled on the very first run) before
-    anything is timed."""
+    """The engine for a model file. Its kernels load lazily, each on its first call: from
+    Numba's cache in milliseconds, or on a first run compiled then, so that only what the
+    inputs really need is compiled (a warm-up would also compile paths they never take, the
+    dense GEMM path's at typical firing rates). A stream warms its own up (``run_stream``)."""
     from eventformer.layers import PathPolicy
     from eventformer.modelfile import load
     from eventformer.models import engine_for
-    from eventformer.runtime import kernels_cached
+    from eventformer.runtime import kernels_cached, start_kernels
 
     model_file = load(weights)
-    if not quiet and not kernels_cached():
-        err.print("first run: compiling the engine's kernels (about 10-20 s, cached afterwards)")
     engine = engine_for(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
-    engine.warm_up()
+    if not kernels_cached(dtype):
+        if not quiet:
+            err.print(f"first run: compiling the engine's {dtype} kernels as the input needs them "
+                      "(once, some seconds; cached afterwards; the first input's time includes it)",
+                      markup=False, highlight=False)
+        return engine
+    start_kernels()  # Numba's own set-up, not the first input's time
     return engine
 
 

@@ -93,13 +93,38 @@ def gemm(a, b, out) -> None:
                                   out=out[bounds[i]:bounds[i + 1]]), threads)
 
 
-def kernels_cached() -> bool:
-    """Whether Numba's on-disk cache already holds the engine's kernels (so start-up is fast)."""
-    try:
-        from .kernels import lif_step
+def kernels_cached(arithmetic: str = "float32") -> bool:
+    """Whether Numba's on-disk cache already holds the engine's kernels for ``arithmetic``
+    (float32, float64, int16, int8) on this machine, so that start-up is a load, not a compile.
 
-        locator = lif_step._cache._cache_path
-        return any(name.startswith("neurons.lif_step") and name.endswith(".nbi")
-                   for name in os.listdir(locator))
-    except (AttributeError, OSError):
+    Probed through the LIF step of that arithmetic, which every Spikformer run calls: its cache
+    index (Numba's, beside the sources or under NUMBA_CACHE_DIR) must hold a signature of the
+    arithmetic's dtype compiled for this CPU. A cache that holds it may still lack a kernel no
+    run has used before; that one compiles on its first call."""
+    try:
+        from .kernels import lif_fixed_step, lif_step
+
+        fixed = arithmetic in ("int16", "int8")
+        kernel = lif_fixed_step if fixed else lif_step
+        want = "int32" if fixed else arithmetic
+        cache = kernel._cache._cache_file
+        here = kernel.targetctx.codegen().magic_tuple()
+        # an index key is (argument types, this machine's CPU and features, code hash); the
+        # first argument is the membrane array, of the arithmetic's dtype
+        return any(key[1] == here and str(getattr(key[0][0], "dtype", "")) == want
+                   for key in cache._load_index())
+    except (AttributeError, OSError, TypeError, ValueError, EOFError, IndexError):
         return True  # unknown: say nothing rather than something wrong
+
+
+def start_kernels() -> None:
+    """Numba's one-time set-up in this process (typing and target contexts, LLVM's JIT: about
+    half a second), done now by calling one small kernel (the residual merge, which every
+    Spikformer run calls; loaded from the cache, compiled if absent), so that it is not booked
+    to the first input's time when kernels load lazily."""
+    import numpy as np
+
+    from .kernels import merge_add
+
+    one = np.zeros(1, np.int32)
+    merge_add(one, one + 1, one + 1, one + 1)

@@ -22,6 +22,7 @@ from ..layers.snn import (
 )
 from ..modelfile.snn import POOL_OPS, SnnModelFile
 from ..runtime import limit_blas_threads
+from .spikformer import warm_up_densities
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -134,15 +135,16 @@ class SpikingNet:
         self.head.step(idx, cnt)
 
     def warm_up(self) -> None:
-        """Load every kernel the engine may call, then forget the warm-up."""
+        """Load every kernel the engine's path policy may call, then forget the warm-up."""
         rng = np.random.default_rng(0)
-        for density in (0.02, 0.9):
+        for density in warm_up_densities(self.policy):
             n = int(density * self.input_sites)
             idx = np.sort(rng.choice(self.input_sites, n, replace=False)).astype(np.int32)
             self.step(idx, np.ones(n, np.int32))
-        for op in self.ops:
-            if hasattr(op, "warm_up"):
-                op.warm_up()
+        if self.policy.mode in ("auto", "gather"):  # the gathers' kernels
+            for op in self.ops:
+                if hasattr(op, "warm_up"):
+                    op.warm_up()
         self.reset()
         self.clear_stats()
 

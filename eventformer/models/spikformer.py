@@ -64,6 +64,13 @@ class Block:
         return _residual(xs, self.fc2.run_steps(self.fc1.run_steps(xs)))
 
 
+def warm_up_densities(policy: PathPolicy) -> tuple[float, ...]:
+    """Input densities of the warm-up steps that reach every path ``policy`` can take: one
+    sparse step (scatter, gather) unless every step runs dense, one dense step (GEMM) unless
+    none does."""
+    return {"sparse": (0.02,), "gather": (0.02,), "dense": (0.9,)}.get(policy.mode, (0.02, 0.9))
+
+
 def _residual(xs: list, ys: list) -> list:
     """x + y for every step of two event-list sequences."""
     return [add_events(x[0], x[1], y[0], y[1]) for x, y in zip(xs, ys)]
@@ -146,16 +153,24 @@ class Spikformer:
         self.head.step(idx, cnt)
 
     def warm_up(self) -> None:
-        """Load every kernel the engine may call (Numba's cache loads lazily, per first call), so
-        the first real step is not slow; state and statistics are left as after a reset."""
+        """Load every kernel this engine's path policy may call (Numba's cache loads lazily, per
+        first call, and compiles what it does not hold), so the first real step is not slow;
+        state and statistics are left as after a reset.
+
+        Only the paths the policy can take are warmed (:func:`warm_up_densities`): a forced
+        sparse or gather run never loads the GEMM path's kernels, a forced dense run never the
+        scatters and gathers. (Each kernel compiled costs 0.1-2 s on the very first run; a
+        caller that need not avoid a stall mid-run calls none of this and lets each kernel
+        load on its first call.)"""
         rng = np.random.default_rng(0)
-        for density in (0.02, 0.9):  # one sparse and one dense step through every layer
+        for density in warm_up_densities(self.policy):
             n = int(density * self.input_sites)
             idx = np.sort(rng.choice(self.input_sites, n, replace=False)).astype(np.int32)
             self.step(idx, np.ones(n, np.int32))
         self.logits()
-        for layer in self.sps + [self.rpe]:
-            layer.warm_up()
+        if self.policy.mode in ("auto", "gather"):
+            for layer in self.sps + [self.rpe]:
+                layer.warm_up()
         self.reset()
         self.clear_stats()
 
