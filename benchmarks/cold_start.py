@@ -23,8 +23,9 @@ Cases: the shipped tiny model on a recording (float32, int8), the shipped tiny m
 release is installed), and the full-size Spikformer-DVS configuration (float32, int8). Without
 ``--full`` the full-size model is random weights with BatchNorm calibrated to 5% firing on the
 recording (``eventformer bench``'s model; calibrated once, cached in
-``~/.cache/eventformer/bench``), so the run takes the paths a real model would. Wall times of whole processes, best of repeats for
-warm; other load on the machine makes them longer, never shorter. Prints numbers; asserts nothing.
+``~/.cache/eventformer/bench``), so the run takes the paths a real model would. Wall times of
+whole processes, best of repeats for warm; other load on the machine makes them longer, never
+shorter. Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
