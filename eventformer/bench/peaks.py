@@ -119,8 +119,9 @@ def kernel_peaks(engine, arithmetic: str | None = None) -> dict:
     limit_blas_threads()  # as the engine runs BLAS: one thread, rows split by runtime.gemm
     layers = list(engine.layers)
     widths = sorted({int(layer.cout) for layer in layers if hasattr(layer, "cout")})
-    gathers = sorted({(int(layer.cin), int(layer.cout), int(layer.kh)) for layer in layers
-                      if getattr(layer, "can_gather", False)})
+    # a gathering layer's (Cin, Cout, kernel side): linear layers gather as 1x1 convolutions
+    gathers = sorted({(int(layer.cin), int(layer.cout), int(layer._gather_shape[3]))
+                      for layer in layers if getattr(layer, "can_gather", False)})
     shapes = sorted({(int(layer.rows), int(layer.k_dim), int(layer.cout),
                       np.dtype(layer.gemm_dtype).name) for layer in layers
                      if hasattr(layer, "gemm_weight") and hasattr(layer, "k_dim")})

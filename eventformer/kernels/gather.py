@@ -136,7 +136,7 @@ def _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy,
                     acc[j] += w[j]
         else:
             for e in range(lo, hi):
-                w = weight_rows[idx[e] + off, c0:c0 + cb]
+                w = weight_rows[np.uint64(idx[e] + off), c0:c0 + cb]
                 m = cnt[e]
                 if m == 1:
                     for j in range(cb):
@@ -153,9 +153,9 @@ def _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy,
 @inlined
 def _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox, c0, cb,
                   acc, lane, kbuf, o):
-    """:func:`_wide_block` for int8 weights: the adds go into the int16 ``lane`` block, flushed
-    into the int32 ``acc`` block before it could take more than LANE_FLUSH unit adds (an event
-    of multiplicity m counts m); an event with m > LANE_FLUSH is added into ``acc`` directly."""
+    """:func:`_wide_block` for int8 weights: a kernel row's spikes (all multiplicities 1) go
+    into the int16 ``lane`` block, flushed into the int32 ``acc`` block before it could take more
+    than LANE_FLUSH adds; a row whose events carry multiplicities adds m * w into ``acc``."""
     pad = k // 2
     x0 = max(ox - pad, 0)
     x1 = min(ox + pad, in_w - 1)
@@ -188,25 +188,15 @@ def _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, o
                         lane[j] = 0
                     used = 0
         else:
-            for e in range(lo, hi):
-                w = weight_rows[idx[e] + off, c0:c0 + cb]
-                m = cnt[e]
-                if m > LANE_FLUSH:  # more than the lanes may ever take: straight to int32
-                    for j in range(cb):
-                        acc[j] += m * w[j]
-                    continue
-                if used + m > LANE_FLUSH:
-                    for j in range(cb):
-                        acc[j] += lane[j]
-                        lane[j] = 0
-                    used = 0
-                if m == 1:
-                    for j in range(cb):
-                        lane[j] += w[j]
-                else:
-                    for j in range(cb):
-                        lane[j] += m * w[j]
-                used += m
+            # a range with multiplicities (the residual stream's integers): each event's m * w
+            # straight into the int32 block, as the int16-weight gather adds; per-event lane
+            # bookkeeping ran ~5x slower than these 32-bit vector multiply-adds
+            for e in range(np.uint64(lo), np.uint64(hi)):
+                w = weight_rows[np.uint64(idx[e] + off), c0:c0 + cb]
+                kbuf[0] = cnt[e]
+                kf = kbuf[0]
+                for j in range(cb):
+                    acc[j] += kf * w[j]
     for j in range(cb):
         o[j] = acc[j] + lane[j]
 
@@ -356,11 +346,11 @@ def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row
     :func:`conv2d_gather` for integer mode (SPEC §6): the same geometry, argument meaning and op
     counting, with int8 or int16 weights, an int32 bias and int32 output, exact (equal to the
     integer convolution computed in int32). int16 weights are added into int32 accumulators.
-    int8 weights are added into int16 lanes (``vpmovsxbw`` + ``vpaddw``: twice the lanes of
-    int32) flushed into the int32 accumulators after at most ``LANE_FLUSH`` (256) unit adds, an
-    event of multiplicity m counting m: 256 x 128 fits an int16, so a lane never overflows; an
-    event with m above 256 is added straight into int32. Ruling out int32 overflow is the
-    caller's (a layer's worst case is checked at load).
+    int8 weights of spikes are added into int16 lanes (``vpmovsxbw`` + ``vpaddw``: twice the
+    lanes of int32) flushed into the int32 accumulators after at most ``LANE_FLUSH`` (256) adds:
+    256 x 128 fits an int16, so a lane never overflows; events with multiplicities m > 1 (a
+    kernel row holding any) add m x the weight into the int32 accumulators. Ruling out int32
+    overflow is the caller's (a layer's worst case is checked at load).
 
     Parameters
     ----------

@@ -64,6 +64,8 @@ class SynapticLIF(SpikingLayer):
         self.neurons.steady = self._bias_period  # the current of every step without input
         self.policy = policy
         self.dense_macs_per_step = rows * k_dim * self.cout
+        self._arith = "float" if self.fixed is None else self.fixed.name
+        self.gather_steps = 0  # event-driven steps that gathered (also counted as sparse steps)
         self._rows_buf = None
         self._gemm_out = None
 
@@ -93,11 +95,44 @@ class SynapticLIF(SpikingLayer):
         np.copyto(out, self._gemm_out, casting="unsafe")
 
     def _dense(self, idx: np.ndarray) -> bool:
-        return self.policy.dense(self.kind, idx.shape[0], self.in_sites)
+        return self.policy.dense(self.kind, idx.shape[0], self.in_sites,
+                                 self._arith if self.can_gather else None)
+
+    # --- the output-stationary gather (kernels.conv2d_gather): a linear layer is a 1x1 conv
+    # over a tokens x 1 grid, so both layer kinds gather through the same kernel
+
+    can_gather = False  # set by layers whose event steps may gather (see _gather_shape)
 
     def _gathers(self, idx) -> bool:
-        """Whether an event step's current is gathered (conv layers that can), not scattered."""
-        return False
+        """Whether an event step's current is gathered, not scattered (the policy's band)."""
+        return (idx.shape[0] > 0 and self.can_gather
+                and self.policy.gather(idx.shape[0], self.in_sites, self._arith))
+
+    def _gather(self, idx, cnt, flat, counters, rows=None) -> None:
+        """The current (bias included) of output rows ``rows`` (default all) into ``flat``."""
+        h, wd, cin, k = self._gather_shape
+        r0, r1 = rows if rows is not None else (0, h)
+        gather = conv2d_gather if self.fixed is None else conv2d_gather_int
+        gather(idx, cnt, h, wd, cin, self.gather_weight, self.bias, k, r0, r1, flat, counters,
+               self.weighted)
+
+    def warm_up(self) -> None:
+        """Load (or compile) the gather kernel for this layer's dtypes: a model's warm-up steps
+        need not fall in the gather's density band, and a first gather mid-stream would stall
+        a window."""
+        if self.can_gather:
+            one = np.zeros(1, np.int32)
+            self._gather(one, one + 1, np.empty(self.current.size, self.current.dtype),
+                         np.zeros(C.N_COUNTERS, np.int64))
+
+    def clear_stats(self) -> None:
+        super().clear_stats()
+        self.gather_steps = 0
+
+    def stats(self) -> dict:
+        out = super().stats()
+        out["gather_steps"] = int(self.gather_steps)  # of the sparse (event-driven) steps
+        return out
 
     def _dense_rows(self, idx, cnt, rows_out) -> None:
         """Fill GEMM input rows for a dense step and count its event ops and dense work."""
@@ -107,17 +142,23 @@ class SynapticLIF(SpikingLayer):
         self.counters[C.DENSE_STEPS] += 1
 
     def _sparse_current(self, idx, cnt, cur, counters=None) -> np.ndarray:
-        """An event-driven step's current into ``cur`` (flat view returned). ``counters``: where
-        its ops go (default the layer's; a worker thread of a parallel run gets its own)."""
+        """An event-driven step's current into ``cur`` (flat view returned): by gather where
+        the policy says so, else by scatter. ``counters``: where its ops go (default the
+        layer's)."""
         if idx.shape[0] == 0:
             return self._quiet_current()
         if counters is None:
             counters = self.counters
         counters[C.INPUT_SITES] += self.in_sites
-        self._fill_bias(cur)
-        self._scatter(idx, cnt, cur.reshape(-1), counters)
+        flat = cur.reshape(-1)
+        if self._gathers(idx):
+            self.gather_steps += 1
+            self._gather(idx, cnt, flat, counters)
+        else:
+            self._fill_bias(cur)
+            self._scatter(idx, cnt, flat, counters)
         counters[C.SPARSE_STEPS] += 1
-        return cur.reshape(-1)
+        return flat
 
     def _quiet_current(self) -> np.ndarray:
         """A sparse step without input events: the current is the bias alone, so neither a
@@ -350,8 +391,7 @@ class SynapticLIF(SpikingLayer):
             c[C.INPUT_SITES] += self.in_sites
             c[C.SPARSE_STEPS] += 1
             c[C.INPUT_EVENTS] += idx.shape[0]
-        if hasattr(self, "gather_steps"):
-            self.gather_steps += sum(gathers)
+        self.gather_steps += sum(gathers)
 
     def emit(self, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         spikes = self.fire(current)
@@ -393,14 +433,13 @@ class Conv2dLIF(SynapticLIF):
         # conv2d_gather_int adds int8 weights in int16 lanes)
         self.gather_weight = (self.gemm_weight if self.fixed is None
                               else np.ascontiguousarray(dense_rows, self.weight_dtype))
-        self._arith = "float" if self.fixed is None else self.fixed.name
         self._padded = np.empty((h + 2 * self.pad, wd + 2 * self.pad, cin), self.gemm_dtype)
         self._geometry = (wd, cin)
         # the output-stationary gather: stride 1, "same" padding, odd square kernel, not the raw
         # event counts of the first layer (their scatter is best: PERF-NOTES.md)
         self.can_gather = (self.stride == 1 and kh == kw and kh % 2 == 1 and self.pad == kh // 2
                            and not self.weighted)
-        self.gather_steps = 0  # steps that took the gather (also counted as sparse steps)
+        self._gather_shape = (h, wd, cin, kh)
         self._taps = (kh, kw, self.stride, self.pad, self.out_h, self.out_w)
         self.pool = pool
         if pool is not None:
@@ -417,33 +456,6 @@ class Conv2dLIF(SynapticLIF):
                        self.counters, self.weighted)
         im2col_padded(self._padded, self.kh, self.kw, self.stride, self.out_h, self.out_w,
                       rows_out)
-
-    def clear_stats(self) -> None:
-        super().clear_stats()
-        self.gather_steps = 0
-
-    def stats(self) -> dict:
-        out = super().stats()
-        out["gather_steps"] = int(self.gather_steps)  # of the sparse (event-driven) steps
-        return out
-
-    def _gathers(self, idx) -> bool:
-        return (idx.shape[0] > 0 and self.can_gather
-                and self.policy.gather(idx.shape[0], self.in_sites, self._arith))
-
-    def _sparse_current(self, idx, cnt, cur, counters=None) -> np.ndarray:
-        """An event-driven step: by gather where the policy says so, else by scatter. With
-        ``counters`` given (a worker of :meth:`run_steps`) the caller counts the gather step."""
-        if not self._gathers(idx):
-            return super()._sparse_current(idx, cnt, cur, counters)
-        if counters is None:
-            counters = self.counters
-            self.gather_steps += 1
-        counters[C.INPUT_SITES] += self.in_sites
-        flat = cur.reshape(-1)
-        self._gather(idx, cnt, flat, counters)
-        counters[C.SPARSE_STEPS] += 1
-        return flat
 
     def _unit_rows(self) -> tuple[int, int]:
         return self.out_h, self.out_w * self.cout
@@ -508,26 +520,6 @@ class Conv2dLIF(SynapticLIF):
             out.append((idx, ones(idx.shape[0])))
         return out
 
-    def _dense(self, idx: np.ndarray) -> bool:
-        return self.policy.dense(self.kind, idx.shape[0], self.in_sites,
-                                 self._arith if self.can_gather else None)
-
-    def _gather(self, idx, cnt, flat, counters, rows=None) -> None:
-        """The current of output rows ``rows`` (default all) into ``flat``, by gather."""
-        r0, r1 = rows if rows is not None else (0, self.out_h)
-        gather = conv2d_gather if self.fixed is None else conv2d_gather_int
-        gather(idx, cnt, self.in_shape[0], *self._geometry, self.gather_weight, self.bias,
-               self.kh, r0, r1, flat, counters, self.weighted)
-
-    def warm_up(self) -> None:
-        """Load (or compile) the gather kernel for this layer's dtypes: a model's warm-up steps
-        need not fall in the gather's density band, and a first gather mid-stream would stall
-        a window."""
-        if self.can_gather:
-            one = np.zeros(1, np.int32)
-            self._gather(one, one + 1, np.empty(self.current.size, self.current.dtype),
-                         np.zeros(C.N_COUNTERS, np.int64))
-
     def _scatter(self, idx, cnt, cur_flat, counters, rows=None) -> None:
         """Add the events' current of output rows ``rows`` (default all) into ``cur_flat``."""
         r0, r1 = rows if rows is not None else (0, self.out_h)
@@ -569,6 +561,13 @@ class LinearLIF(SynapticLIF):
                     gemm_weight=self.weight if self.fixed is None else w.T, dtype=dtype,
                     policy=policy)
         self.out_shape = (tokens, cout)
+        # gathered as a 1x1 conv over a tokens x 1 grid: [Cin, Cout] are its weight rows. At
+        # the block's densities (q, k, v, fc1 take the residual stream at 25-35%, fc2 and proj
+        # spikes at 1-5%) it beat the GEMM and the scatter in every arithmetic, 1.8-17x on one
+        # thread (issue 20's notes)
+        self.can_gather = not self.weighted
+        self.gather_weight = self.weight
+        self._gather_shape = (tokens, 1, cin, 1)
 
     def _gemm_rows(self, idx, cnt, rows_out) -> None:
         scatter_dense(idx, cnt, rows_out.reshape(-1))
@@ -588,7 +587,10 @@ class LinearLIF(SynapticLIF):
         return events
 
     def _band_current(self, idx, cnt, cur, counters, r0, r1, gathers) -> None:
-        """Tokens r0:r1: their events are one slice of the sorted list."""
+        """Tokens r0:r1 (scattered: their events are one slice of the sorted list)."""
+        if gathers:
+            self._gather(idx, cnt, cur, counters, (r0, r1))
+            return
         self._fill_bias(cur)
         a = int(np.searchsorted(idx, r0 * self.cin))
         b = int(np.searchsorted(idx, r1 * self.cin))
@@ -620,6 +622,7 @@ class TasaLinearLIF(LinearLIF):
         super().__init__(params, tokens, dtype=dtype, input_kind=input_kind, policy=policy,
                          multiplicity=multiplicity, window=window)
         dtype = self.dtype
+        self.can_gather = False  # J_t is stored without the bias, which the gather adds
         self.tau_exp, self.taw = tau, taw
         size = self.rows * self.cout
         self._ring = np.zeros((taw, size), dtype)  # J of step t in row t % T_AW
