@@ -54,17 +54,24 @@ def threads():
     set_engine_threads(before)
 
 
-def _stepwise(engine, steps):
+def _stepwise(engine, steps, monkeypatch=None):
+    """The engine step by step; with ``monkeypatch`` every layer on this thread alone (no
+    bands), the reference the bands must equal."""
+    if monkeypatch is not None:
+        monkeypatch.setattr(SynapticLIF, "_band_bounds", lambda self, inputs: None)
     engine.reset()
     for idx, cnt in steps:
         engine.step(np.asarray(idx, np.int32), np.asarray(cnt, np.int32))
+    if monkeypatch is not None:
+        monkeypatch.undo()
     return engine.logits()
 
 
 @pytest.mark.parametrize("attention", ["ssa", "ds2ta", "ssa_bin", "saformer"])
 @pytest.mark.parametrize("dtype", ["float64", "float32", "int16", "int8"])
 @pytest.mark.parametrize("n_threads", [2, 3])
-def test_banded_run_equals_step_by_step(models, samples, threads, attention, dtype, n_threads):
+def test_banded_run_equals_step_by_step(models, samples, threads, attention, dtype, n_threads,
+                                        monkeypatch):
     threads(n_threads)
     engine = Spikformer(models[attention], dtype=dtype, policy=PathPolicy())
     banded = []
@@ -82,7 +89,7 @@ def test_banded_run_equals_step_by_step(models, samples, threads, attention, dty
             fast = engine.run(steps)
             fast_stats = engine.layer_stats()
             engine.clear_stats()
-            slow = _stepwise(engine, steps)
+            slow = _stepwise(engine, steps, monkeypatch)
             slow_stats = engine.layer_stats()
             for row in slow_stats:
                 fired[row["name"]] = fired.get(row["name"], 0) + row["spikes"]
@@ -119,3 +126,33 @@ def test_bands_balance_the_busy_rows(models, samples, threads):
     bounds = first._band_bounds(samples[2])
     assert bounds[0] == 0 and bounds[-1] == first.out_h and len(bounds) == 3
     assert bounds[1] > first.out_h // 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_streaming_steps_run_in_bands_and_equal_one_thread(models, samples, threads, dtype,
+                                                           monkeypatch):
+    """A streaming step with enough work runs in bands (here every step: the threshold set to
+    zero) and gives what the unbanded step gives, spikes and counts included."""
+    import eventformer.layers.synapses as synapses
+
+    threads(2)
+    engine = Spikformer(models["ssa_bin"], dtype=dtype, policy=PathPolicy())
+    steps = samples[1]
+    engine.clear_stats()
+    slow = _stepwise(engine, steps, monkeypatch)
+    slow_stats = engine.layer_stats()
+    banded = []
+    original = SynapticLIF._run_banded
+
+    def spy(self, inputs, bounds):
+        banded.append(len(inputs))
+        return original(self, inputs, bounds)
+
+    monkeypatch.setattr(synapses, "BAND_STEP_MIN_OPS", 0)
+    monkeypatch.setattr(SynapticLIF, "_run_banded", spy)
+    engine.clear_stats()
+    fast = _stepwise(engine, steps)
+    assert banded and set(banded) == {1}
+    assert_every_layer_fires(slow_stats)
+    np.testing.assert_array_equal(fast, slow)
+    assert engine.layer_stats() == slow_stats

@@ -20,6 +20,10 @@ FLOAT32_EXACT = 2**24
 # than this: small GEMMs (64 token rows) run far below the machine's GEMM speed.
 BATCH_ROWS_BELOW = 1024
 
+# A single step (streaming) runs in bands on the engine's threads when it adds about this many
+# values or more: a hand-off to the pool costs some tens of microseconds, ~1M adds take ~50.
+BAND_STEP_MIN_OPS = 1_000_000
+
 
 class SynapticLIF(SpikingLayer):
     """What conv and linear layers share: per step, a current by scatter or by GEMM, then LIF.
@@ -200,7 +204,18 @@ class SynapticLIF(SpikingLayer):
         return cur.reshape(-1)
 
     def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One step (streaming, time-major). A step with enough work runs in bands on the
+        engine's threads, as :meth:`run_steps` does (a window must not wait on one core); a quiet
+        step, or a small one, runs here (the hand-off would cost more than it saves)."""
+        if idx.shape[0] and self._step_work(idx) >= BAND_STEP_MIN_OPS:
+            bounds = self._band_bounds([(idx, cnt)])
+            if bounds is not None:
+                return self._run_banded([(idx, cnt)], bounds)[0]
         return self.emit(self.synapse(idx, cnt))
+
+    def _step_work(self, idx) -> int:
+        """A rough count of a step's adds: its events' weight rows and the LIF's neurons."""
+        return idx.shape[0] * self.cout * self._taps_per_event + self.n_neurons
 
     def run_steps(self, inputs: list) -> list:
         """Many steps of one sample at once (offline): the same per-step results as
@@ -440,6 +455,7 @@ class Conv2dLIF(SynapticLIF):
         self.can_gather = (self.stride == 1 and kh == kw and kh % 2 == 1 and self.pad == kh // 2
                            and not self.weighted)
         self._gather_shape = (h, wd, cin, kh)
+        self._taps_per_event = kh * kw
         self._taps = (kh, kw, self.stride, self.pad, self.out_h, self.out_w)
         self.pool = pool
         if pool is not None:
@@ -568,6 +584,7 @@ class LinearLIF(SynapticLIF):
         self.can_gather = not self.weighted
         self.gather_weight = self.weight
         self._gather_shape = (tokens, 1, cin, 1)
+        self._taps_per_event = 1
 
     def _gemm_rows(self, idx, cnt, rows_out) -> None:
         scatter_dense(idx, cnt, rows_out.reshape(-1))
