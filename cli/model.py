@@ -12,7 +12,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from .common import SplitBy, check_writable, err
+from .common import SplitBy, check_writable, err, resolve_weights
 from .errors import fail, user_errors
 
 
@@ -197,8 +197,22 @@ def _inspect_snn(model_path: Path, m, as_json: bool) -> None:
     for r in rows:
         if r.get("neuron"):
             err.print(f"    {r['name']}: {r['neuron']['discretisation']}", markup=False)
-    if m.provenance:
-        err.print("  provenance: " + ", ".join(f"{k}={v}" for k, v in m.provenance.items()))
+    print_provenance(m.provenance)
+
+
+def print_provenance(provenance: dict) -> None:
+    """The provenance as an aligned key/value block, nested records summarised (``--json`` has
+    all of it)."""
+    from eventformer.modelfile.provenance import summary_rows
+
+    if not provenance:
+        err.print("  provenance: none recorded")
+        return
+    rows = summary_rows(provenance)
+    width = max(len(k) for k, _ in rows)
+    err.print("  provenance (--json for all of it):")
+    for key, value in rows:
+        err.print(f"    {key.ljust(width)}  {value}", markup=False, highlight=False)
 
 
 def _neuron_kind(n) -> str:
@@ -216,12 +230,17 @@ def _neuron_kind(n) -> str:
 
 @user_errors
 def inspect(
-    model_path: Path = typer.Argument(..., metavar="MODEL.h5", help="Model file to describe."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable on stdout."),
+    model_path: Path = typer.Argument(
+        ..., metavar="MODEL.h5|NAME",
+        help="Model file to describe, or a shipped model's name: ssa, ds2ta, ssa_bin, saformer "
+             "(an existing path wins)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable on stdout (the whole "
+                                                     "provenance included)."),
 ):
     """Print a model file's architecture, parameter count, neuron parameters and provenance."""
     from eventformer.modelfile import attention_summary, layer_specs, load
 
+    model_path = resolve_weights(model_path)
     m = load(model_path)
     if m.architecture == "snn":
         _inspect_snn(model_path, m, as_json)
@@ -258,8 +277,7 @@ def inspect(
         t.add_row(row["name"], row["kind"], "x".join(map(str, row["weight"] or [])) or "-",
                   f"{row['tau']:g}", f"{row['theta']:g}", row["reset"])
     err.print(t)
-    if m.provenance:
-        err.print("  provenance: " + ", ".join(f"{k}={v}" for k, v in m.provenance.items()))
+    print_provenance(m.provenance)
 
 
 def describe_found(att: dict) -> str:

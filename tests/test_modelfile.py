@@ -3,6 +3,8 @@ one model-file builder that export, the trainer and the random benchmark models 
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -269,3 +271,88 @@ def test_trainer_export_goes_through_the_builder():
     with pytest.raises(CheckpointError, match="trainer parameters: block.0.mlp.fc2_conv.weight "
                                               "holds NaN"):
         to_model_file(params, state, SMALL)
+
+
+def test_provenance_keeps_names_not_absolute_paths():
+    from eventformer.modelfile.provenance import absolute_paths, portable
+
+    record = {"data": "/root/.cache/eventformer/synthetic-dvs-gesture-v1-seed0",
+              "command": "eventformer train --lr 3e-3 -o /tmp/run/m.h5 --data-dir=/srv/dvs",
+              "windows": "C:\\Users\\me\\ckpt.pth", "home": "~/models/m.h5",
+              "kept": ["weights/m.h5", "x // f", "https://example.org/a/b", 1.5, None]}
+    assert portable(record) == {
+        "data": "synthetic-dvs-gesture-v1-seed0",
+        "command": "eventformer train --lr 3e-3 -o m.h5 --data-dir=dvs",
+        "windows": "ckpt.pth", "home": "m.h5",
+        "kept": ["weights/m.h5", "x // f", "https://example.org/a/b", 1.5, None]}
+    assert absolute_paths(portable(record)) == []
+    assert len(absolute_paths(record)) == 5
+
+
+def test_writers_store_no_absolute_paths(tmp_path, tiny_ckpt):
+    """The trainer's metadata goes through the builder, the file through save: neither keeps
+    the writing machine's paths; checkpoint export names the checkpoint by its file name."""
+    from eventformer.modelfile.provenance import absolute_paths
+    from eventformer.train.export import to_model_file
+
+    t = _tensors(SMALL)
+    state = {k: v for k, v in t.items() if "running" in k or "num_batches" in k}
+    params = {k: v for k, v in t.items() if k not in state}
+    meta = {"data": {"data": str(tmp_path / "cache" / "train-set")},
+            "command": f"eventformer train -o {tmp_path / 'm.h5'}"}
+    m = to_model_file(params, state, SMALL, meta)
+    assert m.provenance["training"] == {"data": {"data": "train-set"},
+                                        "command": "eventformer train -o m.h5"}
+    m.provenance["later"] = str(tmp_path / "added" / "after-building")  # save cuts it too
+    save(tmp_path / "m.h5", m)
+    assert load(tmp_path / "m.h5").provenance["later"] == "after-building"
+    assert str(tmp_path).encode() not in (tmp_path / "m.h5").read_bytes()
+
+    path, _ = tiny_ckpt
+    exported, _ = export_checkpoint(path.resolve(), heads=4, image_size=32)
+    save(tmp_path / "e.h5", exported)
+    prov = load(tmp_path / "e.h5").provenance
+    assert prov["source_checkpoint"] == "tiny.pth" and absolute_paths(prov) == []
+
+
+def test_shipped_model_files_hold_no_absolute_paths():
+    from eventformer.modelfile.provenance import absolute_paths
+    from eventformer.weights import installed_models
+
+    installed = installed_models()
+    if not installed:
+        pytest.skip("no shipped model installed")
+    for name, path in installed.items():
+        prov = load(path).provenance
+        assert prov and absolute_paths(prov) == [], (name, absolute_paths(prov))
+        raw = path.read_bytes()  # nor left in HDF5's free space
+        assert not any(s in raw for s in (b"/root/", b"/tmp/", b"/home/", b"/Users/")), name
+
+
+def test_inspect_takes_shipped_names_and_tells_provenance_in_rows():
+    from typer.testing import CliRunner
+
+    from eventformer.weights import installed_models, shipped_model_path
+    from eventformer_cli.main import app
+
+    if "ds2ta" not in installed_models():
+        pytest.skip("the shipped ds2ta is not installed")
+    runner = CliRunner()
+    r = runner.invoke(app, ["inspect", "ds2ta"])
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("provenance"))
+    rows = [line for line in lines[start + 1:] if line.startswith("    ")]
+    assert 5 < len(rows) < 30 and not any("{'" in line for line in rows), rows
+    values = [line[4:].split("  ", 1)[0].strip() for line in rows]
+    assert "training.history" in values and "training.epochs" in values
+    column = {len(line) - len(line[4:].split("  ", 1)[1].lstrip()) for line in rows
+              if "  " in line[4:]}
+    assert len(column) == 1, "the values start in one column"
+    history = next(line for line in rows if "training.history" in line)
+    assert "40 entries (epoch, " in history
+    j = runner.invoke(app, ["inspect", "ds2ta", "--json"])
+    assert j.exit_code == 0
+    assert json.loads(j.stdout)["provenance"] == load(shipped_model_path("ds2ta")).provenance
+    r = runner.invoke(app, ["inspect", "nosuch"])
+    assert r.exit_code == 2 and "nor a shipped model's name" in r.stderr

@@ -28,6 +28,7 @@ from .build import (
     is_ignored_key,
 )
 from .format import ModelFile
+from .reading import file_kind
 from .schema import ATTENTION_NAMES, check_config
 
 __all__ = ["BN_EPS", "ExportReport", "export_checkpoint", "fold_batchnorm", "infer_config",
@@ -51,6 +52,9 @@ class ExportReport:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Load a state_dict (possibly wrapped as {'model': ...} or {'state_dict': ...}) as float64."""
     path = str(path)
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would make torch.load wait
+        raise CheckpointError(f"{path}: is {file_kind(os.stat(path).st_mode)}, not a "
+                              "checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

@@ -262,11 +262,18 @@ def _group(parent, key: str, path: str, missing: str | None = None):
 def _read_layer(g, spec: LayerSpec, path: str) -> LayerParams:
     """One spiking layer: its folded synapse (shapes checked against the configuration before
     reading) and its neuron's parameters; stride and padding are the architecture's."""
+    name = where(g)
+    attrs = {key: g.attrs[key] for key in g.attrs}
+
     def a(key, default=None, required=True):
-        return attr(g, key, path, default, required=required)
+        if key not in attrs:
+            if required:
+                raise ModelFileError(f"{path}: {name} lacks the attribute {key!r}")
+            return default
+        return attrs[key]
 
     def what(key):
-        return f"{where(g)} attribute {key}"
+        return f"{name} attribute {key}"
 
     weight = bias = None
     if spec.weight_shape is not None:

@@ -84,6 +84,8 @@ def needs_nir():
 
 def is_nir_file(path) -> bool:
     """Whether ``path`` is an HDF5 file laid out as NIR writes it (a top-level 'node' group)."""
+    if not os.path.isfile(path):  # a FIFO would block HDF5's open; the caller names the problem
+        return False
     try:
         import h5py
 

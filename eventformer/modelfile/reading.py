@@ -32,11 +32,16 @@ def check_model_path(path: str) -> None:
         raise ModelFileError(f"{path}: no such model file") from None
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(mode):
-        raise ModelFileError(f"{path}: is a directory, not a model file")
     if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
-        raise ModelFileError(f"{path}: is {kind}, not a model file (give a regular .h5 file)")
+        hint = "" if stat.S_ISDIR(mode) else " (give a regular .h5 file)"
+        raise ModelFileError(f"{path}: is {file_kind(mode)}, not a model file{hint}")
+
+
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for a sentence ("is a FIFO (named pipe)")."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
 
 
 def hdf5_damage(exc: BaseException, path: str) -> ModelFileError | None:
