@@ -35,7 +35,10 @@ def convert(
                                        show_default="no scaling"),
     sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
                                               help="Sensor size for formats whose header has "
-                                                   "none (needed by --center-crop and --size)."),
+                                                   "none (used by --center-crop and --size).",
+                                              show_default="the header's; else the smallest "
+                                                           "well-known sensor holding every "
+                                                           "event, said"),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ):
     """Convert an event recording to .npy or eventformer's HDF5 event file, exactly.

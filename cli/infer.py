@@ -78,7 +78,10 @@ def infer(
         None, "--pj-mac", help=ENERGY_HELP.format(op="multiply-accumulate", f=4.6, i16=3.2,
                                                   i8=0.3), show_default="by --dtype"),
     sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
-                                              help=SENSOR_SIZE_HELP),
+                                              help=SENSOR_SIZE_HELP,
+                                              show_default="the header's; else the smallest "
+                                                           "well-known sensor holding every "
+                                                           "event, said"),
     crop: Optional[str] = typer.Option(None, "--crop", metavar="X,Y,W,H", help=CROP_HELP),
     center_crop: bool = typer.Option(False, "--center-crop", help=CENTER_CROP_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file (or sample, "

@@ -717,3 +717,48 @@ def test_prophesee_stream_waits_for_the_header_that_names_the_encoding(tmp_path)
             f.write(header[27:] + bytes.fromhex("0080") + bytes.fromhex("0000"))
         stream.read()
         assert stream.format == "evt3"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sensor sizes in headers: implausible ones refused, indirect ones (plugin_name) kept as a hint
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, data", [
+    ("g.raw", lambda: evt2_file([cd(1, 0, 1, 1)], header="% evt 2.0\n% geometry 1048576x1048576\n")),
+    ("f.raw", lambda: evt3_file([addr_y(1), addr_x(2, 1)],
+                                header="% format EVT3;height=1048576;width=1048576\n% end\n")),
+    ("w.dat", lambda: dat_file([(1, 2, 3, 1)], header="% Data file containing Event2D events.\n"
+                                                      "% Width 1048576\n% Height 480\n")),
+])
+def test_an_implausible_header_sensor_size_is_one_sentence(tmp_path: Path, name: str, data) -> None:
+    path = write(tmp_path, name, data())
+    for read in (read_events, lambda p: read_events(p, until_us=1000)):
+        with pytest.raises(EventFileError) as caught:
+            read(path)
+        assert str(caught.value).startswith(f"{path}: its header: a ")
+        assert "sensor is implausible (event coordinates are 16-bit, so no side can exceed 32768)" in str(caught.value)
+
+
+def test_the_largest_representable_sensor_is_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.raw", evt2_file([cd(1, 0, 1, 1)], header="% evt 2.0\n% geometry 32768x32768\n"))
+    assert read_events(path).sensor_size == (32768, 32768)
+
+
+@pytest.mark.parametrize("plugin, size", [("hal_plugin_gen3_fx3", (640, 480)),
+                                          ("hal_plugin_gen41_evk3", (1280, 720)),
+                                          ("hal_plugin_imx636_evk4", (1280, 720)),
+                                          ("hal_plugin_genx320", (320, 320)),
+                                          ("hal_plugin_something_else", None)])
+def test_a_prophesee_plugin_name_is_a_sensor_hint_not_a_header_size(tmp_path: Path, plugin, size) -> None:
+    header = f"% plugin_name {plugin}\n% evt 2.0\n"
+    rec = read_events(write(tmp_path, "p.raw", evt2_file([cd(1, 0, 1, 1)], header=header)))
+    assert rec.sensor_size is None  # only geometry lines are the header's size
+    assert (rec.sensor_hint[0].size if rec.sensor_hint else None) == size
+    if size:
+        assert rec.sensor_hint[1] == f"the header's plugin_name {plugin}"
+
+
+def test_real_prophesee_samples_name_their_sensor_by_plugin() -> None:
+    assert read_events(need_formats("evt2_sample.raw")).sensor_hint[0].size == (640, 480)
+    assert read_events(need_formats("evt3_sample.raw"), until_us=1000).sensor_hint[0].size == (1280, 720)

@@ -445,3 +445,130 @@ def test_mutated_npy_and_npz_never_escape_as_raw_exceptions(source: bytes, data:
         mutated[position] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(mutated)))
     _read_bytes_as_file(bytes(mutated[:cut] if data.draw(st.booleans()) else mutated))
+
+
+# --------------------------------------------------------------------------------------------------
+# Headerless content that is not events (bs2 has no magic number)
+# --------------------------------------------------------------------------------------------------
+
+
+def bs2_bytes(events: np.ndarray) -> bytes:
+    t = events["t"].astype(np.int64)
+    records = np.stack([events["x"], events["y"], (events["p"] << 7) | (t >> 16), (t >> 8) & 0xFF, t & 0xFF],
+                       axis=1).astype(np.uint8)
+    return records.tobytes()
+
+
+def bs2_events(n: int, seed: int = 0, t_span: int = 1 << 23) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    events = np.zeros(n, dtype=EVENT_DTYPE)
+    events["t"] = np.sort(rng.integers(0, t_span, n))
+    events["x"], events["y"] = rng.integers(0, 128, n), rng.integers(0, 128, n)
+    events["p"] = rng.integers(0, 2, n)
+    return events
+
+
+def test_random_bytes_named_bs2_are_refused_as_not_events(tmp_path: Path) -> None:
+    path = tmp_path / "noise.bs2"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8).tobytes())
+    for read in (read_events, lambda p: read_events(p, until_us=1_450_000)):
+        with pytest.raises(EventFileError) as caught:
+            read(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: does not look like bs2 events: timestamps go backwards at ")
+        assert "(a headerless file is refused above 10%)" in message and "\n" not in message
+
+
+def test_noise_is_refused_while_a_growing_bs2_file_is_fed_in_pieces() -> None:
+    from eventformer.events.formats import Bs2Decoder
+
+    noise = np.random.default_rng(2).integers(0, 256, 5 * 3000, dtype=np.uint8).tobytes()
+    decoder = Bs2Decoder("live.bs2")
+    fed = 0
+    with pytest.raises(EventFileError, match="does not look like bs2 events"):
+        for start in range(0, len(noise), 777):
+            fed += len(noise[start:start + 777])
+            decoder.feed(noise[start:start + 777])
+    # judged as soon as 1000 successive timestamps were seen, not only when the file is finished
+    assert 5 * 1000 <= fed < 5 * 1000 + 777
+
+
+def test_a_few_backwards_timestamps_are_kept_with_a_warning(tmp_path: Path) -> None:
+    events = bs2_events(5000)
+    swap = np.arange(10, 5000, 40)  # 2.5% of successive pairs go backwards: a merged stream, not noise
+    events["t"][swap], events["t"][swap + 1] = events["t"][swap + 1], events["t"][swap].copy()
+    events["t"][swap] += 1  # a strict step back where equal timestamps were swapped
+    path = tmp_path / "merged.bs2"
+    path.write_bytes(bs2_bytes(events))
+    rec = read_events(path)
+    assert len(rec.events) == 5000 and any("backwards" in w for w in rec.warnings)
+
+
+def test_every_real_recording_still_reads() -> None:
+    files = sorted(p for p in real_file().rglob("*") if p.suffix in (".bs2", ".bin", ".raw", ".dat", ".npy",
+                                                                    ".aedat", ".aedat4"))
+    assert len(files) >= 12
+    for path in files:
+        if path.suffix == ".aedat4":
+            pytest.importorskip("aedat")
+        read_events(path)  # none is refused by the plausibility rule
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading only the start of a recording (infer's clip), in bounded memory
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dvs-gesture/3.bs2", "formats/evt2_sample.raw", "formats/evt3_sample.raw",
+                                  "formats/davis240c_imu.aedat", "formats/evt3_sample.npy"])
+@pytest.mark.parametrize("until_us", [1, 4000, 1_450_000, 10**12])
+def test_read_start_is_the_clip_of_the_whole_recording(name: str, until_us: int) -> None:
+    from eventformer.events.framing import clip_events
+    from eventformer.events.readers import read_start
+
+    path = real_file(*name.split("/"))
+    whole = read_events(path)
+    expected = clip_events(whole.events, until_us)
+    for chunk_bytes in (997, 1 << 16, None):
+        start = read_start(path, until_us, chunk_bytes=chunk_bytes)
+        np.testing.assert_array_equal(start.events, expected)
+        assert start.complete == (len(expected) == len(whole.events))
+        assert start.sensor_size == whole.sensor_size and start.format == whole.format
+
+
+def test_read_start_of_a_large_file_stops_after_the_clip(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from eventformer.events.readers import read_start
+
+    n = 4_000_000  # a 20 MB bs2 recording over 8 s; the clip below holds ~1/80 of it
+    events = bs2_events(n, seed=5)
+    path = tmp_path / "long.bs2"
+    path.write_bytes(bs2_bytes(events))
+    del events
+    decoded_whole = n * EVENT_DTYPE.itemsize  # 52 MB: what reading it all would at least hold
+    tracemalloc.start()
+    try:
+        start = read_start(path, 100_000, chunk_bytes=1 << 18)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not start.complete
+    t = start.events["t"]
+    assert len(t) and int(t.max()) < int(t[0]) + 100_000
+    assert peak < decoded_whole / 10, f"peak {peak / 1e6:.1f} MB while reading a 100 ms clip"
+
+
+def test_infer_classifies_the_clip_it_reads() -> None:
+    from eventformer.inference import classify, classify_file
+    from eventformer.modelfile import load
+    from eventformer.models import engine_for
+    from eventformer.weights import shipped_model_path
+
+    engine = engine_for(load(shipped_model_path("ssa")), dtype="float64")
+    path = real_file("formats", "davis240c_imu.aedat")  # 2.07 s, longer than the model's 1.45 s clip
+    bounded = classify_file(engine, str(path))
+    whole = classify(engine, read_events(path))
+    np.testing.assert_array_equal(bounded.logits, whole.logits)
+    assert bounded.ops == whole.ops and bounded.spatial == whole.spatial
+    assert bounded.events == len(read_events(path, until_us=engine.config.clip_us).events) < whole.events

@@ -360,3 +360,86 @@ def test_run_stream_applies_the_transform(tiny_engine) -> None:
     # a header size the events exceed stops the stream with one sentence
     with pytest.raises(EventformerError, match="cam.raw: .* outside the 320x240 sensor named in the file's header"):
         run_stream(tiny_engine, _Source(events, (320, 240)), WindowSpec(window_events=1000))
+
+
+# --------------------------------------------------------------------------------------------------
+# Files without a sensor size: a well-known sensor is assumed, and said
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_smallest_well_known_sensor_holding_every_event_is_assumed() -> None:
+    from eventformer.events.sensors import assume_sensor
+
+    assert assume_sensor("a.bs2", "bs2", 127, 127).size == (128, 128)
+    assert assume_sensor("a.bs2", "bs2", 33, 33).size == (34, 34)
+    assert assume_sensor("a.bs2", "bs2", 128, 0).size == (304, 240)  # one pixel beyond the DVS128
+    assert assume_sensor("a.raw", "evt2", 599, 475).size == (640, 480)
+    assert assume_sensor("a.raw", "evt3", 1279, 719).size == (1280, 720)
+    assert assume_sensor("a.npy", "npy", 345, 259).size == (346, 260)
+    said = assume_sensor("a.bs2", "bs2", 127, 100)
+    assert said.sentence == ("the file records no sensor size; assumed 128x128 (DVS128, the smallest well-known "
+                             "sensor holding every event: x up to 127, y up to 100); give --sensor-size WxH if "
+                             "that is wrong")
+    for fmt, x, y in (("bs2", 400, 0), ("evt3", 1280, 0), ("npy", 0, 720)):
+        with pytest.raises(EventformerError, match=f"reach x={x}, y={y}, beyond every well-known {fmt} sensor"):
+            assume_sensor("a", fmt, x, y)
+
+
+def test_a_header_hint_wins_only_while_it_holds_every_event() -> None:
+    from eventformer.events.sensors import assume_sensor, plugin_sensor
+
+    imx = plugin_sensor("hal_plugin_gen41_evk3")
+    assert assume_sensor("a.raw", "evt3", 10, 10, imx, "plugin").size == (1280, 720)  # not the smallest
+    assert "by plugin" in assume_sensor("a.raw", "evt3", 10, 10, imx, "plugin").sentence
+    vga = plugin_sensor("hal_plugin_gen3_fx3")
+    assert assume_sensor("a.raw", "evt2", 1000, 10, vga, "plugin").size == (1280, 720)  # the hint cannot be
+
+
+def test_classify_assumes_the_dvs128_for_a_bs2_recording_and_says_so(tiny_engine) -> None:
+    from eventformer.inference import classify
+
+    events = make_events(3000, 128, 128)
+    assumed = classify(tiny_engine, Recording(path="g.bs2", format="bs2", events=events), steps=4)
+    given = classify(tiny_engine, Recording(path="g.bs2", format="bs2", events=events), steps=4,
+                     sensor_size=(128, 128))
+    np.testing.assert_array_equal(assumed.logits, given.logits)
+    assert given.spatial == "downsample by 4 (x // 4) to 32x32"
+    assert assumed.spatial == ("downsample by 4 (x // 4) to 32x32; sensor 128x128 assumed (DVS128, the smallest "
+                               "well-known sensor holding every event)")
+    assert assumed.to_json()["spatial"] == assumed.spatial
+    assert assumed.warnings == ["g.bs2: the file records no sensor size; assumed 128x128 (DVS128, the smallest "
+                                "well-known sensor holding every event: x up to 127, y up to 127); give "
+                                "--sensor-size WxH if that is wrong"]
+    assert given.warnings == []
+
+
+def test_nothing_is_assumed_where_the_events_fit_the_input_or_a_crop_names_the_region(tiny_engine) -> None:
+    from eventformer.inference import classify
+
+    small = classify(tiny_engine, Recording(path="s.npy", format="npy", events=make_events(500, 32, 32)), steps=4)
+    assert small.spatial == "events as they are (sensor size unknown)" and small.warnings == []
+    cropped = classify(tiny_engine, Recording(path="c.bs2", format="bs2", events=make_events(500, 128, 128)),
+                       steps=4, transform=SpatialTransform(crop=(0, 0, 64, 64)))
+    assert "assumed" not in cropped.spatial and cropped.warnings == []
+    centred = classify(tiny_engine, Recording(path="c.npy", format="npy", events=make_events(500, 346, 200)),
+                       steps=4, transform=SpatialTransform(center_crop=True))  # the centre of a DAVIS346
+    assert centred.spatial.startswith("center crop 260x260 at (43,0)") and "sensor 346x260 assumed" in centred.spatial
+
+
+def test_events_beyond_every_well_known_sensor_ask_for_a_sensor_size(tiny_engine) -> None:
+    from eventformer.inference import classify
+
+    events = make_events(500, 128, 128)
+    events["x"][9] = 3000
+    with pytest.raises(EventformerError, match="give the sensor size with --sensor-size WxH"):
+        classify(tiny_engine, Recording(path="w.bs2", format="bs2", events=events), steps=4)
+
+
+@pytest.mark.parametrize("sensor", [(1 << 20, 1 << 20), (32769, 128), (128, 40000)])
+def test_an_implausible_sensor_size_is_one_sentence(sensor) -> None:
+    with pytest.raises(EventformerError, match=f"a {sensor[0]}x{sensor[1]} sensor is implausible"):
+        SpatialTransform().plan(sensor, 32, name="x.bs2")
+    plan = SpatialTransform(center_crop=True).plan((32768, 32768), 32, name="x.bs2")
+    assert plan.describe() == "center crop 32768x32768 at (0,0), downsample by 1024 (x // 1024) to 32x32"
+    events = make_events(100, 32768, 32768)
+    assert int(plan.apply(events)["x"].max()) == 31

@@ -83,11 +83,13 @@ class EventFileWriter:
             raise EventFileError(f"{self.path}: cannot be written ({_first_line(exc)})") from None
         try:
             f = self._file
-            f.attrs["format"] = FORMAT_NAME
+            # fixed-length strings: a variable-length one lives in a global heap, which libhdf5
+            # reads in an endless loop when one byte of it is damaged
+            _fixed_text(f, "format", FORMAT_NAME)
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["width"] = int(width or 0)
             f.attrs["height"] = int(height or 0)
-            f.attrs["source"] = str(source)
+            _fixed_text(f, "source", str(source))
             group = f.create_group("events")
             self._fields = {name: group.create_dataset(name, shape=(0,), maxshape=(None,),
                                                        dtype=dtype, chunks=(chunk_events,))
@@ -136,6 +138,12 @@ class EventFileWriter:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _fixed_text(f, name: str, text: str) -> None:
+    h5py = _h5py()
+    data = text.encode("utf-8")
+    f.attrs.create(name, np.bytes_(data), dtype=h5py.string_dtype("utf-8", max(1, len(data))))
 
 
 def write_events_h5(path: str | os.PathLike[str], events: np.ndarray, width: int | None = None,

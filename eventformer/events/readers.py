@@ -574,8 +574,8 @@ def decode_file(reader: EventReader, path: str | os.PathLike[str],
                      warnings=warnings, sensor_hint=decoder.sensor_hint)
 
 
-def read_start(path: str | os.PathLike[str], until_us: int,
-               format: str | None = None) -> Recording:
+def read_start(path: str | os.PathLike[str], until_us: int, format: str | None = None, *,
+               chunk_bytes: int | None = None) -> Recording:
     """The events of a recording from its first one up to, not including, the first event at or
     after ``t0 + until_us`` (t0: the first event's time), decoded a chunk at a time; reading stops
     there, so memory holds about ``until_us`` of events and one chunk whatever the file's size.
@@ -583,6 +583,7 @@ def read_start(path: str | os.PathLike[str], until_us: int,
     On a recording in time order these are exactly the events of ``[t0, t0 + until_us)``
     (`eventformer.events.framing.clip_events` of the whole file). ``complete`` on the result
     says whether the file was read to its end (then torn-record warnings are known too).
+    ``chunk_bytes`` defaults to `CHUNK_BYTES`, looked up at call time.
     """
     if until_us <= 0:
         raise ValueError(f"until_us must be positive, got {until_us}")
@@ -593,7 +594,7 @@ def read_start(path: str | os.PathLike[str], until_us: int,
         end_us: int | None = None
         while True:
             before = stream.offset
-            events = stream.read()
+            events = stream.read(chunk_bytes or CHUNK_BYTES)
             if len(events):
                 if end_us is None:
                     end_us = int(events["t"][0]) + int(until_us)

@@ -216,6 +216,12 @@ class H5EventSource(IncrementalSource):
                                  f"one ({_first_line(exc)})") from None
         try:
             self._check(f)
+        except EventFileError:
+            f.close()
+            raise
+        except Exception as exc:  # a damaged object header or link surfaces as KeyError, OSError...
+            f.close()
+            raise self._damaged(exc) from None
         except BaseException:
             f.close()
             raise
@@ -292,8 +298,20 @@ class H5EventSource(IncrementalSource):
                 raise EventFileError(f"{path}: 'events/{_COUNT}' must be a scalar integer dataset")
             self._count = count
 
+    def _damaged(self, exc: BaseException) -> EventFileError:
+        return EventFileError(f"{self.path}: an eventformer event file whose HDF5 structure is damaged "
+                              f"({_first_line(exc)})")
+
     def _refresh(self) -> int:
         """Re-read the committed count (then the fields' lengths) as the writer left them now."""
+        try:
+            return self._refresh_counts()
+        except EventFileError:
+            raise
+        except Exception as exc:
+            raise self._damaged(exc) from None
+
+    def _refresh_counts(self) -> int:
         if self._count is not None:
             if self._swmr:
                 self._count.refresh()
