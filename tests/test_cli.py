@@ -194,19 +194,21 @@ def test_golden_acceptance_end_to_end(tmp_path, official):
 
 
 def test_larger_sensor_is_downsampled_to_the_model_input(tiny_model, tmp_path):
-    """tiny_model takes 32x32: a 128x128 recording needs its sensor size (no header in npy)."""
+    """tiny_model takes 32x32: a 128x128 recording without a header (npy) is taken as the DVS128's,
+    said, or as --sensor-size says."""
     rng = np.random.default_rng(4)
     ev = np.zeros(2000, dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
     ev["t"] = np.sort(rng.integers(0, 10**6, 2000))
     ev["x"], ev["y"] = rng.integers(0, 128, 2000), rng.integers(0, 128, 2000)
     ev["p"] = rng.integers(0, 2, 2000)
     write_npy(tmp_path / "dvs.npy", ev)
-    line = one_error_line(runner.invoke(app, ["infer", str(tmp_path / "dvs.npy"), "-w",
-                                              str(tiny_model)]))
-    assert "--sensor-size" in line
+    assumed = runner.invoke(app, ["infer", str(tmp_path / "dvs.npy"), "-w", str(tiny_model), "--json"])
+    assert assumed.exit_code == 0, assumed.output
+    assert "assumed 128x128 (DVS128" in assumed.stderr
     r = runner.invoke(app, ["infer", str(tmp_path / "dvs.npy"), "-w", str(tiny_model),
                             "--sensor-size", "128x128", "--json"])
     assert r.exit_code == 0, r.output
+    assert json.loads(assumed.stdout)["logits"] == json.loads(r.stdout)["logits"]
     # the same events divided by 4 give the same answer, on a model that fires in every layer
     small = ev.copy()
     small["x"] //= 4
