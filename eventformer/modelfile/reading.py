@@ -135,7 +135,7 @@ def float_dataset(group, key: str, path: str, shape: tuple[int, ...] | None = No
 
     what = where(group, key)
     if key not in group:
-        raise ModelFileError(f"{path}: {what} is missing")
+        raise ModelFileError(f"{path}: {where(group)} has no {key}")
     ds = group[key]
     if not isinstance(ds, h5py.Dataset):
         raise ModelFileError(f"{path}: {what} is a group, expected a dataset")
@@ -162,7 +162,7 @@ def int_dataset(group, key: str, path: str, shape: tuple[int, ...]) -> np.ndarra
 
     what = where(group, key)
     if key not in group:
-        raise ModelFileError(f"{path}: {what} is missing")
+        raise ModelFileError(f"{path}: {where(group)} has no {key}")
     ds = group[key]
     if not isinstance(ds, h5py.Dataset):
         raise ModelFileError(f"{path}: {what} is a group, expected a dataset")

@@ -183,10 +183,12 @@ def attention_problem(config: SpikformerConfig, operator: str, params: dict
     p = {k: np.asarray(v) for k, v in params.items()}
     if operator == "ds2ta":
         if np.any(p["tau"] < 0) or np.any(p["tau"] > MAX_DECAY_EXPONENT):
-            return "tau", (f"holds {p['tau'].tolist()}, expected decay exponents from 0 to "
-                           f"{MAX_DECAY_EXPONENT}")
-        if not 1 <= int(p["taw"]) <= MAX_TAW:
-            return "taw", f"is {int(p['taw'])}, expected a window T_AW from 1 to {MAX_TAW}"
+            return "tau", (f"holds {p['tau'].tolist()}, expected non-negative decay exponents "
+                           f"(at most {MAX_DECAY_EXPONENT})")
+        if int(p["taw"]) < 1:
+            return "taw", f"is {int(p['taw'])}, expected a window T_AW >= 1"
+        if int(p["taw"]) > MAX_TAW:
+            return "taw", f"is {int(p['taw'])}, expected a window T_AW of at most {MAX_TAW}"
         bad = np.flatnonzero(p["nsad_table"][:, 0] != 0)
         if bad.size:
             h = int(bad[0])
