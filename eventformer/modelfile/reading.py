@@ -18,6 +18,10 @@ import numpy as np
 
 from ..errors import ModelFileError
 
+# No trained network has weights or neuron parameters this large; sums of a layer's inputs
+# (up to ~1e6 synapses, event counts up to ~1e3) stay well inside float32 below it.
+MAX_MAGNITUDE = 1e20
+
 # kinds of special files, as ``ls -l`` would tell them
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -153,6 +157,10 @@ def float_dataset(group, key: str, path: str, shape: tuple[int, ...] | None = No
     arr = np.asarray(ds[()])
     if not np.all(np.isfinite(arr)):
         raise ModelFileError(f"{path}: {what} holds NaN or infinite values")
+    if arr.size and np.max(np.abs(arr)) > MAX_MAGNITUDE:
+        raise ModelFileError(f"{path}: {what} holds values as large as "
+                             f"{float(np.max(np.abs(arr))):.3g}, beyond any trained network "
+                             f"(at most {MAX_MAGNITUDE:.0e})")
     return arr
 
 
