@@ -304,6 +304,35 @@ def describe_gap(record: dict) -> str:
             f"t {record['t_start_us'] / 1e6:.3f} s: {g['windows']:,} empty windows skipped ({how})")
 
 
+def _stream_plan(source, first: np.ndarray, size: int, sensor_size, transform):
+    """The spatial plan of a stream, made on its first window: the header's sensor size, else
+    ``sensor_size`` (--sensor-size); where neither is known and the first window's events need
+    one (beyond the model's input), the well-known sensor that holds them, said in a warning of
+    the source (`eventformer.events.sensors.assume_sensor`). A later event beyond it is an
+    error naming --sensor-size, never dropped."""
+    from .events.sensors import assume_sensor, extent
+
+    transform = transform or SpatialTransform()
+    name = getattr(source, "path", "stream")
+    header = getattr(source, "sensor_size", None)
+    sensor = header or sensor_size
+    assumed = None
+    if sensor is None:
+        max_x, max_y = extent(first)
+        if transform.needs_sensor(size, max_x, max_y):
+            stream = getattr(source, "stream", None)
+            decoder = getattr(stream, "decoder", None)
+            hint, why = getattr(decoder, "sensor_hint", None) or (None, "")
+            fmt = getattr(stream, "format", None) or "*"
+            assumed = assume_sensor(name, fmt, max_x, max_y, hint, why)
+            sensor = assumed.size
+            notes = getattr(source, "notes", None)
+            if notes is not None:
+                notes.append(f"{assumed.sentence} (from the first window's events)")
+    return transform.plan(sensor, size, name=name, from_header=header is not None,
+                          assumption=assumed.phrase if assumed else "")
+
+
 def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
                follow: bool = False, realtime: bool = False, idle_timeout: float = 5.0,
                poll_s: float = 0.05, energy: EnergyTable | None = None,
@@ -334,10 +363,7 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     def process(t_start, t_end, chunk):
         nonlocal plan
         if plan is None:  # the header (if any) has been read by now
-            header = getattr(source, "sensor_size", None)
-            plan = (transform or SpatialTransform()).plan(
-                header or sensor_size, size, name=getattr(source, "path", "stream"),
-                from_header=header is not None)
+            plan = _stream_plan(source, chunk, size, sensor_size, transform)
         chunk = plan.apply(chunk)
         if clock is not None and not interrupted:  # the last window waits for its end too
             delay = clock.seconds_until(t_end)
@@ -477,6 +503,7 @@ class FileSource:
         self.stream = EventStream(path)
         self._exhausted = False
         self.leftover = None
+        self.notes: list[str] = []  # what the stream itself had to assume (a sensor size)
 
     def read(self) -> np.ndarray:
         if self._exhausted:
@@ -502,7 +529,7 @@ class FileSource:
 
     @property
     def warnings(self) -> list[str]:
-        return self.stream.warnings
+        return self.notes + self.stream.warnings
 
     @property
     def sensor_size(self) -> tuple[int, int] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -326,3 +328,24 @@ def test_cli_stream_crosses_a_jump_of_2_to_the_40_us(tmp_path):
         [x["gap"]["windows"] if "gap" in x else 1 for x in records]))
     assert summary["windows"] == records[-1]["step"] and summary["events"] == len(ev)
     assert "gap of 12.7 days without events" in r.stderr
+
+
+def test_stream_of_a_headerless_recording_assumes_and_says_its_sensor():
+    """A DVS Gesture segment (bs2: no header) streams without --sensor-size: the first window's
+    events fit the DVS128, which is assumed and said; the windows are those of the explicit
+    size."""
+    from conftest import GESTURE_DIR, need_gesture
+    from typer.testing import CliRunner
+
+    from eventformer_cli.main import app
+
+    need_gesture()
+    path = str(GESTURE_DIR / "2.bs2")
+    assumed = CliRunner().invoke(app, ["stream", path, "--json"])
+    given = CliRunner().invoke(app, ["stream", path, "--json", "--sensor-size", "128x128"])
+    assert assumed.exit_code == 0, assumed.output
+    assert "assumed 128x128 (DVS128" in assumed.stderr
+    assert "assumed" not in given.stderr
+    windows = [json.loads(line) for line in assumed.stdout.splitlines()]
+    explicit = [json.loads(line) for line in given.stdout.splitlines()]
+    assert [w.get("logits") for w in windows] == [w.get("logits") for w in explicit]
