@@ -187,7 +187,8 @@ def recording(tmp_path_factory):
     n = 600
     ev = np.zeros(n, dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
     ev["t"] = np.sort(rng.integers(0, 20_000, n))
-    ev["x"], ev["y"], ev["p"] = rng.integers(0, 32, n), rng.integers(0, 32, n), rng.integers(0, 2, n)
+    ev["x"], ev["y"] = rng.integers(0, 32, n), rng.integers(0, 32, n)
+    ev["p"] = rng.integers(0, 2, n)
     write_npy(d / "tiny.npy", ev)
     return d / "tiny.npy"
 

@@ -199,7 +199,7 @@ def _read(f, path: str):
     fmt = fmt.decode(errors="replace") if isinstance(fmt, bytes) else fmt
     if fmt is None:
         raise ModelFileError(f"{path}: not an eventformer model file (no 'format' attribute)")
-    if not isinstance(fmt, str) or fmt != FORMAT_NAME:
+    if text(fmt, "the attribute format", path) != FORMAT_NAME:
         raise ModelFileError(f"{path}: an HDF5 file but not an eventformer model "
                              f"(format={fmt!r})")
     version = integer(attr(f, "format_version", path), "format_version", path, 0, 1 << 30)
@@ -336,7 +336,8 @@ def _validate(model: ModelFile, path: str) -> None:
         if p is None:
             raise ModelFileError(f"{path}: layer {spec.name!r} is missing")
         if p.kind != spec.kind:
-            raise ModelFileError(f"{path}: layer {spec.name!r} is a {p.kind}, expected {spec.kind}")
+            raise ModelFileError(f"{path}: layer {spec.name!r} is of kind {p.kind!r}, expected "
+                                 f"{spec.kind}")
         if spec.weight_shape is not None:
             for key, want in (("weight", spec.weight_shape), ("bias", spec.bias_shape)):
                 arr = getattr(p, key)

@@ -39,6 +39,8 @@ def check_model_path(path: str) -> None:
     if not stat.S_ISREG(mode):
         hint = "" if stat.S_ISDIR(mode) else " (give a regular .h5 file)"
         raise ModelFileError(f"{path}: is {file_kind(mode)}, not a model file{hint}")
+    if not os.access(path, os.R_OK):
+        raise ModelFileError(f"{path}: cannot be read (permission denied)")
 
 
 def file_kind(mode: int) -> str:
@@ -197,7 +199,7 @@ def _range(low: int, high: int) -> str:
 
 
 def _shown(value) -> str:
-    if value is None:
+    if value is None or type(value).__name__ == "Empty":  # JSON null, HDF5's null dataspace
         return "empty (null)"
     if isinstance(value, np.ndarray):
         return f"an array of shape {value.shape}"
