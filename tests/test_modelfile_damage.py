@@ -275,11 +275,15 @@ def test_every_damaged_attribute_and_dataset_is_one_sentence(model, recording, t
     assert refused > 0.6 * len(cases), (refused, accepted)
 
 
-@pytest.mark.parametrize("model", ["ds2ta", "snn"])
+@pytest.mark.parametrize("model", [*SHIPPED_MODELS, "snn"])
 def test_flipped_bytes_are_one_sentence(model, recording, tmp_path):
-    valid = _snn_model(tmp_path / "valid.h5") if model == "snn" else \
-        shutil.copy(shipped_model_path(model), tmp_path / "valid.h5")
-    refused, _ = _check_cases(valid, _byte_flips(valid, 150, seed=3), recording, tmp_path,
+    if model == "snn":
+        valid = _snn_model(tmp_path / "valid.h5")
+    else:
+        if shipped_model_path(model) is None:
+            pytest.skip(f"the shipped {model} is not installed")
+        valid = shutil.copy(shipped_model_path(model), tmp_path / "valid.h5")
+    refused, _ = _check_cases(valid, _byte_flips(valid, 100, seed=3), recording, tmp_path,
                               cli_accepted=3)
     assert refused > 0
 
