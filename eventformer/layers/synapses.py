@@ -287,9 +287,9 @@ class SynapticLIF(SpikingLayer):
         whole steps), or too few rows."""
         parts = engine_threads()
         neurons = self.neurons
-        if (parts < 2 or self.probe is not None or "fire" in vars(neurons)
-                or "fire_flags" in vars(neurons)):
-            return None
+        if (parts < 2 or self.probe is not None or not isinstance(neurons, LIFNeurons)
+                or "fire" in vars(neurons) or "fire_flags" in vars(neurons)):
+            return None  # (a framework's neurons (NIR import) step whole layers only)
         rows, row_size = self._unit_rows()
         if rows < 2:
             return None
