@@ -9,6 +9,7 @@ BLAS on one thread; set EVENTFORMER_BLAS_THREADS to override.
 from __future__ import annotations
 
 import os
+import threading
 
 _done = False
 
@@ -53,13 +54,34 @@ def set_engine_threads(n: int) -> None:
         _pool = None
 
 
+_in_part = threading.local()
+
+
+def in_part() -> bool:
+    """Whether this thread is running a part of :func:`run_parts` (then work it hands on runs
+    here, serially: the engine's threads are all taken)."""
+    return getattr(_in_part, "on", False)
+
+
+def _as_part(part, i):
+    _in_part.on = True
+    try:
+        part(i)
+    finally:
+        _in_part.on = False
+
+
 def run_parts(part, parts: int) -> None:
     """Call ``part(i)`` for i in range(parts): 1..parts-1 on the pool, 0 in the caller.
 
     The parts must touch disjoint output (the kernels are nogil, so they really run at once).
+    Called from inside a part (layers run at once, each of which would split itself), the parts
+    run one after another on the calling thread: a pool thread waiting on the pool would wait
+    for ever.
     """
-    if parts <= 1:
-        part(0)
+    if parts <= 1 or in_part():
+        for i in range(parts):
+            part(i)
         return
     global _pool
     if _pool is None:
@@ -67,8 +89,8 @@ def run_parts(part, parts: int) -> None:
 
         _pool = ThreadPoolExecutor(max_workers=max(1, engine_threads() - 1),
                                    thread_name_prefix="eventformer")
-    futures = [_pool.submit(part, i) for i in range(1, parts)]
-    part(0)
+    futures = [_pool.submit(_as_part, part, i) for i in range(1, parts)]
+    _as_part(part, 0)
     for f in futures:
         f.result()
 
@@ -84,7 +106,7 @@ def gemm(a, b, out) -> None:
 
     threads = engine_threads()
     rows = a.shape[0]
-    if threads == 1 or rows < 2 * threads or rows * a.shape[1] * b.shape[1] < \
+    if threads == 1 or in_part() or rows < 2 * threads or rows * a.shape[1] * b.shape[1] < \
             PARALLEL_GEMM_MIN_MACS:
         np.matmul(a, b, out=out)
         return

@@ -58,12 +58,13 @@ def _stepwise(engine, steps, monkeypatch=None):
     """The engine step by step; with ``monkeypatch`` every layer on this thread alone (no
     bands), the reference the bands must equal."""
     if monkeypatch is not None:
+        original = SynapticLIF._band_bounds
         monkeypatch.setattr(SynapticLIF, "_band_bounds", lambda self, inputs: None)
     engine.reset()
     for idx, cnt in steps:
         engine.step(np.asarray(idx, np.int32), np.asarray(cnt, np.int32))
     if monkeypatch is not None:
-        monkeypatch.undo()
+        monkeypatch.setattr(SynapticLIF, "_band_bounds", original)
     return engine.logits()
 
 
@@ -72,7 +73,11 @@ def _stepwise(engine, steps, monkeypatch=None):
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_banded_run_equals_step_by_step(models, samples, threads, attention, dtype, n_threads,
                                         monkeypatch):
+    import eventformer.layers.synapses as synapses
+
     threads(n_threads)
+    # this small model's layers are below the work that pays for bands: band them all anyway
+    monkeypatch.setattr(synapses, "BAND_MIN_OPS", 0)
     engine = Spikformer(models[attention], dtype=dtype, policy=PathPolicy())
     banded = []
     original = SynapticLIF._run_banded
@@ -117,9 +122,10 @@ def test_one_thread_runs_unbanded(models, samples, threads):
                for layer in engine.layers if isinstance(layer, SynapticLIF))
 
 
-def test_bands_balance_the_busy_rows(models, samples, threads):
+def test_bands_balance_the_busy_rows(models, samples, threads, monkeypatch):
     """Band edges follow the work: with a busy stripe in the lower half of the sensor, the first
     band of the first convolution takes more than half of its rows."""
+    monkeypatch.setattr("eventformer.layers.synapses.BAND_MIN_OPS", 0)
     threads(2)
     engine = Spikformer(models["ssa"], dtype="int8", policy=PathPolicy())
     first = engine.sps[0]
@@ -156,3 +162,28 @@ def test_streaming_steps_run_in_bands_and_equal_one_thread(models, samples, thre
     assert_every_layer_fires(slow_stats)
     np.testing.assert_array_equal(fast, slow)
     assert engine.layer_stats() == slow_stats
+
+
+def test_small_layers_run_whole_and_q_k_v_side_by_side(models, samples, threads, monkeypatch):
+    """Below BAND_MIN_OPS a layer is not split (its bands would cost more than they save); q, k
+    and v, which read the same input, then run at once, one per thread, each whole."""
+    import threading
+
+    threads(2)
+    engine = Spikformer(models["ssa"], dtype="int8", policy=PathPolicy())
+    banded = []
+    monkeypatch.setattr(SynapticLIF, "_run_banded",
+                        lambda self, inputs, bounds: banded.append(self.name))
+    seen = {}
+    attn = engine.blocks[0].attn
+    for layer in (attn.q, attn.k, attn.v):
+        original = layer.run_steps
+
+        def run(inputs, _run=original, _name=layer.name):
+            seen[_name] = threading.current_thread().name
+            return _run(inputs)
+
+        monkeypatch.setattr(layer, "run_steps", run)
+    engine.run(samples[2])
+    assert not banded
+    assert len(seen) == 3 and len(set(seen.values())) == 2, seen

@@ -90,6 +90,21 @@ class AttentionCore(SpikingLayer):
         return [self.fire(current) for current in currents]
 
 
+def side_by_side(layers: list, inputs: list) -> list:
+    """``[layer.run_steps(inputs) for layer in layers]`` for layers that read the same input
+    and nothing of each other (q, k, v), on the engine's threads at once: each layer then runs
+    whole on one thread (none of them is large enough to split well on its own)."""
+    if engine_threads() < 2:
+        return [layer.run_steps(inputs) for layer in layers]
+    outs = [None] * len(layers)
+
+    def part(i):
+        outs[i] = layers[i].run_steps(inputs)
+
+    run_parts(part, len(layers))
+    return outs
+
+
 def _check_bound(name: str, worst: float, arith) -> None:
     if worst > ACC_LIMIT:
         raise FixedPointError(f"{name}: in {arith.name} its worst-case current ({worst:.3g} "
@@ -395,9 +410,7 @@ class SpikingSelfAttention:
 
     def run_steps(self, inputs: list) -> list:
         """All steps of a sample, layer by layer (offline): same results as :meth:`step`."""
-        q = self.q.run_steps(inputs)
-        k = self.k.run_steps(inputs)
-        v = self.v.run_steps(inputs)
+        q, k, v = side_by_side([self.q, self.k, self.v], inputs)
         s = self.core.attend_steps([(q[t][0], k[t][0], v[t][0]) for t in range(len(inputs))])
         return self.proj.run_steps([(x, ones(x.shape[0])) for x in s])
 
@@ -472,8 +485,7 @@ class SAFormerAttention:
 
     def run_steps(self, inputs: list) -> list:
         """All steps of a sample, layer by layer (offline): same results as :meth:`step`."""
-        q = self.q.run_steps(inputs)
-        k = self.k.run_steps(inputs)
+        q, k = side_by_side([self.q, self.k], inputs)
         s = self.core.attend_steps([(q[t][0], k[t][0]) for t in range(len(inputs))])
         return self.proj.run_steps([(x, ones(x.shape[0])) for x in s])
 

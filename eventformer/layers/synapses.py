@@ -8,7 +8,7 @@ from ..fixedpoint import Fixed, arithmetic, quantise, shift_of
 from ..kernels import (conv2d_gather, conv2d_gather_int, conv2d_scatter, counters as C, densify_padded, im2col_padded,
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
                        tasa_current, tasa_fixed_current)
-from ..runtime import engine_threads, gemm, run_parts
+from ..runtime import engine_threads, gemm, in_part, run_parts
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
 from .neurons import FixedLIFNeurons, LIFNeurons
 
@@ -21,8 +21,26 @@ FLOAT32_EXACT = 2**24
 BATCH_ROWS_BELOW = 1024
 
 # A single step (streaming) runs in bands on the engine's threads when it adds about this many
-# values or more: a hand-off to the pool costs some tens of microseconds, ~1M adds take ~50.
-BAND_STEP_MIN_OPS = 1_000_000
+# values or more: a banded step's hand-off and Python cost ~50-100 us, 5M adds take ~150 us
+# (a 0.9M-add fc2 step ran 3x slower banded on 2 threads)
+BAND_STEP_MIN_OPS = 5_000_000
+
+# A sample's steps (offline) run in bands when their adds reach this: below it (q, k, v, proj
+# and fc2 at 5% firing: 0.3-20M adds) a band's Python per step cost more than the second thread
+# saved (measured on 2 threads, full-size model: q 1.00x, proj 0.6x, fc2 0.75x, fc1 at 95M
+# 1.5x, the SPS stages at 130-280M 1.4-1.7x)
+BAND_MIN_OPS = 40_000_000
+
+
+def _events_per_row(inputs: list, rows: int, row_size: int) -> np.ndarray:
+    """Events per input row (``row_size`` sites each) over the steps ``inputs``: by binary
+    search of the sorted lists at the row starts, O(rows log n) per step, not O(n)."""
+    starts = np.arange(rows + 1, dtype=np.int64) * row_size
+    total = np.zeros(rows + 1, np.int64)
+    for idx, _ in inputs:
+        if idx.shape[0]:
+            total += np.searchsorted(idx, starts)
+    return np.diff(total)
 
 
 class SynapticLIF(SpikingLayer):
@@ -211,6 +229,10 @@ class SynapticLIF(SpikingLayer):
             bounds = self._band_bounds([(idx, cnt)])
             if bounds is not None:
                 return self._run_banded([(idx, cnt)], bounds)[0]
+        return self._step_here(idx, cnt)
+
+    def _step_here(self, idx, cnt) -> tuple[np.ndarray, np.ndarray]:
+        """One step on the calling thread."""
         return self.emit(self.synapse(idx, cnt))
 
     def _step_work(self, idx) -> int:
@@ -228,7 +250,7 @@ class SynapticLIF(SpikingLayer):
         dense = [self._dense(idx) for idx, _ in inputs]
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
-            return [self.step(idx, cnt) for idx, cnt in inputs]
+            return [self._step_here(idx, cnt) for idx, cnt in inputs]
         for _, cnt in inputs:
             self._check_counts(cnt)
         currents = self._batched_synaptic(inputs, dense, n_dense)
@@ -287,7 +309,8 @@ class SynapticLIF(SpikingLayer):
         whole steps), or too few rows."""
         parts = engine_threads()
         neurons = self.neurons
-        if (parts < 2 or self.probe is not None or not isinstance(neurons, LIFNeurons)
+        if (parts < 2 or in_part() or self.probe is not None
+                or not isinstance(neurons, LIFNeurons)
                 or "fire" in vars(neurons) or "fire_flags" in vars(neurons)):
             return None  # (a framework's neurons (NIR import) step whole layers only)
         rows, row_size = self._unit_rows()
@@ -295,7 +318,10 @@ class SynapticLIF(SpikingLayer):
             return None
         parts = min(parts, rows)
         # a weight row of Cout per event that reaches a row, 4 ops per neuron for the LIF
-        cum = np.cumsum(self._row_work(inputs) * self.cout + 4 * len(inputs) * row_size)
+        work = self._row_work(inputs) * self.cout + 4 * len(inputs) * row_size
+        if len(inputs) > 1 and work.sum() < BAND_MIN_OPS:
+            return None
+        cum = np.cumsum(work)
         cuts = [int(np.searchsorted(cum, cum[-1] * i / parts)) + 1 for i in range(1, parts)]
         return sorted(set([0] + [min(max(c, 1), rows - 1) for c in cuts] + [rows]))
 
@@ -478,10 +504,7 @@ class Conv2dLIF(SynapticLIF):
 
     def _row_work(self, inputs: list) -> np.ndarray:
         h, wd, cin = self.in_shape
-        events = np.zeros(h, np.int64)
-        for idx, _ in inputs:
-            if idx.shape[0]:
-                events += np.bincount(idx // (wd * cin), minlength=h)
+        events = _events_per_row(inputs, h, wd * cin)
         reach = np.zeros(self.out_h, np.int64)  # the events of the input rows a row's taps reach
         for ky in range(self.kh):
             iy = np.arange(self.out_h) * self.stride - self.pad + ky
@@ -597,11 +620,7 @@ class LinearLIF(SynapticLIF):
         return self.tokens, self.cout
 
     def _row_work(self, inputs: list) -> np.ndarray:
-        events = np.zeros(self.tokens, np.int64)
-        for idx, _ in inputs:
-            if idx.shape[0]:
-                events += np.bincount(idx // self.cin, minlength=self.tokens)
-        return events
+        return _events_per_row(inputs, self.tokens, self.cin)
 
     def _band_current(self, idx, cnt, cur, counters, r0, r1, gathers) -> None:
         """Tokens r0:r1 (scattered: their events are one slice of the sorted list)."""
