@@ -19,10 +19,10 @@ import threading
 import time
 
 from ..kernels import counters as C
-from .hooks import override
+from .hooks import Meter, override
 
 
-class PathMeter:
+class PathMeter(Meter):
     """Per-path split of an engine's counted work over the runs made while it is attached.
 
     - ``scatter_ac`` / ``scatter_s``: accumulates booked by event-driven (scatter or gather) steps
@@ -94,16 +94,6 @@ class PathMeter:
 
         return metered
 
-    def close(self) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self._undo = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def summary(self) -> dict:
         return {

@@ -35,3 +35,19 @@ def override(obj, wrappers: dict[str, Callable]) -> Callable[[], None]:
             setattr(obj, name, fn)
 
     return undo
+
+
+class Meter:
+    """What the meters share: the undo functions of their wrappers (``self._undo``), run by
+    :meth:`close` or on leaving a ``with`` block."""
+
+    def close(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

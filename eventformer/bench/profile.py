@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..kernels import counters as C
-from .hooks import override
+from .hooks import Meter, override
 
 # Stages in the order they are reported: the synaptic current's paths, then what follows it.
 STAGES = ("scatter", "gather", "GEMM", "GEMM input", "current glue", "thread wait", "TASA",
@@ -161,7 +161,7 @@ class _Frame:
         self.child_work = {}  # unit -> work booked inside it (a call's work is its own only)
 
 
-class Profiler:
+class Profiler(Meter):
     """Attach to one engine; every run made while attached is booked. ``close`` unwraps.
 
     ``wall[(owner, stage)]``: seconds of the calling thread (self time; adds up to the runs'
@@ -273,16 +273,6 @@ class Profiler:
         self._undo.append(lambda: setattr(module, hook.method, original))
         self.timed.append((module.__name__, hook.method))
 
-    def close(self) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self._undo = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _rank(order: list[str], owner: str) -> float:

@@ -133,10 +133,8 @@ def attr(obj, key: str, path: str, default=None, *, required: bool = True):
     return obj.attrs[key]
 
 
-def float_dataset(group, key: str, path: str, shape: tuple[int, ...] | None = None, *,
-                  ndim: int | None = None) -> np.ndarray:
-    """A float dataset of ``group``: present, a dataset, of float dtype, of ``shape`` (or of
-    ``ndim`` dimensions; checked before any data is read), and finite."""
+def _dataset(group, key: str, path: str):
+    """``group[key]`` when it is a dataset holding data, and how to name it in a sentence."""
     import h5py
 
     what = where(group, key)
@@ -147,6 +145,14 @@ def float_dataset(group, key: str, path: str, shape: tuple[int, ...] | None = No
         raise ModelFileError(f"{path}: {what} is a group, expected a dataset")
     if ds.shape is None:  # HDF5's null dataspace
         raise ModelFileError(f"{path}: {what} is empty (no data)")
+    return ds, what
+
+
+def float_dataset(group, key: str, path: str, shape: tuple[int, ...] | None = None, *,
+                  ndim: int | None = None) -> np.ndarray:
+    """A float dataset of ``group``: present, a dataset, of float dtype, of ``shape`` (or of
+    ``ndim`` dimensions; checked before any data is read), and finite."""
+    ds, what = _dataset(group, key, path)
     if ds.dtype.kind != "f":
         raise ModelFileError(f"{path}: {what} has dtype {ds.dtype}, expected float")
     if shape is not None and tuple(ds.shape) != tuple(shape):
@@ -168,16 +174,7 @@ def float_dataset(group, key: str, path: str, shape: tuple[int, ...] | None = No
 
 def int_dataset(group, key: str, path: str, shape: tuple[int, ...]) -> np.ndarray:
     """An integer dataset of ``group`` of ``shape``, its values within int32."""
-    import h5py
-
-    what = where(group, key)
-    if key not in group:
-        raise ModelFileError(f"{path}: {where(group)} has no {key}")
-    ds = group[key]
-    if not isinstance(ds, h5py.Dataset):
-        raise ModelFileError(f"{path}: {what} is a group, expected a dataset")
-    if ds.shape is None:  # HDF5's null dataspace
-        raise ModelFileError(f"{path}: {what} is empty (no data)")
+    ds, what = _dataset(group, key, path)
     if ds.dtype.kind not in "iu":
         raise ModelFileError(f"{path}: {what} has dtype {ds.dtype}, expected integers")
     if tuple(ds.shape) != tuple(shape):
