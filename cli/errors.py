@@ -9,6 +9,7 @@ panel with pydantic's wording; they get the same one line as every other mistake
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import sys
@@ -148,10 +149,30 @@ class OneLineCommand(TyperCommand):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.help = reflow(self.help)
         for param in self.params:
             desc = getattr(param, "type_descriptor", None)
             if desc is not None and _number_kind(desc.annotation) == "a finite number":
                 param.callback = _finite(param.callback)
+
+
+def reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as single lines (blank lines still part them; a line starting a
+    list item stays its own line): the help is laid out for the terminal's width, not for the
+    source's 100 columns (this typer keeps single line breaks, which wrapped raggedly)."""
+    if not text:
+        return text
+    paragraphs = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines = []
+        for line in para.split("\n"):
+            item = line.lstrip().startswith(("- ", "* ", "\b"))
+            if lines and not item:
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.rstrip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
 
 
 def _finite(callback):

@@ -447,3 +447,33 @@ def test_a_wait_that_runs_long_is_said_once_and_a_short_one_not(monkeypatch):
     with common.note_if_slow("never said", after_s=600.0):
         pass
     assert said == ["compiling, please wait"]
+
+
+def test_help_paragraphs_flow_to_the_terminal_width():
+    """A command's description is laid out for the terminal, not for the source's line breaks:
+    at 80 columns no description line ends in the middle of a sentence that the next line
+    continues with a lower-case word cut by the source's width (the old ragged wrapping)."""
+    from eventformer_cli.errors import reflow
+
+    text = """First line.
+
+    A paragraph written over
+    two source lines.
+
+    - an item
+    - another item
+    """
+    assert reflow(text) == ("First line.\n\nA paragraph written over two source lines.\n\n"
+                            "- an item\n- another item")
+    from typer.testing import CliRunner
+
+    from eventformer_cli.main import app
+
+    r = CliRunner().invoke(app, ["bench", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert r.exit_code == 0
+    assert "weights (with the attention operator of --attention)" in " ".join(
+        line.strip() for line in r.output.splitlines())
+    lines = [line.strip() for line in r.output.split("Arguments")[0].splitlines()]
+    # a line that the next line continues is filled to near the width: no ragged stubs
+    ragged = [a for a, b in zip(lines, lines[1:]) if a and b and len(a) < 55]
+    assert not ragged, ragged
