@@ -78,12 +78,12 @@ LANE_FLUSH = 256
 
 
 @inlined
-def _pixel_starts(idx, npix, cin, start):
-    """``start[p]`` = the first event at input pixel p or later: pixel p's events are
-    ``start[p]:start[p + 1]``."""
+def _pixel_starts(idx, p0, p1, cin, start):
+    """``start[p]`` for pixels p0 <= p <= p1 = the first event at input pixel p or later: pixel
+    p's events are ``start[p]:start[p + 1]``. A binary search finds pixel p0's first event."""
     n = idx.shape[0]
-    e = 0
-    for p in range(npix + 1):
+    e = np.searchsorted(idx, p0 * cin)
+    for p in range(p0, p1 + 1):
         lim = p * cin
         while e < n and idx[e] < lim:
             e += 1
@@ -217,11 +217,18 @@ def _make_step(block):
         n = idx.shape[0]
         cout = weight_rows.shape[1]
         npix = in_h * in_w
+        # the input pixels the band's kernel rows reach: only their entries are filled, so a
+        # band walks its own events, not the whole list (bands of one step run at once)
+        pad = k // 2
+        p0 = max(row0 - pad, 0) * in_w
+        p1 = max(min(row1 + pad, in_h) * in_w, p0)
         start = np.empty(npix + 1, np.int64)
-        _pixel_starts(idx, npix, cin, start)
+        _pixel_starts(idx, p0, p1, cin, start)
         # prefix sums of the multiplicities: the ops of an event range without walking it again
-        cum = np.zeros(n + 1, np.int64)
-        for e in range(n):
+        cum = np.empty(n + 1, np.int64)
+        lo, hi = start[p0], start[p1]
+        cum[lo] = 0
+        for e in range(lo, hi):
             cum[e + 1] = cum[e] + cnt[e]
         acc_big = _block_buffer(out, BLOCK)
         acc_small = _block_buffer(out, BLOCK_SMALL)

@@ -410,7 +410,7 @@ class SynapticLIF(SpikingLayer):
         bufs = self.__dict__.setdefault("_band_spike_bufs", {})
         buf = bufs.get((i, t))
         if buf is None or buf.shape[0] < size:
-            buf = bufs[(i, t)] = np.empty(self.n_neurons, np.int32)
+            buf = bufs[(i, t)] = np.empty(size, np.int32)
         return buf[:size]
 
     def _band_flags(self, steps: int) -> np.ndarray:
