@@ -216,7 +216,7 @@ def _print_bench(result: dict, dense: bool) -> None:
             cols += ["torch eager s (min..max)"]
             cols += ["torch.compile s (min..max)"] if compiled else []
             cols += ["speedup", "same pred"]
-        cols += ["events/s", "real-time x", "scatter AC/s", "dense MAC"]
+        cols += ["events/s", "real-time x", "event AC/s", "dense MAC"]
         for c in cols:
             t.add_column(c, left=c == "file", key=c == "file")
         for r in entry["files"]:
@@ -266,11 +266,11 @@ def _print_bench(result: dict, dense: bool) -> None:
         sc = entry.get("scatter_ac_per_s")
         if sc is not None and roof:
             files = entry["files"]
-            err.print(f"  scatter steps at {entry['target_rate']:.0%}: {sc:.3g} AC/s per "
-                      f"thread-second = {sc / roof:.2f}x the scatter-add roofline (footnote "
-                      "below): "
-                      f"{sum(r['ac_scatter'] for r in files):.3g} accumulates done by scatter "
-                      f"steps in {sum(r['scatter_s'] for r in files):.3f} s; the "
+            err.print(f"  event-driven steps (scatter and gather) at "
+                      f"{entry['target_rate']:.0%}: {sc:.3g} AC/s per thread-second = "
+                      f"{sc / roof:.2f}x the scatter-add roofline (footnote below): "
+                      f"{sum(r['ac_scatter'] for r in files):.3g} accumulates done by them "
+                      f"in {sum(r['scatter_s'] for r in files):.3f} s; the "
                       f"{sum(r['ac_gemm_steps'] for r in files):.3g} counted on GEMM steps are "
                       "dense MAC work, not in this rate")
     if roof:
