@@ -38,9 +38,13 @@ def build_dense_forward(model: ModelFile, dtype: str = "float32"):
     """Return ``forward(frames [T, C, H, W] numpy) -> logits [classes] numpy`` using torch.
 
     The forward runs on torch's current thread count (the bench sets it)."""
+    return _numpy_forward(build_dense_model(model, dtype), dtype)
+
+
+def _numpy_forward(net, dtype: str):
+    """``forward(frames [T, C, H, W] numpy) -> logits numpy`` through ``net`` (batch 1)."""
     import torch
 
-    net = build_dense_model(model, dtype)
     tdt = getattr(torch, dtype)
 
     def forward(frames: np.ndarray) -> np.ndarray:
@@ -82,16 +86,8 @@ def build_compiled_forward(model: ModelFile, dtype: str = "float32"):
     reason = compile_prerequisite()
     if reason is not None:
         raise CompileUnavailable(reason)
-    net = build_dense_model(model, dtype)
-    compiled = torch.compile(net)  # the default mode: mode=None, backend="inductor"
-    tdt = getattr(torch, dtype)
-
-    def forward(frames: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(np.asarray(frames)).to(tdt).unsqueeze(1)  # [T, 1, C, H, W]
-            return compiled(x)[0].numpy()
-
-    return forward
+    # the default mode: mode=None, backend="inductor"
+    return _numpy_forward(torch.compile(build_dense_model(model, dtype)), dtype)
 
 
 def first_call(forward, frames: np.ndarray, clock=time.perf_counter) -> float:
