@@ -249,6 +249,15 @@ def _check_cases(valid, cases, recording, tmp_path, cli_accepted=6, cli_refused=
     return len(refused), len(cases) - len(refused)
 
 
+def _valid_copy(model: str, tmp_path):
+    """A valid model file to damage: an SNN built here, or a copy of a shipped model."""
+    if model == "snn":
+        return _snn_model(tmp_path / "valid.h5")
+    if shipped_model_path(model) is None:
+        pytest.skip(f"the shipped {model} is not installed")
+    return shutil.copy(shipped_model_path(model), tmp_path / "valid.h5")
+
+
 def _variant_specific(what: str) -> bool:
     return "attention" in what
 
@@ -258,12 +267,7 @@ def test_every_damaged_attribute_and_dataset_is_one_sentence(model, recording, t
     """The Spikformer variants share everything but their attention operator: each variant is
     damaged in its attention groups and parameters, and the damage common to all (root,
     configuration, layers) is shared out among the four, each case on one of them."""
-    if model == "snn":
-        valid = _snn_model(tmp_path / "valid.h5")
-    else:
-        if shipped_model_path(model) is None:
-            pytest.skip(f"the shipped {model} is not installed")
-        valid = shutil.copy(shipped_model_path(model), tmp_path / "valid.h5")
+    valid = _valid_copy(model, tmp_path)
     assert _ends_cleanly(["infer", str(recording), "--weights", str(valid)], "valid file")
     cases = damages(valid)
     if model != "snn":
@@ -277,12 +281,7 @@ def test_every_damaged_attribute_and_dataset_is_one_sentence(model, recording, t
 
 @pytest.mark.parametrize("model", [*SHIPPED_MODELS, "snn"])
 def test_flipped_bytes_are_one_sentence(model, recording, tmp_path):
-    if model == "snn":
-        valid = _snn_model(tmp_path / "valid.h5")
-    else:
-        if shipped_model_path(model) is None:
-            pytest.skip(f"the shipped {model} is not installed")
-        valid = shutil.copy(shipped_model_path(model), tmp_path / "valid.h5")
+    valid = _valid_copy(model, tmp_path)
     refused, _ = _check_cases(valid, _byte_flips(valid, 100, seed=3), recording, tmp_path,
                               cli_accepted=3)
     assert refused > 0
