@@ -123,8 +123,17 @@ class CausalFramer:
         can still come (a replay clock has passed it), even if no later event has arrived."""
         if self.spec.window_us is None or self.t0 is None:
             return
-        while self.t0 + self.spec.window_us <= t_us:
-            end = self.t0 + self.spec.window_us
+        w = self.spec.window_us
+        while self.t0 + w <= t_us:
+            t = self.pending["t"]
+            # whole empty windows before the next pending event (or t_us): a gap, as
+            # complete_windows would find once that event came
+            empty = (min(int(t[0]) if t.shape[0] else t_us, t_us) - self.t0) // w
+            if empty >= GAP_WINDOWS:
+                start, self.t0 = self.t0, self.t0 + empty * w
+                yield Gap(start, self.t0, empty)
+                continue
+            end = self.t0 + w
             cut = int(np.searchsorted(self.pending["t"], end, side="left"))
             chunk, self.pending = self.pending[:cut], self.pending[cut:]
             start, self.t0 = self.t0, end
@@ -209,6 +218,11 @@ class ReplayClock:
 
     def seconds_until(self, t_us: int) -> float:
         return (t_us - self.now_us()) / 1e6
+
+    def jump_to(self, t_us: int) -> None:
+        """Move the replay on to ``t_us`` at once (a jump in the recording's timestamps: hours
+        without events are not waited out; the framer reports them as one gap)."""
+        self.rec_start += max(0, t_us - self.now_us())
 
 
 #: How many empty steps `skip_empty_steps` watches for the engine's orbit before it gives up and
@@ -445,6 +459,11 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
                     if clock.held.shape[0] and not stopped():
                         # nothing before the next held event can still come
                         due = int(clock.held["t"][0])
+                        if spec.window_us is not None and \
+                                due - clock.now_us() >= GAP_WINDOWS * spec.window_us:
+                            # a gap (as without --realtime): crossed below at once, not waited
+                            # out (a jump of hours in a recording's clock would stall the replay)
+                            clock.jump_to(due)
                         drain(framer.close_until(due))
                         wait = min(poll_s, clock.seconds_until(due))
                         if wait > 0:

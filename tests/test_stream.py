@@ -330,6 +330,55 @@ def test_cli_stream_crosses_a_jump_of_2_to_the_40_us(tmp_path):
     assert "gap of 12.7 days without events" in r.stderr
 
 
+def test_realtime_replay_crosses_a_jump_without_waiting_it_out(tmp_path, monkeypatch):
+    """`stream --realtime` replays at recording speed, but a jump of an hour in the timestamps is
+    crossed as one gap, not waited for: the records are those of the replay without
+    --realtime. The replay runs on a virtual clock (sleeping advances it), so waiting the hour
+    out would show as an hour of sleep, not hang the test."""
+    import json
+    import time as real_time
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import eventformer.stream as stream_module
+    from eventformer.events import write_npy
+    from eventformer_cli.main import app
+
+    virtual = {"now": 0.0, "slept": 0.0}
+
+    def sleep(seconds):
+        virtual["now"] += seconds
+        virtual["slept"] += seconds
+
+    def perf_counter():
+        virtual["now"] += 1e-6  # time moves on between readings
+        return virtual["now"]
+
+    rng = np.random.default_rng(8)
+    hour = 3_600_000_000
+    ev = np.concatenate([_burst(rng, 2000, 0), _burst(rng, 2000, hour)])
+    write_npy(tmp_path / "hour.npy", ev)
+    args = ["stream", str(tmp_path / "hour.npy"), "--json", "--window-ms", "10"]
+    monkeypatch.setattr(stream_module, "time", SimpleNamespace(
+        sleep=sleep, perf_counter=perf_counter, monotonic=real_time.monotonic,
+        time=real_time.time))
+    replayed = CliRunner().invoke(app, args + ["--realtime"])
+    monkeypatch.undo()
+    assert replayed.exit_code == 0, replayed.output
+    # the bursts' 0.6 s replayed at recording speed; the hour between them never slept
+    assert 0.3 < virtual["slept"] < 10
+    fast = CliRunner().invoke(app, args)
+
+    def records(r):
+        return [{k: v for k, v in json.loads(line).items()
+                 if k not in ("latency_ms", "backlog_events")}
+                for line in r.stdout.splitlines() if "summary" not in line]
+
+    assert records(replayed) == records(fast)
+    assert any("gap" in x for x in records(replayed))
+
+
 def test_stream_of_a_headerless_recording_assumes_and_says_its_sensor():
     """A DVS Gesture segment (bs2: no header) streams without --sensor-size: the first window's
     events fit the DVS128, which is assumed and said; the windows are those of the explicit
