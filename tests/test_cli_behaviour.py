@@ -301,18 +301,23 @@ def test_classify_files_yields_each_files_own_result(recording, tmp_path, shippe
     assert out[1][1].prediction == out[3][1].prediction
 
 
-def test_infer_dataset_prints_partial_results_on_ctrl_c(monkeypatch):
-    import eventformer.evaluate as evaluate
+def _ctrl_c_on_call(real, n: int):
+    """``real``, except that its n-th call raises KeyboardInterrupt (Ctrl-C mid-run)."""
+    calls = []
 
-    real, calls = evaluate.classify, []
-
-    def classify_then_interrupt(*args, **kwargs):
+    def wrapped(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "classify", classify_then_interrupt)
+    return wrapped
+
+
+def test_infer_dataset_prints_partial_results_on_ctrl_c(monkeypatch):
+    import eventformer.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "classify", _ctrl_c_on_call(evaluate.classify, 3))
     monkeypatch.delenv("EVENTFORMER_DATA", raising=False)
     monkeypatch.setenv("HOME", os.environ.get("HOME", "/root"))
     r = runner.invoke(app, ["infer", "--dataset", "dvs-gesture", "--json"])
@@ -329,15 +334,7 @@ def test_infer_files_prints_the_files_finished_on_ctrl_c(recording, monkeypatch,
     JSON lines, or the table), one line says how many, exit code 130."""
     import eventformer.inference as inference
 
-    real, calls = inference.classify_file, []
-
-    def classify_then_interrupt(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "classify_file", classify_then_interrupt)
+    monkeypatch.setattr(inference, "classify_file", _ctrl_c_on_call(inference.classify_file, 3))
     r = runner.invoke(app, ["infer", *[str(recording)] * 4, *(["--json"] if as_json else [])])
     assert r.exit_code == 130, r.output
     assert "interrupted: the results above cover 2 of 4 files" in r.stderr
