@@ -695,6 +695,16 @@ def sumpool(x, k, stride, pad):
     return out, int(out.sum())
 
 
+def int_matmul(rows, weight):
+    """``rows @ weight`` in int64, the plain way: the integer GEMM's twin."""
+    m, k = rows.shape
+    out = np.zeros((m, weight.shape[1]), np.int64)
+    for i in range(m):
+        for c in range(k):
+            out[i] += int(rows[i, c]) * weight[c].astype(np.int64)
+    return out
+
+
 TWINS = {
     "channel_sums": (channel_sums,),
     "conv2d_gather": (conv2d, conv2d_ops),
@@ -703,6 +713,7 @@ TWINS = {
     "densify_padded": (conv2d, conv2d_ops),  # densify + im2col + GEMM against the conv
     "depthwise3x3_scatter": (depthwise_conv, depthwise_ops),
     "im2col_padded": (conv2d,),
+    "int_gemm": (int_matmul,),
     "lif_fixed_quiet_step": (lif_fixed,),
     "lif_fixed_step": (lif_fixed,),
     "lif_fixed_step_flags": (lif_fixed,),

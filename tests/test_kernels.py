@@ -22,6 +22,9 @@ from eventformer.kernels import (
     densify_padded,
     depthwise3x3_scatter,
     im2col_padded,
+    int_gemm,
+    lif_fixed_kernels,
+    lif_kernels,
     lif_params,
     lif_quiet_step,
     lif_step,
@@ -985,13 +988,28 @@ def test_kernels_are_pure_functions_of_their_inputs():
 
 
 @pytest.mark.parametrize("kernel", [
-    conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops, lif_step,
-    maxpool_flags, lif_step_flags, lif_quiet_step, merge_add, channel_sums, scatter_dense,
+    conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops,
+    maxpool_flags, merge_add, channel_sums, scatter_dense,
     ssa_step, ssa_bin_step, nsad_step, tasa_current, depthwise3x3_scatter, saformer_step,
 ], ids=lambda f: f.py_func.__name__)
 def test_kernel_compiled_with_cache(kernel):
     assert not isinstance(kernel._cache, NullCache)
     assert kernel.targetoptions.get("nogil") is True
+
+
+@pytest.mark.parametrize("rules", [lif_kernels, lif_fixed_kernels], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("hard_reset", [True, False])
+@pytest.mark.parametrize("decay_input", [True, False])
+def test_lif_rule_kernels_compiled_with_cache(rules, hard_reset, decay_input):
+    """Each LIF rule's kernels (closures over the rule's two bools) are cached, and their
+    cache key can hit in another process: it holds the closure cells, which are plain bools."""
+    for kernel in rules(hard_reset, decay_input):
+        assert not isinstance(kernel._cache, NullCache)
+        assert kernel.targetoptions.get("nogil") is True
+        cells = [c.cell_contents for c in kernel.py_func.__closure__]
+        assert sorted(cells) == sorted([hard_reset, decay_input])
+        assert all(type(c) is bool for c in cells)
+    assert rules(np.bool_(hard_reset), int(decay_input)) is rules(hard_reset, decay_input)
 
 
 @SETTINGS
@@ -1450,3 +1468,19 @@ def test_sumpool_events_matches_twin(c, h, w, k, stride, pad, mode, seed):
     np.testing.assert_array_equal(out_c[:n], want_hwc[want_hwc != 0])
     assert not acc.any()  # scratch handed back zeroed
     assert counters[C.AC] - start[C.AC] == adds
+
+
+@SETTINGS
+@given(m=st.integers(0, 14), k=st.integers(0, 40), n=st.integers(1, 70),
+       wide=st.booleans(), seed=SEEDS)
+def test_int_gemm_matches_twin(m, k, n, wide, seed):
+    from eventformer.kernels.igemm import pack_igemm
+
+    rng = np.random.default_rng(seed)
+    bits = 16 if wide else 8  # int16 rows and weights, or uint8 rows and int8 weights
+    rows = (rng.integers(-300, 300, (m, k)).astype(np.int16) if wide
+            else rng.integers(0, 256, (m, k)).astype(np.uint8))
+    weight = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), (k, n))
+    out = np.full((m, n), -1, np.int32)
+    int_gemm(rows, pack_igemm(weight, np.int16 if wide else np.int8), out)
+    np.testing.assert_array_equal(out, twin.int_matmul(rows, weight))

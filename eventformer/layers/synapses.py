@@ -8,13 +8,23 @@ from ..fixedpoint import Fixed, arithmetic, quantise, shift_of
 from ..kernels import (conv2d_gather, conv2d_gather_int, conv2d_scatter, counters as C, densify_padded, im2col_padded,
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
                        tasa_current, tasa_fixed_current)
-from ..runtime import engine_threads, gemm, in_part, run_parts
+from ..kernels.igemm import VNNI, int_gemm, pack_igemm
+from ..runtime import PARALLEL_GEMM_MIN_MACS, engine_threads, gemm, in_part, run_parts, split
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
 from .neurons import FixedLIFNeurons, LIFNeurons
 
 # An integer GEMM runs on float BLAS, exactly: every partial sum of integers below 2^24 (float32)
 # or 2^53 (float64) is an integer the float holds exactly, whatever order BLAS adds in.
 FLOAT32_EXACT = 2**24
+
+# An integer layer's dense step runs on the integer GEMM (kernels.igemm: uint8 rows x int8
+# weights on vpdpbusd, int16 x int16 on vpdpwssd, exact in int32) where the CPU has AVX512-VNNI,
+# else on float BLAS as above. RULE_PLACEHOLDER
+INT_GEMM = VNNI
+# The largest GEMM input value each integer row dtype holds.
+UINT8_ROWS, INT16_ROWS = 255, 32767
+# Below this many multiply-accumulates the integer GEMM runs on one thread. SPLIT_PLACEHOLDER
+INT_PARALLEL_MIN_MACS = PARALLEL_GEMM_MIN_MACS
 
 # Offline runs stack the dense steps of a layer into one GEMM when a step alone has fewer rows
 # than this: small GEMMs (64 token rows) run far below the machine's GEMM speed.
@@ -30,6 +40,34 @@ BAND_STEP_MIN_OPS = 5_000_000
 # saved (measured on 2 threads, full-size model: q 1.00x, proj 0.6x, fc2 0.75x, fc1 at 95M
 # 1.5x, the SPS stages at 130-280M 1.4-1.7x)
 BAND_MIN_OPS = 40_000_000
+
+
+def _integer_rows(arith: Fixed, largest: int):
+    """The dtype of an integer layer's GEMM rows on the integer GEMM, given the largest input
+    value a step can carry (the layer's multiplicity, or for raw counts the largest count its
+    overflow bound lets through): uint8 beside int8 weights, int16 (int8 or int16 weights)
+    below 2^15; None where the values do not fit or the integer GEMM is not used: float BLAS."""
+    if not INT_GEMM:
+        return None
+    if arith.bits == 8 and largest <= UINT8_ROWS:
+        return np.dtype(np.uint8)
+    if largest <= INT16_ROWS:
+        return np.dtype(np.int16)
+    return None
+
+
+def _integer_gemm(rows, packed, out) -> None:
+    """``out = rows @ W`` on :func:`~eventformer.kernels.int_gemm`, its rows split over the
+    engine's threads as :func:`~eventformer.runtime.gemm` splits float BLAS's (nogil)."""
+    threads = engine_threads()
+    m = rows.shape[0]
+    if (threads == 1 or in_part() or m < 2 * threads
+            or m * rows.shape[1] * out.shape[1] < INT_PARALLEL_MIN_MACS):
+        int_gemm(rows, packed, out)
+        return
+    bounds = split(m, threads)
+    run_parts(lambda i: int_gemm(rows[bounds[i]:bounds[i + 1]], packed,
+                                 out[bounds[i]:bounds[i + 1]]), threads)
 
 
 def _events_per_row(inputs: list, rows: int, row_size: int) -> np.ndarray:
@@ -71,14 +109,21 @@ class SynapticLIF(SpikingLayer):
         self.shift = shift_of(params.tau, params.name)
         self.fixed, self.quant = arith, q
         self.dtype, self.weight_dtype = arith.dtype, arith.weight_dtype
-        worst = q.worst * (multiplicity if multiplicity is not None else q.max_multiplicity)
-        self.gemm_dtype = np.dtype(np.float32 if worst < FLOAT32_EXACT else np.float64)
+        largest = multiplicity if multiplicity is not None else q.max_multiplicity
+        self.gemm_dtype = _integer_rows(arith, largest)
+        if self.gemm_dtype is None:  # float BLAS, exact below the float's integer range
+            worst = q.worst * largest
+            self.gemm_dtype = np.dtype(np.float32 if worst < FLOAT32_EXACT else np.float64)
         return q.weight, q.bias
 
     def _setup(self, params, *, rows: int, k_dim: int, in_sites: int, gemm_weight, dtype,
                policy: PathPolicy):
         self.rows, self.k_dim, self.in_sites = rows, k_dim, in_sites
-        self.gemm_weight = np.ascontiguousarray(gemm_weight, self.gemm_dtype)
+        if self.gemm_dtype.kind == "f":
+            self.gemm_weight = np.ascontiguousarray(gemm_weight, self.gemm_dtype)
+        else:  # packed once for the integer GEMM: int8 weights beside uint8 rows, else int16
+            self.gemm_weight = pack_igemm(gemm_weight, np.int8 if self.gemm_dtype == np.uint8
+                                          else np.int16)
         self.bias = np.ascontiguousarray(self._bias, dtype)
         self.neurons = self._make_neurons(params, dtype)
         self.current = np.empty((rows, self.cout), dtype)
@@ -107,9 +152,13 @@ class SynapticLIF(SpikingLayer):
             self.quant.check_multiplicity(cnt, self.name)
 
     def _gemm(self, rows, out) -> None:
-        """``out = rows @ gemm_weight``; in an integer mode on float BLAS (exact), then cast."""
+        """``out = rows @ gemm_weight``; in an integer mode on the integer GEMM, or on float
+        BLAS (exact), then cast."""
         if self.fixed is None:
             gemm(rows, self.gemm_weight, out)
+            return
+        if self.gemm_dtype.kind != "f":
+            _integer_gemm(rows, self.gemm_weight, out)
             return
         if self._gemm_out is None or self._gemm_out.shape[0] != rows.shape[0]:
             self._gemm_out = np.empty((rows.shape[0], self.cout), self.gemm_dtype)

@@ -1,0 +1,422 @@
+"""Exact integer GEMM for the dense steps of the integer modes (SPEC §6), on the CPU's integer
+dot-product instructions.
+
+A dense step multiplies small non-negative integers (spikes, residual values, raw counts) by
+int8 or int16 weights into int32 currents. Float BLAS does that exactly only while every sum
+stays below the float's integer range (2^24 in float32, so int16 needed float64); the integer
+dot-product instructions do it exactly at any size, and do more multiply-accumulates per
+instruction than an FMA:
+
+- ``uint8 x int8`` (int8 weights, inputs up to 255): ``vpdpbusd`` sums 4 byte products into each
+  int32 lane, 64 multiply-accumulates per 512-bit instruction;
+- ``int16 x int16`` (int16 weights, or inputs up to 32767): ``vpdpwssd`` sums 2 word products,
+  32 per instruction. int16 weights need no splitting into bytes: the word form is exact, and
+  a weight of +32767 would not split into two int8 halves (its high half is 128).
+
+Both instructions wrap on overflow (the saturating forms are ``vpdpbusds``/``vpdpwssds``), so
+every partial sum is the true sum modulo 2^32; the layer's load-time bound
+(:func:`eventformer.fixedpoint.quantise`: the worst-case sum fits int32) makes the final sum the
+true one, whatever the order of the additions.
+
+Numba's LLVM does not form ``vpdpbusd`` from a plain loop (an i8 dot product vectorises to
+``vpdpwssd`` on widened words, at a third of the speed), so the instructions are called as LLVM
+intrinsics on 16-lane int32 vectors held in registers (:data:`i32x16`), on a CPU with
+AVX512-VNNI (:data:`VNNI`); elsewhere the same intrinsics expand into portable vector code
+(widen, multiply, add adjacent products), exact and slower.
+
+Layout: the weights are packed once at load (:func:`pack_igemm`) into panels of
+:data:`PANEL` output channels, each panel ``[groups, PANEL, 4 bytes]``: one 4-byte group of
+consecutive k per int32 lane, so a group's two 16-lane vectors are 128 contiguous bytes. The
+kernel walks blocks of :data:`ROWS` input rows; per group it broadcasts each row's 4 bytes and
+issues ROWS x 2 dot products into 12 accumulators (12 + 2 weight vectors + 1 broadcast of the
+32 zmm registers), so each weight load serves 6 instructions and the block's rows stay in L1.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config
+from numba.extending import intrinsic, models, register_model
+
+from ..jit import inlined, kernel
+
+PANEL = 32  # output channels per panel: two 16-lane int32 vectors
+ROWS = 6  # input rows per register block
+_LANES = 16
+_VEC = ir.VectorType(ir.IntType(32), _LANES)
+_I32 = ir.IntType(32)
+
+
+def _host_has_vnni() -> bool:
+    """Whether the code Numba compiles here may use AVX512-VNNI: the host CPU has it and Numba
+    targets the host (NUMBA_CPU_NAME unset, as for the engine's cache)."""
+    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
+        return False
+    try:
+        import llvmlite.binding as llvm
+
+        return bool(llvm.get_host_cpu_features().get("avx512vnni", False))
+    except (RuntimeError, AttributeError):
+        return False
+
+
+#: The integer dot-product instructions are available (and the kernel compiled, not run as
+#: Python): the integer GEMM then beats float BLAS (benchmarks/int_gemm.py).
+VNNI = _host_has_vnni() and not config.DISABLE_JIT
+
+
+# --- a 16-lane int32 vector in a register ----------------------------------------------------
+
+
+class _I32x16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="i32x16")
+
+
+#: Numba's type of an accumulator: an LLVM ``<16 x i32>``, a register, not memory.
+i32x16 = _I32x16Type()
+
+
+@register_model(_I32x16Type)
+class _I32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _address(context, builder, arrty, arr, offset):
+    """An i8 pointer ``offset`` bytes into the data of array ``arr``."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    base = builder.bitcast(ary.data, ir.IntType(8).as_pointer())
+    return builder.gep(base, [offset])
+
+
+@intrinsic
+def _zero_jit(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VEC, None)
+    return i32x16(), codegen
+
+
+@intrinsic
+def _load_jit(typingctx, arr, offset):
+    """16 int32 lanes from ``offset`` bytes into ``arr`` (unaligned)."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(ptr, _VEC.as_pointer()), align=1)
+    return i32x16(arr, offset), codegen
+
+
+def _splat_value(builder, value):
+    vec = builder.insert_element(ir.Constant(_VEC, None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(_VEC, None))
+
+
+@intrinsic
+def _splat_jit(typingctx, arr, offset):
+    """The 4 bytes at ``offset`` bytes into ``arr`` in every lane (LLVM folds the load into
+    the dot product's broadcast operand)."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], args[1])
+        return _splat_value(builder, builder.load(builder.bitcast(ptr, _I32.as_pointer()),
+                                                  align=1))
+    return i32x16(arr, offset), codegen
+
+
+@intrinsic
+def _splat_word_jit(typingctx, word):
+    """An integer's low 32 bits in every lane."""
+    def codegen(context, builder, sig, args):
+        return _splat_value(builder, builder.trunc(args[0], _I32)
+                            if args[0].type.width > 32 else args[0])
+    return i32x16(word), codegen
+
+
+@intrinsic
+def _byte_jit(typingctx, arr, offset):
+    """The byte at ``offset`` bytes into ``arr``, as an int64 in 0..255."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], args[1])
+        return builder.zext(builder.load(ptr), ir.IntType(64))
+    return types.int64(arr, offset), codegen
+
+
+@intrinsic
+def _store_jit(typingctx, arr, offset, vec):
+    """Store 16 int32 lanes at ``offset`` bytes into ``arr`` (unaligned)."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(ptr, _VEC.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.none(arr, offset, vec), codegen
+
+
+def _portable_dot(builder, acc, x, w, bits):
+    """acc + the sums of adjacent products of x (unsigned bytes, or signed words) and w (signed)
+    per lane, in plain vector IR: what vpdpbusd / vpdpwssd compute, wrapping alike."""
+    per = 32 // bits
+    n = _LANES * per
+    narrow = ir.VectorType(ir.IntType(bits), n)
+    wide = ir.VectorType(_I32, n)
+    xs = builder.bitcast(x, narrow)
+    ws = builder.bitcast(w, narrow)
+    xw = builder.zext(xs, wide) if bits == 8 else builder.sext(xs, wide)
+    products = builder.mul(xw, builder.sext(ws, wide))
+    out = acc
+    for t in range(per):
+        lanes = ir.Constant(ir.VectorType(_I32, _LANES), [j * per + t for j in range(_LANES)])
+        out = builder.add(out, builder.shuffle_vector(products, products, lanes))
+    return out
+
+
+@intrinsic
+def _dot_jit(typingctx, acc, x, w, rows):
+    """``acc`` plus, per lane, the adjacent products of ``x`` and ``w``: 4 bytes (``rows``
+    uint8) or 2 words (``rows`` int16) per lane. Other input dtypes do not type."""
+    if not isinstance(rows, types.Array) or rows.dtype not in (types.uint8, types.int16):
+        return None
+    bits = rows.dtype.bitwidth
+    name = "llvm.x86.avx512.vpdpbusd.512" if bits == 8 else "llvm.x86.avx512.vpdpwssd.512"
+
+    def codegen(context, builder, sig, args):
+        acc, x, w = args[:3]
+        if VNNI:
+            fnty = ir.FunctionType(_VEC, [_VEC, _VEC, _VEC])
+            return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name),
+                                [acc, x, w])
+        return _portable_dot(builder, acc, x, w, bits)
+    return i32x16(acc, x, w, rows), codegen
+
+
+# --- the same helpers as plain Python (NUMBA_DISABLE_JIT=1) --------------------------------
+
+
+def _bytes_at(arr, offset, n):
+    return np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(arr.ctypes.data + offset))
+
+
+def _zero_py():
+    return np.zeros(_LANES, np.int32)
+
+
+def _load_py(arr, offset):
+    return _bytes_at(arr, offset, 4 * _LANES).view(np.int32).copy()
+
+
+def _splat_py(arr, offset):
+    return np.full(_LANES, _bytes_at(arr, offset, 4).view(np.int32)[0], np.int32)
+
+
+def _splat_word_py(word):
+    return np.full(_LANES, np.int64(word) & 0xFFFFFFFF, np.uint32).view(np.int32)
+
+
+def _byte_py(arr, offset):
+    return int(_bytes_at(arr, offset, 1)[0])
+
+
+def _store_py(arr, offset, vec):
+    _bytes_at(arr, offset, 4 * _LANES)[:] = np.asarray(vec, np.int32).view(np.uint8)
+
+
+def _dot_py(acc, x, w, rows):
+    if rows.dtype == np.uint8:
+        xs, ws = x.view(np.uint8).astype(np.int64), w.view(np.int8).astype(np.int64)
+    elif rows.dtype == np.int16:
+        xs, ws = x.view(np.int16).astype(np.int64), w.view(np.int16).astype(np.int64)
+    else:
+        raise TypeError(f"int_gemm takes uint8 or int16 rows, not {rows.dtype}")
+    total = acc.astype(np.int64) + (xs * ws).reshape(_LANES, -1).sum(axis=1)
+    return (total & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+if config.DISABLE_JIT:
+    _zero, _load, _splat, _splat_word, _byte, _store, _dot = (
+        _zero_py, _load_py, _splat_py, _splat_word_py, _byte_py, _store_py, _dot_py)
+else:
+    _zero, _load, _splat, _splat_word, _byte, _store, _dot = (
+        _zero_jit, _load_jit, _splat_jit, _splat_word_jit, _byte_jit, _store_jit, _dot_jit)
+
+
+# --- packing and the kernel --------------------------------------------------------------------
+
+
+def pack_igemm(weight: np.ndarray, dtype) -> np.ndarray:
+    """The weights ``[k, n]`` (integers) packed for :func:`int_gemm`: ``dtype`` int8 (for uint8
+    rows) or int16 (for int16 rows); shape ``[panels, groups, PANEL, 4 // itemsize]``, zero
+    beyond k and n. Raises ValueError if a weight does not fit ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.int8, np.int16):
+        raise ValueError(f"igemm packs int8 or int16 weights, not {dtype}")
+    w = np.asarray(weight)
+    if w.ndim != 2:
+        raise ValueError(f"igemm packs a [k, n] weight matrix, got shape {w.shape}")
+    info = np.iinfo(dtype)
+    if w.size and (w.min() < info.min or w.max() > info.max):
+        raise ValueError(f"weights in [{w.min()}, {w.max()}] do not fit {dtype}")
+    k, n = w.shape
+    per = 4 // dtype.itemsize
+    groups = -(-k // per)
+    panels = -(-n // PANEL)
+    padded = np.zeros((groups * per, panels * PANEL), dtype)
+    padded[:k, :n] = w
+    return np.ascontiguousarray(padded.reshape(groups, per, panels, PANEL).transpose(2, 0, 3, 1))
+
+
+@inlined
+def _tail(rows, offset, nbytes):
+    """The last, partial group of a row (1-3 bytes at ``offset``) with zero bytes above it:
+    reading 4 bytes there could cross the end of the array."""
+    word = 0
+    for b in range(nbytes):
+        word |= _byte(rows, offset + b) << (8 * b)
+    return _splat_word(word)
+
+
+@inlined
+def _put(out, edge, i, r, p, n, so, vec0, vec1):
+    """Store output row i + r of panel p (two vectors); a panel past the last channel goes
+    through ``edge`` and only its first n - p * PANEL channels are copied."""
+    c0 = p * PANEL
+    if c0 + PANEL <= n:
+        o = (i + r) * so + c0 * 4
+        _store(out, o, vec0)
+        _store(out, o + 64, vec1)
+    else:
+        _store(edge, r * PANEL * 4, vec0)
+        _store(edge, r * PANEL * 4 + 64, vec1)
+        for c in range(n - c0):
+            out[i + r, c0 + c] = edge[r, c]
+
+
+@inlined
+def _block(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n):
+    """Output rows i..i+ROWS-1, panel p: 12 accumulators through every group of k."""
+    c00 = c01 = c10 = c11 = c20 = c21 = _zero()
+    c30 = c31 = c40 = c41 = c50 = c51 = _zero()
+    r0 = i * sa
+    w_at = p * sp
+    for g in range(groups):
+        w0 = _load(packed, w_at)
+        w1 = _load(packed, w_at + 64)
+        x = _splat(rows, r0 + 4 * g)
+        c00 = _dot(c00, x, w0, rows)
+        c01 = _dot(c01, x, w1, rows)
+        x = _splat(rows, r0 + sa + 4 * g)
+        c10 = _dot(c10, x, w0, rows)
+        c11 = _dot(c11, x, w1, rows)
+        x = _splat(rows, r0 + 2 * sa + 4 * g)
+        c20 = _dot(c20, x, w0, rows)
+        c21 = _dot(c21, x, w1, rows)
+        x = _splat(rows, r0 + 3 * sa + 4 * g)
+        c30 = _dot(c30, x, w0, rows)
+        c31 = _dot(c31, x, w1, rows)
+        x = _splat(rows, r0 + 4 * sa + 4 * g)
+        c40 = _dot(c40, x, w0, rows)
+        c41 = _dot(c41, x, w1, rows)
+        x = _splat(rows, r0 + 5 * sa + 4 * g)
+        c50 = _dot(c50, x, w0, rows)
+        c51 = _dot(c51, x, w1, rows)
+        w_at += 4 * PANEL
+    if tail:
+        w0 = _load(packed, w_at)
+        w1 = _load(packed, w_at + 64)
+        at = r0 + 4 * groups
+        x = _tail(rows, at, tail)
+        c00 = _dot(c00, x, w0, rows)
+        c01 = _dot(c01, x, w1, rows)
+        x = _tail(rows, at + sa, tail)
+        c10 = _dot(c10, x, w0, rows)
+        c11 = _dot(c11, x, w1, rows)
+        x = _tail(rows, at + 2 * sa, tail)
+        c20 = _dot(c20, x, w0, rows)
+        c21 = _dot(c21, x, w1, rows)
+        x = _tail(rows, at + 3 * sa, tail)
+        c30 = _dot(c30, x, w0, rows)
+        c31 = _dot(c31, x, w1, rows)
+        x = _tail(rows, at + 4 * sa, tail)
+        c40 = _dot(c40, x, w0, rows)
+        c41 = _dot(c41, x, w1, rows)
+        x = _tail(rows, at + 5 * sa, tail)
+        c50 = _dot(c50, x, w0, rows)
+        c51 = _dot(c51, x, w1, rows)
+    _put(out, edge, i, 0, p, n, so, c00, c01)
+    _put(out, edge, i, 1, p, n, so, c10, c11)
+    _put(out, edge, i, 2, p, n, so, c20, c21)
+    _put(out, edge, i, 3, p, n, so, c30, c31)
+    _put(out, edge, i, 4, p, n, so, c40, c41)
+    _put(out, edge, i, 5, p, n, so, c50, c51)
+
+
+@inlined
+def _row(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n):
+    """Output row i, panel p (the rows after the last whole block)."""
+    c0 = c1 = _zero()
+    r0 = i * sa
+    w_at = p * sp
+    for g in range(groups):
+        x = _splat(rows, r0 + 4 * g)
+        c0 = _dot(c0, x, _load(packed, w_at), rows)
+        c1 = _dot(c1, x, _load(packed, w_at + 64), rows)
+        w_at += 4 * PANEL
+    if tail:
+        x = _tail(rows, r0 + 4 * groups, tail)
+        c0 = _dot(c0, x, _load(packed, w_at), rows)
+        c1 = _dot(c1, x, _load(packed, w_at + 64), rows)
+    _put(out, edge, i, 0, p, n, so, c0, c1)
+
+
+@kernel
+def int_gemm(rows, packed, out):
+    """``out = rows @ W`` exactly in int32, on integer dot products (VNNI where the CPU has it).
+
+    ``W`` [k, n] is given packed (:func:`~eventformer.kernels.igemm.pack_igemm`): int8 weights
+    with uint8 rows (``vpdpbusd``), int16 weights with int16 rows (``vpdpwssd``). Sums wrap
+    modulo 2^32 as they go, so the result is exact whenever the true sums fit int32 (the
+    layers' load-time bound). Rows may be a block of a larger buffer; callers split the rows
+    over threads (nogil).
+
+    Parameters
+    ----------
+    rows : uint8|int16[m, k], each row contiguous
+        The GEMM's input rows: spike counts or small non-negative integers (uint8), or integers
+        up to 32767 in magnitude (int16).
+    packed : int8|int16[panels, groups, 32, 4 // itemsize], C-contiguous
+        ``pack_igemm(W, np.int8)`` for uint8 rows, ``pack_igemm(W, np.int16)`` for int16 rows:
+        ``panels * 32 >= n`` and ``groups`` covers k; zero beyond them.
+    out : int32[m, n], each row contiguous, overwritten
+        ``out[i, j] = sum_c rows[i, c] * W[c, j]``.
+
+    Returns
+    -------
+    None
+        The result is ``out``, overwritten in full.
+    """
+    m, k = rows.shape
+    n = out.shape[1]
+    if (rows.itemsize != packed.itemsize or out.shape[0] != m
+            or (m > 0 and k > 1 and rows.strides[1] != rows.itemsize)
+            or (m > 0 and n > 1 and out.strides[1] != 4) or packed.shape[2] != PANEL
+            or packed.shape[3] * packed.itemsize != 4 or packed.shape[0] * PANEL < n
+            or 4 * packed.shape[1] < k * rows.itemsize):
+        raise ValueError("int_gemm: rows, packed weights and out do not match")
+    row_bytes = k * rows.itemsize
+    groups = row_bytes // 4
+    tail = row_bytes - 4 * groups
+    sa = rows.strides[0]
+    so = out.strides[0]
+    sp = packed.strides[0]
+    panels = (n + PANEL - 1) // PANEL
+    edge = np.empty((ROWS, PANEL), np.int32)
+    i = 0
+    while i + ROWS <= m:
+        for p in range(panels):
+            _block(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n)
+        i += ROWS
+    while i < m:
+        for p in range(panels):
+            _row(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n)
+        i += 1
