@@ -23,8 +23,6 @@ from eventformer.kernels import (
     depthwise3x3_scatter,
     im2col_padded,
     int_gemm,
-    lif_fixed_kernels,
-    lif_kernels,
     lif_params,
     lif_quiet_step,
     lif_step,
@@ -988,28 +986,13 @@ def test_kernels_are_pure_functions_of_their_inputs():
 
 
 @pytest.mark.parametrize("kernel", [
-    conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops,
-    maxpool_flags, merge_add, channel_sums, scatter_dense,
+    conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops, lif_step,
+    maxpool_flags, lif_step_flags, lif_quiet_step, merge_add, channel_sums, scatter_dense,
     ssa_step, ssa_bin_step, nsad_step, tasa_current, depthwise3x3_scatter, saformer_step,
 ], ids=lambda f: f.py_func.__name__)
 def test_kernel_compiled_with_cache(kernel):
     assert not isinstance(kernel._cache, NullCache)
     assert kernel.targetoptions.get("nogil") is True
-
-
-@pytest.mark.parametrize("rules", [lif_kernels, lif_fixed_kernels], ids=lambda f: f.__name__)
-@pytest.mark.parametrize("hard_reset", [True, False])
-@pytest.mark.parametrize("decay_input", [True, False])
-def test_lif_rule_kernels_compiled_with_cache(rules, hard_reset, decay_input):
-    """Each LIF rule's kernels (closures over the rule's two bools) are cached, and their
-    cache key can hit in another process: it holds the closure cells, which are plain bools."""
-    for kernel in rules(hard_reset, decay_input):
-        assert not isinstance(kernel._cache, NullCache)
-        assert kernel.targetoptions.get("nogil") is True
-        cells = [c.cell_contents for c in kernel.py_func.__closure__]
-        assert sorted(cells) == sorted([hard_reset, decay_input])
-        assert all(type(c) is bool for c in cells)
-    assert rules(np.bool_(hard_reset), int(decay_input)) is rules(hard_reset, decay_input)
 
 
 @SETTINGS
