@@ -9,7 +9,7 @@ from ..kernels import (conv2d_gather, conv2d_gather_int, conv2d_scatter, counter
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
                        tasa_current, tasa_fixed_current)
 from ..kernels.igemm import VNNI, int_gemm, pack_igemm
-from ..runtime import PARALLEL_GEMM_MIN_MACS, engine_threads, gemm, in_part, run_parts, split
+from ..runtime import engine_threads, gemm, in_part, run_parts, split
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
 from .neurons import FixedLIFNeurons, LIFNeurons
 
@@ -19,12 +19,19 @@ FLOAT32_EXACT = 2**24
 
 # An integer layer's dense step runs on the integer GEMM (kernels.igemm: uint8 rows x int8
 # weights on vpdpbusd, int16 x int16 on vpdpwssd, exact in int32) where the CPU has AVX512-VNNI,
-# else on float BLAS as above. RULE_PLACEHOLDER
+# else on float BLAS as above. It won at every GEMM shape of the full-size model, per step and
+# T=16-batched, 1 and 2 threads (`python benchmarks/int_gemm.py`, AMD EPYC Zen 4, load ~1: GEMM
+# alone, float BLAS + cast over int, int8 3.2-4.5x on 1 thread and 1.8-4.1x on 2; int16 1.8-2.3x
+# against float32 and 4.2-5.0x against float64; the whole dense step 2.7-4.0x int8, 1.4-4.1x
+# int16), so the rule is the CPU's: without VNNI (untimed there) float BLAS stays.
 INT_GEMM = VNNI
 # The largest GEMM input value each integer row dtype holds.
 UINT8_ROWS, INT16_ROWS = 255, 32767
-# Below this many multiply-accumulates the integer GEMM runs on one thread. SPLIT_PLACEHOLDER
-INT_PARALLEL_MIN_MACS = PARALLEL_GEMM_MIN_MACS
+# Below this much work (multiply-accumulates x bytes per input value: an int16 one costs twice
+# a uint8 one) the integer GEMM runs on one thread: split over 2 (benchmarks/int_gemm.py), the
+# 16.7M-MAC uint8 fc1/fc2 steps ran 1.1-1.2x slower and the 37.7M RPE step 1.2x faster, int16's
+# 16.7M fc1/fc2 steps 1.1x faster and its 4.2M q step 1.7x slower.
+INT_PARALLEL_MIN_WORK = 24_000_000
 
 # Offline runs stack the dense steps of a layer into one GEMM when a step alone has fewer rows
 # than this: small GEMMs (64 token rows) run far below the machine's GEMM speed.
@@ -62,7 +69,7 @@ def _integer_gemm(rows, packed, out) -> None:
     threads = engine_threads()
     m = rows.shape[0]
     if (threads == 1 or in_part() or m < 2 * threads
-            or m * rows.shape[1] * out.shape[1] < INT_PARALLEL_MIN_MACS):
+            or m * rows.shape[1] * out.shape[1] * rows.itemsize < INT_PARALLEL_MIN_WORK):
         int_gemm(rows, packed, out)
         return
     bounds = split(m, threads)
@@ -90,7 +97,8 @@ class SynapticLIF(SpikingLayer):
 
     In an integer arithmetic (:class:`~eventformer.fixedpoint.Fixed`) the layer holds its
     weights quantised per output channel (SPEC §6): the scatter and gather add int8/int16 weights
-    into int32 currents, and the GEMM multiplies the same integers on float BLAS, exactly.
+    into int32 currents, and the GEMM multiplies the same integers exactly, on the integer GEMM
+    (VNNI) or on float BLAS.
     """
 
     def _arithmetic(self, params, dtype, multiplicity: int | None, window: float = 1.0):
