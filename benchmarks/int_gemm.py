@@ -1,6 +1,6 @@
 """The integer modes' dense step: the integer GEMM (kernels.igemm, VNNI) against float BLAS.
 
-    python benchmarks/int_gemm.py [--threads 1,2] [--repeat 9] [--no-steps]
+    python benchmarks/int_gemm.py [--threads 1,2] [--repeat 9] [--no-steps] [--crossover]
 
 For the full-size Spikformer-DVS (random weights quantised per output channel at load, as
 ``--dtype int8`` / ``int16`` does), every synaptic layer's GEMM shape (SPS0-3, RPE, q, fc1, fc2):
@@ -18,6 +18,11 @@ is timed two ways, interleaved, median of ``--repeat``:
 step of each layer (densify + im2col or scatter into rows, GEMM, bias) through the engine's own
 layer objects, built with and without the integer GEMM, on random inputs at 20% density.
 BLAS runs on one thread, as in the engine; the machine's load is printed first.
+
+``--crossover``: the integer modes' gather against their dense step on the integer GEMM, per
+gather-capable layer (SPS1-3, RPE, q, fc1) at random i.i.d. input densities: where, if anywhere,
+the dense step overtakes the gather (``GATHER_BAND`` in eventformer/layers/base.py). Whole
+synaptic steps of the engine's layers, median ms, gather/dense above 1: dense faster.
 """
 
 from __future__ import annotations
@@ -135,12 +140,45 @@ def step_table(model, threads: int, repeat: int) -> None:
                   flush=True)
 
 
+CROSS_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8)
+
+
+def crossover_table(model, threads: int, repeat: int) -> None:
+    print(f"\ngather vs dense step on the integer GEMM, {threads} engine thread(s), random "
+          "inputs: median ms gather/dense [gather/dense] per input density")
+    print(f"{'mode':5s} {'layer':28s} " + " ".join(f"{d:>20.2f}" for d in CROSS_DENSITIES))
+    rng = np.random.default_rng(2)
+    for dtype in ("int8", "int16"):
+        for layer in layers_of(model, dtype, True):
+            if not layer.can_gather:
+                continue
+            cells = []
+            for d in CROSS_DENSITIES:
+                n = int(d * layer.in_sites)
+                idx = np.sort(rng.choice(layer.in_sites, n, replace=False)).astype(np.int32)
+                cnt = np.ones(n, np.int32)
+                gather, dense = PathPolicy(mode="gather"), PathPolicy(mode="dense")
+
+                def run(policy, i=idx, c=cnt):
+                    layer.policy = policy
+                    layer.synapse(i, c)
+
+                ms = _median_ms({"gather": lambda: run(gather), "dense": lambda: run(dense)},
+                                repeat)
+                cells.append(f"{ms['gather']:6.3f}/{ms['dense']:6.3f}"
+                             f"[{ms['gather'] / ms['dense']:4.2f}]")
+            print(f"{dtype:5s} {layer.name:28s} " + " ".join(f"{c:>20s}" for c in cells),
+                  flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2",
                     help="engine thread counts to measure, comma-separated (default 1,2)")
     ap.add_argument("--repeat", type=int, default=9, help="timed rounds per case (default 9)")
     ap.add_argument("--no-steps", action="store_true", help="skip the whole-dense-step table")
+    ap.add_argument("--crossover", action="store_true",
+                    help="only the gather-vs-dense table of the integer modes")
     args = ap.parse_args()
     try:
         threads = [int(t) for t in args.threads.split(",")]
@@ -158,6 +196,9 @@ def main() -> None:
     model = random_model(SpikformerConfig(), seed=0)
     for t in threads:
         set_engine_threads(t)
+        if args.crossover:
+            crossover_table(model, t, args.repeat)
+            continue
         gemm_table(model, t, args.repeat)
         if not args.no_steps:
             step_table(model, t, args.repeat)

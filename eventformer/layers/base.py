@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import counters as C, merge_add
+from ..kernels.igemm import VNNI
 from ..runtime import engine_threads
 
 # Input density above which a step runs dense, by engine threads (benchmarks/crossover.py on
@@ -22,15 +23,21 @@ CROSSOVER = {1: {"conv2d": 0.25, "linear": 0.22}, 2: {"conv2d": 0.14, "linear": 
 # density after the max-pool and 15% firing 43-53%) put the gather ahead of the scatter at every
 # density seen (2-60%, float32 and integer), ahead of the GEMM up to ~45% (float32, 1 thread) or
 # ~30% (2 threads, where the GEMM splits over both cores), and in the integer modes ahead of
-# everything everywhere (int16's exact GEMM runs in float64: its sums can exceed float32's 2^24).
+# float BLAS everywhere (int16's exact GEMM ran in float64: its sums can exceed float32's 2^24).
+# The integer GEMM on VNNI (kernels.igemm) moved that: `python benchmarks/int_gemm.py
+# --crossover` (random inputs, 1 thread, gather/dense time) put the dense step ahead above ~45%
+# on SPS3, RPE, q, fc1, fc2 (int8 1.0-1.4 at 45%) and above ~60% on SPS1-2 (int8 1.01-1.07,
+# int16 1.00-1.21 at 60%; 1.2-2.2 at 80% everywhere), so the integer modes go dense above 60%,
+# where no layer loses; without VNNI the GEMM is float BLAS and the gather keeps every density.
+_INT_DENSE_ABOVE = 0.6 if VNNI else 1.0
 # Since layers run in bands of rows on every engine thread, the gather splits over the threads as
 # the GEMM does, and the one-thread band holds on two as well (full-size model at 5% firing,
 # float32, 2 threads: 56.7 ms per sample with (0, 0.45) against 63.6 with (0, 0.30), 60.7 with
 # (0, 0.6); at 15%: 101.6 against 106.7).
 GATHER_BAND: dict[str, dict[int, tuple[float, float] | None]] = {
     "float": {1: (0.0, 0.45), 2: (0.0, 0.45)},
-    "int16": {1: (0.0, 1.0), 2: (0.0, 1.0)},
-    "int8": {1: (0.0, 1.0), 2: (0.0, 1.0)},
+    "int16": {1: (0.0, _INT_DENSE_ABOVE), 2: (0.0, _INT_DENSE_ABOVE)},
+    "int8": {1: (0.0, _INT_DENSE_ABOVE), 2: (0.0, _INT_DENSE_ABOVE)},
 }
 
 
