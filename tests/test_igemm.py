@@ -190,10 +190,10 @@ def test_dense_steps_equal_event_driven_steps(model, samples, dtype, other, one_
     integer = {layer.name: layer.gemm_dtype for layer in layers if layer.gemm_dtype.kind != "f"}
     # every layer but the int8 first layer (raw counts: its overflow bound lets through counts
     # no int16 row holds, so it stays on float BLAS) runs on the integer GEMM
-    first = layers[0].name
-    assert set(integer) == {layer.name for layer in layers} - ({first} if dtype == "int8" else set())
+    on_float = {layers[0].name} if dtype == "int8" else set()
+    assert set(integer) == {layer.name for layer in layers} - on_float
     if dtype == "int8":
-        assert all(dt == np.uint8 for name, dt in integer.items())
+        assert all(dt == np.uint8 for dt in integer.values())
     else:
         assert all(dt == np.int16 for dt in integer.values())
     ref_currents, ref_spikes, ref_logits, ref_stats, _ = _traced(model, dtype, other, samples)
