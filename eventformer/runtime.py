@@ -119,22 +119,23 @@ def kernels_cached(arithmetic: str = "float32") -> bool:
     """Whether Numba's on-disk cache already holds the engine's kernels for ``arithmetic``
     (float32, float64, int16, int8) on this machine, so that start-up is a load, not a compile.
 
-    Probed through the LIF step of that arithmetic, which every Spikformer run calls: its cache
-    index (Numba's, beside the sources or under NUMBA_CACHE_DIR) must hold a signature of the
-    arithmetic's dtype compiled for this CPU. A cache that holds it may still lack a kernel no
-    run has used before; that one compiles on its first call."""
+    Probed through the LIF steps of that arithmetic, which every Spikformer run calls: the
+    cache index (Numba's, beside the sources or under NUMBA_CACHE_DIR) of one of them (a step,
+    a step into flags, a quiet step; one index per kind holds every LIF rule's entries) must
+    hold a signature of the arithmetic's dtype compiled for this CPU. A cache that holds it may
+    still lack a kernel (or a LIF rule) no run has used before; that one compiles on its first
+    call."""
     try:
-        from .kernels import lif_fixed_step, lif_step
+        from .kernels import lif_fixed_kernels, lif_kernels
 
         fixed = arithmetic in ("int16", "int8")
-        kernel = lif_fixed_step if fixed else lif_step
+        rule = (lif_fixed_kernels if fixed else lif_kernels)(True, True)
         want = "int32" if fixed else arithmetic
-        cache = kernel._cache._cache_file
-        here = kernel.targetctx.codegen().magic_tuple()
-        # an index key is (argument types, this machine's CPU and features, code hash); the
-        # first argument is the membrane array, of the arithmetic's dtype
+        here = rule.step.targetctx.codegen().magic_tuple()
+        # an index key is (argument types, this machine's CPU and features, code hash and
+        # closure cells); the first argument is the membrane array, of the arithmetic's dtype
         return any(key[1] == here and str(getattr(key[0][0], "dtype", "")) == want
-                   for key in cache._load_index())
+                   for kernel in rule for key in kernel._cache._cache_file._load_index())
     except (AttributeError, OSError, TypeError, ValueError, EOFError, IndexError):
         return True  # unknown: say nothing rather than something wrong
 

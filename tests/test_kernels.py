@@ -23,6 +23,8 @@ from eventformer.kernels import (
     depthwise3x3_scatter,
     im2col_padded,
     int_gemm,
+    lif_fixed_kernels,
+    lif_kernels,
     lif_params,
     lif_quiet_step,
     lif_step,
@@ -986,13 +988,59 @@ def test_kernels_are_pure_functions_of_their_inputs():
 
 
 @pytest.mark.parametrize("kernel", [
-    conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops, lif_step,
-    maxpool_flags, lif_step_flags, lif_quiet_step, merge_add, channel_sums, scatter_dense,
+    conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops,
+    maxpool_flags, merge_add, channel_sums, scatter_dense,
     ssa_step, ssa_bin_step, nsad_step, tasa_current, depthwise3x3_scatter, saformer_step,
 ], ids=lambda f: f.py_func.__name__)
 def test_kernel_compiled_with_cache(kernel):
     assert not isinstance(kernel._cache, NullCache)
     assert kernel.targetoptions.get("nogil") is True
+
+
+@pytest.mark.parametrize("rules", [lif_kernels, lif_fixed_kernels], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("hard_reset", [True, False])
+@pytest.mark.parametrize("decay_input", [True, False])
+def test_lif_rule_kernels_compiled_with_cache(rules, hard_reset, decay_input):
+    """Each LIF rule's kernels (closures over the rule's two bools) are cached, and their
+    cache key can hit in another process: it holds the closure cells, which are plain bools."""
+    for kernel in rules(hard_reset, decay_input):
+        assert not isinstance(kernel._cache, NullCache)
+        assert kernel.targetoptions.get("nogil") is True
+        cells = [c.cell_contents for c in kernel.py_func.__closure__]
+        assert sorted(cells) == sorted([hard_reset, decay_input])
+        assert all(type(c) is bool for c in cells)
+    assert rules(np.bool_(hard_reset), int(decay_input)) is rules(hard_reset, decay_input)
+
+
+def test_lif_rule_kernels_load_from_the_cache_in_a_new_process(tmp_path):
+    """A rule's kernels compiled in one process load from Numba's cache in the next (the
+    closure's key must come out the same), and runtime.kernels_cached says so for that
+    arithmetic only: False on the empty cache, True after a run, still False for another."""
+    import os
+    import subprocess
+    import sys
+
+    from numba.core import config
+
+    if config.DISABLE_JIT:
+        pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
+    script = """
+import sys
+import numpy as np
+from eventformer.kernels import lif_kernels, lif_params
+from eventformer.runtime import kernels_cached
+rule = lif_kernels(False, True)
+print(kernels_cached("float32"), kernels_cached("int8"))
+v = np.zeros(6, np.float32)
+rule.step(v, np.ones(3, np.float32), lif_params(2.0, 1.0, None, np.float32),
+          np.empty(6, np.int32), np.zeros(16, np.int64))
+print(sum(len(k.stats.cache_hits) for k in rule), sum(len(k.stats.cache_misses) for k in rule))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs[0] == ["False", "False", "0", "1"]  # compiled (a miss), then saved
+    assert runs[1] == ["True", "False", "1", "0"]  # loaded (a hit), nothing compiled
 
 
 @SETTINGS

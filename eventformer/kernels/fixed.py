@@ -10,71 +10,114 @@ and :func:`~eventformer.kernels.nsad_step` compute in integers and, given an int
 scale, write exact integers.
 """
 
+import functools
+
 import numpy as np
 
 from ..jit import inlined, kernel
 from .attention import _mapped_attention
 from .counters import AC, INPUT_EVENTS, MAC, NEURON_UPDATES, SHIFT
-from .neurons import _compact
+from .neurons import LIFKernels, _compact
 from .saformer import depthwise3x3_scatter
 
 
 @inlined
-def _lif_fixed_range(v, cur, theta, m, shift, hard_reset, decay_input, flags, track):
-    """Neurons v[0..m-1] with currents cur[0..m-1] and thresholds theta[0..m-1]: (count, moved)."""
-    count = 0
-    moved = False
+def _charge_fixed(vi, x, th, shift, hard_reset, decay_input):
+    """One neuron's integer step: ``(spike, new membrane)`` as :func:`lif_fixed_step_flags`
+    gives it (in int64: Numba widens the int32 operands). Its callers pass the rule's bools as
+    constants, so one rule's arithmetic is all that is compiled."""
     if decay_input:
-        for j in range(m):
-            vi = v[j]
-            h = vi + ((cur[j] - vi) >> shift)
-            s = h >= theta[j]
-            flags[j] = s
-            count += s
-            if hard_reset:
-                nv = 0 if s else h
-            else:
-                nv = h - theta[j] if s else h
-            if track:
-                moved |= nv != vi
-            v[j] = nv
+        h = vi + ((x - vi) >> shift)
     else:
-        for j in range(m):
-            vi = v[j]
-            h = vi - (vi >> shift) + cur[j]
-            s = h >= theta[j]
-            flags[j] = s
-            count += s
-            if hard_reset:
-                nv = 0 if s else h
-            else:
-                nv = h - theta[j] if s else h
-            if track:
+        h = vi - (vi >> shift) + x
+    s = h >= th
+    if hard_reset:
+        return s, 0 if s else h
+    return s, h - th if s else h
+
+
+def lif_fixed_kernels(hard_reset, decay_input) -> LIFKernels:
+    """The integer kernels of the rule (``hard_reset``, ``decay_input``), each compiled on its
+    first call (or loaded from the cache), for that rule only (see
+    :func:`~eventformer.kernels.neurons.lif_kernels`); their arguments are those of
+    :func:`lif_fixed_step`, :func:`lif_fixed_step_flags` and :func:`lif_fixed_quiet_step`
+    without the two bools."""
+    return _lif_fixed_kernels(bool(hard_reset), bool(decay_input))
+
+
+@functools.cache
+def _lif_fixed_kernels(hard_reset, decay_input):
+    # closure constants, pruned before typing; bools keep the closures cacheable
+
+    @kernel
+    def step_flags(v, current, theta, shift, flags, counters):
+        n = v.shape[0]
+        p = theta.shape[0]
+        dense = current.shape[0] == n
+        count = 0
+        for base in range(0, n, max(p, 1)):  # in runs of the threshold period
+            m = min(p, n - base)
+            vb = v[base:base + m]
+            fb = flags[base:base + m]
+            cur = current[base:base + m] if dense else current
+            for j in range(m):
+                s, vb[j] = _charge_fixed(vb[j], cur[j], theta[j], shift, hard_reset,
+                                         decay_input)
+                fb[j] = s
+                count += s
+        counters[NEURON_UPDATES] += n
+        return count
+
+    @kernel
+    def step(v, current, theta, shift, spikes_out, counters):
+        # step_flags' loop into spikes_out, then compacted in place (a copy of the loop rather
+        # than a call: that would compile step_flags once more for int32 flags)
+        n = v.shape[0]
+        p = theta.shape[0]
+        dense = current.shape[0] == n
+        count = 0
+        for base in range(0, n, max(p, 1)):
+            m = min(p, n - base)
+            vb = v[base:base + m]
+            fb = spikes_out[base:base + m]
+            cur = current[base:base + m] if dense else current
+            for j in range(m):
+                s, vb[j] = _charge_fixed(vb[j], cur[j], theta[j], shift, hard_reset,
+                                         decay_input)
+                fb[j] = s
+                count += s
+        counters[NEURON_UPDATES] += n
+        if count == 0:
+            return 0
+        return _compact(spikes_out, n, spikes_out)
+
+    @kernel
+    def quiet(v, current, theta, shift, flags, spikes_out, counters):
+        n = v.shape[0]
+        p = theta.shape[0]
+        dense = current.shape[0] == n
+        count = 0
+        moved = False
+        for base in range(0, n, max(p, 1)):
+            m = min(p, n - base)
+            vb = v[base:base + m]
+            fb = flags[base:base + m]
+            cur = current[base:base + m] if dense else current
+            for j in range(m):
+                vi = vb[j]
+                s, nv = _charge_fixed(vi, cur[j], theta[j], shift, hard_reset, decay_input)
+                fb[j] = s
+                count += s
                 moved |= nv != vi
-            v[j] = nv
-    return count, moved
+                vb[j] = nv
+        counters[NEURON_UPDATES] += n
+        if count > 0 and spikes_out.shape[0] > 0:
+            _compact(flags, n, spikes_out)
+        return count, count == 0 and not moved
+
+    return LIFKernels(step, step_flags, quiet)
 
 
-@inlined
-def _lif_fixed_all(v, current, theta, shift, hard_reset, decay_input, flags, track):
-    """Every neuron, in runs of the threshold period (the current is dense, or one period of the
-    same length as ``theta``): (count, moved)."""
-    n = v.shape[0]
-    p = theta.shape[0]
-    dense = current.shape[0] == n
-    count = 0
-    moved = False
-    for base in range(0, n, p):
-        m = min(p, n - base)
-        cur = current[base:base + m] if dense else current
-        k, mv = _lif_fixed_range(v[base:base + m], cur, theta, m, shift, hard_reset,
-                                 decay_input, flags[base:base + m], track)
-        count += k
-        moved |= mv
-    return count, moved
-
-
-@kernel
 def lif_fixed_step_flags(v, current, theta, shift, hard_reset, decay_input, flags, counters):
     """One integer LIF step for every neuron (SPEC §6); 0/1 spike flags into ``flags``.
 
@@ -109,12 +152,10 @@ def lif_fixed_step_flags(v, current, theta, shift, hard_reset, decay_input, flag
     int
         The number of neurons that spiked.
     """
-    count, _ = _lif_fixed_all(v, current, theta, shift, hard_reset, decay_input, flags, False)
-    counters[NEURON_UPDATES] += v.shape[0]
-    return count
+    return lif_fixed_kernels(hard_reset, decay_input).step_flags(v, current, theta, shift,
+                                                                 flags, counters)
 
 
-@kernel
 def lif_fixed_step(v, current, theta, shift, hard_reset, decay_input, spikes_out, counters):
     """One integer LIF step, returning the spikes as sorted indices.
 
@@ -146,14 +187,10 @@ def lif_fixed_step(v, current, theta, shift, hard_reset, decay_input, spikes_out
     count : int
         The number of neurons that spiked.
     """
-    total = lif_fixed_step_flags(v, current, theta, shift, hard_reset, decay_input, spikes_out,
-                                 counters)
-    if total == 0:
-        return 0
-    return _compact(spikes_out, v.shape[0], spikes_out)
+    return lif_fixed_kernels(hard_reset, decay_input).step(v, current, theta, shift,
+                                                           spikes_out, counters)
 
 
-@kernel
 def lif_fixed_quiet_step(v, current, theta, shift, hard_reset, decay_input, flags, spikes_out,
                          counters):
     """One integer LIF step on an unchanging current, reporting whether the step was still.
@@ -192,12 +229,8 @@ def lif_fixed_quiet_step(v, current, theta, shift, hard_reset, decay_input, flag
     still : bool
         True when nothing spiked and no membrane changed value.
     """
-    n = v.shape[0]
-    count, moved = _lif_fixed_all(v, current, theta, shift, hard_reset, decay_input, flags, True)
-    counters[NEURON_UPDATES] += n
-    if count > 0 and spikes_out.shape[0] > 0:
-        _compact(flags, n, spikes_out)
-    return count, count == 0 and not moved
+    return lif_fixed_kernels(hard_reset, decay_input).quiet(v, current, theta, shift, flags,
+                                                            spikes_out, counters)
 
 
 @kernel

@@ -11,6 +11,9 @@ small array of that same dtype (``params``) because a Python float would make Nu
 float64 and round twice, which changes float32 spike decisions.
 """
 
+import functools
+from typing import Callable, NamedTuple
+
 import numpy as np
 
 from ..jit import inlined, kernel
@@ -25,79 +28,22 @@ PARAMS_LEN = 4
 
 
 @inlined
-def _lif_range(v, cur, m, tau_inv, theta, v_reset, keep, hard_reset, decay_input, flags, track):
-    """Neurons v[0..m-1] with currents cur[0..m-1]; returns their spike count and, when
-    ``track``, whether any membrane changed value (False when not tracked)."""
-    count = 0
-    moved = False
+def _charge(vi, x, tau_inv, theta, v_reset, keep, hard_reset, decay_input):
+    """One neuron's step: ``(spike, new membrane)`` from membrane ``vi`` and current ``x``, in
+    the order of operations :func:`lif_step_flags` gives. Its callers pass the rule's bools as
+    constants, so one rule's arithmetic is all that is compiled."""
     if decay_input and hard_reset:
-        for j in range(m):
-            vi = v[j]
-            h = vi + (cur[j] - (vi - v_reset)) * tau_inv
-            s = h >= theta
-            flags[j] = s
-            count += s
-            nv = v_reset if s else h
-            if track:
-                moved |= nv != vi
-            v[j] = nv
+        h = vi + (x - (vi - v_reset)) * tau_inv
     elif decay_input:
-        for j in range(m):
-            vi = v[j]
-            h = vi + (cur[j] - vi) * tau_inv
-            s = h >= theta
-            flags[j] = s
-            count += s
-            nv = h - theta if s else h
-            if track:
-                moved |= nv != vi
-            v[j] = nv
+        h = vi + (x - vi) * tau_inv
     elif hard_reset:
-        for j in range(m):
-            vi = v[j]
-            h = vi - (vi - v_reset) * tau_inv + cur[j]
-            s = h >= theta
-            flags[j] = s
-            count += s
-            nv = v_reset if s else h
-            if track:
-                moved |= nv != vi
-            v[j] = nv
+        h = vi - (vi - v_reset) * tau_inv + x
     else:
-        for j in range(m):
-            vi = v[j]
-            h = vi * keep + cur[j]
-            s = h >= theta
-            flags[j] = s
-            count += s
-            nv = h - theta if s else h
-            if track:
-                moved |= nv != vi
-            v[j] = nv
-    return count, moved
-
-
-@inlined
-def _lif_all(v, current, params, hard_reset, decay_input, flags, track):
-    """Every neuron, on a dense current or one period of a repeating one: (count, moved)."""
-    tau_inv = params[P_TAU_INV]
-    theta = params[P_THETA]
-    v_reset = params[P_V_RESET]
-    keep = params[P_KEEP]
-    n = v.shape[0]
-    c = current.shape[0]
-    if c == n:
-        return _lif_range(v, current, n, tau_inv, theta, v_reset, keep, hard_reset,
-                          decay_input, flags, track)
-    count = 0
-    moved = False
-    for base in range(0, n, c):
-        m = min(c, n - base)
-        k, mv = _lif_range(v[base:base + m], current, m, tau_inv, theta, v_reset, keep,
-                           hard_reset, decay_input, flags[base:base + m], track)
-        count += k
-        moved |= mv
-    return count, moved
+        h = vi * keep + x
+    s = h >= theta
+    if hard_reset:
+        return s, v_reset if s else h
+    return s, h - theta if s else h
 
 
 @inlined
@@ -111,7 +57,102 @@ def _compact(flags, n, spikes_out):
     return count
 
 
-@kernel
+class LIFKernels(NamedTuple):
+    """The compiled steps of one LIF rule (reset kind and decay_input fixed); their arguments
+    are those of :func:`lif_step`, :func:`lif_step_flags` and :func:`lif_quiet_step` without
+    the two bools."""
+
+    step: Callable
+    step_flags: Callable
+    quiet: Callable
+
+
+def lif_kernels(hard_reset, decay_input) -> LIFKernels:
+    """The kernels of the rule (``hard_reset``, ``decay_input``), each compiled on its first
+    call (or loaded from the cache), for that rule only.
+
+    A kernel that took the rule as runtime bools would compile all four rules' loops at once:
+    about four times the compile of one, on a user's first run, for the one rule a model uses.
+    """
+    return _lif_kernels(bool(hard_reset), bool(decay_input))
+
+
+@functools.cache
+def _lif_kernels(hard_reset, decay_input):
+    # The rule reaches the kernels as closure constants: Numba prunes the other rules' branches
+    # before typing, and bools keep the closures cacheable (the cache key holds their cells).
+
+    @kernel
+    def step_flags(v, current, params, flags, counters):
+        tau_inv, theta = params[P_TAU_INV], params[P_THETA]
+        v_reset, keep = params[P_V_RESET], params[P_KEEP]
+        n = v.shape[0]
+        c = current.shape[0]
+        count = 0
+        for base in range(0, n, max(c, 1)):  # one period at a time (dense: one pass)
+            m = min(c, n - base)
+            vb = v[base:base + m]
+            fb = flags[base:base + m]
+            for j in range(m):  # branch-free per neuron, so it vectorises
+                s, vb[j] = _charge(vb[j], current[j], tau_inv, theta, v_reset, keep,
+                                   hard_reset, decay_input)
+                fb[j] = s
+                count += s
+        counters[NEURON_UPDATES] += n
+        return count
+
+    @kernel
+    def step(v, current, params, spikes_out, counters):
+        # the flags of step_flags written into spikes_out, then compacted in place (a second
+        # compiled copy of the loop, not a call of step_flags: that would compile step_flags
+        # once more for int32 flags and link it in)
+        tau_inv, theta = params[P_TAU_INV], params[P_THETA]
+        v_reset, keep = params[P_V_RESET], params[P_KEEP]
+        n = v.shape[0]
+        c = current.shape[0]
+        count = 0
+        for base in range(0, n, max(c, 1)):
+            m = min(c, n - base)
+            vb = v[base:base + m]
+            fb = spikes_out[base:base + m]
+            for j in range(m):
+                s, vb[j] = _charge(vb[j], current[j], tau_inv, theta, v_reset, keep,
+                                   hard_reset, decay_input)
+                fb[j] = s
+                count += s
+        counters[NEURON_UPDATES] += n
+        if count == 0:  # nothing fired (a quiet step): no compaction pass
+            return 0
+        return _compact(spikes_out, n, spikes_out)
+
+    @kernel
+    def quiet(v, current, params, flags, spikes_out, counters):
+        tau_inv, theta = params[P_TAU_INV], params[P_THETA]
+        v_reset, keep = params[P_V_RESET], params[P_KEEP]
+        n = v.shape[0]
+        c = current.shape[0]
+        count = 0
+        moved = False
+        for base in range(0, n, max(c, 1)):
+            m = min(c, n - base)
+            vb = v[base:base + m]
+            fb = flags[base:base + m]
+            for j in range(m):
+                vi = vb[j]
+                s, nv = _charge(vi, current[j], tau_inv, theta, v_reset, keep, hard_reset,
+                                decay_input)
+                fb[j] = s
+                count += s
+                moved |= nv != vi
+                vb[j] = nv
+        counters[NEURON_UPDATES] += n
+        if count > 0 and spikes_out.shape[0] > 0:
+            _compact(flags, n, spikes_out)
+        return count, count == 0 and not moved
+
+    return LIFKernels(step, step_flags, quiet)
+
+
 def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters):
     """One LIF step for every neuron; spike flags (0/1) into ``flags``; returns the spike count.
 
@@ -126,8 +167,10 @@ def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters)
     either way (bit-identical); a period of a few hundred values or more keeps the inner loop
     as fast as the dense one.
 
-    Branch-free per neuron so it vectorises; one loop per neuron variant keeps the variant tests
-    out of the inner loop. ``flags`` may be any integer array of at least ``v.size``.
+    Branch-free per neuron so it vectorises; each rule (reset kind, decay_input) is compiled on
+    its own (:func:`lif_kernels`), which keeps the rule's tests out of the inner loop and a first
+    run's compile to the rule a model uses. ``flags`` may be any integer array of at least
+    ``v.size``.
 
     Parameters
     ----------
@@ -153,13 +196,9 @@ def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters)
     int
         The number of neurons that spiked.
     """
-    count, _ = _lif_all(v, current, params, hard_reset, decay_input, flags, False)
-    n = v.shape[0]
-    counters[NEURON_UPDATES] += n
-    return count
+    return lif_kernels(hard_reset, decay_input).step_flags(v, current, params, flags, counters)
 
 
-@kernel
 def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
     """One LIF step for every neuron, returning the spikes as sorted indices.
 
@@ -192,13 +231,9 @@ def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
     count : int
         The number of neurons that spiked (of indices written to ``spikes_out``).
     """
-    total = lif_step_flags(v, current, params, hard_reset, decay_input, spikes_out, counters)
-    if total == 0:  # nothing fired (a quiet step): no compaction pass
-        return 0
-    return _compact(spikes_out, v.shape[0], spikes_out)
+    return lif_kernels(hard_reset, decay_input).step(v, current, params, spikes_out, counters)
 
 
-@kernel
 def lif_quiet_step(v, current, params, hard_reset, decay_input, flags, spikes_out, counters):
     """One LIF step on an unchanging current, reporting whether the step was still.
 
@@ -244,12 +279,8 @@ def lif_quiet_step(v, current, params, hard_reset, decay_input, flags, spikes_ou
         True when nothing spiked and no membrane changed value: ``v`` is a fixed point of
         ``current``.
     """
-    n = v.shape[0]
-    count, moved = _lif_all(v, current, params, hard_reset, decay_input, flags, True)
-    counters[NEURON_UPDATES] += n
-    if count > 0 and spikes_out.shape[0] > 0:
-        _compact(flags, n, spikes_out)
-    return count, count == 0 and not moved
+    return lif_kernels(hard_reset, decay_input).quiet(v, current, params, flags, spikes_out,
+                                                     counters)
 
 
 def lif_params(tau, theta, v_reset, dtype):

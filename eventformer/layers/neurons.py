@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import (counters as C, lif_fixed_quiet_step, lif_fixed_step,
-                       lif_fixed_step_flags, lif_params, lif_quiet_step, lif_step,
-                       lif_step_flags)
+from ..kernels import counters as C, lif_fixed_kernels, lif_kernels, lif_params
 from .base import EMPTY, period
 
 
@@ -22,23 +20,26 @@ class LIFNeurons:
     still counted, as every membrane still decays towards the same value.
     """
 
-    # the kernels of a step, a step into flags, a quiet step; their arguments after (v, current)
-    _step = staticmethod(lif_step)
-    _step_flags = staticmethod(lif_step_flags)
-    _quiet = staticmethod(lif_quiet_step)
-
     def __init__(self, size: int, *, tau: float, theta: float, v_reset: float | None,
                  decay_input: bool, dtype):
         self.size = size
         self.params = lif_params(tau, theta, v_reset, np.dtype(dtype).type)
         self.hard_reset = v_reset is not None
         self.decay_input = bool(decay_input)
-        self._args = (self.params, self.hard_reset, self.decay_input)
+        self._bind(lif_kernels(self.hard_reset, self.decay_input), (self.params,))
         self.v = np.zeros(size, dtype)
         self._spikes = np.empty(size, np.int32)
         self._flags = np.empty(size, np.uint8)
         self.steady = None
         self._settled = False  # v is a fixed point of ``steady`` (see lif_quiet_step)
+
+    def _bind(self, rule, args) -> None:
+        """The kernels of a step (``_step``: sorted spike indices), a step into flags
+        (``_step_flags``) and a quiet step (``_quiet``) of this layer's rule, called as
+        ``kernel(v, current, *_args, ...)``: the rule is compiled into them (a first run
+        compiles only the rules its model uses), so ``_args`` holds the numeric parameters."""
+        self._step, self._step_flags, self._quiet = rule
+        self._args = args
 
     def reset(self) -> None:
         self.v[:] = 0
@@ -89,10 +90,6 @@ class FixedLIFNeurons(LIFNeurons):
     as a dense one.
     """
 
-    _step = staticmethod(lif_fixed_step)
-    _step_flags = staticmethod(lif_fixed_step_flags)
-    _quiet = staticmethod(lif_fixed_quiet_step)
-
     def __init__(self, size: int, *, shift: int, theta: np.ndarray, soft_reset: bool,
                  decay_input: bool):
         self.size = size
@@ -100,7 +97,8 @@ class FixedLIFNeurons(LIFNeurons):
         self.hard_reset = not soft_reset
         self.decay_input = bool(decay_input)
         self.theta = period(np.asarray(theta, np.int32), size)
-        self._args = (self.theta, self.shift, self.hard_reset, self.decay_input)
+        self._bind(lif_fixed_kernels(self.hard_reset, self.decay_input),
+                   (self.theta, self.shift))
         self.v = np.zeros(size, np.int32)
         self._spikes = np.empty(size, np.int32)
         self._flags = np.empty(size, np.uint8)
