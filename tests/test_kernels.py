@@ -240,8 +240,11 @@ def test_conv2d_gather_vectorises():
         pytest.skip("the CPU has no AVX")
     from eventformer.jit import OPTIONS
 
-    # a fresh, uncached compile of the same source: cached machine code cannot be inspected
-    fresh = njit(**{**OPTIONS, "cache": False})(conv2d_gather.py_func)
+    from eventformer.kernels.gather import _wide_gather
+
+    # a fresh, uncached compile of the kernel conv2d_gather calls: cached machine code cannot
+    # be inspected
+    fresh = njit(**{**OPTIONS, "cache": False})(_wide_gather.py_func)
     f32 = np.float32
     fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), f32),
           np.zeros(64, f32), 3, 0, 2, np.zeros(4 * 64, f32), np.zeros(C.N_COUNTERS, np.int64),
@@ -364,7 +367,7 @@ def test_conv2d_gather_int_vectorises(wdtype, add):
     from numba import njit
     from numba.core import config
 
-    from eventformer.kernels import conv2d_gather_int
+    from eventformer.kernels.gather import _narrow_gather, _wide_gather
 
     if config.DISABLE_JIT:
         pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
@@ -374,8 +377,9 @@ def test_conv2d_gather_int_vectorises(wdtype, add):
         pytest.skip("the CPU has no AVX")
     from eventformer.jit import OPTIONS
 
-    # a fresh, uncached compile: its asm holds the (uncached) step code it calls
-    fresh = njit(**{**OPTIONS, "cache": False})(conv2d_gather_int.py_func)
+    # a fresh, uncached compile of the kernel conv2d_gather_int calls for these weights
+    gather = _narrow_gather if wdtype == np.int8 else _wide_gather
+    fresh = njit(**{**OPTIONS, "cache": False})(gather.py_func)
     fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), wdtype),
           np.zeros(64, np.int32), 3, 0, 2, np.zeros(4 * 64, np.int32),
           np.zeros(C.N_COUNTERS, np.int64), False)

@@ -14,11 +14,11 @@ flushed into int32 (PERF-NOTES: twice the lanes per vector add, exact).
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import config
 from numba.extending import intrinsic, overload
 
-from ..jit import OPTIONS, inlined, kernel
+from ..jit import inlined, kernel
 from ._common import book_ops
 
 # Output channels per accumulator block: blocks of BLOCK while they fit, then one of BLOCK_SMALL,
@@ -31,9 +31,6 @@ from ._common import book_ops
 # 5-17x slower than 64.
 BLOCK = 128
 BLOCK_SMALL = 64
-
-# The private closures' compile options (:func:`_make_step`): the engine's, without the cache.
-_uncached = njit(**{**OPTIONS, "cache": False})
 
 
 def _block_buffer_py(like, length):
@@ -80,9 +77,18 @@ LANE_FLUSH = 256
 @inlined
 def _pixel_starts(idx, p0, p1, cin, start):
     """``start[p]`` for pixels p0 <= p <= p1 = the first event at input pixel p or later: pixel
-    p's events are ``start[p]:start[p + 1]``. A binary search finds pixel p0's first event."""
+    p's events are ``start[p]:start[p + 1]``. A binary search finds pixel p0's first event
+    (written out: ``np.searchsorted`` compiles Numba's generic implementation on every first
+    run, about half a second)."""
     n = idx.shape[0]
-    e = np.searchsorted(idx, p0 * cin)
+    first = p0 * cin
+    e, hi = 0, n
+    while e < hi:
+        mid = (e + hi) >> 1
+        if idx[mid] < first:
+            e = mid + 1
+        else:
+            hi = mid
     for p in range(p0, p1 + 1):
         lim = p * cin
         while e < n and idx[e] < lim:
@@ -201,19 +207,18 @@ def _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, o
         o[j] = acc[j] + lane[j]
 
 
-def _make_step(block):
-    """The single-step gather with ``block`` (:func:`_wide_block` or :func:`_narrow_block`)
-    inlined for every channel block: blocks of BLOCK, then one of BLOCK_SMALL, then a partial
-    one, each with its own accumulators on the stack.
+def _gather_kernel(narrow, name):
+    """The gather kernel with :func:`_narrow_block` (``narrow``: int8 weights) or
+    :func:`_wide_block` inlined for every channel block: blocks of BLOCK, then one of
+    BLOCK_SMALL, then a partial one, each with its own accumulators on the stack.
 
-    Compiled without Numba's disk cache, unlike :data:`~eventformer.jit.OPTIONS`: a closure's
-    cache key holds its cell contents (here a dispatcher, pickled with a per-process id), so it
-    would never hit and would add a cache entry per process. It needs none: the public kernels
-    that call it are cached with its machine code linked in.
+    ``narrow`` reaches the body as a closure constant: Numba prunes the other block's calls
+    before inlining (each compiled kernel holds one block's code), and a bool keeps the closure
+    cacheable (its cache key holds the cell). ``name`` names the kernel and its cache files.
     """
 
-    def step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
-             weighted):
+    def gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+               weighted):
         n = idx.shape[0]
         cout = weight_rows.shape[1]
         npix = in_h * in_w
@@ -246,48 +251,67 @@ def _make_step(block):
                 ops += _pixel_ops(start, cum, in_h, in_w, k, oy, ox, weighted)
                 ob = ((oy - row0) * in_w + ox) * cout
                 for c0 in range(0, n_big, BLOCK):
-                    block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox,
-                          c0, BLOCK, acc_big, lane_big, kbuf, out[ob + c0:ob + c0 + BLOCK])
+                    if narrow:
+                        _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
+                                      k, oy, ox, c0, BLOCK, acc_big, lane_big, kbuf,
+                                      out[ob + c0:ob + c0 + BLOCK])
+                    else:
+                        _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
+                                    k, oy, ox, c0, BLOCK, acc_big, lane_big, kbuf,
+                                    out[ob + c0:ob + c0 + BLOCK])
                 if small:
-                    block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox,
-                          n_big, BLOCK_SMALL, acc_small, lane_small, kbuf,
-                          out[ob + n_big:ob + part0])
+                    if narrow:
+                        _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
+                                      k, oy, ox, n_big, BLOCK_SMALL, acc_small, lane_small,
+                                      kbuf, out[ob + n_big:ob + part0])
+                    else:
+                        _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
+                                    k, oy, ox, n_big, BLOCK_SMALL, acc_small, lane_small, kbuf,
+                                    out[ob + n_big:ob + part0])
                 if part0 < cout:
-                    block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox,
-                          part0, cout - part0, acc_part, lane_part, kbuf,
-                          out[ob + part0:ob + cout])
+                    if narrow:
+                        _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
+                                      k, oy, ox, part0, cout - part0, acc_part, lane_part,
+                                      kbuf, out[ob + part0:ob + cout])
+                    else:
+                        _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
+                                    k, oy, ox, part0, cout - part0, acc_part, lane_part, kbuf,
+                                    out[ob + part0:ob + cout])
         book_ops(counters, ops * cout, n, weighted)
 
-    return _uncached(step)
+    gather.__name__ = gather.__qualname__ = name
+    return kernel(gather)
 
 
-_wide_step = _make_step(_wide_block)
-_narrow_step = _make_step(_narrow_block)
+#: float weights (conv2d_gather) and int16 ones (conv2d_gather_int): int32 or float blocks
+_wide_gather = _gather_kernel(False, "conv2d_gather")
+#: int8 weights (conv2d_gather_int): int16 lanes flushed into int32 blocks
+_narrow_gather = _gather_kernel(True, "conv2d_gather_int8")
 
 
-def _int_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
-              weighted):
-    """:func:`conv2d_gather_int`'s body: ``_narrow_step`` for int8 weights, ``_wide_step`` for
-    int16. Compiled, the choice is an overload resolved per signature, so each signature compiles
-    only the code it runs; this Python body serves NUMBA_DISABLE_JIT=1."""
-    step = _narrow_step if weight_rows.dtype.itemsize == 1 else _wide_step
-    step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters, weighted)
+def _gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+            weighted):
+    """The gather for any weights, for kernels that call it from compiled code: the choice of
+    :data:`_narrow_gather` (int8 weights) or :data:`_wide_gather` is an overload resolved by
+    the weights' type; this Python body serves NUMBA_DISABLE_JIT=1. (Python callers use
+    :func:`conv2d_gather` and :func:`conv2d_gather_int`.)"""
+    gather = _narrow_gather if weight_rows.dtype.itemsize == 1 else _wide_gather
+    gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters, weighted)
 
 
-@overload(_int_step, jit_options={**OPTIONS, "cache": False})  # see _make_step
-def _int_step_overload(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out,
-                       counters, weighted):
-    step = _narrow_step if weight_rows.dtype.bitwidth == 8 else _wide_step
+@overload(_gather, jit_options={"nogil": True})
+def _gather_overload(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out,
+                     counters, weighted):
+    gather = _narrow_gather if weight_rows.dtype.bitwidth == 8 else _wide_gather
 
     def impl(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
              weighted):
-        step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
-             weighted)
+        gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+               weighted)
 
     return impl
 
 
-@kernel
 def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
                   weighted):
     """The current of a stride-1, "same"-padded k x k convolution of an event list, by gather.
@@ -341,11 +365,10 @@ def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, o
     None
         The results are ``out`` and ``counters``, both modified in place.
     """
-    _wide_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
-               weighted)
+    _wide_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
+                 weighted)
 
 
-@kernel
 def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out,
                       counters, weighted):
     """The exact integer current of a stride-1, "same"-padded k x k convolution, by gather.
@@ -394,5 +417,5 @@ def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row
     None
         The results are ``out`` and ``counters``, both modified in place.
     """
-    _int_step(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
-              weighted)
+    gather = _narrow_gather if weight_rows.dtype.itemsize == 1 else _wide_gather
+    gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters, weighted)
