@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..jit import inlined, kernel
+from ..jit import kernel
 
 
 @kernel
@@ -120,7 +120,6 @@ def channel_sums(idx, cnt, dim, sums):
         sums[idx[e] % dim] += cnt[e]
 
 
-@kernel
 def maxpool_flags(flags, in_h, in_w, c, k, stride, pad, out_h, out_w, row0, row1, out):
     """Max-pool of a dense 0/1 spike-flag map (HWC) straight into sorted output indices.
 
@@ -161,18 +160,25 @@ def maxpool_flags(flags, in_h, in_w, c, k, stride, pad, out_h, out_w, row0, row1
     count : int
         The number of pooled sites that spiked (indices written to ``out``).
     """
-    size = in_h * in_w * c
-    if c % 8 == 0:  # eight channels' flags per int64 word: 8x fewer ORs, zero words skipped
-        return _pool_lanes(flags[:size].view(np.int64), in_h, in_w, c // 8, 8, k, stride, pad,
-                           out_h, out_w, row0, row1, out)
-    return _pool_lanes(flags[:size], in_h, in_w, c, 1, k, stride, pad, out_h, out_w, row0, row1,
-                       out)
+    lanes, cl, width = flag_lanes(flags[:in_h * in_w * c], c)
+    return maxpool_lanes(lanes, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, row0, row1,
+                         out)
 
 
-@inlined
-def _pool_lanes(lanes, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, row0, row1, out):
+def flag_lanes(flags, c):
+    """``flags`` (uint8, last axis HWC) seen as lanes for :func:`maxpool_lanes`: (lanes, lanes
+    per pixel, bytes per lane). Eight channels' flags to an int64 word when ``c`` allows (8x
+    fewer ORs, zero words skipped in the compaction); chosen here, so that a model compiles
+    the one lane width its maps use."""
+    if c % 8 == 0 and flags.shape[-1] % 8 == 0 and flags.strides[-1] == 1:
+        return flags.view(np.int64), c // 8, 8
+    return flags, c, 1
+
+
+@kernel
+def maxpool_lanes(lanes, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, row0, row1, out):
     """:func:`maxpool_flags` on the flags seen as lanes of ``width`` bytes (``cl`` lanes per
-    pixel): an OR of 0/1 bytes is their max, lane by lane. Per pooled row, the OR down its
+    pixel, :func:`flag_lanes`): an OR of 0/1 bytes is their max, lane by lane. Per pooled row, the OR down its
     window's input rows runs over whole contiguous rows (it vectorises), then the OR across each
     column window, whose lanes are compacted into indices at once."""
     line = in_w * cl
@@ -213,3 +219,17 @@ def _pool_lanes(lanes, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, row0
                     out[n] = at + j * width + b
                     n += (x >> (8 * b)) & 1
     return n
+
+
+@kernel
+def pool_steps(lanes, fired, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, row0, row1,
+               out, counts):
+    """:func:`maxpool_flags` of every step's flags over the pooled rows ``row0:row1``, in one
+    call (a band of a layer's max-pool, all its steps): ``lanes[t]`` is step t's flag map seen
+    as lanes (:func:`flag_lanes`); its pooled indices go into ``out[t]``, their number into
+    ``counts[t]`` (0 without computing when ``fired[t]`` is 0: no spike, nothing pooled)."""
+    for t in range(lanes.shape[0]):
+        counts[t] = 0
+        if fired[t]:
+            counts[t] = maxpool_lanes(lanes[t], in_h, in_w, cl, width, k, stride, pad, out_h,
+                                      out_w, row0, row1, out[t])
