@@ -95,6 +95,28 @@ def run_parts(part, parts: int) -> None:
         f.result()
 
 
+def run_dynamic(part, parts: int) -> None:
+    """Call ``part(i)`` for i in range(parts), each thread taking the next i as it finishes
+    one: parts of unequal cost even out over the threads (a static split waits on the thread
+    whose share turned out dearer). As :func:`run_parts`, serial inside a part."""
+    threads = min(engine_threads(), parts)
+    if threads <= 1 or in_part():
+        for i in range(parts):
+            part(i)
+        return
+    import itertools
+
+    order = itertools.count()  # next() on it is atomic under the GIL
+
+    def take(_):
+        for i in order:
+            if i >= parts:
+                return
+            part(i)
+
+    run_parts(take, threads)
+
+
 def split(n: int, parts: int) -> list[int]:
     """Boundaries of ``parts`` near-equal ranges over ``n`` items."""
     return [n * i // parts for i in range(parts + 1)]

@@ -38,6 +38,9 @@ def samples():
         ev["y"][: n // 3] = rng.integers(SIZE // 2, SIZE // 2 + 6, n // 3)
         ev = ev[np.argsort(ev["t"], kind="stable")]
         out.append(frame_events(ev, STEPS, SIZE, SIZE))
+    # the busy sample with steps 2, 3 and 5 empty: quiet steps between busy ones
+    empty = (np.empty(0, np.int32), np.empty(0, np.int32))
+    out.append([empty if t in (2, 3, 5) else step for t, step in enumerate(out[2])])
     return out
 
 
@@ -166,7 +169,8 @@ def test_streaming_steps_run_in_bands_and_equal_one_thread(models, samples, thre
 
 def test_small_layers_run_whole_and_q_k_v_side_by_side(models, samples, threads, monkeypatch):
     """Below BAND_MIN_OPS a layer is not split (its bands would cost more than they save); q, k
-    and v, which read the same input, then run at once, one per thread, each whole."""
+    and v, which read the same input, then run at once, each whole on one thread, handed to the
+    threads together (three layers on two threads: the first thread free takes the third)."""
     import threading
 
     threads(2)
@@ -184,6 +188,42 @@ def test_small_layers_run_whole_and_q_k_v_side_by_side(models, samples, threads,
             return _run(inputs)
 
         monkeypatch.setattr(layer, "run_steps", run)
+    import eventformer.layers.attention as attention
+
+    handed = []
+    run_dynamic = attention.run_dynamic
+
+    def watched(part, parts):
+        handed.append(parts)
+        run_dynamic(part, parts)
+
+    monkeypatch.setattr(attention, "run_dynamic", watched)
     engine.run(samples[2])
     assert not banded
-    assert len(seen) == 3 and len(set(seen.values())) == 2, seen
+    assert len(seen) == 3 and handed == [3], (seen, handed)
+
+
+def test_run_dynamic_calls_every_part_once(threads):
+    """The threads take parts as they come free: every part runs once, whatever its cost; from
+    inside a part (the threads all taken) the parts run serially on the caller."""
+    import time
+
+    from eventformer.runtime import in_part, run_dynamic
+
+    threads(2)
+    calls = []
+
+    def part(i):
+        time.sleep(0.002 * (i % 3))  # unequal parts
+        calls.append((i, in_part()))
+
+    run_dynamic(part, 7)
+    assert sorted(i for i, _ in calls) == list(range(7))
+    assert all(inside for _, inside in calls)
+    nested = []
+    run_dynamic(lambda i: run_dynamic(lambda j: nested.append((i, j)), 3), 2)
+    assert sorted(nested) == [(i, j) for i in range(2) for j in range(3)]
+    threads(1)
+    calls.clear()
+    run_dynamic(part, 3)
+    assert [i for i, _ in calls] == [0, 1, 2]

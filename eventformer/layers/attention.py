@@ -21,7 +21,7 @@ from ..fixedpoint import (ACC_LIMIT, ATTENTION_UNIT, GATE_SHIFT, Fixed, FixedPoi
                           arithmetic, attention_theta, quantise, shift_of)
 from ..kernels import (counters as C, nsad_step, saformer_step, saformer_step_fixed, ssa_bin_step,
                        ssa_bin_step_fixed, ssa_step)
-from ..runtime import engine_threads, run_parts
+from ..runtime import engine_threads, run_dynamic, run_parts
 from .base import PathPolicy, SpikingLayer, ones, period
 from .neurons import FixedLIFNeurons, LIFNeurons
 from .synapses import LinearLIF, TasaLinearLIF
@@ -101,7 +101,7 @@ def side_by_side(layers: list, inputs: list) -> list:
     def part(i):
         outs[i] = layers[i].run_steps(inputs)
 
-    run_parts(part, len(layers))
+    run_dynamic(part, len(layers))  # three layers on two threads: the first free takes the third
     return outs
 
 
