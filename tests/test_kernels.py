@@ -189,7 +189,7 @@ def gather_cases(draw):
     k = draw(st.sampled_from([1, 3, 3, 5]))
     return dict(
         k=k, stride=1, pad=k // 2, h=draw(st.integers(1, 7)), w=draw(st.integers(1, 7)),
-        cin=draw(st.integers(1, 4)), cout=draw(st.sampled_from([1, 3, 5, 64, 70])),
+        cin=draw(st.integers(1, 4)), cout=draw(st.sampled_from([1, 3, 5, 64, 70, 192])),
         dtype=draw(DTYPES), mode=draw(MODES), max_mult=draw(st.sampled_from([1, 1, 3, 7])),
         weighted=draw(st.booleans()), seed=draw(SEEDS),
     )
@@ -241,11 +241,11 @@ def test_conv2d_gather_vectorises():
         pytest.skip("the CPU has no AVX")
     from eventformer.jit import OPTIONS
 
-    from eventformer.kernels.gather import _wide_gather
+    from eventformer.kernels.gather import _GATHERS
 
-    # a fresh, uncached compile of the kernel conv2d_gather calls: cached machine code cannot
-    # be inspected
-    fresh = njit(**{**OPTIONS, "cache": False})(_wide_gather.py_func)
+    # a fresh, uncached compile of the kernel conv2d_gather calls for Cout 64: cached machine
+    # code cannot be inspected
+    fresh = njit(**{**OPTIONS, "cache": False})(_GATHERS[False, False].py_func)
     f32 = np.float32
     fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), f32),
           np.zeros(64, f32), 3, 0, 2, np.zeros(4 * 64, f32), np.zeros(C.N_COUNTERS, np.int64),
@@ -268,7 +268,8 @@ def gather_int_cases(draw):
     k = draw(st.sampled_from([1, 3, 3, 5]))
     return dict(
         k=k, stride=1, pad=k // 2, h=draw(st.integers(1, 6)), w=draw(st.integers(1, 6)),
-        cin=draw(st.integers(1, 4)), cout=draw(st.sampled_from([1, 5, 64, 70, 128, 131, 200])),
+        cin=draw(st.integers(1, 4)),
+        cout=draw(st.sampled_from([1, 5, 64, 70, 128, 131, 192, 200])),
         wdtype=draw(st.sampled_from([np.int8, np.int16])), mode=draw(MODES),
         max_mult=draw(st.sampled_from([1, 1, 3, 257, 300])), weighted=draw(st.booleans()),
         seed=draw(SEEDS),
@@ -368,7 +369,7 @@ def test_conv2d_gather_int_vectorises(wdtype, add):
     from numba import njit
     from numba.core import config
 
-    from eventformer.kernels.gather import _narrow_gather, _wide_gather
+    from eventformer.kernels.gather import _GATHERS
 
     if config.DISABLE_JIT:
         pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
@@ -379,8 +380,7 @@ def test_conv2d_gather_int_vectorises(wdtype, add):
     from eventformer.jit import OPTIONS
 
     # a fresh, uncached compile of the kernel conv2d_gather_int calls for these weights
-    gather = _narrow_gather if wdtype == np.int8 else _wide_gather
-    fresh = njit(**{**OPTIONS, "cache": False})(gather.py_func)
+    fresh = njit(**{**OPTIONS, "cache": False})(_GATHERS[wdtype == np.int8, False].py_func)
     fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), wdtype),
           np.zeros(64, np.int32), 3, 0, 2, np.zeros(4 * 64, np.int32),
           np.zeros(C.N_COUNTERS, np.int64), False)

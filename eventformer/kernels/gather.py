@@ -16,7 +16,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import config
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from ..jit import inlined, kernel
 from ._common import book_ops
@@ -207,14 +207,17 @@ def _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, o
         o[j] = acc[j] + lane[j]
 
 
-def _gather_kernel(narrow, name):
+def _gather_kernel(narrow, partial, name):
     """The gather kernel with :func:`_narrow_block` (``narrow``: int8 weights) or
     :func:`_wide_block` inlined for every channel block: blocks of BLOCK, then one of
-    BLOCK_SMALL, then a partial one, each with its own accumulators on the stack.
+    BLOCK_SMALL, then (``partial``) a partial one, each with its own accumulators on the stack.
 
-    ``narrow`` reaches the body as a closure constant: Numba prunes the other block's calls
-    before inlining (each compiled kernel holds one block's code), and a bool keeps the closure
-    cacheable (its cache key holds the cell). ``name`` names the kernel and its cache files.
+    ``narrow`` and ``partial`` reach the body as closure constants: Numba prunes the other
+    block's calls, and the partial block when it is not wanted, before inlining, so a kernel
+    holds only the block code it runs, and bools keep the closure cacheable (its cache key
+    holds the cells). The partial block, whose channel loops have a runtime trip count, costs
+    the most to compile, and only a Cout that is not a multiple of BLOCK_SMALL needs it.
+    ``name`` names the kernel and its cache files.
     """
 
     def gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
@@ -268,7 +271,7 @@ def _gather_kernel(narrow, name):
                         _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
                                     k, oy, ox, n_big, BLOCK_SMALL, acc_small, lane_small, kbuf,
                                     out[ob + n_big:ob + part0])
-                if part0 < cout:
+                if partial and part0 < cout:
                     if narrow:
                         _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
                                       k, oy, ox, part0, cout - part0, acc_part, lane_part,
@@ -283,33 +286,18 @@ def _gather_kernel(narrow, name):
     return kernel(gather)
 
 
-#: float weights (conv2d_gather) and int16 ones (conv2d_gather_int): int32 or float blocks
-_wide_gather = _gather_kernel(False, "conv2d_gather")
-#: int8 weights (conv2d_gather_int): int16 lanes flushed into int32 blocks
-_narrow_gather = _gather_kernel(True, "conv2d_gather_int8")
+#: The gather kernels by (narrow: int8 weights into int16 lanes flushed into int32 blocks, else
+#: float blocks for float weights and int32 ones for int16; partial: Cout not a multiple of
+#: BLOCK_SMALL), each compiled on its first call.
+_GATHERS = {(narrow, partial): _gather_kernel(narrow, partial, "conv2d_gather"
+                                              + ("_int8" if narrow else "")
+                                              + ("_partial" if partial else ""))
+            for narrow in (False, True) for partial in (False, True)}
 
 
-def _gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
-            weighted):
-    """The gather for any weights, for kernels that call it from compiled code: the choice of
-    :data:`_narrow_gather` (int8 weights) or :data:`_wide_gather` is an overload resolved by
-    the weights' type; this Python body serves NUMBA_DISABLE_JIT=1. (Python callers use
-    :func:`conv2d_gather` and :func:`conv2d_gather_int`.)"""
-    gather = _narrow_gather if weight_rows.dtype.itemsize == 1 else _wide_gather
-    gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters, weighted)
-
-
-@overload(_gather, jit_options={"nogil": True})
-def _gather_overload(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out,
-                     counters, weighted):
-    gather = _narrow_gather if weight_rows.dtype.bitwidth == 8 else _wide_gather
-
-    def impl(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
-             weighted):
-        gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
-               weighted)
-
-    return impl
+def _gather_for(weight_rows):
+    """The gather kernel for these weights: see :data:`_GATHERS`."""
+    return _GATHERS[weight_rows.dtype.itemsize == 1, weight_rows.shape[1] % BLOCK_SMALL != 0]
 
 
 def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
@@ -365,8 +353,8 @@ def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, o
     None
         The results are ``out`` and ``counters``, both modified in place.
     """
-    _wide_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
-                 weighted)
+    _gather_for(weight_rows)(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out,
+                             counters, weighted)
 
 
 def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out,
@@ -417,5 +405,5 @@ def conv2d_gather_int(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row
     None
         The results are ``out`` and ``counters``, both modified in place.
     """
-    gather = _narrow_gather if weight_rows.dtype.itemsize == 1 else _wide_gather
-    gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters, weighted)
+    _gather_for(weight_rows)(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out,
+                             counters, weighted)
