@@ -348,6 +348,7 @@ def _print_profiles(result: dict) -> None:
         err.print("kernel peaks on this machine: " + "; ".join(parts) + ". \"of peak\" is a "
                   "stage's rate over its kernel's peak: scatter and gather per thread-second "
                   "(summed over the engine's threads) against a bare one-thread loop, GEMM per "
-                  "second of the calling thread against runtime.gemm on the same threads; above "
+                  "second of the calling thread against the layers' own GEMM on the same threads; "
+                  "above "
                   "1x the engine's kernel beats the bare loop (wider rows, better "
                   "vectorisation), it breaks no bound.", markup=False, highlight=False)

@@ -7,8 +7,9 @@ Three access patterns make a synaptic current, and each has its own best rate he
 - **gather** (output-stationary): one output site sums the weight rows of its active inputs in an
   accumulator and stores it once (:func:`_gather_rows` below: a bare loop over precomputed row
   lists, no decoding, one thread, half of the inputs active, at the gather layers' widths);
-- **GEMM**: ``runtime.gemm`` (BLAS, rows split over the engine's threads, as the layers call it)
-  at every GEMM shape of the model, in the GEMM's dtype.
+- **GEMM**: each GEMM shape's own layer product (``_gemm``: float BLAS through ``runtime.gemm``,
+  or in an integer mode the integer GEMM on VNNI; rows split over the engine's threads, as the
+  layers run it) on a step's rows of spikes, in the GEMM's dtype.
 
 The scatter and gather loops run in the arithmetic's own types (float32 or float64 weights and
 currents; int8 or int16 weights into int32 currents), one weight-row add of C channels counting
@@ -24,7 +25,7 @@ import time
 import numpy as np
 
 from ..jit import kernel
-from ..runtime import engine_threads, gemm, limit_blas_threads
+from ..runtime import engine_threads, limit_blas_threads
 from .roofline import _scatter_rows
 
 # (weight dtype, current dtype) of the event-driven paths, by the engine's arithmetic
@@ -101,14 +102,14 @@ def gather_peak(cin: int, cout: int, arithmetic: str = "float32", k: int = 3, si
     return _best_rate(lambda: _gather_rows(rows, starts, weight, out), rows.shape[0] * cout)
 
 
-def gemm_peak(m: int, k: int, n: int, dtype=np.float32) -> float:
-    """Multiply-accumulates/s of ``runtime.gemm`` on an [m, k] x [k, n] product, on the engine's
-    threads."""
+def layer_gemm_peak(layer) -> float:
+    """Multiply-accumulates/s of ``layer``'s own dense product (its ``_gemm``: float BLAS, or
+    in an integer mode the integer GEMM where the layer uses it) on one step's rows of spikes,
+    on the engine's threads."""
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((k, n)).astype(dtype)
-    out = np.empty((m, n), dtype)
-    return _best_rate(lambda: gemm(a, b, out), float(m) * k * n)
+    rows = (rng.random((layer.rows, layer.k_dim)) < 0.5).astype(layer.gemm_dtype)
+    out = np.empty((layer.rows, layer.cout), layer.current.dtype)
+    return _best_rate(lambda: layer._gemm(rows, out), float(layer.rows) * layer.k_dim * layer.cout)
 
 
 def kernel_peaks(engine, arithmetic: str | None = None) -> dict:
@@ -122,9 +123,13 @@ def kernel_peaks(engine, arithmetic: str | None = None) -> dict:
     # a gathering layer's (Cin, Cout, kernel side): linear layers gather as 1x1 convolutions
     gathers = sorted({(int(layer.cin), int(layer.cout), int(layer._gather_shape[3]))
                       for layer in layers if getattr(layer, "can_gather", False)})
-    shapes = sorted({(int(layer.rows), int(layer.k_dim), int(layer.cout),
-                      np.dtype(layer.gemm_dtype).name) for layer in layers
-                     if hasattr(layer, "gemm_weight") and hasattr(layer, "k_dim")})
+    # one layer per GEMM shape and dtype, timed through its own product
+    shapes = {}
+    for layer in layers:
+        if hasattr(layer, "gemm_weight") and hasattr(layer, "k_dim"):
+            key = (int(layer.rows), int(layer.k_dim), int(layer.cout),
+                   np.dtype(layer.gemm_dtype).name)
+            shapes.setdefault(key, layer)
     out = {}
     if widths:
         by = {c: scatter_peak(c, arithmetic) for c in widths}
@@ -137,8 +142,10 @@ def kernel_peaks(engine, arithmetic: str | None = None) -> dict:
                          "by_shape": by, "measured": "bare output-stationary row sums, 50% "
                                                      "of inputs active"}
     if shapes:
-        by = {f"{m}x{k}x{n} {dt}": gemm_peak(m, k, n, np.dtype(dt)) for m, k, n, dt in shapes}
+        by = {f"{m}x{k}x{n} {dt}": layer_gemm_peak(layer)
+              for (m, k, n, dt), layer in sorted(shapes.items(), key=lambda kv: kv[0])}
         out["gemm"] = {"ops_per_s": max(by.values()), "unit": "MAC",
                        "threads": engine_threads(), "by_shape": by,
-                       "measured": "runtime.gemm at the model's GEMM shapes"}
+                       "measured": "the layers' own GEMM (float BLAS, or the integer GEMM) at "
+                                   "the model's GEMM shapes"}
     return out
