@@ -18,9 +18,10 @@ def scatter_dense(idx, cnt, dense):
         Flat indices into ``dense`` (any order; the engine's lists are sorted).
     cnt : int32[n]
         Multiplicities of the events in ``idx``; converted to ``dense``'s dtype.
-    dense : float32|float64|int32|int64[size], 1-D, overwritten
+    dense : float32|float64|uint8|int16|int32|int64[size], 1-D, overwritten
         Zeroed, then ``dense[idx[e]] = cnt[e]`` for every event. In the layers: the GEMM input
-        rows [tokens, Cin] flattened, in the layer's float dtype.
+        rows [tokens, Cin] flattened, in the GEMM's dtype (float, or uint8/int16 rows of the
+        integer GEMM, whose layer bounds every value to fit).
 
     Returns
     -------
