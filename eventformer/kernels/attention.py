@@ -28,7 +28,9 @@ from .counters import AC, ATTN_ENTRIES, ATTN_NONZERO, COMPARE, INPUT_EVENTS, LUT
 def _head_offsets(idx, n_tokens, dim, d):
     """ptr[n, h] = first position in ``idx`` of token n, head h (sorted input); ptr[n, H] = end."""
     heads = dim // d
-    ptr = np.empty((n_tokens, heads + 1), np.int64)
+    # flat, then reshaped: an allocation by a shape tuple compiles Numba's generic version of
+    # it on every first run (a quarter second), a flat one is compiled for every kernel anyway
+    ptr = np.empty(n_tokens * (heads + 1), np.int64).reshape(n_tokens, heads + 1)
     pos = 0
     total = idx.shape[0]
     for n in range(n_tokens):
@@ -47,9 +49,16 @@ def _key_columns(k_idx, dim):
     col_len = np.zeros(dim + 1, np.int64)
     for e in range(k_idx.shape[0]):
         col_len[k_idx[e] % dim + 1] += 1
-    col_ptr = np.cumsum(col_len)
+    # the running sum written out (np.cumsum compiles its generic version on a first run)
+    col_ptr = np.empty(dim + 1, np.int64)
+    fill = np.empty(dim, np.int64)  # where channel c's next key token goes
+    total = 0
+    for c in range(dim + 1):
+        total += col_len[c]
+        col_ptr[c] = total
+        if c < dim:
+            fill[c] = total
     col_tok = np.empty(k_idx.shape[0], np.int32)
-    fill = col_ptr[:-1].copy()
     for e in range(k_idx.shape[0]):
         c = k_idx[e] % dim
         col_tok[fill[c]] = k_idx[e] // dim
@@ -127,7 +136,7 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
     y = np.zeros(n_tokens * dim, np.int64)
     acc = np.zeros(n_tokens, np.int64)
     touched = np.empty(n_tokens, np.int32)
-    kv = np.zeros((d, d), np.int64)
+    kv = np.zeros(d * d, np.int64).reshape(d, d)  # flat, then reshaped: see _head_offsets
     used = np.empty(heads, np.int8)
     ops = 0
     entries = 0

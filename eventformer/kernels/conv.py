@@ -28,7 +28,9 @@ def _tap_output(pos, k, stride, pad, out_size):
 def _tap_table(in_size, k, stride, pad, out_size):
     """table[pos, tap] = output coordinate input ``pos`` reaches through ``tap``, or -1; and the
     number of valid taps per position. Built once per call so the event loop never divides."""
-    table = np.empty((in_size, k), np.int64)
+    # flat, then reshaped: an allocation by a shape tuple compiles Numba's generic version of
+    # it on every first run
+    table = np.empty(in_size * k, np.int64).reshape(in_size, k)
     valid = np.zeros(in_size, np.int64)
     for pos in range(in_size):
         for t in range(k):
