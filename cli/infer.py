@@ -37,6 +37,7 @@ from .common import (
 )
 from .errors import STATE, fail, user_errors
 from .tables import WIDE_HINT, WIDE_HELP, FitTable
+from eventformer.neurobench_metrics import describe as describe_neurobench
 
 
 @user_errors
@@ -323,6 +324,9 @@ def _print_summary(s: dict, config, wide: bool = False) -> None:
     err.print(f"per sample: AC {o['ac']:.3g}, MAC {o['mac']:.3g}, dense MAC {o['dense_mac']:.3g}, "
               f"energy {o['energy_uj']:.3g} uJ (counted), SOP {o['sop_paper']:.3g} (paper)")
     err.print(_arithmetic_line(s["energy_table"]), markup=False, highlight=False)
+    if s.get("neurobench"):
+        err.print(f"per sample, {describe_neurobench(s['neurobench'])}", markup=False,
+                  highlight=False)
     _confusion_table(s, names, err.width).print(err, wide=True)
     lt = FitTable("per layer, mean per sample", more_hint=WIDE_HINT)
     lt.add_column("layer", left=True, key=True)
@@ -382,6 +386,10 @@ def _print_results(results, show_layers: bool, wide: bool = False) -> None:
                       f"{r.ops['ac']:,}", f"{r.ops['mac']:,}", f"{r.ops['energy_uj']:.2f}")
     table.print(err, wide)
     err.print(_arithmetic_line(results[0].ops["energy_table"]), markup=False, highlight=False)
+    for r in results:
+        if r.neurobench:
+            err.print(f"{Path(r.file).name}: {describe_neurobench(r.neurobench)}", markup=False,
+                      highlight=False)
     if show_layers:
         for r in results:
             _layer_table(r).print(err, wide)

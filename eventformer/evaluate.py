@@ -11,6 +11,7 @@ from .datasets import GestureSet, TonicSet
 from .events import Recording, SpatialTransform
 from .inference import Classification, classify
 from .models import Spikformer
+from .neurobench_metrics import mean_per_sample
 from .report import ATTENTION_COUNTERS, EnergyTable
 
 #: The op counts summed over samples and reported per sample (the counted work, the paper
@@ -29,6 +30,7 @@ class Tally:
         self.confusion = np.zeros((n_classes, n_classes), np.int64)
         self.totals = {"events": 0, "seconds": 0.0, **{k: 0 for k in OPS_KEYS}}
         self.layer_sums: dict[str, dict] = {}
+        self.neurobench: list[dict] = []  # each sample's NeuroBench metrics
         self.count = 0
 
     def check_label(self, ref) -> None:
@@ -44,6 +46,8 @@ class Tally:
         self.count += 1
         self.totals["events"] += result.events
         self.totals["seconds"] += result.seconds
+        if result.neurobench is not None:
+            self.neurobench.append(result.neurobench)
         for key in OPS_KEYS:
             self.totals[key] += result.ops[key]
         for row in result.layers:
@@ -81,6 +85,8 @@ class Tally:
             "engine_ms_per_sample": 1000.0 * totals["seconds"] / count if count else 0.0,
             "ops_total": {k: totals[k] for k in OPS_KEYS},
             "ops_per_sample": {k: (totals[k] / count if count else 0.0) for k in OPS_KEYS},
+            # NeuroBench's metrics, each the mean per sample (NeuroBench's dataset figures)
+            "neurobench": mean_per_sample(self.neurobench),
             "layers_per_sample": [{"name": name, **{k: v / count for k, v in acc.items()}}
                                   for name, acc in self.layer_sums.items()] if count else [],
         }

@@ -140,10 +140,33 @@ class NeuroBenchWatch:
                           if getattr(layer, "neurons", None) is not None
                           and hasattr(layer.neurons, "v")]
         self.static = static_metrics(engine)
-        for s in self.synapses:
-            self._wrap_synapses(s)
-        for m in self.membranes:
-            self._wrap_neurons(m)
+        self._installed: list = []  # (object, its own attributes before the wrappers)
+
+    def shares_neurons(self) -> bool:
+        """Whether another observer (a `~eventformer.record.Recorder`) wraps the neurons: a
+        second pass over a sample would then be recorded twice."""
+        return any("fire" in m.neurons.__dict__ or "fire_flags" in m.neurons.__dict__
+                   for m in self.membranes)
+
+    def __enter__(self) -> "NeuroBenchWatch":
+        """Observe the engine (the wrappers are removed again on exit, so an engine runs
+        without them, at full speed, outside the block)."""
+        if not self._installed:
+            for s in self.synapses:
+                self._installed.append((s.layer, dict(s.layer.__dict__)))
+                self._wrap_synapses(s)
+            for m in self.membranes:
+                self._installed.append((m.neurons, dict(m.neurons.__dict__)))
+                self._wrap_neurons(m)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for obj, before in reversed(self._installed):
+            for name in ("step", "run_steps", "_step", "_step_flags", "_quiet", "reset"):
+                obj.__dict__.pop(name, None)
+                if name in before:  # a kernel bound on the instance, or another observer's
+                    obj.__dict__[name] = before[name]
+        self._installed = []
 
     @staticmethod
     def _wrap_synapses(tally: _Synapses) -> None:
@@ -168,10 +191,12 @@ class NeuroBenchWatch:
                 inside[0] = False
 
         layer.step, layer.run_steps = seen_step, seen_run_steps
+        return ("step", "run_steps")
 
     @staticmethod
     def _wrap_neurons(tally: _Membranes) -> None:
         neurons = tally.neurons
+        names = []
         for name in ("_step", "_step_flags", "_quiet"):
             kernel = neurons.__dict__.get(name)
             if kernel is None:
@@ -184,6 +209,7 @@ class NeuroBenchWatch:
                 return result
 
             setattr(neurons, name, seen)
+            names.append(name)
         reset = neurons.reset
 
         def seen_reset():
@@ -191,6 +217,7 @@ class NeuroBenchWatch:
             tally.seen.clear()
 
         neurons.reset = seen_reset
+        return (*names, "reset")
 
     def clear(self) -> None:
         """Start a sample's tally (call before the engine runs it)."""
@@ -255,7 +282,8 @@ def static_metrics(engine) -> dict:
 
 
 def watch(engine) -> NeuroBenchWatch:
-    """The engine's :class:`NeuroBenchWatch`, installed on the first call."""
+    """The engine's :class:`NeuroBenchWatch` (made on the first call; observing only inside
+    its ``with`` block)."""
     found = engine.__dict__.get("_neurobench_watch")
     if found is None:
         found = engine.__dict__["_neurobench_watch"] = NeuroBenchWatch(engine)
