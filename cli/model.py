@@ -72,6 +72,13 @@ def export(
         None, "--input-shape", metavar="CxHxW",
         help="NIR only: the image a flat input (an MLP on the flattened frame) flattens, "
              "C-major as torch's flatten.", show_default="the input node's, when 3-D"),
+    min_v_mem: Optional[str] = typer.Option(
+        None, "--min-v-mem", metavar="auto|none|-threshold|VALUE",
+        help="NIR, sinabs only: the membrane floor (sinabs' min_v_mem, which NIR does not "
+             "hold). auto: as sinabs' own importer reads the graph (IF at minus its threshold, "
+             "as from_model converts an ANN; LIF none); none: no floor (IAF/LIF built with "
+             "the defaults); -threshold: every IF and LIF at minus its threshold; VALUE <= 0: "
+             "every neuron at VALUE.", show_default="auto"),
     force: bool = typer.Option(False, "--force", help="Overwrite the model file if it exists."),
 ):
     """Convert a PyTorch Spikformer checkpoint (or a DS2TA / SSA_Bin / SAFormer one) into an
@@ -88,11 +95,12 @@ def export(
         names = CLASS_SETS.get(classes) or tuple(c.strip() for c in classes.split(","))
     if checkpoint.suffix.lower() == ".nir" or is_nir_file(checkpoint):
         _export_nir(checkpoint, output, framework, dt, steps, split_by.value, names,
-                    _chw(input_shape))
+                    _chw(input_shape), min_v_mem)
         return
-    if framework is not None or dt is not None or input_shape is not None:
-        fail("--framework, --dt and --input-shape apply to NIR graphs (.nir), not to PyTorch "
-             "checkpoints")
+    if framework is not None or dt is not None or input_shape is not None or \
+            min_v_mem is not None:
+        fail("--framework, --dt, --input-shape and --min-v-mem apply to NIR graphs (.nir), not "
+             "to PyTorch checkpoints")
     model, report = export_checkpoint(checkpoint, heads=heads, scale=scale, steps=steps,
                                       image_size=image_size, class_names=names,
                                       attention=attention.value if attention else None,
@@ -126,7 +134,7 @@ def _chw(text: Optional[str]):
 
 
 def _export_nir(path: Path, output: Path, framework, dt, steps: int, split_by: str,
-                names: tuple, input_shape) -> None:
+                names: tuple, input_shape, min_v_mem=None) -> None:
     from eventformer.modelfile import save
     from eventformer.modelfile.nir_import import FRAMEWORKS, import_nir
 
@@ -134,13 +142,15 @@ def _export_nir(path: Path, output: Path, framework, dt, steps: int, split_by: s
         fail(f"{path}: a NIR graph does not say how its neurons were stepped: give --framework "
              f"({', '.join(FRAMEWORKS)}), the framework that exported it")
     model, report = import_nir(path, framework=framework.value, steps=steps, split_by=split_by,
-                               class_names=names, dt=dt, input_shape=input_shape)
+                               class_names=names, dt=dt, input_shape=input_shape,
+                               min_v_mem=min_v_mem)
     save(output, model)
     err.print(f"[bold]exported[/] {path} (NIR, {framework.value}) -> {output}")
     err.print("  chain: " + " -> ".join(f"{n} ({k})" for n, k in report.chain), markup=False)
     err.print(f"  neurons stepped as {framework.value} steps them (dt {report.dt:g}):")
     for node, rule in report.rules.items():
-        err.print(f"    {node}: {rule}", markup=False)
+        floor = f"; {report.floors[node]}" if node in report.floors else ""
+        err.print(f"    {node}: {rule}{floor}", markup=False)
     for line in report.folded:
         err.print(f"  {line}", markup=False)
     cfg = model.config
@@ -150,7 +160,7 @@ def _export_nir(path: Path, output: Path, framework, dt, steps: int, split_by: s
 
 
 def _inspect_snn(model_path: Path, m, as_json: bool) -> None:
-    from eventformer.modelfile.nir_import import DISCRETISATION
+    from eventformer.modelfile.nir_import import DISCRETISATION, floor_description
 
     cfg = m.config
     shapes = m.shapes()
@@ -166,6 +176,8 @@ def _inspect_snn(model_path: Path, m, as_json: bool) -> None:
                              "discretisation": DISCRETISATION.get((n.rule, kind), ""),
                              "theta": [float(np.min(n.params["theta"])),
                                        float(np.max(n.params["theta"]))]}
+            if n.rule == "sinabs":  # files from before min_v_mem was read have no floor
+                row["neuron"]["floor"] = floor_description(n)
         elif st.op in ("sumpool", "avgpool"):
             row["kernel"], row["stride"], row["padding"] = st.kernel, st.stride, st.padding
         rows.append(row)
@@ -196,7 +208,12 @@ def _inspect_snn(model_path: Path, m, as_json: bool) -> None:
     err.print("  discretisation (how the exporting framework steps each neuron):")
     for r in rows:
         if r.get("neuron"):
-            err.print(f"    {r['name']}: {r['neuron']['discretisation']}", markup=False)
+            floor = f"; {r['neuron']['floor']}" if "floor" in r["neuron"] else ""
+            err.print(f"    {r['name']}: {r['neuron']['discretisation']}{floor}", markup=False)
+    if cfg.neurons == "sinabs" and m.provenance.get("format") == "NIR" and \
+            "min_v_mem" not in m.provenance:
+        err.print("  written before eventformer read sinabs' min_v_mem: its neurons have no "
+                  "membrane floor (export the graph again for sinabs' own reading)")
     print_provenance(m.provenance)
 
 

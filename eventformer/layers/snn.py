@@ -107,7 +107,10 @@ class FrameworkNeurons:
                 rows[SINABS_ALPHA_MEM] = multiplier(alpha)
                 rows[SINABS_ALPHA_SYN] = multiplier(p["alpha_syn"])
                 rows[SINABS_THETA] = np.maximum(units(p["theta"]), 1)
-                rows[SINABS_MIN_V] = units(p["min_v"])
+                # a floor at minus the threshold (sinabs' reading of an IF) is minus the
+                # quantised threshold, exactly, whatever the rounding of either
+                rows[SINABS_MIN_V] = np.where(p["min_v"] == -p["theta"], -rows[SINABS_THETA],
+                                              units(p["min_v"]))
                 rows[SINABS_RESET_VALUE] = units(p["reset_value"])
                 rows[SINABS_INPUT_GAIN] = multiplier(1.0 - alpha)
             self.options = np.array([int(o["synaptic"]), int(o["norm_input"]),

@@ -7,6 +7,13 @@ the user names it (``framework``: sinabs, snntorch, norse, rockpool), and every 
 it exported to that node, with its defaults (:data:`DISCRETISATION`). The parameters are read back
 by inverting that framework's exporter, which is what reproduces the exported model's spikes.
 
+What NIR cannot hold is read as each framework's own importer reads it where that is what its
+users' networks do: sinabs' membrane floor (``min_v_mem``, not in the file) is minus the
+threshold for an IF node, as ``sinabs.from_nir`` builds ``IAFSqueeze(min_v_mem=-v_threshold)``
+and as ``sinabs.from_torch.from_model`` converts an ANN, and none for a LIF node (``min_v_mem``
+chooses otherwise). Every call into ``nir`` is wrapped: what it raises is one ModelFileError
+sentence naming the node.
+
 Supported: Input, Output, Conv2d (stride, padding, groups, bias; no dilation), Affine, Linear,
 Scale (between a synaptic layer and its neurons), Flatten, SumPool2d, AvgPool2d, IF, LIF, CubaLIF,
 in one chain from the input to the output. Anything else is refused with a sentence naming the
@@ -56,6 +63,11 @@ DISCRETISATION = {
                           "i = i - dt tau_syn_inv i; s = v > v_th; v = v_reset where s",
 }
 
+#: ``min_v_mem`` (sinabs only): "auto" reads each node as sinabs' own importer does (an IF
+#: floored at minus its threshold, a LIF unfloored), "none" floors nothing, "-threshold" floors
+#: every IF and LIF at minus its own threshold; a number <= 0 is the floor of every neuron.
+MIN_V_MEM_CHOICES = ("auto", "none", "-threshold")
+
 SYNAPTIC_NODES = ("Conv2d", "Affine", "Linear")
 NEURON_NODES = ("IF", "LIF", "CubaLIF")
 SUPPORTED = ("Input", "Output", "Scale", "Flatten", "SumPool2d", "AvgPool2d") + \
@@ -71,6 +83,7 @@ class NirReport:
     chain: list[tuple[str, str]] = field(default_factory=list)  # (node name, node type)
     rules: dict[str, str] = field(default_factory=dict)  # neuron node -> its rule sentence
     folded: list[str] = field(default_factory=list)  # sentences about gains folded into weights
+    floors: dict[str, str] = field(default_factory=dict)  # sinabs neuron node -> its floor
 
 
 def needs_nir():
@@ -97,31 +110,28 @@ def is_nir_file(path) -> bool:
 
 def import_nir(path, *, framework: str, steps: int = 16, split_by: str = "number",
                class_names: tuple[str, ...] = (), dt: float | None = None,
-               input_shape: tuple[int, int, int] | None = None
-               ) -> tuple[SnnModelFile, NirReport]:
+               input_shape: tuple[int, int, int] | None = None,
+               min_v_mem: str | float | None = None) -> tuple[SnnModelFile, NirReport]:
     """Read the NIR graph at ``path`` into a sequential SNN model file, stepping its neurons as
-    ``framework`` (sinabs, snntorch or norse) does. ``input_shape`` (C, H, W): the image a flat
-    input node (features only, as in an MLP on the flattened frame) flattens, in PyTorch's
-    C-major order. Every problem is one ModelFileError sentence naming the node."""
+    ``framework`` (sinabs, snntorch, norse or rockpool) does. ``input_shape`` (C, H, W): the
+    image a flat input node (features only, as in an MLP on the flattened frame) flattens, in
+    PyTorch's C-major order. ``min_v_mem`` (sinabs only, see :data:`MIN_V_MEM_CHOICES`; None is
+    "auto"): the membrane floor. Every problem is one ModelFileError sentence naming the node."""
     nir = needs_nir()
     path = str(path)
     if framework not in FRAMEWORKS:
         raise ModelFileError(f"unknown framework {framework!r} (known: {', '.join(FRAMEWORKS)})")
+    floor = min_v_mem_setting(min_v_mem, framework)
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such file")
-    try:
-        graph = nir.read(path, type_check=False)  # shapes are checked here, per stage
-    except (OSError, KeyError, ValueError, TypeError, AssertionError, AttributeError) as exc:
-        # whatever h5py or nir's parser raise on a file that is not a NIR graph
-        raise ModelFileError(f"{path}: not a NIR graph nir can read ({type(exc).__name__}: "
-                             f"{exc})") from None
+    graph = _read_graph(nir, path)
     dt = DEFAULT_DT[framework] if dt is None else float(dt)
     report = NirReport(framework, dt)
     chain = _chain(graph, path)
     report.chain = [(name, type(node).__name__) for name, node in chain]
     in_shape, flat = _input_shape(chain[0][1], path, chain[0][0], input_shape)
     stages = _stages(chain[1:-1], (int(np.prod(in_shape)),) if flat else in_shape, framework,
-                     dt, report, path)
+                     dt, report, path, floor)
     if flat:  # the frame arrives as an image: flatten it, as the exporting model did
         stages.insert(0, Stage("flatten", "input_flatten", source=chain[0][0]))
     c, h, _ = in_shape
@@ -137,8 +147,111 @@ def import_nir(path, *, framework: str, steps: int = 16, split_by: str = "number
     provenance = {"source": os.path.basename(path), "sha256": digest, "format": "NIR",
                   "nir_version": getattr(nir, "__version__", ""), "framework": framework,
                   "dt": dt, "tool": "eventformer export"}
+    if framework == "sinabs":  # what the file's floors were read with (older files lack it)
+        provenance["min_v_mem"] = floor
     model = SnnModelFile(config, stages, provenance=provenance, path="")
     return model, report
+
+
+def min_v_mem_setting(value, framework: str = "sinabs") -> str | float:
+    """``min_v_mem`` as given (None, a choice of :data:`MIN_V_MEM_CHOICES`, or a number <= 0,
+    also as text) in its checked form; a ModelFileError sentence for anything else."""
+    if value is None:
+        return "auto"
+    if framework != "sinabs":
+        raise ModelFileError(f"--min-v-mem is sinabs' membrane floor; {framework} neurons have "
+                             "none")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in MIN_V_MEM_CHOICES:
+            return text
+        try:
+            number = float(text)
+        except ValueError:
+            raise ModelFileError(f"--min-v-mem {value!r}: expected auto, none, -threshold or "
+                                 "a number <= 0 (the membrane floor)") from None
+    else:
+        number = float(value)
+    if not math.isfinite(number) or number > 0:
+        raise ModelFileError(f"--min-v-mem {value!r}: a membrane floor must be a finite number "
+                             "<= 0 (the membranes start at 0)")
+    return number + 0.0  # -0.0 is a floor at zero
+
+
+def _read_graph(nir, path):
+    """``nir.read``, with whatever nir (or h5py beneath it) raises as one sentence that names
+    the node nir could not read, when one can be told."""
+    try:
+        return nir.read(path, type_check=False)  # shapes are checked here, per stage
+    except Exception as exc:  # nir validates in its nodes' constructors, with any exception
+        culprit = _unreadable_node(nir, path)
+        if culprit is None:
+            raise ModelFileError(f"{path}: not a NIR graph nir can read "
+                                 f"({_exception_text(exc)})") from None
+        name, kind, problem = culprit
+        raise ModelFileError(f"{path}: nir cannot read node {name!r} ({kind}): "
+                             f"{problem}") from None
+
+
+def _exception_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # one line, whatever the message held
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _unreadable_node(nir, path) -> tuple[str, str, str] | None:
+    """The first node (a dotted path inside subgraphs) that nir cannot build on its own from
+    the file, its type and what is wrong with it; None when every node builds."""
+    import copy
+
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            tree = nir.serialization.hdf2dict(f["node"])
+    except Exception:
+        return None
+
+    def walk(nodes, prefix):
+        if not isinstance(nodes, dict):
+            return None
+        for name, spec in nodes.items():
+            if not isinstance(spec, dict):
+                return f"{prefix}{name}", "?", "it is not a group of parameters"
+            kind = spec.get("type", "?")
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if kind == "NIRGraph":
+                found = walk(spec.get("nodes"), f"{prefix}{name}.")
+                if found is not None:
+                    return found
+                continue
+            try:
+                nir.dict2NIRNode(copy.deepcopy(spec))
+            except Exception as exc:
+                return f"{prefix}{name}", kind, _node_problem(kind, spec, exc)
+        return None
+
+    return walk(tree.get("nodes"), "")
+
+
+def _node_problem(kind: str, spec: dict, exc: BaseException) -> str:
+    """What is wrong with a node nir refused, in NIR's terms where the cause is a known one."""
+    import re
+
+    import nir
+
+    if kind not in getattr(nir.ir, "__all__", (kind,)):
+        return f"nir {getattr(nir, '__version__', '')} knows no node type {kind!r}"
+    missing = re.findall(r"'(\w+)'", str(exc)) if "missing" in str(exc) else []
+    if isinstance(exc, TypeError) and missing:
+        return "it has no " + ", ".join(missing)
+    shape = spec.get("input_shape")
+    if kind in ("Conv1d", "Conv2d") and shape is not None:
+        dims = np.atleast_1d(np.asarray(shape)).size
+        want = 1 if kind == "Conv1d" else 2
+        if dims != want:
+            return (f"its input_shape {np.asarray(shape).tolist()} holds {dims} dimensions, "
+                    f"where NIR's {kind} takes the {want} spatial ones (no channels)")
+    return _exception_text(exc)
 
 
 def _chain(graph, path) -> list[tuple[str, object]]:
@@ -238,7 +351,7 @@ def _pair(value, what, name, path) -> int:
     return int(arr[0])
 
 
-def _stages(nodes, shape, framework, dt, report, path) -> list[Stage]:
+def _stages(nodes, shape, framework, dt, report, path, floor="auto") -> list[Stage]:
     """The chain's nodes (without Input and Output) as stages; ``shape`` is the input's."""
     stages: list[Stage] = []
     pending: Stage | None = None  # a synaptic layer waiting for its neurons
@@ -282,13 +395,16 @@ def _stages(nodes, shape, framework, dt, report, path) -> list[Stage]:
                 known = ", ".join(k for f, k in DISCRETISATION if f == framework)
                 raise ModelFileError(f"{path}: node {name!r} is a {kind}, which {framework} "
                                      f"does not export (its neuron nodes: {known})")
-            neuron, input_gain = _neuron(framework, kind, node, pending_out, dt, name, path)
+            neuron, input_gain = _neuron(framework, kind, node, pending_out, dt, name, path,
+                                         floor)
             if gain is not None:
                 input_gain = input_gain * gain
             _fold_gain(pending, input_gain, pending_out, name, path, report)
             pending.neuron = neuron
             pending.source = f"{pending.source} + {name}"
             report.rules[name] = DISCRETISATION[(framework, kind)]
+            if framework == "sinabs":
+                report.floors[name] = floor_description(neuron)
             stages.append(pending)
             shape, pending, gain = pending_out, None, None
         elif kind in ("SumPool2d", "AvgPool2d"):
@@ -383,9 +499,10 @@ def _broadcast(value, shape, what, name, path) -> np.ndarray:
                          f"layer of {list(shape)} neurons")
 
 
-def _neuron(framework, kind, node, shape, dt, name, path) -> tuple[NeuronParams, np.ndarray]:
+def _neuron(framework, kind, node, shape, dt, name, path, floor="auto"
+            ) -> tuple[NeuronParams, np.ndarray]:
     """The framework's discrete neuron for a NIR neuron node, and the gain its input gets
-    (folded into the synaptic weights)."""
+    (folded into the synaptic weights); ``floor`` is sinabs' min_v_mem setting."""
 
     def get(attr, default=None):
         value = getattr(node, attr, None)
@@ -417,10 +534,16 @@ def _neuron(framework, kind, node, shape, dt, name, path) -> tuple[NeuronParams,
             # differ in the last bit for some tau, e.g. 8)
             alpha = np.vectorize(lambda t: math.exp(-1.0 / t), otypes=[np.float64])(tau)
             norm = 1
-        params = {"alpha_mem": alpha, "alpha_syn": zeros, "theta": theta, "min_v": zeros,
+        if floor == "none" or (floor == "auto" and kind == "LIF"):
+            has_floor, min_v = 0, zeros  # sinabs' from_nir: LIFSqueeze(min_v_mem=None)
+        elif floor in ("auto", "-threshold"):
+            has_floor, min_v = 1, -theta  # from_nir: IAFSqueeze(min_v_mem=-v_threshold)
+        else:
+            has_floor, min_v = 1, np.full(shape, float(floor))
+        params = {"alpha_mem": alpha, "alpha_syn": zeros, "theta": theta, "min_v": min_v,
                   "reset_value": zeros}
         options = {"synaptic": 0, "norm_input": norm, "multi_spike": 1, "max_spikes": 0,
-                   "reset": "subtract", "floor": 0}
+                   "reset": "subtract", "floor": has_floor}
         return NeuronParams("sinabs", params, options), r
     if framework == "snntorch":
         tau = get("tau")
@@ -452,6 +575,21 @@ def _neuron(framework, kind, node, shape, dt, name, path) -> tuple[NeuronParams,
               "theta": theta, "v_reset": v_reset}
     options = {"synaptic": 1, "integrate": 0, "reset": "value", "dt": dt}
     return NeuronParams("norse", params, options), r * get("w_in", 1.0)
+
+
+def floor_description(neuron: NeuronParams) -> str:
+    """A sinabs-rule layer's membrane floor (the last operation of its step) in words: what
+    export and inspect print after the rule."""
+    if not neuron.options.get("floor"):
+        return "no membrane floor (min_v_mem None)"
+    min_v = np.asarray(neuron.params["min_v"], np.float64)
+    theta = np.broadcast_to(np.asarray(neuron.params["theta"], np.float64), min_v.shape)
+    if np.array_equal(min_v, -theta):
+        value = "-v_th"
+    else:
+        lo, hi = float(min_v.min()), float(min_v.max())
+        value = f"{lo:g}" + (f"..{hi:g}" if lo != hi else "")
+    return f"v = relu(v - m) + m, membrane floor m = min_v_mem = {value}"
 
 
 def _rockpool_decay(tau: np.ndarray, dt: float) -> np.ndarray:
