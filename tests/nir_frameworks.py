@@ -288,13 +288,19 @@ SINABS_TAUS = (4.0, 8.0, 16.0)
 
 
 def build_sinabs(seed: int, in_shape=(2, 32, 32), classes: int = 11,
-                 dtype=torch.float64) -> torch.nn.Module:
+                 dtype=torch.float64, floor: bool = False) -> torch.nn.Module:
     """Conv(2->8, 3, pad 1) -> IAFSqueeze -> SumPool2d(2) -> Conv(8->16, 3, stride 2, pad 1,
     no bias) -> LIFSqueeze -> Flatten -> Linear(->classes) -> IAFSqueeze, batch_size=1 (the
     squeezed layers take the whole sequence ``[T, C, H, W]`` in one call). Defaults otherwise:
     multi-spike, subtract reset, no min_v_mem, LIF with norm_input=True. Thresholds 1.0, 0.75
-    (per neuron, as the LIF export needs) and 1.5; LIF tau per channel from `SINABS_TAUS`."""
+    (per neuron, as the LIF export needs) and 1.5; LIF tau per channel from `SINABS_TAUS`.
+    ``floor``: the IAF layers get ``min_v_mem`` = minus their threshold, as sinabs' own
+    importer reads an IF node back (the LIF keeps none, as that importer reads a LIF)."""
     import sinabs.layers as sl
+
+    def iaf(threshold):
+        return sl.IAFSqueeze(batch_size=1, spike_threshold=threshold, spike_fn=spike_fn,
+                             min_v_mem=-threshold if floor else None)
 
     spike_fn = _multispike64()
     rng = np.random.default_rng(seed)
@@ -307,19 +313,66 @@ def build_sinabs(seed: int, in_shape=(2, 32, 32), classes: int = 11,
     conv2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
     fc = torch.nn.Linear(16 * h3 * w3, classes)
     model = torch.nn.Sequential(
-        conv1, sl.IAFSqueeze(batch_size=1, spike_threshold=1.0, spike_fn=spike_fn),
+        conv1, iaf(1.0),
         sl.SumPool2d(2),
         conv2, sl.LIFSqueeze(tau_mem=_per_channel(SINABS_TAUS, 16, lif_shape, torch.float32),
                              spike_threshold=torch.full(lif_shape, 0.75), batch_size=1,
                              spike_fn=spike_fn),
         torch.nn.Flatten(),
-        fc, sl.IAFSqueeze(batch_size=1, spike_threshold=1.5, spike_fn=spike_fn),
+        fc, iaf(1.5),
     )
     g = SINABS_GAINS
     _init_(conv1, rng, *g[0], bias_mean=-0.25, bias_std=0.25)
     _init_(conv2, rng, *g[1])
     _init_(fc, rng, *g[2], bias_mean=0.0, bias_std=0.25)
     return model.to(dtype).eval()
+
+
+#: (gain, mean) of the converted ANN's layers' weights (see `convert_sinabs`)
+SINABS_ANN_GAINS = ((0.02, 0.25), (0.6, 0.25), (1.6, 0.0))
+
+
+def convert_sinabs(seed: int, in_shape=(2, 32, 32), classes: int = 11,
+                   dtype=torch.float64) -> torch.nn.Module:
+    """sinabs' documented ANN-to-SNN path: the ANN Conv(2->8, 3, pad 1) -> ReLU -> SumPool2d(2)
+    -> Conv(8->16, 3, stride 2, pad 1) -> ReLU -> Flatten -> Linear(->classes), with negative
+    mean biases (membranes below the floor where a site is quiet), converted by
+    ``sinabs.from_torch.from_model`` with its defaults (IAFSqueeze, threshold 1, ``min_v_mem``
+    -1.0, multi-spike, subtract reset) and a spiking output layer; returns its spiking model."""
+    import sinabs.layers as sl
+    from sinabs.from_torch import from_model
+
+    rng = np.random.default_rng(seed)
+    c, h, w = in_shape
+    h3, w3 = _conv_out(h // 2, 3, 2, 1), _conv_out(w // 2, 3, 2, 1)
+    conv1 = torch.nn.Conv2d(c, 8, 3, padding=1)
+    conv2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+    fc = torch.nn.Linear(16 * h3 * w3, classes)
+    ann = torch.nn.Sequential(conv1, torch.nn.ReLU(), sl.SumPool2d(2), conv2, torch.nn.ReLU(),
+                              torch.nn.Flatten(), fc)
+    g = SINABS_ANN_GAINS
+    _init_(conv1, rng, *g[0], bias_mean=-0.25, bias_std=0.25)
+    _init_(conv2, rng, *g[1], bias_mean=-0.25, bias_std=0.125)
+    _init_(fc, rng, *g[2], bias_mean=-0.125, bias_std=0.25)
+    net = from_model(ann.to(dtype), batch_size=1,
+                     spike_fn=_multispike64(), add_spiking_output=True)
+    return net.spiking_model.to(dtype).eval()
+
+
+def sinabs_membranes(model: torch.nn.Module, frames: np.ndarray) -> dict:
+    """Each spiking layer's membranes after sinabs' forward over ``frames`` (state reset
+    before and after), keyed by the Sequential index: float64 arrays of the layer's shape."""
+    import sinabs
+    from sinabs.layers import StatefulLayer
+
+    frames = torch.from_numpy(_check_frames(frames)).to(next(model.parameters()).dtype)
+    sinabs.reset_states(model)
+    with torch.no_grad():
+        model(frames)
+    out = {name: mod.v_mem[0].double().numpy().copy() for name, mod in model.named_children()
+           if isinstance(mod, StatefulLayer)}
+    sinabs.reset_states(model)
+    return out
 
 
 def export_sinabs(model: torch.nn.Module, path, in_shape=(2, 32, 32)) -> None:

@@ -130,6 +130,7 @@ class _Neurons:
         self.node = node
         self.v = np.zeros(shape)
         self.i = np.zeros(shape)
+        self.floored = 0  # membranes the floor lifted (sinabs), over all steps
         if framework == "norse" and self.kind != "IF":
             self.v = np.broadcast_to(node.v_leak, shape).astype(np.float64).copy()
 
@@ -137,9 +138,12 @@ class _Neurons:
         n, fw = self.node, self.fw
         theta = np.broadcast_to(n.v_threshold, self.shape).astype(np.float64)
         zero = np.zeros(self.shape)
-        if fw == "sinabs":
-            self.v, _, s = twin.sinabs_neurons(self.v, zero, x, np.ones(self.shape), zero, theta,
-                                               zero, zero, False, False, True, 0, True, False)
+        if fw == "sinabs":  # an IF as sinabs reads it back: floored at minus its threshold
+            args = (self.v, zero, x, np.ones(self.shape), zero, theta, -theta, zero, False,
+                    False, True, 0, True)
+            floorless, _, _ = twin.sinabs_neurons(*args, False)
+            self.v, _, s = twin.sinabs_neurons(*args, True)
+            self.floored += int(np.count_nonzero(floorless < -theta))
             return s
         if fw == "snntorch":
             beta = 1 - DT[fw] / np.broadcast_to(n.tau, self.shape)
@@ -158,9 +162,11 @@ class _Neurons:
         return s
 
 
-def reference_run(graph, framework, dense_steps):
+def reference_run(graph, framework, dense_steps, state=None):
     """The graph of :func:`make_graph` over dense [T, 2, H, W] counts: output spike counts and
-    every spiking layer's spike total."""
+    every spiking layer's spike total; ``state`` (a dict) gets, per layer (by its synaptic
+    node), the final membranes ("v", in the engine's HWC order) and how many membranes sinabs'
+    floor lifted ("floored")."""
     nd = graph.nodes
     shapes = {"n1": nd["conv1"].weight.shape[:1] + (SIDE, SIDE)}
     c2 = nd["conv2"].weight.shape[0]
@@ -179,6 +185,11 @@ def reference_run(graph, framework, dense_steps):
         for name, s in (("conv1", s1), ("conv2", s2), ("fc", s3_)):
             totals[name] += int(s.sum())
         out += s3_
+    if state is not None:
+        layer = {"n1": "conv1", "n2": "conv2", "n3": "fc"}
+        state["floored"] = {layer[k]: n.floored for k, n in neurons.items()}
+        state["v"] = {layer[k]: (n.v.transpose(1, 2, 0) if n.v.ndim == 3 else n.v).reshape(-1)
+                      for k, n in neurons.items()}
     return out, totals
 
 
@@ -213,24 +224,37 @@ def _totals(engine):
     return {s["name"]: s["spikes"] for s in engine.layer_stats() if s["neurons"]}
 
 
+def _spiking_layers(engine):
+    """The engine's synaptic layers (with their neurons) by stage name."""
+    return {op.name: op for op in engine.ops if hasattr(op, "neurons")}
+
+
 @pytest.mark.parametrize("framework", list(DT))
 def test_engine_matches_each_frameworks_rule_exactly(framework, nir_files, segments):
     model, report = import_nir(nir_files[framework], framework=framework, steps=STEPS)
     assert set(report.rules) == {"n1", "n2", "n3"}
     graph = nir.read(str(nir_files[framework]))
+    floored = 0
     for frames, dense in segments:
-        want_out, want_totals = reference_run(graph, framework, dense)
+        state = {}
+        want_out, want_totals = reference_run(graph, framework, dense, state)
         assert all(want_totals.values()), f"a layer is silent: {want_totals}"
+        floored += sum(state["floored"].values())
         for mode in ("auto", "sparse", "gather", "dense"):
             engine = SpikingNet(model, dtype="float64", policy=PathPolicy(mode=mode))
             np.testing.assert_array_equal(engine.run(frames), want_out, err_msg=mode)
             assert _totals(engine) == want_totals, mode
+            for name, layer in _spiking_layers(engine).items():  # the floor shows here
+                np.testing.assert_array_equal(layer.neurons.v, state["v"][name],
+                                              err_msg=f"{mode} {name} membranes")
         engine.reset()
         engine.clear_stats()
         for idx, cnt in frames:  # streaming: one step at a time
             engine.step(idx, cnt)
         np.testing.assert_array_equal(engine.logits(), want_out)
         assert _totals(engine) == want_totals
+    if framework == "sinabs":  # an IF node's floor at minus the threshold is at work
+        assert floored > 0
 
 
 @pytest.mark.parametrize("framework", list(DT))
@@ -417,6 +441,9 @@ def test_cli_refuses_an_unsupported_graph_in_one_sentence(tmp_path):
 # takes the flattened frame), so its file needs --input-shape
 FRAMEWORKS = ("snntorch", "sinabs", "norse", "rockpool")
 FLAT_INPUT = {"rockpool": (2, 32, 32)}
+# the sinabs net here is built with sinabs' layer defaults, without a membrane floor: imported
+# with --min-v-mem none (the floored default is tested on floored nets further down)
+IMPORT_OPTIONS = {"sinabs": {"min_v_mem": "none"}}
 
 
 @pytest.fixture(scope="module")
@@ -430,7 +457,8 @@ def exported(tmp_path_factory):
         path = d / f"{name}.nir"
         export(model, path)
         out[name] = (model, path, import_nir(path, framework=name, steps=8,
-                                             input_shape=FLAT_INPUT.get(name))[0])
+                                             input_shape=FLAT_INPUT.get(name),
+                                             **IMPORT_OPTIONS.get(name, {}))[0])
     return out
 
 
@@ -674,14 +702,14 @@ def test_a_flat_input_mlp_runs_on_the_image_it_flattens(segments, tmp_path):
     for frames, dense in segments:
         v1, v2 = np.zeros(hidden), np.zeros(CLASSES)
         out, hidden_spikes = np.zeros(CLASSES), 0
-        for x in dense:
+        for x in dense:  # IF nodes, floored at minus the threshold as sinabs reads them
             v1, _, s1 = twin.sinabs_neurons(v1, zero, w1 @ x.reshape(-1) + b1, np.ones(hidden),
-                                            zero, np.ones(hidden), zero, zero, False, False,
-                                            True, 0, True, False)
+                                            zero, np.ones(hidden), -np.ones(hidden), zero, False,
+                                            False, True, 0, True, True)
             v2, _, s2 = twin.sinabs_neurons(v2, np.zeros(CLASSES), w2 @ s1.astype(float) + b2,
                                             np.ones(CLASSES), np.zeros(CLASSES),
-                                            np.ones(CLASSES), np.zeros(CLASSES),
-                                            np.zeros(CLASSES), False, False, True, 0, True, False)
+                                            np.ones(CLASSES), -np.ones(CLASSES),
+                                            np.zeros(CLASSES), False, False, True, 0, True, True)
             out += s2
             hidden_spikes += int(s1.sum())
         assert hidden_spikes > 0 and out.sum() > 0
@@ -735,3 +763,212 @@ def test_damaged_snn_model_files_are_one_sentence(damage, needle, nir_files, tmp
     r = runner.invoke(_app(), ["infer", str(seg), "--weights", str(path), "--sensor-size",
                                "128x128"])
     assert needle in one_error_line(r)
+
+
+# --------------------------------------------------------------------------------------------
+# sinabs' membrane floor (min_v_mem), which NIR does not hold
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sinabs_floored(tmp_path_factory):
+    """sinabs nets with a membrane floor, exported by ``sinabs.to_nir`` and imported with the
+    default options: an ANN converted by ``from_model`` (min_v_mem -1.0 = minus its threshold
+    1.0), and one built with ``IAFSqueeze(min_v_mem=-threshold)`` (and an unfloored LIF)."""
+    d = tmp_path_factory.mktemp("floor")
+    out = {}
+    for name, model in (("from_model", fw.convert_sinabs(0)),
+                        ("min_v_mem", fw.build_sinabs(0, floor=True))):
+        path = d / f"{name}.nir"
+        fw.export_sinabs(model, path)
+        out[name] = (model, path, import_nir(path, framework="sinabs", steps=8)[0])
+    return out
+
+
+def _membranes_below_floor(model_file, floorless_file, steps) -> int:
+    """Stepping the floorless import over ``steps``: how many times a membrane fell below the
+    floor ``model_file`` gives it (zero: the inputs never test the floor)."""
+    floors = {name: layer.neurons.params[3] * layer.neurons.options[5]  # SINABS_MIN_V, HAS_MIN
+              for name, layer in _spiking_layers(SpikingNet(model_file, dtype="float64")).items()}
+    engine = SpikingNet(floorless_file, dtype="float64")
+    layers = _spiking_layers(engine)
+    below = 0
+    for idx, cnt in steps:
+        engine.step(idx, cnt)
+        below += sum(int(np.count_nonzero(layers[n].neurons.v < floors[n])) for n in layers)
+    return below
+
+
+def _chw_to_engine(v):
+    """A membrane array in torch's layout ([C, H, W] or [N]) as the engine's (HWC, flat)."""
+    return (v.transpose(1, 2, 0) if v.ndim == 3 else v).reshape(-1)
+
+
+@pytest.mark.parametrize("net", ["from_model", "min_v_mem"])
+def test_sinabs_nets_with_a_floor_match_sinabs_by_default(net, sinabs_floored):
+    """Imported with the default options, floored sinabs nets give sinabs' own output spikes,
+    per-layer spikes and final membranes exactly in float64 (an exp-leaked LIF's membranes to
+    its torch-exp tolerance, see _membrane_tolerance), its predictions in float32 and int16,
+    and per-layer spikes within 2% (int16) and 10% (int8), on the real segments; the segments
+    drive membranes below the floor, and the floorless import of the same file gives other
+    spikes."""
+    need_gesture()
+    model, path, model_file = sinabs_floored[net]
+    floorless, _ = import_nir(path, framework="sinabs", steps=8, min_v_mem="none")
+    assert all(st.neuron.options["floor"] == 0 for st in floorless.layers.values())
+    engines = {d: SpikingNet(model_file, dtype=d)
+               for d in ("float64", "float32", "int16", "int8")}
+    floorless_engine = SpikingNet(floorless, dtype="float64")
+    bounds = {"int16": 0.02, "int8": 0.10}  # as the hand-built graphs' integer test
+    below = differs = 0
+    for segment in fw.SEGMENTS:
+        dense = fw.gesture_frames(segment, steps=8, size=32)
+        want = fw.run_sinabs(model, dense)
+        want_layers = {k: int(v) for k, v in fw.run_sinabs_layers(model, dense).items()}
+        want_v = fw.sinabs_membranes(model, dense)
+        assert all(want_layers.values()), want_layers
+        steps = sparse_steps(dense)
+        for dtype, engine in engines.items():
+            engine.clear_stats()
+            got = engine.run(steps)
+            if dtype in bounds:  # integer spikes within a few percent of sinabs' per layer
+                got_layers = _engine_layer_spikes(engine, model_file)
+                for node, n in want_layers.items():
+                    assert abs(got_layers[node] - n) <= bounds[dtype] * n + 1, \
+                        (dtype, segment.name, node, got_layers[node], n)
+            if dtype in ("float32", "int16"):
+                assert np.argmax(got) == np.argmax(want), (dtype, segment.name, got, want)
+            if dtype != "float64":
+                continue
+            np.testing.assert_array_equal(got, want, err_msg=segment.name)
+            assert _engine_layer_spikes(engine, model_file) == want_layers
+            layers = _spiking_layers(engine)
+            for st in model_file.layers.values():
+                node = st.source.split(" + ")[1]
+                leak = np.any(st.neuron.params["alpha_mem"] != 1)
+                v = layers[st.name].neurons.v
+                tol = _membrane_tolerance("sinabs", 7, float(np.abs(v).max())) if leak else 0
+                np.testing.assert_allclose(v, _chw_to_engine(want_v[node]), rtol=0, atol=tol,
+                                           err_msg=f"{segment.name} {node} membranes")
+        below += _membranes_below_floor(model_file, floorless, steps)
+        floorless_engine.clear_stats()
+        floorless_engine.run(steps)
+        differs += _engine_layer_spikes(floorless_engine, floorless) != want_layers
+    assert below > 0, "no membrane ever fell below the floor: the test proves nothing"
+    assert differs > 0, "without the floor the spikes must differ somewhere"
+
+
+def test_min_v_mem_none_matches_a_floorless_sinabs_net(exported):
+    """The floorless sinabs net (layer defaults) matches sinabs exactly when imported with
+    min_v_mem none (test_framework_round_trip_on_real_gestures); here: its membranes do fall
+    below minus the threshold on the real segments, so the default reading would differ."""
+    need_gesture()
+    model, path, floorless = exported["sinabs"]
+    assert all(st.neuron.options["floor"] == 0 for st in floorless.layers.values())
+    floored, _ = import_nir(path, framework="sinabs", steps=8)
+    below = differs = 0
+    default = SpikingNet(floored, dtype="float64")
+    for segment in fw.SEGMENTS:
+        dense = fw.gesture_frames(segment, steps=8, size=32)
+        steps = sparse_steps(dense)
+        below += _membranes_below_floor(floored, floorless, steps)
+        default.clear_stats()
+        default.run(steps)
+        want = {k: int(v) for k, v in fw.run_sinabs_layers(model, dense).items()}
+        differs += _engine_layer_spikes(default, floored) != want
+    assert below > 0 and differs > 0, (below, differs)
+
+
+def test_integer_modes_floor_at_minus_the_quantised_threshold(sinabs_floored):
+    """In int16 and int8 a floor at minus the threshold is minus the threshold in the same
+    units, exactly; a floor of no neuron stays off."""
+    _, _, model_file = sinabs_floored["min_v_mem"]
+    for dtype in ("int16", "int8"):
+        layers = _spiking_layers(SpikingNet(model_file, dtype=dtype))
+        floors = [int(layer.neurons.options[5]) for layer in layers.values()]
+        assert floors == [1, 0, 1], floors  # IAF, LIF (unfloored, as sinabs reads it), IAF
+        for layer in layers.values():
+            p = layer.neurons.params
+            if layer.neurons.options[5]:
+                assert p.dtype == np.int64 and np.array_equal(p[3], -p[2]), layer.name
+
+
+def test_cli_min_v_mem_reaches_the_model_file_and_inspect(sinabs_floored, tmp_path):
+    """--min-v-mem VALUE is stored per neuron; export and inspect say which floor each layer
+    has; a file written before the floor was read loads without one, and inspect says so."""
+    from eventformer.modelfile.nir_import import floor_description
+
+    _, path, default = sinabs_floored["min_v_mem"]
+    out = tmp_path / "m.h5"
+    r = runner.invoke(_app(), ["export", str(path), "-o", str(out), "--framework", "sinabs",
+                               "-T", "8", "--min-v-mem", "-0.5"])
+    assert r.exit_code == 0, r.output
+    assert "membrane floor m = min_v_mem = -0.5" in " ".join(r.stderr.split())  # rich wraps
+    back = load(out)
+    assert back.provenance["min_v_mem"] == -0.5
+    for st in back.layers.values():
+        assert st.neuron.options["floor"] == 1
+        np.testing.assert_array_equal(st.neuron.params["min_v"], -0.5)
+    save(out, default)  # the default: IF at minus the threshold, the LIF unfloored
+    r = runner.invoke(_app(), ["inspect", str(out), "--json"])
+    floors = [s["neuron"]["floor"] for s in json.loads(r.stdout)["stages"] if "neuron" in s]
+    assert floors == [floor_description(st.neuron) for st in default.layers.values()]
+    assert [f.endswith("= -v_th") for f in floors] == [True, False, True], floors
+    old, _ = import_nir(path, framework="sinabs", steps=8, min_v_mem="none")
+    del old.provenance["min_v_mem"]  # as every file written before the floor was read
+    save(out, old)
+    r = runner.invoke(_app(), ["inspect", str(out)])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.stderr.split())
+    assert "no membrane floor" in said and "written before" in said
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--min-v-mem", "bogus"], "expected auto, none, -threshold or a number <= 0"),
+    (["--min-v-mem", "0.5"], "must be a finite number <= 0"),
+    (["--min-v-mem", "nan"], "must be a finite number <= 0"),
+    (["--min-v-mem", "none", "--framework", "snntorch"], "snntorch neurons have none"),
+])
+def test_cli_bad_min_v_mem_is_one_sentence(args, needle, nir_files, tmp_path):
+    argv = ["export", str(nir_files["sinabs"]), "-o", str(tmp_path / "m.h5")] + args
+    if "--framework" not in args:
+        argv += ["--framework", "sinabs"]
+    assert needle in one_error_line(runner.invoke(_app(), argv))
+    assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("conv_shape", "node 'conv1' (Conv2d): its input_shape [2, 16, 16] holds 3 dimensions"),
+    ("missing", "node 'n2' (IF): it has no v_threshold"),
+    ("type", "node 'fc' (Bogus): nir 1.0.8 knows no node type 'Bogus'"),
+])
+def test_a_graph_nir_cannot_read_is_one_sentence_naming_the_node(damage, needle, nir_files,
+                                                                   tmp_path):
+    """What nir itself raises (an IndexError for a Conv2d whose input_shape holds the channels
+    too) is one sentence naming the node, at the library and at the CLI (exit 2)."""
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "bad.nir"
+    shutil.copy(nir_files["sinabs"], path)
+    with h5py.File(path, "r+") as f:
+        nodes = f["node"]["nodes"]
+        if damage == "conv_shape":
+            del nodes["conv1"]["input_shape"]
+            nodes["conv1"]["input_shape"] = np.array([2, SIDE, SIDE])
+        elif damage == "missing":
+            del nodes["n2"]["v_threshold"]
+        else:
+            del nodes["fc"]["type"]
+            nodes["fc"]["type"] = b"Bogus"
+    if damage == "conv_shape":  # what nir does with it on its own
+        with pytest.raises(IndexError):
+            nir.read(str(path))
+    with pytest.raises(ModelFileError) as exc:
+        import_nir(path, framework="sinabs")
+    assert needle.replace("1.0.8", nir.__version__) in str(exc.value)
+    assert "\n" not in str(exc.value)
+    r = runner.invoke(_app(), ["export", str(path), "-o", str(tmp_path / "m.h5"),
+                               "--framework", "sinabs"])
+    assert "nir cannot read node" in one_error_line(r)
