@@ -73,7 +73,7 @@ def export(
         help="NIR only: the image a flat input (an MLP on the flattened frame) flattens, "
              "C-major as torch's flatten.", show_default="the input node's, when 3-D"),
     min_v_mem: Optional[str] = typer.Option(
-        None, "--min-v-mem", metavar="auto|none|-threshold|VALUE",
+        None, "--min-v-mem", metavar="FLOOR",
         help="NIR, sinabs only: the membrane floor (sinabs' min_v_mem, which NIR does not "
              "hold). auto: as sinabs' own importer reads the graph (IF at minus its threshold, "
              "as from_model converts an ANN; LIF none); none: no floor (IAF/LIF built with "
