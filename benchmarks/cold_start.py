@@ -1,7 +1,7 @@
 """Start-up of `eventformer infer`: a user's very first run (empty Numba cache) and every later one.
 
     python benchmarks/cold_start.py [--full MODEL.h5] [--file REC] [--repeat 2]
-                                    [--cases tiny,tiny-int8,dataset,full,full-int8]
+                                    [--cases tiny,tiny-int8,dataset,full,full-int8] [--by-kernel]
 
 Each case runs the command a user types, ``eventformer infer ...``, in a fresh process (the
 installed CLI's module run by this interpreter) with ``NUMBA_CACHE_DIR`` pointing at a private
@@ -18,6 +18,11 @@ empty folder, so the checkout's shared cache is neither read nor touched:
 - ``hit``: whether the warm runs found everything in the cache (no index file was added or
   rewritten by them): a kernel that misses the cache on every run shows up here as ``no``.
 
+``--by-kernel`` also lists, per case, where the cold run's compile went: each compiled
+function's own seconds (a kernel's compile minus that of the functions compiled inside it,
+Numba's implementations of numpy functions among them), from Numba's compile events in the
+cold run itself, so the list adds up to the whole compile.
+
 Cases: the shipped tiny model on a recording (float32, int8), the shipped tiny model on
 ``--dataset dvs-gesture`` (its first run also generates and frames the synthetic set unless a
 release is installed), and the full-size Spikformer-DVS configuration (float32, int8). Without
@@ -31,6 +36,7 @@ shorter. Prints numbers; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -55,6 +61,12 @@ def calibrated_full_model(recording: str) -> str:
                             lambda line: print(line, file=sys.stderr))
 
 
+def fail(message: str) -> None:
+    """A bad option or input: one line on stderr, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def cache_state(folder: str) -> dict[str, float]:
     """Every file in a Numba cache folder and its modification time."""
     out = {}
@@ -70,10 +82,42 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_run(args: list[str], cache: str) -> tuple[float, float]:
-    """(wall, CPU) seconds of one ``eventformer infer`` process on the cache folder ``cache``."""
+# Run as ``python -c COMPILE_LOG OUT.json infer ...``: the CLI with a listener on Numba's compile
+# events that writes {function: own compile seconds} to OUT.json when the command ends.
+COMPILE_LOG = """
+import atexit, json, runpy, sys, time
+from numba.core import event
+
+out_path = sys.argv.pop(1)
+own, stack = {}, []
+
+class Compiles(event.Listener):
+    def on_start(self, ev):
+        stack.append([time.perf_counter(), 0.0])
+
+    def on_end(self, ev):
+        start, inner = stack.pop()
+        took = time.perf_counter() - start
+        if stack:
+            stack[-1][1] += took
+        fn = ev.data["dispatcher"].py_func
+        name = fn.__module__.rsplit(".", 1)[-1] + "." + fn.__qualname__.split("<locals>.")[-1]
+        own[name] = own.get(name, 0.0) + took - inner
+
+event.register("numba:compile", Compiles())
+atexit.register(lambda: json.dump(own, open(out_path, "w")))
+sys.argv[0] = "eventformer"
+runpy.run_module("eventformer_cli.main", run_name="__main__")
+"""
+
+
+def timed_run(args: list[str], cache: str, compile_log: str | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one ``eventformer infer`` process on the cache folder ``cache``;
+    with ``compile_log``, its compiles' own seconds per function are written there (JSON)."""
     env = dict(os.environ, NUMBA_CACHE_DIR=cache)
     cmd = [sys.executable, "-m", "eventformer_cli.main", "infer", *args]
+    if compile_log is not None:
+        cmd = [sys.executable, "-c", COMPILE_LOG, compile_log, "infer", *args]
     cpu = _children_cpu()
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -81,13 +125,19 @@ def timed_run(args: list[str], cache: str) -> tuple[float, float]:
     cpu = _children_cpu() - cpu
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        sys.exit(f"error: {' '.join(cmd[2:])} failed (exit {proc.returncode}): {tail}")
+        fail(f"eventformer infer {' '.join(args)} failed (exit {proc.returncode}): {tail}")
     return seconds, cpu
 
 
-def measure(args: list[str], repeat: int) -> dict:
+def measure(args: list[str], repeat: int, by_kernel: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="eventformer-numba-") as cache:
-        cold = timed_run(args, cache)
+        log = os.path.join(cache, "compiles.json") if by_kernel else None
+        cold = timed_run(args, cache, log)
+        compiles = {}
+        if log is not None:
+            with open(log) as f:
+                compiles = json.load(f)
+            os.remove(log)
         after_cold = cache_state(cache)
         warm = min(timed_run(args, cache) for _ in range(repeat))
         after_warm = cache_state(cache)
@@ -95,7 +145,7 @@ def measure(args: list[str], repeat: int) -> dict:
     return {"cold": cold[0], "cold_cpu": cold[1], "warm": warm[0], "warm_cpu": warm[1],
             "kernels": len(index),
             "specialisations": sum(1 for p in after_cold if p.endswith(".nbc")),
-            "hit": after_warm == after_cold}
+            "hit": after_warm == after_cold, "compiles": compiles}
 
 
 def main() -> None:
@@ -104,14 +154,18 @@ def main() -> None:
     ap.add_argument("--full", help="full-size model file (default: calibrated 5%% firing)")
     ap.add_argument("--repeat", type=int, default=2, help="warm runs (best is shown)")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    ap.add_argument("--by-kernel", action="store_true",
+                    help="also list each case's cold compile seconds per function")
     opts = ap.parse_args()
     cases = [c.strip() for c in opts.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
-        sys.exit(f"error: unknown case {unknown[0]!r}; known: {', '.join(CASES)}")
+        fail(f"unknown case {unknown[0]!r}; known: {', '.join(CASES)}")
+    if opts.repeat < 1:
+        fail(f"--repeat must be at least 1, got {opts.repeat}")
     recording = os.path.normpath(opts.file)
     if not os.path.exists(recording):
-        sys.exit(f"error: {recording}: no such recording (give --file)")
+        fail(f"{recording}: no such recording (give --file)")
     full = opts.full
     if full is None and any(c.startswith("full") for c in cases):
         full = calibrated_full_model(recording)
@@ -128,13 +182,22 @@ def main() -> None:
             f"{'kernels':>8s} {'specs':>6s} {'hit':>4s}  command")
     print(head)
     print("-" * len(head))
+    listing = []
     for case in cases:
-        r = measure(commands[case], opts.repeat)
+        r = measure(commands[case], opts.repeat, opts.by_kernel)
         shown = " ".join(os.path.basename(a) if os.sep in a else a for a in commands[case])
         print(f"{case:10s} {r['cold']:7.2f} {r['cold_cpu']:6.2f} {r['warm']:7.2f} "
               f"{r['warm_cpu']:6.2f} {r['kernels']:8d} "
               f"{r['specialisations']:6d} {'yes' if r['hit'] else 'no':>4s}  "
               f"eventformer infer {shown}", flush=True)
+        if opts.by_kernel:
+            listing.append((case, r["compiles"]))
+    for case, compiles in listing:
+        print(f"\n{case}: cold compile {sum(compiles.values()):.2f} s, own seconds per function "
+              "(those above 0.05 s)")
+        for name, seconds in sorted(compiles.items(), key=lambda kv: -kv[1]):
+            if seconds >= 0.05:
+                print(f"  {seconds:6.2f}  {name}")
     print(f"load average {os.getloadavg()[0]:.1f} at the end (2 cores busy with other work "
           "make every number longer)")
 

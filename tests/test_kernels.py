@@ -245,7 +245,7 @@ def test_conv2d_gather_vectorises():
 
     # a fresh, uncached compile of the kernel conv2d_gather calls for Cout 64: cached machine
     # code cannot be inspected
-    fresh = njit(**{**OPTIONS, "cache": False})(_GATHERS[False, False].py_func)
+    fresh = njit(**{**OPTIONS, "cache": False})(_GATHERS[False, "whole"].py_func)
     f32 = np.float32
     fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), f32),
           np.zeros(64, f32), 3, 0, 2, np.zeros(4 * 64, f32), np.zeros(C.N_COUNTERS, np.int64),
@@ -380,7 +380,7 @@ def test_conv2d_gather_int_vectorises(wdtype, add):
     from eventformer.jit import OPTIONS
 
     # a fresh, uncached compile of the kernel conv2d_gather_int calls for these weights
-    fresh = njit(**{**OPTIONS, "cache": False})(_GATHERS[wdtype == np.int8, False].py_func)
+    fresh = njit(**{**OPTIONS, "cache": False})(_GATHERS[wdtype == np.int8, "whole"].py_func)
     fresh(np.array([0, 5], np.int32), np.ones(2, np.int32), 2, 2, 2, np.zeros((18, 64), wdtype),
           np.zeros(64, np.int32), 3, 0, 2, np.zeros(4 * 64, np.int32),
           np.zeros(C.N_COUNTERS, np.int64), False)

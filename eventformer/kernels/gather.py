@@ -207,17 +207,18 @@ def _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, o
         o[j] = acc[j] + lane[j]
 
 
-def _gather_kernel(narrow, partial, name):
+def _gather_kernel(narrow, whole, partial, name):
     """The gather kernel with :func:`_narrow_block` (``narrow``: int8 weights) or
     :func:`_wide_block` inlined for every channel block: blocks of BLOCK, then one of
-    BLOCK_SMALL, then (``partial``) a partial one, each with its own accumulators on the stack.
+    BLOCK_SMALL (``whole``), then a partial one (``partial``), each with its own accumulators
+    on the stack.
 
-    ``narrow`` and ``partial`` reach the body as closure constants: Numba prunes the other
-    block's calls, and the partial block when it is not wanted, before inlining, so a kernel
-    holds only the block code it runs, and bools keep the closure cacheable (its cache key
-    holds the cells). The partial block, whose channel loops have a runtime trip count, costs
-    the most to compile, and only a Cout that is not a multiple of BLOCK_SMALL needs it.
-    ``name`` names the kernel and its cache files.
+    The bools reach the body as closure constants: Numba prunes the other block's calls, and
+    the blocks a kernel is not for, before inlining, so a kernel holds only the block code it
+    runs (each block inlined costs a fraction of a second to compile on a first run; the
+    partial one, whose channel loops have a runtime trip count, the most), and bools keep the
+    closure cacheable (its cache key holds the cells). ``name`` names the kernel and its cache
+    files.
     """
 
     def gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
@@ -253,16 +254,17 @@ def _gather_kernel(narrow, partial, name):
             for ox in range(in_w):
                 ops += _pixel_ops(start, cum, in_h, in_w, k, oy, ox, weighted)
                 ob = ((oy - row0) * in_w + ox) * cout
-                for c0 in range(0, n_big, BLOCK):
-                    if narrow:
-                        _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
-                                      k, oy, ox, c0, BLOCK, acc_big, lane_big, kbuf,
-                                      out[ob + c0:ob + c0 + BLOCK])
-                    else:
-                        _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
-                                    k, oy, ox, c0, BLOCK, acc_big, lane_big, kbuf,
-                                    out[ob + c0:ob + c0 + BLOCK])
-                if small:
+                if whole:
+                    for c0 in range(0, n_big, BLOCK):
+                        if narrow:
+                            _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows,
+                                          bias, k, oy, ox, c0, BLOCK, acc_big, lane_big, kbuf,
+                                          out[ob + c0:ob + c0 + BLOCK])
+                        else:
+                            _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows,
+                                        bias, k, oy, ox, c0, BLOCK, acc_big, lane_big, kbuf,
+                                        out[ob + c0:ob + c0 + BLOCK])
+                if whole and small:
                     if narrow:
                         _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
                                       k, oy, ox, n_big, BLOCK_SMALL, acc_small, lane_small,
@@ -286,18 +288,31 @@ def _gather_kernel(narrow, partial, name):
     return kernel(gather)
 
 
-#: The gather kernels by (narrow: int8 weights into int16 lanes flushed into int32 blocks, else
-#: float blocks for float weights and int32 ones for int16; partial: Cout not a multiple of
-#: BLOCK_SMALL), each compiled on its first call.
-_GATHERS = {(narrow, partial): _gather_kernel(narrow, partial, "conv2d_gather"
-                                              + ("_int8" if narrow else "")
-                                              + ("_partial" if partial else ""))
-            for narrow in (False, True) for partial in (False, True)}
+#: The channel blocks a Cout takes: whole blocks only (a multiple of BLOCK_SMALL), one partial
+#: block only (fewer than BLOCK_SMALL), or both; each kind its own kernel, so that a model's
+#: first run compiles the blocks its layers use (the full-size Spikformer: whole blocks only).
+WHOLE, PARTIAL, MIXED = "whole", "partial", "mixed"
+_PLANS = {WHOLE: (True, False), PARTIAL: (False, True), MIXED: (True, True)}
+
+#: The gather kernels by (narrow, plan): narrow, int8 weights into int16 lanes flushed into
+#: int32 blocks, else float blocks for float weights and int32 ones for int16; each compiled on
+#: its first call.
+_GATHERS = {(narrow, plan): _gather_kernel(narrow, *_PLANS[plan], "conv2d_gather"
+                                           + ("_int8" if narrow else "")
+                                           + ("" if plan == WHOLE else "_" + plan))
+            for narrow in (False, True) for plan in _PLANS}
+
+
+def _plan(cout):
+    """The kernel kind (see :data:`_PLANS`) of a layer with ``cout`` output channels."""
+    if cout % BLOCK_SMALL == 0:
+        return WHOLE
+    return PARTIAL if cout < BLOCK_SMALL else MIXED
 
 
 def _gather_for(weight_rows):
     """The gather kernel for these weights: see :data:`_GATHERS`."""
-    return _GATHERS[weight_rows.dtype.itemsize == 1, weight_rows.shape[1] % BLOCK_SMALL != 0]
+    return _GATHERS[weight_rows.dtype.itemsize == 1, _plan(weight_rows.shape[1])]
 
 
 def conv2d_gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
