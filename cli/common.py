@@ -241,6 +241,11 @@ def check_writable(output: Path, force: bool) -> None:
 PLOT_HELP = ("Write figures (PNG, or SVG with --plot-format svg) into this folder, created if "
              "missing (needs matplotlib: the plot extra).")
 PLOT_FORMAT_HELP = "Figure file format: png or svg."
+NEUROBENCH_HELP = ("Also report NeuroBench's metrics (SynapticOperations, ActivationSparsity, "
+                   "MembraneUpdates, Footprint, ConnectionSparsity, ParameterCount) per sample, "
+                   "by NeuroBench 2.3's rules from the engine's real activity (\"neurobench\" "
+                   "under --json). Each sample then runs a second time, untimed, with the "
+                   "engine watched: about twice the run time.")
 
 
 def plot_options(plot: Optional[Path], fmt: str = "png", layer: Optional[str] = None,

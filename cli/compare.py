@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from .common import (
+    NEUROBENCH_HELP,
     PLOT_FORMAT_HELP,
     PLOT_HELP,
     DType,
@@ -51,6 +52,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="The raw numbers as one JSON object on "
                                                        "stdout."),
     wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
+    neurobench: bool = typer.Option(False, "--neurobench", help=NEUROBENCH_HELP),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="DIR",
                                         help=PLOT_HELP + " compare.png: accuracy vs energy per "
                                              "sample, one point per model and arithmetic."),
@@ -97,7 +99,7 @@ def compare(
     with progress_bar(not as_json) as progress:
         task = (progress.add_task(f"{len(models)} models x {len(dict.fromkeys(dtypes))} "
                                   "arithmetics", total=total) if progress else None)
-        result = run_compare(models, data, limit=limit, runs=runs,
+        result = run_compare(models, data, limit=limit, runs=runs, neurobench=neurobench,
                              on_sample=(lambda n: progress.advance(task)) if progress else None)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")

@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from .common import (
+    NEUROBENCH_HELP,
     CENTER_CROP_HELP,
     CROP_HELP,
     PLOT_FORMAT_HELP,
@@ -72,6 +73,7 @@ def infer(
     layers: bool = typer.Option(False, "--layers", help="Print the per-layer table for every "
                                                         "file (always shown for one file)."),
     wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
+    neurobench: bool = typer.Option(False, "--neurobench", help=NEUROBENCH_HELP),
     pj_ac: Optional[float] = typer.Option(
         None, "--pj-ac", help=ENERGY_HELP.format(op="accumulate", f=0.9, i16=0.05, i8=0.03),
         show_default="by --dtype"),
@@ -130,7 +132,8 @@ def infer(
         energy.mac_pj = check_number("--pj-mac", pj_mac, low=0.0)
     framing = {"steps": steps, "split_by": split_by.value if split_by else None,
                "sensor_size": parse_size(sensor_size),
-               "transform": SpatialTransform.from_options(crop, center_crop)}
+               "transform": SpatialTransform.from_options(crop, center_crop),
+               "neurobench": neurobench}
     cluster = _cluster_options(workers, scheduler)
     plots = plot_options(plot, plot_format, plot_layer, plot_head, plot_step)
     if dataset is not None:

@@ -73,7 +73,7 @@ def load_runs(models: Sequence[tuple[str, str | os.PathLike]],
 def compare(models: Sequence[tuple[str, str | os.PathLike]], data: GestureSet | TonicSet, *,
             dtypes: Sequence[str] = DEFAULT_DTYPES, limit: int | None = None,
             path_mode: str = "auto", runs: list[Run] | None = None,
-            on_sample: Callable[[int], None] | None = None) -> dict:
+            on_sample: Callable[[int], None] | None = None, neurobench: bool = False) -> dict:
     """Classify the first ``limit`` samples of ``data`` (every one without it) with each model of
     ``models`` ((label, model file) pairs) in each arithmetic of ``dtypes``.
 
@@ -98,7 +98,8 @@ def compare(models: Sequence[tuple[str, str | os.PathLike]], data: GestureSet | 
             results = []
             for run, tally in zip(runs, tallies):
                 tally.check_label(ref)
-                results.append(classify(run.engine, rec, energy=tally.energy))
+                results.append(classify(run.engine, rec, energy=tally.energy,
+                                        neurobench=neurobench))
             for tally, result in zip(tallies, results):  # only whole samples count
                 tally.add(ref.label, result)
             count += 1

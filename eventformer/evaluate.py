@@ -85,8 +85,9 @@ class Tally:
             "engine_ms_per_sample": 1000.0 * totals["seconds"] / count if count else 0.0,
             "ops_total": {k: totals[k] for k in OPS_KEYS},
             "ops_per_sample": {k: (totals[k] / count if count else 0.0) for k in OPS_KEYS},
-            # NeuroBench's metrics, each the mean per sample (NeuroBench's dataset figures)
-            "neurobench": mean_per_sample(self.neurobench),
+            # NeuroBench's metrics (when asked for), each the mean per sample (NeuroBench's
+            # dataset figures)
+            **({"neurobench": mean_per_sample(self.neurobench)} if self.neurobench else {}),
             "layers_per_sample": [{"name": name, **{k: v / count for k, v in acc.items()}}
                                   for name, acc in self.layer_sums.items()] if count else [],
         }
@@ -104,7 +105,8 @@ def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | No
              steps: int | None = None, split_by: str | None = None,
              energy: EnergyTable | None = None, sensor_size: tuple[int, int] | None = None,
              transform: SpatialTransform | None = None,
-             on_sample: Callable[[dict, Classification], None] | None = None) -> dict:
+             on_sample: Callable[[dict, Classification], None] | None = None,
+             neurobench: bool = False) -> dict:
     """Run every sample (or the first ``limit``); ``on_sample(record, result)`` after each.
 
     A KeyboardInterrupt stops the run between or inside samples: the summary then covers the
@@ -118,7 +120,8 @@ def evaluate(engine: Spikformer, data: GestureSet | TonicSet, *, limit: int | No
             rec = Recording(path=ref.name, format=data.layout, events=events,
                             sensor_size=data.sensor_size)
             result = classify(engine, rec, steps=steps, split_by=split_by, energy=energy,
-                              sensor_size=sensor_size, transform=transform)
+                              sensor_size=sensor_size, transform=transform,
+                              neurobench=neurobench)
             tally.add(ref.label, result)
             if on_sample is not None:
                 on_sample(sample_record(ref, result), result)

@@ -47,7 +47,8 @@ class Classification:
                 "prediction": self.prediction, "class_name": self.class_name,
                 "logits": [float(x) for x in self.logits], "layers": self.layers,
                 "ops": self.ops, "seconds": self.seconds, "spatial": self.spatial,
-                "attention": self.attention, "neurobench": self.neurobench}
+                "attention": self.attention,
+                **({"neurobench": self.neurobench} if self.neurobench is not None else {})}
 
 
 def downsample_factor(sensor: tuple[int, int] | None, size: int, name: str) -> int:
@@ -160,9 +161,10 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
              split_by: str | None = None, energy: EnergyTable | None = None,
              sensor_size: tuple[int, int] | None = None,
              transform: SpatialTransform | None = None,
-             keep_frames: bool = False) -> Classification:
+             keep_frames: bool = False, neurobench: bool = False) -> Classification:
     """Frame ``rec`` (see `frame_recording`; ``transform`` crops) and run the model over it;
-    ``keep_frames`` keeps the framed steps in the result (``frames``)."""
+    ``keep_frames`` keeps the framed steps in the result (``frames``); ``neurobench`` adds
+    NeuroBench's metrics of the sample (``result.neurobench``)."""
     steps = steps or model.config.steps
     split_by = split_by or model.config.split_by
     warnings = [f"{rec.path}: {w}" for w in rec.warnings]
@@ -171,11 +173,12 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
     # NeuroBench's tallies cost Python per layer and step, so they come from a second,
     # untimed pass over the same frames (the engine is deterministic: the same activity)
     # unless a recorder watches this run, which must see the sample once
-    nb = watch_neurobench(model)
-    again = not nb.shares_neurons()
-    if not again:
+    nb = watch_neurobench(model) if neurobench else None
+    again = nb is not None and not nb.shares_neurons()
+    if nb is not None and not again:
         nb.__enter__()
-    nb.clear()
+    if nb is not None:
+        nb.clear()
     model.clear_stats()
     start = time.perf_counter()
     logits = model.run(frames)
@@ -184,7 +187,7 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
         model.clear_stats()  # the counters after the pass are the timed run's again
         with nb:
             model.run(frames)
-    else:
+    elif nb is not None:
         nb.__exit__(None, None, None)
     stats = model.layer_stats()
     k = int(np.argmax(logits))
@@ -195,7 +198,7 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
         seconds=seconds, duration_us=int(rec.duration_us),
         warnings=warnings, spatial=plan.describe(), attention=model.config.attention,
         frames=frames if keep_frames else None, sensor_size=plan.sensor_size,
-        neurobench=nb.sample(steps))
+        neurobench=nb.sample(steps) if nb is not None else None)
 
 
 def classify_file(model: Spikformer, path: str, **kw) -> Classification:

@@ -115,7 +115,7 @@ def test_watch_changes_no_result(snntorch_pair):
 def test_infer_and_compare_json_carry_neurobench(monkeypatch):
     monkeypatch.delenv("EVENTFORMER_DATA", raising=False)
     r = runner.invoke(app, ["infer", "--weights", "ssa", "--dataset", "dvs-gesture",
-                            "--limit", "2", "--json"])
+                            "--limit", "2", "--json", "--neurobench"])
     assert r.exit_code == 0, r.output
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     samples, summary = lines[:-1], lines[-1]
@@ -127,7 +127,12 @@ def test_infer_and_compare_json_carry_neurobench(monkeypatch):
             + samples[1]["neurobench"]["MembraneUpdates"]) / 2
     assert summary["neurobench"]["MembraneUpdates"] == mean
     r = runner.invoke(app, ["compare", "--weights", "ssa", "--dtype", "float32", "--limit", "2",
-                            "--json"])
+                            "--json", "--neurobench"])
     assert r.exit_code == 0, r.output
     (run,) = json.loads(r.stdout)["runs"]
     assert run["neurobench"] == summary["neurobench"]
+    # without --neurobench no sample runs twice, and no object is reported
+    r = runner.invoke(app, ["infer", "--weights", "ssa", "--dataset", "dvs-gesture",
+                            "--limit", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert all("neurobench" not in json.loads(x) for x in r.stdout.splitlines())
