@@ -93,6 +93,22 @@ class CausalFramer:
             if self.t0 is None:
                 self.t0 = int(events["t"][0])
 
+    def waiting_windows(self) -> int:
+        """About how many complete windows the pending events already hold (a run of empty
+        windows counts as its length): how far behind the arrivals a consumer is."""
+        if not self.pending.shape[0]:
+            return 0
+        if self.spec.window_events is not None:
+            return self.pending.shape[0] // self.spec.window_events
+        return max(0, (int(self.pending["t"][-1]) - self.t0) // self.spec.window_us)
+
+    def restart(self):
+        """A new stream whose clock starts afresh (a reconnected camera): close the open window
+        with what it has; the next window starts at the next event."""
+        windows = list(self.flush())
+        self.t0 = None
+        return windows
+
     def complete_windows(self):
         """Yield (t_start, t_end, events) for every window that can no longer change, and a
         `Gap` for a run of at least ``GAP_WINDOWS`` empty ones."""
@@ -335,9 +351,9 @@ def _stream_plan(source, first: np.ndarray, size: int, sensor_size, transform):
         max_x, max_y = extent(first)
         if transform.needs_sensor(size, max_x, max_y):
             stream = getattr(source, "stream", None)
-            decoder = getattr(stream, "decoder", None)
+            decoder = getattr(stream, "decoder", None) or getattr(source, "decoder", None)
             hint, why = getattr(decoder, "sensor_hint", None) or (None, "")
-            fmt = getattr(stream, "format", None) or "*"
+            fmt = getattr(stream, "format", None) or getattr(source, "format", None) or "*"
             assumed = assume_sensor(name, fmt, max_x, max_y, hint, why)
             sensor = assumed.size
             notes = getattr(source, "notes", None)
@@ -347,13 +363,23 @@ def _stream_plan(source, first: np.ndarray, size: int, sensor_size, transform):
                           assumption=assumed.phrase if assumed else "")
 
 
+#: What ``on_overload`` may say, and why each is chosen, said in a live stream's summary.
+OVERLOAD_POLICIES = {
+    "queue": "every window is classified, in order; when the engine falls behind, arrived events "
+             "wait (the backlog) and the latency grows, but nothing is lost",
+    "drop": "when the engine falls behind, complete windows older than the newest are dropped "
+            "unclassified (each reported and counted) so that decisions stay current; the "
+            "model's state does not see them",
+}
+
+
 def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
                follow: bool = False, realtime: bool = False, idle_timeout: float = 5.0,
                poll_s: float = 0.05, energy: EnergyTable | None = None,
                on_window: Callable[[dict], None] | None = None,
                should_stop: Callable[[], bool] | None = None,
                sensor_size: tuple[int, int] | None = None,
-               transform: SpatialTransform | None = None) -> dict:
+               transform: SpatialTransform | None = None, on_overload: str = "queue") -> dict:
     """Drive the engine window by window until the source ends (or goes idle when following).
 
     Returns a summary; ``on_window`` receives one record per window with the keys
@@ -362,7 +388,25 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     with the same keys (the state at its end) plus ``gap``: its windows, those computed and the
     period of the state without input (see `skip_empty_steps`). The summary's ``windows``
     counts every window, those in gaps too (``gap_windows``), so it equals the last step.
+
+    A live source (``source.live``, `eventformer.live`) is read until it ends or stays silent
+    for ``idle_timeout`` seconds (reconnection attempts included). Its windows' records add
+    ``arrival_latency_ms`` (from the arrival of the window's last event to the decision; None
+    for an empty window) and ``waiting_windows``; ``backlog_events`` then counts the events the
+    source has received and not yet handed over too. ``on_overload`` ("queue" or "drop", see
+    `OVERLOAD_POLICIES`) says what happens when the engine falls behind; a dropped window is a
+    record with ``"dropped": true``. The summary then adds the policy and why, dropped windows
+    and events, the largest backlog, arrival-latency percentiles, restarts (reconnections) and
+    the source's own counters (``"live"``).
     """
+    if on_overload not in OVERLOAD_POLICIES:
+        raise ValueError(f"on_overload must be one of {', '.join(OVERLOAD_POLICIES)}")
+    live = bool(getattr(source, "live", False))
+    dropping = live and on_overload == "drop"
+    consumed = 0  # the source's events handed over in windows so far (for their arrival)
+    live_stats = {"dropped_windows": 0, "dropped_events": 0, "waiting_windows_max": 0,
+                  "backlog_events_max": 0, "restarts": 0,
+                  "arrival_ms": collections.deque(maxlen=100_000)}
     size = engine.config.image_size
     framer = CausalFramer(spec)
     engine.warm_up()  # latency of the first window should not include loading kernels
@@ -375,9 +419,10 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     plan = None  # crop / resize onto the input (``transform``), planned once the header is read
 
     def process(t_start, t_end, chunk):
-        nonlocal plan
+        nonlocal plan, consumed
         if plan is None:  # the header (if any) has been read by now
             plan = _stream_plan(source, chunk, size, sensor_size, transform)
+        received = int(chunk.shape[0])
         chunk = plan.apply(chunk)
         if clock is not None and not interrupted:  # the last window waits for its end too
             delay = clock.seconds_until(t_end)
@@ -403,6 +448,14 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
                                    EnergyTable.for_arithmetic(engine.arithmetic)),
                   "latency_ms": latency * 1e3,
                   "backlog_events": framer.backlog, "step": engine.steps_seen}
+        if live:
+            decided = time.perf_counter()
+            consumed += received
+            arrival = source.arrival_of(consumed - 1) if received else None
+            record["arrival_latency_ms"] = None if arrival is None else (decided - arrival) * 1e3
+            observe_backlog(record)
+            if arrival is not None:
+                live_stats["arrival_ms"].append(record["arrival_latency_ms"])
         stats["windows"] += 1
         stats["events"] += record["events"]
         stats["compute_s"] += latency
@@ -410,6 +463,27 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
         if on_window is not None:
             on_window(record)
         return record
+
+    def observe_backlog(record: dict) -> None:
+        record["backlog_events"] += source.queued_events
+        record["waiting_windows"] = framer.waiting_windows()
+        live_stats["backlog_events_max"] = max(live_stats["backlog_events_max"],
+                                               record["backlog_events"])
+        live_stats["waiting_windows_max"] = max(live_stats["waiting_windows_max"],
+                                                record["waiting_windows"])
+
+    def drop(t_start, t_end, chunk, behind: int):
+        """--on-overload drop: a complete window older than the newest, not classified."""
+        nonlocal consumed
+        consumed += int(chunk.shape[0])
+        live_stats["dropped_windows"] += 1
+        live_stats["dropped_events"] += int(chunk.shape[0])
+        record = {"t_start_us": int(t_start), "t_end_us": int(t_end),
+                  "events": int(chunk.shape[0]), "dropped": True, "behind_windows": behind,
+                  "backlog_events": framer.backlog, "step": engine.steps_seen}
+        observe_backlog(record)
+        if on_window is not None:
+            on_window(record)
 
     def cross(gap: Gap):
         """A run of empty windows: the engine crosses it exactly, one record for all."""
@@ -439,12 +513,25 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     # --realtime: events reach the framer only once the replay clock has come to them, so the
     # backlog is what has arrived and waits, and an interrupt finds only arrived events pending
     clock = ReplayClock() if realtime else None
+    epoch = getattr(source, "epoch", 0)
 
     def stopped() -> bool:
         return ctrl_c.requested or (should_stop is not None and should_stop())
 
     def drain(windows) -> None:
         nonlocal last
+        if dropping:  # only the newest complete window is classified; gaps are crossed
+            windows = list(windows)
+            newest = max((i for i, w in enumerate(windows) if not isinstance(w, Gap)),
+                         default=-1)
+            for i, window in enumerate(windows):
+                if isinstance(window, Gap):
+                    last = cross(window)
+                elif i < newest:
+                    drop(*window, behind=newest - i)
+                else:
+                    last = process(*window)
+            return
         for window in windows:
             last = cross(window) if isinstance(window, Gap) else process(*window)
             if stopped():  # finish the window in hand, then stop reading
@@ -472,17 +559,25 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
                 events = source.read()
                 if events.shape[0]:
                     last_growth = time.perf_counter()
+                    if live and source.epoch != epoch:  # reconnected: a clock started afresh
+                        epoch = source.epoch
+                        live_stats["restarts"] += 1
+                        for window in framer.restart():
+                            last = process(*window)
                     if clock is not None:
                         clock.push(events)
                         continue
                     framer.push(events)
                     drain(framer.complete_windows())
                     continue
-                if source.exhausted and not follow:
+                if source.exhausted and (live or not follow):
                     break
-                if follow and time.perf_counter() - last_growth > idle_timeout:
+                if (follow or live) and time.perf_counter() - last_growth > idle_timeout:
                     break
-                time.sleep(poll_s)
+                if live:
+                    source.wait(poll_s)  # woken by the next events: no polling delay
+                else:
+                    time.sleep(poll_s)
         except KeyboardInterrupt:  # outside the main thread, or a second Ctrl-C
             interrupted = True
         interrupted = interrupted or ctrl_c.requested
@@ -490,12 +585,13 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
         if interrupted:  # reading stops; the open window closes with what it has
             windows, unreached = framer.flush_open()
             unreached += 0 if clock is None else int(clock.held.shape[0])
+            unreached += source.queued_events if live else 0
         else:
             windows = framer.flush()
         for window in windows:
             last = process(*window)
     lat = np.array(stats["latencies_ms"]) if stats["latencies_ms"] else np.zeros(1)
-    return {"windows": stats["windows"], "events": stats["events"],
+    summary = {"windows": stats["windows"], "events": stats["events"],
             "gaps": stats["gaps"], "gap_windows": stats["gap_windows"],
             "compute_s": stats["compute_s"], "wall_s": time.perf_counter() - wall_start,
             "latency_ms_p50": float(np.percentile(lat, 50)),
@@ -503,6 +599,16 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
             "final_prediction": None if last is None else last["prediction"],
             "final_logits": None if last is None else last["logits"],
             "interrupted": interrupted, "unprocessed_events": unreached}
+    if live:
+        arrivals = live_stats.pop("arrival_ms")
+        arrived = np.array(arrivals) if arrivals else None
+        summary.update(
+            on_overload=on_overload, on_overload_reason=OVERLOAD_POLICIES[on_overload],
+            **live_stats,
+            arrival_latency_ms_p50=None if arrived is None else float(np.percentile(arrived, 50)),
+            arrival_latency_ms_p99=None if arrived is None else float(np.percentile(arrived, 99)),
+            live=source.counters())
+    return summary
 
 
 class FileSource:
