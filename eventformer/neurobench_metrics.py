@@ -226,6 +226,12 @@ class NeuroBenchWatch:
         for m in self.membranes:
             m.updates = m.fired = 0
 
+    def activations(self, steps: int) -> tuple[int, int]:
+        """(outputs, non-zero outputs) of the spiking layers over the sample's ``steps`` steps:
+        ``ActivationSparsity``'s integers, which NeuroBench pools over a batch."""
+        return (sum(m.size for m in self.membranes) * steps,
+                sum(m.fired for m in self.membranes))
+
     def sample(self, steps: int) -> dict:
         """The ``"neurobench"`` object of the sample run since :meth:`clear` (``steps`` steps)."""
         ac = sum(s.ac for s in self.synapses)
@@ -235,8 +241,7 @@ class NeuroBenchWatch:
         if hasattr(head, "sums") and hasattr(head, "weight"):  # one Linear call on the means
             h_mac, h_ac, h_dense = head_operations(head)
             ac, mac, dense = ac + h_ac, mac + h_mac, dense + h_dense
-        sites = sum(m.size for m in self.membranes) * steps
-        fired = sum(m.fired for m in self.membranes)
+        sites, fired = self.activations(steps)
         return {
             "SynapticOperations": {"Effective_MACs": mac, "Effective_ACs": ac, "Dense": dense},
             "ActivationSparsity": (sites - fired) / sites if sites else 0.0,
