@@ -320,8 +320,10 @@ def evaluate_on_cluster(client, spec: EngineSpec, engine, data, *, limit: int | 
                         steps: int | None = None, split_by: str | None = None, energy=None,
                         sensor_size: tuple[int, int] | None = None, transform=None,
                         on_sample: Callable | None = None, on_error: Callable | None = None,
-                        on_done: Callable | None = None, retries: int = 2) -> dict:
-    """`evaluate.evaluate` with one Dask task per sample.
+                        on_done: Callable | None = None, retries: int = 2,
+                        neurobench: bool = False) -> dict:
+    """`evaluate.evaluate` with one Dask task per sample (``neurobench``: each worker adds
+    NeuroBench's metrics of its samples, and the summary their mean, as serially).
 
     ``engine`` (the client's own, for the model's classes and arithmetic) feeds the `Tally`;
     the workers build theirs from ``spec``. ``on_sample(record, result)`` and
@@ -336,7 +338,7 @@ def evaluate_on_cluster(client, spec: EngineSpec, engine, data, *, limit: int | 
     reader = SampleReader.of(data)
     items = data.samples[:limit] if limit else data.samples
     framing = {"steps": steps, "split_by": split_by, "sensor_size": sensor_size,
-               "transform": transform}
+               "transform": transform, "neurobench": neurobench}
     start = time.perf_counter()
     token = uuid.uuid4().hex[:12]
     futures = [client.submit(classify_sample, spec, reader, item, framing, energy,

@@ -90,6 +90,22 @@ def test_scheduler_run_is_identical_to_serial(cluster, serial_run):
     assert_every_layer_fires(lines[0]["layers"])  # identical, and not vacuously so
 
 
+def test_neurobench_metrics_on_the_cluster_are_the_serial_ones(cluster):
+    """--neurobench on the cluster: each sample's "neurobench" object and the summary's mean
+    are the serial run's."""
+    lc, _ = cluster
+    args = ["infer", "--dataset", "synthetic-gesture", "--limit", "2", "--json", "--neurobench"]
+    serial = runner.invoke(app, args)
+    on_dask = runner.invoke(app, [*args, "--scheduler", lc.scheduler_address])
+    assert serial.exit_code == 0, serial.output
+    assert on_dask.exit_code == 0, on_dask.output
+    ours, theirs = _json_lines(on_dask), _json_lines(serial)
+    assert len(ours) == len(theirs) == 3
+    for a, b in zip(ours, theirs):
+        assert a["neurobench"] == b["neurobench"]
+    assert ours[0]["neurobench"]["SynapticOperations"]["Effective_ACs"] > 0
+
+
 def test_local_cluster_from_the_cli(serial_run):
     """--workers N starts (and closes) a local cluster; the human summary is the serial one."""
     r = runner.invoke(app, ["infer", "--dataset", "synthetic-gesture", "--limit", "4",
