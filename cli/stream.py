@@ -35,10 +35,14 @@ from .errors import fail, user_errors
 
 @user_errors
 def stream(
-    files: List[Path] = typer.Argument(..., help="Event file to classify window by window; "
-                                                 "with --follow it may still be being written. "
-                                                 "Several files (streams) need --workers or "
-                                                 "--scheduler."),
+    files: List[str] = typer.Argument(..., metavar="FILE|udp://HOST:PORT|tcp://HOST:PORT|-",
+                                      help="Event file to classify window by window; with "
+                                           "--follow it may still be being written. Several "
+                                           "files (streams) need --workers or --scheduler. Or "
+                                           "a live source (give --format): udp://HOST:PORT "
+                                           "listens for datagrams there (port 0: any free "
+                                           "one), tcp://HOST:PORT connects to a camera's "
+                                           "server, - reads standard input."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP,
                                            show_default=WEIGHTS_DEFAULT),
     follow: bool = typer.Option(False, "--follow", "-f",
@@ -53,7 +57,9 @@ def stream(
                                   help="Replay a finished file at recording speed."),
     idle_timeout: float = typer.Option(5.0, "--idle-timeout", min=0.0,
                                        help="With --follow: stop after this many seconds "
-                                            "without growth."),
+                                            "without growth; a live source: without events "
+                                            "(from the start, reconnection attempts "
+                                            "included)."),
     dtype: DType = typer.Option(DType.float32, "--dtype", help=DTYPE_HELP),
     sensor_size: Optional[str] = typer.Option(None, "--sensor-size", metavar="WxH",
                                               help=SENSOR_SIZE_HELP),
@@ -75,11 +81,36 @@ def stream(
                                              "decision marked."),
     plot_format: str = typer.Option("png", "--plot-format", metavar="png|svg",
                                      help=PLOT_FORMAT_HELP),
+    wire_format: Optional[str] = typer.Option(
+        None, "--format", metavar="spif|faery-13|faery-8|evt2|evt3",
+        help="Live sources: what the bytes are. UDP: aestream's SPIF words (with or without "
+             "timestamps; without, events get their arrival time), faery's 13-byte "
+             "(t64_x16_y16_on8) or 8-byte (t32_x16_y15_on1) records; TCP and standard input: "
+             "Prophesee EVT 2.0 / 3.0 (no EVT 3.0 over UDP: a lost datagram would corrupt its "
+             "running state).", show_default="none: required for a live source"),
+    reconnect: bool = typer.Option(False, "--reconnect",
+                                   help="tcp://: when the connection is refused or dropped, "
+                                        "retry with back-off (0.5 s doubling to 8 s), each try "
+                                        "said on stderr, until --idle-timeout passes without "
+                                        "events."),
+    on_overload: Optional[str] = typer.Option(
+        None, "--on-overload", metavar="queue|drop",
+        help="Live sources, when the engine falls behind the camera: queue classifies every "
+             "window in order (events wait, latency grows, nothing lost); drop classifies only "
+             "the newest complete window and reports each one dropped. The summary says which "
+             "and why, with the largest backlog.", show_default="queue"),
+    record: Optional[Path] = typer.Option(None, "--record", metavar="FILE",
+                                          help="Live sources: write every event received "
+                                               "(those not classified too) to an eventformer "
+                                               "HDF5 event file while classifying.",
+                                          show_default="none"),
 ):
     """Classify a live or recorded event stream in causal windows, state carried across them.
 
     Each window advances the model one time step, so the prediction evolves as the gesture
-    unfolds; --follow keeps reading a file that is still being written. With --workers or
+    unfolds; --follow keeps reading a file that is still being written; udp://, tcp:// and -
+    read a live camera's events as they arrive (windows follow the events' own timestamps). With
+    --workers or
     --scheduler several streams run at once on Dask, one engine state each, every window
     tagged with its stream's name; a stream that ends or fails does not stop the others."""
     from eventformer.events import SpatialTransform
@@ -97,6 +128,28 @@ def stream(
         WindowSpec(window_us=int(round((window_ms or 100.0) * 1000)))
     if workers is not None and scheduler is not None:
         fail("give either --workers (a local cluster) or --scheduler (an existing one), not both")
+    from eventformer.live import is_live
+
+    if any(is_live(f) for f in files):
+        if len(files) > 1:
+            fail("a live source runs alone: give one udp://, tcp:// or - source per command")
+        for given, option in ((workers is not None or scheduler is not None,
+                               "--workers/--scheduler (they take files)"),
+                              (follow, "--follow (a live source is always followed)"),
+                              (realtime, "--realtime (a live source arrives at its own speed)")):
+            if given:
+                fail(f"{files[0]}: {option} does not apply to a live source")
+        if on_overload not in (None, "queue", "drop"):
+            fail(f"--on-overload must be queue or drop, got {on_overload!r}")
+        _stream_live(files[0], wire_format, reconnect, on_overload or "queue", record, weights,
+                     dtype.value, spec, idle_timeout, parse_size(sensor_size), transform,
+                     as_json, plots)
+        return
+    for given, option in ((wire_format is not None, "--format"), (reconnect, "--reconnect"),
+                          (on_overload is not None, "--on-overload"),
+                          (record is not None, "--record")):
+        if given:
+            fail(f"{option} applies to live sources (udp://, tcp://, -), not to files")
     if workers is not None or scheduler is not None:
         _stream_on_cluster(files, workers, scheduler, weights, dtype.value, spec, follow,
                            realtime, idle_timeout, parse_size(sensor_size), transform, as_json,
@@ -105,7 +158,7 @@ def stream(
     if len(files) > 1:
         fail(f"{len(files)} streams: several streams run at once on Dask, give --workers N "
              "(pip install 'eventformer[cluster]')")
-    file = files[0]
+    file = Path(files[0])
     if not file.exists():
         fail(f"{file}: no such file")
     weights = resolve_weights(weights)
@@ -174,6 +227,125 @@ def stream(
         raise typer.Exit(code=130)
 
 
+def _stream_live(name, wire_format, reconnect, on_overload, record, weights, dtype, spec,
+                 idle_timeout, sensor_size, transform, as_json, plots) -> None:
+    """One live source (eventformer.live): engine loaded and warmed first, so that no event
+    waits on a kernel load; then the source is opened and read until it ends, goes silent for
+    --idle-timeout seconds, or Ctrl-C."""
+    import typer
+
+    from eventformer.live.sources import check_live_options, open_live_source
+    from eventformer.stream import describe_gap, run_stream
+
+    check_live_options(name, wire_format, sensor_size, reconnect)
+    if record is not None and not record.parent.is_dir():
+        fail(f"{record}: cannot be written (its folder does not exist)")
+    weights = resolve_weights(weights)
+    engine = load_engine(weights, dtype, "auto", quiet=as_json)
+    names = [n.strip() for n in engine.config.class_names]
+    with waiting("loading the model's kernels"):
+        engine.warm_up()
+
+    def say(sentence):
+        err.print(f"{name}: {sentence}", markup=False, highlight=False, soft_wrap=True)
+
+    source = open_live_source(name, wire_format, sensor_size, reconnect=reconnect, on_note=say)
+    windows = []
+    try:
+        if record is not None:
+            source.record_to(str(record))
+        where = (f"listening on udp://{name.split('://', 1)[1].rsplit(':', 1)[0]}:{source.port}"
+                 if hasattr(source, "port") else "reading standard input" if name == "-" else
+                 f"{'connecting to' if reconnect else 'connected to'} {name}")
+        err.print(f"{where} ({wire_format}); Ctrl-C stops, and the stream ends after "
+                  f"{idle_timeout:g} s without events", markup=False, highlight=False)
+        if not as_json:
+            announce_model(weights)
+
+        def on_window(w):
+            if plots and "dropped" not in w:
+                windows.append(w)
+            if "gap" in w:
+                say(describe_gap(w))
+            if as_json:
+                sys.stdout.write(json.dumps(w) + "\n")
+                sys.stdout.flush()
+                return
+            if "gap" in w:
+                return
+            span = f"t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s  "
+            if "dropped" in w:
+                err.print(f"{span}{w['events']:7d} events  dropped (the engine is "
+                          f"{w['behind_windows']} window(s) behind)  backlog "
+                          f"{w['backlog_events']}", markup=False, highlight=False)
+                return
+            k = w["prediction"]
+            arrival = w.get("arrival_latency_ms")
+            err.print(f"{span}{w['events']:7d} events  prediction {k} "
+                      f"{names[k] if k < len(names) else ''}  latency {w['latency_ms']:.1f} ms"
+                      + ("" if arrival is None else f" ({arrival:.1f} ms since its last event "
+                                                    "arrived)")
+                      + f"  backlog {w['backlog_events']}", markup=False, highlight=False)
+
+        summary = run_stream(engine, source, spec, idle_timeout=idle_timeout,
+                             on_window=on_window, sensor_size=sensor_size, transform=transform,
+                             on_overload=on_overload)
+    finally:
+        source.close()  # what was received and not read still goes to --record
+    if record is not None:
+        summary["live"]["recorded_events"] = source.recorded
+    for w in source.warnings:
+        err.print(f"warning: {name}: {w}", markup=False, highlight=False, soft_wrap=True)
+    _plot_streams(plots, {name: windows}, names)
+    if as_json:
+        sys.stdout.write(json.dumps({"summary": True, **summary}) + "\n")
+        sys.stdout.flush()
+    else:
+        _print_live_summary(name, summary, names)
+    if summary["interrupted"]:
+        err.print(f"interrupted: the results above cover {summary['windows']} windows; "
+                  f"{summary['unprocessed_events']:,} events received were not reached",
+                  markup=False, highlight=False)
+        raise typer.Exit(code=130)
+    if source.failure:  # a dropped connection: what came before it is reported above
+        err.print(f"error: {source.failure}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2)
+
+
+def _print_live_summary(name, s, names) -> None:
+    k = s["final_prediction"]
+    final = "-" if k is None else f"{k} {names[k] if k < len(names) else ''}"
+    arrival = ("" if s["arrival_latency_ms_p50"] is None else
+               f"; from a window's last event to its decision p50 "
+               f"{s['arrival_latency_ms_p50']:.1f} ms, p99 {s['arrival_latency_ms_p99']:.1f} ms")
+    lines = [f"{s['windows']:,} windows, {s['events']:,} events classified, final prediction "
+             f"{final}; latency p50 {s['latency_ms_p50']:.1f} ms, p99 "
+             f"{s['latency_ms_p99']:.1f} ms{arrival}; engine busy {s['compute_s']:.2f} s of "
+             f"{s['wall_s']:.2f} s wall time",
+             f"on overload: {s['on_overload']} ({s['on_overload_reason']}); "
+             f"{s['dropped_windows']:,} windows ({s['dropped_events']:,} events) dropped; largest "
+             f"backlog {s['backlog_events_max']:,} events, {s['waiting_windows_max']:,} complete "
+             "windows waiting"]
+    c = s["live"]
+    if "datagrams_received" in c:
+        lines.append(f"{name}: {c['datagrams_received']:,} datagrams received, "
+                     f"{c['datagrams_rejected']:,} rejected; {c['events_received']:,} events "
+                     f"received, {c['events_decoded']:,} decoded, {c['events_rejected']:,} "
+                     "rejected")
+    else:
+        lines.append(f"{name}: {c['bytes_received']:,} bytes received, {c['events_decoded']:,} "
+                     f"events decoded, {c['bytes_torn']:,} bytes of a torn last record"
+                     + (f"; {c['connections']} connection(s), {c['reconnects']} reconnection(s)"
+                        if "connections" in c else ""))
+    if s["restarts"]:
+        lines.append(f"{s['restarts']} restart(s) of the stream's clock after reconnecting: "
+                     "the open window was closed each time")
+    if c.get("record"):
+        lines.append(f"recorded {c['recorded_events']:,} events to {c['record']}")
+    for line in lines:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _plot_streams(plots, windows: dict, class_names) -> None:
     """--plot: one figure per stream that had a window."""
     if not plots:
@@ -195,7 +367,7 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
 
     if not have_distributed():
         fail(INSTALL_HINT)
-    names = [str(f) for f in files]
+    names = [str(Path(f)) for f in files]
     if len(set(names)) < len(names):
         fail("a stream is given twice; each file is one stream")
     missing = [n for n in names if not Path(n).exists()]

@@ -392,7 +392,8 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     A live source (``source.live``, `eventformer.live`) is read until it ends or stays silent
     for ``idle_timeout`` seconds (reconnection attempts included). Its windows' records add
     ``arrival_latency_ms`` (from the arrival of the window's last event to the decision; None
-    for an empty window) and ``waiting_windows``; ``backlog_events`` then counts the events the
+    for an empty window; a window closed by the stream's end has ``closed_at_end`` and is left
+    out of the summary's percentiles: its wait measured the silence) and ``waiting_windows``; ``backlog_events`` then counts the events the
     source has received and not yet handed over too. ``on_overload`` ("queue" or "drop", see
     `OVERLOAD_POLICIES`) says what happens when the engine falls behind; a dropped window is a
     record with ``"dropped": true``. The summary then adds the policy and why, dropped windows
@@ -454,7 +455,9 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
             arrival = source.arrival_of(consumed - 1) if received else None
             record["arrival_latency_ms"] = None if arrival is None else (decided - arrival) * 1e3
             observe_backlog(record)
-            if arrival is not None:
+            if closing:  # its end was known only when the stream ended: the wait is not latency
+                record["closed_at_end"] = True
+            elif arrival is not None:
                 live_stats["arrival_ms"].append(record["arrival_latency_ms"])
         stats["windows"] += 1
         stats["events"] += record["events"]
@@ -514,6 +517,7 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
     # backlog is what has arrived and waits, and an interrupt finds only arrived events pending
     clock = ReplayClock() if realtime else None
     epoch = getattr(source, "epoch", 0)
+    closing = False  # closing the open window as the stream ends (or restarts)
 
     def stopped() -> bool:
         return ctrl_c.requested or (should_stop is not None and should_stop())
@@ -562,8 +566,10 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
                     if live and source.epoch != epoch:  # reconnected: a clock started afresh
                         epoch = source.epoch
                         live_stats["restarts"] += 1
+                        closing = True
                         for window in framer.restart():
                             last = process(*window)
+                        closing = False
                     if clock is not None:
                         clock.push(events)
                         continue
@@ -588,6 +594,7 @@ def run_stream(engine: Spikformer, source: EventSource, spec: WindowSpec, *,
             unreached += source.queued_events if live else 0
         else:
             windows = framer.flush()
+        closing = True
         for window in windows:
             last = process(*window)
     lat = np.array(stats["latencies_ms"]) if stats["latencies_ms"] else np.zeros(1)

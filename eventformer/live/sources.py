@@ -66,7 +66,7 @@ def parse_address(url: str) -> tuple[str, str, int]:
             parts.path not in ("", "/") or parts.query:
         raise EventformerError(f"{url}: a live source is udp://HOST:PORT or tcp://HOST:PORT "
                                "(or - for standard input)")
-    if not 0 < port < 65536:
+    if not (0 if scheme == "udp" else 1) <= port < 65536:  # udp://HOST:0 listens on any port
         raise EventformerError(f"{url}: the port must be between 1 and 65535")
     return scheme, parts.hostname, port
 
@@ -470,33 +470,49 @@ class ByteStreamSource(LiveSource):
             self.note(leftover.message)
 
 
-def open_live_source(name: str, fmt: str | None, sensor_size: tuple[int, int] | None = None, *,
-                     reconnect: bool = False, on_note: Callable[[str], None] | None = None,
-                     stdin=None) -> LiveSource:
-    """The live source a stream argument names, started (its reader thread running)."""
+def check_live_options(name: str, fmt: str | None, sensor_size: tuple[int, int] | None,
+                       reconnect: bool) -> str:
+    """One sentence for options a live source cannot take, before any work; its scheme."""
     if fmt is None:
         kinds = (f"{', '.join(UDP_FORMATS)} for udp://" if name.lower().startswith("udp")
                  else f"{', '.join(STREAM_FORMATS)} for {'tcp://' if name != '-' else 'standard input'}")
         raise EventformerError(f"{name}: a live source needs --format ({kinds}): the bytes "
                                "themselves do not say")
-    if name == "-":
+    scheme = "stdin" if name == "-" else parse_address(name)[0]
+    if reconnect and scheme != "tcp":
+        raise EventformerError(f"{name}: --reconnect applies to tcp:// sources "
+                               f"({'UDP has no connection to lose' if scheme == 'udp' else 'not standard input'})")
+    if scheme == "udp":
+        if fmt not in UDP_FORMATS:
+            hint = (" (EVT 2.0 / 3.0 go over tcp:// or standard input: a lost datagram would "
+                    "corrupt EVT 3.0's running state)" if fmt in STREAM_FORMATS else "")
+            raise EventformerError(f"{name}: --format must be one of {', '.join(UDP_FORMATS)} "
+                                   f"for UDP, got {fmt!r}{hint}")
+        if sensor_size is None:
+            raise EventformerError(f"{name}: UDP datagrams carry no sensor size, so give "
+                                   "--sensor-size WxH (the camera's resolution)")
+    elif fmt not in STREAM_FORMATS:
+        raise EventformerError(f"{name}: --format must be one of {', '.join(STREAM_FORMATS)} "
+                               f"for a byte stream, got {fmt!r}")
+    return scheme
+
+
+def open_live_source(name: str, fmt: str | None, sensor_size: tuple[int, int] | None = None, *,
+                     reconnect: bool = False, on_note: Callable[[str], None] | None = None,
+                     stdin=None) -> LiveSource:
+    """The live source a stream argument names, started (its reader thread running)."""
+    scheme = check_live_options(name, fmt, sensor_size, reconnect)
+    if scheme == "stdin":
         import sys
 
-        if reconnect:
-            raise EventformerError("--reconnect applies to tcp:// sources, not standard input")
         source = ByteStreamSource("-", fmt, sensor_size, on_note,
                                   stdin=stdin if stdin is not None else sys.stdin)
+    elif scheme == "udp":
+        source = UdpSource(name, fmt, sensor_size, on_note)
     else:
-        scheme, _, _ = parse_address(name)
-        if scheme == "udp":
-            if reconnect:
-                raise EventformerError("--reconnect applies to tcp:// sources: UDP has no "
-                                       "connection to lose")
-            source = UdpSource(name, fmt, sensor_size, on_note)
-        else:
-            source = ByteStreamSource(name, fmt, sensor_size, on_note, reconnect=reconnect)
+        source = ByteStreamSource(name, fmt, sensor_size, on_note, reconnect=reconnect)
     return source.start()
 
 
-__all__ = ["ByteStreamSource", "LiveSource", "UdpSource", "is_live", "open_live_source",
-           "parse_address"]
+__all__ = ["ByteStreamSource", "LiveSource", "UdpSource", "check_live_options", "is_live",
+           "open_live_source", "parse_address"]

@@ -1,0 +1,391 @@
+"""Live sources: wire formats decoded exactly, garbage rejected and counted, and a live run over a
+recording's events giving the windows and decisions of `stream` on the file. Peers run on
+127.0.0.1 only: the project's fake camera in a separate process. Timeouts are generous (a
+loaded CI machine may pause a process for a minute); nothing here asserts on time."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from eventformer.events import EVENT_DTYPE, read_events
+from eventformer.events.formats import Evt2Decoder, Evt3Decoder
+from eventformer.live.sources import ByteStreamSource, UdpSource, parse_address
+from eventformer.live.wire import (Batch, datagram_decoder, encode_datagram_records,
+                                   encode_evt2, encode_evt3, prophesee_header)
+from eventformer.errors import EventformerError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "events"
+GESTURE = DATA / "dvs-gesture" / "1.bs2"
+EVT3 = DATA / "formats" / "evt3_sample.raw"
+#: Long enough to outlast a process stopped for a minute on a loaded machine.
+PATIENCE_S = 120
+
+runner = CliRunner()
+
+
+def needs(path):
+    if not path.is_file():
+        pytest.skip(f"{path} is not here")
+    return path
+
+
+def gesture_events():
+    return read_events(needs(GESTURE)).events
+
+
+# --- wire formats ----------------------------------------------------------------------------
+
+def batch_of(datagrams, decoder):
+    kept = [d for d in datagrams if decoder.length_ok(d[:4], len(d))]
+    return Batch(memoryview(b"".join(kept)), np.array([len(d) for d in kept], np.int64),
+                 np.arange(len(kept), dtype=np.int64) * 1000), len(datagrams) - len(kept)
+
+
+@pytest.mark.parametrize("fmt,timed", [("spif", True), ("spif", False), ("faery-13", True),
+                                       ("faery-8", True)])
+def test_udp_layouts_round_trip_and_reject_garbage_whole(fmt, timed):
+    ev = gesture_events()[:5000]
+    per = 37
+    datagrams = [encode_datagram_records(ev[i:i + per], fmt, timed)
+                 for i in range(0, len(ev), per)]
+    good = len(datagrams)
+    # garbage of a valid length: a pixel far outside the 128x128 sensor, in an otherwise fine
+    # datagram; and for the layouts with flags, a word or record of the wrong kind
+    off = ev[:3].copy()
+    off["x"][1] = 5000
+    datagrams.insert(4, encode_datagram_records(off, fmt, timed))
+    if fmt == "spif":
+        datagrams.insert(9, encode_datagram_records(ev[:4], fmt, not timed))
+    if fmt == "faery-13":
+        bad = bytearray(encode_datagram_records(ev[:2], fmt))
+        bad[12] = 7  # "on" must be 0 or 1
+        datagrams.insert(9, bytes(bad))
+    datagrams.insert(2, b"\x01\x02\x03")  # no whole record
+    decoder = datagram_decoder(fmt, 128, 128)
+    batch, short = batch_of(datagrams, decoder)
+    out = decoder.decode(batch)
+    assert short == 1
+    assert out.rejected_datagrams == len(datagrams) - good - short
+    # records counted in the stream's own layout: 4 untimed words are 2 timed records, and
+    # 4 timed records 8 untimed words
+    wrong_kind = (2 if timed else 8) if fmt == "spif" else 2 if fmt == "faery-13" else 0
+    assert out.rejected_events == 3 + wrong_kind
+    np.testing.assert_array_equal(out.events[["x", "y", "p"]], ev[["x", "y", "p"]])
+    if timed:
+        np.testing.assert_array_equal(out.events["t"], ev["t"])
+    else:  # no time on the wire: each event has its datagram's arrival (microseconds)
+        assert np.all(np.diff(out.events["t"]) >= 0)
+    assert out.reasons
+
+
+@pytest.mark.parametrize("fmt", ["spif", "faery-8"])
+def test_a_wrapping_32_bit_clock_is_unwrapped_across_datagrams(fmt):
+    ev = np.zeros(6, EVENT_DTYPE)
+    # every step below 2^31 us (the rule's bound), the clock going round twice
+    ev["t"] = [(1 << 32) - 20, (1 << 32) - 5, (1 << 32) + 3, (1 << 32) + (1 << 30),
+               (1 << 32) + (3 << 30), (2 << 32) + 5]
+    ev["x"], ev["y"] = 3, 4
+    decoder = datagram_decoder(fmt, 8, 8)
+    got = []
+    for i in range(0, 6, 2):  # one batch per pair: the wrap is carried between batches
+        batch, _ = batch_of([encode_datagram_records(ev[i:i + 2], fmt)], decoder)
+        got.append(decoder.decode(batch).events)
+    t = np.concatenate(got)["t"]
+    np.testing.assert_array_equal(t - t[0], ev["t"] - ev["t"][0])
+
+
+@pytest.mark.parametrize("encode,decoder", [(encode_evt2, Evt2Decoder), (encode_evt3, Evt3Decoder)])
+def test_evt_encoders_round_trip_through_the_file_decoders_in_any_pieces(encode, decoder):
+    ev = gesture_events()
+    fmt = "evt2" if decoder is Evt2Decoder else "evt3"
+    data = prophesee_header(fmt, 128, 128) + encode(ev)
+    rng = np.random.default_rng(1)
+    cuts = np.sort(rng.integers(0, len(data), 40))
+    d = decoder()
+    parts = [d.feed(data[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(data)])]
+    assert d.finish().message is None and d.sensor_size == (128, 128)
+    np.testing.assert_array_equal(np.concatenate(parts), ev)
+
+
+def test_addresses_are_checked_in_one_sentence():
+    assert parse_address("udp://127.0.0.1:0") == ("udp", "127.0.0.1", 0)
+    assert parse_address("tcp://localhost:7777") == ("tcp", "localhost", 7777)
+    for bad in ("udp://127.0.0.1", "tcp://127.0.0.1:0", "tcp://:5", "udp://h:99999"):
+        with pytest.raises(EventformerError):
+            parse_address(bad)
+
+
+# --- a UDP socket on 127.0.0.1 ------------------------------------------------------------------
+
+def test_udp_source_counts_datagrams_and_rejects_garbage_without_stopping():
+    ev = gesture_events()[:2000]
+    source = UdpSource("udp://127.0.0.1:0", "faery-13", (128, 128)).start()
+    try:
+        send = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        datagrams = [encode_datagram_records(ev[i:i + 100], "faery-13")
+                     for i in range(0, 2000, 100)]
+        datagrams.insert(3, b"not an event at all")  # 19 bytes: no whole 13-byte record
+        for d in datagrams:
+            send.sendto(d, ("127.0.0.1", source.port))
+        send.close()
+        got = []
+        while sum(len(g) for g in got) < 2000:
+            source.wait(PATIENCE_S)
+            got.append(source.read())
+        c = source.counters()
+    finally:
+        source.close()
+    np.testing.assert_array_equal(np.concatenate(got), ev)
+    assert c["datagrams_received"] == 21 and c["datagrams_rejected"] == 1
+    assert c["events_decoded"] == 2000 and c["events_rejected"] == 1
+    assert any("not whole faery-13 records" in n for n in source.notes)
+
+
+# --- the fake camera and the command line ---------------------------------------------------------
+
+def fake_camera(*args):
+    """The fake camera in its own process; returns it and its first line (where it is)."""
+    proc = subprocess.Popen([sys.executable, "-m", "eventformer.live.fake_camera", *map(str, args)],
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    if not line:
+        proc.wait(PATIENCE_S)
+        pytest.fail(f"the fake camera did not start: {proc.stderr.read()}")
+    return proc, line.strip()
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(PATIENCE_S)
+
+
+def json_lines(output):
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [w for w in lines if "summary" not in w], lines[-1]
+
+
+def decisions(windows):
+    return [(w["t_start_us"], w["t_end_us"], w["events"], w["prediction"], w["logits"])
+            for w in windows]
+
+
+@pytest.fixture(scope="module")
+def file_run():
+    """`stream` on the gesture file: the windows a live run over its events must give."""
+    from cli.main import app
+
+    r = runner.invoke(app, ["stream", str(needs(GESTURE)), "--sensor-size", "128x128",
+                            "--window-ms", "50", "--dtype", "float64", "--json"])
+    assert r.exit_code == 0, r.output
+    return json_lines(r.stdout)
+
+
+def test_tcp_evt2_live_run_gives_the_files_windows_and_decisions(file_run, tmp_path):
+    from cli.main import app
+
+    proc, line = fake_camera(GESTURE, "--tcp-serve", 0, "--format", "evt2", "--speed", 0,
+                             "--sensor-size", "128x128")
+    try:
+        port = int(line.rsplit(":", 1)[1])
+        record = tmp_path / "received.h5"
+        r = runner.invoke(app, ["stream", f"tcp://127.0.0.1:{port}", "--format", "evt2",
+                                "--window-ms", "50", "--dtype", "float64", "--json",
+                                "--idle-timeout", str(PATIENCE_S), "--record", str(record)])
+    finally:
+        stop(proc)
+    assert r.exit_code == 0, r.output
+    windows, summary = json_lines(r.stdout)
+    assert decisions(windows) == decisions(file_run[0])  # float64: exactly the same logits
+    assert all(w["arrival_latency_ms"] is None or w["arrival_latency_ms"] >= 0 for w in windows)
+    assert summary["live"]["events_decoded"] == summary["events"] == len(gesture_events())
+    assert summary["on_overload"] == "queue" and summary["dropped_windows"] == 0
+    np.testing.assert_array_equal(read_events(record).events, gesture_events())
+
+
+def test_udp_live_run_through_the_command_line(file_run, tmp_path):
+    record = tmp_path / "udp.h5"
+    cli = subprocess.Popen([sys.executable, "-m", "cli.main", "stream", "udp://127.0.0.1:0",
+                            "--format", "faery-13", "--sensor-size", "128x128", "--window-ms",
+                            "50", "--dtype", "float64", "--json", "--idle-timeout", "4",
+                            "--record", str(record)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    camera = None
+    try:
+        line = ""
+        while "listening on" not in line:
+            line = cli.stderr.readline()
+            assert line, "the stream ended before listening"
+        port = line.split("127.0.0.1:", 1)[1].split()[0]
+        camera, _ = fake_camera(GESTURE, "--udp", f"127.0.0.1:{port}", "--format", "faery-13",
+                                "--speed", 0)
+        camera.wait(PATIENCE_S)
+        out, rest = cli.communicate(timeout=PATIENCE_S)
+    finally:
+        for proc in (cli, camera):
+            if proc is not None:
+                stop(proc)
+    assert cli.returncode == 0, rest
+    windows, summary = json_lines(out)
+    c = summary["live"]
+    n = len(gesture_events())
+    # the socket's buffer holds the whole recording, so nothing is lost on 127.0.0.1
+    assert c["datagrams_rejected"] == 0 and c["events_decoded"] == n == summary["events"]
+    assert decisions(windows) == decisions(file_run[0])
+    np.testing.assert_array_equal(read_events(record).events, gesture_events())
+
+
+def test_standard_input_evt3_gives_the_files_decisions():
+    from cli.main import app
+
+    path = needs(EVT3)
+    args = ["--window-ms", "2", "--dtype", "float64", "--json"]
+    want = runner.invoke(app, ["stream", str(path), *args])
+    got = runner.invoke(app, ["stream", "-", "--format", "evt3", *args], input=path.read_bytes())
+    assert want.exit_code == 0 and got.exit_code == 0, got.output
+    assert decisions(json_lines(got.stdout)[0]) == decisions(json_lines(want.stdout)[0])
+
+
+def test_a_refused_connection_is_one_sentence():
+    from cli.main import app
+
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        r = runner.invoke(app, ["stream", f"tcp://127.0.0.1:{port}", "--format", "evt2"])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "connection refused" in lines[0]
+
+
+def test_a_dropped_connection_reports_what_came_then_one_error(tmp_path):
+    from cli.main import app
+
+    # at recording speed: the reset comes ~0.4 s after the connection, not during its set-up
+    proc, line = fake_camera(GESTURE, "--tcp-serve", 0, "--format", "evt2", "--speed", 1,
+                             "--sensor-size", "128x128", "--drop-after", 100_000)
+    try:
+        r = runner.invoke(app, ["stream", f"tcp://127.0.0.1:{line.rsplit(':', 1)[1]}",
+                                "--format", "evt2", "--window-ms", "50",
+                                "--idle-timeout", str(PATIENCE_S)])
+    finally:
+        stop(proc)
+    assert r.exit_code == 2, r.output
+    assert "windows" in r.stderr  # the summary of what came before the drop
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "dropped" in r.stderr
+
+
+def test_reconnect_retries_and_restarts_the_windows_clock():
+    proc, line = fake_camera(GESTURE, "--tcp-serve", 0, "--format", "evt2", "--speed", 1,
+                             "--sensor-size", "128x128", "--clients", 2, "--drop-after", 100_000)
+    notes = []
+    try:
+        from eventformer.modelfile import load
+        from eventformer.models import Spikformer
+        from eventformer.stream import WindowSpec, run_stream
+        from eventformer.weights import shipped_model_path
+
+        source = ByteStreamSource(f"tcp://127.0.0.1:{line.rsplit(':', 1)[1]}", "evt2",
+                                  on_note=notes.append, reconnect=True).start()
+        try:
+            windows = []
+            summary = run_stream(Spikformer(load(shipped_model_path())), source,
+                                 WindowSpec(window_us=50_000), on_window=windows.append,
+                                 idle_timeout=3)
+        finally:
+            source.close()
+    finally:
+        stop(proc)
+    c = summary["live"]
+    assert c["connections"] == 2 and c["reconnects"] >= 2  # dropped twice, then refused
+    assert summary["restarts"] == 1
+    assert any("retrying" in n for n in notes) and any("reconnected" in n for n in notes)
+    # each connection's windows start at its own first event
+    assert [w["t_start_us"] for w in windows].count(int(gesture_events()["t"][0])) == 2
+
+
+def test_drop_classifies_the_newest_window_and_reports_every_dropped_one():
+    from eventformer.modelfile import load
+    from eventformer.models import Spikformer
+    from eventformer.stream import WindowSpec, run_stream
+    from eventformer.weights import shipped_model_path
+
+    ev = gesture_events()
+    data = prophesee_header("evt2", 128, 128) + encode_evt2(ev)
+    runs = {}
+    for policy in ("queue", "drop"):
+        source = ByteStreamSource("-", "evt2", stdin=io.BytesIO(data)).start()
+        records = []
+        try:
+            summary = run_stream(Spikformer(load(shipped_model_path())), source,
+                                 WindowSpec(window_us=20_000), on_window=records.append,
+                                 on_overload=policy, idle_timeout=PATIENCE_S)
+        finally:
+            source.close()
+        runs[policy] = (summary, records)
+    queued, dropped = runs["queue"], runs["drop"]
+    s = dropped[0]
+    assert s["on_overload"] == "drop" and "dropped" in s["on_overload_reason"]
+    marked = [w for w in dropped[1] if w.get("dropped")]
+    # a whole recording arriving at once: the engine is behind by many windows
+    assert s["dropped_windows"] == len(marked) > 0
+    assert s["dropped_events"] == sum(w["events"] for w in marked)
+    assert s["windows"] + s["dropped_windows"] == queued[0]["windows"]
+    assert s["events"] + s["dropped_events"] == queued[0]["events"] == len(ev)
+    assert queued[0]["dropped_windows"] == 0
+
+
+def test_ctrl_c_on_a_live_stream_reports_the_windows_done_and_exits_130():
+    cli = subprocess.Popen([sys.executable, "-m", "cli.main", "stream", "udp://127.0.0.1:0",
+                            "--format", "spif", "--sensor-size", "128x128", "--window-ms", "100",
+                            "--json", "--idle-timeout", str(PATIENCE_S)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    camera = None
+    try:
+        line = ""
+        while "listening on" not in line:
+            line = cli.stderr.readline()
+            assert line, "the stream ended before listening"
+        port = line.split("127.0.0.1:", 1)[1].split()[0]
+        camera, _ = fake_camera(GESTURE, "--udp", f"127.0.0.1:{port}", "--format", "spif",
+                                "--speed", 1)
+        first = cli.stdout.readline()  # a window has been classified
+        assert first.startswith("{")
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=PATIENCE_S)
+    finally:
+        for proc in (cli, camera):
+            if proc is not None:
+                stop(proc)
+    assert cli.returncode == 130, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["summary"] and summary["interrupted"]
+    assert summary["windows"] >= 2 and "interrupted" in err
+
+
+def test_live_options_are_refused_where_they_mean_nothing(tmp_path):
+    from cli.main import app
+
+    cases = [(["udp://127.0.0.1:0", "--format", "spif"], "--sensor-size"),
+             (["udp://127.0.0.1:0", "--format", "evt3", "--sensor-size", "64x64"], "EVT 3.0"),
+             (["tcp://127.0.0.1:9"], "--format"),
+             (["-", "--format", "evt2", "--reconnect"], "--reconnect"),
+             ([str(needs(GESTURE)), "--on-overload", "drop"], "live sources"),
+             (["udp://127.0.0.1:0", "--format", "spif", "--sensor-size", "64x64",
+               "--record", str(tmp_path / "no" / "such.h5")], "folder")]
+    for args, words in cases:
+        r = runner.invoke(app, ["stream", *args])
+        assert r.exit_code == 2, (args, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], args
+
