@@ -290,3 +290,15 @@ def test_benchmark_runs_a_shipped_spikformer_on_the_synthetic_set():
     for key in ("Footprint", "ConnectionSparsity", "ParameterCount"):
         assert out[key] == mean[key]
     assert out["ClassificationAccuracy"] == pytest.approx(correct / 3)
+
+
+def test_without_neurobench_the_wrapper_says_how_to_install(monkeypatch):
+    import importlib
+    import sys
+
+    from eventformer.errors import EventformerError
+
+    monkeypatch.setitem(sys.modules, "neurobench.models", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "eventformer.neurobench_model", raising=False)
+    with pytest.raises(EventformerError, match=r"pip install 'eventformer\[neurobench\]'"):
+        importlib.import_module("eventformer.neurobench_model")
