@@ -119,18 +119,28 @@ class CausalFramer:
                 chunk, self.pending = self.pending[:n], self.pending[n:]
                 yield int(chunk["t"][0]), int(chunk["t"][-1]) + 1, chunk
             return
+        # the timestamps copied out once per call: searching the strided field of the
+        # structured array would copy all pending events for every window (quadratic when a
+        # live source hands over seconds of events at once); recopied only if a consumer
+        # pushed while a window was in its hands
+        times, done, cut_to = None, 0, None
         while self.pending.shape[0] and self.t0 is not None:
+            if self.pending is not cut_to:
+                times, done = np.ascontiguousarray(self.pending["t"]), 0
             end = self.t0 + spec.window_us
-            t = self.pending["t"]
+            t = times[done:]
             if t[-1] < end:  # the window may still grow
                 return
             empty = (int(t[0]) - self.t0) // spec.window_us  # whole windows before the next event
             if empty >= GAP_WINDOWS:
                 start, self.t0 = self.t0, self.t0 + empty * spec.window_us
+                cut_to = self.pending
                 yield Gap(start, self.t0, empty)
                 continue
             cut = int(np.searchsorted(t, end, side="left"))
             chunk, self.pending = self.pending[:cut], self.pending[cut:]
+            done += cut
+            cut_to = self.pending
             start, self.t0 = self.t0, end  # before the hand-over: a consumer may stop there
             yield start, end, chunk
 

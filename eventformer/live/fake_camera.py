@@ -86,15 +86,21 @@ def send_udp(path: str, host: str, port: int, fmt: str, *, speed: float = 1.0,
     log(f"sending to udp://{host}:{port}")
     pacer = Pacer(int(events["t"][0]) if events.shape[0] else 0, speed)
     sent = {"events": 0, "datagrams": 0, "bytes": 0}
+    # encoded once, sliced per datagram: the loop below is one sendto each, so that a sender
+    # at full speed outpaces any receiver (the benchmark measures the receiver)
+    data = memoryview(encode_datagram_records(events, fmt, timed))
+    step = events_per_datagram * udp_record_bytes(fmt, timed)
+    times = events["t"][::events_per_datagram]
+    address = (host, port)
     try:
-        for i in range(0, events.shape[0], events_per_datagram):
-            chunk = events[i:i + events_per_datagram]
-            pacer.until(int(chunk["t"][0]))
-            data = encode_datagram_records(chunk, fmt, timed)
-            sock.sendto(data, (host, port))
-            sent["events"] += chunk.shape[0]
+        for k, i in enumerate(range(0, len(data), step)):
+            if speed > 0:
+                pacer.until(int(times[k]))
+            piece = data[i:i + step]
+            sock.sendto(piece, address)
             sent["datagrams"] += 1
-            sent["bytes"] += len(data)
+            sent["bytes"] += len(piece)
+        sent["events"] = events.shape[0]
     finally:
         sock.close()
     return sent
