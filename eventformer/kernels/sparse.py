@@ -244,17 +244,3 @@ def maxpool_lanes(lanes, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, ro
                 out[n] = base + j
                 n += row[j]
     return n
-
-
-@kernel
-def pool_steps(lanes, fired, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, row0, row1,
-               out, counts):
-    """:func:`maxpool_flags` of every step's flags over the pooled rows ``row0:row1``, in one
-    call (a band of a layer's max-pool, all its steps): ``lanes[t]`` is step t's flag map seen
-    as lanes (:func:`flag_lanes`); its pooled indices go into ``out[t]``, their number into
-    ``counts[t]`` (0 without computing when ``fired[t]`` is 0: no spike, nothing pooled)."""
-    for t in range(lanes.shape[0]):
-        counts[t] = 0
-        if fired[t]:
-            counts[t] = maxpool_lanes(lanes[t], in_h, in_w, cl, width, k, stride, pad, out_h,
-                                      out_w, row0, row1, out[t])

@@ -9,7 +9,7 @@ from ..kernels import (conv2d_gather, conv2d_gather_int, conv2d_scatter, counter
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
                        tasa_current, tasa_fixed_current)
 from ..kernels.igemm import VNNI, int_gemm, pack_igemm
-from ..kernels.sparse import flag_lanes, pool_steps
+from ..kernels.sparse import flag_lanes, maxpool_lanes
 from ..runtime import engine_threads, gemm, in_part, run_parts, split
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
 from .neurons import FixedLIFNeurons, LIFNeurons
@@ -597,7 +597,6 @@ class Conv2dLIF(SynapticLIF):
         bufs = self.__dict__.setdefault("_pool_bufs", {})
         counts = np.zeros((parts, T), np.int64)
 
-        fired = np.asarray(fired, np.int64)
         lanes, cl, width = flag_lanes(flags[:T], self.cout)
 
         def band(i):
@@ -605,8 +604,10 @@ class Conv2dLIF(SynapticLIF):
             buf = bufs.get((i, T))
             if buf is None or buf.shape[1] < (r1 - r0) * size:
                 buf = bufs[(i, T)] = np.empty((T, (r1 - r0) * size), np.int32)
-            pool_steps(lanes, fired, self.out_h, self.out_w, cl, width, k, s, p, self.pool_h,
-                       self.pool_w, r0, r1, buf, counts[i])
+            for t in range(T):  # (a loop here: one compiled kernel fewer on a first run)
+                if fired[t]:
+                    counts[i, t] = maxpool_lanes(lanes[t], self.out_h, self.out_w, cl, width, k,
+                                                 s, p, self.pool_h, self.pool_w, r0, r1, buf[t])
 
         run_parts(band, parts)
         out = []
