@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from numba.core.caching import NullCache
 
 import kernel_twins as twin
-from eventformer.kernels.sparse import maxpool_lanes
+from eventformer.kernels.sparse import _maxpool_kernel
 from eventformer.kernels import (
     channel_sums,
     conv2d_gather,
@@ -994,7 +994,7 @@ def test_kernels_are_pure_functions_of_their_inputs():
 
 @pytest.mark.parametrize("kernel", [
     conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops,
-    maxpool_lanes, merge_add, channel_sums, scatter_dense,
+    _maxpool_kernel(True), _maxpool_kernel(False), merge_add, channel_sums, scatter_dense,
     ssa_step, ssa_bin_step, nsad_step, tasa_current, depthwise3x3_scatter, saformer_step,
 ], ids=lambda f: f.py_func.__name__)
 def test_kernel_compiled_with_cache(kernel):

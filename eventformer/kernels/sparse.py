@@ -1,5 +1,7 @@
 """Index-list plumbing: densify, sparsify, merge, pool. No arithmetic on weights here."""
 
+import functools
+
 import numpy as np
 
 from ..jit import kernel
@@ -186,7 +188,6 @@ BIT_POSITIONS = np.array([[b for b in range(8) if m >> b & 1] + [0] * (8 - bin(m
 BIT_COUNTS = np.array([bin(m).count("1") for m in range(256)], np.int64)
 
 
-@kernel
 def maxpool_lanes(lanes, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, row0, row1, out):
     """:func:`maxpool_flags` on the flags seen as lanes of ``width`` bytes (``cl`` lanes per
     pixel, :func:`flag_lanes`): an OR of 0/1 bytes is their max, lane by lane. Per pooled row,
@@ -194,53 +195,68 @@ def maxpool_lanes(lanes, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, ro
     the OR across each column window, lane by lane over the columns, then the compaction of
     the pooled row into indices (``out`` needs room for the band's whole map: the compaction
     writes a word's eight slots before it knows how many are spikes)."""
-    line = in_w * cl
-    col = np.empty(line, lanes.dtype)  # OR over the window's rows, every input column
-    row = np.empty(out_w * cl, lanes.dtype)  # the pooled row
-    # the pooled columns whose window lies inside the map (no clipping)
-    ox_lo = min(-(-pad // stride), out_w)
-    ox_hi = max(min((in_w - k + pad) // stride + 1, out_w), ox_lo)
-    n = 0
-    for oy in range(row0, row1):
-        y0 = max(oy * stride - pad, 0)
-        y1 = min(oy * stride - pad + k, in_h)
-        if y0 >= y1:
-            continue  # a window wholly in the padding holds no spike
-        a = y0 * line
-        for m in range(line):
-            col[m] = lanes[a + m]
-        for y in range(y0 + 1, y1):
-            a = y * line
+    return _maxpool_kernel(width == 8)(lanes, in_h, in_w, cl, width, k, stride, pad, out_h,
+                                       out_w, row0, row1, out)
+
+
+@functools.cache
+def _maxpool_kernel(words):
+    """:func:`maxpool_lanes` compiled for one lane kind (``words``: int64 words of eight flags;
+    else bytes): a closure constant, so each compiles only its own compaction (a bool cell
+    keeps the closure cacheable)."""
+
+    @kernel
+    def maxpool_lanes(lanes, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, row0, row1,
+                      out):
+        line = in_w * cl
+        col = np.empty(line, lanes.dtype)  # OR over the window's rows, every input column
+        row = np.empty(out_w * cl, lanes.dtype)  # the pooled row
+        # the pooled columns whose window lies inside the map (no clipping)
+        ox_lo = min(-(-pad // stride), out_w)
+        ox_hi = max(min((in_w - k + pad) // stride + 1, out_w), ox_lo)
+        n = 0
+        for oy in range(row0, row1):
+            y0 = max(oy * stride - pad, 0)
+            y1 = min(oy * stride - pad + k, in_h)
+            if y0 >= y1:
+                continue  # a window wholly in the padding holds no spike
+            a = y0 * line
             for m in range(line):
-                col[m] |= lanes[a + m]
-        for j in range(cl):
-            for ox in range(ox_lo, ox_hi):
-                at = (ox * stride - pad) * cl + j
-                acc = col[at]
-                for kx in range(1, k):
-                    acc |= col[at + kx * cl]
-                row[ox * cl + j] = acc
-        for edge in range(ox_lo + out_w - ox_hi):  # the columns whose window is clipped
-            ox = edge if edge < ox_lo else ox_hi + edge - ox_lo
-            x0 = max(ox * stride - pad, 0)
-            x1 = min(ox * stride - pad + k, in_w)
+                col[m] = lanes[a + m]
+            for y in range(y0 + 1, y1):
+                a = y * line
+                for m in range(line):
+                    col[m] |= lanes[a + m]
             for j in range(cl):
-                row[ox * cl + j] = 0
-                for ix in range(x0, x1):
-                    row[ox * cl + j] |= col[ix * cl + j]
-        base = oy * out_w * cl * width
-        if width == 8:
-            for j in range(out_w * cl):
-                x = np.int64(row[j])
-                if x == 0:
-                    continue
-                bits = ((x * GATHER_BITS) >> 56) & 0xFF
-                at = base + j * 8
-                for b in range(8):
-                    out[n + b] = at + BIT_POSITIONS[bits, b]
-                n += BIT_COUNTS[bits]
-        else:
-            for j in range(out_w * cl):  # branch-free: write always, advance on a spike
-                out[n] = base + j
-                n += row[j]
-    return n
+                for ox in range(ox_lo, ox_hi):
+                    at = (ox * stride - pad) * cl + j
+                    acc = col[at]
+                    for kx in range(1, k):
+                        acc |= col[at + kx * cl]
+                    row[ox * cl + j] = acc
+            for edge in range(ox_lo + out_w - ox_hi):  # the columns whose window is clipped
+                ox = edge if edge < ox_lo else ox_hi + edge - ox_lo
+                x0 = max(ox * stride - pad, 0)
+                x1 = min(ox * stride - pad + k, in_w)
+                for j in range(cl):
+                    row[ox * cl + j] = 0
+                    for ix in range(x0, x1):
+                        row[ox * cl + j] |= col[ix * cl + j]
+            base = oy * out_w * cl * width
+            if words:
+                for j in range(out_w * cl):
+                    x = np.int64(row[j])
+                    if x == 0:
+                        continue
+                    bits = ((x * GATHER_BITS) >> 56) & 0xFF
+                    at = base + j * 8
+                    for b in range(8):
+                        out[n + b] = at + BIT_POSITIONS[bits, b]
+                    n += BIT_COUNTS[bits]
+            else:
+                for j in range(out_w * cl):  # branch-free: write always, advance on a spike
+                    out[n] = base + j
+                    n += row[j]
+        return n
+
+    return maxpool_lanes
