@@ -35,14 +35,18 @@ from .errors import fail, user_errors
 
 @user_errors
 def stream(
-    files: List[str] = typer.Argument(..., metavar="FILE|udp://HOST:PORT|tcp://HOST:PORT|-",
+    files: List[str] = typer.Argument(..., metavar="FILE|udp://HOST:PORT|tcp://HOST:PORT|"
+                                                   "dv://HOST:PORT|dv+unix:///PATH|-",
                                       help="Event file to classify window by window; with "
                                            "--follow it may still be being written. Several "
                                            "files (streams) need --workers or --scheduler. Or "
                                            "a live source (give --format): udp://HOST:PORT "
                                            "listens for datagrams there (port 0: any free "
                                            "one), tcp://HOST:PORT connects to a camera's "
-                                           "server, - reads standard input."),
+                                           "server, - reads standard input; dv://HOST:PORT "
+                                           "and dv+unix:///PATH connect to a DV / "
+                                           "dv-processing network output (its header gives "
+                                           "the format and sensor size)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP,
                                            show_default=WEIGHTS_DEFAULT),
     follow: bool = typer.Option(False, "--follow", "-f",
@@ -87,9 +91,11 @@ def stream(
              "timestamps; without, events get their arrival time), faery's 13-byte "
              "(t64_x16_y16_on8) or 8-byte (t32_x16_y15_on1) records; TCP and standard input: "
              "Prophesee EVT 2.0 / 3.0 (no EVT 3.0 over UDP: a lost datagram would corrupt its "
-             "running state).", show_default="none: required for a live source"),
+             "running state). dv:// needs none (pip install 'eventformer[live]' for its "
+             "flatbuffers and LZ4 / Zstd).",
+        show_default="none: required for udp://, tcp:// and -"),
     reconnect: bool = typer.Option(False, "--reconnect",
-                                   help="tcp://: when the connection is refused or dropped, "
+                                   help="tcp://, dv://: when the connection is refused or dropped, "
                                         "retry with back-off (0.5 s doubling to 8 s), each try "
                                         "said on stderr, until --idle-timeout passes without "
                                         "events."),
@@ -132,7 +138,8 @@ def stream(
 
     if any(is_live(f) for f in files):
         if len(files) > 1:
-            fail("a live source runs alone: give one udp://, tcp:// or - source per command")
+            fail("a live source runs alone: give one udp://, tcp://, dv:// or - source per "
+                 "command")
         for given, option in ((workers is not None or scheduler is not None,
                                "--workers/--scheduler (they take files)"),
                               (follow, "--follow (a live source is always followed)"),
@@ -255,9 +262,9 @@ def _stream_live(name, wire_format, reconnect, on_overload, record, weights, dty
         if record is not None:
             source.record_to(str(record))
         where = (f"listening on udp://{name.split('://', 1)[1].rsplit(':', 1)[0]}:{source.port}"
-                 if hasattr(source, "port") else "reading standard input" if name == "-" else
-                 f"{'connecting to' if reconnect else 'connected to'} {name}")
-        err.print(f"{where} ({wire_format}); Ctrl-C stops, and the stream ends after "
+                 if name.lower().startswith("udp://") else "reading standard input"
+                 if name == "-" else f"{'connecting to' if reconnect else 'connected to'} {name}")
+        err.print(f"{where} ({source.format}); Ctrl-C stops, and the stream ends after "
                   f"{idle_timeout:g} s without events", markup=False, highlight=False)
         if not as_json:
             announce_model(weights)

@@ -389,3 +389,111 @@ def test_live_options_are_refused_where_they_mean_nothing(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], args
 
+
+
+# --- DV's network stream ------------------------------------------------------------------------
+
+DV_COMPRESSIONS = ("none", "lz4", "lz4-high", "zstd", "zstd-high")
+
+
+def dv_stream(events, compression, per=300, size=(128, 128), camera="DVXplorer_T1"):
+    from eventformer.live.wire import encode_dv_header, encode_dv_packet
+
+    return encode_dv_header(*size, camera, compression) + b"".join(
+        encode_dv_packet(events[i:i + per], compression) for i in range(0, len(events), per))
+
+
+@pytest.mark.parametrize("compression", DV_COMPRESSIONS)
+def test_dv_stream_round_trips_in_any_pieces_with_its_header(compression):
+    from eventformer.live.wire import dv_stream_decoder
+
+    ev = gesture_events()[:3000]
+    data = dv_stream(ev, compression)
+    for piece in (1, 7, 4096, len(data)):
+        decoder = dv_stream_decoder("dv://test")
+        got = [decoder.feed(data[i:i + piece]) for i in range(0, len(data), piece)]
+        np.testing.assert_array_equal(np.concatenate(got), ev)
+        assert decoder.sensor_size == (128, 128) and decoder.camera == "DVXplorer_T1"
+        assert decoder.compression == compression and decoder.packets == 10
+        assert decoder.finish().torn_bytes == 0
+
+
+def test_dv_stream_skips_other_streams_packets():
+    from eventformer.live.wire import dv_stream_decoder, encode_dv_packet
+
+    ev = gesture_events()[:500]
+    data = dv_stream(ev[:250], "lz4") + encode_dv_packet(ev[:9], "lz4", stream_id=3) + \
+        encode_dv_packet(ev[250:], "lz4")
+    decoder = dv_stream_decoder("dv://test")
+    np.testing.assert_array_equal(decoder.feed(data), ev)
+    assert decoder.packets == 3 and decoder.packets_skipped == 1
+
+
+def test_dv_stream_faults_are_one_sentence():
+    from eventformer.events.readers import EventFileError
+    from eventformer.live.wire import dv_stream_decoder, encode_dv_header
+
+    ev = gesture_events()[:100]
+    good = dv_stream(ev, "zstd")
+    header_len = len(encode_dv_header(128, 128, "DVXplorer_T1", "zstd"))
+
+    def error_of(data):
+        with pytest.raises(EventFileError) as info:
+            dv_stream_decoder("dv://h:1").feed(data)
+        message = str(info.value)
+        assert message.startswith("dv://h:1: ") and "\n" not in message
+        return message
+
+    evt2 = prophesee_header("evt2", 128, 128) + encode_evt2(ev)
+    assert "not a DV network stream" in error_of(evt2)
+    # the compression field is the IOHeader's first: after its u32 length, root offset,
+    # identifier and vtable, at the table's start + 4 (found by value, 3 = zstd)
+    header = bytearray(good[:header_len])
+    at = header.index(bytes([3, 0, 0, 0]), 12)
+    header[at] = 9
+    assert "compression 9" in error_of(bytes(header) + good[header_len:])
+    garbage = bytearray(good)
+    garbage[header_len + 8:header_len + 24] = b"\xff" * 16  # the first packet's payload
+    assert "does not decompress as zstd" in error_of(bytes(garbage))
+    huge = bytearray(good)
+    huge[header_len + 4:header_len + 8] = (2 ** 31).to_bytes(4, "little")
+    assert "announces" in error_of(bytes(huge))
+
+
+@pytest.mark.parametrize("compression,unix", [("lz4", False), ("zstd-high", False),
+                                              ("none", True)])
+def test_dv_live_run_gives_the_files_windows_and_decisions(file_run, tmp_path, compression, unix):
+    from cli.main import app
+
+    where = ["--dv-unix", tmp_path / "dv.sock"] if unix else ["--dv-serve", 0]
+    proc, line = fake_camera(GESTURE, *where, "--compression", compression, "--speed", 0,
+                             "--sensor-size", "128x128")
+    try:
+        url = line.split("serving ", 1)[1]
+        r = runner.invoke(app, ["stream", url, "--window-ms", "50", "--dtype", "float64",
+                                "--json", "--idle-timeout", str(PATIENCE_S)])
+    finally:
+        stop(proc)
+    assert r.exit_code == 0, r.output
+    windows, summary = json_lines(r.stdout)
+    assert decisions(windows) == decisions(file_run[0])
+    c = summary["live"]
+    assert c["events_decoded"] == summary["events"] == len(gesture_events())
+    assert c["compression"] == compression and c["camera"] == "eventformer-fake-camera"
+    assert c["packets"] == -(-len(gesture_events()) // 2048)
+
+
+def test_dv_addresses_and_options_are_checked_in_one_sentence():
+    from cli.main import app
+
+    for args, words in ((["dv+unix://relative/path"], "dv+unix:///ABSOLUTE/PATH"),
+                        (["dv://127.0.0.1:1", "--format", "evt2"], "says its own format"),
+                        (["dv://127.0.0.1"], "dv://HOST:PORT")):
+        r = runner.invoke(app, ["stream", *args])
+        assert r.exit_code == 2 and words in r.output, r.output
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    r = runner.invoke(app, ["stream", f"dv://127.0.0.1:{port}"])
+    assert r.exit_code == 2 and "connection refused" in r.output, r.output

@@ -5,6 +5,13 @@ output), as a live camera's software would send them, so that `eventformer strea
     python -m eventformer.live.fake_camera FILE --udp HOST:PORT --format spif|faery-13|faery-8
     python -m eventformer.live.fake_camera FILE --tcp-serve PORT --format evt2|evt3 [--clients N]
     python -m eventformer.live.fake_camera FILE --stdout --format evt2|evt3 | eventformer stream - ...
+    python -m eventformer.live.fake_camera FILE --dv-serve PORT [--compression lz4] [--clients N]
+    python -m eventformer.live.fake_camera FILE --dv-unix PATH [--compression zstd]
+
+DV (``--dv-serve`` on TCP, ``--dv-unix`` on a UNIX socket): what dv-processing's NetworkWriter sends
+each client, an IOHeader naming the compression (``--compression none|lz4|lz4-high|zstd|zstd-high``,
+default lz4 as DV's), the sensor size and camera name, then packets of ``--events-per-packet``
+events (default 2048).
 
 UDP: datagrams of ``--events-per-datagram`` records (default as the real senders: aestream's
 512-byte datagrams, 64 timed or 128 untimed SPIF words; faery's 100 events). TCP: listens on
@@ -21,6 +28,7 @@ one when done (events, datagrams, bytes) on standard error, so a caller can wait
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import struct
 import sys
@@ -32,14 +40,17 @@ from eventformer.errors import EventformerError
 from eventformer.events import read_events
 from eventformer.events.readers import detect_reader
 
-from .wire import (STREAM_FORMATS, UDP_FORMATS, encode_datagram_records, encode_evt2,
-                   encode_evt3, prophesee_header, udp_record_bytes)
+from .wire import (DV_COMPRESSION_CODES, STREAM_FORMATS, UDP_FORMATS, encode_datagram_records,
+                   encode_dv_header, encode_dv_packet, encode_evt2, encode_evt3,
+                   prophesee_header, udp_record_bytes)
 
 #: Bytes of a TCP stream sent at once (pacing checks the clock between them).
 TCP_PIECE = 8192
 #: aestream's largest datagram (``UDP_max_bytesize``) and faery's default events per packet.
 AESTREAM_DATAGRAM_BYTES = 512
 FAERY_EVENTS_PER_PACKET = 100
+#: Events per DV packet the fake camera sends (a DVXplorer's packets hold a few thousand).
+DV_EVENTS_PER_PACKET = 2048
 
 
 class Pacer:
@@ -126,6 +137,61 @@ def stream_bytes(path: str, fmt: str, loops: int = 1,
     return data, ends.astype(np.int64), events["t"]
 
 
+def dv_stream_bytes(path: str, compression: str = "lz4", loops: int = 1,
+                    sensor_size: tuple[int, int] | None = None,
+                    events_per_packet: int = DV_EVENTS_PER_PACKET,
+                    camera: str = "eventformer-fake-camera"):
+    """A recording as a DV network stream: (bytes, each event's byte end, each event's time)."""
+    events, sensor = _events(path, loops)
+    sensor = sensor or sensor_size
+    if sensor is None:
+        raise EventformerError(f"{path}: records no sensor size, and a DV stream's header names "
+                               "one: give --sensor-size WxH")
+    parts = [encode_dv_header(*sensor, camera, compression)]
+    ends = np.empty(events.shape[0], np.int64)
+    pos = len(parts[0])
+    for i in range(0, events.shape[0], events_per_packet):
+        parts.append(encode_dv_packet(events[i:i + events_per_packet], compression, name=path))
+        pos += len(parts[-1])
+        ends[i:i + events_per_packet] = pos  # the packet's events are readable once it is whole
+    return b"".join(parts), ends, events["t"]
+
+
+def serve_dv(path: str, port: int | None = None, *, unix: str | None = None,
+             host: str = "127.0.0.1", compression: str = "lz4", speed: float = 1.0,
+             clients: int = 1, drop_after: int | None = None, loops: int = 1,
+             sensor_size: tuple[int, int] | None = None,
+             events_per_packet: int = DV_EVENTS_PER_PACKET, log=print) -> dict:
+    """Serve a recording as DV's network stream on host:port or a UNIX socket, to ``clients``
+    clients in turn."""
+    data, ends, times = dv_stream_bytes(path, compression, loops, sensor_size, events_per_packet)
+    if unix is not None:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(unix)
+        server.listen(1)
+        log(f"serving dv+unix://{unix}")
+    else:
+        server = socket.create_server((host, port))
+        log(f"serving dv://{host}:{server.getsockname()[1]}")
+    sent = {"clients": 0, "bytes": 0}
+    try:
+        for _ in range(clients):
+            conn, _ = server.accept()
+            with conn:
+                sent["bytes"] += _send_paced(conn.sendall, data, ends, times, speed, drop_after)
+                sent["clients"] += 1
+                if drop_after is not None:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        server.close()
+        if unix is not None:
+            import os
+
+            with contextlib.suppress(OSError):
+                os.unlink(unix)
+    return sent
+
+
 def _send_paced(send, data: bytes, ends: np.ndarray, times: np.ndarray, speed: float,
                 limit: int | None) -> int:
     """Send ``data`` in pieces, each when the replay clock reaches its last event; returns the
@@ -174,7 +240,16 @@ def main(argv=None) -> int:
     where.add_argument("--tcp-serve", metavar="PORT", type=int,
                        help="listen on this port (0: any free one, said on stderr)")
     where.add_argument("--stdout", action="store_true", help="write the byte stream to stdout")
-    parser.add_argument("--format", required=True, choices=UDP_FORMATS + STREAM_FORMATS)
+    where.add_argument("--dv-serve", metavar="PORT", type=int,
+                       help="serve DV's network stream on this TCP port (0: any free one)")
+    where.add_argument("--dv-unix", metavar="PATH", help="serve DV's network stream on this "
+                                                         "UNIX socket")
+    parser.add_argument("--format", choices=UDP_FORMATS + STREAM_FORMATS,
+                        help="UDP / TCP / stdout: the wire format (DV streams need none)")
+    parser.add_argument("--compression", choices=tuple(DV_COMPRESSION_CODES), default="lz4",
+                        help="DV streams: how packets are compressed [lz4]")
+    parser.add_argument("--events-per-packet", type=int, default=DV_EVENTS_PER_PACKET,
+                        help=f"DV streams: events per packet [{DV_EVENTS_PER_PACKET}]")
     parser.add_argument("--host", default="127.0.0.1", help="--tcp-serve: address to listen on "
                                                            "[127.0.0.1]")
     parser.add_argument("--speed", type=float, default=1.0,
@@ -216,6 +291,18 @@ def main(argv=None) -> int:
         except ValueError:
             return bad(f"--sensor-size must look like 128x128, got {args.sensor_size!r}")
     try:
+        if args.dv_serve is not None or args.dv_unix is not None:
+            if args.events_per_packet < 1:
+                return bad("--events-per-packet must be at least 1")
+            sent = serve_dv(args.file, args.dv_serve, unix=args.dv_unix, host=args.host,
+                            compression=args.compression, speed=args.speed,
+                            clients=args.clients, drop_after=args.drop_after, loops=args.loops,
+                            sensor_size=sensor_size, events_per_packet=args.events_per_packet,
+                            log=log)
+            log(f"served {sent['clients']} client(s) {sent['bytes']} bytes")
+            return 0
+        if args.format is None:
+            return bad("--format is needed for --udp, --tcp-serve and --stdout")
         if args.udp is not None:
             if args.format not in UDP_FORMATS:
                 return bad(f"--udp sends {', '.join(UDP_FORMATS)}, not {args.format} (EVT "

@@ -46,26 +46,36 @@ STOP_CHECK_S = 0.25
 #: waits for the interpreter wait here (Linux grants at most net.core.rmem_max).
 UDP_RCVBUF = 8 << 20
 
-LIVE_SCHEMES = ("udp", "tcp")
+LIVE_SCHEMES = ("udp", "tcp", "dv", "dv+unix")
+#: The format a scheme implies (a DV stream says what it is in its header).
+SCHEME_FORMATS = {"dv": "dv", "dv+unix": "dv"}
 
 
 def is_live(name: str) -> bool:
-    """Whether a stream argument names a live source (``udp://``, ``tcp://``, ``-``)."""
+    """Whether a stream argument names a live source (``udp://``, ``tcp://``, ``dv://``,
+    ``dv+unix://``, ``-``)."""
     return name == "-" or name.split("://", 1)[0].lower() in LIVE_SCHEMES and "://" in name
 
 
 def parse_address(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of ``udp://HOST:PORT`` or ``tcp://HOST:PORT``, or one sentence."""
+    """(scheme, host, port) of ``udp://HOST:PORT``, ``tcp://HOST:PORT`` or ``dv://HOST:PORT``;
+    for ``dv+unix:///PATH`` (scheme, PATH, 0). Anything else is one sentence."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    if scheme == "dv+unix":
+        path = url.split("://", 1)[1]
+        if not path.startswith("/") or len(path) < 2:
+            raise EventformerError(f"{url}: a DV UNIX socket is dv+unix:///ABSOLUTE/PATH (three "
+                                   "slashes: the path after dv+unix://)")
+        return scheme, path, 0
     try:
         port = parts.port
     except ValueError:
         port = None
     if scheme not in LIVE_SCHEMES or not parts.hostname or port is None or \
             parts.path not in ("", "/") or parts.query:
-        raise EventformerError(f"{url}: a live source is udp://HOST:PORT or tcp://HOST:PORT "
-                               "(or - for standard input)")
+        raise EventformerError(f"{url}: a live source is udp://HOST:PORT, tcp://HOST:PORT, "
+                               "dv://HOST:PORT, dv+unix:///PATH (or - for standard input)")
     if not (0 if scheme == "udp" else 1) <= port < 65536:  # udp://HOST:0 listens on any port
         raise EventformerError(f"{url}: the port must be between 1 and 65535")
     return scheme, parts.hostname, port
@@ -343,12 +353,13 @@ class UdpSource(LiveSource):
 
 class ByteStreamSource(LiveSource):
     """EVT 2.0 / 3.0 bytes from a TCP peer (``tcp://HOST:PORT``) or standard input (``-``),
-    decoded by the file decoders as they arrive."""
+    decoded by the file decoders as they arrive; or a DV network stream (``dv://HOST:PORT``,
+    ``dv+unix:///PATH``: format ``dv``), its IOHeader and packets decoded as they arrive."""
 
     def __init__(self, url: str, fmt: str, sensor_size: tuple[int, int] | None = None,
                  on_note: Callable[[str], None] | None = None, *, reconnect: bool = False,
                  stdin=None, connect_timeout: float = 10.0):
-        if fmt not in STREAM_FORMATS:
+        if fmt not in STREAM_FORMATS + ("dv",):
             raise EventformerError(f"{url}: --format must be one of {', '.join(STREAM_FORMATS)} "
                                    f"for a byte stream, got {fmt!r}")
         super().__init__(url, fmt, sensor_size, on_note)
@@ -357,8 +368,11 @@ class ByteStreamSource(LiveSource):
         self.connect_timeout = connect_timeout
         self.stats = {"bytes_received": 0, "events_decoded": 0, "bytes_torn": 0}
         self.sock = None
+        self._packets_before = self._skipped_before = 0
+        if fmt == "dv":
+            self.stats.update(packets=0, packets_other_streams=0)
         if stdin is None:
-            _, self.host, self.port = parse_address(url)
+            self.scheme, self.host, self.port = parse_address(url)
             self.stats.update(connections=0, reconnects=0)
             if not reconnect:  # a refused connection is said at once, before any work
                 self.sock = self._connect()
@@ -367,12 +381,25 @@ class ByteStreamSource(LiveSource):
     def _new_decoder(self):
         from eventformer.events.formats import Evt2Decoder, Evt3Decoder
 
-        return {"evt2": Evt2Decoder, "evt3": Evt3Decoder}[self.format](self.path)
+        from .wire import dv_stream_decoder
+
+        return {"evt2": Evt2Decoder, "evt3": Evt3Decoder,
+                "dv": dv_stream_decoder}[self.format](self.path)
 
     def _connect(self):
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        except ConnectionRefusedError:
+            if self.scheme == "dv+unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.connect_timeout)
+                try:
+                    sock.connect(self.host)
+                except OSError:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((self.host, self.port),
+                                                timeout=self.connect_timeout)
+        except (ConnectionRefusedError, FileNotFoundError):
             raise EventformerError(f"{self.path}: connection refused (nothing listens there: is "
                                    "the camera's server running? --reconnect keeps trying)") \
                 from None
@@ -409,15 +436,22 @@ class ByteStreamSource(LiveSource):
                         return
                     wait = min(wait * BACKOFF[1], BACKOFF[2])
                     continue
-            ended = self._pump_socket(self.sock)
+            try:
+                ended = self._pump_socket(self.sock)
+            except EventformerError as exc:  # garbage on the wire: a retry when asked
+                if not self.reconnect:
+                    raise
+                self.note_now(f"{str(exc).split(': ', 1)[-1]}; reconnecting")
+                ended = "garbage"
             self.sock.close()
             self.sock = None
             if ended == "stopped":
                 return
-            leftover = self.decoder.finish()
-            self.stats["bytes_torn"] += leftover.torn_bytes
-            if leftover.message:
-                self.note(leftover.message)
+            if ended != "garbage":
+                leftover = self.decoder.finish()
+                self.stats["bytes_torn"] += leftover.torn_bytes
+                if leftover.message:
+                    self.note(leftover.message)
             if ended == "dropped" and not self.reconnect:
                 self.failure = (f"{self.path}: the connection was dropped by the peer after "
                                 f"{self.stats['bytes_received']:,} bytes (--reconnect retries)")
@@ -428,6 +462,9 @@ class ByteStreamSource(LiveSource):
             self.reconnecting = True
             self.note_now(f"the connection was {'dropped' if ended == 'dropped' else 'closed'} "
                           f"by the peer; reconnecting in {wait:g} s")
+            if self.format == "dv":
+                self._packets_before = self.stats["packets"]
+                self._skipped_before = self.stats["packets_other_streams"]
             self.decoder = self._new_decoder()
             self._epoch_in += 1
             if not self._sleep(wait):
@@ -442,6 +479,13 @@ class ByteStreamSource(LiveSource):
         self.stats["bytes_received"] += len(data)
         events = self.decoder.feed(data)
         self.stats["events_decoded"] += events.shape[0]
+        if self.format == "dv":
+            if self.decoder.compression is not None:
+                self.stats.update(compression=self.decoder.compression,
+                                  camera=self.decoder.camera)
+            self.stats["packets"] = self._packets_before + self.decoder.packets
+            self.stats["packets_other_streams"] = self._skipped_before + \
+                self.decoder.packets_skipped
         self._put(events, time.perf_counter())
 
     def _pump_socket(self, sock) -> str:
@@ -477,14 +521,19 @@ class ByteStreamSource(LiveSource):
 def check_live_options(name: str, fmt: str | None, sensor_size: tuple[int, int] | None,
                        reconnect: bool) -> str:
     """One sentence for options a live source cannot take, before any work; its scheme."""
+    scheme = "stdin" if name == "-" else parse_address(name)[0]
+    if scheme in SCHEME_FORMATS:
+        if fmt not in (None, SCHEME_FORMATS[scheme]):
+            raise EventformerError(f"{name}: a DV network stream says its own format in its "
+                                   f"header; --format {fmt} does not apply")
+        return scheme
     if fmt is None:
-        kinds = (f"{', '.join(UDP_FORMATS)} for udp://" if name.lower().startswith("udp")
+        kinds = (f"{', '.join(UDP_FORMATS)} for udp://" if scheme == "udp"
                  else f"{', '.join(STREAM_FORMATS)} for {'tcp://' if name != '-' else 'standard input'}")
         raise EventformerError(f"{name}: a live source needs --format ({kinds}): the bytes "
                                "themselves do not say")
-    scheme = "stdin" if name == "-" else parse_address(name)[0]
     if reconnect and scheme != "tcp":
-        raise EventformerError(f"{name}: --reconnect applies to tcp:// sources "
+        raise EventformerError(f"{name}: --reconnect applies to tcp:// and dv:// sources "
                                f"({'UDP has no connection to lose' if scheme == 'udp' else 'not standard input'})")
     if scheme == "udp":
         if fmt not in UDP_FORMATS:
@@ -514,7 +563,8 @@ def open_live_source(name: str, fmt: str | None, sensor_size: tuple[int, int] | 
     elif scheme == "udp":
         source = UdpSource(name, fmt, sensor_size, on_note)
     else:
-        source = ByteStreamSource(name, fmt, sensor_size, on_note, reconnect=reconnect)
+        source = ByteStreamSource(name, SCHEME_FORMATS.get(scheme, fmt), sensor_size, on_note,
+                                  reconnect=reconnect)
     return source.start()
 
 

@@ -332,3 +332,276 @@ def encode_evt3(events: np.ndarray) -> bytes:
     words[pos] = (2 << 12) | ((events["p"].astype(np.int64) & 1) << 11) | \
         (events["x"].astype(np.int64) & 0x7FF)
     return words.tobytes()
+
+
+# -- iniVation DV's network stream -----------------------------------------------------------------
+#
+# What dv-processing's NetworkWriter (and DV's network output modules) send to each client: a u32
+# length and an IOHeader flatbuffer (identifier "IOHE": the packets' compression, and an XML
+# description of the stream: type identifier, sensor size, camera name), then packets of u32
+# stream id, u32 size and a payload -- a size-prefixed "EVTS" flatbuffer (a vector of 16-byte
+# events: i64 t in us, i16 x, i16 y, u8 polarity, 3 bytes of padding), compressed as the header
+# says. It is an AEDAT 4.0 file without its "#!AER-DAT4.0" line and its data table, so the header
+# is checked by the AEDAT 4.0 reader's own validation.
+
+#: IOHeader's compression field, as dv-processing numbers it.
+DV_COMPRESSIONS = {0: "none", 1: "lz4", 2: "lz4-high", 3: "zstd", 4: "zstd-high"}
+DV_COMPRESSION_CODES = {name: code for code, name in DV_COMPRESSIONS.items()}
+#: One event in an EVTS packet.
+DV_EVENT = np.dtype({"names": ["t", "x", "y", "p"], "formats": ["<i8", "<i2", "<i2", "u1"],
+                     "offsets": [0, 8, 10, 12], "itemsize": 16})
+_DV_PACKET = (4 + 4)
+#: No real header or packet comes near these; larger ones are garbage, refused before waiting.
+_DV_MAX_HEADER = 16 << 20
+_DV_MAX_PACKET = 1 << 30
+LIVE_EXTRA_HINT = "pip install 'eventformer[live]'"
+
+
+def _dv_codec(compression: str, name: str):
+    """(compress, decompress) for a DV compression, or one sentence naming what to install."""
+    try:
+        if compression.startswith("lz4"):
+            import lz4.frame as lz4f
+
+            level = 9 if compression == "lz4-high" else 0
+            return (lambda b: lz4f.compress(b, compression_level=level)), lz4f.decompress
+        if compression.startswith("zstd"):
+            import zstandard
+
+            level = 19 if compression == "zstd-high" else 3
+            # a stream's packets are small: one (de)compressor each, reused for every packet
+            c, d = zstandard.ZstdCompressor(level=level), zstandard.ZstdDecompressor()
+            return c.compress, lambda b: d.decompress(b, max_output_size=_DV_MAX_PACKET)
+    except ImportError:
+        from eventformer.errors import EventformerError
+
+        raise EventformerError(f"{name}: the stream is {compression.upper()}-compressed, which "
+                               f"needs the optional {compression[:4].rstrip('-')} package: "
+                               f"{LIVE_EXTRA_HINT}") from None
+    return (lambda b: bytes(b)), (lambda b: bytes(b))
+
+
+def _flatbuffers():
+    try:
+        import flatbuffers
+    except ImportError:
+        from eventformer.errors import EventformerError
+
+        raise EventformerError("a DV network stream needs the optional flatbuffers package: "
+                               f"{LIVE_EXTRA_HINT}") from None
+    return flatbuffers
+
+
+def dv_description(width: int, height: int, camera: str, compression: str,
+                   stream_id: int = 0) -> str:
+    """The XML a DV event stream's IOHeader carries (as dv-processing writes it)."""
+    base = f"/outInfo/{stream_id}/"
+    return (f'<dv version="2.0">\n    <node name="outInfo" path="/outInfo/">\n'
+            f'        <node name="{stream_id}" path="{base}">\n'
+            f'            <attr key="compression" type="string">{compression.upper().replace("-", "_")}</attr>\n'
+            '            <attr key="originalModuleName" type="string">eventformer</attr>\n'
+            '            <attr key="originalOutputName" type="string">events</attr>\n'
+            '            <attr key="typeIdentifier" type="string">EVTS</attr>\n'
+            f'            <node name="info" path="{base}info/">\n'
+            f'                <attr key="sizeX" type="int">{width}</attr>\n'
+            f'                <attr key="sizeY" type="int">{height}</attr>\n'
+            f'                <attr key="source" type="string">{camera}</attr>\n'
+            '            </node>\n        </node>\n    </node>\n</dv>\n')
+
+
+def encode_dv_header(width: int, height: int, camera: str, compression: str) -> bytes:
+    """The u32 length and IOHeader a DV network stream starts with."""
+    fb = _flatbuffers()
+    builder = fb.Builder(1024)
+    text = builder.CreateString(dv_description(width, height, camera, compression))
+    builder.StartObject(3)
+    builder.PrependInt32Slot(0, DV_COMPRESSION_CODES[compression], -1)  # always written
+    builder.PrependInt64Slot(1, -1, 0)  # no data table on a network stream
+    builder.PrependUOffsetTRelativeSlot(2, text, 0)
+    builder.Finish(builder.EndObject(), file_identifier=b"IOHE")
+    table = bytes(builder.Output())
+    return len(table).to_bytes(4, "little") + table
+
+
+def encode_dv_packet(events: np.ndarray, compression: str, stream_id: int = 0,
+                     name: str = "<dv>") -> bytes:
+    """One packet (stream id, size, payload) holding ``events`` as a size-prefixed EVTS table."""
+    fb = _flatbuffers()
+    records = np.zeros(events.shape[0], DV_EVENT)
+    for key in ("t", "x", "y", "p"):
+        records[key] = events[key]
+    raw = records.tobytes()
+    builder = fb.Builder(len(raw) + 64)
+    # a vector of structs: its bytes are the records themselves, 8-byte aligned for the i64
+    builder.StartVector(DV_EVENT.itemsize, events.shape[0], 8)
+    builder.head -= len(raw)
+    builder.Bytes[builder.head:builder.head + len(raw)] = raw
+    vector = builder.EndVector()
+    builder.StartObject(1)
+    builder.PrependUOffsetTRelativeSlot(0, vector, 0)
+    builder.FinishSizePrefixed(builder.EndObject(), file_identifier=b"EVTS")
+    payload = _dv_codec(compression, name)[0](bytes(builder.Output()))
+    return np.array([stream_id, len(payload)], "<u4").tobytes() + payload
+
+
+def _dv_streams(description: str, name: str) -> list[dict]:
+    """The event streams an IOHeader's XML declares: id, width, height, camera."""
+    import xml.etree.ElementTree as ET
+
+    from eventformer.errors import EventformerError
+
+    try:
+        root = ET.fromstring(description.rstrip("\0"))
+    except ET.ParseError:
+        raise EventformerError(f"{name}: not a DV event stream (its header's description is not "
+                               "XML)") from None
+    found = []
+    for node in root.iter("node"):
+        attrs = {a.get("key"): a.text for a in node.findall("attr")}
+        if attrs.get("typeIdentifier") != "EVTS" or not (node.get("name") or "").isdigit():
+            continue
+        info = next((n for n in node.findall("node") if n.get("name") == "info"), None)
+        info_attrs = {a.get("key"): a.text for a in info.findall("attr")} if info is not None \
+            else {}
+        try:
+            size = (int(info_attrs["sizeX"]), int(info_attrs["sizeY"]))
+        except (KeyError, TypeError, ValueError):
+            size = None
+        found.append({"id": int(node.get("name")), "sensor_size": size,
+                      "camera": info_attrs.get("source") or ""})
+    return sorted(found, key=lambda s: s["id"])
+
+
+def _dv_decoder_class():
+    """`DvStreamDecoder`, built on the file decoders' base (imported late: the events package
+    imports this module's users)."""
+    from eventformer.events.formats.aedat4 import _io_header_position_field
+    from eventformer.events.readers import Decoder, EventFileError, events_from_fields, no_events
+
+    class DvStreamDecoder(Decoder):
+        """A DV network stream's bytes in, in pieces of any size; the events of its first event
+        stream out. Other streams' packets (frames, IMU, triggers) are skipped and counted."""
+
+        format = "dv"
+        record_bytes = _DV_PACKET
+
+        def __init__(self, name: str = "<dv>"):
+            super().__init__(name)
+            self.compression: str | None = None
+            self.camera = ""
+            self.stream_id: int | None = None
+            self.packets = 0
+            self.packets_skipped = 0
+            self._decompress = None
+
+        def _garbage(self, what: str) -> EventFileError:
+            return EventFileError(f"{self.name}: garbage in the DV stream at byte {self.offset}"
+                                  f" ({what})")
+
+        def _parse_header(self, buf: bytearray, final: bool) -> int | None:
+            if len(buf) < 8:
+                self._wanted = 8
+                return None
+            length = int.from_bytes(buf[:4], "little")
+            if bytes(buf[8:12]) != b"IOHE" and len(buf) >= 12 or length > _DV_MAX_HEADER or \
+                    length < 12:
+                raise EventFileError(f"{self.name}: not a DV network stream (it does not start "
+                                     "with an IOHeader: is the server a DV/dv-processing "
+                                     "network output?)")
+            if len(buf) < 4 + length:
+                self._wanted = 4 + length
+                return None
+            header = bytes(buf[4:4 + length])
+            try:
+                _io_header_position_field(header, self.name)  # bounds and text, checked
+            except EventFileError as exc:
+                raise EventFileError(f"{self.name}: corrupt DV stream header "
+                                     f"({str(exc).rsplit('(', 1)[-1]}") from None
+            fb = _flatbuffers()
+            table = fb.table.Table(bytearray(header), int.from_bytes(header[:4], "little"))
+            slot = table.Offset(4)
+            code = table.Get(fb.number_types.Int32Flags, slot + table.Pos) if slot else 0
+            if code not in DV_COMPRESSIONS:
+                raise EventFileError(f"{self.name}: the DV stream's header names compression "
+                                     f"{code}, which is not one dv-processing writes (none, "
+                                     "LZ4, LZ4 high, Zstd, Zstd high)")
+            self.compression = DV_COMPRESSIONS[code]
+            slot = table.Offset(8)
+            text = table.String(slot + table.Pos).decode() if slot else ""
+            streams = _dv_streams(text, self.name)
+            if not streams:
+                raise EventFileError(f"{self.name}: the DV stream declares no event stream "
+                                     "(typeIdentifier EVTS): is it a frame or IMU output?")
+            first = streams[0]
+            self.stream_id, self.camera = first["id"], first["camera"]
+            self.sensor_size = first["sensor_size"]
+            if len(streams) > 1:
+                self.note(f"only event stream {self.stream_id} is read; the stream has "
+                          f"{len(streams)}")
+            self._decompress = _dv_codec(self.compression, self.name)[1]
+            return 4 + length
+
+        def _decode(self, buf: memoryview) -> tuple[np.ndarray, int]:
+            position, parts = 0, []
+            while True:
+                if len(buf) - position < _DV_PACKET:
+                    self._wanted = _DV_PACKET
+                    break
+                stream, size = np.frombuffer(buf, "<u4", 2, position)
+                if size > _DV_MAX_PACKET or size == 0:
+                    raise self._garbage(f"a packet announces {int(size)} bytes")
+                if len(buf) - position < _DV_PACKET + size:
+                    self._wanted = _DV_PACKET + int(size)
+                    break
+                payload = buf[position + _DV_PACKET:position + _DV_PACKET + size]
+                self.packets += 1
+                if stream == self.stream_id:
+                    parts.append(self._packet_events(payload))
+                else:
+                    self.packets_skipped += 1
+                position += _DV_PACKET + int(size)
+            if not parts:
+                return no_events(), position
+            raw = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            warnings: list[str] = []
+            events = events_from_fields(raw["t"], raw["x"], raw["y"], raw["p"], self.name,
+                                        warnings)
+            for message in warnings:
+                self.note(message)
+            return events, position
+
+        def _packet_events(self, payload) -> np.ndarray:
+            try:
+                data = self._decompress(payload)
+            except Exception as exc:  # lz4 / zstandard raise their own error types
+                raise self._garbage(f"a packet does not decompress as {self.compression}: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+                    from None
+            # dv-processing size-prefixes its tables; DV's files do not: accept both
+            start = 4 if len(data) >= 12 and int.from_bytes(data[:4], "little") == \
+                len(data) - 4 and data[8:12] == b"EVTS" else 0
+            if len(data) < start + 8 or data[start + 4:start + 8] != b"EVTS":
+                raise self._garbage("a packet of the event stream is not an EVTS table")
+            try:
+                root = start + int.from_bytes(data[start:start + 4], "little")
+                vtable = root - int.from_bytes(data[root:root + 4], "little", signed=True)
+                vsize = int.from_bytes(data[vtable:vtable + 2], "little")
+                field = int.from_bytes(data[vtable + 4:vtable + 6], "little") if vsize >= 6 \
+                    else 0
+                if not field:
+                    return no_events()
+                at = root + field
+                vector = at + int.from_bytes(data[at:at + 4], "little")
+                n = int.from_bytes(data[vector:vector + 4], "little")
+                if vector + 4 + 16 * n > len(data) or vtable < 0 or root + 4 > len(data):
+                    raise ValueError
+                return np.frombuffer(data, DV_EVENT, n, vector + 4).copy()
+            except (ValueError, IndexError):
+                raise self._garbage("an EVTS table points outside its packet") from None
+
+    return DvStreamDecoder
+
+
+def dv_stream_decoder(name: str):
+    """A decoder of DV's network stream (see `encode_dv_header`)."""
+    return _dv_decoder_class()(name)
