@@ -497,3 +497,69 @@ def test_dv_addresses_and_options_are_checked_in_one_sentence():
     sock.close()  # nothing listens there now
     r = runner.invoke(app, ["stream", f"dv://127.0.0.1:{port}"])
     assert r.exit_code == 2 and "connection refused" in r.output, r.output
+
+
+# --- the real peers (the optional 'live-peers' extra), each in a process of its own -------------
+
+DV_WRITER = """
+import sys, time
+import numpy as np
+import dv_processing as dv
+port, compression, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+events = np.load(path)
+stream = dv.io.Stream.EventStream(0, "events", "PeerCam_1", (128, 128))
+stream.setCompression(getattr(dv.CompressionType, compression))
+writer = dv.io.NetworkWriter("127.0.0.1", port, stream)
+print("ready", file=sys.stderr, flush=True)
+while writer.getClientCount() == 0:
+    time.sleep(0.01)
+for i in range(0, len(events), 1000):
+    store = dv.EventStore()
+    for t, x, y, p in events[i:i + 1000].tolist():
+        store.push_back(t, x, y, bool(p))
+    writer.writeEvents(store)
+print("sent", file=sys.stderr, flush=True)
+time.sleep(3600)  # the writer hangs on shutdown while a client is connected: the test kills it
+"""
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("compression", ["NONE", "LZ4", "LZ4_HIGH", "ZSTD", "ZSTD_HIGH"])
+def test_dv_processing_network_writer_is_read_exactly(tmp_path, compression):
+    pytest.importorskip("dv_processing", reason="dv-processing is not installed "
+                                                "(pip install 'eventformer[live-peers]')")
+    from eventformer.live.sources import open_live_source
+
+    ev = gesture_events()[:5000]
+    path = tmp_path / "events.npy"
+    np.save(path, ev)
+    port = free_port()
+    writer = subprocess.Popen([sys.executable, "-c", DV_WRITER, str(port), compression,
+                               str(path)], stderr=subprocess.PIPE, text=True)
+    source = None
+    try:
+        assert writer.stderr.readline().strip() == "ready", writer.stderr.read()
+        source = open_live_source(f"dv://127.0.0.1:{port}", None)
+        got, n = [], 0
+        # bounded: the writer may be paused on a loaded machine, never forever
+        for _ in range(PATIENCE_S * 10):
+            if n >= len(ev) or source.exhausted:
+                break
+            source.wait(0.1)
+            got.append(source.read())
+            n += got[-1].shape[0]
+        assert source.sensor_size == (128, 128)
+        c = source.counters()
+        assert c["compression"] == compression.lower().replace("_", "-")
+        assert c["camera"] == "PeerCam_1"
+    finally:
+        if source is not None:
+            source.close()
+        writer.kill()  # by its PID: NetworkWriter does not shut down while a client is connected
+        writer.wait(PATIENCE_S)
+    np.testing.assert_array_equal(np.concatenate(got), ev)
