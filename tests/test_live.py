@@ -563,3 +563,41 @@ def test_dv_processing_network_writer_is_read_exactly(tmp_path, compression):
         writer.kill()  # by its PID: NetworkWriter does not shut down while a client is connected
         writer.wait(PATIENCE_S)
     np.testing.assert_array_equal(np.concatenate(got), ev)
+
+
+FAERY_SENDER = """
+import sys
+import numpy as np
+import faery
+port, layout, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ev = np.load(path)
+out = np.zeros(len(ev), faery.EVENTS_DTYPE)
+out["t"], out["x"], out["y"], out["on"] = ev["t"], ev["x"], ev["y"], ev["p"] == 1
+faery.events_stream_from_array(out, (128, 128)).to_udp(("127.0.0.1", port), format=layout)
+"""
+
+
+@pytest.mark.parametrize("fmt,layout", [("faery-13", "t64_x16_y16_on8"),
+                                        ("faery-8", "t32_x16_y15_on1")])
+def test_faerys_udp_sender_is_read_exactly(tmp_path, fmt, layout):
+    pytest.importorskip("faery", reason="faery is not installed "
+                                        "(pip install 'eventformer[live-peers]')")
+    ev = gesture_events()[:5000]
+    path = tmp_path / "events.npy"
+    np.save(path, ev)
+    source = UdpSource("udp://127.0.0.1:0", fmt, (128, 128)).start()
+    got, n = [], 0
+    try:
+        sender = subprocess.run([sys.executable, "-c", FAERY_SENDER, str(source.port), layout,
+                                 str(path)], capture_output=True, text=True, timeout=PATIENCE_S)
+        assert sender.returncode == 0, sender.stderr
+        for _ in range(PATIENCE_S * 10):  # bounded; the datagrams are in the socket's buffer
+            if n >= len(ev):
+                break
+            source.wait(0.1)
+            got.append(source.read())
+            n += got[-1].shape[0]
+    finally:
+        source.close()
+    assert source.counters()["datagrams_rejected"] == 0
+    np.testing.assert_array_equal(np.concatenate(got), ev)
