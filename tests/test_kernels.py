@@ -1006,13 +1006,15 @@ def test_kernel_compiled_with_cache(kernel):
 @pytest.mark.parametrize("hard_reset", [True, False])
 @pytest.mark.parametrize("decay_input", [True, False])
 def test_lif_rule_kernels_compiled_with_cache(rules, hard_reset, decay_input):
-    """Each LIF rule's kernels (closures over the rule's two bools) are cached, and their
-    cache key can hit in another process: it holds the closure cells, which are plain bools."""
+    """Each LIF rule's kernels (closures over the arithmetic's and the rule's bools) are
+    cached, and their cache key can hit in another process: it holds the closure cells, which
+    are plain bools."""
+    fixed = rules is lif_fixed_kernels
     for kernel in rules(hard_reset, decay_input):
         assert not isinstance(kernel._cache, NullCache)
         assert kernel.targetoptions.get("nogil") is True
         cells = [c.cell_contents for c in kernel.py_func.__closure__]
-        assert sorted(cells) == sorted([hard_reset, decay_input])
+        assert sorted(cells) == sorted([fixed, hard_reset, decay_input])
         assert all(type(c) is bool for c in cells)
     assert rules(np.bool_(hard_reset), int(decay_input)) is rules(hard_reset, decay_input)
 
@@ -1037,7 +1039,7 @@ from eventformer.runtime import kernels_cached
 rule = lif_kernels(False, True)
 print(kernels_cached("float32"), kernels_cached("int8"))
 v = np.zeros(6, np.float32)
-rule.step(v, np.ones(3, np.float32), lif_params(2.0, 1.0, None, np.float32),
+rule.step(v, np.ones(3, np.float32), lif_params(2.0, 1.0, None, np.float32), 0,
           np.empty(6, np.int32), np.zeros(16, np.int64))
 print(sum(len(k.stats.cache_hits) for k in rule), sum(len(k.stats.cache_misses) for k in rule))
 """

@@ -10,30 +10,14 @@ and :func:`~eventformer.kernels.nsad_step` compute in integers and, given an int
 scale, write exact integers.
 """
 
-import functools
 
 import numpy as np
 
-from ..jit import inlined, kernel
+from ..jit import kernel
 from .attention import _mapped_attention
-from .counters import AC, INPUT_EVENTS, MAC, NEURON_UPDATES, SHIFT
-from .neurons import LIFKernels, _compact
+from .counters import AC, INPUT_EVENTS, MAC, SHIFT
+from .neurons import LIFKernels, _lif_kernels
 from .saformer import depthwise3x3_scatter
-
-
-@inlined
-def _charge_fixed(vi, x, th, shift, hard_reset, decay_input):
-    """One neuron's integer step: ``(spike, new membrane)`` as :func:`lif_fixed_step_flags`
-    gives it (in int64: Numba widens the int32 operands). Its callers pass the rule's bools as
-    constants, so one rule's arithmetic is all that is compiled."""
-    if decay_input:
-        h = vi + ((x - vi) >> shift)
-    else:
-        h = vi - (vi >> shift) + x
-    s = h >= th
-    if hard_reset:
-        return s, 0 if s else h
-    return s, h - th if s else h
 
 
 def lif_fixed_kernels(hard_reset, decay_input) -> LIFKernels:
@@ -42,80 +26,7 @@ def lif_fixed_kernels(hard_reset, decay_input) -> LIFKernels:
     :func:`~eventformer.kernels.neurons.lif_kernels`); their arguments are those of
     :func:`lif_fixed_step`, :func:`lif_fixed_step_flags` and :func:`lif_fixed_quiet_step`
     without the two bools."""
-    return _lif_fixed_kernels(bool(hard_reset), bool(decay_input))
-
-
-@functools.cache
-def _lif_fixed_kernels(hard_reset, decay_input):
-    # closure constants, pruned before typing; bools keep the closures cacheable
-
-    @kernel
-    def step_flags(v, current, theta, shift, flags, counters):
-        n = v.shape[0]
-        p = theta.shape[0]
-        dense = current.shape[0] == n
-        count = 0
-        for base in range(0, n, max(p, 1)):  # in runs of the threshold period
-            m = min(p, n - base)
-            vb = v[base:base + m]
-            fb = flags[base:base + m]
-            cur = current[base:base + m] if dense else current
-            for j in range(m):
-                s, vb[j] = _charge_fixed(vb[j], cur[j], theta[j], shift, hard_reset,
-                                         decay_input)
-                fb[j] = s
-                count += s
-        counters[NEURON_UPDATES] += n
-        return count
-
-    @kernel
-    def step(v, current, theta, shift, spikes_out, counters):
-        # step_flags' loop into spikes_out, then compacted in place (a copy of the loop rather
-        # than a call: that would compile step_flags once more for int32 flags)
-        n = v.shape[0]
-        p = theta.shape[0]
-        dense = current.shape[0] == n
-        count = 0
-        for base in range(0, n, max(p, 1)):
-            m = min(p, n - base)
-            vb = v[base:base + m]
-            fb = spikes_out[base:base + m]
-            cur = current[base:base + m] if dense else current
-            for j in range(m):
-                s, vb[j] = _charge_fixed(vb[j], cur[j], theta[j], shift, hard_reset,
-                                         decay_input)
-                fb[j] = s
-                count += s
-        counters[NEURON_UPDATES] += n
-        if count == 0:
-            return 0
-        return _compact(spikes_out, n, spikes_out)
-
-    @kernel
-    def quiet(v, current, theta, shift, flags, spikes_out, counters):
-        n = v.shape[0]
-        p = theta.shape[0]
-        dense = current.shape[0] == n
-        count = 0
-        moved = False
-        for base in range(0, n, max(p, 1)):
-            m = min(p, n - base)
-            vb = v[base:base + m]
-            fb = flags[base:base + m]
-            cur = current[base:base + m] if dense else current
-            for j in range(m):
-                vi = vb[j]
-                s, nv = _charge_fixed(vi, cur[j], theta[j], shift, hard_reset, decay_input)
-                fb[j] = s
-                count += s
-                moved |= nv != vi
-                vb[j] = nv
-        counters[NEURON_UPDATES] += n
-        if count > 0 and spikes_out.shape[0] > 0:
-            _compact(flags, n, spikes_out)
-        return count, count == 0 and not moved
-
-    return LIFKernels(step, step_flags, quiet)
+    return _lif_kernels(True, bool(hard_reset), bool(decay_input))
 
 
 def lif_fixed_step_flags(v, current, theta, shift, hard_reset, decay_input, flags, counters):

@@ -47,6 +47,22 @@ def _charge(vi, x, tau_inv, theta, v_reset, keep, hard_reset, decay_input):
 
 
 @inlined
+def _charge_fixed(vi, x, th, shift, hard_reset, decay_input):
+    """One neuron's integer step: ``(spike, new membrane)`` as
+    :func:`~eventformer.kernels.lif_fixed_step_flags` gives it (in int64: Numba widens the int32
+    operands). Its callers pass the rule's bools as constants, so one rule's arithmetic is all
+    that is compiled."""
+    if decay_input:
+        h = vi + ((x - vi) >> shift)
+    else:
+        h = vi - (vi >> shift) + x
+    s = h >= th
+    if hard_reset:
+        return s, 0 if s else h
+    return s, h - th if s else h
+
+
+@inlined
 def _compact(flags, n, spikes_out):
     """Sorted indices of the set flags[0..n-1] into spikes_out (may be ``flags`` itself)."""
     count = 0
@@ -58,9 +74,10 @@ def _compact(flags, n, spikes_out):
 
 
 class LIFKernels(NamedTuple):
-    """The compiled steps of one LIF rule (reset kind and decay_input fixed); their arguments
-    are those of :func:`lif_step`, :func:`lif_step_flags` and :func:`lif_quiet_step` without
-    the two bools."""
+    """The compiled steps of one LIF rule (reset kind and decay_input fixed) in one arithmetic;
+    their arguments are those of :func:`lif_step`, :func:`lif_step_flags` and
+    :func:`lif_quiet_step` (float) or of the ``lif_fixed_*`` steps without the two bools, the
+    parameters as ``a, b``: (params, 0) in float, (thresholds, shift) in fixed point."""
 
     step: Callable
     step_flags: Callable
@@ -74,80 +91,76 @@ def lif_kernels(hard_reset, decay_input) -> LIFKernels:
     A kernel that took the rule as runtime bools would compile all four rules' loops at once:
     about four times the compile of one, on a user's first run, for the one rule a model uses.
     """
-    return _lif_kernels(bool(hard_reset), bool(decay_input))
+    return _lif_kernels(False, bool(hard_reset), bool(decay_input))
+
+
+@inlined
+def _lif_pass(v, current, a, b, flags, track, fixed, hard_reset, decay_input):
+    """Every neuron of ``v`` one step, its spike flags into ``flags``: ``(count, moved)``, moved
+    (whether any membrane changed value) only when ``track``. Float (``a`` the params array,
+    ``b`` unused) or fixed point (``a`` the thresholds' period, ``b`` the shift), in runs of one
+    period: of the thresholds (fixed: one per channel), or of a repeating current (float; a
+    dense current is one run). The rule's bools and ``fixed`` arrive as constants, so one
+    arithmetic's and one rule's code is all that is compiled; per neuron it is branch-free, so
+    it vectorises."""
+    n = v.shape[0]
+    c = current.shape[0]
+    dense = c == n
+    p = a.shape[0] if fixed else c
+    if not fixed:
+        tau_inv, theta = a[P_TAU_INV], a[P_THETA]
+        v_reset, keep = a[P_V_RESET], a[P_KEEP]
+    count = 0
+    moved = False
+    for base in range(0, n, max(p, 1)):
+        m = min(p, n - base)
+        vb = v[base:base + m]
+        fb = flags[base:base + m]
+        cur = current[base:base + m] if dense else current
+        for j in range(m):
+            vi = vb[j]
+            if fixed:
+                s, nv = _charge_fixed(vi, cur[j], a[j], b, hard_reset, decay_input)
+            else:
+                s, nv = _charge(vi, cur[j], tau_inv, theta, v_reset, keep, hard_reset,
+                                decay_input)
+            fb[j] = s
+            count += s
+            if track:
+                moved |= nv != vi
+            vb[j] = nv
+    return count, moved
 
 
 @functools.cache
-def _lif_kernels(hard_reset, decay_input):
-    # The rule reaches the kernels as closure constants: Numba prunes the other rules' branches
-    # before typing, and bools keep the closures cacheable (the cache key holds their cells).
+def _lif_kernels(fixed, hard_reset, decay_input):
+    # The arithmetic and the rule reach the kernels as closure constants: Numba prunes the other
+    # branches before typing, and bools keep the closures cacheable (the cache key holds their
+    # cells). Arguments after (v, current): a, b as _lif_pass takes them.
 
     @kernel
-    def step_flags(v, current, params, flags, counters):
-        tau_inv, theta = params[P_TAU_INV], params[P_THETA]
-        v_reset, keep = params[P_V_RESET], params[P_KEEP]
-        n = v.shape[0]
-        c = current.shape[0]
-        count = 0
-        for base in range(0, n, max(c, 1)):  # one period at a time (dense: one pass)
-            m = min(c, n - base)
-            vb = v[base:base + m]
-            fb = flags[base:base + m]
-            for j in range(m):  # branch-free per neuron, so it vectorises
-                s, vb[j] = _charge(vb[j], current[j], tau_inv, theta, v_reset, keep,
-                                   hard_reset, decay_input)
-                fb[j] = s
-                count += s
-        counters[NEURON_UPDATES] += n
+    def step_flags(v, current, a, b, flags, counters):
+        count, _ = _lif_pass(v, current, a, b, flags, False, fixed, hard_reset, decay_input)
+        counters[NEURON_UPDATES] += v.shape[0]
         return count
 
     @kernel
-    def step(v, current, params, spikes_out, counters):
-        # the flags of step_flags written into spikes_out, then compacted in place (a second
-        # compiled copy of the loop, not a call of step_flags: that would compile step_flags
-        # once more for int32 flags and link it in)
-        tau_inv, theta = params[P_TAU_INV], params[P_THETA]
-        v_reset, keep = params[P_V_RESET], params[P_KEEP]
-        n = v.shape[0]
-        c = current.shape[0]
-        count = 0
-        for base in range(0, n, max(c, 1)):
-            m = min(c, n - base)
-            vb = v[base:base + m]
-            fb = spikes_out[base:base + m]
-            for j in range(m):
-                s, vb[j] = _charge(vb[j], current[j], tau_inv, theta, v_reset, keep,
-                                   hard_reset, decay_input)
-                fb[j] = s
-                count += s
-        counters[NEURON_UPDATES] += n
+    def step(v, current, a, b, spikes_out, counters):
+        # the flags written into spikes_out, then compacted in place (the pass inlined here,
+        # not a call of step_flags: that would compile step_flags once more for int32 flags)
+        count, _ = _lif_pass(v, current, a, b, spikes_out, False, fixed, hard_reset,
+                             decay_input)
+        counters[NEURON_UPDATES] += v.shape[0]
         if count == 0:  # nothing fired (a quiet step): no compaction pass
             return 0
-        return _compact(spikes_out, n, spikes_out)
+        return _compact(spikes_out, v.shape[0], spikes_out)
 
     @kernel
-    def quiet(v, current, params, flags, spikes_out, counters):
-        tau_inv, theta = params[P_TAU_INV], params[P_THETA]
-        v_reset, keep = params[P_V_RESET], params[P_KEEP]
-        n = v.shape[0]
-        c = current.shape[0]
-        count = 0
-        moved = False
-        for base in range(0, n, max(c, 1)):
-            m = min(c, n - base)
-            vb = v[base:base + m]
-            fb = flags[base:base + m]
-            for j in range(m):
-                vi = vb[j]
-                s, nv = _charge(vi, current[j], tau_inv, theta, v_reset, keep, hard_reset,
-                                decay_input)
-                fb[j] = s
-                count += s
-                moved |= nv != vi
-                vb[j] = nv
-        counters[NEURON_UPDATES] += n
+    def quiet(v, current, a, b, flags, spikes_out, counters):
+        count, moved = _lif_pass(v, current, a, b, flags, True, fixed, hard_reset, decay_input)
+        counters[NEURON_UPDATES] += v.shape[0]
         if count > 0 and spikes_out.shape[0] > 0:
-            _compact(flags, n, spikes_out)
+            _compact(flags, v.shape[0], spikes_out)
         return count, count == 0 and not moved
 
     return LIFKernels(step, step_flags, quiet)
@@ -196,7 +209,8 @@ def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters)
     int
         The number of neurons that spiked.
     """
-    return lif_kernels(hard_reset, decay_input).step_flags(v, current, params, flags, counters)
+    return lif_kernels(hard_reset, decay_input).step_flags(v, current, params, 0, flags,
+                                                           counters)
 
 
 def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
@@ -231,7 +245,8 @@ def lif_step(v, current, params, hard_reset, decay_input, spikes_out, counters):
     count : int
         The number of neurons that spiked (of indices written to ``spikes_out``).
     """
-    return lif_kernels(hard_reset, decay_input).step(v, current, params, spikes_out, counters)
+    return lif_kernels(hard_reset, decay_input).step(v, current, params, 0, spikes_out,
+                                                     counters)
 
 
 def lif_quiet_step(v, current, params, hard_reset, decay_input, flags, spikes_out, counters):
@@ -279,7 +294,7 @@ def lif_quiet_step(v, current, params, hard_reset, decay_input, flags, spikes_ou
         True when nothing spiked and no membrane changed value: ``v`` is a fixed point of
         ``current``.
     """
-    return lif_kernels(hard_reset, decay_input).quiet(v, current, params, flags, spikes_out,
+    return lif_kernels(hard_reset, decay_input).quiet(v, current, params, 0, flags, spikes_out,
                                                      counters)
 
 

@@ -26,7 +26,7 @@ class LIFNeurons:
         self.params = lif_params(tau, theta, v_reset, np.dtype(dtype).type)
         self.hard_reset = v_reset is not None
         self.decay_input = bool(decay_input)
-        self._bind(lif_kernels(self.hard_reset, self.decay_input), (self.params,))
+        self._bind(lif_kernels(self.hard_reset, self.decay_input), (self.params, 0))
         self.v = np.zeros(size, dtype)
         self._spikes = np.empty(size, np.int32)
         self._flags = np.empty(size, np.uint8)
