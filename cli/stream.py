@@ -107,8 +107,11 @@ def stream(
              "and why, with the largest backlog.", show_default="queue"),
     record: Optional[Path] = typer.Option(None, "--record", metavar="FILE",
                                           help="Live sources: write every event received "
-                                               "(those not classified too) to an eventformer "
-                                               "HDF5 event file while classifying.",
+                                               "(those not classified too) while classifying: "
+                                               "FILE.aedat4 an AEDAT 4.0 file (LZ4 packets, as "
+                                               "DV records; needs the sensor size from the "
+                                               "stream's header or --sensor-size), FILE.h5 an "
+                                               "eventformer HDF5 event file.",
                                           show_default="none"),
 ):
     """Classify a live or recorded event stream in causal windows, state carried across them.
@@ -241,12 +244,13 @@ def _stream_live(name, wire_format, reconnect, on_overload, record, weights, dty
     --idle-timeout seconds, or Ctrl-C."""
     import typer
 
-    from eventformer.live.sources import check_live_options, open_live_source
+    from eventformer.live.sources import (check_live_options, check_record_path,
+                                          open_live_source)
     from eventformer.stream import describe_gap, run_stream
 
     check_live_options(name, wire_format, sensor_size, reconnect)
-    if record is not None and not record.parent.is_dir():
-        fail(f"{record}: cannot be written (its folder does not exist)")
+    if record is not None:
+        check_record_path(record)
     weights = resolve_weights(weights)
     engine = load_engine(weights, dtype, "auto", quiet=as_json)
     names = [n.strip() for n in engine.config.class_names]

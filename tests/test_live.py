@@ -382,7 +382,9 @@ def test_live_options_are_refused_where_they_mean_nothing(tmp_path):
              (["-", "--format", "evt2", "--reconnect"], "--reconnect"),
              ([str(needs(GESTURE)), "--on-overload", "drop"], "live sources"),
              (["udp://127.0.0.1:0", "--format", "spif", "--sensor-size", "64x64",
-               "--record", str(tmp_path / "no" / "such.h5")], "folder")]
+               "--record", str(tmp_path / "no" / "such.h5")], "folder"),
+             (["udp://127.0.0.1:0", "--format", "spif", "--sensor-size", "64x64",
+               "--record", str(tmp_path / "events.txt")], ".aedat4")]
     for args, words in cases:
         r = runner.invoke(app, ["stream", *args])
         assert r.exit_code == 2, (args, r.output)
@@ -497,6 +499,91 @@ def test_dv_addresses_and_options_are_checked_in_one_sentence():
     sock.close()  # nothing listens there now
     r = runner.invoke(app, ["stream", f"dv://127.0.0.1:{port}"])
     assert r.exit_code == 2 and "connection refused" in r.output, r.output
+
+
+# --- --record FILE.aedat4 -----------------------------------------------------------------------
+
+def aedat_package_events(path):
+    """A file's events as the `aedat` package (iniVation's format, read in Rust) decodes them."""
+    aedat = pytest.importorskip("aedat")
+    packets = [p["events"] for p in aedat.Decoder(str(path)) if "events" in p]
+    raw = np.concatenate(packets)
+    out = np.empty(raw.shape[0], EVENT_DTYPE)
+    out["t"], out["x"], out["y"], out["p"] = raw["t"], raw["x"], raw["y"], raw["p"]
+    return out
+
+
+@pytest.mark.parametrize("compression", DV_COMPRESSIONS)
+def test_aedat4_writer_is_read_exactly_by_the_projects_reader_and_aedat(tmp_path, compression):
+    from eventformer.events.aedat4_writer import Aedat4Writer
+
+    ev = gesture_events()[:5000]
+    path = tmp_path / "w.aedat4"
+    with Aedat4Writer(path, 128, 128, compression=compression, packet_events=700) as writer:
+        writer.append(ev[:1234])
+        writer.append(ev[:0])
+        writer.append(ev[1234:])
+    got = read_events(path)
+    np.testing.assert_array_equal(got.events, ev)
+    assert got.sensor_size == (128, 128)
+    np.testing.assert_array_equal(aedat_package_events(path), ev)
+    # aedat stops at the header's data-table position: it points just past the last packet
+    # (a wrong one would leave it reading the table as a packet, or stopping short)
+    try:
+        import dv_processing as dv
+    except ImportError:
+        return
+    recording = dv.io.MonoCameraRecording(str(path))  # reads the data table's times
+    assert recording.getTimeRange() == (int(ev["t"][0]), int(ev["t"][-1]))
+    assert recording.getEventResolution() == (128, 128)
+
+
+def test_an_unfinished_aedat4_recording_reads_to_its_last_whole_packet(tmp_path):
+    from eventformer.events.aedat4_writer import Aedat4Writer
+
+    ev = gesture_events()[:3000]
+    path = tmp_path / "cut.aedat4"
+    writer = Aedat4Writer(path, 128, 128, packet_events=1000)
+    writer.append(ev)  # written through: a killed recorder leaves these, and no data table
+    np.testing.assert_array_equal(read_events(path).events, ev)
+    np.testing.assert_array_equal(aedat_package_events(path), ev)
+    writer.close()
+
+
+def test_dv_live_run_recorded_to_aedat4_replays_to_the_same_decisions(tmp_path):
+    from cli.main import app
+
+    proc, line = fake_camera(GESTURE, "--dv-serve", 0, "--compression", "zstd", "--speed", 0,
+                             "--sensor-size", "128x128")
+    record = tmp_path / "received.aedat4"
+    args = ["--window-ms", "50", "--dtype", "float64", "--json"]
+    try:
+        live = runner.invoke(app, ["stream", line.split("serving ", 1)[1], *args,
+                                   "--idle-timeout", str(PATIENCE_S), "--record", str(record)])
+    finally:
+        stop(proc)
+    assert live.exit_code == 0, live.output
+    windows, summary = json_lines(live.stdout)
+    n = len(gesture_events())
+    assert summary["live"]["recorded_events"] == n and summary["live"]["record"] == str(record)
+    np.testing.assert_array_equal(read_events(record).events, gesture_events())
+    np.testing.assert_array_equal(aedat_package_events(record), gesture_events())
+    replay = runner.invoke(app, ["stream", str(record), *args])
+    assert replay.exit_code == 0, replay.output
+    assert decisions(json_lines(replay.stdout)[0]) == decisions(windows)
+
+
+def test_aedat4_recording_without_a_sensor_size_is_one_sentence(tmp_path):
+    from cli.main import app
+
+    data = prophesee_header("evt2", None, None) + encode_evt2(gesture_events()[:2000])
+    record = tmp_path / "r.aedat4"
+    r = runner.invoke(app, ["stream", "-", "--format", "evt2", "--record", str(record)],
+                      input=data)
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "--sensor-size" in lines[-1]
+    assert sum(line.startswith("error: ") for line in lines) == 1
 
 
 # --- the real peers (the optional 'live-peers' extra), each in a process of its own -------------

@@ -19,6 +19,7 @@ the stream closes the open window before its first event.
 from __future__ import annotations
 
 import collections
+import os
 import select
 import socket
 import threading
@@ -111,6 +112,7 @@ class LiveSource:
         self._thread: threading.Thread | None = None
         self._recorder = None
         self._record_path: str | None = None
+        self._record_failed = self._record_closed = False
         self.recorded = 0
         self.clock_start = time.perf_counter()
         self.stats: dict = {}
@@ -215,19 +217,35 @@ class LiveSource:
     # -- --record --------------------------------------------------------------------------------
 
     def record_to(self, path: str) -> None:
-        """Write every event received to an eventformer HDF5 event file (created at the first
-        events, when the sensor size is known: a stream's header may bring it)."""
+        """Write every event received to an event file: AEDAT 4.0 for ``.aedat4``, eventformer
+        HDF5 for ``.h5`` / ``.hdf5`` (`check_record_path`). It is created at the first events,
+        when the sensor size is known: a stream's header may bring it."""
         self._record_path = path
 
     def _record(self, events: np.ndarray) -> None:
         if self._record_path is None or not events.shape[0]:
             return
         if self._recorder is None:
+            self._record_failed = True  # said once, by the exception; close does not retry
             self._open_recorder()
+            self._record_failed = False
         self._recorder.append(events)
         self.recorded += events.shape[0]
 
     def _open_recorder(self):
+        if record_format(self._record_path) == "aedat4":
+            from eventformer.events.aedat4_writer import Aedat4Writer
+
+            size = self.sensor_size
+            if size is None:
+                # the file's header carries the sensor size and is written first
+                where = "standard input" if self.path == "-" else self.path
+                raise EventformerError(f"{self._record_path}: an AEDAT 4 recording's header "
+                                       f"carries the sensor size, which {where} did not say: "
+                                       "give --sensor-size WxH")
+            camera = getattr(self.decoder, "camera", "") or f"eventformer {self.format}"
+            self._recorder = Aedat4Writer(self._record_path, *size, camera=camera)
+            return
         from eventformer.events import EventFileWriter
 
         width, height = self.sensor_size or (None, None)
@@ -239,14 +257,20 @@ class LiveSource:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2 * STOP_CHECK_S + 1)
-        if self._record_path is not None:
-            with self._lock:
-                rest = [events for _, events, _ in self._queue]
-            for events in rest:
-                self._record(events)
-            if self._recorder is None:
-                self._open_recorder()  # an empty recording, still a valid file
-            self._recorder.close()
+        if self._record_path is None or self._record_closed:
+            return
+        self._record_closed = True
+        with self._lock:
+            rest = [events for _, events, _ in self._queue]
+        try:
+            if not self._record_failed:
+                for events in rest:
+                    self._record(events)
+                if self._recorder is None:
+                    self._open_recorder()  # an empty recording, still a valid file
+        finally:
+            if self._recorder is not None:
+                self._recorder.close()
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless asked to stop; False when stopped."""
@@ -518,6 +542,31 @@ class ByteStreamSource(LiveSource):
             self.note(leftover.message)
 
 
+#: --record's formats, by the file's suffix.
+RECORD_SUFFIXES = {".aedat4": "aedat4", ".h5": "h5", ".hdf5": "h5"}
+
+
+def record_format(path) -> str:
+    """The format a --record path asks for, by its suffix (`check_record_path` refused others)."""
+    return RECORD_SUFFIXES.get(os.path.splitext(str(path))[1].lower(), "h5")
+
+
+def check_record_path(path) -> str:
+    """One sentence, before any work, for a --record path that cannot be written; its format."""
+    suffix = os.path.splitext(str(path))[1].lower()
+    if suffix not in RECORD_SUFFIXES:
+        raise EventformerError(f"{path}: --record writes AEDAT 4 (.aedat4) or eventformer HDF5 "
+                               "(.h5, .hdf5), chosen by the file's suffix")
+    folder = os.path.dirname(os.path.abspath(str(path)))
+    if not os.path.isdir(folder):
+        raise EventformerError(f"{path}: cannot be written (its folder does not exist)")
+    if RECORD_SUFFIXES[suffix] == "aedat4":
+        from eventformer.events.aedat4_writer import check_aedat4_writable
+
+        check_aedat4_writable(name=str(path))
+    return RECORD_SUFFIXES[suffix]
+
+
 def check_live_options(name: str, fmt: str | None, sensor_size: tuple[int, int] | None,
                        reconnect: bool) -> str:
     """One sentence for options a live source cannot take, before any work; its scheme."""
@@ -568,5 +617,5 @@ def open_live_source(name: str, fmt: str | None, sensor_size: tuple[int, int] | 
     return source.start()
 
 
-__all__ = ["ByteStreamSource", "LiveSource", "UdpSource", "check_live_options", "is_live",
-           "open_live_source", "parse_address"]
+__all__ = ["ByteStreamSource", "LiveSource", "UdpSource", "check_live_options",
+           "check_record_path", "is_live", "open_live_source", "parse_address", "record_format"]
