@@ -140,17 +140,27 @@ def stream(
     from eventformer.live import is_live
 
     if any(is_live(f) for f in files):
-        if len(files) > 1:
-            fail("a live source runs alone: give one udp://, tcp://, dv:// or - source per "
-                 "command")
-        for given, option in ((workers is not None or scheduler is not None,
-                               "--workers/--scheduler (they take files)"),
-                              (follow, "--follow (a live source is always followed)"),
+        on_cluster = workers is not None or scheduler is not None
+        if len(files) > 1 and not on_cluster:
+            fail(f"{len(files)} live sources: several run at once on Dask, one per task, give "
+                 "--workers N (pip install 'eventformer[cluster]')")
+        if not all(is_live(f) for f in files):
+            fail("give either files or live sources (udp://, tcp://, dv://, dv+unix://, -), "
+                 "not both")
+        for given, option in ((follow, "--follow (a live source is always followed)"),
                               (realtime, "--realtime (a live source arrives at its own speed)")):
             if given:
                 fail(f"{files[0]}: {option} does not apply to a live source")
         if on_overload not in (None, "queue", "drop"):
             fail(f"--on-overload must be queue or drop, got {on_overload!r}")
+        if on_cluster:
+            if record is not None:
+                fail("--record writes one live source's events, here: with --workers or "
+                     "--scheduler record each camera in a command of its own")
+            _stream_on_cluster(files, workers, scheduler, weights, dtype.value, spec, False,
+                               False, idle_timeout, parse_size(sensor_size), transform, as_json,
+                               plots, live=(wire_format, reconnect, on_overload or "queue"))
+            return
         _stream_live(files[0], wire_format, reconnect, on_overload or "queue", record, weights,
                      dtype.value, spec, idle_timeout, parse_size(sensor_size), transform,
                      as_json, plots)
@@ -357,6 +367,10 @@ def _print_live_summary(name, s, names) -> None:
         err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def _is_dv(name: str) -> bool:
+    return name.split("://", 1)[0].lower() in ("dv", "dv+unix")
+
+
 def _plot_streams(plots, windows: dict, class_names) -> None:
     """--plot: one figure per stream that had a window."""
     if not plots:
@@ -367,9 +381,12 @@ def _plot_streams(plots, windows: dict, class_names) -> None:
 
 
 def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, realtime,
-                       idle_timeout, sensor_size, transform, as_json, plots=None) -> None:
+                       idle_timeout, sensor_size, transform, as_json, plots=None,
+                       live=None) -> None:
     """Every stream a Dask task with its own engine (see eventformer.cluster.follow_streams):
-    one line per window tagged with the stream's name, then one summary (or error) per stream."""
+    one line per window tagged with the stream's name, then one summary (or error) per stream.
+    ``live``: (format, reconnect, on_overload) when the streams are live sources, each opened
+    on the worker that runs it."""
     import math
 
     from eventformer.cluster import (INSTALL_HINT, EngineSpec, StreamJob, cluster_client,
@@ -378,10 +395,24 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
 
     if not have_distributed():
         fail(INSTALL_HINT)
-    names = [str(Path(f)) for f in files]
+    names = list(files) if live else [str(Path(f)) for f in files]
     if len(set(names)) < len(names):
-        fail("a stream is given twice; each file is one stream")
-    missing = [n for n in names if not Path(n).exists()]
+        fail("a stream is given twice; each file is one stream" if not live else
+             f"{next(n for n in names if names.count(n) > 1)} is given twice; each live source "
+             "is one stream")
+    if live:
+        from eventformer.live.sources import check_live_options, parse_address
+
+        for name in names:
+            if name == "-":
+                fail("-: standard input cannot be read by a Dask worker: give it alone, without "
+                     "--workers/--scheduler")
+            # --format names the bytes of udp://, tcp:// sources; dv:// ones say their own
+            check_live_options(name, None if _is_dv(name) else live[0], sensor_size, live[1])
+            if parse_address(name)[2] == 0 and name.lower().startswith("udp://"):
+                fail(f"{name}: give a port: with --workers/--scheduler the source listens on a "
+                     "worker, where port 0 would be one no camera knows")
+    missing = [] if live else [n for n in names if not Path(n).exists()]
     if missing and not follow:
         fail(f"{missing[0]}: no such file")
     weights = resolve_weights(weights)
@@ -393,19 +424,27 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
     # as many engine threads as `stream FILE` here: float32 sums may depend on their number
     engine_spec = EngineSpec(str(Path(weights).resolve()), dtype, "auto",
                              threads=engine_threads())
-    jobs = [StreamJob(name, str(Path(name).resolve()), spec, follow=follow, realtime=realtime,
-                      idle_timeout=idle_timeout, sensor_size=sensor_size, transform=transform)
-            for name in names]
+    if live:
+        jobs = [StreamJob(name, name, spec, idle_timeout=idle_timeout, sensor_size=sensor_size,
+                          transform=transform, live=True,
+                          wire_format=None if _is_dv(name) else live[0],
+                          reconnect=live[1], on_overload=live[2]) for name in names]
+    else:
+        jobs = [StreamJob(name, str(Path(name).resolve()), spec, follow=follow,
+                          realtime=realtime, idle_timeout=idle_timeout, sensor_size=sensor_size,
+                          transform=transform) for name in names]
     if not as_json:
         announce_model(weights)
     # said in either mode: the start-up is a wait of several seconds
-    err.print(f"following {len(jobs)} streams on a local Dask cluster of {workers} worker "
+    what = f"{len(jobs)} live sources, each read by its worker," if live else \
+        f"{len(jobs)} streams"
+    err.print(f"following {what} on a local Dask cluster of {workers} worker "
               "processes (its start-up takes several seconds)" if workers else
-              f"following {len(jobs)} streams on the Dask cluster at {scheduler}",
+              f"following {what} on the Dask cluster at {scheduler}",
               markup=False, highlight=False)
 
     def on_window(w):
-        if windows is not None:
+        if windows is not None and "dropped" not in w:
             windows.setdefault(w["stream"], []).append(w)
         if "gap" in w:
             err.print(f"{w['stream']}: {describe_gap(w)}", markup=False, highlight=False,
@@ -413,6 +452,10 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
         if as_json:
             sys.stdout.write(json.dumps(w) + "\n")
             sys.stdout.flush()
+        elif "dropped" in w:
+            err.print(f"{w['stream']}: t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s"
+                      f"  {w['events']:7d} events  dropped (the engine is "
+                      f"{w['behind_windows']} window(s) behind)", markup=False, highlight=False)
         elif "gap" not in w:
             err.print(f"{w['stream']}: t {w['t_start_us'] / 1e6:8.3f}-{w['t_end_us'] / 1e6:8.3f} s"
                       f"  {w['events']:7d} events  prediction {w['prediction']}  latency "
@@ -435,8 +478,15 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
             err.print(f"{name}: {s['windows']} windows, {s['events']:,} events, final prediction "
                       f"{'-' if s['final_prediction'] is None else s['final_prediction']}; "
                       f"latency p50 {s['latency_ms_p50']:.1f} ms, p99 {s['latency_ms_p99']:.1f} ms"
+                      + (f"; {s['dropped_windows']:,} windows dropped ({s['on_overload']})"
+                         if "live" in s else "")
                       + (" (interrupted)" if s["interrupted"] else ""), markup=False,
                       highlight=False)
+        if "failure" in result:  # a dropped connection, after the windows reported above
+            err.print(f"error: {result['failure']}", markup=False, highlight=False,
+                      soft_wrap=True)
+            if as_json:
+                on_window_line({"stream": name, "error": result["failure"]})
 
     def on_window_line(obj):
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -451,7 +501,7 @@ def _stream_on_cluster(files, workers, scheduler, weights, dtype, spec, follow, 
         results, interrupted = follow_streams(client, engine_spec, jobs, on_window=on_window,
                                               on_end=on_end)
     _plot_streams(plots, windows, class_names)
-    failed = sum(1 for r in results if "error" in r)
+    failed = sum(1 for r in results if "error" in r or "failure" in r)
     if failed:
         err.print(f"{failed} of {len(results)} streams failed", markup=False, highlight=False)
     if interrupted:

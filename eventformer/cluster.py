@@ -404,13 +404,20 @@ class StreamJob:
     idle_timeout: float = 5.0
     sensor_size: tuple[int, int] | None = None
     transform: object = None
+    # a live source (eventformer.live: udp://, tcp://, dv://, dv+unix://), opened on the worker
+    live: bool = False
+    wire_format: str | None = None
+    reconnect: bool = False
+    on_overload: str = "queue"
 
 
 def follow_stream(spec: EngineSpec, job: StreamJob, topic: str, stop_name: str) -> dict:
     """The task for one stream: its own engine (its own state), `run_stream` on its file, each
     window published on ``topic`` as it is computed; returns the stream's summary, or
     ``{"stream", "error"}`` when it cannot be read. Stops early when the Dask Event
-    ``stop_name`` is set (Ctrl-C on the client)."""
+    ``stop_name`` is set (Ctrl-C on the client). A live source is opened here, on the worker
+    (it connects to, or listens for, its camera); a connection dropped after some windows
+    leaves its summary and its sentence under ``"failure"``."""
     from distributed import Event, get_worker
 
     from .stream import FileSource, run_stream
@@ -429,6 +436,8 @@ def follow_stream(spec: EngineSpec, job: StreamJob, topic: str, stop_name: str) 
     def on_window(record: dict) -> None:
         worker.log_event(topic, {"stream": job.name, **record})
 
+    if job.live:
+        return _follow_live(spec, job, on_window, should_stop, checked)
     try:
         if not os.path.exists(job.path):
             raise EventformerError(f"{job.path}: no such file")
@@ -444,6 +453,30 @@ def follow_stream(spec: EngineSpec, job: StreamJob, topic: str, stop_name: str) 
         return {"stream": job.name, "error": str(exc)}
     summary["interrupted"] = summary["interrupted"] or checked[1]
     return {"stream": job.name, "summary": summary, "warnings": warnings}
+
+
+def _follow_live(spec: EngineSpec, job: StreamJob, on_window, should_stop, checked) -> dict:
+    from .live.sources import open_live_source
+    from .stream import run_stream
+
+    try:
+        engine = spec.build()  # warmed before the source opens: no event waits on a compile
+        source = open_live_source(job.path, job.wire_format, job.sensor_size,
+                                  reconnect=job.reconnect)
+        try:
+            summary = run_stream(engine, source, job.window, idle_timeout=job.idle_timeout,
+                                 on_window=on_window, should_stop=should_stop,
+                                 sensor_size=job.sensor_size, transform=job.transform,
+                                 on_overload=job.on_overload)
+        finally:
+            source.close()
+    except EventformerError as exc:
+        return {"stream": job.name, "error": str(exc)}
+    summary["interrupted"] = summary["interrupted"] or checked[1]
+    result = {"stream": job.name, "summary": summary, "warnings": source.warnings}
+    if source.failure:
+        result["failure"] = source.failure
+    return result
 
 
 def follow_streams(client, spec: EngineSpec, jobs: Iterable[StreamJob], *,

@@ -586,6 +586,62 @@ def test_aedat4_recording_without_a_sensor_size_is_one_sentence(tmp_path):
     assert sum(line.startswith("error: ") for line in lines) == 1
 
 
+# --- --workers: one live source per Dask task ---------------------------------------------------
+
+def test_two_live_cameras_on_a_local_cluster_give_each_the_files_decisions(file_run):
+    """`stream dv://A tcp://B --workers 2`: each worker reads its own camera; every window is
+    tagged with its source, and each source's windows are those of `stream` on the file."""
+    pytest.importorskip("distributed", reason="distributed is not installed "
+                                              "(pip install 'eventformer[cluster]')")
+    from cli.main import app
+
+    dv_cam, dv_line = fake_camera(GESTURE, "--dv-serve", 0, "--compression", "lz4", "--speed", 0,
+                                  "--sensor-size", "128x128")
+    tcp_cam = None
+    try:
+        tcp_cam, tcp_line = fake_camera(GESTURE, "--tcp-serve", 0, "--format", "evt3",
+                                        "--speed", 0, "--sensor-size", "128x128")
+        sources = [dv_line.split("serving ", 1)[1],
+                   f"tcp://127.0.0.1:{tcp_line.rsplit(':', 1)[1]}"]
+        # --format names the tcp:// camera's bytes; the dv:// one says its own in its header
+        r = runner.invoke(app, ["stream", *sources, "--format", "evt3", "--workers", "2",
+                                "--window-ms", "50", "--dtype", "float64", "--json",
+                                "--idle-timeout", str(PATIENCE_S)])
+    finally:
+        for proc in (dv_cam, tcp_cam):
+            if proc is not None:
+                stop(proc)
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    summaries = {x["stream"]: x for x in lines if x.get("summary")}
+    assert set(summaries) == set(sources)
+    n = len(gesture_events())
+    for source in sources:
+        windows = [x for x in lines if x.get("stream") == source and "t_start_us" in x]
+        assert decisions(windows) == decisions(file_run[0])
+        assert summaries[source]["live"]["events_decoded"] == summaries[source]["events"] == n
+    assert summaries[sources[0]]["live"]["compression"] == "lz4"
+
+
+def test_live_sources_on_a_cluster_are_checked_before_it_starts():
+    from cli.main import app
+
+    cases = [(["udp://127.0.0.1:0", "udp://127.0.0.1:5000"], "give a port"),
+             (["-", "tcp://127.0.0.1:9"], "standard input"),
+             (["tcp://127.0.0.1:9", "tcp://127.0.0.1:9"], "given twice"),
+             (["tcp://127.0.0.1:9", str(GESTURE)], "not both"),
+             (["tcp://127.0.0.1:9", "tcp://127.0.0.1:10", "--record", "x.h5"], "--record")]
+    for args, words in cases:
+        r = runner.invoke(app, ["stream", *args, "--format", "faery-13" if "udp" in args[0]
+                                else "evt2", "--sensor-size", "128x128", "--workers", "2"])
+        assert r.exit_code == 2, (args, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], args
+    r = runner.invoke(app, ["stream", "tcp://127.0.0.1:9", "tcp://127.0.0.1:10", "--format",
+                            "evt2"])
+    assert r.exit_code == 2 and "--workers" in r.stderr
+
+
 # --- the real peers (the optional 'live-peers' extra), each in a process of its own -------------
 
 DV_WRITER = """
