@@ -1,7 +1,7 @@
 """Does the live path keep up with a camera? Two numbers for issue 22.
 
     python benchmarks/live_rate.py [--loops 100] [--window-ms 10] [--threads 2] [--json]
-                                   [--skip-model]
+                                   [--skip-model] [--dv-compressions none,lz4,...]
 
 1. **Reader + framer**: the sustained event rate one live source and the causal framer keep up
    with, target at least 10 M events/s. The fake camera (`eventformer.live.fake_camera`, its own
@@ -13,7 +13,11 @@
    TCP EVT 2.0 and EVT 3.0 (lossless: the sender waits for the reader, so the rate is the
    reader's), UDP SPIF in aestream's 512-byte datagrams and faery's 13-byte layout in faery's
    100-event datagrams (a receiver that falls behind loses datagrams: the loss is printed; where
-   some were lost the rate is what the reader managed while being flooded). Both processes
+   some were lost the rate is what the reader managed while being flooded); and DV's network
+   stream (``dv://``, what dv-processing's NetworkWriter sends: 2048-event EVTS packets) once
+   per compression (``--dv-compressions``, all five by default): lossless like TCP, the packets
+   compressed by the fake camera before it serves (not timed), decompressed and decoded by
+   the reader (timed). Both processes
    share this machine's cores, so the sender's work is in the measurement's way, as with a
    camera's driver on the same machine.
 2. **Model**: the event rate at which the full-size Spikformer-DVS (random weights calibrated
@@ -45,6 +49,7 @@ TARGET = 10e6
 HERE = os.path.dirname(os.path.abspath(__file__))
 GESTURE = os.path.join(HERE, "..", "..", "shared", "data", "events", "dvs-gesture")
 CASES = [("tcp", "evt2"), ("tcp", "evt3"), ("udp", "spif"), ("udp", "faery-13")]
+DV_COMPRESSIONS = ("none", "lz4", "lz4-high", "zstd", "zstd-high")
 
 
 def fake_camera(args):
@@ -90,12 +95,17 @@ def frame_all(source, window_us: int, sender, quiet_s: float = 1.0) -> dict:
             "events_per_s": framed / seconds}
 
 
-def reader_rates(path: str, loops: int, window_us: int, log) -> list[dict]:
+def reader_rates(path: str, loops: int, window_us: int, log,
+                 dv_compressions=DV_COMPRESSIONS) -> list[dict]:
     sent_events = None
     rows = []
-    for transport, fmt in CASES:
+    for transport, fmt in CASES + [("dv", c) for c in dv_compressions]:
         log(f"{transport} {fmt}: sending {os.path.basename(path)} x{loops} as fast as possible...")
-        if transport == "tcp":
+        if transport == "dv":  # fmt: the compression; the stream's header says it to the reader
+            sender, line = fake_camera([path, "--dv-serve", 0, "--compression", fmt, "--speed",
+                                        0, "--loops", loops, "--sensor-size", "128x128"])
+            source = ByteStreamSource(line.split("serving ", 1)[1], "dv").start()
+        elif transport == "tcp":
             sender, line = fake_camera([path, "--tcp-serve", 0, "--format", fmt, "--speed", 0,
                                         "--loops", loops, "--sensor-size", "128x128"])
             source = ByteStreamSource(f"tcp://127.0.0.1:{line.rsplit(':', 1)[1]}", fmt).start()
@@ -194,10 +204,17 @@ def main(argv=None):
     parser.add_argument("--window-ms", type=float, default=10.0, help="window length [10]")
     parser.add_argument("--threads", type=int, default=2, help="engine threads for part 2 [2]")
     parser.add_argument("--skip-model", action="store_true", help="only part 1")
+    parser.add_argument("--dv-compressions", default=",".join(DV_COMPRESSIONS),
+                        help="dv:// cases, comma-separated ('' for none) [all: "
+                             f"{','.join(DV_COMPRESSIONS)}]")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     if args.loops < 1 or args.threads < 1 or not args.window_ms > 0:
         parser.error("--loops, --threads and --window-ms must be positive")
+    dv_compressions = [c for c in args.dv_compressions.split(",") if c]
+    unknown = [c for c in dv_compressions if c not in DV_COMPRESSIONS]
+    if unknown:
+        parser.error(f"--dv-compressions: {unknown[0]!r} is not one of {', '.join(DV_COMPRESSIONS)}")
     path = os.path.join(GESTURE, "1.bs2")
     if not os.path.isfile(path):
         sys.exit(f"{path}: the real DVS Gesture segment is not here")
@@ -205,7 +222,7 @@ def main(argv=None):
     window_us = round(args.window_ms * 1000)
     result = {"target_events_per_s": TARGET, "window_ms": args.window_ms, "cpus": os.cpu_count(),
               "load_average_before": os.getloadavg()[0],
-              "reader": reader_rates(path, args.loops, window_us, log)}
+              "reader": reader_rates(path, args.loops, window_us, log, dv_compressions)}
     if not args.skip_model:
         log(f"full-size model, {args.window_ms:g} ms windows, {args.threads} engine threads...")
         result["model"] = model_rates(window_us, args.threads, log)
