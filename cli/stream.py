@@ -39,7 +39,8 @@ def stream(
                                                    "dv://HOST:PORT|dv+unix:///PATH|-",
                                       help="Event file to classify window by window; with "
                                            "--follow it may still be being written. Several "
-                                           "files (streams) need --workers or --scheduler. Or "
+                                           "files, or live sources, need --workers or "
+                                           "--scheduler (one stream per task). Or "
                                            "a live source (give --format): udp://HOST:PORT "
                                            "listens for datagrams there (port 0: any free "
                                            "one), tcp://HOST:PORT connects to a camera's "
