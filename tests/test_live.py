@@ -256,6 +256,19 @@ def test_standard_input_evt3_gives_the_files_decisions():
     assert decisions(json_lines(got.stdout)[0]) == decisions(json_lines(want.stdout)[0])
 
 
+def test_a_live_stream_draws_its_figures(tmp_path):
+    """--plot on a live source draws what it draws for a file: one figure per stream."""
+    pytest.importorskip("matplotlib")
+    from cli.main import app
+
+    path = needs(EVT3)
+    r = runner.invoke(app, ["stream", "-", "--format", "evt3", "--window-ms", "2",
+                            "--plot", str(tmp_path / "figs")], input=path.read_bytes())
+    assert r.exit_code == 0, r.output
+    figures = sorted((tmp_path / "figs").iterdir())
+    assert figures and all(f.suffix == ".png" and f.stat().st_size > 0 for f in figures)
+
+
 def test_a_refused_connection_is_one_sentence():
     from cli.main import app
 
