@@ -92,7 +92,7 @@ def stream(
              "timestamps; without, events get their arrival time), faery's 13-byte "
              "(t64_x16_y16_on8) or 8-byte (t32_x16_y15_on1) records; TCP and standard input: "
              "Prophesee EVT 2.0 / 3.0 (no EVT 3.0 over UDP: a lost datagram would corrupt its "
-             "running state). dv:// needs none (pip install 'eventformer[live]' for its "
+             "running state). dv:// needs none (pip install 'eventformer\\[live]' for its "
              "flatbuffers and LZ4 / Zstd).",
         show_default="none: required for udp://, tcp:// and -"),
     reconnect: bool = typer.Option(False, "--reconnect",
