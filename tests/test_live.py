@@ -741,19 +741,53 @@ def test_faerys_udp_sender_is_read_exactly(tmp_path, fmt, layout):
     ev = gesture_events()[:5000]
     path = tmp_path / "events.npy"
     np.save(path, ev)
-    source = UdpSource("udp://127.0.0.1:0", fmt, (128, 128)).start()
+    got, source = read_from_sender(fmt, len(ev), [sys.executable, "-c", FAERY_SENDER, "{port}",
+                                                  layout, str(path)])
+    assert source.counters()["datagrams_rejected"] == 0
+    np.testing.assert_array_equal(got, ev)
+
+
+def read_from_sender(fmt, count, command, sensor_size=(128, 128)):
+    """Run a UDP sender (``command``, ``{port}`` standing for the source's port) in a process of
+    its own and read ``count`` events from it: (the events, the closed source)."""
+    source = UdpSource("udp://127.0.0.1:0", fmt, sensor_size).start()
     got, n = [], 0
     try:
-        sender = subprocess.run([sys.executable, "-c", FAERY_SENDER, str(source.port), layout,
-                                 str(path)], capture_output=True, text=True, timeout=PATIENCE_S)
+        sender = subprocess.run([part.format(port=source.port) for part in command],
+                                capture_output=True, text=True, timeout=PATIENCE_S)
         assert sender.returncode == 0, sender.stderr
         for _ in range(PATIENCE_S * 10):  # bounded; the datagrams are in the socket's buffer
-            if n >= len(ev):
+            if n >= count:
                 break
             source.wait(0.1)
             got.append(source.read())
             n += got[-1].shape[0]
     finally:
         source.close()
-    assert source.counters()["datagrams_rejected"] == 0
-    np.testing.assert_array_equal(np.concatenate(got), ev)
+    return (np.concatenate(got) if got else np.empty(0, EVENT_DTYPE)), source
+
+
+@pytest.mark.parametrize("timestamps", [False, True], ids=["untimed", "timed"])
+def test_aestreams_udp_sender_is_read_exactly(tmp_path, timestamps):
+    """aestream's own command line reads an AEDAT 4 recording and sends it as SPIF words, with
+    or without timestamps. It reads LZ4-compressed AEDAT 4 files only (another compression
+    sends nothing), so the recording is the project's own writer's, LZ4 its default."""
+    import shutil
+
+    from eventformer.events.aedat4_writer import write_aedat4
+
+    aestream = shutil.which("aestream")
+    if aestream is None:
+        pytest.skip("aestream is not installed (pip install 'eventformer[live-peers]')")
+    ev = gesture_events()[:20000]
+    path = tmp_path / "gesture.aedat4"
+    write_aedat4(path, ev, 128, 128)
+    got, source = read_from_sender("spif", len(ev), [
+        aestream, "input", "file", str(path), "output", "udp", "127.0.0.1", "{port}",
+        "--include-timestamp", "true" if timestamps else "false"])
+    counters = source.counters()
+    assert counters["datagrams_rejected"] == 0 and counters["events_decoded"] == len(ev)
+    for field in ("x", "y", "p"):
+        np.testing.assert_array_equal(got[field], ev[field])
+    if timestamps:  # SPIF's 32-bit microseconds, unwrapped: the recording's own times
+        np.testing.assert_array_equal(got["t"], ev["t"])
