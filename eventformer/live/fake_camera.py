@@ -173,15 +173,8 @@ def serve_dv(path: str, port: int | None = None, *, unix: str | None = None,
     else:
         server = socket.create_server((host, port))
         log(f"serving dv://{host}:{server.getsockname()[1]}")
-    sent = {"clients": 0, "bytes": 0}
     try:
-        for _ in range(clients):
-            conn, _ = server.accept()
-            with conn:
-                sent["bytes"] += _send_paced(conn.sendall, data, ends, times, speed, drop_after)
-                sent["clients"] += 1
-                if drop_after is not None:
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return _serve_clients(server, clients, data, ends, times, speed, drop_after)
     finally:
         server.close()
         if unix is not None:
@@ -189,6 +182,20 @@ def serve_dv(path: str, port: int | None = None, *, unix: str | None = None,
 
             with contextlib.suppress(OSError):
                 os.unlink(unix)
+
+
+def _serve_clients(server, clients: int, data: bytes, ends, times, speed: float,
+                   drop_after: int | None) -> dict:
+    """Accept ``clients`` clients in turn on a listening ``server`` and send each the stream;
+    ``drop_after`` bytes cut it with a reset (RST), not an orderly close."""
+    sent = {"clients": 0, "bytes": 0}
+    for _ in range(clients):
+        conn, _ = server.accept()
+        with conn:
+            sent["bytes"] += _send_paced(conn.sendall, data, ends, times, speed, drop_after)
+            sent["clients"] += 1
+            if drop_after is not None:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     return sent
 
 
@@ -216,19 +223,10 @@ def serve_tcp(path: str, port: int, fmt: str, *, host: str = "127.0.0.1", speed:
     data, ends, times = stream_bytes(path, fmt, loops, sensor_size)
     server = socket.create_server((host, port))
     log(f"serving tcp://{host}:{server.getsockname()[1]}")
-    sent = {"clients": 0, "bytes": 0}
     try:
-        for _ in range(clients):
-            conn, _ = server.accept()
-            with conn:
-                sent["bytes"] += _send_paced(conn.sendall, data, ends, times, speed, drop_after)
-                sent["clients"] += 1
-                if drop_after is not None:  # a reset (RST), not an orderly close
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                    struct.pack("ii", 1, 0))
+        return _serve_clients(server, clients, data, ends, times, speed, drop_after)
     finally:
         server.close()
-    return sent
 
 
 def main(argv=None) -> int:

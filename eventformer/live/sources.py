@@ -277,19 +277,24 @@ class LiveSource:
         return not self._stop.wait(seconds)
 
 
+def check_udp(name: str, fmt: str, sensor_size) -> None:
+    """A UDP source's options: one of the datagram layouts, and the sensor size it cannot say."""
+    if fmt not in UDP_FORMATS:
+        hint = (" (EVT 2.0 / 3.0 go over tcp:// or standard input: a lost datagram would "
+                "corrupt EVT 3.0's running state)" if fmt in STREAM_FORMATS else "")
+        raise EventformerError(f"{name}: --format must be one of {', '.join(UDP_FORMATS)} for "
+                               f"UDP, got {fmt!r}{hint}")
+    if sensor_size is None:
+        raise EventformerError(f"{name}: UDP datagrams carry no sensor size, so give "
+                               "--sensor-size WxH (the camera's resolution)")
+
+
 class UdpSource(LiveSource):
     """Datagrams of one UDP layout (`eventformer.live.wire`) received on HOST:PORT."""
 
     def __init__(self, url: str, fmt: str, sensor_size: tuple[int, int] | None,
                  on_note: Callable[[str], None] | None = None):
-        if fmt not in UDP_FORMATS:
-            hint = (" (EVT 2.0 / 3.0 go over tcp:// or standard input: a lost datagram would "
-                    "corrupt EVT 3.0's running state)" if fmt in STREAM_FORMATS else "")
-            raise EventformerError(f"{url}: --format must be one of {', '.join(UDP_FORMATS)} for "
-                                   f"UDP, got {fmt!r}{hint}")
-        if sensor_size is None:
-            raise EventformerError(f"{url}: UDP datagrams carry no sensor size, so give "
-                                   "--sensor-size WxH (the camera's resolution)")
+        check_udp(url, fmt, sensor_size)
         super().__init__(url, fmt, sensor_size, on_note)
         _, host, port = parse_address(url)
         self.wire = datagram_decoder(fmt, *sensor_size)
@@ -585,14 +590,7 @@ def check_live_options(name: str, fmt: str | None, sensor_size: tuple[int, int] 
         raise EventformerError(f"{name}: --reconnect applies to tcp:// and dv:// sources "
                                f"({'UDP has no connection to lose' if scheme == 'udp' else 'not standard input'})")
     if scheme == "udp":
-        if fmt not in UDP_FORMATS:
-            hint = (" (EVT 2.0 / 3.0 go over tcp:// or standard input: a lost datagram would "
-                    "corrupt EVT 3.0's running state)" if fmt in STREAM_FORMATS else "")
-            raise EventformerError(f"{name}: --format must be one of {', '.join(UDP_FORMATS)} "
-                                   f"for UDP, got {fmt!r}{hint}")
-        if sensor_size is None:
-            raise EventformerError(f"{name}: UDP datagrams carry no sensor size, so give "
-                                   "--sensor-size WxH (the camera's resolution)")
+        check_udp(name, fmt, sensor_size)
     elif fmt not in STREAM_FORMATS:
         raise EventformerError(f"{name}: --format must be one of {', '.join(STREAM_FORMATS)} "
                                f"for a byte stream, got {fmt!r}")
