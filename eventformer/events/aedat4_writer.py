@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from eventformer.errors import EventformerError
-from eventformer.events.readers import EventFileError
+from eventformer.events.readers import open_for_writing
 
 MAGIC = b"#!AER-DAT4.0\r\n"
 #: Events per packet: about what a DVXplorer sends per packet at a few M events/s; each packet
@@ -73,16 +73,7 @@ class Aedat4Writer:
         self._compress = _dv_codec(compression, self.path)[0]
         self._table: list[tuple[int, int, int, int, int]] = []  # offset, size, n, t first, last
         header = encode_dv_header(int(width), int(height), camera, compression)
-        try:
-            self._file = open(self.path, "wb")
-        except FileNotFoundError:
-            raise EventFileError(f"{self.path}: cannot be written (its folder does not "
-                                 "exist)") from None
-        except IsADirectoryError:
-            raise EventFileError(f"{self.path}: is a directory, not an event file") from None
-        except OSError as exc:
-            raise EventFileError(f"{self.path}: cannot be written "
-                                 f"({exc.strerror or exc})") from None
+        self._file = open_for_writing(self.path, lambda p: open(p, "wb"))
         self._file.write(MAGIC + header)
         self._header_at = len(MAGIC) + 4  # where the IOHeader table starts
         self._header = header[4:]

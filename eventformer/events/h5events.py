@@ -24,7 +24,8 @@ from eventformer.events.formats.h5 import (
     H5Reader,
     _h5py,
 )
-from eventformer.events.readers import EVENT_DTYPE, EventFileError, _first_line, events_from_fields
+from eventformer.events.readers import (EVENT_DTYPE, events_from_fields,
+                                        open_for_writing)
 
 __all__ = [
     "FORMAT_NAME",
@@ -72,15 +73,7 @@ class EventFileWriter:
                 raise ValueError(f"{name} must be between 0 and 32768, got {value}")
         if chunk_events < 1:
             raise ValueError(f"chunk_events must be positive, got {chunk_events}")
-        try:
-            self._file = h5py.File(self.path, "w", libver="latest")
-        except FileNotFoundError:
-            raise EventFileError(f"{self.path}: cannot be written (its folder does not "
-                                 "exist)") from None
-        except IsADirectoryError:
-            raise EventFileError(f"{self.path}: is a directory, not an event file") from None
-        except OSError as exc:
-            raise EventFileError(f"{self.path}: cannot be written ({_first_line(exc)})") from None
+        self._file = open_for_writing(self.path, lambda p: h5py.File(p, "w", libver="latest"))
         try:
             f = self._file
             # fixed-length strings: a variable-length one lives in a global heap, which libhdf5

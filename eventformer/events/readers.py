@@ -87,6 +87,18 @@ class EventFileError(EventformerError):
     problem."""
 
 
+def open_for_writing(path, opener):
+    """``opener(path)`` for a new event file, its failures one sentence naming the file."""
+    try:
+        return opener(path)
+    except FileNotFoundError:
+        raise EventFileError(f"{path}: cannot be written (its folder does not exist)") from None
+    except IsADirectoryError:
+        raise EventFileError(f"{path}: is a directory, not an event file") from None
+    except OSError as exc:
+        raise EventFileError(f"{path}: cannot be written ({_first_line(exc)})") from None
+
+
 def no_events() -> np.ndarray:
     """A fresh empty `EVENT_DTYPE` array (callers may keep it; it shares nothing)."""
     return _NO_EVENTS.copy()
