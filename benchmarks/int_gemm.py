@@ -93,7 +93,7 @@ def gemm_cases(float_layer, int_layer, rng, density=0.2) -> list:
             i_out = np.empty((m, n), np.int32)
 
             def int_gemm(r=i_rows, w=int_layer.gemm_weight, o=i_out):
-                synapses._integer_gemm(r, w, o)
+                synapses._integer_gemm(r, w, o, int_layer._int_product)
 
         out.append((label, m, float_gemm, int_gemm, f_rows.dtype, None if int_gemm is None
                     else i_rows.dtype))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import counters as C, merge_add
+from ..kernels.amx import AMX
 from ..kernels.igemm import VNNI
 from ..runtime import engine_threads
 
@@ -39,6 +40,14 @@ GATHER_BAND: dict[str, dict[int, tuple[float, float] | None]] = {
     "int16": {1: (0.0, _INT_DENSE_ABOVE), 2: (0.0, _INT_DENSE_ABOVE)},
     "int8": {1: (0.0, _INT_DENSE_ABOVE), 2: (0.0, _INT_DENSE_ABOVE)},
 }
+# Where int8 dense steps run on AMX tiles (layers.synapses.INT_GEMM_AMX), a linear layer's dense
+# step (its GEMM rows are the input values as they are, no im2col) beats its gather from about
+# 20% input density: on the full-size model at 5% firing, 2 threads (Intel Xeon with AMX, the
+# calibrated bench model on the real gesture segments), int8 ran 50.9 ms per sample with linear
+# layers dense above 60%, 42.2 above 20% (46.0 with VNNI instead of AMX); the convolutions gain
+# nothing from a lower edge (their dense step's im2col costs what the tiles save: 61.3 against
+# 61.8 ms at 15% firing, dense above 30% against 60%), so they keep theirs.
+AMX_INT8_LINEAR_DENSE_ABOVE = 0.2 if AMX else None
 
 
 @dataclass
@@ -69,20 +78,26 @@ class PathPolicy:
             raise ValueError(
                 f"path mode must be auto, sparse, dense or gather, got {self.mode!r}")
 
-    def band(self, arith: str) -> tuple[float, float] | None:
-        """The gather band of a layer in arithmetic ``arith`` ("float", "int16", "int8")."""
+    def band(self, arith: str, kind: str = "conv2d") -> tuple[float, float] | None:
+        """The gather band of a layer of ``kind`` ("conv2d", "linear") in arithmetic ``arith``
+        ("float", "int16", "int8")."""
         if self.gather_band is not None:
             return self.gather_band
-        return GATHER_BAND[arith][min(engine_threads(), 2)]
+        band = GATHER_BAND[arith][min(engine_threads(), 2)]
+        if (band is not None and kind == "linear" and arith == "int8"
+                and AMX_INT8_LINEAR_DENSE_ABOVE is not None):
+            band = (band[0], min(band[1], AMX_INT8_LINEAR_DENSE_ABOVE))
+        return band
 
-    def gather(self, events: int, sites: int, arith: str = "float") -> bool:
+    def gather(self, events: int, sites: int, arith: str = "float",
+               kind: str = "conv2d") -> bool:
         """Whether a gather-capable conv layer's event-driven step gathers (not scatters)."""
         mode = self.mode
         if mode == "gather":
             return True
         if mode != "auto" or events == 0:
             return False
-        band = self.band(arith)
+        band = self.band(arith, kind)
         if band is None:
             return False
         lo, hi = band
@@ -106,7 +121,7 @@ class PathPolicy:
         if given is None:
             if events == 0:  # 0 > threshold * sites: the default thresholds are positive
                 return False
-            band = self.band(gather_arith) if gather_arith is not None else None
+            band = self.band(gather_arith, kind) if gather_arith is not None else None
             given = band[1] if band is not None else CROSSOVER[min(engine_threads(), 2)][kind]
         return events > given * sites
 

@@ -8,6 +8,7 @@ from ..fixedpoint import Fixed, arithmetic, quantise, shift_of
 from ..kernels import (conv2d_gather, conv2d_gather_int, conv2d_scatter, counters as C, densify_padded, im2col_padded,
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
                        tasa_current, tasa_fixed_current)
+from ..kernels.amx import AMX, amx_gemm, pack_amx
 from ..kernels.igemm import VNNI, int_gemm, pack_igemm
 from ..kernels.sparse import flag_lanes, maxpool_lanes
 from ..runtime import engine_threads, gemm, in_part, run_parts, split
@@ -26,6 +27,11 @@ FLOAT32_EXACT = 2**24
 # against float32 and 4.2-5.0x against float64; the whole dense step 2.7-4.0x int8, 1.4-4.1x
 # int16), so the rule is the CPU's: without VNNI (untimed there) float BLAS stays.
 INT_GEMM = VNNI
+# Where the CPU has AMX int8 tiles (and Linux lets the process use them), an int8 layer's uint8
+# rows multiply on them instead (kernels.amx: tdpbusd, exact in int32): 2.3-5.3x the VNNI kernel
+# and 2.1-12x float32 BLAS at every GEMM shape of the full-size model on 1 thread (`python
+# benchmarks/amx_gemm.py`, Intel Xeon with AMX). int16 has no AMX form.
+INT_GEMM_AMX = AMX
 # The largest GEMM input value each integer row dtype holds.
 UINT8_ROWS, INT16_ROWS = 255, 32767
 # Below this much work (multiply-accumulates x bytes per input value: an int16 one costs twice
@@ -64,18 +70,20 @@ def _integer_rows(arith: Fixed, largest: int):
     return None
 
 
-def _integer_gemm(rows, packed, out) -> None:
-    """``out = rows @ W`` on :func:`~eventformer.kernels.int_gemm`, its rows split over the
-    engine's threads as :func:`~eventformer.runtime.gemm` splits float BLAS's (nogil)."""
+def _integer_gemm(rows, packed, out, product=int_gemm) -> None:
+    """``out = rows @ W`` on ``product`` (:func:`~eventformer.kernels.int_gemm`, or
+    :func:`~eventformer.kernels.amx.amx_gemm` for weights packed by ``pack_amx``), its rows
+    split over the engine's threads as :func:`~eventformer.runtime.gemm` splits float BLAS's
+    (both kernels release the GIL)."""
     threads = engine_threads()
     m = rows.shape[0]
     if (threads == 1 or in_part() or m < 2 * threads
             or m * rows.shape[1] * out.shape[1] * rows.itemsize < INT_PARALLEL_MIN_WORK):
-        int_gemm(rows, packed, out)
+        product(rows, packed, out)
         return
     bounds = split(m, threads)
-    run_parts(lambda i: int_gemm(rows[bounds[i]:bounds[i + 1]], packed,
-                                 out[bounds[i]:bounds[i + 1]]), threads)
+    run_parts(lambda i: product(rows[bounds[i]:bounds[i + 1]], packed,
+                                out[bounds[i]:bounds[i + 1]]), threads)
 
 
 def _events_per_row(inputs: list, rows: int, row_size: int) -> np.ndarray:
@@ -130,9 +138,13 @@ class SynapticLIF(SpikingLayer):
         self.rows, self.k_dim, self.in_sites = rows, k_dim, in_sites
         if self.gemm_dtype.kind == "f":
             self.gemm_weight = np.ascontiguousarray(gemm_weight, self.gemm_dtype)
+        elif self.gemm_dtype == np.uint8 and INT_GEMM_AMX:  # int8 weights as AMX tiles
+            self.gemm_weight = pack_amx(np.asarray(gemm_weight, np.int8))
+            self._int_product = amx_gemm
         else:  # packed once for the integer GEMM: int8 weights beside uint8 rows, else int16
             self.gemm_weight = pack_igemm(gemm_weight, np.int8 if self.gemm_dtype == np.uint8
                                           else np.int16)
+            self._int_product = int_gemm
         self.bias = np.ascontiguousarray(self._bias, dtype)
         self.neurons = self._make_neurons(params, dtype)
         self.current = np.empty((rows, self.cout), dtype)
@@ -167,7 +179,7 @@ class SynapticLIF(SpikingLayer):
             gemm(rows, self.gemm_weight, out)
             return
         if self.gemm_dtype.kind != "f":
-            _integer_gemm(rows, self.gemm_weight, out)
+            _integer_gemm(rows, self.gemm_weight, out, self._int_product)
             return
         if self._gemm_out is None or self._gemm_out.shape[0] != rows.shape[0]:
             self._gemm_out = np.empty((rows.shape[0], self.cout), self.gemm_dtype)
@@ -186,7 +198,7 @@ class SynapticLIF(SpikingLayer):
     def _gathers(self, idx) -> bool:
         """Whether an event step's current is gathered, not scattered (the policy's band)."""
         return (idx.shape[0] > 0 and self.can_gather
-                and self.policy.gather(idx.shape[0], self.in_sites, self._arith))
+                and self.policy.gather(idx.shape[0], self.in_sites, self._arith, self.kind))
 
     def _gather(self, idx, cnt, flat, counters, rows=None) -> None:
         """The current (bias included) of output rows ``rows`` (default all) into ``flat``."""
