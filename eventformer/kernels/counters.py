@@ -18,7 +18,9 @@ SPARSE_STEPS = 9  # steps this layer ran event-driven
 DENSE_STEPS = 10  # steps this layer ran dense
 INPUT_EVENTS = 11  # active input sites seen (for densities)
 INPUT_SITES = 12  # input sites offered (dense size x steps)
-N_COUNTERS = 13
+MASK = 13  # binary masks and ANDs of spike lists: flags tested, index compares (SDT, QKFormer)
+MAXIMA = 14  # window maxima of spike max-pools formed, one per output spike (SDT's Erode)
+N_COUNTERS = 15
 
 NAMES = (
     "ac",
@@ -34,6 +36,8 @@ NAMES = (
     "dense_steps",
     "input_events",
     "input_sites",
+    "mask",
+    "maxima",
 )
 
 assert len(NAMES) == N_COUNTERS
