@@ -400,7 +400,8 @@ def _print_results(results, show_layers: bool, wide: bool = False) -> None:
 
 #: The attention operators' own counters (columns shown when the model does any such work).
 _ATTENTION_COLUMNS = (("lut", "LUT"), ("shift", "shift"), ("compare", "compare"),
-                      ("attn_entries", "attn entries"), ("attn_nonzero", "attn non-zero"))
+                      ("attn_entries", "attn entries"), ("attn_nonzero", "attn non-zero"),
+                      ("mask", "mask"), ("maxima", "maxima"))
 
 
 def _layer_table(r) -> FitTable:

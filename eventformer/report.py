@@ -86,9 +86,11 @@ def layer_sop(stats: dict, steps: int) -> float:
 
 
 #: The attention operators' own work (SPEC §5): NSAD look-ups, TASA shifts, binary compares,
-#: map entries formed and left non-zero. Reported for every model (zeros where an operator has
-#: none), so reports of different operators line up.
-ATTENTION_COUNTERS = ("lut", "shift", "compare", "attn_entries", "attn_nonzero")
+#: map entries formed and left non-zero, the spike masks and ANDs of the Spike-driven Transformer
+#: and QKFormer, and the window maxima of SDT's spike max-pools. Reported for every model (zeros
+#: where an operator has none), so reports of different operators line up.
+ATTENTION_COUNTERS = ("lut", "shift", "compare", "attn_entries", "attn_nonzero", "mask",
+                      "maxima")
 
 
 def summarize(layer_stats: list[dict], steps: int, table: EnergyTable | None = None,
