@@ -2,11 +2,24 @@
 
 Everything the papers leave open is a field here and is stored in the model file; no layer
 hard-codes it. The defaults are the official Spikformer CIFAR10-DVS model with 11 classes.
+
+What the network is made of is its model description (:mod:`.description`): ``layout``, or, when
+that is None (every configuration written before descriptions existed), Spikformer's own layout
+derived from the shorthand fields ``sps_channels``, ``sps_pool``, ``dim``, ``heads``, ``depth``,
+``mlp_hidden``, ``scale`` and ``attention`` (:attr:`SpikformerConfig.description`). A configuration
+with a ``layout`` leaves ``sps_channels`` and ``sps_pool`` empty, and its other shorthand fields
+summarise the description (the last block stage's width, heads, MLP, scale and operator; the total
+depth): :meth:`SpikformerConfig.described` fills them.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+
+from .description import (Description, Placement, place, spikformer_description,
+                          sps_suffix)
+
+__all__ = ["ATTENTION_OPERATOR_NAMES", "SpikformerConfig", "lif_layer_names", "sps_suffix"]
 
 
 @dataclass
@@ -31,10 +44,42 @@ class SpikformerConfig:
     decay_input: bool = True
     attention: str = "ssa"
     class_names: tuple[str, ...] = field(default_factory=tuple)
+    layout: Description | None = None  # None: Spikformer's layout from the fields above
+
+    def __post_init__(self):
+        if isinstance(self.layout, dict):
+            self.layout = Description.from_dict(self.layout)
+
+    @classmethod
+    def described(cls, layout: Description, **fields_) -> "SpikformerConfig":
+        """A configuration of ``layout`` whose shorthand fields summarise it (``fields_``: the
+        others: input size, classes, steps, neurons, framing)."""
+        last = layout.stages[-1]
+        return cls(layout=layout, sps_channels=(), sps_pool=(), dim=last.dim, heads=last.heads,
+                   depth=layout.depth, mlp_hidden=last.mlp_hidden, scale=last.scale,
+                   attention=last.attention, **fields_)
+
+    @property
+    def description(self) -> Description:
+        """What the network is made of: ``layout``, or Spikformer's layout from the shorthand."""
+        if self.layout is not None:
+            return self.layout
+        return spikformer_description(
+            sps_channels=self.sps_channels, sps_pool=self.sps_pool, dim=self.dim,
+            heads=self.heads, depth=self.depth, mlp_hidden=self.mlp_hidden, scale=self.scale,
+            attention=self.attention)
+
+    def placement(self) -> Placement:
+        """The description laid on this input (shapes and kinds of every map); ValueError with one
+        sentence for an inconsistent description."""
+        return place(self.description, self.in_channels, self.image_size,
+                     ATTENTION_OPERATOR_NAMES)
 
     @property
     def grid(self) -> int:
-        """Side of the token grid after the SPS stages."""
+        """Side of the token grid the head reads (after the SPS stages)."""
+        if self.layout is not None:
+            return self.placement().final.grid
         side = self.image_size
         for pooled in self.sps_pool:
             if pooled:
@@ -51,6 +96,9 @@ class SpikformerConfig:
 
     def validate(self) -> None:
         """Raise ValueError with one sentence for an inconsistent configuration."""
+        if self.layout is not None:
+            self._validate_described()
+            return
         if len(self.sps_channels) == 0:
             raise ValueError("the model needs at least one SPS stage")
         if len(self.sps_pool) != len(self.sps_channels):
@@ -63,24 +111,49 @@ class SpikformerConfig:
             )
         if self.heads <= 0 or self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by {self.heads} heads")
+        self._validate_run()
+        if self.attention not in ATTENTION_OPERATOR_NAMES:
+            raise ValueError(f"unknown attention operator {self.attention!r} "
+                             f"(known: {', '.join(ATTENTION_OPERATOR_NAMES)})")
+        if self.grid <= 0:
+            raise ValueError(f"image size {self.image_size} is too small for the SPS stages")
+
+    def _validate_described(self) -> None:
+        if self.sps_channels or self.sps_pool:
+            raise ValueError("a configuration with a layout gives its tokenizer there, not in "
+                             "sps_channels and sps_pool (leave them empty)")
+        self._validate_run()
+        self.placement()
+        last = self.layout.stages[-1]
+        summary = {"dim": last.dim, "heads": last.heads, "mlp_hidden": last.mlp_hidden,
+                   "scale": last.scale, "attention": last.attention,
+                   "depth": self.layout.depth}
+        for key, want in summary.items():
+            if getattr(self, key) != want:
+                raise ValueError(f"{key} is {getattr(self, key)!r} but the layout says {want!r} "
+                                 "(the shorthand fields summarise the layout)")
+
+    def _validate_run(self) -> None:
+        """The fields that are not the architecture's: steps, framing, classes."""
         if self.steps <= 0:
             raise ValueError(f"steps must be positive, got {self.steps}")
         if self.clip_us is not None and self.clip_us <= 0:
             raise ValueError(f"clip_us must be positive, got {self.clip_us}")
         if self.split_by not in ("number", "time"):
             raise ValueError(f"split_by must be 'number' or 'time', got {self.split_by!r}")
-        if self.attention not in ATTENTION_OPERATOR_NAMES:
-            raise ValueError(f"unknown attention operator {self.attention!r} "
-                             f"(known: {', '.join(ATTENTION_OPERATOR_NAMES)})")
-        if self.grid <= 0:
-            raise ValueError(f"image size {self.image_size} is too small for the SPS stages")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names for {self.num_classes} classes"
             )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON types; ``layout`` only when there is one (a configuration of Spikformer's
+        own layout reads as it always did)."""
+        d = asdict(self)
+        d.pop("layout")
+        if self.layout is not None:
+            d["layout"] = self.layout.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SpikformerConfig":
@@ -94,12 +167,9 @@ class SpikformerConfig:
                 d[key] = tuple(d[key])
         if "sps_pool" in d:
             d["sps_pool"] = tuple(bool(b) for b in d["sps_pool"])
+        if d.get("layout") is not None:
+            d["layout"] = Description.from_dict(d["layout"])
         return cls(**d)
-
-
-def sps_suffix(stage: int) -> str:
-    """Official naming: proj_conv, proj_conv1, proj_conv2, ..."""
-    return "" if stage == 0 else str(stage)
 
 
 #: Attention operators a model file can name (SPEC §4); the engine runs those in
@@ -108,12 +178,18 @@ ATTENTION_OPERATOR_NAMES = ("ssa", "ds2ta", "ssa_bin", "saformer")
 
 
 def lif_layer_names(config: SpikformerConfig) -> list[str]:
-    """Every spiking layer's module name, in forward order (the checkpoint's own naming)."""
-    names = [f"patch_embed.proj_lif{sps_suffix(i)}" for i in range(len(config.sps_channels))]
-    names.append("patch_embed.rpe_lif")
-    for b in range(config.depth):
-        branches = ("q", "k", "attn", "proj") if config.attention == "saformer" else \
-            ("q", "k", "v", "attn", "proj")  # SAFormer has no V branch (SPEC §4)
-        names += [f"block.{b}.attn.{n}_lif" for n in branches]
-        names += [f"block.{b}.mlp.fc1_lif", f"block.{b}.mlp.fc2_lif"]
+    """Every spiking layer's module name, in forward order (the checkpoint's own naming): the
+    embedding stages that have a LIF, then per block its attention's LIFs (SAFormer has no V
+    branch, SPEC §4) and its MLP's."""
+    desc = config.description
+    names = []
+    for stage in desc.stages:
+        names += [st.lif for st in stage.embed if st.lif]
+        branches = ("q", "k", "attn", "proj") if stage.attention == "saformer" else \
+            ("q", "k", "v", "attn", "proj")
+        for b in range(stage.count):
+            names += [f"{stage.attention_name(b)}.{n}_lif" for n in branches]
+            names += [f"{stage.mlp_name(b)}.{n}_lif" for n in stage.mlp_layers]
+    if desc.head_lif:
+        names.append(desc.head_lif)
     return names
