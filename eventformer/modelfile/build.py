@@ -27,6 +27,7 @@ from .schema import (
     INT32,
     attention_block_name,
     attention_problem,
+    block_specs,
     check_config,
     layer_specs,
 )
@@ -123,7 +124,10 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
                      architecture: str = "spikformer") -> ModelFile:
     """A validated :class:`ModelFile` from official checkpoint tensors (BatchNorm folded).
 
-    ``config.attention`` says which operator's keys are taken per block (SPEC §4): ds2ta
+    The layers and keys are the configuration's model description's (:func:`.schema.layer_specs`:
+    a token-wise linear weight as the description's checkpoint layout holds it, Conv1d k1
+    ``[out, in, 1]`` by default). Each block's operator (``config.attention`` in Spikformer's own
+    layout) says which operator's keys are taken for it (SPEC §4): ds2ta
     ``tau`` [4] and ``nsad_table`` [H, d+1] (integers), ssa_bin ``delta`` [H] (integers) and
     ``vbar`` [D], saformer ``dwc_conv.weight`` [D, 1, 3, 3] with ``dwc_bn.*`` (folded; no v
     branch). What a checkpoint cannot hold comes from the options: ``taw`` (ds2ta's T_AW, default
@@ -140,13 +144,20 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
         check_config(config)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
-    op = config.attention
-    taw = _option(source, op, "ds2ta", "T_AW (taw)", taw, DEFAULT_TAW)
-    pool_rows = _option(source, op, "saformer", "the pool rows L (pool_rows)", pool_rows,
-                        DEFAULT_POOL_ROWS)
-    if op == "saformer" and config.tokens % pool_rows:
-        raise CheckpointError(f"{source}: the pool rows L (pool_rows) {pool_rows} do not divide "
-                              f"the {config.tokens} tokens")
+    try:
+        blocks = block_specs(config)
+        specs = layer_specs(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    operators = {blk.operator for blk in blocks} or {config.attention}
+    op = config.attention if len(operators) == 1 else ", ".join(sorted(operators))
+    taw = _option(source, op, operators, "ds2ta", "T_AW (taw)", taw, DEFAULT_TAW)
+    pool_rows = _option(source, op, operators, "saformer", "the pool rows L (pool_rows)",
+                        pool_rows, DEFAULT_POOL_ROWS)
+    for blk in blocks:
+        if blk.operator == "saformer" and blk.geometry.tokens % pool_rows:
+            raise CheckpointError(f"{source}: the pool rows L (pool_rows) {pool_rows} do not "
+                                  f"divide the {blk.geometry.tokens} tokens")
     used: set[str] = set()
 
     def raw(key):
@@ -192,19 +203,21 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
         return {"tau": config.tau, "theta": spec.theta, "v_reset": config.v_reset,
                 "decay_input": config.decay_input}
 
-    heads, d, dim = config.heads, config.head_dim, config.dim
     layers: dict[str, LayerParams] = {}
     attention: list[AttentionParams] = []
-    for spec in layer_specs(config):
+    block_iter = iter(blocks)
+    for spec in specs:
         if spec.kind == "attention":
             layers[spec.name] = LayerParams(spec.name, spec.kind, None, None, **neuron(spec))
-            a = spec.name[:-len(".attn_lif")]
-            if op == "ssa":
+            blk = next(block_iter)  # the blocks' attention layers come in block order
+            a, bop, geometry = blk.name, blk.operator, blk.geometry
+            heads, d, dim = geometry.heads, geometry.head_dim, geometry.dim
+            if bop == "ssa":
                 params = {}
-            elif op == "ds2ta":
+            elif bop == "ds2ta":
                 params = {"tau": take_int(f"{a}.tau", (4,)), "taw": np.asarray(taw, np.int32),
                           "nsad_table": take_int(f"{a}.nsad_table", (heads, d + 1))}
-            elif op == "ssa_bin":
+            elif bop == "ssa_bin":
                 params = {"delta": take_int(f"{a}.delta", (heads,)),
                           "vbar": take(f"{a}.vbar", (dim,)).astype(dtype)}
             else:  # saformer: depthwise conv (no bias) -> BN, folded like every other BN
@@ -212,16 +225,14 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
                 w, b = fold(f"{a}.dwc_bn", w, None, dim)
                 params = {"dwc_weight": np.asarray(w[:, 0], dtype), "dwc_bias": np.asarray(b, dtype),
                           "pool_rows": np.asarray(pool_rows, np.int32)}
-            problem = attention_problem(config, op, params)
+            problem = attention_problem(geometry, bop, params)
             if problem is not None:
                 raise CheckpointError(f"{source}: {a}.{problem[0]} {problem[1]}")
-            attention.append(AttentionParams(op, params))
+            attention.append(AttentionParams(bop, params))
             continue
         cout, cin = spec.weight_shape[:2]
-        if spec.kind == "linear":
-            w = take(f"{spec.source}.weight", (cout, cin, 1))[:, :, 0]
-        else:
-            w = take(f"{spec.source}.weight", spec.weight_shape)
+        # a token-wise linear layer as the checkpoint holds it (Conv1d k1, Conv2d k1, Linear)
+        w = take(f"{spec.source}.weight", spec.tensor_shape).reshape(spec.weight_shape)
         b = take(f"{spec.source}.bias", (cout,)) if spec.conv_has_bias else None
         if spec.bn:
             w, b = fold(spec.bn, w, b, cout)
@@ -232,17 +243,22 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
     unexpected = sorted(k for k in tensors if k not in used and not is_ignored_key(k))
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise CheckpointError(
-            f"{source}: unexpected key {unexpected[0]!r}{more} for a Spikformer with "
-            f"{len(config.sps_channels)} SPS stages and {config.depth} blocks of {op} attention")
+        if config.layout is None:
+            what = (f"a Spikformer with {len(config.sps_channels)} SPS stages and "
+                    f"{config.depth} blocks of {op} attention")
+        else:
+            what = (f"this model description ({len(specs) - 1} layers, {config.depth} blocks of "
+                    f"{op} attention)")
+        raise CheckpointError(f"{source}: unexpected key {unexpected[0]!r}{more} for {what}")
     # the provenance travels with the file: names, not this machine's absolute paths
     return ModelFile(config, layers, architecture, portable(dict(provenance or {})),
                      attention=attention)
 
 
-def _option(source, op, owner, label, value, default):
-    """An operator's option: its default when not given; refused when given for another one."""
-    if op != owner:
+def _option(source, op, operators, owner, label, value, default):
+    """An operator's option: its default when not given; refused when no block is ``owner``'s
+    (``op``: the operators, as a sentence names them)."""
+    if owner not in operators:
         if value is not None:
             raise CheckpointError(f"{source}: {label} is a {owner} parameter, but the attention "
                                   f"operator is {op}")

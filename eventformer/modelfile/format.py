@@ -1,25 +1,32 @@
 """The eventformer HDF5 model file: versioned, self-describing, validated on load.
 
-Layout (format_version 2)::
+Layout (format_version 3; 2 for a configuration of Spikformer's own layout)::
 
-    /                 attrs: format="eventformer", format_version=2, architecture="spikformer",
-                             config (JSON; its "attention" names the operator),
+    /                 attrs: format="eventformer", format_version=3, architecture="spikformer",
+                             config (JSON; its "attention" names the operator, its "layout" holds
+                             the model description: embedding stages, block stages, input,
+                             residual, head; see eventformer.models.description),
                              provenance (JSON: source checkpoint, sha256, tool; file and
                              folder names, never the writing machine's absolute paths)
-    /layers/<name>/   one group per spiking layer (LIF module name) and "head":
+    /layers/<name>/   one group per spiking layer (LIF module name; an embedding stage without a
+                      LIF: its conv's name) and "head", in the description's forward order:
                       datasets weight (folded, PyTorch layout [Cout, Cin(, KH, KW)]), bias;
                       attrs kind, source, stride, padding, tau, theta, v_reset, reset, decay_input
                       (a saformer block has no v_lif)
     /attention/block.<i>.attn/
-                      one group per block: attr operator (ssa | ds2ta | ssa_bin | saformer, the
-                      configuration's) and exactly that operator's parameters as datasets
+                      one group per block, named by its attention module (the description's
+                      "{prefix}.{i}.{attn}"): attr operator (ssa | ds2ta | ssa_bin | saformer,
+                      its block stage's) and exactly that operator's parameters as datasets
                       (SPEC §4; integers int32, floats float32, T_AW and L scalar datasets):
                         ssa       none
                         ds2ta     tau [4] (q, k, v, proj decay exponents), taw [], nsad_table [H, d+1]
                         ssa_bin   delta [H], vbar [D]
                         saformer  dwc_weight [D, 3, 3], dwc_bias [D] (BN folded), pool_rows []
 
-Version 1 (no /attention group) is the same without the operator: it still loads, as ``ssa``.
+Version 2 is version 3 without a layout in the configuration: Spikformer's own layout, derived from
+the configuration's sps_channels, sps_pool, depth, ... (a file of such a configuration is still
+written as version 2, which older readers read). Version 1 (no /attention group) is version 2
+without the operator: it still loads, as ``ssa``.
 Weights are float32 on disk; the engine casts them to its run dtype. Anything that does not match
 the schema derived from the configuration is rejected with one sentence naming the first problem.
 """
@@ -52,16 +59,18 @@ from .reading import (
 from .schema import (
     CONFIG_FIELDS,
     LayerSpec,
-    attention_block_name,
     attention_param_specs,
     attention_problem,
+    block_specs,
     check_config,
     layer_specs,
 )
 
 FORMAT_NAME = "eventformer"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest this writes (a configuration with a layout)
+READABLE_VERSIONS = (1, 2, 3)
+SPIKFORMER_VERSION = 2  # a configuration of Spikformer's own layout (no layout field)
+SNN_VERSION = 2  # sequential SNN files (architecture "snn")
 ARCHITECTURES = ("spikformer", "snn")  # snn: sequential spiking CNNs (NIR import)
 
 
@@ -96,12 +105,16 @@ class ModelFile:
     provenance: dict = field(default_factory=dict)
     path: str = ""
     attention: list[AttentionParams] = field(default_factory=list)  # one per block
-    format_version: int = FORMAT_VERSION  # the version it was read from (or will be written as)
+    format_version: int | None = None  # the version it was read from (None: will be written as)
 
     def __post_init__(self):
         # SSA has no parameters: a model built without attention entries is SSA in every block
         if not self.attention and self.config.attention == "ssa":
-            self.attention = [AttentionParams("ssa") for _ in range(self.config.depth)]
+            operators = [stage.attention for stage, _ in self.config.description.blocks()]
+            if all(op == "ssa" for op in operators):
+                self.attention = [AttentionParams("ssa") for _ in operators]
+        if self.format_version is None:
+            self.format_version = written_version(self.config)
 
     def parameter_count(self) -> int:
         """Weights and biases of every layer plus the attention operators' stored arrays."""
@@ -112,10 +125,16 @@ class ModelFile:
         return int(n)
 
 
+def written_version(config: SpikformerConfig) -> int:
+    """The format version a configuration is written as: 3 with a layout, else 2 (which readers
+    from before layouts read)."""
+    return SPIKFORMER_VERSION if config.layout is None else FORMAT_VERSION
+
+
 def save(path: str | os.PathLike, model) -> None:
     """Write ``model`` (a :class:`ModelFile` or a sequential
     :class:`~eventformer.modelfile.snn.SnnModelFile`) to ``path`` (overwritten, format version
-    2), after validating it."""
+    3, or 2 for Spikformer's own layout and sequential SNNs), after validating it."""
     from .snn import SnnModelFile, check_snn
 
     if isinstance(model, SnnModelFile):
@@ -139,10 +158,11 @@ def _write(path: str, model) -> None:
 
     with h5py.File(path, "w") as f:
         f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
         if isinstance(model, SnnModelFile):
+            f.attrs["format_version"] = SNN_VERSION
             write_snn(f, model)
             return
+        f.attrs["format_version"] = written_version(model.config)
         f.attrs["architecture"] = model.architecture
         f.attrs["config"] = json.dumps(model.config.to_dict())
         f.attrs["provenance"] = json.dumps(portable(model.provenance))
@@ -163,10 +183,10 @@ def _write(path: str, model) -> None:
                 g.create_dataset("weight", data=np.asarray(p.weight, np.float32))
                 g.create_dataset("bias", data=np.asarray(p.bias, np.float32))
         attention = f.create_group("attention")
-        for b, a in enumerate(model.attention):
-            g = attention.create_group(attention_block_name(b))
+        for blk, a in zip(block_specs(model.config), model.attention):
+            g = attention.create_group(blk.name)
             g.attrs["operator"] = a.operator
-            for s in attention_param_specs(model.config, a.operator):
+            for s in attention_param_specs(blk.geometry, a.operator):
                 dtype = np.int32 if s.dtype == "int" else np.float32
                 g.create_dataset(s.name, data=np.asarray(a.params[s.name], dtype))
 
@@ -222,6 +242,9 @@ def _read(f, path: str):
         if version == 1 and config.attention != "ssa":
             raise ValueError(f"a version 1 file holds only ssa attention, not "
                              f"{config.attention!r}")
+        if version < 3 and config.layout is not None:
+            raise ValueError(f"a version {version} file holds Spikformer's own layout, not a "
+                             "layout field")
         check_config(config)
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: bad configuration: {exc}") from None
@@ -240,8 +263,8 @@ def _read(f, path: str):
         attention = _read_attention(f, config, path)
     model = ModelFile(config, layers, arch, provenance, path, attention, version)
     _validate(model, path)  # ranges checked before integers are narrowed to int32
-    for a in model.attention:
-        for s in attention_param_specs(config, a.operator):
+    for blk, a in zip(block_specs(config), model.attention):
+        for s in attention_param_specs(blk.geometry, a.operator):
             a.params[s.name] = np.asarray(a.params[s.name],
                                           np.int32 if s.dtype == "int" else np.float32)
     return model
@@ -298,17 +321,19 @@ def _read_layer(g, spec: LayerSpec, path: str) -> LayerParams:
 def _read_attention(f, config: SpikformerConfig, path: str) -> list[AttentionParams]:
     group = _group(f, "attention", path, "has no 'attention' group (a version 2 file names "
                                          "its attention operator per block)")
-    names = [attention_block_name(b) for b in range(config.depth)]
+    blocks = block_specs(config)
+    names = [blk.name for blk in blocks]
     out = []
-    for name in names:
+    for blk in blocks:
+        name = blk.name
         g = _group(group, name, path, f"attention group {name!r} is missing")
         if "operator" not in g.attrs:
             raise ModelFileError(f"{path}: {name} does not name its attention operator")
         op = text(g.attrs["operator"], f"{where(g)} attribute operator", path)
-        if op != config.attention:
+        if op != blk.operator:
             raise ModelFileError(f"{path}: {name} is {op!r} attention but the configuration says "
-                                 f"{config.attention!r} (one operator for every block)")
-        specs = attention_param_specs(config, op)
+                                 f"{blk.operator!r}{_ONE_OPERATOR if config.layout is None else ''}")
+        specs = attention_param_specs(blk.geometry, op)
         extra = sorted(set(g) - {s.name for s in specs})
         if extra:
             raise ModelFileError(f"{path}: {name} ({op}) has an unexpected dataset {extra[0]!r}")
@@ -324,6 +349,9 @@ def _read_attention(f, config: SpikformerConfig, path: str) -> list[AttentionPar
         raise ModelFileError(f"{path}: unexpected attention group {extra[0]!r} for "
                              f"{config.depth} blocks")
     return out
+
+
+_ONE_OPERATOR = " (one operator for every block)"
 
 
 def _validate(model: ModelFile, path: str) -> None:
@@ -355,15 +383,16 @@ def _validate(model: ModelFile, path: str) -> None:
     extra = sorted(set(model.layers) - {s.name for s in layer_specs(model.config)})
     if extra:
         raise ModelFileError(f"{path}: unexpected layer {extra[0]!r} for this configuration")
-    if len(model.attention) != model.config.depth:
+    blocks = block_specs(model.config)
+    if len(model.attention) != len(blocks):
         raise ModelFileError(f"{path}: {len(model.attention)} attention entries for "
-                             f"{model.config.depth} blocks")
-    for b, a in enumerate(model.attention):
-        name = attention_block_name(b)
-        if a.operator != model.config.attention:
+                             f"{len(blocks)} blocks")
+    for blk, a in zip(blocks, model.attention):
+        name = blk.name
+        if a.operator != blk.operator:
             raise ModelFileError(f"{path}: {name} is {a.operator!r} attention but the "
-                                 f"configuration says {model.config.attention!r}")
-        problem = attention_problem(model.config, a.operator, a.params)
+                                 f"configuration says {blk.operator!r}")
+        problem = attention_problem(blk.geometry, a.operator, a.params)
         if problem is not None:
             raise ModelFileError(f"{path}: {name}/{problem[0]} {problem[1]}")
 
@@ -377,9 +406,9 @@ def attention_summary(model: ModelFile) -> dict:
     Integer parameters are listed in full (tau as q/k/v/proj, T_AW, NSAD tables, delta, L);
     float arrays (vbar, the folded DWC) as shape, min, max and mean."""
     blocks = []
-    for b, a in enumerate(model.attention):
-        row: dict = {"block": attention_block_name(b), "operator": a.operator}
-        for s in attention_param_specs(model.config, a.operator):
+    for blk, a in zip(block_specs(model.config), model.attention):
+        row: dict = {"block": blk.name, "operator": a.operator}
+        for s in attention_param_specs(blk.geometry, a.operator):
             v = np.asarray(a.params[s.name])
             if s.name == "tau":
                 row[s.name] = dict(zip(TASA_LAYERS, (int(x) for x in v)))

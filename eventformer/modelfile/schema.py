@@ -1,9 +1,12 @@
-"""What a Spikformer model file must hold, derived from its configuration.
+"""What a Spikformer model file must hold, derived from its configuration's model description.
 
 One entry per spiking layer, named by the checkpoint's LIF module (``patch_embed.proj_lif``,
 ``block.0.attn.q_lif``, ...), holding the folded synapse that drives it (BatchNorm already folded
-into weight and bias) and its neuron parameters; plus ``head``. Export builds files from this
-list and load checks files against it, so the two cannot drift apart.
+into weight and bias) and its neuron parameters; an embedding stage without a LIF is named by its
+conv (``patch_embed.rpe_conv`` in the Spike-driven Transformer); plus ``head``. Export builds
+files from this list and load checks files against it, so the two cannot drift apart. The list
+follows the description (:mod:`eventformer.models.description`): its embedding stages, then per
+block its attention and MLP layers under the stage's names, in forward order.
 
 Per block, the attention operator (SPEC §4: ``ssa``, ``ds2ta``, ``ssa_bin``, ``saformer``) adds
 its own parameters, listed by :func:`attention_param_specs` and checked by
@@ -17,7 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..models.config import ATTENTION_OPERATOR_NAMES, SpikformerConfig, sps_suffix
+from ..errors import ModelFileError
+from ..models.config import ATTENTION_OPERATOR_NAMES, SpikformerConfig
+from ..models.description import BlockGeometry, Description
 from .reading import flag_field, int_field, list_field, number_field, text_field
 
 ATTENTION_NAMES = ATTENTION_OPERATOR_NAMES
@@ -37,8 +42,8 @@ MAX_DECAY_EXPONENT = 62  # 2^-62 attenuates any current to nothing (and int64 sh
 CONFIG_FIELDS = {
     "in_channels": int_field(1, 64),
     "image_size": int_field(1, MAX_IMAGE_SIZE),
-    "sps_channels": list_field(int_field(1, MAX_CHANNELS), 1, 16),
-    "sps_pool": list_field(flag_field, 1, 16),
+    "sps_channels": list_field(int_field(1, MAX_CHANNELS), 0, 16),  # empty with a layout
+    "sps_pool": list_field(flag_field, 0, 16),
     "dim": int_field(1, MAX_CHANNELS),
     "heads": int_field(1, MAX_CHANNELS),
     "depth": int_field(0, 256),
@@ -55,21 +60,42 @@ CONFIG_FIELDS = {
     "decay_input": flag_field,
     "attention": text_field,
     "class_names": list_field(text_field, 0, 1 << 20),
+    "layout": lambda v, what, path: _layout_field(v, what, path),
 }
+
+
+def _layout_field(v, what, path):
+    """The model description of a configuration (a JSON object), or null; its types and fields
+    are checked by :meth:`Description.from_dict` (one sentence naming the field)."""
+    if v is None:
+        return None
+    try:
+        Description.from_dict(v)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: configuration field {exc}") from None
+    return v
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    name: str  # LIF module name, or "head"
+    name: str  # LIF module name (an embedding stage without a LIF: its conv's), or "head"
     kind: str  # "conv2d" | "linear" | "attention" | "head"
     source: str  # checkpoint prefix of the synapse (conv) it comes from; "" for attention
     bn: str  # checkpoint prefix of the BatchNorm folded into it; "" for none
-    weight_shape: tuple[int, ...] | None
+    weight_shape: tuple[int, ...] | None  # as the model file holds it (linear: [out, in])
     bias_shape: tuple[int, ...] | None
     conv_has_bias: bool = False  # the checkpoint conv itself has a bias (before folding)
     theta: float = 1.0
     stride: int = 1
     padding: int = 0
+    checkpoint_shape: tuple[int, ...] | None = None  # the weight as the checkpoint holds it
+    #                                 (Conv1d k1 [out, in, 1], ...); None: weight_shape
+    lif: bool = True  # the synapse drives a LIF (False: an embedding stage of real output)
+
+    @property
+    def tensor_shape(self) -> tuple[int, ...] | None:
+        """The weight's shape in a checkpoint."""
+        return self.checkpoint_shape or self.weight_shape
 
 
 @dataclass(frozen=True)
@@ -87,53 +113,93 @@ def check_config(config: SpikformerConfig) -> None:
     config.validate()
 
 
-def has_v_branch(config: SpikformerConfig) -> bool:
+def has_v_branch(config) -> bool:
+    """Whether an operator (``config.attention``: a configuration's or a stage's) has a V
+    branch: SAFormer has none."""
     return config.attention != "saformer"
 
 
+#: Checkpoint layouts of a token-wise linear weight [out, in] (KERNEL_LAYOUTS).
+_LINEAR_SHAPES = {"conv1d": lambda o, i: (o, i, 1), "conv2d": lambda o, i: (o, i, 1, 1),
+                  "linear": lambda o, i: (o, i)}
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block as the model file holds it: its attention module's name (the file's group
+    under /attention), its operator and the geometry its parameters are shaped by."""
+
+    name: str
+    operator: str
+    geometry: BlockGeometry
+
+
+def block_specs(config: SpikformerConfig) -> list[BlockSpec]:
+    """Every block in forward order."""
+    placement = config.placement()
+    out = []
+    for stage, geometry in zip(config.description.stages, placement.geometry):
+        out += [BlockSpec(stage.attention_name(i), stage.attention, geometry)
+                for i in range(stage.count)]
+    return out
+
+
 def layer_specs(config: SpikformerConfig) -> list[LayerSpec]:
+    """The layers of a model file in forward order, from the configuration's description."""
+    placement = config.placement()
+    desc = config.description
+    theta = config.theta
     specs: list[LayerSpec] = []
-    cin = config.in_channels
-    for i, cout in enumerate(config.sps_channels):
-        s = sps_suffix(i)
-        specs.append(LayerSpec(
-            f"patch_embed.proj_lif{s}", "conv2d", f"patch_embed.proj_conv{s}",
-            f"patch_embed.proj_bn{s}", (cout, cin, 3, 3), (cout,), theta=config.theta,
-            stride=1, padding=1))
-        cin = cout
-    d = config.dim
-    specs.append(LayerSpec(
-        "patch_embed.rpe_lif", "conv2d", "patch_embed.rpe_conv", "patch_embed.rpe_bn",
-        (d, d, 3, 3), (d,), theta=config.theta, stride=1, padding=1))
-    branches = ("q", "k", "v") if has_v_branch(config) else ("q", "k")
-    for b in range(config.depth):
-        a = f"block.{b}.attn"
-        for n in branches:
-            specs.append(LayerSpec(f"{a}.{n}_lif", "linear", f"{a}.{n}_conv", f"{a}.{n}_bn",
-                                   (d, d), (d,), theta=config.theta))
-        specs.append(LayerSpec(f"{a}.attn_lif", "attention", "", "", None, None,
-                               theta=config.attn_theta))
-        specs.append(LayerSpec(f"{a}.proj_lif", "linear", f"{a}.proj_conv", f"{a}.proj_bn",
-                               (d, d), (d,), conv_has_bias=True, theta=config.theta))
-        m = f"block.{b}.mlp"
-        h = config.mlp_hidden
-        specs.append(LayerSpec(f"{m}.fc1_lif", "linear", f"{m}.fc1_conv", f"{m}.fc1_bn",
-                               (h, d), (h,), conv_has_bias=True, theta=config.theta))
-        specs.append(LayerSpec(f"{m}.fc2_lif", "linear", f"{m}.fc2_conv", f"{m}.fc2_bn",
-                               (d, h), (d,), conv_has_bias=True, theta=config.theta))
+    for stage, placed, geo in zip(desc.stages, placement.embeds, placement.geometry):
+        for p in placed:
+            st = p.stage
+            specs.append(LayerSpec(
+                st.name, "conv2d", st.conv, st.bn, (st.channels, p.cin, st.kernel, st.kernel),
+                (st.channels,), conv_has_bias=st.bias, theta=theta, stride=st.stride,
+                padding=st.padding, lif=bool(st.lif)))
+        d, h = geo.dim, geo.mlp_hidden
+        syn = "linear" if stage.attn_kernel == "linear" else "conv"
+        mlp_syn = "linear" if stage.mlp_kernel == "linear" else "conv"
+        attn_shape = _LINEAR_SHAPES[stage.attn_kernel]
+        mlp_shape = _LINEAR_SHAPES[stage.mlp_kernel]
+        branches = ("q", "k", "v") if has_v_branch(stage) else ("q", "k")
+        for b in range(stage.count):
+            a = stage.attention_name(b)
+            for n in branches:
+                specs.append(LayerSpec(f"{a}.{n}_lif", "linear", f"{a}.{n}_{syn}", f"{a}.{n}_bn",
+                                       (d, d), (d,), conv_has_bias=stage.qkv_bias, theta=theta,
+                                       checkpoint_shape=attn_shape(d, d)))
+            specs.append(LayerSpec(f"{a}.attn_lif", "attention", "", "", None, None,
+                                   theta=config.attn_theta))
+            specs.append(LayerSpec(f"{a}.proj_lif", "linear", f"{a}.proj_{syn}", f"{a}.proj_bn",
+                                   (d, d), (d,), conv_has_bias=True, theta=theta,
+                                   checkpoint_shape=attn_shape(d, d)))
+            m = stage.mlp_name(b)
+            fc1, fc2 = stage.mlp_layers
+            specs.append(LayerSpec(f"{m}.{fc1}_lif", "linear", f"{m}.{fc1}_{mlp_syn}",
+                                   f"{m}.{fc1}_bn", (h, d), (h,), conv_has_bias=True,
+                                   theta=theta, checkpoint_shape=mlp_shape(h, d)))
+            specs.append(LayerSpec(f"{m}.{fc2}_lif", "linear", f"{m}.{fc2}_{mlp_syn}",
+                                   f"{m}.{fc2}_bn", (d, h), (d,), conv_has_bias=True,
+                                   theta=theta, checkpoint_shape=mlp_shape(d, h)))
+    d = placement.final.dim
     specs.append(LayerSpec("head", "head", "head", "", (config.num_classes, d),
                            (config.num_classes,), conv_has_bias=True))
     return specs
 
 
 def attention_block_name(block: int) -> str:
-    """The attention module of a block, as the checkpoint names it (and the model file's group)."""
+    """The attention module of block ``block`` of Spikformer's own layout (``block.{i}.attn``),
+    as the checkpoint names it; a description names its own (:func:`block_specs`)."""
     return f"block.{block}.attn"
 
 
-def attention_param_specs(config: SpikformerConfig, operator: str | None = None
-                          ) -> list[ParamSpec]:
-    """The parameters one block of ``operator`` (default: the configuration's) stores (SPEC §4)."""
+def attention_param_specs(config, operator: str | None = None) -> list[ParamSpec]:
+    """The parameters one block of ``operator`` (default: ``config.attention``) stores (SPEC §4).
+
+    ``config``: what shapes them (``heads``, ``head_dim``, ``dim``): a block's
+    :class:`~eventformer.models.description.BlockGeometry`, or a configuration of Spikformer's own
+    layout (every block the same)."""
     op = config.attention if operator is None else operator
     heads, d, dim = config.heads, config.head_dim, config.dim
     if op == "ssa":
@@ -149,9 +215,10 @@ def attention_param_specs(config: SpikformerConfig, operator: str | None = None
     raise ValueError(f"unknown attention operator {op!r} (known: {', '.join(ATTENTION_NAMES)})")
 
 
-def attention_problem(config: SpikformerConfig, operator: str, params: dict
-                      ) -> tuple[str, str] | None:
+def attention_problem(config, operator: str, params: dict) -> tuple[str, str] | None:
     """The first problem of one block's attention parameters, as (parameter, description), or None.
+
+    ``config``: the block's geometry (or a configuration of Spikformer's own layout).
 
     Checks that exactly the operator's parameters are present with their shapes, that integer
     parameters hold integers (within int32) and float ones finite values, and SPEC §4's ranges
