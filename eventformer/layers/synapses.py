@@ -10,6 +10,7 @@ from ..kernels import (conv2d_gather, conv2d_gather_int, conv2d_scatter, counter
                        tasa_current, tasa_fixed_current)
 from ..kernels.amx import AMX, amx_gemm, pack_amx
 from ..kernels.igemm import VNNI, int_gemm, pack_igemm
+from ..kernels.pooling import maxpool_current
 from ..kernels.sparse import flag_lanes, maxpool_lanes
 from ..runtime import engine_threads, gemm, in_part, run_parts, split
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
@@ -827,3 +828,144 @@ class TasaLinearLIF(LinearLIF):
                 cur = self._sparse_current(idx, cnt, self._ring[self._t % self.taw])
             out.append(self.emit(self.attenuate(cur)))
         return out
+
+# --- embedding stages beyond conv -> LIF -> pool (model descriptions) --------------------------
+
+def _valid_taps(size: int, k: int, stride: int, pad: int, out: int) -> np.ndarray:
+    """Per input coordinate, how many output coordinates it reaches (a tap's fan-out)."""
+    pos = np.arange(size)[:, None] + pad - np.arange(k)[None, :]
+    o = pos // stride
+    return ((pos >= 0) & (pos % stride == 0) & (o < out)).sum(axis=1)
+
+
+class Conv2dStage(Conv2dLIF):
+    """An embedding stage that :class:`Conv2dLIF` cannot express: the real current max-pooled
+    BEFORE the LIF (QKFormer, the Spike-driven Transformer; ``pool_before``), no LIF at all
+    (``lif`` False: the stage outputs its real current, SDT's RPE), the current that reaches the
+    LIF kept for a later stage (``keep_current``: SDT's ``x_feat``), and real-valued input
+    (``input_kind`` "real": pixels, or a real map) through the dense path, :meth:`step_real`.
+
+    A pooled or kept current is a whole map, so this layer runs step by step, never in bands of
+    rows; its dense steps still share one GEMM offline. Real outputs and kept currents are dense
+    flat HWC arrays. In an integer mode a max over one channel's currents is exact in the
+    channel's unit, so ``pool_before`` runs there too; real inputs and outputs are refused (their
+    values have no integer unit).
+    """
+
+    def __init__(self, params, in_shape: tuple[int, int, int], *, dtype, input_kind: str,
+                 policy: PathPolicy, multiplicity: int | None = 1,
+                 pool: tuple[int, int, int] | None = None,
+                 pool_before: tuple[int, int, int] | None = None, lif: bool = True,
+                 keep_current: bool = False):
+        real = input_kind == "real"
+        if isinstance(arithmetic(dtype), Fixed) and (real or not lif or keep_current):
+            from ..fixedpoint import FixedPointError
+
+            what = ("takes real values" if real else "outputs its real current" if not lif
+                    else "keeps its real current")
+            raise FixedPointError(f"{params.name}: {what}, which the integer modes cannot carry "
+                                  "exactly; run it in a float --dtype")
+        if pool is not None and (pool_before is not None or not lif):
+            raise ValueError(f"{params.name}: a max-pool after the LIF needs a LIF and no pool "
+                             "before it")
+        super().__init__(params, in_shape, dtype=dtype, input_kind=input_kind, pool=pool,
+                         policy=policy, multiplicity=multiplicity)
+        self.lif, self.keep_current, self.pool_before = lif, keep_current, pool_before
+        self.kept: list = []  # the kept currents of the steps run, for the caller to take
+        cout = self.cout
+        if pool_before is not None:
+            k, s, p = pool_before
+            self.cur_pool_h = (self.out_h + 2 * p - k) // s + 1
+            self.cur_pool_w = (self.out_w + 2 * p - k) // s + 1
+            self.out_shape = (self.cur_pool_h, self.cur_pool_w, cout)
+            self._pooled = np.empty(self.cur_pool_h * self.cur_pool_w * cout, self.dtype)
+        sites = self.out_shape[0] * self.out_shape[1] * cout if pool is None else \
+            self.out_h * self.out_w * cout
+        # a quiet step's current is the bias everywhere, and so is its max-pool
+        self._lif_period = period(self.bias, sites)
+        if not lif:
+            self.neurons = None
+            self.n_neurons = 0
+        elif pool_before is not None:  # the LIF runs on the pooled map
+            self.n_neurons = sites
+            self.neurons = self._make_neurons(params, self.dtype)
+            self.neurons.steady = self._lif_period
+        self.real_input = real
+        if real:
+            self.can_gather = False
+            h, wd, _ = in_shape
+            self._real_padded = np.zeros((h + 2 * self.pad, wd + 2 * self.pad, self.cin),
+                                         self.dtype)
+            self._real_rows = np.empty((self.rows, self.k_dim), self.dtype)
+            self._real_current = np.empty((self.rows, cout), self.dtype)
+            self._last_real = None
+            # fan-out of an input pixel: what a weighted scatter would count as multiplies
+            self._pixel_taps = np.outer(
+                _valid_taps(h, self.kh, self.stride, self.pad, self.out_h),
+                _valid_taps(wd, self.kw, self.stride, self.pad, self.out_w)) * cout
+
+    def reset(self) -> None:
+        if self.neurons is not None:
+            self.neurons.reset()
+        if self.real_input:
+            self._last_real = None
+        self.kept.clear()
+
+    def _band_bounds(self, inputs: list):
+        return None  # whole maps only: a pool before the LIF reads across rows
+
+    def _whole(self, current: np.ndarray, size: int) -> np.ndarray:
+        """A dense copy of a current (a quiet step's is one period of it)."""
+        if current.shape[0] == size:
+            return current.copy()
+        return np.tile(current, size // current.shape[0])
+
+    def emit(self, current: np.ndarray):
+        if self.pool_before is not None:
+            if current is self._bias_period:  # a quiet step: pooling the bias changes nothing
+                current = self._lif_period
+            else:
+                k, s, p = self.pool_before
+                maxpool_current(current, self.out_h, self.out_w, self.cout, k, s, p,
+                                self.cur_pool_h, self.cur_pool_w, self._pooled)
+                current = self._pooled
+        size = self.out_shape[0] * self.out_shape[1] * self.cout if self.pool is None else \
+            self.out_h * self.out_w * self.cout
+        if self.keep_current:
+            self.kept.append(self._whole(current, size))
+        if not self.lif:
+            if self.probe is not None:
+                self.probe(self, current)
+            return self._whole(current, size)
+        return super().emit(current)
+
+    # --- real-valued input (pixels, a real map): the dense path, every step --------------------
+
+    def real_current(self, x: np.ndarray) -> np.ndarray:
+        """The current of a real-valued input map ``x`` (flat HWC): im2col and one GEMM. The
+        same input as the step before (direct encoding repeats the image) reuses its current:
+        nothing is recomputed, and no multiply is counted for it."""
+        x = np.asarray(x).reshape(-1)
+        c = self.counters
+        c[C.INPUT_SITES] += self.in_sites
+        nonzero = x != 0
+        c[C.INPUT_EVENTS] += int(np.count_nonzero(nonzero))
+        cur = self._real_current
+        if self._last_real is not None and np.array_equal(x, self._last_real):
+            return cur.reshape(-1)
+        self._last_real = x.copy()
+        h, wd, cin = self.in_shape
+        p = self.pad
+        self._real_padded[p:p + h, p:p + wd] = x.reshape(h, wd, cin)
+        im2col_padded(self._real_padded, self.kh, self.kw, self.stride, self.out_h, self.out_w,
+                      self._real_rows)
+        gemm(self._real_rows, self.gemm_weight, cur)
+        self._add_bias(cur)
+        c[C.MAC] += int((nonzero.reshape(h, wd, cin).sum(axis=2) * self._pixel_taps).sum())
+        c[C.DENSE_MAC] += self.dense_macs_per_step
+        c[C.DENSE_STEPS] += 1
+        return cur.reshape(-1)
+
+    def step_real(self, x: np.ndarray):
+        """One step on a real-valued input map: its output (spikes, or a real map)."""
+        return self.emit(self.real_current(x))

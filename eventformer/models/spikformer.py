@@ -1,8 +1,15 @@
-"""Spikformer assembled from event-driven layers; time-major ``step`` with persistent state.
+"""Spikformer-family engines assembled from their model description; time-major ``step`` with
+persistent state.
 
-One step of input (an event list over the HWC sensor grid, counts as multiplicities) passes
-through every layer before the next step enters, so the offline path (a sample framed into T
-steps) and the streaming path (windows from a growing file) drive the same :meth:`step`.
+One step of input (an event list over the HWC sensor grid, counts as multiplicities; or, for a
+model of static images, the real-valued image itself) passes through every layer before the next
+step enters, so the offline path (a sample framed into T steps) and the streaming path (windows
+from a growing file) drive the same :meth:`Spikformer.step`.
+
+The network is its configuration's description (:mod:`.description`): per block stage an
+:class:`Embedding` (conv stages over saved maps) and its :class:`Block` s, then the head. Maps flow
+as event lists ``(idx, cnt)`` (spikes, integer sums, input counts) or, where a stage has no LIF
+or the input is pixels, as dense real HWC arrays.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import EventformerError
-from ..fixedpoint import Fixed, arithmetic, residual_bound
+from ..fixedpoint import Fixed, arithmetic
 from ..layers import (
     ATTENTION_OPERATORS,
     Conv2dLIF,
@@ -21,31 +28,106 @@ from ..layers import (
     PathPolicy,
     add_events,
 )
+from ..layers.synapses import Conv2dStage
 from ..runtime import limit_blas_threads
-from .config import sps_suffix
+from .description import INPUT, POOL, BlockGeometry, BlockStage, Description, PlacedStage
 
 if TYPE_CHECKING:  # the model file package imports the config from here
     from ..modelfile import ModelFile
 
-SPS_POOL = (3, 2, 1)  # MaxPool2d(kernel_size=3, stride=2, padding=1) after an SPS stage's LIF
+SPS_POOL = POOL  # MaxPool2d(kernel_size=3, stride=2, padding=1): the family's one max-pool
 DTYPES = {"float32": np.float32, "float64": np.float64}
 #: What ``dtype`` may name: the float engines and the fixed-point ones (SPEC §6).
 ARITHMETICS = ("float32", "float64", "int16", "int8")
 
 
+def _add(a, b):
+    """A saved map plus a stage's output: event lists merge (spikes + spikes are integers),
+    real maps add."""
+    if isinstance(a, tuple):
+        return add_events(a[0], a[1], b[0], b[1])
+    return a + b
+
+
+class Embedding:
+    """One embedding of a block stage (Spikformer's SPS, QKFormer's patch embeddings): its conv
+    stages in order, each reading the previous output or a saved map, its output saved or a
+    saved map added to it (:class:`~.description.EmbedStage`)."""
+
+    def __init__(self, placed: tuple[PlacedStage, ...], layers: dict, *, dtype,
+                 policy: PathPolicy):
+        self.plan = []  # (layer, stage, takes real values)
+        for p in placed:
+            st, src = p.stage, p.source
+            params = layers[st.name]
+            pool_after = POOL if st.pool == "after" else None
+            real = src.kind == "real"
+            multiplicity = src.bound if src.bound is not None else 1
+            if not real and st.lif and st.pool != "before" and not st.save_current:
+                layer = Conv2dLIF(params, src.shape, dtype=dtype, input_kind=src.kind,
+                                  pool=pool_after, policy=policy, multiplicity=multiplicity)
+            else:
+                layer = Conv2dStage(params, src.shape, dtype=dtype, input_kind=src.kind,
+                                    policy=policy, multiplicity=multiplicity, pool=pool_after,
+                                    pool_before=POOL if st.pool == "before" else None,
+                                    lif=bool(st.lif), keep_current=bool(st.save_current))
+            if layer.out_shape != (p.out.h, p.out.w, p.out.c):
+                raise ValueError(f"{st.name}: outputs {layer.out_shape}, the description says "
+                                 f"{p.out.shape}")
+            self.plan.append((layer, st, real))
+
+    @property
+    def layers(self) -> list:
+        return [layer for layer, _, _ in self.plan]
+
+    def step(self, x):
+        """One step: the embedding's input map -> its output map."""
+        saved = {INPUT: x}
+        for layer, st, real in self.plan:
+            src = saved[st.input] if st.input else x
+            out = layer.step_real(src) if real else layer.step(*src)
+            if st.save_current:
+                saved[st.save_current] = layer.kept.pop()
+            if st.add:
+                out = _add(saved[st.add], out)
+            if st.save:
+                saved[st.save] = out
+            x = out
+        return x
+
+    def run_steps(self, xs: list) -> list:
+        """Every step of a sample, stage by stage (offline): the results of :meth:`step`."""
+        saved = {INPUT: xs}
+        for layer, st, real in self.plan:
+            src = saved[st.input] if st.input else xs
+            outs = [layer.step_real(x) for x in src] if real else layer.run_steps(src)
+            if st.save_current:
+                saved[st.save_current] = list(layer.kept)
+                layer.kept.clear()
+            if st.add:
+                outs = [_add(a, b) for a, b in zip(saved[st.add], outs)]
+            if st.save:
+                saved[st.save] = outs
+            xs = outs
+        return xs
+
+
 class Block:
-    def __init__(self, index: int, model: ModelFile, *, dtype, policy: PathPolicy):
-        cfg = model.config
-        layers = model.layers
-        attention = ATTENTION_OPERATORS[cfg.attention]
-        params = model.attention[index].params if model.attention else {}
-        self.attn = attention(f"block.{index}.attn", layers, cfg, dtype=dtype, policy=policy,
-                              params=params, multiplicity=residual_bound(index, False))
-        m = f"block.{index}.mlp"
-        self.fc1 = LinearLIF(layers[f"{m}.fc1_lif"], cfg.tokens, dtype=dtype,
-                             input_kind="integers", policy=policy,
-                             multiplicity=residual_bound(index, True))
-        self.fc2 = LinearLIF(layers[f"{m}.fc2_lif"], cfg.tokens, dtype=dtype,
+    """One transformer block: x = x + attention(x); x = x + MLP(x) (residuals of spikes).
+
+    ``bound``: the largest value of the block input (an integer mode's overflow bound)."""
+
+    def __init__(self, stage: BlockStage, index: int, geometry: BlockGeometry, layers: dict,
+                 params: dict, *, dtype, policy: PathPolicy, bound: int):
+        attention = ATTENTION_OPERATORS[stage.attention]
+        self.name = stage.block_name(index)
+        self.attn = attention(stage.attention_name(index), layers, geometry, dtype=dtype,
+                              policy=policy, params=params, multiplicity=bound)
+        m = stage.mlp_name(index)
+        fc1, fc2 = stage.mlp_layers
+        self.fc1 = LinearLIF(layers[f"{m}.{fc1}_lif"], geometry.tokens, dtype=dtype,
+                             input_kind="integers", policy=policy, multiplicity=bound + 1)
+        self.fc2 = LinearLIF(layers[f"{m}.{fc2}_lif"], geometry.tokens, dtype=dtype,
                              input_kind="spikes", policy=policy)
 
     @property
@@ -76,53 +158,96 @@ def _residual(xs: list, ys: list) -> list:
     return [add_events(x[0], x[1], y[0], y[1]) for x, y in zip(xs, ys)]
 
 
+def unsupported(desc: Description) -> str | None:
+    """What in a description this engine cannot run yet, as one sentence; None if nothing."""
+    if desc.residual != "spikes":
+        return (f"this engine runs blocks with a residual stream of spikes; the description's "
+                f"{desc.residual!r} residual (the Spike-driven Transformer's membrane shortcut) "
+                "is not implemented yet")
+    if desc.head_lif:
+        return (f"this engine's head is mean, mean, linear; the description's head LIF "
+                f"{desc.head_lif!r} is not implemented yet")
+    for stage in desc.stages:
+        if stage.attention not in ATTENTION_OPERATORS:
+            return (f"this engine runs the attention operators {', '.join(ATTENTION_OPERATORS)}; "
+                    f"{stage.attention!r} is not implemented yet")
+    return None
+
+
 class Spikformer:
-    """The event-driven engine for one model file.
+    """The event-driven engine for one model file, assembled from its model description.
 
     >>> model = Spikformer(load("model.h5"))
     >>> logits = model.run(steps)          # steps: [(idx, cnt), ...] from framing
+    >>> logits = model.run_image(image)    # a model of static images: [H, W, C] real pixels
+
+    ``stages``: per block stage its :class:`Embedding` and its :class:`Block` s; ``blocks`` all
+    blocks in order; ``sps`` and ``rpe`` the first embedding's stages but its last, and its last
+    (Spikformer's SPS and RPE).
     """
 
     def __init__(self, model: ModelFile, *, dtype="float32", policy: PathPolicy | None = None):
         cfg = model.config
         cfg.validate()
-        if cfg.attention not in ATTENTION_OPERATORS:
-            raise EventformerError(
-                f"this engine runs the attention operators {', '.join(ATTENTION_OPERATORS)}; "
-                f"{cfg.attention!r} is not implemented yet")
+        desc = cfg.description
+        refusal = unsupported(desc)
+        if refusal is not None:
+            raise EventformerError(refusal)
         limit_blas_threads()
         self.model_file = model
         self.config = cfg
+        self.description = desc
         # float32 / float64, or a Fixed (int16, int8): every layer quantises at load
         self.dtype = arithmetic(DTYPES.get(dtype, dtype))
         self.fixed = self.dtype if isinstance(self.dtype, Fixed) else None
         self.arithmetic = self.fixed.name if self.fixed else self.dtype.name  # "int8", "float32"..
         self.policy = policy or PathPolicy()
-        shape = (cfg.image_size, cfg.image_size, cfg.in_channels)
-        self.sps = []
-        for i, pooled in enumerate(cfg.sps_pool):
-            layer = Conv2dLIF(model.layers[f"patch_embed.proj_lif{sps_suffix(i)}"], shape,
-                              dtype=self.dtype, input_kind="counts" if i == 0 else "spikes",
-                              pool=SPS_POOL if pooled else None, policy=self.policy)
-            self.sps.append(layer)
-            shape = layer.out_shape
-        if shape[0] * shape[1] != cfg.tokens:
-            raise ValueError(f"SPS output {shape[0]}x{shape[1]} does not match {cfg.tokens} tokens")
-        self.rpe = Conv2dLIF(model.layers["patch_embed.rpe_lif"], shape, dtype=self.dtype,
-                             input_kind="spikes", pool=None, policy=self.policy)
-        self.blocks = [Block(b, model, dtype=self.dtype, policy=self.policy)
-                       for b in range(cfg.depth)]
+        placement = cfg.placement()
+        params = iter(model.attention)
+        self.stages: list[tuple[Embedding, list[Block]]] = []
+        for stage, placed, geometry, bound in zip(desc.stages, placement.embeds,
+                                                  placement.geometry, placement.stream_bounds):
+            embedding = Embedding(placed, model.layers, dtype=self.dtype, policy=self.policy)
+            blocks = []
+            for i in range(stage.count):  # each attention and MLP branch adds one spike
+                p = next(params).params if model.attention else {}
+                blocks.append(Block(stage, i, geometry, model.layers, p, dtype=self.dtype,
+                                    policy=self.policy, bound=bound + 2 * i))
+            self.stages.append((embedding, blocks))
         # the head sums integers exactly; only the logits are float (float64 in integer modes)
-        self.head = MeanLinearHead(model.layers["head"], cfg.tokens,
+        self.head = MeanLinearHead(model.layers["head"], placement.final.tokens,
                                    np.float64 if self.fixed else self.dtype)
+        self.pixels = desc.input == "pixels"
+        self.input_shape = (cfg.image_size, cfg.image_size, cfg.in_channels)
         self.input_sites = cfg.image_size * cfg.image_size * cfg.in_channels
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [block for _, blocks in self.stages for block in blocks]
+
+    @property
+    def embedding_layers(self) -> list:
+        """The conv stages of every embedding, in forward order."""
+        return [layer for embedding, _ in self.stages for layer in embedding.layers]
+
+    @property
+    def sps(self) -> list:
+        """Spikformer's SPS stages: the first embedding's stages but its last."""
+        return self.stages[0][0].layers[:-1]
+
+    @property
+    def rpe(self):
+        """Spikformer's RPE: the first embedding's last stage."""
+        return self.stages[0][0].layers[-1]
 
     @property
     def layers(self):
         """Spiking layers in forward order (the report's rows), without the head."""
-        out = list(self.sps) + [self.rpe]
-        for block in self.blocks:
-            out += block.layers
+        out = []
+        for embedding, blocks in self.stages:
+            out += embedding.layers
+            for block in blocks:
+                out += block.layers
         return out
 
     def reset(self) -> None:
@@ -140,17 +265,31 @@ class Spikformer:
     def steps_seen(self) -> int:
         return self.head.steps
 
-    def step(self, idx: np.ndarray, cnt: np.ndarray) -> None:
-        """Advance every layer by one time step on one frame of input events."""
-        idx = np.asarray(idx, np.int32)
-        cnt = np.asarray(cnt, np.int32)
-        for layer in self.sps:
-            idx, cnt = layer.step(idx, cnt)
-        r_idx, r_cnt = self.rpe.step(idx, cnt)
-        idx, cnt = add_events(idx, cnt, r_idx, r_cnt)  # x = x_feat + rpe: values 0..2
-        for block in self.blocks:
-            idx, cnt = block.step(idx, cnt)
-        self.head.step(idx, cnt)
+    def _input(self, idx, cnt=None):
+        """One step's input as the first embedding takes it: an event list, or for a model of
+        static images the real-valued image (flat HWC)."""
+        if not self.pixels:
+            if cnt is None:
+                raise EventformerError("this model takes events: give each step as (idx, cnt)")
+            return np.asarray(idx, np.int32), np.asarray(cnt, np.int32)
+        if cnt is not None:
+            raise EventformerError("this model takes images (real pixels), not events")
+        image = np.asarray(idx)
+        if image.size != self.input_sites:
+            h, w, c = self.input_shape
+            raise EventformerError(f"this model takes {h}x{w} images of {c} channels (HWC), "
+                                   f"got an array of shape {image.shape}")
+        return image.reshape(-1)
+
+    def step(self, idx: np.ndarray, cnt: np.ndarray | None = None) -> None:
+        """Advance every layer by one time step on one frame of input events (``idx``, ``cnt``),
+        or for a model of static images on one image (``idx``: real pixels, HWC)."""
+        x = self._input(idx, cnt)
+        for embedding, blocks in self.stages:
+            x = embedding.step(x)
+            for block in blocks:
+                x = block.step(*x)
+        self.head.step(*x)
 
     def warm_up(self) -> None:
         """Load every kernel this engine's path policy may call (Numba's cache loads lazily, per
@@ -166,10 +305,15 @@ class Spikformer:
         for density in warm_up_densities(self.policy):
             n = int(density * self.input_sites)
             idx = np.sort(rng.choice(self.input_sites, n, replace=False)).astype(np.int32)
-            self.step(idx, np.ones(n, np.int32))
+            if self.pixels:
+                image = np.zeros(self.input_sites)
+                image[idx] = rng.random(n)
+                self.step(image)
+            else:
+                self.step(idx, np.ones(n, np.int32))
         self.logits()
         if self.policy.mode in ("auto", "gather"):
-            for layer in self.sps + [self.rpe]:
+            for layer in self.embedding_layers:
                 layer.warm_up()
         self.reset()
         self.clear_stats()
@@ -179,22 +323,28 @@ class Spikformer:
         return self.head.logits()
 
     def run(self, steps) -> np.ndarray:
-        """Classify one sample given as a sequence of (idx, cnt) input steps.
+        """Classify one sample given as a sequence of input steps: (idx, cnt) event lists, or
+        for a model of static images real-valued images (:meth:`run_image` repeats one).
 
         With the whole sample at hand, layers run one after another over all steps (layer-major)
         so that small dense layers batch their steps into one GEMM. Every layer still sees its
         inputs in time order, so the result is that of calling :meth:`step` per step.
         """
         self.reset()
-        xs = [(np.asarray(i, np.int32), np.asarray(c, np.int32)) for i, c in steps]
-        for layer in self.sps:
-            xs = layer.run_steps(xs)
-        xs = _residual(xs, self.rpe.run_steps(xs))  # x = x_feat + rpe: values 0..2
-        for block in self.blocks:
-            xs = block.run_steps(xs)
+        xs = [self._input(x) for x in steps] if self.pixels else \
+            [self._input(i, c) for i, c in steps]
+        for embedding, blocks in self.stages:
+            xs = embedding.run_steps(xs)
+            for block in blocks:
+                xs = block.run_steps(xs)
         for idx, cnt in xs:
             self.head.step(idx, cnt)
         return self.logits()
+
+    def run_image(self, image: np.ndarray) -> np.ndarray:
+        """Classify a static image (real pixels, [H, W, C]): the same input at each of the
+        configuration's steps (direct encoding)."""
+        return self.run([image] * self.config.steps)
 
     def layer_stats(self) -> list[dict]:
         return [layer.stats() for layer in self.layers] + [self.head.stats()]
