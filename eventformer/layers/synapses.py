@@ -829,6 +829,7 @@ class TasaLinearLIF(LinearLIF):
             out.append(self.emit(self.attenuate(cur)))
         return out
 
+
 # --- embedding stages beyond conv -> LIF -> pool (model descriptions) --------------------------
 
 def _valid_taps(size: int, k: int, stride: int, pad: int, out: int) -> np.ndarray:

@@ -1,5 +1,11 @@
 """Official Spikformer checkpoint (or one of its SPEC §4 variants) -> eventformer model file.
 
+Three layouts of the released code are told from their keys: the CIFAR10-DVS code (Conv1d k1
+blocks, event counts in: Spikformer's own layout), the CIFAR10/CIFAR100 code (``*_linear`` blocks:
+nn.Linear, q/k/v with biases; max-pools after the last two SPS stages only; real pixels in) and
+the ImageNet code (Conv2d k1 MLP, ``fc1_conv.weight`` [out, in, 1, 1]; real pixels in). The
+static-image ones become model descriptions (:mod:`eventformer.models.description`).
+
 torch is imported here only, lazily: the engine never needs it. The tensors go through the one
 model-file builder (:func:`eventformer.modelfile.build.build_model_file`), which folds BatchNorm
 in float64 and rounds once to float32: W' = W * g, b' = beta + (b - mean) * g with
@@ -18,6 +24,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..models.config import SpikformerConfig, sps_suffix
+from ..models.description import spikformer_description
 from .build import (
     BN_EPS,
     DEFAULT_POOL_ROWS,
@@ -103,27 +110,67 @@ def infer_config(state: dict[str, np.ndarray], *, heads: int, scale: float, step
     dim = int(need("patch_embed.rpe_conv.weight").shape[0])
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"block\.(\d+)\.", k))}
     depth = max(blocks) + 1 if blocks else 0
-    mlp_hidden = int(need("block.0.mlp.fc1_conv.weight").shape[0]) if depth else 4 * dim
+    layout = released_layout(state)
+    fc1 = "block.0.mlp.fc1_linear.weight" if layout == "cifar10" else \
+        "block.0.mlp.fc1_conv.weight"
+    mlp_hidden = int(need(fc1).shape[0]) if depth else 4 * dim
     num_classes = int(need("head.weight").shape[0])
     inferred = {"in_channels": in_channels, "sps_channels": list(sps_channels), "dim": dim,
                 "depth": depth, "mlp_hidden": mlp_hidden, "num_classes": num_classes}
+    if layout == "cifar10" and stages != 4:
+        raise CheckpointError(f"{name}: the CIFAR10 code's blocks (*_linear keys) come with 4 SPS "
+                              f"stages, this checkpoint has {stages}")
+    pools = (False, False, True, True) if layout == "cifar10" else (True,) * stages
+    if layout != "dvs":
+        inferred["layout"] = RELEASED_LAYOUTS[layout]
     if image_size is None:
         if "pos_embed" in state and state["pos_embed"].ndim == 3:
             grid = math.isqrt(int(state["pos_embed"].shape[1]))
-            image_size = grid * 2 ** stages
+            image_size = grid * 2 ** sum(pools)
             inferred["image_size"] = f"{image_size} (from pos_embed: {grid}x{grid} tokens)"
         else:
             raise CheckpointError(f"{name}: the input size cannot be inferred (no pos_embed); "
                                   "give --image-size")
-    config = SpikformerConfig(
-        in_channels=in_channels, image_size=int(image_size), sps_channels=sps_channels,
-        sps_pool=(True,) * stages, dim=dim, heads=heads, depth=depth, mlp_hidden=mlp_hidden,
-        num_classes=num_classes, steps=steps, scale=scale, attention=attention)
+    if layout == "dvs":
+        config = SpikformerConfig(
+            in_channels=in_channels, image_size=int(image_size), sps_channels=sps_channels,
+            sps_pool=pools, dim=dim, heads=heads, depth=depth, mlp_hidden=mlp_hidden,
+            num_classes=num_classes, steps=steps, scale=scale, attention=attention)
+    else:  # a static-image code: a description with real pixels in
+        description = spikformer_description(
+            sps_channels=sps_channels, sps_pool=pools, dim=dim, heads=heads, depth=depth,
+            mlp_hidden=mlp_hidden, scale=scale, attention=attention, input="pixels",
+            attn_kernel="linear" if layout == "cifar10" else "conv1d",
+            mlp_kernel="linear" if layout == "cifar10" else "conv2d",
+            qkv_bias="block.0.attn.q_linear.bias" in state)
+        config = SpikformerConfig.described(description, in_channels=in_channels,
+                                            image_size=int(image_size), num_classes=num_classes,
+                                            steps=steps)
     try:
         check_config(config)
     except ValueError as exc:
         raise CheckpointError(f"{name}: {exc}") from None
     return config, inferred
+
+
+#: The released Spikformer codes export tells apart, as the report names them.
+RELEASED_LAYOUTS = {
+    "dvs": "Spikformer CIFAR10-DVS code (Conv1d k1 blocks, event counts in)",
+    "cifar10": "Spikformer CIFAR10 code (nn.Linear blocks, pools after SPS stages 2 and 3, "
+               "real pixels in)",
+    "imagenet": "Spikformer ImageNet code (Conv2d k1 MLP, real pixels in)",
+}
+
+
+def released_layout(state: dict) -> str:
+    """Which released code a state_dict comes from: "cifar10" (``*_linear`` keys in the
+    blocks), "imagenet" (a 4-d ``fc1_conv.weight``), else "dvs"."""
+    if any(re.match(r"block\.\d+\.(attn|mlp)\.\w+_linear\.weight$", k) for k in state):
+        return "cifar10"
+    if any(re.match(r"block\.\d+\.mlp\.fc[12]_conv\.weight$", k) and np.ndim(v) == 4
+           for k, v in state.items()):
+        return "imagenet"
+    return "dvs"
 
 
 def export_checkpoint(path: str | os.PathLike, *, heads: int = 16, scale: float = 0.25,

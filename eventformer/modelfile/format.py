@@ -331,8 +331,9 @@ def _read_attention(f, config: SpikformerConfig, path: str) -> list[AttentionPar
             raise ModelFileError(f"{path}: {name} does not name its attention operator")
         op = text(g.attrs["operator"], f"{where(g)} attribute operator", path)
         if op != blk.operator:
+            one = _ONE_OPERATOR if config.layout is None else ""
             raise ModelFileError(f"{path}: {name} is {op!r} attention but the configuration says "
-                                 f"{blk.operator!r}{_ONE_OPERATOR if config.layout is None else ''}")
+                                 f"{blk.operator!r}{one}")
         specs = attention_param_specs(blk.geometry, op)
         extra = sorted(set(g) - {s.name for s in specs})
         if extra:

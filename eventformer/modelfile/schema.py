@@ -109,8 +109,14 @@ class ParamSpec:
 
 def check_config(config: SpikformerConfig) -> None:
     """``config.validate()``: every attention operator a model file can name is accepted (the
-    engine refuses, when built, one it cannot run yet). Raises ValueError with one sentence."""
+    engine refuses, when built, one it cannot run yet), and the blocks are of a kind whose layers
+    a model file can hold. Raises ValueError with one sentence."""
     config.validate()
+    desc = config.description
+    if desc.residual != "spikes" and desc.depth:
+        raise ValueError(f"a model file cannot hold blocks with a {desc.residual!r} residual yet "
+                         "(the Spike-driven Transformer's membrane shortcut has no layer layout "
+                         "here)")
 
 
 def has_v_branch(config) -> bool:

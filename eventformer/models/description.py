@@ -188,7 +188,8 @@ def _value(name: str, v, kind: str, what: str):
             raise ValueError(f"{what} is {_shown(v)}, expected text")
         return v
     if kind == "tuple[str, str]":
-        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) for x in v)):
+        if not (isinstance(v, (list, tuple)) and len(v) == 2
+                and all(isinstance(x, str) for x in v)):
             raise ValueError(f"{what} is {_shown(v)}, expected two names")
         return tuple(v)
     raise AssertionError(f"no parser for {what} ({kind})")
