@@ -742,3 +742,12 @@ TWINS = {
     "tasa_current": (tasa,),
     "tasa_fixed_current": (tasa_fixed,),
 }
+
+
+# Kernels that eventformer.kernels does not list in its __all__ (TWINS above must name exactly
+# those, tests/test_kernel_docs.py), by module path, with their twins and the test file that
+# compares them.
+MODULE_TWINS = {
+    # dense max-pool of a real or integer current (HWC), before a LIF: tests/test_description.py
+    "eventformer.kernels.pooling.maxpool_current": (maxpool2d,),
+}
