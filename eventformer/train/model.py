@@ -1,49 +1,67 @@
-"""A whole Spikformer in numpy, assembled from :mod:`eventformer.train.layers` (no autograd).
+"""A whole Spikformer-family network in numpy, run from its model description (no autograd).
 
-The architecture is exactly that of ``tests/torch_reference.py`` (SPEC §2)::
+The network is the configuration's description (:attr:`SpikformerConfig.description`,
+:mod:`eventformer.models.description`): per block stage its embedding (conv stages that read the
+previous map or a saved one, save theirs, add one), then its blocks, then the head. The same
+executor runs every layout the pairs of :mod:`eventformer.train.layers`,
+:mod:`eventformer.train.attention` and :mod:`eventformer.train.successors` can differentiate:
 
-    SPS    per stage i: x = MaxPool(k3 s2 p1)(LIF(BN(Conv2d k3 p1, no bias)(x)))
-           x = x_feat + LIF(rpe_bn(rpe_conv(x_feat)))          -> tokens [T, B, D, N]
-    Block  x = x + ATTN(x); x = x + MLP(x)
-    head   logits = Linear(x.mean(tokens).mean(steps))
+* Spikformer (``config.layout`` None: SPS with the max-pool after each LIF, ``x = x_feat + rpe``,
+  SEW blocks ``x = x + ATTN(x); x = x + MLP(x)``, head ``Linear(x.mean(tokens).mean(steps))``);
+* the Spike-driven Transformer v1 (:func:`sdt_layout`: MS_SPS whose last stage pools before its
+  LIF and keeps the real current as ``x_feat``, ``x = rpe_bn(rpe_conv(...)) + x_feat`` real
+  valued, membrane-shortcut blocks with SDSA, head ``mean_T head(head_lif(x.mean(tokens)))``);
+* QKFormer (:func:`qkformer_layout`: PatchEmbedInit with strided 1x1 shortcuts, token QK
+  attention blocks, patch merging, Spikformer SSA blocks).
 
-ATTN is the operator ``config.attention`` names (SPEC §4; the pairs live in
-:mod:`eventformer.train.attention`): ``ssa``; ``ds2ta`` (TASA between the q/k/v/proj convs and
-their BatchNorms, NSAD on the count map, trainable per-head f parameters ``nsad_a`` .. ``nsad_e``
-that :func:`state_dict` turns into the rounded ``nsad_table``); ``ssa_bin`` (binary map, buffer
-``vbar``); ``saformer`` (no V branch, SASA gate + depthwise conv ``dwc_conv`` -> ``dwc_bn``).
-The operators' buffers and fixed settings (``tau``, ``taw``, ``nsad_u``, ``delta``, ``vbar``,
-``pool_rows``) live in ``state`` (:func:`init_state`).
+Block operators by registry name (:data:`BLOCK_OPERATORS`), for a residual stream of spikes:
+``ssa``; ``ds2ta`` (TASA between the q/k/v/proj convs and their BatchNorms, NSAD on the count map,
+trainable per-head f parameters ``nsad_a`` .. ``nsad_e`` that :func:`state_dict` turns into the
+rounded ``nsad_table``); ``ssa_bin`` (binary map, buffer ``vbar``); ``saformer`` (no V branch,
+SASA gate + depthwise conv ``dwc_conv`` -> ``dwc_bn``); ``token_qk`` (QKFormer: no V, per token
+and head the q count spiked masks K, no attention LIF after it); and for a membrane stream
+``sdsa`` (SDT's block; its Erode is off, as the official DVS Gesture models run). The operators'
+buffers and fixed settings (``tau``, ``taw``, ``nsad_u``, ``delta``, ``vbar``, ``pool_rows``,
+SDT's ``talking_heads.weight``, which the official code saves but never runs) live in ``state``
+(:func:`init_state`): they are carried, not trained.
 
 Parameters live in a flat dict keyed exactly like the official checkpoint
-(``patch_embed.proj_conv.weight``, ``patch_embed.proj_bn.weight``, ``block.0.attn.q_conv.weight``
-``[D, D, 1]``, ..., ``head.weight``); BatchNorm running statistics in a separate ``state`` dict
-(``<bn>.running_mean``, ``<bn>.running_var``, ``<bn>.num_batches_tracked``). ``params`` and
-``state`` together load into the torch reference (``load_state_dict(strict=False)``: only the
-unused ``pos_embed`` / ``norm*`` tensors are missing).
+(``patch_embed.proj_conv.weight``, ``block.0.attn.q_conv.weight``, ``stage1.0.tssa.q_conv.weight``,
+..., ``head.weight``); BatchNorm running statistics in ``state`` (``<bn>.running_mean``,
+``<bn>.running_var``, ``<bn>.num_batches_tracked``). ``state_dict(params, state)`` is the official
+state dict (Spikformer's unused ``pos_embed`` / ``norm*`` tensors aside).
 
-``forward(params, state, frames [T, B, C, H, W], training, config) -> (logits, cache)`` and
+``forward(params, state, frames, training, config) -> (logits, cache)`` and
 ``backward(dlogits, cache) -> grads`` (same keys as ``params``). Training mode normalises with
 batch statistics and updates ``state`` in place (``state=None``: no tracking); eval mode uses the
 running statistics. The LIF gradient is the sigmoid surrogate (alpha 4), reset detached, BPTT.
+``cache["spikes"]`` maps every LIF's module name to its output, in forward order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
 
-from ..models.config import SpikformerConfig, sps_suffix
+from ..models.config import SpikformerConfig
+from ..models.description import (INPUT, BlockStage, Description, Placement, place,
+                                  qkformer_patch_embed_init, qkformer_patch_embedding_stage,
+                                  sdt_sps)
 from . import attention as A
 from . import layers as L
+from . import successors as S
 
 __all__ = [
+    "BLOCK_OPERATORS",
     "CONFIGS",
     "DEFAULT_POOL_ROWS",
     "DEFAULT_TAW",
+    "MODEL_NAMES",
     "NSAD_U",
+    "SUCCESSOR_CONFIGS",
     "attention_options",
     "backward",
     "bn_names",
@@ -51,13 +69,16 @@ __all__ = [
     "forward",
     "init_params",
     "init_state",
+    "input_halvings",
     "loss_and_grads",
     "param_shapes",
+    "qkformer_layout",
+    "sdt_layout",
     "state_dict",
     "with_config",
 ]
 
-#: Named training configurations (SpikformerConfig fields).
+#: Named Spikformer training configurations (SpikformerConfig fields).
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {"in_channels": 2, "image_size": 32, "sps_channels": (16, 32, 64),
              "sps_pool": (True,) * 3, "dim": 64, "heads": 4, "depth": 1, "mlp_hidden": 256,
@@ -67,33 +88,175 @@ CONFIGS: dict[str, dict[str, Any]] = {
               "num_classes": 11, "steps": 8},
 }
 
-BN_MOMENTUM = 0.1
-BN_EPS = 1e-5
-SURROGATE_ALPHA = 4.0
+#: Named configurations of Spikformer's successors: (layout builder, its arguments, the
+#: configuration's other fields). Widths follow the official ratios (SDT: stages D/8, D/4, D/2,
+#: D; QKFormer: stage 1 at D/2 with a stem of D/16 .. D/2) at the shipped tiny models' size.
+SUCCESSOR_CONFIGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "sdt-tiny": ("sdt", {"dim": 64, "heads": 8, "depth": 1, "mlp_ratio": 4,
+                         "pooling_stat": "0111"},
+                 {"in_channels": 2, "image_size": 32, "num_classes": 11, "steps": 8}),
+    "qkformer-tiny": ("qkformer", {"dim": 64, "heads": 4, "stage1_depth": 1, "stage2_depth": 1,
+                                   "mlp_ratio": 4},
+                      {"in_channels": 2, "image_size": 32, "num_classes": 11, "steps": 8}),
+}
+
+#: Every name ``--model`` takes, with what it is (the CLI's help).
+MODEL_NAMES: dict[str, str] = {
+    "tiny": "Spikformer, SPS 16-32-64, D 64, 4 heads, 1 block (the shipped models' size)",
+    "small": "Spikformer, SPS 32-64-128, D 128, 8 heads, 2 blocks",
+    "sdt-tiny": "Spike-driven Transformer v1: MS_SPS 8-16-32-64 (pooling 0111), D 64, 8 heads, "
+                "1 membrane-shortcut SDSA block, head LIF",
+    "qkformer-tiny": "QKFormer: stem 4-8-16-32 with stride-4 shortcut, 1 token-QK block at "
+                     "width 32 (4x4 tokens), patch merging to 64 (2x2 tokens), 1 SSA block",
+}
+
+BN_MOMENTUM = S.BN_MOMENTUM
+BN_EPS = S.BN_EPS
+SURROGATE_ALPHA = S.SURROGATE_ALPHA
 DEFAULT_TAW = 3  # DS2TA's window T_AW (SPEC §4, DVS)
 DEFAULT_TASA_TAU = 2  # DS2TA's decay exponents of q, k, v, proj (SPEC §4, DVS)
 NSAD_U = 2.0  # DS2TA's NSAD threshold u_h, fixed (SPEC §4, DVS)
 DEFAULT_POOL_ROWS = 4  # SAFormer's L (SPEC §4)
 SSA_BIN_MOMENTUM = 0.1
 
+#: Block operators the trainer runs: the SPEC §4 ones and QKFormer's on a stream of spikes,
+#: SDT's on a membrane stream.
+SPIKE_OPERATORS = (*A.OPERATORS, "token_qk")
+MEMBRANE_OPERATORS = ("sdsa",)
+BLOCK_OPERATORS = SPIKE_OPERATORS + MEMBRANE_OPERATORS
+
+_POOLS = {"none": None, "before": "bn", "after": "spikes"}  # description -> conv_bn_lif's
+
+
+# --------------------------------------------------------------------------------------------------
+# Layouts and named configurations
+# --------------------------------------------------------------------------------------------------
+
+
+def sdt_layout(dim: int, heads: int, depth: int, mlp_hidden: int,
+               pooling_stat: str = "0111") -> Description:
+    """The Spike-driven Transformer v1 (``model/spikeformer.py``): MS_SPS (:func:`sdt_sps`),
+    ``depth`` membrane-shortcut blocks ``block.{i}`` (``attn`` = MS_SSA_Conv with SDSA, ``mlp``
+    = MS_MLP_Conv ``fc1``/``fc2``; every 1x1 conv a Conv2d), ``head_lif`` before the Linear.
+    SDSA has no scale: the stage's is 1."""
+    return Description((BlockStage(depth, dim, heads, mlp_hidden, "sdsa", 1.0,
+                                   embed=sdt_sps(dim, pooling_stat), attn_kernel="conv2d",
+                                   mlp_kernel="conv2d"),),
+                       residual="membrane", head_lif="head_lif")
+
+
+def qkformer_layout(dim: int, heads: int, stage1_depth: int, stage2_depth: int,
+                    mlp_ratio: float = 4, scale: float = 0.125) -> Description:
+    """QKFormer (``dvs128-gesture/model.py``): PatchEmbedInit at width ``dim // 2``, blocks
+    ``stage1.{i}`` (``tssa``: token QK attention, Conv1d q/k/proj; ``mlp``: Conv2d ``mlp1`` /
+    ``mlp2``), patch merging to ``dim``, blocks ``stage2.{i}`` (``ssa``: Spikformer's attention
+    at ``scale``); both stages ``heads`` heads, as the official code has one number for both.
+    The token QK core has no scale: stage 1's is 1."""
+    half = dim // 2
+    return Description((
+        BlockStage(stage1_depth, half, heads, int(half * mlp_ratio), "token_qk", 1.0,
+                   embed=qkformer_patch_embed_init(half), prefix="stage1", attn="tssa",
+                   mlp_layers=("mlp1", "mlp2"), attn_kernel="conv1d", mlp_kernel="conv2d"),
+        BlockStage(stage2_depth, dim, heads, int(dim * mlp_ratio), "ssa", scale,
+                   embed=qkformer_patch_embedding_stage(dim), prefix="stage2", attn="ssa",
+                   mlp_layers=("mlp1", "mlp2"), attn_kernel="conv1d", mlp_kernel="conv2d"),
+    ))
+
+
+_LAYOUTS = {"sdt": lambda dim, heads, depth, mlp_ratio, pooling_stat: sdt_layout(
+                dim, heads, depth, int(dim * mlp_ratio), pooling_stat),
+            "qkformer": qkformer_layout}
+
 
 def config_by_name(name: str, **overrides) -> SpikformerConfig:
-    """``"tiny"`` or ``"small"`` as a validated :class:`SpikformerConfig` (fields overridable)."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown model configuration {name!r}; known: {', '.join(CONFIGS)}")
-    kw = dict(CONFIGS[name])
-    kw.update(overrides)
-    cfg = SpikformerConfig(**kw)
+    """A named configuration (:data:`MODEL_NAMES`) as a validated :class:`SpikformerConfig`.
+
+    ``overrides``: configuration fields (``image_size``, ``steps``, ``num_classes``, ...); for a
+    successor also its layout's arguments (SDT: ``dim``, ``heads``, ``depth``, ``mlp_ratio``,
+    ``pooling_stat``; QKFormer: ``dim``, ``heads``, ``stage1_depth``, ``stage2_depth``,
+    ``mlp_ratio``, ``scale``). A successor's ``attention`` is its layout's: naming another is a
+    ValueError."""
+    if name in CONFIGS:
+        kw = dict(CONFIGS[name])
+        kw.update(overrides)
+        cfg = SpikformerConfig(**kw)
+    elif name in SUCCESSOR_CONFIGS:
+        family, layout_kw, fields_ = SUCCESSOR_CONFIGS[name]
+        layout_kw, fields_ = dict(layout_kw), dict(fields_)
+        attention = overrides.pop("attention", None)
+        for k, v in overrides.items():
+            (layout_kw if k in layout_kw or k == "scale" else fields_)[k] = v
+        cfg = SpikformerConfig.described(_LAYOUTS[family](**layout_kw), **fields_)
+        if attention is not None and attention != cfg.attention:
+            raise ValueError(f"{name}'s attention is its layout's ({_operators(cfg)}), not "
+                             f"{attention}")
+    else:
+        raise ValueError(f"unknown model configuration {name!r}; known: "
+                         f"{', '.join(MODEL_NAMES)}")
     _check_config(cfg)
     return cfg
 
 
+def _operators(cfg: SpikformerConfig) -> str:
+    return " then ".join(dict.fromkeys(s.attention for s in cfg.description.stages))
+
+
+def input_halvings(name: str) -> int:
+    """How many times a named model halves its input side (pools, strided merges): the input
+    must be a multiple of 2 to that power."""
+    cfg = config_by_name(name, image_size=128)
+    return round(math.log2(cfg.image_size / _placement(cfg).final.grid))
+
+
+def with_config(cfg: SpikformerConfig, **changes) -> SpikformerConfig:
+    """A copy of ``cfg`` with some fields replaced (validated)."""
+    out = dataclasses.replace(cfg, **changes)
+    _check_config(out)
+    return out
+
+
+def _placement(cfg: SpikformerConfig) -> Placement:
+    """The description on this input, checked against the trainer's operators (not the
+    engine's: the trainer may run an operator before the engine does)."""
+    return place(cfg.description, cfg.in_channels, cfg.image_size, BLOCK_OPERATORS)
+
+
 def _check_config(cfg: SpikformerConfig) -> None:
-    cfg.validate()
-    if not all(cfg.sps_pool):
-        raise ValueError("the numpy trainer supports only SPS stages that all max-pool")
-    if cfg.attention not in A.OPERATORS:
-        raise ValueError(f"the numpy trainer has no {cfg.attention!r} attention")
+    """A configuration the trainer can run, or one ValueError sentence saying why not."""
+    if cfg.layout is None:
+        cfg.validate()
+    else:  # the engine's validate() knows only the engine's operators
+        _placement(cfg)
+        last = cfg.layout.stages[-1]
+        for key, want in (("dim", last.dim), ("heads", last.heads), ("attention", last.attention),
+                          ("depth", cfg.layout.depth), ("mlp_hidden", last.mlp_hidden)):
+            if getattr(cfg, key) != want:
+                raise ValueError(f"{key} is {getattr(cfg, key)!r} but the layout says {want!r}")
+        if cfg.steps <= 0:
+            raise ValueError(f"steps must be positive, got {cfg.steps}")
+        if cfg.class_names and len(cfg.class_names) != cfg.num_classes:
+            raise ValueError(f"{len(cfg.class_names)} class names for {cfg.num_classes} classes")
+    desc = cfg.description
+    if desc.input != "events":
+        raise ValueError("the numpy trainer takes event counts, not pixel images")
+    for stage in desc.stages:
+        where = f"block stage {stage.prefix}"
+        if stage.attention not in BLOCK_OPERATORS:
+            raise ValueError(f"the numpy trainer has no {stage.attention!r} attention")
+        if (stage.attention in MEMBRANE_OPERATORS) != (desc.residual == "membrane"):
+            raise ValueError(f"{where}: the {stage.attention} operator does not run on a "
+                             f"residual stream of {desc.residual}")
+        if "linear" in (stage.attn_kernel, stage.mlp_kernel):
+            raise ValueError(f"{where}: the numpy trainer has no nn.Linear blocks "
+                             "(Conv1d or Conv2d k1 only)")
+        if stage.attention == "sdsa" and (stage.attn, stage.mlp, stage.mlp_layers) != \
+                ("attn", "mlp", ("fc1", "fc2")):
+            raise ValueError(f"{where}: SDT blocks are named attn and mlp (fc1, fc2)")
+        for st in stage.embed:
+            if not st.bn:
+                raise ValueError(f"{st.name}: the numpy trainer needs a BatchNorm after each conv")
+    if desc.head_lif and desc.head_lif != "head_lif":
+        raise ValueError(f"the head's LIF is named head_lif, not {desc.head_lif!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,31 +264,39 @@ def _check_config(cfg: SpikformerConfig) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _kernel(layout: str, out: int, cin: int) -> tuple[int, ...]:
+    """A token-wise weight as the checkpoint holds it (KERNEL_LAYOUTS)."""
+    return (out, cin, 1) if layout == "conv1d" else (out, cin, 1, 1)
+
+
+def _branches(op: str) -> tuple[str, ...]:
+    """The spiking projections of the block input: SAFormer and QKFormer's token attention
+    have no V branch."""
+    return ("q", "k") if op in ("saformer", "token_qk") else ("q", "k", "v")
+
+
 def _conv_specs(cfg: SpikformerConfig) -> list[tuple[str, tuple[int, ...], bool, str]]:
     """(conv prefix, weight shape, has bias, BN prefix) for every conv, in forward order."""
     out = []
-    cin = cfg.in_channels
-    for i, c in enumerate(cfg.sps_channels):
-        s = sps_suffix(i)
-        out.append((f"patch_embed.proj_conv{s}", (c, cin, 3, 3), False, f"patch_embed.proj_bn{s}"))
-        cin = c
-    D, Hd = cfg.dim, cfg.mlp_hidden
-    out.append(("patch_embed.rpe_conv", (D, D, 3, 3), False, "patch_embed.rpe_bn"))
-    for b in range(cfg.depth):
-        a, m = f"block.{b}.attn", f"block.{b}.mlp"
-        for n in _branches(cfg):
-            out.append((f"{a}.{n}_conv", (D, D, 1), False, f"{a}.{n}_bn"))
-        if cfg.attention == "saformer":
-            out.append((f"{a}.dwc_conv", (D, 1, 3, 3), False, f"{a}.dwc_bn"))
-        out.append((f"{a}.proj_conv", (D, D, 1), True, f"{a}.proj_bn"))
-        out.append((f"{m}.fc1_conv", (Hd, D, 1), True, f"{m}.fc1_bn"))
-        out.append((f"{m}.fc2_conv", (D, Hd, 1), True, f"{m}.fc2_bn"))
+    placement = _placement(cfg)
+    for stage, placed in zip(cfg.description.stages, placement.embeds):
+        for p in placed:
+            st = p.stage
+            out.append((st.conv, (st.channels, p.cin, st.kernel, st.kernel), st.bias, st.bn))
+        D, Hd = stage.dim, stage.mlp_hidden
+        for i in range(stage.count):
+            a, m = stage.attention_name(i), stage.mlp_name(i)
+            attn = lambda o, c: _kernel(stage.attn_kernel, o, c)  # noqa: E731
+            mlp = lambda o, c: _kernel(stage.mlp_kernel, o, c)  # noqa: E731
+            for n in _branches(stage.attention):
+                out.append((f"{a}.{n}_conv", attn(D, D), stage.qkv_bias, f"{a}.{n}_bn"))
+            if stage.attention == "saformer":
+                out.append((f"{a}.dwc_conv", (D, 1, 3, 3), False, f"{a}.dwc_bn"))
+            out.append((f"{a}.proj_conv", attn(D, D), True, f"{a}.proj_bn"))
+            f1, f2 = stage.mlp_layers
+            out.append((f"{m}.{f1}_conv", mlp(Hd, D), True, f"{m}.{f1}_bn"))
+            out.append((f"{m}.{f2}_conv", mlp(D, Hd), True, f"{m}.{f2}_bn"))
     return out
-
-
-def _branches(cfg: SpikformerConfig) -> tuple[str, ...]:
-    """The spiking projections of the block input: SAFormer has no V branch."""
-    return ("q", "k") if cfg.attention == "saformer" else ("q", "k", "v")
 
 
 def bn_names(cfg: SpikformerConfig) -> list[str]:
@@ -142,11 +313,13 @@ def param_shapes(cfg: SpikformerConfig) -> dict[str, tuple[int, ...]]:
             shapes[f"{conv}.bias"] = (wshape[0],)
         shapes[f"{bn}.weight"] = (wshape[0],)
         shapes[f"{bn}.bias"] = (wshape[0],)
-    if cfg.attention == "ds2ta":
-        for b in range(cfg.depth):
-            for k in A.NSAD_KEYS:
-                shapes[f"block.{b}.attn.{k}"] = (cfg.heads,)
-    shapes["head.weight"] = (cfg.num_classes, cfg.dim)
+    for stage in cfg.description.stages:
+        if stage.attention == "ds2ta":
+            for i in range(stage.count):
+                for k in A.NSAD_KEYS:
+                    shapes[f"{stage.attention_name(i)}.{k}"] = (stage.heads,)
+    dim = cfg.description.stages[-1].dim
+    shapes["head.weight"] = (cfg.num_classes, dim)
     shapes["head.bias"] = (cfg.num_classes,)
     return shapes
 
@@ -173,11 +346,12 @@ def init_params(cfg: SpikformerConfig, seed: int = 0, dtype=np.float32,
             params[f"{conv}.bias"] = uniform((wshape[0],), fan_in)
         params[f"{bn}.weight"] = np.ones(wshape[0], dt)
         params[f"{bn}.bias"] = np.zeros(wshape[0], dt)
-    if cfg.attention == "ds2ta":
-        for b in range(cfg.depth):
-            for k, v in A.init_nsad_params(cfg.heads, dt).items():
-                params[f"block.{b}.attn.{k}"] = v
-    K, D = cfg.num_classes, cfg.dim
+    for stage in cfg.description.stages:
+        if stage.attention == "ds2ta":
+            for i in range(stage.count):
+                for k, v in A.init_nsad_params(stage.heads, dt).items():
+                    params[f"{stage.attention_name(i)}.{k}"] = v
+    K, D = param_shapes(cfg)["head.weight"]
     if head_init == "torch":
         params["head.weight"] = uniform((K, D), D)
         params["head.bias"] = uniform((K,), D)
@@ -193,44 +367,58 @@ def init_params(cfg: SpikformerConfig, seed: int = 0, dtype=np.float32,
 
 
 def init_state(cfg: SpikformerConfig, dtype=np.float32, taw: int | None = None,
-               pool_rows: int | None = None) -> dict[str, Any]:
+               pool_rows: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Fresh BatchNorm running statistics (mean 0, var 1, 0 batches tracked) and the attention
-    operator's buffers and fixed settings, per block ``block.{i}.attn.``:
+    operator's buffers and fixed settings, per block (``block.{i}.attn.`` ...):
 
     * ds2ta: ``tau`` [4] int64 (decay exponents of q, k, v, proj; 2), ``taw`` (T_AW, int64
       scalar; ``taw`` or 3), ``nsad_u`` [H] (NSAD's fixed u_h; 2);
     * ssa_bin: ``delta`` [H] int64 (0), ``vbar`` [D] (running mean of B V; 0);
-    * saformer: ``pool_rows`` (L, int64 scalar; ``pool_rows`` or 4).
+    * saformer: ``pool_rows`` (L, int64 scalar; ``pool_rows`` or 4);
+    * sdsa: ``talking_heads.weight`` [H, H, 1], torch's Conv1d initialisation drawn from
+      ``seed``: the official checkpoint holds it though no computation reads it.
 
     ``taw`` / ``pool_rows`` given for another operator are refused (ValueError)."""
     _check_config(cfg)
-    op = cfg.attention
-    if taw is not None and op != "ds2ta":
-        raise ValueError(f"taw (T_AW) is a ds2ta setting, the attention is {op}")
-    if pool_rows is not None and op != "saformer":
-        raise ValueError(f"pool_rows (L) is a saformer setting, the attention is {op}")
+    stages = cfg.description.stages
+    ops = {s.attention for s in stages}
+    if taw is not None and "ds2ta" not in ops:
+        raise ValueError(f"taw (T_AW) is a ds2ta setting, the attention is {cfg.attention}")
+    if pool_rows is not None and "saformer" not in ops:
+        raise ValueError(f"pool_rows (L) is a saformer setting, the attention is {cfg.attention}")
     taw = DEFAULT_TAW if taw is None else int(taw)
     pool_rows = DEFAULT_POOL_ROWS if pool_rows is None else int(pool_rows)
     if taw < 1:
         raise ValueError(f"taw (T_AW) must be >= 1, got {taw}")
-    if pool_rows < 1 or cfg.tokens % pool_rows:
-        raise ValueError(f"pool_rows (L) must be a divisor of the {cfg.tokens} tokens, "
-                         f"got {pool_rows}")
+    geometry = _placement(cfg).geometry
+    for stage, g in zip(stages, geometry):
+        if stage.attention == "saformer" and (pool_rows < 1 or g.tokens % pool_rows):
+            raise ValueError(f"pool_rows (L) must be a divisor of the {g.tokens} tokens, "
+                             f"got {pool_rows}")
     state: dict[str, Any] = {}
+    shapes = param_shapes(cfg)
     for bn in bn_names(cfg):
-        for k, v in L.init_bn_state(param_shapes(cfg)[f"{bn}.weight"][0], dtype).items():
+        for k, v in L.init_bn_state(shapes[f"{bn}.weight"][0], dtype).items():
             state[f"{bn}.{k}"] = v
-    for b in range(cfg.depth):
-        a = f"block.{b}.attn"
-        if op == "ds2ta":
-            state[f"{a}.tau"] = np.full(4, DEFAULT_TASA_TAU, np.int64)
-            state[f"{a}.taw"] = np.asarray(taw, np.int64)
-            state[f"{a}.nsad_u"] = np.full(cfg.heads, NSAD_U, dtype)
-        elif op == "ssa_bin":
-            state[f"{a}.delta"] = np.zeros(cfg.heads, np.int64)
-            state[f"{a}.vbar"] = np.zeros(cfg.dim, dtype)
-        elif op == "saformer":
-            state[f"{a}.pool_rows"] = np.asarray(pool_rows, np.int64)
+    rng = np.random.default_rng(seed)
+    for stage in stages:
+        op = stage.attention
+        for i in range(stage.count):
+            a = stage.attention_name(i)
+            if op == "ds2ta":
+                state[f"{a}.tau"] = np.full(4, DEFAULT_TASA_TAU, np.int64)
+                state[f"{a}.taw"] = np.asarray(taw, np.int64)
+                state[f"{a}.nsad_u"] = np.full(stage.heads, NSAD_U, dtype)
+            elif op == "ssa_bin":
+                state[f"{a}.delta"] = np.zeros(stage.heads, np.int64)
+                state[f"{a}.vbar"] = np.zeros(stage.dim, dtype)
+            elif op == "saformer":
+                state[f"{a}.pool_rows"] = np.asarray(pool_rows, np.int64)
+            elif op == "sdsa":
+                H = stage.heads
+                bound = 1.0 / np.sqrt(H)
+                state[f"{a}.talking_heads.weight"] = rng.uniform(-bound, bound, (H, H, 1)) \
+                    .astype(dtype)
     return state
 
 
@@ -243,8 +431,7 @@ def attention_options(state: dict[str, Any]) -> dict[str, int]:
     ...}`` (saformer) or ``{}``."""
     out = {}
     for key in ("taw", "pool_rows"):
-        vals = {int(np.asarray(v)) for k, v in state.items()
-                if k.startswith("block.") and k.endswith(f".attn.{key}")}
+        vals = {int(np.asarray(v)) for k, v in state.items() if k.endswith(f".{key}")}
         if len(vals) > 1:
             raise ValueError(f"the blocks have different {key}: {sorted(vals)}")
         if vals:
@@ -273,7 +460,7 @@ def state_dict(params: dict[str, np.ndarray], state: dict[str, Any]) -> dict[str
         out[k] = np.asarray(v, np.int64) if k.endswith("num_batches_tracked") else np.asarray(v)
     for prefix, p in nsad.items():
         u = state[f"{prefix}.nsad_u"]
-        d = params["head.weight"].shape[1] // len(u)
+        d = params[f"{prefix}.q_conv.weight"].shape[0] // len(u)  # the block's head width
         out[f"{prefix}.nsad_table"] = A.nsad_table(p, u, d)
     return out
 
@@ -289,15 +476,7 @@ def _sub(params: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
 
 
 def _bn(x, params, state, prefix, training):
-    st = None
-    if state is not None:
-        st = {k: state[f"{prefix}.{k}"] for k in ("running_mean", "running_var")}
-        st["num_batches_tracked"] = state.get(f"{prefix}.num_batches_tracked", 0)
-    y, cache = L.batchnorm_forward(x, _sub(params, prefix), st, training=training,
-                                   momentum=BN_MOMENTUM, eps=BN_EPS)
-    if state is not None and training:
-        state[f"{prefix}.num_batches_tracked"] = st["num_batches_tracked"]
-    return y, cache
+    return S._bn(x, params, state, prefix, training)
 
 
 def _lif(cfg: SpikformerConfig, theta: float):
@@ -308,7 +487,8 @@ def _lif(cfg: SpikformerConfig, theta: float):
 def forward(params: dict[str, np.ndarray], state: dict[str, Any] | None, frames: np.ndarray,
             training: bool, config: SpikformerConfig) -> tuple[np.ndarray, dict]:
     """Logits ``[B, classes]`` of ``frames [T, B, C, H, W]`` (event counts; cast to the
-    parameters' dtype) and the cache for :func:`backward`.
+    parameters' dtype) and the cache for :func:`backward` (``cache["spikes"]``: every LIF's
+    output by module name).
 
     ``training``: BatchNorms use batch statistics and update ``state`` in place (unless ``state`` is
     None); otherwise the running statistics in ``state`` (required)."""
@@ -322,91 +502,110 @@ def forward(params: dict[str, np.ndarray], state: dict[str, Any] | None, frames:
                          f"{cfg.in_channels}x{cfg.image_size}x{cfg.image_size}")
     if not training and state is None:
         raise ValueError("eval mode needs the BatchNorm running statistics (state)")
-    dt = params["head.weight"].dtype
-    lif_n = _lif(cfg, cfg.theta)
-    cache: dict[str, Any] = {"config": cfg, "T": T, "B": B}
-
-    # ---- SPS
-    x = frames.astype(dt).reshape(T * B, C, H, W)
+    desc = cfg.description
+    run = _Run(params, state, training, cfg)
+    x = frames.astype(params["head.weight"].dtype)
     stages = []
-    for i in range(len(cfg.sps_channels)):
-        s = sps_suffix(i)
-        c = L.conv2d_forward(x, _sub(params, f"patch_embed.proj_conv{s}"), 1, 1)
-        b = _bn(c[0], params, state, f"patch_embed.proj_bn{s}", training)
-        lf = L.lif_forward(b[0].reshape(T, B, *b[0].shape[1:]), **lif_n)
-        mp = L.maxpool2d_forward(lf[0].reshape(b[0].shape), 3, 2, 1)
-        stages.append((c[1], b[1], lf[1], mp[1]))
-        x = mp[0]
-    cache["stages"] = stages
-    D, g = x.shape[1], x.shape[2]
-    N = g * x.shape[3]
-    c = L.conv2d_forward(x, _sub(params, "patch_embed.rpe_conv"), 1, 1)
-    b = _bn(c[0], params, state, "patch_embed.rpe_bn", training)
-    lf = L.lif_forward(b[0].reshape(T, B, *b[0].shape[1:]), **lif_n)
-    cache["rpe"] = (c[1], b[1], lf[1])
-    cache["feat_shape"] = x.shape
-    x = (x.reshape(T, B, D, g, -1) + lf[0]).reshape(T, B, D, N)
-
-    # ---- blocks
-    blocks = []
-    for bi in range(cfg.depth):
-        a, m = f"block.{bi}.attn", f"block.{bi}.mlp"
-        bc: dict[str, Any] = {}
-        xf = x.reshape(T * B, D, N)
-        op = cfg.attention
-        tasa = _tasa_settings(state, a, op)
-        qkv = []
-        for n in _branches(cfg):
-            sp, bc[n] = _syn_bn_lif(xf, params, state, f"{a}.{n}", training, lif_n,
-                                    (T, B, D, N), tasa.get(n))
-            qkv.append(sp)
-        if op == "ssa":
-            att = L.ssa_attention_forward(*qkv, cfg.heads, cfg.scale)
-        elif op == "ds2ta":
-            att = A.nsad_forward(*qkv, {k: params[f"{a}.{k}"] for k in A.NSAD_KEYS},
-                                 _need(state, f"{a}.nsad_u"), cfg.heads, cfg.scale)
-        elif op == "ssa_bin":
-            vbar = None if state is None else state[f"{a}.vbar"]
-            att = A.ssa_bin_forward(*qkv, _need(state, f"{a}.delta"), cfg.heads, cfg.scale,
-                                    vbar, training, SSA_BIN_MOMENTUM)
-        else:  # saformer: scale * (K * a) + BN(DWC(K))
-            q_, k_ = qkv
-            rows = int(_need(state, f"{a}.pool_rows"))
-            sa = A.sasa_forward(q_, k_, rows, cfg.scale)
-            dw = A.depthwise_conv2d_forward(k_.reshape(T * B, D, g, g),
-                                            _sub(params, f"{a}.dwc_conv"), 1)
-            db = _bn(dw[0], params, state, f"{a}.dwc_bn", training)
-            att = (sa[0] + db[0].reshape(T, B, D, N), {"sasa": sa[1], "dwc": dw[1], "bn": db[1]})
-        al = L.lif_forward(att[0], **_lif(cfg, cfg.attn_theta))
-        pl = _syn_bn_lif(al[0].reshape(T * B, D, N), params, state, f"{a}.proj",
-                         training, lif_n, (T, B, D, N), tasa.get("proj"))
-        bc["proj"] = pl[1]
-        bc["att"], bc["attn_lif"] = att[1], al[1]
-        x = x + pl[0]
-        Hd = cfg.mlp_hidden
-        c1 = L.conv1x1_forward(x.reshape(T * B, D, N), _sub(params, f"{m}.fc1_conv"))
-        b1 = _bn(c1[0], params, state, f"{m}.fc1_bn", training)
-        l1 = L.lif_forward(b1[0].reshape(T, B, Hd, N), **lif_n)
-        c2 = L.conv1x1_forward(l1[0].reshape(T * B, Hd, N), _sub(params, f"{m}.fc2_conv"))
-        b2 = _bn(c2[0], params, state, f"{m}.fc2_bn", training)
-        l2 = L.lif_forward(b2[0].reshape(T, B, D, N), **lif_n)
-        bc["fc1"], bc["fc2"] = (c1[1], b1[1], l1[1]), (c2[1], b2[1], l2[1])
-        x = x + l2[0]
-        blocks.append(bc)
-    cache["blocks"] = blocks
-    cache["tokens_shape"] = (T, B, D, N)
-
-    # ---- head
-    mean = L.mean_tokens_steps_forward(x)
-    head = L.linear_forward(mean[0], _sub(params, "head"))
-    cache["mean"], cache["head"] = mean[1], head[1]
-    return head[0], cache
+    for stage in desc.stages:
+        x, ec = _embed_forward(stage, x, run)
+        T, B, D, gh, gw = x.shape
+        x = x.reshape(T, B, D, gh * gw)
+        blocks = []
+        for i in range(stage.count):
+            if stage.attention == "sdsa":
+                x, bc = S.sdt_block_forward(x, params, state, stage.block_name(i), training,
+                                            stage.heads, (gh, gw), False, run.lif,
+                                            cfg.attn_theta)
+                run.spikes.update(bc["spikes"])
+            else:
+                x, bc = _block_forward(stage, i, x, (gh, gw), run)
+            blocks.append(bc)
+        stages.append((ec, blocks, (gh, gw)))
+        x = x.reshape(T, B, D, gh, gw)
+    x = x.reshape(T, B, D, -1)
+    cache: dict[str, Any] = {"config": cfg, "stages": stages, "spikes": run.spikes}
+    if desc.head_lif:
+        logits, cache["head"] = S.sdt_head_forward(x, params, run.lif)
+        run.spikes[desc.head_lif] = cache["head"]["spikes"]
+    else:
+        mean = L.mean_tokens_steps_forward(x)
+        logits, hc = L.linear_forward(mean[0], _sub(params, "head"))
+        cache["head"] = (mean[1], hc)
+    return logits, cache
 
 
-def _need(state, key):
-    if state is None:
-        raise ValueError(f"this attention operator needs its buffers in state ({key})")
-    return state[key]
+class _Run:
+    """What one forward pass shares: parameters, state, mode, LIF settings, recorded spikes."""
+
+    def __init__(self, params, state, training, cfg):
+        self.params, self.state, self.training, self.cfg = params, state, training, cfg
+        self.lif = _lif(cfg, cfg.theta)
+        self.attn_lif = _lif(cfg, cfg.attn_theta)
+        self.spikes: dict[str, np.ndarray] = {}
+
+
+def _embed_forward(stage: BlockStage, x: np.ndarray, run: _Run):
+    """One embedding on ``x [T, B, C, H, W]``: each conv stage reads the previous output or a
+    saved map, pools where it says, spikes (or not), adds a saved map. A stage that keeps its
+    current (``save_current``: SDT's ``x_feat``) runs its LIF apart, after the saved current.
+    Maps are kept by key (``("in",)``, ``("out", j)``, ``("cur", j)``) so that the backward
+    can sum every path's gradient into the map it came from."""
+    maps = {("in",): x}
+    names = {INPUT: ("in",)}
+    prev = ("in",)
+    records = []
+    for j, st in enumerate(stage.embed):
+        src = names[st.input] if st.input else prev
+        pool = _POOLS[st.pool]
+        if st.save_current:
+            cur, cc = S.conv_bn_lif_forward(maps[src], run.params, run.state, st.conv, st.bn,
+                                            run.training, None, st.stride, st.padding, pool)
+            y, lc = L.lif_forward(cur, **run.lif)
+            maps[("cur", j)] = cur
+            names[st.save_current] = ("cur", j)
+            run.spikes[st.lif] = y
+        else:
+            y, cc = S.conv_bn_lif_forward(maps[src], run.params, run.state, st.conv, st.bn,
+                                          run.training, run.lif if st.lif else None, st.stride,
+                                          st.padding, pool)
+            lc = None
+            if st.lif:
+                run.spikes[st.lif] = cc["spikes"]
+        add = names[st.add] if st.add else None
+        if add is not None:
+            y = y + maps[add]
+        maps[("out", j)] = y
+        if st.save:
+            names[st.save] = ("out", j)
+        prev = ("out", j)
+        records.append((src, cc, lc, add))
+    return maps[prev], {"records": records, "out": prev}
+
+
+def _accumulate(grads: dict, key, d: np.ndarray) -> None:
+    grads[key] = d if key not in grads else grads[key] + d
+
+
+def _embed_backward(dy: np.ndarray, ec: dict, grads: dict) -> np.ndarray | None:
+    """Gradients of :func:`_embed_forward` (parameters into ``grads``); returns dL/d(input)."""
+    g = {ec["out"]: dy}
+    for j in range(len(ec["records"]) - 1, -1, -1):
+        src, cc, lc, add = ec["records"][j]
+        d = g.pop(("out", j), None)
+        dcur = g.pop(("cur", j), None)
+        if d is not None and add is not None:
+            _accumulate(g, add, d)
+        if lc is not None:  # the LIF ran apart from its saved current
+            if d is not None:
+                d = L.lif_backward(d, lc)[0]
+            if dcur is not None:
+                d = dcur if d is None else d + dcur
+        if d is None:
+            continue
+        dx, gr = S.conv_bn_lif_backward(d, cc)
+        grads.update(gr)
+        _accumulate(g, src, dx)
+    return g.get(("in",))
 
 
 def _tasa_settings(state, a: str, op: str) -> dict[str, tuple[int, int]]:
@@ -418,10 +617,74 @@ def _tasa_settings(state, a: str, op: str) -> dict[str, tuple[int, int]]:
     return {n: (int(tau[i]), taw) for i, n in enumerate(("q", "k", "v", "proj"))}
 
 
+def _need(state, key):
+    if state is None:
+        raise ValueError(f"this attention operator needs its buffers in state ({key})")
+    return state[key]
+
+
+def _block_forward(stage: BlockStage, i: int, x: np.ndarray, grid: tuple[int, int], run: _Run):
+    """One block on a residual stream of spikes ``x [T, B, D, N]``: ``x = x + ATTN(x); x = x +
+    MLP(x)``, ATTN the stage's operator."""
+    params, state, training = run.params, run.state, run.training
+    a, m = stage.attention_name(i), stage.mlp_name(i)
+    f1, f2 = stage.mlp_layers
+    T, B, D, N = x.shape
+    op = stage.attention
+    bc: dict[str, Any] = {}
+    xf = x.reshape(T * B, D, N)
+    tasa = _tasa_settings(state, a, op)
+    qkv = []
+    for n in _branches(op):
+        sp, bc[n] = _syn_bn_lif(xf, params, state, f"{a}.{n}", training, run.lif, (T, B, D, N),
+                                tasa.get(n))
+        run.spikes[f"{a}.{n}_lif"] = sp
+        qkv.append(sp)
+    heads, scale = stage.heads, stage.scale
+    if op == "ssa":
+        att = L.ssa_attention_forward(*qkv, heads, scale)
+    elif op == "ds2ta":
+        att = A.nsad_forward(*qkv, {k: params[f"{a}.{k}"] for k in A.NSAD_KEYS},
+                             _need(state, f"{a}.nsad_u"), heads, scale)
+    elif op == "ssa_bin":
+        vbar = None if state is None else state[f"{a}.vbar"]
+        att = A.ssa_bin_forward(*qkv, _need(state, f"{a}.delta"), heads, scale, vbar, training,
+                                SSA_BIN_MOMENTUM)
+    elif op == "saformer":  # scale * (K * a) + BN(DWC(K))
+        q_, k_ = qkv
+        rows = int(_need(state, f"{a}.pool_rows"))
+        sa = A.sasa_forward(q_, k_, rows, scale)
+        dw = A.depthwise_conv2d_forward(k_.reshape(T * B, D, *grid),
+                                        _sub(params, f"{a}.dwc_conv"), 1)
+        db = _bn(dw[0], params, state, f"{a}.dwc_bn", training)
+        att = (sa[0] + db[0].reshape(T, B, D, N), {"sasa": sa[1], "dwc": dw[1], "bn": db[1]})
+    else:  # token_qk: the attention LIF is inside the core, the masked K goes to proj
+        att = S.token_qk_forward(*qkv, heads, run.attn_lif)
+        run.spikes[f"{a}.attn_lif"] = att[1]["a"]
+    bc["att"] = att[1]
+    if op == "token_qk":
+        y, bc["attn_lif"] = att[0], None
+    else:
+        y, bc["attn_lif"] = L.lif_forward(att[0], **run.attn_lif)
+        run.spikes[f"{a}.attn_lif"] = y
+    pl = _syn_bn_lif(y.reshape(T * B, D, N), params, state, f"{a}.proj", training, run.lif,
+                     (T, B, D, N), tasa.get("proj"))
+    bc["proj"] = pl[1]
+    run.spikes[f"{a}.proj_lif"] = pl[0]
+    x = x + pl[0]
+    Hd = stage.mlp_hidden
+    l1, bc["fc1"] = _syn_bn_lif(x.reshape(T * B, D, N), params, state, f"{m}.{f1}", training,
+                                run.lif, (T, B, Hd, N), None)
+    l2, bc["fc2"] = _syn_bn_lif(l1.reshape(T * B, Hd, N), params, state, f"{m}.{f2}", training,
+                                run.lif, (T, B, D, N), None)
+    run.spikes[f"{m}.{f1}_lif"], run.spikes[f"{m}.{f2}_lif"] = l1, l2
+    return x + l2, bc
+
+
 def _syn_bn_lif(xf, params, state, name, training, lif_kw, shape, tasa):
     """conv1x1 -> BN -> LIF of branch ``name`` (``block.i.attn.q`` ...) on ``xf [T*B, I, N]``;
     with ``tasa = (tau, taw)`` (DS2TA) the conv's synaptic part is attenuated over the window
-    first and its bias added after (SPEC §4). Returns ``(spikes [T, B, D, N], stack)``, the
+    first and its bias added after (SPEC §4). Returns ``(spikes [T, B, O, N], stack)``, the
     stack being what the backward needs: (conv, BN, LIF[, TASA]) caches."""
     T, B, D, N = shape
     conv = _sub(params, f"{name}_conv")
@@ -458,69 +721,77 @@ def _bn_lif_conv_backward(ds, stack, grads, conv, bn):
         if has_bias:
             grads[f"{conv}.bias"] = dc.sum(axis=(0, 2))
         dc = A.tasa_backward(dc.reshape(ds.shape), tc)[0].reshape(dc.shape)
-    if len(dc.shape) == 4:
-        dx, g = L.conv2d_backward(dc, cc)
-    else:
-        dx, g = L.conv1x1_backward(dc, cc)
+    dx, g = L.conv1x1_backward(dc, cc)
     _put(grads, conv, g)
     return dx
+
+
+def _block_backward(stage: BlockStage, i: int, dx: np.ndarray, bc: dict, grads: dict
+                    ) -> np.ndarray:
+    """Gradients of :func:`_block_forward` given dL/d(block output) ``[T, B, D, N]``."""
+    a, m = stage.attention_name(i), stage.mlp_name(i)
+    f1, f2 = stage.mlp_layers
+    T, B, D, N = dx.shape
+    Hd = stage.mlp_hidden
+    # x = x + mlp(x)
+    dl1 = _bn_lif_conv_backward(dx, bc["fc2"], grads, f"{m}.{f2}_conv", f"{m}.{f2}_bn")
+    dxm = _bn_lif_conv_backward(dl1.reshape(T, B, Hd, N), bc["fc1"], grads, f"{m}.{f1}_conv",
+                                f"{m}.{f1}_bn")
+    dx = dx + dxm.reshape(T, B, D, N)
+    # x = x + attn(x)
+    dal = _bn_lif_conv_backward(dx, bc["proj"], grads, f"{a}.proj_conv", f"{a}.proj_bn")
+    datt = dal.reshape(T, B, D, N)
+    if bc["attn_lif"] is not None:
+        datt, _ = L.lif_backward(datt, bc["attn_lif"])
+    op = stage.attention
+    if op == "ssa":
+        dqkv, _ = L.ssa_attention_backward(datt, bc["att"])
+    elif op == "ds2ta":
+        dqkv, g = A.nsad_backward(datt, bc["att"])
+        _put(grads, a, g)
+    elif op == "ssa_bin":
+        dqkv, _ = A.ssa_bin_backward(datt, bc["att"])
+    elif op == "saformer":
+        ac = bc["att"]
+        (dq, dk), _ = A.sasa_backward(datt, ac["sasa"])
+        dd, g = L.batchnorm_backward(datt.reshape(ac["dwc"]["x_shape"]), ac["bn"])
+        _put(grads, f"{a}.dwc_bn", g)
+        dkk, g = A.depthwise_conv2d_backward(dd, ac["dwc"])
+        _put(grads, f"{a}.dwc_conv", g)
+        dqkv = (dq, dk + dkk.reshape(T, B, D, N))
+    else:
+        dqkv, _ = S.token_qk_backward(datt, bc["att"])
+    dxf = dx.reshape(T * B, D, N).copy()
+    for n, ds in zip(_branches(op), dqkv):
+        dxf += _bn_lif_conv_backward(ds, bc[n], grads, f"{a}.{n}_conv", f"{a}.{n}_bn")
+    return dxf.reshape(T, B, D, N)
 
 
 def backward(dlogits: np.ndarray, cache: dict) -> dict[str, np.ndarray]:
     """Gradients of every parameter (same keys as ``params``) given ``dL/dlogits``."""
     cfg = cache["config"]
-    T, B = cache["T"], cache["B"]
-    _, _, D, N = cache["tokens_shape"]
+    desc = cfg.description
     grads: dict[str, np.ndarray] = {}
-    dm, g = L.linear_backward(dlogits, cache["head"])
-    _put(grads, "head", g)
-    dx, _ = L.mean_tokens_steps_backward(dm, cache["mean"])
-
-    for bi in range(cfg.depth - 1, -1, -1):
-        a, m = f"block.{bi}.attn", f"block.{bi}.mlp"
-        bc = cache["blocks"][bi]
-        Hd = cfg.mlp_hidden
-        # x = x + mlp(x)
-        dl1 = _bn_lif_conv_backward(dx, bc["fc2"], grads, f"{m}.fc2_conv", f"{m}.fc2_bn")
-        dxm = _bn_lif_conv_backward(dl1.reshape(T, B, Hd, N), bc["fc1"], grads,
-                                    f"{m}.fc1_conv", f"{m}.fc1_bn")
-        dx = dx + dxm.reshape(T, B, D, N)
-        # x = x + attn(x)
-        dal = _bn_lif_conv_backward(dx, bc["proj"], grads, f"{a}.proj_conv", f"{a}.proj_bn")
-        datt, _ = L.lif_backward(dal.reshape(T, B, D, N), bc["attn_lif"])
-        op = cfg.attention
-        if op == "ssa":
-            dqkv, _ = L.ssa_attention_backward(datt, bc["att"])
-        elif op == "ds2ta":
-            dqkv, g = A.nsad_backward(datt, bc["att"])
-            _put(grads, a, g)
-        elif op == "ssa_bin":
-            dqkv, _ = A.ssa_bin_backward(datt, bc["att"])
-        else:
-            ac = bc["att"]
-            (dq, dk), _ = A.sasa_backward(datt, ac["sasa"])
-            dd, g = L.batchnorm_backward(datt.reshape(ac["dwc"]["x_shape"]), ac["bn"])
-            _put(grads, f"{a}.dwc_bn", g)
-            dkk, g = A.depthwise_conv2d_backward(dd, ac["dwc"])
-            _put(grads, f"{a}.dwc_conv", g)
-            dqkv = (dq, dk + dkk.reshape(T, B, D, N))
-        dxf = dx.reshape(T * B, D, N).copy()
-        for n, ds in zip(_branches(cfg), dqkv):
-            dxf += _bn_lif_conv_backward(ds, bc[n], grads, f"{a}.{n}_conv", f"{a}.{n}_bn")
-        dx = dxf.reshape(T, B, D, N)
-
-    # x = x_feat + rpe(x_feat)
-    fshape = cache["feat_shape"]
-    dr = dx.reshape(T, B, *fshape[1:])
-    dfeat = _bn_lif_conv_backward(dr, cache["rpe"], grads, "patch_embed.rpe_conv",
-                                  "patch_embed.rpe_bn")
-    dx = dfeat + dr.reshape(fshape)
-    for i in range(len(cfg.sps_channels) - 1, -1, -1):
-        s = sps_suffix(i)
-        cc, bb, ll, mp = cache["stages"][i]
-        dl, _ = L.maxpool2d_backward(dx, mp)
-        dx = _bn_lif_conv_backward(dl.reshape(T, B, *dl.shape[1:]), (cc, bb, ll), grads,
-                                   f"patch_embed.proj_conv{s}", f"patch_embed.proj_bn{s}")
+    if desc.head_lif:
+        dx, g = S.sdt_head_backward(dlogits, cache["head"])
+        grads.update(g)
+    else:
+        mc, hc = cache["head"]
+        dm, g = L.linear_backward(dlogits, hc)
+        _put(grads, "head", g)
+        dx, _ = L.mean_tokens_steps_backward(dm, mc)
+    for stage, (ec, blocks, grid) in zip(desc.stages[::-1], cache["stages"][::-1]):
+        T, B, D = dx.shape[:3]
+        dx = dx.reshape(T, B, D, -1)
+        for i in range(stage.count - 1, -1, -1):
+            if stage.attention == "sdsa":
+                dx, g = S.sdt_block_backward(dx, blocks[i])
+                grads.update(g)
+            else:
+                dx = _block_backward(stage, i, dx, blocks[i], grads)
+        dx = _embed_backward(dx.reshape(T, B, D, *grid), ec, grads)
+        if dx is None:  # nothing reaches the input: earlier stages get no gradient
+            break
     return grads
 
 
@@ -529,11 +800,8 @@ def loss_and_grads(params, state, frames, labels, config: SpikformerConfig,
     """One training-mode forward + cross-entropy + backward: ``(loss, grads, logits)``."""
     logits, cache = forward(params, state, frames, training, config)
     loss, dlogits = L.cross_entropy(logits, labels, label_smoothing)
-    return loss, backward(dlogits, cache), logits
-
-
-def with_config(cfg: SpikformerConfig, **changes) -> SpikformerConfig:
-    """A copy of ``cfg`` with some fields replaced (validated)."""
-    out = dataclasses.replace(cfg, **changes)
-    _check_config(out)
-    return out
+    grads = backward(dlogits, cache)
+    for k, v in params.items():  # a parameter no gradient reached (e.g. a silent branch): zero
+        if k not in grads:
+            grads[k] = np.zeros_like(v)
+    return loss, grads, logits
