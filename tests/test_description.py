@@ -277,6 +277,8 @@ def check_network(model, x, steps, modes=MODES):
         for s in steps:
             stepped.step(*s) if isinstance(s, tuple) else stepped.step(s)
         np.testing.assert_array_equal(stepped.logits(), logits)
+        stepped.warm_up()  # leaves nothing behind
+        np.testing.assert_array_equal(stepped.run(steps), logits)
     return engine
 
 
