@@ -31,7 +31,7 @@ from eventformer.errors import EventformerError
 from eventformer.events import write_npy
 from eventformer.layers import PathPolicy
 from eventformer.models import Spikformer, SpikformerConfig
-from eventformer.models.config import ATTENTION_OPERATOR_NAMES
+from eventformer.bench.run import BENCH_OPERATORS
 from eventformer.runtime import engine_threads
 
 runner = CliRunner()
@@ -282,7 +282,7 @@ def test_run_bench_interrupted_returns_what_was_measured(recording, cache_dir):
 
 # --- the attention operator: the engine against the package's plain-torch model ----------------
 
-@pytest.mark.parametrize("attention", ATTENTION_OPERATOR_NAMES)
+@pytest.mark.parametrize("attention", BENCH_OPERATORS)
 def test_dense_baseline_is_the_torch_model_for_every_operator(recording, attention):
     """The bench's dense baseline runs the model file through eventformer.torch_model (the tests'
     oracle): on a calibrated tiny model of each operator it predicts what the engine predicts,
@@ -325,11 +325,17 @@ def test_run_bench_names_the_attention_operator(recording, cache_dir, attention)
 
 def test_bench_config_takes_the_attention_option():
     assert bench_config(BenchOptions(files=["a"])).attention == "ssa"
-    for name in ATTENTION_OPERATOR_NAMES:
+    for name in BENCH_OPERATORS:
         cfg = bench_config(BenchOptions(files=["a"], attention=name))
         assert cfg.attention == name and cfg.dim == 256 and cfg.image_size == 128
     with pytest.raises(EventformerError, match="--attention"):
         check_options(BenchOptions(files=["a"], attention="linear"))
+    # the successors' operators belong to their own layouts, not to Spikformer-DVS's blocks
+    from eventformer.models.config import ATTENTION_OPERATOR_NAMES
+
+    for name in sorted(set(ATTENTION_OPERATOR_NAMES) - set(BENCH_OPERATORS)):
+        with pytest.raises(EventformerError, match="another network's layout"):
+            check_options(BenchOptions(files=["a"], attention=name))
 
 
 @pytest.mark.parametrize("name", ["linear", "SSA", ""])

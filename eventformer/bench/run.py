@@ -56,6 +56,9 @@ DENSE_SIDES = ("dense", "compiled")
 OTHER_LOAD_WARN = 0.25  # cores kept busy by other processes during the timings
 DEFAULT_SAMPLES = 5  # dataset samples timed when no files are given
 
+#: The operators the bench's full-size Spikformer-DVS models take (SPEC §4).
+BENCH_OPERATORS = ("ssa", "ds2ta", "ssa_bin", "saformer")
+
 
 def default_gesture_dir() -> Path | None:
     """The shared real DVS Gesture segments beside the checkout, if present."""
@@ -138,6 +141,10 @@ def check_options(opts: BenchOptions) -> None:
     if opts.attention not in ATTENTION_OPERATOR_NAMES:
         raise EventformerError(f"--attention: unknown attention operator {opts.attention!r} "
                                f"(known: {', '.join(ATTENTION_OPERATOR_NAMES)})")
+    if opts.attention not in BENCH_OPERATORS:
+        raise EventformerError(f"--attention {opts.attention}: the bench times the Spikformer-DVS "
+                               f"layout, whose blocks take {', '.join(BENCH_OPERATORS)}; "
+                               f"{opts.attention} belongs to another network's layout")
 
 
 def sample_from_events(name: str, events: np.ndarray, steps: int, size: int,

@@ -4,6 +4,7 @@ from .base import EMPTY, PathPolicy, SpikingLayer, add_events, ones
 from .neurons import LIFNeurons
 from .synapses import Conv2dLIF, LinearLIF, TasaLinearLIF
 from .attention import ATTENTION_OPERATORS, SpikingSelfAttention
+from . import successors  # noqa: F401  (registers the successors' attention operators)
 from .head import MeanLinearHead
 
 __all__ = [

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..kernels import counters as C
 from ..kernels.spikedriven import head_counts, mask_heads
-from .attention import AttentionCore, _core_arithmetic, side_by_side
+from .attention import ATTENTION_OPERATORS, AttentionCore, _core_arithmetic, side_by_side
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
 from .synapses import LinearLIF
 
@@ -112,3 +112,9 @@ class TokenQKAttention:
         attn = self.core.attend_steps([(q[t][0],) for t in range(len(inputs))])
         s = [self.core.mask(k[t][0], attn[t]) for t in range(len(inputs))]
         return self.proj.run_steps([(x, ones(x.shape[0])) for x in s])
+
+
+# The engine's registry is the one in layers.attention; the successors' operators join it here
+# (importing this module from the package registers them), so layers.attention need not import
+# its own subclasses' module.
+ATTENTION_OPERATORS["token_qk"] = TokenQKAttention

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ModelFileError
-from ..models.config import ATTENTION_OPERATOR_NAMES, SpikformerConfig
+from ..models.config import ATTENTION_OPERATOR_NAMES, NO_V_BRANCH, SpikformerConfig
 from ..models.description import BlockGeometry, Description
 from .reading import flag_field, int_field, list_field, number_field, text_field
 
@@ -121,8 +121,8 @@ def check_config(config: SpikformerConfig) -> None:
 
 def has_v_branch(config) -> bool:
     """Whether an operator (``config.attention``: a configuration's or a stage's) has a V
-    branch: SAFormer has none."""
-    return config.attention != "saformer"
+    branch: SAFormer and QKFormer's token QK attention have none."""
+    return config.attention not in NO_V_BRANCH
 
 
 #: Checkpoint layouts of a token-wise linear weight [out, in] (KERNEL_LAYOUTS).
@@ -218,6 +218,10 @@ def attention_param_specs(config, operator: str | None = None) -> list[ParamSpec
     if op == "saformer":  # depthwise 3x3 conv with its BatchNorm folded; adaptive pool rows L
         return [ParamSpec("dwc_weight", "float", (dim, 3, 3)), ParamSpec("dwc_bias", "float", (dim,)),
                 ParamSpec("pool_rows", "int", ())]
+    if op == "token_qk":  # QKFormer: nothing beyond its layers
+        return []
+    if op == "sdsa":  # the Spike-driven Transformer: 1 where the released code's DVS mode erodes
+        return [ParamSpec("erode", "int", ())]
     raise ValueError(f"unknown attention operator {op!r} (known: {', '.join(ATTENTION_NAMES)})")
 
 
@@ -276,4 +280,7 @@ def attention_problem(config, operator: str, params: dict) -> tuple[str, str] | 
         rows = int(p["pool_rows"])
         if rows < 1 or config.tokens % rows:
             return "pool_rows", (f"is {rows}, expected a divisor of the {config.tokens} tokens")
+    elif operator == "sdsa":
+        if int(p["erode"]) not in (0, 1):
+            return "erode", f"is {int(p['erode'])}, expected 0 or 1"
     return None

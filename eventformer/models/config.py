@@ -172,9 +172,11 @@ class SpikformerConfig:
         return cls(**d)
 
 
-#: Attention operators a model file can name (SPEC §4); the engine runs those in
-#: ``layers.ATTENTION_OPERATORS``.
-ATTENTION_OPERATOR_NAMES = ("ssa", "ds2ta", "ssa_bin", "saformer")
+#: Attention operators a model file can name (SPEC §4, and the successors' cores: QKFormer's
+#: token QK attention ``token_qk``); the engine runs those in ``layers.ATTENTION_OPERATORS``.
+ATTENTION_OPERATOR_NAMES = ("ssa", "ds2ta", "ssa_bin", "saformer", "token_qk")
+#: Operators without a V branch: SAFormer (SPEC §4) and QKFormer's token QK attention.
+NO_V_BRANCH = ("saformer", "token_qk")
 
 
 def lif_layer_names(config: SpikformerConfig) -> list[str]:
@@ -185,7 +187,7 @@ def lif_layer_names(config: SpikformerConfig) -> list[str]:
     names = []
     for stage in desc.stages:
         names += [st.lif for st in stage.embed if st.lif]
-        branches = ("q", "k", "attn", "proj") if stage.attention == "saformer" else \
+        branches = ("q", "k", "attn", "proj") if stage.attention in NO_V_BRANCH else \
             ("q", "k", "v", "attn", "proj")
         for b in range(stage.count):
             names += [f"{stage.attention_name(b)}.{n}_lif" for n in branches]
