@@ -47,10 +47,11 @@ CLIP_US = 1_450_000
 SENSOR = (128, 128)
 
 
-def check_resolution(size: int, sps_stages: int = 3, sensor: tuple[int, int] = SENSOR) -> int:
+def check_resolution(size: int, halvings: int = 3, sensor: tuple[int, int] = SENSOR) -> int:
     """The downsampling factor for a ``size`` x ``size`` model input, or an EventformerError if the
-    sensor does not map onto it by an integer factor or the SPS stages cannot take it (each stage
-    halves the map, so ``size`` must be a multiple of ``2 ** sps_stages``)."""
+    sensor does not map onto it by an integer factor or the model cannot take it (it halves the
+    map ``halvings`` times: Spikformer once per SPS stage, QKFormer in its three pools and its
+    patch merging, so ``size`` must be a multiple of ``2 ** halvings``)."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise EventformerError(f"resolution must be a positive integer, got {size!r}")
     w, h = sensor
@@ -58,12 +59,12 @@ def check_resolution(size: int, sps_stages: int = 3, sensor: tuple[int, int] = S
         divisors = [d for d in range(1, w + 1) if w % d == 0 and h % d == 0]
         raise EventformerError(
             f"resolution {size} does not divide the {w}x{h} sensor; use one of "
-            f"{', '.join(str(d) for d in divisors if d % 2 ** sps_stages == 0)}")
-    need = 2 ** sps_stages
+            f"{', '.join(str(d) for d in divisors if d % 2 ** halvings == 0)}")
+    need = 2 ** halvings
     if size % need:
         raise EventformerError(
-            f"resolution {size} is too small for the model's {sps_stages} SPS stages, which halve "
-            f"the input {sps_stages} times (it must be a multiple of {need})")
+            f"resolution {size} is too small for the model, which halves its input {halvings} "
+            f"times (it must be a multiple of {need})")
     return downsample_factor(sensor, size, "the training data")
 
 

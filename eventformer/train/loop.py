@@ -1,7 +1,8 @@
 """The training loop: AdamW + cosine schedule, per-epoch validation, checkpoints, resume, export.
 
-``train(config, train_data, val_data, ...)`` trains the numpy Spikformer of
-:mod:`eventformer.train.model` on :class:`eventformer.train.data.FrameSet` frames.
+``train(config, train_data, val_data, ...)`` trains the numpy network of
+:mod:`eventformer.train.model` (any layout it runs: Spikformer, the Spike-driven Transformer,
+QKFormer) on :class:`eventformer.train.data.FrameSet` frames.
 
 Checkpoints (``.npz``, written atomically) hold the parameters, the BatchNorm running statistics,
 the AdamW moments and step counter, the random generator's state, the epoch and the position
@@ -31,15 +32,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import EventformerError
+from ..errors import CheckpointError, EventformerError
 from ..models.config import SpikformerConfig
 from . import model as M
 from .data import FrameSet, batches
-from .export import to_model_file
+from .export import save_state_dict, to_model_file
 from .optim import AdamW, CosineSchedule, no_decay_keys
 
 __all__ = ["CHECKPOINT_VERSION", "TrainResult", "TrainingDiverged", "TrainingInterrupted",
-           "load_checkpoint", "model_config", "predict", "train"]
+           "check_output", "load_checkpoint", "model_config", "predict", "train"]
 
 CHECKPOINT_VERSION = 1
 
@@ -194,11 +195,15 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
     is called with ``info["kind"]`` ``"start"``, ``"batch"`` (epoch, batch, batches, loss, lr) and
     ``"epoch"`` (the epoch's history record: train_loss, train_accuracy, val_accuracy, seconds).
     ``metadata`` (JSON-able, e.g. ``{"command": ...}``) is merged into the model file's
-    ``provenance["training"]``. ``config.attention`` picks the attention operator (ssa, ds2ta,
-    ssa_bin, saformer); ``taw`` (DS2TA's T_AW, default 3) and ``pool_rows`` (SAFormer's L,
-    default 4) are its options, refused for another operator. Returns a :class:`TrainResult`;
-    writes the model file (which names the operator and its parameters) to ``out_path`` when
-    given."""
+    ``provenance["training"]``. ``config`` is any layout the trainer runs
+    (:mod:`eventformer.train.model`: Spikformer with ``config.attention`` one of ssa, ds2ta,
+    ssa_bin, saformer; the Spike-driven Transformer; QKFormer); ``taw`` (DS2TA's T_AW, default
+    3) and ``pool_rows`` (SAFormer's L, default 4) are options, refused for another operator.
+    Returns a :class:`TrainResult`; writes to ``out_path`` when given: a model file (which names
+    the operators and their parameters), or for a ``.npz`` path the official-layout state dict
+    with its configuration and training record beside it
+    (:func:`eventformer.train.export.save_state_dict`). A model file the builder cannot write
+    for this layout is refused before training starts."""
     cfg = config
     if train_data.resolution != cfg.image_size or train_data.steps != cfg.steps:
         raise EventformerError(
@@ -231,6 +236,7 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
         raise EventformerError(str(exc)) from None
     hparams["attention"] = cfg.attention
     hparams.update(M.attention_options(state))
+    check_output(cfg, out_path, params, state)
     opt = AdamW(params, lr=lr, weight_decay=weight_decay, no_decay=no_decay_keys(params))
     rng = np.random.default_rng(seed)
     start_epoch, start_batch, history = 0, 0, []
@@ -368,9 +374,31 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
 
         # inference must frame the same clip the model was trained on
         saved_cfg = dataclasses.replace(cfg, clip_us=(train_data.info or {}).get("clip_us"))
-        save_model(out_path, to_model_file(params, state, saved_cfg, meta))
+        if Path(out_path).suffix == ".npz":
+            save_state_dict(out_path, params, state, saved_cfg, meta)
+        else:
+            save_model(out_path, to_model_file(params, state, saved_cfg, meta))
         result.out_path = str(out_path)
     return result
+
+
+def check_output(cfg: SpikformerConfig, out_path, params=None, state=None) -> None:
+    """Refuse, before any training, a model file the builder cannot write for this layout (an
+    EventformerError naming the way out: a ``.npz`` state dict). ``params`` / ``state``: the
+    run's initial ones (default: fresh ones of ``cfg``)."""
+    if out_path is None or Path(out_path).suffix == ".npz":
+        return
+    if params is None:
+        try:
+            params, state = M.init_params(cfg), M.init_state(cfg)
+        except ValueError:  # options that do not fit the input: train() says so in its terms
+            return
+    try:
+        to_model_file(params, state, cfg)
+    except CheckpointError as exc:
+        raise EventformerError(
+            f"cannot write {out_path} as a model file ({exc}); write the trained state dict "
+            "instead (an output ending in .npz)") from None
 
 
 def _jsonable(x):
@@ -407,12 +435,15 @@ def _training_metadata(cfg, train_data, val_data, epochs, hparams, history, extr
 
 
 def model_config(name: str, resolution: int, steps: int, num_classes: int = 11,
-                 class_names: tuple[str, ...] = (), attention: str = "ssa") -> SpikformerConfig:
-    """A named trainer configuration (``tiny`` / ``small``) at another input size / steps, with
-    the attention operator ``attention`` (ssa, ds2ta, ssa_bin, saformer)."""
+                 class_names: tuple[str, ...] = (), attention: str | None = None
+                 ) -> SpikformerConfig:
+    """A named trainer configuration (:data:`eventformer.train.model.MODEL_NAMES`) at another
+    input size / steps; a Spikformer's attention operator ``attention`` (ssa, ds2ta, ssa_bin,
+    saformer; None: ssa), a successor's is its layout's (another one is refused)."""
+    extra = {} if attention is None else {"attention": attention}
     try:
         cfg = M.config_by_name(name, image_size=resolution, steps=steps, num_classes=num_classes,
-                               split_by="number", attention=attention)
+                               split_by="number", **extra)
     except ValueError as exc:
         raise EventformerError(str(exc)) from None
     if class_names:
