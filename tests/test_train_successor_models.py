@@ -167,7 +167,7 @@ def test_a_short_training_run_learns(model, gestures):
 
 @pytest.mark.parametrize("model, overrides", [
     ("sdt-tiny", {"image_size": 32, "steps": 2, "pooling_stat": "0111", "dvs": False}),
-    ("qkformer-tiny", {"image_size": 32, "steps": 2}),
+    ("qkformer-tiny", {"image_size": 32, "steps": 2, "heads": 4}),
 ])
 def test_cli_writes_an_official_state_dict(model, overrides, tmp_path):
     base = ["train", "--model", model, "--dataset", "dvs-gesture", "--data-dir",
