@@ -41,6 +41,7 @@ running statistics. The LIF gradient is the sigmoid surrogate (alpha 4), reset d
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any
 
@@ -163,9 +164,13 @@ def qkformer_layout(dim: int, heads: int, stage1_depth: int, stage2_depth: int,
     ))
 
 
-_LAYOUTS = {"sdt": lambda dim, heads, depth, mlp_ratio, pooling_stat: sdt_layout(
-                dim, heads, depth, int(dim * mlp_ratio), pooling_stat),
-            "qkformer": qkformer_layout}
+def _sdt_by_ratio(dim: int, heads: int, depth: int, mlp_ratio: float = 4,
+                  pooling_stat: str = "0111") -> Description:
+    """:func:`sdt_layout` with the MLP given as the official ``mlp_ratio``."""
+    return sdt_layout(dim, heads, depth, int(dim * mlp_ratio), pooling_stat)
+
+
+_LAYOUTS = {"sdt": _sdt_by_ratio, "qkformer": qkformer_layout}
 
 
 def config_by_name(name: str, **overrides) -> SpikformerConfig:
@@ -184,8 +189,9 @@ def config_by_name(name: str, **overrides) -> SpikformerConfig:
         family, layout_kw, fields_ = SUCCESSOR_CONFIGS[name]
         layout_kw, fields_ = dict(layout_kw), dict(fields_)
         attention = overrides.pop("attention", None)
+        arguments = inspect.signature(_LAYOUTS[family]).parameters
         for k, v in overrides.items():
-            (layout_kw if k in layout_kw or k == "scale" else fields_)[k] = v
+            (layout_kw if k in arguments else fields_)[k] = v
         cfg = SpikformerConfig.described(_LAYOUTS[family](**layout_kw), **fields_)
         if attention is not None and attention != cfg.attention:
             raise ValueError(f"{name}'s attention is its layout's ({_operators(cfg)}), not "
