@@ -121,7 +121,7 @@ def detect_attention(keys: Iterable[str], source: str = "checkpoint"
 def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray], *,
                      source: str = "checkpoint", provenance: dict | None = None,
                      taw: int | None = None, pool_rows: int | None = None, dtype=np.float32,
-                     architecture: str = "spikformer") -> ModelFile:
+                     architecture: str = "spikformer", what: str | None = None) -> ModelFile:
     """A validated :class:`ModelFile` from official checkpoint tensors (BatchNorm folded).
 
     The layers and keys are the configuration's model description's (:func:`.schema.layer_specs`:
@@ -137,7 +137,9 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
     ``tensors`` maps keys to arrays (float arrays are read as float64). Every key must be used,
     except unused ones (``pos_embed``, LayerNorms, ``num_batches_tracked``). Float results are
     rounded once to ``dtype`` (float32 is what the file stores; float64 keeps an in-memory model
-    exact). Every problem is a :class:`CheckpointError` that starts with ``source``.
+    exact). Every problem is a :class:`CheckpointError` that starts with ``source``; ``what``
+    names the network in the sentence refusing an unexpected key ("a QKFormer with 1 + 1
+    blocks"; default: from the configuration).
     """
     config = copy.deepcopy(config)
     try:
@@ -212,7 +214,7 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
             blk = next(block_iter)  # the blocks' attention layers come in block order
             a, bop, geometry = blk.name, blk.operator, blk.geometry
             heads, d, dim = geometry.heads, geometry.head_dim, geometry.dim
-            if bop == "ssa":
+            if bop in ("ssa", "token_qk"):  # QKFormer's token QK core has no parameters
                 params = {}
             elif bop == "ds2ta":
                 params = {"tau": take_int(f"{a}.tau", (4,)), "taw": np.asarray(taw, np.int32),
@@ -220,11 +222,14 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
             elif bop == "ssa_bin":
                 params = {"delta": take_int(f"{a}.delta", (heads,)),
                           "vbar": take(f"{a}.vbar", (dim,)).astype(dtype)}
-            else:  # saformer: depthwise conv (no bias) -> BN, folded like every other BN
+            elif bop == "saformer":  # depthwise conv (no bias) -> BN, folded like any BN
                 w = take(f"{a}.dwc_conv.weight", (dim, 1, 3, 3))
                 w, b = fold(f"{a}.dwc_bn", w, None, dim)
                 params = {"dwc_weight": np.asarray(w[:, 0], dtype), "dwc_bias": np.asarray(b, dtype),
                           "pool_rows": np.asarray(pool_rows, np.int32)}
+            else:  # an operator a model file may name whose tensors this builder cannot take yet
+                raise CheckpointError(f"{source}: {a} is {bop} attention, which the model-file "
+                                      "builder cannot assemble yet")
             problem = attention_problem(geometry, bop, params)
             if problem is not None:
                 raise CheckpointError(f"{source}: {a}.{problem[0]} {problem[1]}")
@@ -243,10 +248,10 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
     unexpected = sorted(k for k in tensors if k not in used and not is_ignored_key(k))
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        if config.layout is None:
+        if what is None and config.layout is None:
             what = (f"a Spikformer with {len(config.sps_channels)} SPS stages and "
                     f"{config.depth} blocks of {op} attention")
-        else:
+        elif what is None:
             what = (f"this model description ({len(specs) - 1} layers, {config.depth} blocks of "
                     f"{op} attention)")
         raise CheckpointError(f"{source}: unexpected key {unexpected[0]!r}{more} for {what}")

@@ -1,5 +1,9 @@
 """Configurations of the released layouts that are descriptions, not Spikformer-DVS's shorthand.
 
+QKFormer's DVS models (zhouchenlin2096/QKFormer ``dvs128-gesture/model.py``,
+``cifar10-dvs/model.py``) are a two-stage hierarchy: PatchEmbedInit, token QK blocks, patch
+merging, Spikformer-style blocks (:func:`qkformer_description`).
+
 Spikformer's static-image models (ZK-Zhou/spikformer ``cifar10/model.py`` with ``cifar10.yml``,
 ``imagenet/model.py``) take real pixels: the image, normalised, is the first conv's input at every
 one of T steps (direct encoding). Their tokenizer is the SPS of the DVS model with max-pools only
@@ -11,7 +15,8 @@ so; keyword arguments override the layout's sizes and the configuration's other 
 from __future__ import annotations
 
 from .config import SpikformerConfig
-from .description import spikformer_description
+from .description import (BlockStage, Description, qkformer_patch_embed_init,
+                          qkformer_patch_embedding_stage, spikformer_description)
 
 
 def spikformer_cifar10(*, dim: int = 384, depth: int = 4, heads: int = 12, mlp_ratio: int = 4,
@@ -45,3 +50,51 @@ def spikformer_imagenet(*, dim: int = 512, depth: int = 8, heads: int = 8, mlp_r
     config = SpikformerConfig.described(layout, image_size=image_size, **fields)
     config.validate()
     return config
+
+
+def qkformer_description(dim: int, heads: int, stage1_depth: int = 1, stage2_depth: int = 1, *,
+                         mlp_ratio: float = 4, scale: float = 0.125,
+                         mlp_hidden: tuple[int, int] | None = None) -> Description:
+    """QKFormer's DVS layout (``vit_snn`` in ``dvs128-gesture/model.py``) as a description.
+
+    ``patch_embed1`` (PatchEmbedInit, width ``dim // 2``: stem dim/16, dim/8, dim/4, dim/2 with
+    max-pools before the LIFs and the stride-4 1x1 shortcut), ``stage1_depth`` blocks
+    ``stage1.{i}`` (``tssa``: token QK attention, no scale of its own: 1), ``patch_embed2``
+    (PatchEmbeddingStage to ``dim``, half the grid, stride-2 1x1 shortcut), ``stage2_depth``
+    blocks ``stage2.{i}`` (``ssa``: Spikformer's attention at ``scale``, 0.125 in the code).
+    q, k, v and proj are Conv1d k1 (``[C, C, 1]``), the MLPs ``mlp1`` / ``mlp2`` Conv2d k1 with
+    bias. Both stages have ``heads`` heads: the code has one number (16) for both. The hidden
+    widths are ``int(width * mlp_ratio)`` per stage (the code's rule), or ``mlp_hidden``
+    (stage 1's, stage 2's) as a checkpoint's tensors show them."""
+    half = dim // 2
+    h1, h2 = mlp_hidden or (int(half * mlp_ratio), int(dim * mlp_ratio))
+    return Description((
+        BlockStage(stage1_depth, half, heads, h1, "token_qk", 1.0,
+                   embed=qkformer_patch_embed_init(half), prefix="stage1", attn="tssa",
+                   mlp_layers=("mlp1", "mlp2"), attn_kernel="conv1d", mlp_kernel="conv2d"),
+        BlockStage(stage2_depth, dim, heads, h2, "ssa", scale,
+                   embed=qkformer_patch_embedding_stage(dim), prefix="stage2", attn="ssa",
+                   mlp_layers=("mlp1", "mlp2"), attn_kernel="conv1d", mlp_kernel="conv2d"),
+    ))
+
+
+def qkformer_gesture(*, dim: int = 256, heads: int = 16, stage1_depth: int = 1,
+                     stage2_depth: int = 1, mlp_ratio: float = 4, scale: float = 0.125,
+                     image_size: int = 128, **fields) -> SpikformerConfig:
+    """QKFormer on DVS128 Gesture (``dvs128-gesture/model.py``'s registered ``QKFormer`` with
+    ``train.py``'s defaults): 128x128 input, embed_dims 256 (stage 1 at 128 on 16x16 = 256
+    tokens; stage 2 at 256 on 8x8 = 64), 16 heads (hard-coded in ``vit_snn``), one block per stage
+    (``range(1)``; ``depths=4`` only feeds the drop-path schedule), MLP ratio 4, 11 classes,
+    event counts in, T 16 frames split by number."""
+    layout = qkformer_description(dim, heads, stage1_depth, stage2_depth, mlp_ratio=mlp_ratio,
+                                  scale=scale)
+    fields = {"in_channels": 2, "num_classes": 11, "steps": 16, "split_by": "number", **fields}
+    config = SpikformerConfig.described(layout, image_size=image_size, **fields)
+    config.validate()
+    return config
+
+
+def qkformer_cifar10_dvs(**kw) -> SpikformerConfig:
+    """QKFormer on CIFAR10-DVS (``cifar10-dvs/model.py``): the gesture code with MLP ratio 1 and
+    10 classes."""
+    return qkformer_gesture(**{"mlp_ratio": 1, "num_classes": 10, **kw})
