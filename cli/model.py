@@ -37,13 +37,18 @@ class Framework(str, Enum):
 @user_errors
 def export(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT.pth|MODEL.nir",
-                                      help="Official Spikformer checkpoint (.pth: a state_dict "
-                                           "or {'model': state_dict}), or a NIR graph (.nir) of "
-                                           "a sequential spiking CNN."),
+                                      help="Official Spikformer or QKFormer checkpoint (.pth: a "
+                                           "state_dict, {'model': state_dict} or {'state_dict': "
+                                           "state_dict}), or a NIR graph (.nir) of a sequential "
+                                           "spiking CNN."),
     output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.h5)."),
-    heads: int = typer.Option(16, "--heads", min=1, help="Attention heads (not in the tensors)."),
-    scale: float = typer.Option(0.25, "--scale", help="Attention scale: 0.25 in the official "
-                                                     "CIFAR10-DVS code, 0.125 in the paper."),
+    heads: Optional[int] = typer.Option(None, "--heads", min=1,
+                                        help="Attention heads (not in the tensors).",
+                                        show_default="16, the released codes'"),
+    scale: Optional[float] = typer.Option(
+        None, "--scale", help="Attention scale (SSA): 0.25 in Spikformer's CIFAR10-DVS code, "
+                              "0.125 in its static-image codes, in QKFormer's and in the paper.",
+        show_default="the released code's"),
     steps: int = typer.Option(16, "--steps", "-T", min=1, help="Time steps the model was "
                                                                 "trained with."),
     split_by: SplitBy = typer.Option(SplitBy.number, "--split-by",
@@ -81,9 +86,10 @@ def export(
              "every neuron at VALUE.", show_default="auto"),
     force: bool = typer.Option(False, "--force", help="Overwrite the model file if it exists."),
 ):
-    """Convert a PyTorch Spikformer checkpoint (or a DS2TA / SSA_Bin / SAFormer one) into an
-    eventformer model file (BN folded), or import a NIR graph of a sequential spiking CNN
-    exported by sinabs, snnTorch, Norse or Rockpool (--framework)."""
+    """Convert a PyTorch Spikformer checkpoint (or a DS2TA / SSA_Bin / SAFormer one) or a
+    QKFormer one, told apart by their keys, into an eventformer model file (BN folded), or import
+    a NIR graph of a sequential spiking CNN exported by sinabs, snnTorch, Norse or Rockpool
+    (--framework)."""
     from eventformer.classes import CLASS_SETS
     from eventformer.modelfile import save
     from eventformer.modelfile.export import export_checkpoint
@@ -111,16 +117,31 @@ def export(
     save(output, model)
     cfg = model.config
     err.print(f"[bold]exported[/] {checkpoint} -> {output}")
-    err.print("  inferred from tensors: " + ", ".join(f"{k}={v}" for k, v in report.inferred.items()))
+    if report.code:
+        err.print(f"  recognised: {report.code}", markup=False)
+    err.print("  inferred from tensors: " + ", ".join(f"{k}={v}" for k, v in report.inferred.items()),
+              markup=False)
     err.print("  from options: " + ", ".join(f"{k}={v}" for k, v in report.given.items())
-              + f", split_by={cfg.split_by}")
+              + f", split_by={cfg.split_by}", markup=False)
+    if report.defaults:
+        err.print("  the released code's, not in the tensors: " + "; ".join(
+            f"{k}={v} ({why})" for k, (v, why) in report.defaults.items()), markup=False)
     err.print("  attention: " + describe_found(report.attention), markup=False)
     for line in attention_lines(model):
         err.print("    " + line, markup=False)
-    err.print(f"  {len(report.ignored_keys)} unused keys ignored (pos_embed, LayerNorms, "
-              "num_batches_tracked); BatchNorm folded into conv weight and bias")
-    err.print(f"  {model.parameter_count():,} parameters, {cfg.tokens} tokens, "
-              f"{cfg.heads} heads of {cfg.head_dim}")
+    for line in report.stages:
+        err.print("  " + line, markup=False)
+    err.print(f"  {len(report.ignored_keys)} unused keys ignored"
+              f"{_ignored_kinds(report.ignored_keys)}; BatchNorm folded into conv weight and bias")
+    shape = "" if report.stages else f", {cfg.tokens} tokens, {cfg.heads} heads of {cfg.head_dim}"
+    err.print(f"  {model.parameter_count():,} parameters{shape}")
+
+
+def _ignored_kinds(keys) -> str:
+    """What the unused keys of a checkpoint are, as " (pos_embed, LayerNorms, ...)"."""
+    kinds = {"pos_embed" if k == "pos_embed" else "num_batches_tracked"
+             if k.endswith(".num_batches_tracked") else "LayerNorms" for k in keys}
+    return f" ({', '.join(sorted(kinds))})" if kinds else ""
 
 
 def _chw(text: Optional[str]):
@@ -278,11 +299,25 @@ def inspect(
         return
     err.print(f"[bold]{model_path}[/]: {m.architecture}, {m.parameter_count():,} parameters "
               f"(format version {m.format_version})")
-    err.print(f"  input {cfg.in_channels}x{cfg.image_size}x{cfg.image_size}, "
-              f"SPS {list(cfg.sps_channels)}, D {cfg.dim}, {cfg.heads} heads, depth {cfg.depth}, "
-              f"MLP {cfg.mlp_hidden}, {cfg.num_classes} classes, {cfg.tokens} tokens")
-    err.print(f"  T {cfg.steps}, split_by {cfg.split_by}, attention {cfg.attention} "
-              f"(scale {cfg.scale}), LIF tau {cfg.tau} theta {cfg.theta} / attn {cfg.attn_theta}")
+    if cfg.layout is None:
+        err.print(f"  input {cfg.in_channels}x{cfg.image_size}x{cfg.image_size}, "
+                  f"SPS {list(cfg.sps_channels)}, D {cfg.dim}, {cfg.heads} heads, depth "
+                  f"{cfg.depth}, MLP {cfg.mlp_hidden}, {cfg.num_classes} classes, "
+                  f"{cfg.tokens} tokens")
+        err.print(f"  T {cfg.steps}, split_by {cfg.split_by}, attention {cfg.attention} "
+                  f"(scale {cfg.scale}), LIF tau {cfg.tau} theta {cfg.theta} / attn "
+                  f"{cfg.attn_theta}")
+    else:  # a model description: one line per block stage
+        from eventformer.modelfile.export import stage_lines
+
+        desc = cfg.description
+        err.print(f"  input {cfg.in_channels}x{cfg.image_size}x{cfg.image_size} "
+                  f"({desc.input}), {len(desc.stages)} block stage(s), {desc.residual} "
+                  f"residuals, {cfg.num_classes} classes", markup=False)
+        for line in stage_lines(cfg):
+            err.print("    " + line, markup=False)
+        err.print(f"  T {cfg.steps}, split_by {cfg.split_by}, LIF tau {cfg.tau} theta "
+                  f"{cfg.theta} / attn {cfg.attn_theta}")
     for line in attention_lines(m):
         err.print("  " + line, markup=False)
     if cfg.class_names:
@@ -303,7 +338,8 @@ def describe_found(att: dict) -> str:
     told = {"keys": f"told by the keys {keys}" if keys else "no variant keys in the checkpoint",
             "option": "from --attention",
             "keys and option": f"from --attention, agreeing with the keys {keys}",
-            "default": "the checkpoint has no blocks"}[att["from"]]
+            "default": "the checkpoint has no blocks",
+            "layout": "each stage's, fixed by the released layout"}[att["from"]]
     opts = "".join(f", {k} {v['value']} ({'given' if v['from'] == 'option' else 'default'})"
                    for k, v in att["options"].items())
     return f"{att['operator']} ({told}){opts}"

@@ -1,10 +1,21 @@
-"""Official Spikformer checkpoint (or one of its SPEC §4 variants) -> eventformer model file.
+"""Official checkpoint of a Spikformer-family network -> eventformer model file.
 
-Three layouts of the released code are told from their keys: the CIFAR10-DVS code (Conv1d k1
-blocks, event counts in: Spikformer's own layout), the CIFAR10/CIFAR100 code (``*_linear`` blocks:
-nn.Linear, q/k/v with biases; max-pools after the last two SPS stages only; real pixels in) and
-the ImageNet code (Conv2d k1 MLP, ``fc1_conv.weight`` [out, in, 1, 1]; real pixels in). The
-static-image ones become model descriptions (:mod:`eventformer.models.description`).
+Which released code a state_dict comes from is told from its keys (:func:`checkpoint_family`):
+
+- **Spikformer** (or one of its SPEC §4 variants; ``patch_embed.*``, ``block.{i}.*``), in three
+  layouts: the CIFAR10-DVS code (Conv1d k1 blocks, event counts in: Spikformer's own layout), the
+  CIFAR10/CIFAR100 code (``*_linear`` blocks: nn.Linear, q/k/v with biases; max-pools after the
+  last two SPS stages only; real pixels in) and the ImageNet code (Conv2d k1 MLP,
+  ``fc1_conv.weight`` [out, in, 1, 1]; real pixels in). The static-image ones become model
+  descriptions (:mod:`eventformer.models.description`).
+- **QKFormer** (``patch_embed1.*``, ``stage1.{i}.tssa.*``, ``patch_embed2.*``, ``stage2.{i}.ssa.*``;
+  zhouchenlin2096/QKFormer ``dvs128-gesture/model.py`` and ``cifar10-dvs/model.py``): always a
+  description (:func:`eventformer.models.presets.qkformer_description`), its widths, depths, MLP
+  sizes and classes read from the tensors (:func:`infer_qkformer_config`).
+
+A family is one entry of :data:`FAMILIES` (how its keys look, how its configuration is inferred),
+so the next released code (the Spike-driven Transformer's ``patch_embed.*`` + ``block.{i}.attn.
+talking_heads``) joins as one more entry.
 
 torch is imported here only, lazily: the engine never needs it. The tensors go through the one
 model-file builder (:func:`eventformer.modelfile.build.build_model_file`), which folds BatchNorm
@@ -14,10 +25,12 @@ g = gamma / sqrt(var + eps).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +38,7 @@ import numpy as np
 from ..errors import CheckpointError
 from ..models.config import SpikformerConfig, sps_suffix
 from ..models.description import spikformer_description
+from ..models.presets import qkformer_description
 from .build import (
     BN_EPS,
     DEFAULT_POOL_ROWS,
@@ -38,22 +52,31 @@ from .format import ModelFile
 from .reading import file_kind
 from .schema import ATTENTION_NAMES, check_config
 
-__all__ = ["BN_EPS", "ExportReport", "export_checkpoint", "fold_batchnorm", "infer_config",
-           "read_checkpoint"]
+__all__ = ["BN_EPS", "FAMILIES", "ExportReport", "checkpoint_family", "export_checkpoint",
+           "fold_batchnorm", "infer_config", "infer_qkformer_config", "read_checkpoint"]
 
 
 @dataclass
 class ExportReport:
     """What export inferred from the tensors and what it took from options, for printing.
 
-    ``attention``: the operator, ``"from"`` ("keys", "option" or "keys and option"; "default"
-    for a checkpoint without blocks), ``"keys"`` (the checkpoint keys that told it) and
-    ``"options"`` (T_AW / L with whether they were given or defaulted)."""
+    ``family``: the released code the keys belong to (a :data:`FAMILIES` name) and
+    ``code``: its description in words. ``inferred``: what the tensors' shapes say; ``given``:
+    the options given; ``defaults``: what neither says, taken from the released code (each with
+    why). ``attention``: the operator, ``"from"`` ("keys", "option" or "keys and option";
+    "default" for a checkpoint without blocks; "layout" where the family's layout fixes each
+    stage's operator), ``"keys"`` (the checkpoint keys that told it) and ``"options"`` (T_AW / L
+    with whether they were given or defaulted). ``stages``: one line per block stage of a
+    described layout (its embedding widths, token grid, width, heads, blocks, operator)."""
 
     inferred: dict
     given: dict
     ignored_keys: list[str]
     attention: dict = field(default_factory=dict)
+    family: str = "spikformer"
+    code: str = ""
+    defaults: dict = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -70,7 +93,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError("exporting a PyTorch checkpoint needs torch: "
                               "pip install 'eventformer[torch]'") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # the released training scripts save {'model': ..., 'args': argparse.Namespace, ...};
+        # a Namespace is plain data, so it may be unpickled with the tensors
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a non-checkpoint
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
@@ -173,22 +199,200 @@ def released_layout(state: dict) -> str:
     return "dvs"
 
 
-def export_checkpoint(path: str | os.PathLike, *, heads: int = 16, scale: float = 0.25,
-                      steps: int = 16, image_size: int | None = None,
-                      class_names: tuple[str, ...] = (), attention: str | None = None,
-                      taw: int | None = None, pool_rows: int | None = None
-                      ) -> tuple[ModelFile, ExportReport]:
-    """Convert an official Spikformer checkpoint (or a SPEC §4 variant) into a :class:`ModelFile`.
+# --- QKFormer ---------------------------------------------------------------------------------
 
-    The attention operator is told from the keys (:func:`~.build.detect_attention`); ``attention``
-    names it explicitly and must agree with them. ``taw`` (ds2ta, default 3) and ``pool_rows``
-    (saformer, default 4) are what a checkpoint cannot hold."""
+#: What the released QKFormer code fixes and a state_dict cannot show (``dvs128-gesture``:
+#: ``vit_snn`` sets ``num_heads = [16, 16, 16]`` whatever it is given, ``Spiking_Self_Attention``
+#: ``self.scale = 0.125``, ``img_size_h = img_size_w = 128``).
+QKFORMER_HEADS = 16
+QKFORMER_SCALE = 0.125
+QKFORMER_IMAGE_SIZE = 128
+QKFORMER_CODE = ("QKFormer DVS code (patch_embed1 with a stride-4 shortcut, token QK blocks "
+                 "stage1, patch merging patch_embed2, SSA blocks stage2; event counts in)")
+
+
+def infer_qkformer_config(state: dict[str, np.ndarray], *, heads: int | None,
+                          scale: float | None, steps: int, image_size: int | None,
+                          name: str = "checkpoint") -> tuple[SpikformerConfig, dict, dict]:
+    """A QKFormer state_dict's configuration: (config, inferred, defaults).
+
+    From the tensors: input channels (``patch_embed1.proj_conv.weight`` [E/8, C, 3, 3]), the two
+    stage widths E = D/2 (``patch_embed1.proj3_conv``) and D (``patch_embed2.proj4_conv``), the
+    blocks per stage (the indices of ``stage1.{i}.`` and ``stage2.{i}.``), each stage's MLP
+    hidden width (``stage{s}.0.mlp.mlp1_conv.weight`` [hidden, width, 1, 1]; the MLP ratio when
+    both stages agree) and the classes (``head.weight``). Not in the tensors: the heads (the
+    code's 16 unless ``heads``; q/k weights are [C, C, 1], no head structure), the SSA scale
+    (0.125 unless ``scale``), the input side (128 unless ``image_size``). The remaining shapes
+    are checked key by key when the tensors are folded."""
+    def need(key):
+        if key not in state:
+            raise CheckpointError(f"{name}: missing key {key!r} (every QKFormer checkpoint "
+                                  "has it)")
+        return state[key]
+
+    def width(key, axis=0):
+        arr = need(key)
+        if np.ndim(arr) < 2:
+            raise CheckpointError(f"{name}: {key} has shape {tuple(np.shape(arr))}, expected "
+                                  "a conv weight")
+        return int(np.shape(arr)[axis])
+
+    in_channels = width("patch_embed1.proj_conv.weight", 1)
+    half = width("patch_embed1.proj3_conv.weight")
+    dim = width("patch_embed2.proj4_conv.weight")
+    if dim != 2 * half:
+        raise CheckpointError(f"{name}: stage 1 is {half} wide (patch_embed1.proj3_conv) and "
+                              f"stage 2 {dim} (patch_embed2.proj4_conv), but QKFormer's patch "
+                              "merging doubles the width")
+    if half % 8:
+        raise CheckpointError(f"{name}: stage 1 is {half} wide, but QKFormer's stem needs a "
+                              "width divisible by 8 (it runs at width/8, /4, /2)")
+    depths = [_blocks(state, f"stage{i}") for i in (1, 2)]
+    hidden = []
+    for i, (depth, w) in enumerate(zip(depths, (half, dim)), start=1):
+        hidden.append(width(f"stage{i}.0.mlp.mlp1_conv.weight") if depth else None)
+    ratios = [h / w for h, w in zip(hidden, (half, dim)) if h is not None]
+    ratio = ratios[0] if ratios and all(r == ratios[0] for r in ratios) else None
+    if ratio is None and not ratios:
+        ratio = 4  # no block: the code's default; no MLP exists to size
+    hidden = tuple(h if h is not None else max(1, int(w * (ratio or 4)))
+                   for h, w in zip(hidden, (half, dim)))
+    num_classes = width("head.weight")
+    inferred = {"in_channels": in_channels, "widths": [half, dim],
+                "stem": [half // 8, half // 4, half // 2, half],
+                "depths": depths, "mlp_hidden": list(hidden)}
+    if ratio is not None and ratios:
+        inferred["mlp_ratio"] = int(ratio) if float(ratio).is_integer() else ratio
+    inferred["num_classes"] = num_classes
+    defaults = {}
+    if heads is None:
+        heads = QKFORMER_HEADS
+        defaults["heads"] = (heads, "hard-coded in both stages; --heads to change")
+    if scale is None:
+        scale = QKFORMER_SCALE
+        defaults["scale"] = (scale, "Spiking_Self_Attention's")
+    if image_size is None:
+        image_size = QKFORMER_IMAGE_SIZE
+        defaults["image_size"] = (image_size, "the DVS sensor's; --image-size to change")
+    for i, w in ((1, half), (2, dim)):
+        if w % heads:
+            how = "the released code's 16 heads; give --heads" if "heads" in defaults else                 f"{heads} heads"
+            raise CheckpointError(f"{name}: stage {i} is {w} wide, not divisible by {how}")
+    description = qkformer_description(dim, heads, *depths, scale=scale, mlp_hidden=hidden)
+    try:
+        config = SpikformerConfig.described(description, in_channels=in_channels,
+                                            image_size=int(image_size),
+                                            num_classes=num_classes, steps=steps)
+        check_config(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{name}: {exc}") from None
+    return config, inferred, defaults
+
+
+def _blocks(state: dict, prefix: str) -> int:
+    """Blocks ``prefix.{i}.`` a state_dict holds (1 + the highest index)."""
+    pat = re.compile(rf"{re.escape(prefix)}\.(\d+)\.")
+    return 1 + max((int(m.group(1)) for k in state if (m := pat.match(k))), default=-1)
+
+
+def stage_lines(config: SpikformerConfig) -> list[str]:
+    """One line per block stage of a described configuration: embedding widths, token grid,
+    width, heads, blocks and operator (export's and inspect's summary)."""
+    lines = []
+    placement = config.placement()
+    for stage, placed, geo in zip(config.description.stages, placement.embeds,
+                                  placement.geometry):
+        widths = "-".join(str(p.stage.channels) for p in placed if not p.stage.input)
+        scale = f" scale {geo.scale:g}" if geo.attention not in ("token_qk",) else ""
+        lines.append(f"{stage.prefix}: embedding {widths}, {geo.grid}x{geo.grid} tokens, "
+                     f"width {geo.dim}, {geo.heads} heads of {geo.head_dim}, MLP "
+                     f"{geo.mlp_hidden}, {stage.count} block(s) of {geo.attention}{scale}")
+    return lines
+
+
+# --- the families export tells apart ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Family:
+    """One released code: whether a state_dict's keys are its (``claims``) and its name."""
+
+    name: str
+    claims: Callable[[dict], bool]
+
+
+#: In the order they are tried; Spikformer (patch_embed.*, block.*) is what is left. The
+#: Spike-driven Transformer will claim ``patch_embed.*`` + ``block.{i}.attn.talking_heads.*``
+#: before Spikformer is tried.
+FAMILIES = (
+    Family("qkformer", lambda state: any(k.startswith(("patch_embed1.", "patch_embed2.",
+                                                       "stage1.", "stage2."))
+                                         for k in state)),
+    Family("spikformer", lambda state: True),
+)
+
+
+def checkpoint_family(state: dict) -> str:
+    """The released code a state_dict's keys belong to (a :data:`FAMILIES` name)."""
+    return next(f.name for f in FAMILIES if f.claims(state))
+
+
+def export_checkpoint(path: str | os.PathLike, *, heads: int | None = None,
+                      scale: float | None = None, steps: int = 16,
+                      image_size: int | None = None, class_names: tuple[str, ...] = (),
+                      attention: str | None = None, taw: int | None = None,
+                      pool_rows: int | None = None) -> tuple[ModelFile, ExportReport]:
+    """Convert an official checkpoint into a :class:`ModelFile` (BatchNorm folded): Spikformer
+    (or a SPEC §4 variant) or QKFormer, told from the keys (:func:`checkpoint_family`).
+
+    ``heads`` and ``scale`` are not in a checkpoint: None takes the released code's (Spikformer:
+    16 heads, scale 0.25 in the CIFAR10-DVS code and 0.125 in the static-image codes; QKFormer:
+    16 heads, 0.125). Spikformer's attention operator is told from the keys
+    (:func:`~.build.detect_attention`); ``attention`` names it explicitly and must agree with
+    them; ``taw`` (ds2ta, default 3) and ``pool_rows`` (saformer, default 4) are what a
+    checkpoint cannot hold. QKFormer's operators are its layout's (token_qk, then ssa)."""
     path = str(path)
     name = os.path.basename(path)
     if attention is not None and attention not in ATTENTION_NAMES:
         raise CheckpointError(f"unknown attention operator {attention!r} "
                               f"(known: {', '.join(ATTENTION_NAMES)})")
     state = read_checkpoint(path)
+    family = checkpoint_family(state)
+    given = {k: v for k, v in (("heads", heads), ("scale", scale)) if v is not None}
+    given["steps"] = steps
+    if image_size is not None:
+        given["image_size"] = image_size
+    if family == "qkformer":
+        if attention is not None:
+            raise CheckpointError(f"{name}: --attention does not apply to a QKFormer checkpoint: "
+                                  "its stages' operators are its layout's (token_qk in stage 1, "
+                                  "ssa in stage 2)")
+        config, inferred, defaults = infer_qkformer_config(
+            state, heads=heads, scale=scale, steps=steps, image_size=image_size, name=name)
+        found = {"operator": "token_qk, ssa", "from": "layout", "keys": [], "options": {}}
+        code = QKFORMER_CODE
+        what = (f"a QKFormer with {config.layout.stages[0].count} + "
+                f"{config.layout.stages[1].count} blocks")
+    else:
+        config, inferred, defaults, found, code = _spikformer(
+            state, name, heads=heads, scale=scale, steps=steps, image_size=image_size,
+            attention=attention, taw=taw, pool_rows=pool_rows)
+        what = None
+    if class_names:
+        config.class_names = tuple(class_names)
+    provenance = {"source_checkpoint": name, "source_sha256": _sha256(path),
+                  "source_code": code, "exported_by": "eventformer export", "bn_eps": BN_EPS}
+    model = build_model_file(config, state, source=name, provenance=provenance, taw=taw,
+                             pool_rows=pool_rows, what=what)
+    report = ExportReport(inferred=inferred, given=given,
+                          ignored_keys=sorted(k for k in state if is_ignored_key(k)),
+                          attention=found, family=family, code=code, defaults=defaults,
+                          stages=stage_lines(config) if config.layout is not None else [])
+    return model, report
+
+
+def _spikformer(state, name, *, heads, scale, steps, image_size, attention, taw, pool_rows):
+    """Spikformer's configuration (any of its three released layouts), the operator told by
+    the keys: (config, inferred, defaults, attention report, the code in words)."""
     detected, evidence = detect_attention(state, name)
     if attention is not None and detected is not None and attention != detected:
         said = ", ".join(evidence[:2]) if evidence else \
@@ -196,14 +400,17 @@ def export_checkpoint(path: str | os.PathLike, *, heads: int = 16, scale: float 
         raise CheckpointError(f"{name}: --attention {attention}, but the checkpoint's keys say "
                               f"{detected} ({said})")
     op = attention or detected or "ssa"
+    layout = released_layout(state)
+    defaults = {}
+    if heads is None:
+        heads = 16
+        defaults["heads"] = (heads, "the CIFAR10-DVS code's; --heads to change")
+    if scale is None:
+        scale = 0.25 if layout == "dvs" else 0.125
+        defaults["scale"] = (scale, "the CIFAR10-DVS code's" if layout == "dvs" else
+                             "the static-image codes'")
     config, inferred = infer_config(state, heads=heads, scale=scale, steps=steps,
                                     image_size=image_size, name=name, attention=op)
-    if class_names:
-        config.class_names = tuple(class_names)
-    provenance = {"source_checkpoint": name, "source_sha256": _sha256(path),
-                  "exported_by": "eventformer export", "bn_eps": BN_EPS}
-    model = build_model_file(config, state, source=name, provenance=provenance, taw=taw,
-                             pool_rows=pool_rows)
     options = {}
     if op == "ds2ta":
         options["taw"] = {"value": DEFAULT_TAW if taw is None else taw,
@@ -213,12 +420,8 @@ def export_checkpoint(path: str | os.PathLike, *, heads: int = 16, scale: float 
                                 "from": "default" if pool_rows is None else "option"}
     told = "default" if detected is None and attention is None else \
         "option" if detected is None else "keys" if attention is None else "keys and option"
-    report = ExportReport(inferred=inferred,
-                          given={"heads": heads, "scale": scale, "steps": steps},
-                          ignored_keys=sorted(k for k in state if is_ignored_key(k)),
-                          attention={"operator": op, "from": told, "keys": evidence,
-                                     "options": options})
-    return model, report
+    found = {"operator": op, "from": told, "keys": evidence, "options": options}
+    return config, inferred, defaults, found, RELEASED_LAYOUTS[layout]
 
 
 def _sha256(path: str) -> str:
