@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field, fields
 from .description import (Description, Placement, place, spikformer_description,
                           sps_suffix)
 
-__all__ = ["ATTENTION_OPERATOR_NAMES", "SpikformerConfig", "lif_layer_names", "sps_suffix"]
+__all__ = ["ATTENTION_OPERATOR_NAMES", "MEMBRANE_OPERATORS", "SpikformerConfig", "lif_layer_names",
+           "sps_suffix"]
 
 
 @dataclass
@@ -173,20 +174,32 @@ class SpikformerConfig:
 
 
 #: Attention operators a model file can name (SPEC §4, and the successors' cores: QKFormer's
-#: token QK attention ``token_qk``); the engine runs those in ``layers.ATTENTION_OPERATORS``.
-ATTENTION_OPERATOR_NAMES = ("ssa", "ds2ta", "ssa_bin", "saformer", "token_qk")
+#: token QK attention ``token_qk``, the Spike-driven Transformer's SDSA ``sdsa``); the engine runs
+#: those in ``layers.ATTENTION_OPERATORS``.
+ATTENTION_OPERATOR_NAMES = ("ssa", "ds2ta", "ssa_bin", "saformer", "token_qk", "sdsa")
 #: Operators without a V branch: SAFormer (SPEC §4) and QKFormer's token QK attention.
 NO_V_BRANCH = ("saformer", "token_qk")
+#: Operators whose blocks run on a membrane residual stream (a real-valued stream that each block
+#: spikes first: the Spike-driven Transformer's); every other operator's blocks add spikes.
+MEMBRANE_OPERATORS = ("sdsa",)
 
 
 def lif_layer_names(config: SpikformerConfig) -> list[str]:
     """Every spiking layer's module name, in forward order (the checkpoint's own naming): the
     embedding stages that have a LIF, then per block its attention's LIFs (SAFormer has no V
-    branch, SPEC §4) and its MLP's."""
+    branch, SPEC §4) and its MLP's; a membrane-shortcut block (SDT) spikes the stream first and
+    its attention LIF is ``talking_heads_lif``, its proj and MLP convs drive no LIF of their own."""
     desc = config.description
     names = []
     for stage in desc.stages:
         names += [st.lif for st in stage.embed if st.lif]
+        if stage.attention in MEMBRANE_OPERATORS:
+            fc1, fc2 = stage.mlp_layers
+            for b in range(stage.count):
+                a, m = stage.attention_name(b), stage.mlp_name(b)
+                names += [f"{a}.{n}_lif" for n in ("shortcut", "q", "k", "v", "talking_heads")]
+                names += [f"{m}.{fc1}_lif", f"{m}.{fc2}_lif"]
+            continue
         branches = ("q", "k", "attn", "proj") if stage.attention in NO_V_BRANCH else \
             ("q", "k", "v", "attn", "proj")
         for b in range(stage.count):
