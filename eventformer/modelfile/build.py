@@ -39,7 +39,10 @@ BN_EPS = 1e-5
 DEFAULT_TAW = 3  # SPEC §4: DVS default T_AW
 DEFAULT_POOL_ROWS = 4  # SPEC §4: SAFormer's L
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
-_IGNORED = re.compile(r"^(pos_embed|norm\..*|block\.\d+\.norm[12]\..*|.*\.num_batches_tracked)$")
+# the Spike-driven Transformer's MS_SSA_Conv saves a ``talking_heads`` Conv1d [H, H, 1] that its
+# forward pass never runs
+_IGNORED = re.compile(r"^(pos_embed|norm\..*|block\.\d+\.norm[12]\..*|.*\.num_batches_tracked"
+                      r"|block\.\d+\.attn\.talking_heads\.weight)$")
 _BLOCK = re.compile(r"^block\.(\d+)\.")
 
 # keys under block.{i}.attn. that tell a variant (SPEC §4); a trailing "." is a prefix
@@ -49,7 +52,8 @@ _NO_VARIANT_KEYS = "none of the keys tau, nsad_table, delta, vbar, dwc_conv, dwc
 
 
 def is_ignored_key(key: str) -> bool:
-    """A checkpoint entry that exists but is not used (pos_embed, LayerNorms, batch counters)."""
+    """A checkpoint entry that exists but is not used (pos_embed, LayerNorms, batch counters,
+    the Spike-driven Transformer's ``talking_heads.weight``)."""
     return bool(_IGNORED.match(key))
 
 
@@ -120,7 +124,8 @@ def detect_attention(keys: Iterable[str], source: str = "checkpoint"
 
 def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray], *,
                      source: str = "checkpoint", provenance: dict | None = None,
-                     taw: int | None = None, pool_rows: int | None = None, dtype=np.float32,
+                     taw: int | None = None, pool_rows: int | None = None,
+                     erode: int | None = None, dtype=np.float32,
                      architecture: str = "spikformer", what: str | None = None) -> ModelFile:
     """A validated :class:`ModelFile` from official checkpoint tensors (BatchNorm folded).
 
@@ -132,6 +137,9 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
     ``vbar`` [D], saformer ``dwc_conv.weight`` [D, 1, 3, 3] with ``dwc_bn.*`` (folded; no v
     branch). What a checkpoint cannot hold comes from the options: ``taw`` (ds2ta's T_AW, default
     3) and ``pool_rows`` (saformer's L, default 4); giving one for another operator is refused.
+    sdsa (the Spike-driven Transformer) takes ``erode`` (1: the released code's DVS mode, its
+    Erode max-pools; default 0, as its ``train.py`` runs every dataset but CIFAR10-DVS) and no
+    tensor of its own (its ``talking_heads.weight`` is saved but never runs: ignored).
     Integer parameters may be integer arrays or floats with integral values.
 
     ``tensors`` maps keys to arrays (float arrays are read as float64). Every key must be used,
@@ -156,6 +164,7 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
     taw = _option(source, op, operators, "ds2ta", "T_AW (taw)", taw, DEFAULT_TAW)
     pool_rows = _option(source, op, operators, "saformer", "the pool rows L (pool_rows)",
                         pool_rows, DEFAULT_POOL_ROWS)
+    erode = _erode_option(source, op, operators, erode)
     for blk in blocks:
         if blk.operator == "saformer" and blk.geometry.tokens % pool_rows:
             raise CheckpointError(f"{source}: the pool rows L (pool_rows) {pool_rows} do not "
@@ -209,6 +218,9 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
     attention: list[AttentionParams] = []
     block_iter = iter(blocks)
     for spec in specs:
+        if spec.kind == "lif":  # a LIF without a synapse of its own (a membrane stream's)
+            layers[spec.name] = LayerParams(spec.name, spec.kind, None, None, **neuron(spec))
+            continue
         if spec.kind == "attention":
             layers[spec.name] = LayerParams(spec.name, spec.kind, None, None, **neuron(spec))
             blk = next(block_iter)  # the blocks' attention layers come in block order
@@ -222,6 +234,8 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
             elif bop == "ssa_bin":
                 params = {"delta": take_int(f"{a}.delta", (heads,)),
                           "vbar": take(f"{a}.vbar", (dim,)).astype(dtype)}
+            elif bop == "sdsa":  # no tensor: the Erode flag is the code's, not the checkpoint's
+                params = {"erode": np.asarray(erode, np.int32)}
             elif bop == "saformer":  # depthwise conv (no bias) -> BN, folded like any BN
                 w = take(f"{a}.dwc_conv.weight", (dim, 1, 3, 3))
                 w, b = fold(f"{a}.dwc_bn", w, None, dim)
@@ -258,6 +272,20 @@ def build_model_file(config: SpikformerConfig, tensors: Mapping[str, np.ndarray]
     # the provenance travels with the file: names, not this machine's absolute paths
     return ModelFile(config, layers, architecture, portable(dict(provenance or {})),
                      attention=attention)
+
+
+def _erode_option(source, op, operators, value):
+    """sdsa's Erode flag: 0 when not given; refused when no block is sdsa, or not 0 or 1."""
+    if "sdsa" not in operators:
+        if value is not None:
+            raise CheckpointError(f"{source}: the Erode flag (erode) is an sdsa parameter, but "
+                                  f"the attention operator is {op}")
+        return None
+    if value is None:
+        return 0
+    if not isinstance(value, (bool, int, np.integer)) or int(value) not in (0, 1):
+        raise CheckpointError(f"{source}: the Erode flag (erode) must be 0 or 1, got {value!r}")
+    return int(value)
 
 
 def _option(source, op, operators, owner, label, value, default):

@@ -8,10 +8,17 @@ files from this list and load checks files against it, so the two cannot drift a
 follows the description (:mod:`eventformer.models.description`): its embedding stages, then per
 block its attention and MLP layers under the stage's names, in forward order.
 
-Per block, the attention operator (SPEC §4: ``ssa``, ``ds2ta``, ``ssa_bin``, ``saformer``) adds
-its own parameters, listed by :func:`attention_param_specs` and checked by
-:func:`attention_problem` (the same checks for the builder and for load). SAFormer has no V
-branch, so its blocks have no ``v_lif`` layer.
+Per block, the attention operator (SPEC §4: ``ssa``, ``ds2ta``, ``ssa_bin``, ``saformer``; the
+successors' ``token_qk`` and ``sdsa``) adds its own parameters, listed by
+:func:`attention_param_specs` and checked by :func:`attention_problem` (the same checks for the
+builder and for load). SAFormer and QKFormer's token QK attention have no V branch, so their
+blocks have no ``v_lif`` layer.
+
+Blocks on a membrane residual stream (the Spike-driven Transformer's, operator ``sdsa``) hold
+other layers (:func:`_membrane_blocks`): LIFs without a synapse of their own (kind ``"lif"``:
+``shortcut_lif``, ``fc1_lif``, ``fc2_lif`` spike the real stream, and the model's ``head_lif``
+its token mean) and synapses without a LIF (``proj_conv``, ``fc1_conv``, ``fc2_conv``: their real
+currents join the stream), named by their module as the checkpoint names it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ModelFileError
-from ..models.config import ATTENTION_OPERATOR_NAMES, NO_V_BRANCH, SpikformerConfig
+from ..models.config import (ATTENTION_OPERATOR_NAMES, MEMBRANE_OPERATORS, NO_V_BRANCH,
+                             SpikformerConfig)
 from ..models.description import BlockGeometry, Description
 from .reading import flag_field, int_field, list_field, number_field, text_field
 
@@ -78,8 +86,8 @@ def _layout_field(v, what, path):
 
 @dataclass(frozen=True)
 class LayerSpec:
-    name: str  # LIF module name (an embedding stage without a LIF: its conv's), or "head"
-    kind: str  # "conv2d" | "linear" | "attention" | "head"
+    name: str  # LIF module name (a synapse without a LIF: its conv's), or "head"
+    kind: str  # "conv2d" | "linear" | "attention" | "lif" (a neuron-only layer) | "head"
     source: str  # checkpoint prefix of the synapse (conv) it comes from; "" for attention
     bn: str  # checkpoint prefix of the BatchNorm folded into it; "" for none
     weight_shape: tuple[int, ...] | None  # as the model file holds it (linear: [out, in])
@@ -90,7 +98,8 @@ class LayerSpec:
     padding: int = 0
     checkpoint_shape: tuple[int, ...] | None = None  # the weight as the checkpoint holds it
     #                                 (Conv1d k1 [out, in, 1], ...); None: weight_shape
-    lif: bool = True  # the synapse drives a LIF (False: an embedding stage of real output)
+    lif: bool = True  # the synapse drives a LIF (False: a synapse of real output: an embedding
+    #                   stage without a LIF, a membrane block's proj, fc1 and fc2)
 
     @property
     def tensor_shape(self) -> tuple[int, ...] | None:
@@ -110,13 +119,24 @@ class ParamSpec:
 def check_config(config: SpikformerConfig) -> None:
     """``config.validate()``: every attention operator a model file can name is accepted (the
     engine refuses, when built, one it cannot run yet), and the blocks are of a kind whose layers
-    a model file can hold. Raises ValueError with one sentence."""
+    a model file can hold: blocks on a membrane residual stream are the Spike-driven
+    Transformer's (``sdsa``), and ``sdsa`` runs on nothing else. Raises ValueError with one
+    sentence."""
     config.validate()
     desc = config.description
-    if desc.residual != "spikes" and desc.depth:
-        raise ValueError(f"a model file cannot hold blocks with a {desc.residual!r} residual yet "
-                         "(the Spike-driven Transformer's membrane shortcut has no layer layout "
-                         "here)")
+    for stage in desc.stages:
+        if not stage.count:
+            continue
+        membrane = stage.attention in MEMBRANE_OPERATORS
+        if desc.residual == "membrane" and not membrane:
+            raise ValueError(
+                f"a model file cannot hold blocks with a 'membrane' residual and "
+                f"{stage.attention!r} attention (the membrane shortcut's layer layout is the "
+                f"Spike-driven Transformer's, operator {' or '.join(MEMBRANE_OPERATORS)})")
+        if desc.residual != "membrane" and membrane:
+            raise ValueError(f"{stage.attention} attention runs on a 'membrane' residual stream "
+                             f"(the Spike-driven Transformer's layout), not on a residual "
+                             f"stream of {desc.residual}")
 
 
 def has_v_branch(config) -> bool:
@@ -168,6 +188,9 @@ def layer_specs(config: SpikformerConfig) -> list[LayerSpec]:
         mlp_syn = "linear" if stage.mlp_kernel == "linear" else "conv"
         attn_shape = _LINEAR_SHAPES[stage.attn_kernel]
         mlp_shape = _LINEAR_SHAPES[stage.mlp_kernel]
+        if stage.attention in MEMBRANE_OPERATORS:
+            specs += _membrane_blocks(stage, geo, theta, config.attn_theta)
+            continue
         branches = ("q", "k", "v") if has_v_branch(stage) else ("q", "k")
         for b in range(stage.count):
             a = stage.attention_name(b)
@@ -189,8 +212,57 @@ def layer_specs(config: SpikformerConfig) -> list[LayerSpec]:
                                    f"{m}.{fc2}_bn", (d, h), (d,), conv_has_bias=True,
                                    theta=theta, checkpoint_shape=mlp_shape(d, h)))
     d = placement.final.dim
+    if desc.head_lif and desc.residual == "membrane":
+        # the token mean of the real stream, spiked (SDT); a head LIF on a stream of spikes has
+        # no layer layout yet (the engine refuses it by name)
+        specs.append(_neurons(desc.head_lif, theta))
     specs.append(LayerSpec("head", "head", "head", "", (config.num_classes, d),
                            (config.num_classes,), conv_has_bias=True))
+    return specs
+
+
+def _neurons(name: str, theta: float) -> LayerSpec:
+    """A LIF without a synapse of its own: it spikes a real map (SDT's membrane stream)."""
+    return LayerSpec(name, "lif", "", "", None, None, theta=theta)
+
+
+def _membrane_blocks(stage, geo: BlockGeometry, theta: float, attn_theta: float
+                     ) -> list[LayerSpec]:
+    """The layers of a stage's membrane-shortcut blocks (the Spike-driven Transformer's
+    ``MS_SSA_Conv`` + ``MS_MLP_Conv``), in forward order: ``shortcut_lif`` spikes the real
+    stream; q, k, v conv+BN -> LIF; the SDSA core's ``talking_heads_lif`` (``attn_theta``; the
+    checkpoint's ``talking_heads`` conv is saved but never runs, so it is no layer here);
+    ``proj_conv`` + ``proj_bn`` with no LIF (its real current joins the stream); the MLP's
+    ``fc1_lif`` on the stream, ``fc1_conv`` + ``fc1_bn`` with no LIF (the stream added to it when
+    hidden == dim: the official ``res``), ``fc2_lif`` on that, ``fc2_conv`` + ``fc2_bn`` with no
+    LIF. A synapse without a LIF is named by its conv, as an embedding's are."""
+    d, h = geo.dim, geo.mlp_hidden
+    syn = "linear" if stage.attn_kernel == "linear" else "conv"
+    mlp_syn = "linear" if stage.mlp_kernel == "linear" else "conv"
+    attn_shape = _LINEAR_SHAPES[stage.attn_kernel]
+    mlp_shape = _LINEAR_SHAPES[stage.mlp_kernel]
+    fc1, fc2 = stage.mlp_layers
+    specs = []
+    for b in range(stage.count):
+        a, m = stage.attention_name(b), stage.mlp_name(b)
+        specs.append(_neurons(f"{a}.shortcut_lif", theta))
+        for n in ("q", "k", "v"):
+            specs.append(LayerSpec(f"{a}.{n}_lif", "linear", f"{a}.{n}_{syn}", f"{a}.{n}_bn",
+                                   (d, d), (d,), conv_has_bias=stage.qkv_bias, theta=theta,
+                                   checkpoint_shape=attn_shape(d, d)))
+        specs.append(LayerSpec(f"{a}.talking_heads_lif", "attention", "", "", None, None,
+                               theta=attn_theta))
+        specs.append(LayerSpec(f"{a}.proj_{syn}", "linear", f"{a}.proj_{syn}", f"{a}.proj_bn",
+                               (d, d), (d,), conv_has_bias=True, theta=theta,
+                               checkpoint_shape=attn_shape(d, d), lif=False))
+        specs.append(_neurons(f"{m}.{fc1}_lif", theta))
+        specs.append(LayerSpec(f"{m}.{fc1}_{mlp_syn}", "linear", f"{m}.{fc1}_{mlp_syn}",
+                               f"{m}.{fc1}_bn", (h, d), (h,), conv_has_bias=True, theta=theta,
+                               checkpoint_shape=mlp_shape(h, d), lif=False))
+        specs.append(_neurons(f"{m}.{fc2}_lif", theta))
+        specs.append(LayerSpec(f"{m}.{fc2}_{mlp_syn}", "linear", f"{m}.{fc2}_{mlp_syn}",
+                               f"{m}.{fc2}_bn", (d, h), (d,), conv_has_bias=True, theta=theta,
+                               checkpoint_shape=mlp_shape(d, h), lif=False))
     return specs
 
 
