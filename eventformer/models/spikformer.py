@@ -10,6 +10,11 @@ The network is its configuration's description (:mod:`.description`): per block 
 :class:`Embedding` (conv stages over saved maps) and its :class:`Block` s, then the head. Maps flow
 as event lists ``(idx, cnt)`` (spikes, integer sums, input counts) or, where a stage has no LIF
 or the input is pixels, as dense real HWC arrays.
+
+A description whose residual stream is "membrane" (the Spike-driven Transformer) runs
+:class:`MembraneBlock` s instead: the stream is a dense real [tokens, D] array per step, each
+block spikes it before its attention and before each MLP layer and adds real currents back,
+and the head spikes its token mean (:class:`~eventformer.layers.successors.LIFLinearHead`).
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from ..layers import (
     MeanLinearHead,
     PathPolicy,
     add_events,
+    ones,
 )
+from ..layers.successors import LIFLinearHead, LinearSynapse, StreamLIF
 from ..layers.synapses import Conv2dStage
 from ..runtime import limit_blas_threads
+from .config import MEMBRANE_OPERATORS
 from .description import INPUT, POOL, BlockGeometry, BlockStage, Description, PlacedStage
 
 if TYPE_CHECKING:  # the model file package imports the config from here
@@ -146,6 +154,58 @@ class Block:
         return _residual(xs, self.fc2.run_steps(self.fc1.run_steps(xs)))
 
 
+class MembraneBlock:
+    """One block of the Spike-driven Transformer on its membrane stream x (a dense real
+    [tokens, D] array per step; ``MS_SSA_Conv`` then ``MS_MLP_Conv`` of the released code):
+
+        x = x + attention(x)                      # shortcut_lif spikes x; proj's real current
+        h = fc1(fc1_lif(x)), and h = x + h when hidden == D (the released ``res``; then h is
+        the identity too); x = fc2(fc2_lif(h)) + identity     # fc1, fc2: linear+BN, no LIF
+
+    The attention operator (``sdsa``) takes the stream and returns the current to add."""
+
+    def __init__(self, stage: BlockStage, index: int, geometry: BlockGeometry, layers: dict,
+                 params: dict, *, dtype, policy: PathPolicy):
+        attention = ATTENTION_OPERATORS[stage.attention]
+        self.name = stage.block_name(index)
+        attn_syn = "linear" if stage.attn_kernel == "linear" else "conv"
+        mlp_syn = "linear" if stage.mlp_kernel == "linear" else "conv"
+        self.attn = attention(stage.attention_name(index), layers, geometry, dtype=dtype,
+                              policy=policy, params=params, synapse=attn_syn)
+        m = stage.mlp_name(index)
+        fc1, fc2 = stage.mlp_layers
+        n, d, hidden = geometry.tokens, geometry.dim, geometry.mlp_hidden
+        self.fc1_lif = StreamLIF(layers[f"{m}.{fc1}_lif"], n * d, dtype=dtype)
+        self.fc1 = LinearSynapse(layers[f"{m}.{fc1}_{mlp_syn}"], n, dtype=dtype, policy=policy)
+        self.fc2_lif = StreamLIF(layers[f"{m}.{fc2}_lif"], n * hidden, dtype=dtype)
+        self.fc2 = LinearSynapse(layers[f"{m}.{fc2}_{mlp_syn}"], n, dtype=dtype, policy=policy)
+        self.res = hidden == d
+
+    @property
+    def layers(self):
+        return self.attn.layers + [self.fc1_lif, self.fc1, self.fc2_lif, self.fc2]
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        x = x + self.attn.step(x)
+        s = self.fc1_lif.step(x)
+        h = self.fc1.step(s, ones(s.shape[0]))
+        identity = x
+        if self.res:
+            h = identity = x + h
+        s = self.fc2_lif.step(h)
+        return self.fc2.step(s, ones(s.shape[0])) + identity
+
+    def run_steps(self, xs: list) -> list:
+        """Every step of a sample, layer by layer (offline): the results of :meth:`step`."""
+        xs = [x + a for x, a in zip(xs, self.attn.run_steps(xs))]
+        hs = self.fc1.run_steps([(s, ones(s.shape[0])) for s in self.fc1_lif.run_steps(xs)])
+        identities = xs
+        if self.res:
+            hs = identities = [x + h for x, h in zip(xs, hs)]
+        outs = self.fc2.run_steps([(s, ones(s.shape[0])) for s in self.fc2_lif.run_steps(hs)])
+        return [o + i for o, i in zip(outs, identities)]
+
+
 def warm_up_densities(policy: PathPolicy) -> tuple[float, ...]:
     """Input densities of the warm-up steps that reach every path ``policy`` can take: one
     sparse step (scatter, gather) unless every step runs dense, one dense step (GEMM) unless
@@ -160,18 +220,33 @@ def _residual(xs: list, ys: list) -> list:
 
 def unsupported(desc: Description) -> str | None:
     """What in a description this engine cannot run yet, as one sentence; None if nothing."""
-    if desc.residual != "spikes":
-        return (f"this engine runs blocks with a residual stream of spikes; the description's "
-                f"{desc.residual!r} residual (the Spike-driven Transformer's membrane shortcut) "
-                "is not implemented yet")
-    if desc.head_lif:
-        return (f"this engine's head is mean, mean, linear; the description's head LIF "
-                f"{desc.head_lif!r} is not implemented yet")
+    if desc.residual == "membrane":
+        if not desc.head_lif:
+            return ("this engine ends a 'membrane' residual stream (the Spike-driven "
+                    "Transformer's) in a head LIF on its token mean; the description's head "
+                    "has none")
+        for stage in desc.stages:
+            if stage.count and stage.attention not in MEMBRANE_OPERATORS:
+                return (f"this engine runs blocks on a 'membrane' residual stream with "
+                        f"{' or '.join(MEMBRANE_OPERATORS)} attention, not {stage.attention!r}")
+    elif desc.head_lif:
+        return (f"this engine's head on a residual stream of spikes is mean, mean, linear; the "
+                f"description's head LIF {desc.head_lif!r} is not implemented yet there")
     for stage in desc.stages:
         if stage.attention not in ATTENTION_OPERATORS:
             return (f"this engine runs the attention operators {', '.join(ATTENTION_OPERATORS)}; "
                     f"{stage.attention!r} is not implemented yet")
     return None
+
+
+def _real_map(x, size: int, dtype) -> np.ndarray:
+    """A map as a dense real array: event lists (spikes, integer sums) scattered; real maps
+    as they are."""
+    if not isinstance(x, tuple):
+        return x
+    out = np.zeros(size, dtype)
+    out[x[0]] = x[1]
+    return out
 
 
 class Spikformer:
@@ -202,21 +277,39 @@ class Spikformer:
         self.fixed = self.dtype if isinstance(self.dtype, Fixed) else None
         self.arithmetic = self.fixed.name if self.fixed else self.dtype.name  # "int8", "float32"..
         self.policy = policy or PathPolicy()
+        self.membrane = desc.residual == "membrane"
+        if self.membrane and self.fixed:
+            raise EventformerError(
+                f"{self.fixed.name}: the membrane residual stream of this model (the Spike-driven "
+                "Transformer's) sums the real currents of several layers (RPE, proj, fc1, fc2), "
+                "each quantised in a per-channel unit of its own, which no one integer unit "
+                "holds exactly; run it in a float --dtype")
         placement = cfg.placement()
         params = iter(model.attention)
-        self.stages: list[tuple[Embedding, list[Block]]] = []
+        self.stages: list[tuple[Embedding, list]] = []
         for stage, placed, geometry, bound in zip(desc.stages, placement.embeds,
                                                   placement.geometry, placement.stream_bounds):
             embedding = Embedding(placed, model.layers, dtype=self.dtype, policy=self.policy)
             blocks = []
             for i in range(stage.count):  # each attention and MLP branch adds one spike
                 p = next(params).params if model.attention else {}
+                if self.membrane:
+                    blocks.append(MembraneBlock(stage, i, geometry, model.layers, p,
+                                                dtype=self.dtype, policy=self.policy))
+                    continue
                 blocks.append(Block(stage, i, geometry, model.layers, p, dtype=self.dtype,
                                     policy=self.policy, bound=bound + 2 * i))
             self.stages.append((embedding, blocks))
-        # the head sums integers exactly; only the logits are float (float64 in integer modes)
-        self.head = MeanLinearHead(model.layers["head"], placement.final.tokens,
-                                   np.float64 if self.fixed else self.dtype)
+        final = placement.final
+        # the residual stream's sites per block stage (a membrane stream is a dense map of them)
+        self.stream_sites = [g.tokens * g.dim for g in placement.geometry]
+        if self.membrane:  # the token mean of the real stream, spiked, then the Linear
+            self.head = LIFLinearHead(model.layers[desc.head_lif], model.layers["head"],
+                                      final.tokens, self.dtype)
+        else:  # the head sums integers exactly; only the logits are float (float64 in integer
+            #   modes)
+            self.head = MeanLinearHead(model.layers["head"], final.tokens,
+                                       np.float64 if self.fixed else self.dtype)
         self.pixels = desc.input == "pixels"
         self.input_shape = (cfg.image_size, cfg.image_size, cfg.in_channels)
         self.input_sites = cfg.image_size * cfg.image_size * cfg.in_channels
@@ -242,13 +335,15 @@ class Spikformer:
 
     @property
     def layers(self):
-        """Spiking layers in forward order (the report's rows), without the head."""
+        """Spiking layers in forward order (the report's rows), without the head (but with its
+        LIF, where it has one)."""
         out = []
         for embedding, blocks in self.stages:
             out += embedding.layers
             for block in blocks:
                 out += block.layers
-        return out
+        lif = getattr(self.head, "lif", None)
+        return out if lif is None else out + [lif]
 
     def reset(self) -> None:
         """Start a new sample: every membrane to rest, the head's running mean emptied."""
@@ -285,11 +380,19 @@ class Spikformer:
         """Advance every layer by one time step on one frame of input events (``idx``, ``cnt``),
         or for a model of static images on one image (``idx``: real pixels, HWC)."""
         x = self._input(idx, cnt)
-        for embedding, blocks in self.stages:
+        for (embedding, blocks), sites in zip(self.stages, self.stream_sites):
             x = embedding.step(x)
-            for block in blocks:
-                x = block.step(*x)
-        self.head.step(*x)
+            if self.membrane:  # the stream is real: blocks and head take one dense map
+                x = _real_map(x, sites, self.dtype)
+                for block in blocks:
+                    x = block.step(x)
+            else:
+                for block in blocks:
+                    x = block.step(*x)
+        if self.membrane:
+            self.head.step(x)
+        else:
+            self.head.step(*x)
 
     def warm_up(self) -> None:
         """Load every kernel this engine's path policy may call (Numba's cache loads lazily, per
@@ -333,12 +436,17 @@ class Spikformer:
         self.reset()
         xs = [self._input(x) for x in steps] if self.pixels else \
             [self._input(i, c) for i, c in steps]
-        for embedding, blocks in self.stages:
+        for (embedding, blocks), sites in zip(self.stages, self.stream_sites):
             xs = embedding.run_steps(xs)
+            if self.membrane:
+                xs = [_real_map(x, sites, self.dtype) for x in xs]
             for block in blocks:
                 xs = block.run_steps(xs)
-        for idx, cnt in xs:
-            self.head.step(idx, cnt)
+        for x in xs:
+            if self.membrane:
+                self.head.step(x)
+            else:
+                self.head.step(*x)
         return self.logits()
 
     def run_image(self, image: np.ndarray) -> np.ndarray:
