@@ -462,12 +462,15 @@ class SAFormerAttention:
                            policy=policy, multiplicity=multiplicity)
         self.k = LinearLIF(layers[f"{prefix}.k_lif"], n, dtype=dtype, input_kind="integers",
                            policy=policy, multiplicity=multiplicity)
-        self.core = SaformerAttentionLIF(
-            layers[f"{prefix}.attn_lif"], n, config.dim, config.grid, config.scale, dtype=dtype,
-            dwc_weight=params["dwc_weight"], dwc_bias=params["dwc_bias"],
-            pool_rows=int(np.asarray(params["pool_rows"])))
+        self.core = self._core(layers[f"{prefix}.attn_lif"], config, dtype, params)
         self.proj = LinearLIF(layers[f"{prefix}.proj_lif"], n, dtype=dtype, input_kind="spikes",
                               policy=policy)
+
+    def _core(self, lif, config, dtype, params):
+        return SaformerAttentionLIF(
+            lif, config.tokens, config.dim, config.grid, config.scale, dtype=dtype,
+            dwc_weight=params["dwc_weight"], dwc_bias=params["dwc_bias"],
+            pool_rows=int(np.asarray(params["pool_rows"])))
 
     @property
     def layers(self) -> list[SpikingLayer]:

@@ -34,7 +34,8 @@ from ..fixedpoint import Fixed, FixedPointError, arithmetic
 from ..kernels import counters as C
 from ..kernels.spikedriven import (and_lists, column_sums, erode_grid, erode_heads, head_counts,
                                    mask_channels, mask_heads)
-from .attention import ATTENTION_OPERATORS, AttentionCore, _core_arithmetic, side_by_side
+from .attention import (ATTENTION_OPERATORS, AttentionCore, SAFormerAttention, _core_arithmetic,
+                        side_by_side)
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
 from .neurons import LIFNeurons
 from .synapses import LinearLIF
@@ -90,31 +91,15 @@ class TokenQKAttentionLIF(AttentionCore):
         return self._kept[:n].copy()
 
 
-class TokenQKAttention:
+class TokenQKAttention(SAFormerAttention):
     """QKFormer's token QK attention: q/k linear+LIF, the token QK core + LIF masking K, proj
-    linear+LIF. Parameters: none beyond the layers (``params`` is empty)."""
+    linear+LIF (SAFormer's layers, no V: another core). Parameters: none beyond the layers
+    (``params`` is empty)."""
 
     name = "token_qk"
 
-    def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy,
-                 params: dict | None = None, multiplicity: int = 1):
-        n = config.tokens
-        self.q = LinearLIF(layers[f"{prefix}.q_lif"], n, dtype=dtype, input_kind="integers",
-                           policy=policy, multiplicity=multiplicity)
-        self.k = LinearLIF(layers[f"{prefix}.k_lif"], n, dtype=dtype, input_kind="integers",
-                           policy=policy, multiplicity=multiplicity)
-        self.core = TokenQKAttentionLIF(layers[f"{prefix}.attn_lif"], n, config.dim,
-                                        config.heads, dtype=dtype)
-        self.proj = LinearLIF(layers[f"{prefix}.proj_lif"], n, dtype=dtype, input_kind="spikes",
-                              policy=policy)
-
-    @property
-    def layers(self) -> list[SpikingLayer]:
-        return [self.q, self.k, self.core, self.proj]
-
-    def reset(self) -> None:
-        for layer in self.layers:
-            layer.reset()
+    def _core(self, lif, config, dtype, params):
+        return TokenQKAttentionLIF(lif, config.tokens, config.dim, config.heads, dtype=dtype)
 
     def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         q, _ = self.q.step(idx, cnt)
