@@ -456,7 +456,7 @@ class SAFormerAttention:
     name = "saformer"
 
     def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy,
-                 params: dict, multiplicity: int = 1):
+                 params: dict | None = None, multiplicity: int = 1):
         n = config.tokens
         self.q = LinearLIF(layers[f"{prefix}.q_lif"], n, dtype=dtype, input_kind="integers",
                            policy=policy, multiplicity=multiplicity)
