@@ -39,6 +39,10 @@ CASES = {
                                   pooling_stat="1111", num_classes=5)),
                 TS.SDTConfig(image_size=32, dim=32, heads=2, depth=1, mlp_ratio=1, steps=T,
                              pooling_stat="1111", num_classes=5)),
+    "sdt-erode": (("sdt-tiny", dict(image_size=32, steps=T, dim=32, heads=4, depth=1,
+                                    num_classes=5)),
+                  TS.SDTConfig(image_size=32, dim=32, heads=4, depth=1, steps=T,
+                               pooling_stat="0111", dvs=True, num_classes=5)),
     "qkformer": (("qkformer-tiny", dict(image_size=64, steps=T, dim=32, heads=2, stage1_depth=1,
                                         stage2_depth=2, num_classes=5)),
                  TS.QKFormerConfig(image_size=64, dim=32, heads=2, stage1_depth=1,
@@ -58,6 +62,10 @@ def case(name, seed=0):
     params = {k: sd[k].double().numpy().copy() for k in shapes}
     state = {k: (int(v) if k.endswith("num_batches_tracked") else v.double().numpy().copy())
              for k, v in sd.items() if k not in shapes}
+    # what a state dict cannot hold: SDT's Erode (the reference's dvs mode) is the trainer's option
+    erode = int(getattr(tcfg, "dvs", False))
+    state.update({k: v for k, v in M.init_state(cfg, erode=erode if name.startswith("sdt") else None)
+                  .items() if k.endswith(".erode")})
     ref = (TS.SpikeDrivenTransformerRef if name.startswith("sdt") else TS.QKFormerRef)(tcfg)
     ref.double().load_state_dict({k: v.double() for k, v in sd.items()}, strict=True)
     return cfg, params, state, frames.double().numpy(), ref
@@ -134,6 +142,8 @@ def test_training_mode_loss_gradients_and_statistics_match_torch_autograd(name, 
         np.testing.assert_allclose(g, tg, rtol=1e-7, atol=1e-9 * np.abs(tg).max(), err_msg=k)
     tsd = ref.state_dict()
     for k, v in state.items():
+        if k.endswith(".erode"):  # a trainer option, not a tensor
+            continue
         if k.endswith("num_batches_tracked"):
             assert v == int(tsd[k]) == 1, k
         else:
@@ -201,3 +211,35 @@ def test_cli_refuses_what_a_successor_cannot_take(tmp_path):
     assert "has its own" in one_error_line(r)
     r = runner.invoke(app, base + ["--model", "qkformer-tiny", "--resolution", "8"])
     assert "multiple of 16" in one_error_line(r)
+
+
+def hwc_steps(frames: np.ndarray) -> list:
+    """One sample's dense counts ``[T, C, H, W]`` as the engine's HWC event lists."""
+    steps = []
+    for f in frames:
+        flat = f.transpose(1, 2, 0).reshape(-1)
+        idx = np.flatnonzero(flat).astype(np.int32)
+        steps.append((idx, flat[idx].astype(np.int32)))
+    return steps
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_exported_model_file_runs_in_the_engine_as_trained(name):
+    """to_model_file (BatchNorm folded, float64) run by the engine on the same counts gives the
+    trainer's eval logits, every layer firing; the Erode flag travels as the trainer's option."""
+    from eventformer.models import Spikformer
+    from eventformer.train.export import to_model_file
+
+    cfg, params, state, frames, _ = case(name)
+    want, _ = M.forward(params, state, frames, False, cfg)
+    mf = to_model_file(params, state, cfg, {"test": name}, dtype=np.float64)
+    flags = [int(p.params["erode"]) for p in mf.attention if p.operator == "sdsa"]
+    assert flags == ([int(name == "sdt-erode")] * cfg.depth if name.startswith("sdt") else [])
+    engine = Spikformer(mf, dtype="float64")
+    for b in range(frames.shape[1]):
+        engine.clear_stats()
+        got = engine.run(hwc_steps(frames[:, b]))
+        silent = [r["name"] for r in engine.layer_stats()  # layers with neurons, that is
+                  if r["name"] != "head" and r["neurons"] and r["spikes"] <= 0]
+        assert not silent, silent
+        np.testing.assert_allclose(got, want[b], rtol=1e-9, atol=1e-9)

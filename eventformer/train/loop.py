@@ -188,7 +188,7 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
           progress: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, metadata: dict | None = None,
           dtype=np.float32, handle_sigint: bool = True, taw: int | None = None,
-          pool_rows: int | None = None) -> TrainResult:
+          pool_rows: int | None = None, erode: int | None = None) -> TrainResult:
     """Train ``config`` on ``train_data``; see the module docstring for checkpoints/interrupts.
 
     ``resume``: a checkpoint path to continue from (True: ``checkpoint_path``). ``progress(info)``
@@ -198,7 +198,8 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
     ``provenance["training"]``. ``config`` is any layout the trainer runs
     (:mod:`eventformer.train.model`: Spikformer with ``config.attention`` one of ssa, ds2ta,
     ssa_bin, saformer; the Spike-driven Transformer; QKFormer); ``taw`` (DS2TA's T_AW, default
-    3) and ``pool_rows`` (SAFormer's L, default 4) are options, refused for another operator.
+    3), ``pool_rows`` (SAFormer's L, default 4) and ``erode`` (SDT's DVS-mode Erode, default 0)
+    are options, refused for another operator.
     Returns a :class:`TrainResult`; writes to ``out_path`` when given: a model file (which names
     the operators and their parameters), or for a ``.npz`` path the official-layout state dict
     with its configuration and training record beside it
@@ -231,7 +232,7 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
 
     params = M.init_params(cfg, seed, dtype)
     try:
-        state = M.init_state(cfg, dtype, taw=taw, pool_rows=pool_rows)
+        state = M.init_state(cfg, dtype, taw=taw, pool_rows=pool_rows, seed=seed, erode=erode)
     except ValueError as exc:
         raise EventformerError(str(exc)) from None
     hparams["attention"] = cfg.attention
@@ -251,7 +252,7 @@ def train(config: SpikformerConfig, train_data: FrameSet, val_data: FrameSet | N
         if meta["config"] != _config_dict(cfg):
             raise EventformerError(f"{rpath}: the checkpoint is of another model configuration "
                                    "(model, resolution, steps or attention differ)")
-        for key in ("batch", "seed", "n_train", "dtype", "taw", "pool_rows"):
+        for key in ("batch", "seed", "n_train", "dtype", "taw", "pool_rows", "erode"):
             if meta["hparams"].get(key) != hparams.get(key):
                 raise EventformerError(
                     f"{rpath}: the checkpoint was made with {key}={meta['hparams'].get(key)}, this "
@@ -426,7 +427,7 @@ def _training_metadata(cfg, train_data, val_data, epochs, hparams, history, extr
                       "warmup_epochs": hparams["warmup_epochs"], "batch": hparams["batch"]},
         "label_smoothing": hparams["label_smoothing"],
         "attention": {"operator": cfg.attention,
-                      **{k: hparams[k] for k in ("taw", "pool_rows") if k in hparams}},
+                      **{k: hparams[k] for k in ("taw", "pool_rows", "erode") if k in hparams}},
         "augmentation": {"shift_pixels": hparams["max_shift"], "flip": False},
         "history": history,
     }

@@ -20,9 +20,10 @@ trainable per-head f parameters ``nsad_a`` .. ``nsad_e`` that :func:`state_dict`
 rounded ``nsad_table``); ``ssa_bin`` (binary map, buffer ``vbar``); ``saformer`` (no V branch,
 SASA gate + depthwise conv ``dwc_conv`` -> ``dwc_bn``); ``token_qk`` (QKFormer: no V, per token
 and head the q count spiked masks K, no attention LIF after it); and for a membrane stream
-``sdsa`` (SDT's block; its Erode is off, as the official DVS Gesture models run). The operators'
-buffers and fixed settings (``tau``, ``taw``, ``nsad_u``, ``delta``, ``vbar``, ``pool_rows``,
-SDT's ``talking_heads.weight``, which the official code saves but never runs) live in ``state``
+``sdsa`` (SDT's block; its Erode max-pools where ``erode`` is 1, off by default as the official
+DVS Gesture models run). The operators' buffers and fixed settings (``tau``, ``taw``, ``nsad_u``,
+``delta``, ``vbar``, ``pool_rows``, ``erode``, SDT's ``talking_heads.weight``, which the official
+code saves but never runs) live in ``state``
 (:func:`init_state`): they are carried, not trained.
 
 Parameters live in a flat dict keyed exactly like the official checkpoint
@@ -373,7 +374,8 @@ def init_params(cfg: SpikformerConfig, seed: int = 0, dtype=np.float32,
 
 
 def init_state(cfg: SpikformerConfig, dtype=np.float32, taw: int | None = None,
-               pool_rows: int | None = None, seed: int = 0) -> dict[str, Any]:
+               pool_rows: int | None = None, seed: int = 0, erode: int | None = None
+               ) -> dict[str, Any]:
     """Fresh BatchNorm running statistics (mean 0, var 1, 0 batches tracked) and the attention
     operator's buffers and fixed settings, per block (``block.{i}.attn.`` ...):
 
@@ -382,9 +384,10 @@ def init_state(cfg: SpikformerConfig, dtype=np.float32, taw: int | None = None,
     * ssa_bin: ``delta`` [H] int64 (0), ``vbar`` [D] (running mean of B V; 0);
     * saformer: ``pool_rows`` (L, int64 scalar; ``pool_rows`` or 4);
     * sdsa: ``talking_heads.weight`` [H, H, 1], torch's Conv1d initialisation drawn from
-      ``seed``: the official checkpoint holds it though no computation reads it.
+      ``seed``: the official checkpoint holds it though no computation reads it; ``erode``
+      (int64 scalar; ``erode`` or 0): 1 runs the released code's DVS-mode Erode max-pools.
 
-    ``taw`` / ``pool_rows`` given for another operator are refused (ValueError)."""
+    ``taw`` / ``pool_rows`` / ``erode`` given for another operator are refused (ValueError)."""
     _check_config(cfg)
     stages = cfg.description.stages
     ops = {s.attention for s in stages}
@@ -392,6 +395,10 @@ def init_state(cfg: SpikformerConfig, dtype=np.float32, taw: int | None = None,
         raise ValueError(f"taw (T_AW) is a ds2ta setting, the attention is {cfg.attention}")
     if pool_rows is not None and "saformer" not in ops:
         raise ValueError(f"pool_rows (L) is a saformer setting, the attention is {cfg.attention}")
+    if erode is not None and "sdsa" not in ops:
+        raise ValueError(f"erode is an sdsa setting, the attention is {cfg.attention}")
+    if erode is not None and erode not in (0, 1):
+        raise ValueError(f"erode must be 0 or 1, got {erode!r}")
     taw = DEFAULT_TAW if taw is None else int(taw)
     pool_rows = DEFAULT_POOL_ROWS if pool_rows is None else int(pool_rows)
     if taw < 1:
@@ -425,18 +432,19 @@ def init_state(cfg: SpikformerConfig, dtype=np.float32, taw: int | None = None,
                 bound = 1.0 / np.sqrt(H)
                 state[f"{a}.talking_heads.weight"] = rng.uniform(-bound, bound, (H, H, 1)) \
                     .astype(dtype)
+                state[f"{a}.erode"] = np.asarray(erode or 0, np.int64)
     return state
 
 
 #: trainer-only entries: settings that the model file takes as options, not checkpoint keys
-_OPTION_KEYS = ("taw", "pool_rows", "nsad_u")
+_OPTION_KEYS = ("taw", "pool_rows", "erode", "nsad_u")
 
 
 def attention_options(state: dict[str, Any]) -> dict[str, int]:
     """The builder's options stored in ``state``: ``{"taw": ...}`` (ds2ta), ``{"pool_rows":
-    ...}`` (saformer) or ``{}``."""
+    ...}`` (saformer), ``{"erode": ...}`` (sdsa) or ``{}``."""
     out = {}
-    for key in ("taw", "pool_rows"):
+    for key in ("taw", "pool_rows", "erode"):
         vals = {int(np.asarray(v)) for k, v in state.items() if k.endswith(f".{key}")}
         if len(vals) > 1:
             raise ValueError(f"the blocks have different {key}: {sorted(vals)}")
@@ -449,7 +457,7 @@ def state_dict(params: dict[str, np.ndarray], state: dict[str, Any]) -> dict[str
     """``params`` and ``state`` merged into one official-style state dict of numpy arrays
     (``num_batches_tracked`` as an int64 scalar array) with the SPEC §4 keys of the attention
     operator: DS2TA's NSAD parameters a..e become ``nsad_table`` [H, d+1] (the rounded table,
-    int64); the options (``taw``, ``pool_rows``) and ``nsad_u`` are left out (see
+    int64); the options (``taw``, ``pool_rows``, ``erode``) and ``nsad_u`` are left out (see
     :func:`attention_options`)."""
     out = {}
     nsad: dict[str, dict[str, np.ndarray]] = {}
@@ -519,8 +527,9 @@ def forward(params: dict[str, np.ndarray], state: dict[str, Any] | None, frames:
         blocks = []
         for i in range(stage.count):
             if stage.attention == "sdsa":
+                erode = bool(int(_need(state, f"{stage.attention_name(i)}.erode")))
                 x, bc = S.sdt_block_forward(x, params, state, stage.block_name(i), training,
-                                            stage.heads, (gh, gw), False, run.lif,
+                                            stage.heads, (gh, gw), erode, run.lif,
                                             cfg.attn_theta)
                 run.spikes.update(bc["spikes"])
             else:
