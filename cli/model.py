@@ -119,8 +119,8 @@ def export(
     err.print(f"[bold]exported[/] {checkpoint} -> {output}")
     if report.code:
         err.print(f"  recognised: {report.code}", markup=False)
-    err.print("  inferred from tensors: " + ", ".join(f"{k}={v}" for k, v in report.inferred.items()),
-              markup=False)
+    err.print("  inferred from tensors: "
+              + ", ".join(f"{k}={v}" for k, v in report.inferred.items()), markup=False)
     err.print("  from options: " + ", ".join(f"{k}={v}" for k, v in report.given.items())
               + f", split_by={cfg.split_by}", markup=False)
     if report.defaults:

@@ -248,21 +248,19 @@ def infer_qkformer_config(state: dict[str, np.ndarray], *, heads: int | None,
         raise CheckpointError(f"{name}: stage 1 is {half} wide, but QKFormer's stem needs a "
                               "width divisible by 8 (it runs at width/8, /4, /2)")
     depths = [_blocks(state, f"stage{i}") for i in (1, 2)]
-    hidden = []
-    for i, (depth, w) in enumerate(zip(depths, (half, dim)), start=1):
-        hidden.append(width(f"stage{i}.0.mlp.mlp1_conv.weight") if depth else None)
-    ratios = [h / w for h, w in zip(hidden, (half, dim)) if h is not None]
-    ratio = ratios[0] if ratios and all(r == ratios[0] for r in ratios) else None
-    if ratio is None and not ratios:
-        ratio = 4  # no block: the code's default; no MLP exists to size
-    hidden = tuple(h if h is not None else max(1, int(w * (ratio or 4)))
-                   for h, w in zip(hidden, (half, dim)))
+    widths = {1: half, 2: dim}
+    # each stage's MLP as its first block holds it; a stage without blocks has no MLP to size
+    # and takes the other's ratio (the code has one for both), or the code's 4
+    hidden = {i: width(f"stage{i}.0.mlp.mlp1_conv.weight") for i in (1, 2) if depths[i - 1]}
+    ratios = {hidden[i] / widths[i] for i in hidden}
+    ratio = ratios.pop() if len(ratios) == 1 else None
+    mlp_hidden = tuple(hidden.get(i, int(widths[i] * (ratio or 4))) for i in (1, 2))
     num_classes = width("head.weight")
     inferred = {"in_channels": in_channels, "widths": [half, dim],
                 "stem": [half // 8, half // 4, half // 2, half],
-                "depths": depths, "mlp_hidden": list(hidden)}
-    if ratio is not None and ratios:
-        inferred["mlp_ratio"] = int(ratio) if float(ratio).is_integer() else ratio
+                "depths": depths, "mlp_hidden": list(mlp_hidden)}
+    if ratio is not None:
+        inferred["mlp_ratio"] = int(ratio) if ratio.is_integer() else ratio
     inferred["num_classes"] = num_classes
     defaults = {}
     if heads is None:
@@ -276,9 +274,10 @@ def infer_qkformer_config(state: dict[str, np.ndarray], *, heads: int | None,
         defaults["image_size"] = (image_size, "the DVS sensor's; --image-size to change")
     for i, w in ((1, half), (2, dim)):
         if w % heads:
-            how = "the released code's 16 heads; give --heads" if "heads" in defaults else                 f"{heads} heads"
+            how = "the released code's 16 heads; give --heads" if "heads" in defaults else \
+                f"{heads} heads"
             raise CheckpointError(f"{name}: stage {i} is {w} wide, not divisible by {how}")
-    description = qkformer_description(dim, heads, *depths, scale=scale, mlp_hidden=hidden)
+    description = qkformer_description(dim, heads, *depths, scale=scale, mlp_hidden=mlp_hidden)
     try:
         config = SpikformerConfig.described(description, in_channels=in_channels,
                                             image_size=int(image_size),
