@@ -11,8 +11,8 @@ executor runs every layout the pairs of :mod:`eventformer.train.layers`,
 * the Spike-driven Transformer v1 (:func:`sdt_layout`: MS_SPS whose last stage pools before its
   LIF and keeps the real current as ``x_feat``, ``x = rpe_bn(rpe_conv(...)) + x_feat`` real
   valued, membrane-shortcut blocks with SDSA, head ``mean_T head(head_lif(x.mean(tokens)))``);
-* QKFormer (:func:`qkformer_layout`: PatchEmbedInit with strided 1x1 shortcuts, token QK
-  attention blocks, patch merging, Spikformer SSA blocks).
+* QKFormer (:func:`eventformer.models.presets.qkformer_description`: PatchEmbedInit with
+  strided 1x1 shortcuts, token QK attention blocks, patch merging, Spikformer SSA blocks).
 
 Block operators by registry name (:data:`BLOCK_OPERATORS`), for a residual stream of spikes:
 ``ssa``; ``ds2ta`` (TASA between the q/k/v/proj convs and their BatchNorms, NSAD on the count map,
@@ -49,9 +49,8 @@ from typing import Any
 import numpy as np
 
 from ..models.config import SpikformerConfig
-from ..models.description import (INPUT, BlockStage, Description, Placement, place,
-                                  qkformer_patch_embed_init, qkformer_patch_embedding_stage,
-                                  sdt_sps)
+from ..models.description import INPUT, BlockStage, Description, Placement, place, sdt_sps
+from ..models.presets import qkformer_description
 from . import attention as A
 from . import layers as L
 from . import successors as S
@@ -74,7 +73,6 @@ __all__ = [
     "input_halvings",
     "loss_and_grads",
     "param_shapes",
-    "qkformer_layout",
     "sdt_layout",
     "state_dict",
     "with_config",
@@ -147,31 +145,14 @@ def sdt_layout(dim: int, heads: int, depth: int, mlp_hidden: int,
                        residual="membrane", head_lif="head_lif")
 
 
-def qkformer_layout(dim: int, heads: int, stage1_depth: int, stage2_depth: int,
-                    mlp_ratio: float = 4, scale: float = 0.125) -> Description:
-    """QKFormer (``dvs128-gesture/model.py``): PatchEmbedInit at width ``dim // 2``, blocks
-    ``stage1.{i}`` (``tssa``: token QK attention, Conv1d q/k/proj; ``mlp``: Conv2d ``mlp1`` /
-    ``mlp2``), patch merging to ``dim``, blocks ``stage2.{i}`` (``ssa``: Spikformer's attention
-    at ``scale``); both stages ``heads`` heads, as the official code has one number for both.
-    The token QK core has no scale: stage 1's is 1."""
-    half = dim // 2
-    return Description((
-        BlockStage(stage1_depth, half, heads, int(half * mlp_ratio), "token_qk", 1.0,
-                   embed=qkformer_patch_embed_init(half), prefix="stage1", attn="tssa",
-                   mlp_layers=("mlp1", "mlp2"), attn_kernel="conv1d", mlp_kernel="conv2d"),
-        BlockStage(stage2_depth, dim, heads, int(dim * mlp_ratio), "ssa", scale,
-                   embed=qkformer_patch_embedding_stage(dim), prefix="stage2", attn="ssa",
-                   mlp_layers=("mlp1", "mlp2"), attn_kernel="conv1d", mlp_kernel="conv2d"),
-    ))
-
-
 def _sdt_by_ratio(dim: int, heads: int, depth: int, mlp_ratio: float = 4,
                   pooling_stat: str = "0111") -> Description:
     """:func:`sdt_layout` with the MLP given as the official ``mlp_ratio``."""
     return sdt_layout(dim, heads, depth, int(dim * mlp_ratio), pooling_stat)
 
 
-_LAYOUTS = {"sdt": _sdt_by_ratio, "qkformer": qkformer_layout}
+#: each family's description, as every executor reads it (:mod:`eventformer.models.presets`)
+_LAYOUTS = {"sdt": _sdt_by_ratio, "qkformer": qkformer_description}
 
 
 def config_by_name(name: str, **overrides) -> SpikformerConfig:
