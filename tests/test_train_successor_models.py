@@ -63,9 +63,9 @@ def case(name, seed=0):
     state = {k: (int(v) if k.endswith("num_batches_tracked") else v.double().numpy().copy())
              for k, v in sd.items() if k not in shapes}
     # what a state dict cannot hold: SDT's Erode (the reference's dvs mode) is the trainer's option
-    erode = int(getattr(tcfg, "dvs", False))
-    state.update({k: v for k, v in M.init_state(cfg, erode=erode if name.startswith("sdt") else None)
-                  .items() if k.endswith(".erode")})
+    erode = int(tcfg.dvs) if name.startswith("sdt") else None
+    state.update({k: v for k, v in M.init_state(cfg, erode=erode).items()
+                  if k.endswith(".erode")})
     ref = (TS.SpikeDrivenTransformerRef if name.startswith("sdt") else TS.QKFormerRef)(tcfg)
     ref.double().load_state_dict({k: v.double() for k, v in sd.items()}, strict=True)
     return cfg, params, state, frames.double().numpy(), ref
