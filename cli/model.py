@@ -37,10 +37,10 @@ class Framework(str, Enum):
 @user_errors
 def export(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT.pth|MODEL.nir",
-                                      help="Official Spikformer or QKFormer checkpoint (.pth: a "
-                                           "state_dict, {'model': state_dict} or {'state_dict': "
-                                           "state_dict}), or a NIR graph (.nir) of a sequential "
-                                           "spiking CNN."),
+                                      help="Official Spikformer, QKFormer or SDT checkpoint "
+                                           "(.pth: a state_dict, {'model': state_dict} or "
+                                           "{'state_dict': state_dict}), or a NIR graph "
+                                           "(.nir) of a sequential spiking CNN."),
     output: Path = typer.Option(..., "--output", "-o", help="Model file to write (.h5)."),
     heads: Optional[int] = typer.Option(None, "--heads", min=1,
                                         help="Attention heads (not in the tensors).",
@@ -66,6 +66,16 @@ def export(
                                             help="SAFormer: rows L of the adaptive token pooling "
                                                  "(must divide the token count).",
                                             show_default="4"),
+    pooling_stat: Optional[str] = typer.Option(
+        None, "--pooling-stat", metavar="BBBB",
+        help="Spike-driven Transformer only: which of the four SPS stages max-pool (1) and "
+             "which do not (0), as its model code's pooling_stat (the gesture config: 0111).",
+        show_default="1111, the model code's"),
+    erode: Optional[bool] = typer.Option(
+        None, "--erode/--no-erode",
+        help="Spike-driven Transformer only: the released code's DVS mode (Erode max-pools in "
+             "SDSA), which its train.py turns on for CIFAR10-DVS only.",
+        show_default="off"),
     framework: Optional[Framework] = typer.Option(
         None, "--framework", help="NIR only: the framework that exported the graph; its "
                                   "neurons are stepped by that framework's rule (a NIR file "
@@ -86,10 +96,10 @@ def export(
              "every neuron at VALUE.", show_default="auto"),
     force: bool = typer.Option(False, "--force", help="Overwrite the model file if it exists."),
 ):
-    """Convert a PyTorch Spikformer checkpoint (or a DS2TA / SSA_Bin / SAFormer one) or a
-    QKFormer one, told apart by their keys, into an eventformer model file (BN folded), or import
-    a NIR graph of a sequential spiking CNN exported by sinabs, snnTorch, Norse or Rockpool
-    (--framework)."""
+    """Convert a PyTorch Spikformer checkpoint (or a DS2TA / SSA_Bin / SAFormer one), a
+    QKFormer or a Spike-driven Transformer (v1) one, told apart by their keys, into an
+    eventformer model file (BN folded), or import a NIR graph of a sequential spiking CNN
+    exported by sinabs, snnTorch, Norse or Rockpool (--framework)."""
     from eventformer.classes import CLASS_SETS
     from eventformer.modelfile import save
     from eventformer.modelfile.export import export_checkpoint
@@ -110,7 +120,8 @@ def export(
     model, report = export_checkpoint(checkpoint, heads=heads, scale=scale, steps=steps,
                                       image_size=image_size, class_names=names,
                                       attention=attention.value if attention else None,
-                                      taw=taw, pool_rows=pool_rows)
+                                      taw=taw, pool_rows=pool_rows, pooling_stat=pooling_stat,
+                                      erode=erode)
     model.config.split_by = split_by.value
     if names and len(names) != model.config.num_classes:
         fail(f"{len(names)} class names for a head with {model.config.num_classes} outputs")
@@ -140,7 +151,8 @@ def export(
 def _ignored_kinds(keys) -> str:
     """What the unused keys of a checkpoint are, as " (pos_embed, LayerNorms, ...)"."""
     kinds = {"pos_embed" if k == "pos_embed" else "num_batches_tracked"
-             if k.endswith(".num_batches_tracked") else "LayerNorms" for k in keys}
+             if k.endswith(".num_batches_tracked") else "talking_heads (saved, never run)"
+             if k.endswith(".talking_heads.weight") else "LayerNorms" for k in keys}
     return f" ({', '.join(sorted(kinds))})" if kinds else ""
 
 

@@ -12,10 +12,14 @@ Which released code a state_dict comes from is told from its keys (:func:`checkp
   zhouchenlin2096/QKFormer ``dvs128-gesture/model.py`` and ``cifar10-dvs/model.py``): always a
   description (:func:`eventformer.models.presets.qkformer_description`), its widths, depths, MLP
   sizes and classes read from the tensors (:func:`infer_qkformer_config`).
+- **Spike-driven Transformer v1** (``patch_embed.proj_conv*``, ``patch_embed.rpe_conv``,
+  ``block.{i}.attn.talking_heads.weight`` and q/k/v Conv2d k1 ``[D, D, 1, 1]``;
+  BICLab/Spike-Driven-Transformer ``model/spikeformer.py``): a description
+  (:func:`eventformer.models.presets.sdt_description`), its width, depth, heads, MLP width and
+  classes read from the tensors (:func:`infer_sdt_config`); its max-pools (``pooling_stat``) and
+  Erode are the code's options, not tensors.
 
-A family is one entry of :data:`FAMILIES` (how its keys look, how its configuration is inferred),
-so the next released code (the Spike-driven Transformer's ``patch_embed.*`` + ``block.{i}.attn.
-talking_heads``) joins as one more entry.
+A family is one entry of :data:`FAMILIES` (how its keys look), tried in order.
 
 torch is imported here only, lazily: the engine never needs it. The tensors go through the one
 model-file builder (:func:`eventformer.modelfile.build.build_model_file`), which folds BatchNorm
@@ -38,7 +42,8 @@ import numpy as np
 from ..errors import CheckpointError
 from ..models.config import SpikformerConfig, sps_suffix
 from ..models.description import spikformer_description
-from ..models.presets import qkformer_description
+from ..models.presets import SDT_GESTURE_POOLING_STAT, SDT_POOLING_STAT, qkformer_description, \
+    sdt_description
 from .build import (
     BN_EPS,
     DEFAULT_POOL_ROWS,
@@ -53,7 +58,8 @@ from .reading import file_kind
 from .schema import ATTENTION_NAMES, check_config
 
 __all__ = ["BN_EPS", "FAMILIES", "ExportReport", "checkpoint_family", "export_checkpoint",
-           "fold_batchnorm", "infer_config", "infer_qkformer_config", "read_checkpoint"]
+           "fold_batchnorm", "infer_config", "infer_qkformer_config", "infer_sdt_config",
+           "read_checkpoint"]
 
 
 @dataclass
@@ -288,6 +294,101 @@ def infer_qkformer_config(state: dict[str, np.ndarray], *, heads: int | None,
     return config, inferred, defaults
 
 
+# --- the Spike-driven Transformer v1 ---------------------------------------------------------
+
+#: What the released SDT code fixes and a state_dict cannot show: ``img_size_h = img_size_w =
+#: 128`` (the DVS sensor, as its gesture config has it).
+SDT_IMAGE_SIZE = 128
+SDT_CODE = ("Spike-driven Transformer v1 code (MS_SPS with RPE, membrane-shortcut blocks of SDSA "
+            "and a Conv2d k1 MLP, head_lif before the head; event counts in)")
+
+
+def is_sdt(state: dict) -> bool:
+    """SDT's keys: a ``talking_heads`` conv in a block, or 4-d (Conv2d k1) q weights where
+    Spikformer's codes have 3-d (Conv1d) or ``q_linear`` ones."""
+    return any(re.match(r"block\.\d+\.attn\.talking_heads\.weight$", k) or
+               (re.match(r"block\.\d+\.attn\.q_conv\.weight$", k) and np.ndim(v) == 4)
+               for k, v in state.items())
+
+
+def infer_sdt_config(state: dict[str, np.ndarray], *, heads: int | None,
+                     pooling_stat: str | None, steps: int, image_size: int | None,
+                     name: str = "checkpoint") -> tuple[SpikformerConfig, dict, dict]:
+    """A Spike-driven Transformer state_dict's configuration: (config, inferred, defaults).
+
+    From the tensors: input channels (``patch_embed.proj_conv.weight`` [D/8, C, 3, 3]), the width
+    D (``patch_embed.rpe_conv.weight``; the four SPS stages must be D/8, D/4, D/2, D as MS_SPS
+    builds them), the blocks (the indices of ``block.{i}.``), the heads (every block's
+    ``attn.talking_heads.weight`` [H, H, 1]: saved, never run, but the only tensor with a head
+    structure), the MLP hidden width (``block.0.mlp.fc1_conv.weight`` [hidden, D, 1, 1]) and the
+    classes (``head.weight``). Not in the tensors: ``pooling_stat`` (the model code's "1111"
+    unless given; the gesture config runs "0111") and the input side (128 unless
+    ``image_size``). The remaining shapes are checked key by key when the tensors are folded."""
+    def need(key):
+        if key not in state:
+            raise CheckpointError(f"{name}: missing key {key!r} (every Spike-driven Transformer "
+                                  "checkpoint has it)")
+        return state[key]
+
+    def shape(key, ndim):
+        arr = need(key)
+        if np.ndim(arr) != ndim:
+            raise CheckpointError(f"{name}: {key} has shape {tuple(np.shape(arr))}, expected "
+                                  f"a {ndim}-d weight")
+        return tuple(int(n) for n in np.shape(arr))
+
+    in_channels = shape("patch_embed.proj_conv.weight", 4)[1]
+    dim = shape("patch_embed.rpe_conv.weight", 4)[0]
+    sps = [shape(f"patch_embed.proj_conv{sps_suffix(i)}.weight", 4)[0] for i in range(4)]
+    if dim % 8 or sps != [dim // 8, dim // 4, dim // 2, dim]:
+        raise CheckpointError(f"{name}: the SPS stages are {'-'.join(map(str, sps))} wide and "
+                              f"the RPE conv {dim}, but MS_SPS runs at D/8, D/4, D/2, D")
+    depth = _blocks(state, "block")
+    defaults = {}
+    if depth:
+        talking = {i: shape(f"block.{i}.attn.talking_heads.weight", 3) for i in range(depth)}
+        found = talking[0][0]
+        for i, s in talking.items():
+            if s != (found, found, 1):
+                raise CheckpointError(f"{name}: block.{i}.attn.talking_heads.weight has shape "
+                                      f"{s}, expected ({found}, {found}, 1) as block 0's")
+        if heads is not None and heads != found:
+            raise CheckpointError(f"{name}: --heads {heads}, but the talking_heads weights "
+                                  f"[H, H, 1] say {found} heads")
+        heads = found
+        mlp_hidden = shape("block.0.mlp.fc1_conv.weight", 4)[0]
+    else:  # no blocks: neither heads nor an MLP to size
+        mlp_hidden = 4 * dim
+        if heads is None:
+            heads = 1
+            defaults["heads"] = (heads, "no blocks, so no heads to count")
+    num_classes = shape("head.weight", 2)[0]
+    inferred = {"in_channels": in_channels, "sps_channels": sps, "dim": dim, "depth": depth}
+    if depth:
+        inferred["heads"] = heads
+        inferred["mlp_hidden"] = mlp_hidden
+        ratio = mlp_hidden / dim
+        inferred["mlp_ratio"] = int(ratio) if ratio.is_integer() else ratio
+    inferred["num_classes"] = num_classes
+    if pooling_stat is None:
+        pooling_stat = SDT_POOLING_STAT
+        defaults["pooling_stat"] = (pooling_stat, "model/spikeformer.py's default; the gesture "
+                                    f"config runs {SDT_GESTURE_POOLING_STAT}: --pooling-stat "
+                                    "to change")
+    if image_size is None:
+        image_size = SDT_IMAGE_SIZE
+        defaults["image_size"] = (image_size, "the DVS sensor's; --image-size to change")
+    try:
+        description = sdt_description(dim, heads, depth, mlp_hidden, pooling_stat=pooling_stat)
+        config = SpikformerConfig.described(description, in_channels=in_channels,
+                                            image_size=int(image_size),
+                                            num_classes=num_classes, steps=steps)
+        check_config(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{name}: {exc}") from None
+    return config, inferred, defaults
+
+
 def _blocks(state: dict, prefix: str) -> int:
     """Blocks ``prefix.{i}.`` a state_dict holds (1 + the highest index)."""
     pat = re.compile(rf"{re.escape(prefix)}\.(\d+)\.")
@@ -302,7 +403,7 @@ def stage_lines(config: SpikformerConfig) -> list[str]:
     for stage, placed, geo in zip(config.description.stages, placement.embeds,
                                   placement.geometry):
         widths = "-".join(str(p.stage.channels) for p in placed if not p.stage.input)
-        scale = f" scale {geo.scale:g}" if geo.attention not in ("token_qk",) else ""
+        scale = f" scale {geo.scale:g}" if geo.attention not in ("token_qk", "sdsa") else ""
         lines.append(f"{stage.prefix}: embedding {widths}, {geo.grid}x{geo.grid} tokens, "
                      f"width {geo.dim}, {geo.heads} heads of {geo.head_dim}, MLP "
                      f"{geo.mlp_hidden}, {stage.count} block(s) of {geo.attention}{scale}")
@@ -320,14 +421,20 @@ class Family:
 
 
 #: In the order they are tried; Spikformer (patch_embed.*, block.*) is what is left. The
-#: Spike-driven Transformer will claim ``patch_embed.*`` + ``block.{i}.attn.talking_heads.*``
-#: before Spikformer is tried.
+#: Spike-driven Transformer shares Spikformer's ``patch_embed.*`` and ``block.{i}.`` names, so
+#: it claims its own (``talking_heads``, Conv2d k1 q) first.
 FAMILIES = (
     Family("qkformer", lambda state: any(k.startswith(("patch_embed1.", "patch_embed2.",
                                                        "stage1.", "stage2."))
                                          for k in state)),
+    Family("sdt", is_sdt),
     Family("spikformer", lambda state: True),
 )
+
+
+#: The families as a sentence names them.
+FAMILY_NAMES = {"qkformer": "QKFormer", "sdt": "Spike-driven Transformer",
+                "spikformer": "Spikformer"}
 
 
 def checkpoint_family(state: dict) -> str:
@@ -339,16 +446,20 @@ def export_checkpoint(path: str | os.PathLike, *, heads: int | None = None,
                       scale: float | None = None, steps: int = 16,
                       image_size: int | None = None, class_names: tuple[str, ...] = (),
                       attention: str | None = None, taw: int | None = None,
-                      pool_rows: int | None = None) -> tuple[ModelFile, ExportReport]:
+                      pool_rows: int | None = None, pooling_stat: str | None = None,
+                      erode: bool | None = None) -> tuple[ModelFile, ExportReport]:
     """Convert an official checkpoint into a :class:`ModelFile` (BatchNorm folded): Spikformer
-    (or a SPEC §4 variant) or QKFormer, told from the keys (:func:`checkpoint_family`).
+    (or a SPEC §4 variant), QKFormer or the Spike-driven Transformer, told from the keys
+    (:func:`checkpoint_family`).
 
     ``heads`` and ``scale`` are not in a checkpoint: None takes the released code's (Spikformer:
     16 heads, scale 0.25 in the CIFAR10-DVS code and 0.125 in the static-image codes; QKFormer:
     16 heads, 0.125). Spikformer's attention operator is told from the keys
     (:func:`~.build.detect_attention`); ``attention`` names it explicitly and must agree with
     them; ``taw`` (ds2ta, default 3) and ``pool_rows`` (saformer, default 4) are what a
-    checkpoint cannot hold. QKFormer's operators are its layout's (token_qk, then ssa)."""
+    checkpoint cannot hold. QKFormer's operators are its layout's (token_qk, then ssa), SDT's
+    sdsa; SDT alone takes ``pooling_stat`` (default "1111", the model code's) and ``erode``
+    (default off, as its train.py runs every dataset but CIFAR10-DVS) and no ``scale``."""
     path = str(path)
     name = os.path.basename(path)
     if attention is not None and attention not in ATTENTION_NAMES:
@@ -360,7 +471,32 @@ def export_checkpoint(path: str | os.PathLike, *, heads: int | None = None,
     given["steps"] = steps
     if image_size is not None:
         given["image_size"] = image_size
-    if family == "qkformer":
+    if family != "sdt" and pooling_stat is not None:
+        raise CheckpointError(f"{name}: --pooling-stat is the Spike-driven Transformer's SPS "
+                              f"option, but this is a {FAMILY_NAMES[family]} checkpoint")
+    if family == "sdt":
+        if attention is not None:
+            raise CheckpointError(f"{name}: --attention does not apply to a Spike-driven "
+                                  "Transformer checkpoint: its blocks run sdsa")
+        if scale is not None:
+            raise CheckpointError(f"{name}: --scale does not apply to a Spike-driven "
+                                  "Transformer checkpoint: SDSA has no attention scale")
+        if pooling_stat is not None:
+            given["pooling_stat"] = pooling_stat
+        config, inferred, defaults = infer_sdt_config(
+            state, heads=heads, pooling_stat=pooling_stat, steps=steps, image_size=image_size,
+            name=name)
+        if erode is None:
+            defaults["erode"] = (0, "off: the released train.py turns dvs_mode on for "
+                                 "CIFAR10-DVS only; --erode for such a model")
+        else:
+            given["erode"] = int(erode)
+        found = {"operator": "sdsa", "from": "layout", "keys": [],
+                 "options": {"erode": {"value": int(bool(erode)),
+                                       "from": "default" if erode is None else "option"}}}
+        code = SDT_CODE
+        what = f"a Spike-driven Transformer with {config.depth} block(s)"
+    elif family == "qkformer":
         if attention is not None:
             raise CheckpointError(f"{name}: --attention does not apply to a QKFormer checkpoint: "
                                   "its stages' operators are its layout's (token_qk in stage 1, "
@@ -381,7 +517,8 @@ def export_checkpoint(path: str | os.PathLike, *, heads: int | None = None,
     provenance = {"source_checkpoint": name, "source_sha256": _sha256(path),
                   "source_code": code, "exported_by": "eventformer export", "bn_eps": BN_EPS}
     model = build_model_file(config, state, source=name, provenance=provenance, taw=taw,
-                             pool_rows=pool_rows, what=what)
+                             pool_rows=pool_rows, what=what,
+                             erode=None if erode is None else int(erode))
     report = ExportReport(inferred=inferred, given=given,
                           ignored_keys=sorted(k for k in state if is_ignored_key(k)),
                           attention=found, family=family, code=code, defaults=defaults,

@@ -1,5 +1,9 @@
 """Configurations of the released layouts that are descriptions, not Spikformer-DVS's shorthand.
 
+The Spike-driven Transformer v1 (BICLab/Spike-Driven-Transformer ``model/spikeformer.py``): MS_SPS
+whose real ``x_feat`` + RPE feeds membrane-shortcut blocks of SDSA and a MLP of Conv2d k1 layers,
+``head_lif`` before the Linear head (:func:`sdt_description`).
+
 QKFormer's DVS models (zhouchenlin2096/QKFormer ``dvs128-gesture/model.py``,
 ``cifar10-dvs/model.py``) are a two-stage hierarchy: PatchEmbedInit, token QK blocks, patch
 merging, Spikformer-style blocks (:func:`qkformer_description`).
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 from .config import SpikformerConfig
 from .description import (BlockStage, Description, qkformer_patch_embed_init,
-                          qkformer_patch_embedding_stage, spikformer_description)
+                          qkformer_patch_embedding_stage, sdt_sps, spikformer_description)
 
 
 def spikformer_cifar10(*, dim: int = 384, depth: int = 4, heads: int = 12, mlp_ratio: int = 4,
@@ -98,3 +102,42 @@ def qkformer_cifar10_dvs(**kw) -> SpikformerConfig:
     """QKFormer on CIFAR10-DVS (``cifar10-dvs/model.py``): the gesture code with MLP ratio 1 and
     10 classes."""
     return qkformer_gesture(**{"mlp_ratio": 1, "num_classes": 10, **kw})
+
+
+#: ``model/spikeformer.py``'s ``pooling_stat`` default; ``conf/gesture/2_256_200E_t16.yml`` says
+#: "0111" (no max-pool after the first SPS stage)
+SDT_POOLING_STAT = "1111"
+SDT_GESTURE_POOLING_STAT = "0111"
+
+
+def sdt_description(dim: int, heads: int, depth: int = 2, mlp_hidden: int | None = None, *,
+                    mlp_ratio: float = 4,
+                    pooling_stat: str = SDT_POOLING_STAT) -> Description:
+    """The Spike-driven Transformer v1 (``model/spikeformer.py``, ``spike_mode`` "lif") as a
+    description: MS_SPS at widths dim/8, dim/4, dim/2, dim, max-pooled where ``pooling_stat``
+    says (the last stage before its LIF; its real map plus the RPE conv's is the stream), then
+    ``depth`` blocks ``block.{i}`` on a membrane stream: ``attn`` (MS_SSA_Conv: shortcut_lif, q/k/v
+    Conv2d k1 + BN -> LIF, SDSA with talking_heads_lif at 0.5, proj Conv2d k1 + BN; no scale,
+    so the stage's is 1) and ``mlp`` (``fc1``/``fc2`` Conv2d k1 with bias + BN, each after its
+    LIF), the token mean through ``head_lif`` into the Linear head. The hidden width is
+    ``int(dim * mlp_ratio)`` (the code's rule) or ``mlp_hidden`` as a checkpoint shows it."""
+    hidden = int(dim * mlp_ratio) if mlp_hidden is None else mlp_hidden
+    return Description((BlockStage(depth, dim, heads, hidden, "sdsa", 1.0,
+                                   embed=sdt_sps(dim, pooling_stat), attn_kernel="conv2d",
+                                   mlp_kernel="conv2d"),),
+                       residual="membrane", head_lif="head_lif")
+
+
+def sdt_gesture(*, dim: int = 256, heads: int = 8, depth: int = 2, mlp_ratio: float = 4,
+                pooling_stat: str = SDT_GESTURE_POOLING_STAT, image_size: int = 128,
+                **fields) -> SpikformerConfig:
+    """The Spike-driven Transformer on DVS128 Gesture (``conf/gesture/2_256_200E_t16.yml``: 2
+    blocks, dim 256, 8 heads, MLP ratio 4, pooling_stat "0111", T 16, 128x128 -> 16x16 = 256
+    tokens, 11 classes), event counts in, frames split by number. Its ``train.py`` runs it
+    without Erode (``dvs_mode`` is for CIFAR10-DVS only): the model file's sdsa flag, not a
+    field here."""
+    layout = sdt_description(dim, heads, depth, mlp_ratio=mlp_ratio, pooling_stat=pooling_stat)
+    fields = {"in_channels": 2, "num_classes": 11, "steps": 16, "split_by": "number", **fields}
+    config = SpikformerConfig.described(layout, image_size=image_size, **fields)
+    config.validate()
+    return config
