@@ -8,9 +8,10 @@ executor runs every layout the pairs of :mod:`eventformer.train.layers`,
 
 * Spikformer (``config.layout`` None: SPS with the max-pool after each LIF, ``x = x_feat + rpe``,
   SEW blocks ``x = x + ATTN(x); x = x + MLP(x)``, head ``Linear(x.mean(tokens).mean(steps))``);
-* the Spike-driven Transformer v1 (:func:`sdt_layout`: MS_SPS whose last stage pools before its
-  LIF and keeps the real current as ``x_feat``, ``x = rpe_bn(rpe_conv(...)) + x_feat`` real
-  valued, membrane-shortcut blocks with SDSA, head ``mean_T head(head_lif(x.mean(tokens)))``);
+* the Spike-driven Transformer v1 (:func:`eventformer.models.presets.sdt_description`: MS_SPS
+  whose last stage pools before its LIF and keeps the real current as ``x_feat``,
+  ``x = rpe_bn(rpe_conv(...)) + x_feat`` real valued, membrane-shortcut blocks with SDSA, head
+  ``mean_T head(head_lif(x.mean(tokens)))``);
 * QKFormer (:func:`eventformer.models.presets.qkformer_description`: PatchEmbedInit with
   strided 1x1 shortcuts, token QK attention blocks, patch merging, Spikformer SSA blocks).
 
@@ -49,8 +50,8 @@ from typing import Any
 import numpy as np
 
 from ..models.config import SpikformerConfig
-from ..models.description import INPUT, BlockStage, Description, Placement, place, sdt_sps
-from ..models.presets import qkformer_description
+from ..models.description import INPUT, BlockStage, Placement, place
+from ..models.presets import qkformer_description, sdt_description
 from . import attention as A
 from . import layers as L
 from . import successors as S
@@ -73,7 +74,6 @@ __all__ = [
     "input_halvings",
     "loss_and_grads",
     "param_shapes",
-    "sdt_layout",
     "state_dict",
     "with_config",
 ]
@@ -133,26 +133,8 @@ _POOLS = {"none": None, "before": "bn", "after": "spikes"}  # description -> con
 # --------------------------------------------------------------------------------------------------
 
 
-def sdt_layout(dim: int, heads: int, depth: int, mlp_hidden: int,
-               pooling_stat: str = "0111") -> Description:
-    """The Spike-driven Transformer v1 (``model/spikeformer.py``): MS_SPS (:func:`sdt_sps`),
-    ``depth`` membrane-shortcut blocks ``block.{i}`` (``attn`` = MS_SSA_Conv with SDSA, ``mlp``
-    = MS_MLP_Conv ``fc1``/``fc2``; every 1x1 conv a Conv2d), ``head_lif`` before the Linear.
-    SDSA has no scale: the stage's is 1."""
-    return Description((BlockStage(depth, dim, heads, mlp_hidden, "sdsa", 1.0,
-                                   embed=sdt_sps(dim, pooling_stat), attn_kernel="conv2d",
-                                   mlp_kernel="conv2d"),),
-                       residual="membrane", head_lif="head_lif")
-
-
-def _sdt_by_ratio(dim: int, heads: int, depth: int, mlp_ratio: float = 4,
-                  pooling_stat: str = "0111") -> Description:
-    """:func:`sdt_layout` with the MLP given as the official ``mlp_ratio``."""
-    return sdt_layout(dim, heads, depth, int(dim * mlp_ratio), pooling_stat)
-
-
 #: each family's description, as every executor reads it (:mod:`eventformer.models.presets`)
-_LAYOUTS = {"sdt": _sdt_by_ratio, "qkformer": qkformer_description}
+_LAYOUTS = {"sdt": sdt_description, "qkformer": qkformer_description}
 
 
 def config_by_name(name: str, **overrides) -> SpikformerConfig:
