@@ -86,9 +86,13 @@ def compare(
                 f"loading the engine's kernels for {', '.join(dict.fromkeys(dtypes))} (compiled "
                 "on the first use of an arithmetic, about 20 s each; cached afterwards)"))
 
-    # every model file is checked before the data is read
+    # every model file is checked before the data is read; an integer mode a model refuses is
+    # skipped (and said) only when the arithmetics are the defaults, not the user's choice
+    skipped = None if dtype else []
     with slow:
-        runs = load_runs(models, dtypes, before_warm_up=compiling)
+        runs = load_runs(models, dtypes, before_warm_up=compiling, skipped=skipped)
+    for line in skipped or ():
+        err.print(line, markup=False, highlight=False)
     with waiting("reading the data set"):
         data = open_dataset(dataset, data_dir, split, synthetic_fallback=True,
                             log=lambda m: err.print(m, markup=False, highlight=False))
@@ -101,6 +105,7 @@ def compare(
                                   "arithmetics", total=total) if progress else None)
         result = run_compare(models, data, limit=limit, runs=runs, neurobench=neurobench,
                              on_sample=(lambda n: progress.advance(task)) if progress else None)
+    result["skipped"] = skipped or []
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

@@ -42,12 +42,16 @@ class Run:
 
 def load_runs(models: Sequence[tuple[str, str | os.PathLike]],
               dtypes: Sequence[str] = DEFAULT_DTYPES, *, path_mode: str = "auto",
-              before_warm_up: Callable[[], None] | None = None) -> list[Run]:
+              before_warm_up: Callable[[], None] | None = None,
+              skipped: list[str] | None = None) -> list[Run]:
     """An engine (kernels loaded) for every model in every arithmetic, model by model.
 
     Every model file is read, validated and set up before any engine is warmed up (which compiles
     the kernels on a first run: ``before_warm_up()`` is called just before), so a bad file or a
-    model an integer mode refuses is one error up front, not a failure halfway through."""
+    model an integer mode refuses is one error up front, not a failure halfway through. Given a
+    ``skipped`` list (the arithmetics were not the user's choice, e.g. compare's defaults), a
+    model that refuses an integer mode (the Spike-driven Transformer's real-valued stream) runs
+    without it instead, and the list gets one sentence saying so."""
     from .layers import PathPolicy
     from .modelfile import load
 
@@ -61,7 +65,13 @@ def load_runs(models: Sequence[tuple[str, str | os.PathLike]],
     for label, path in models:
         model_file = load(path)
         for dtype in dict.fromkeys(dtypes):  # each once, in the order given
-            engine = engine_for(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
+            try:
+                engine = engine_for(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
+            except EventformerError as exc:
+                if skipped is None or not dtype.startswith("int"):
+                    raise
+                skipped.append(f"{label} not run in {dtype}: {exc}")
+                continue
             runs.append(Run(label, str(path), dtype, engine))
     if before_warm_up is not None:
         before_warm_up()

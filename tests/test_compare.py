@@ -281,7 +281,9 @@ def test_registry_names_every_shipped_model():
     import eventformer.weights as weights
 
     assert weights.SHIPPED_MODELS["ssa"] == weights.SHIPPED_MODEL == "spikformer-tiny-synth.h5"
-    assert set(weights.SHIPPED_MODELS) == {"ssa", "ds2ta", "ssa_bin", "saformer"}
+    assert set(weights.SHIPPED_MODELS) == {"ssa", "ds2ta", "ssa_bin", "saformer", "qkformer",
+                                           "sdt"}
+    assert set(weights.installed_models()) == set(weights.SHIPPED_MODELS)
     assert weights.shipped_model_path() == weights.shipped_model_path("ssa")
     assert weights.shipped_model_path("ssa").name == "spikformer-tiny-synth.h5"
 
@@ -348,3 +350,16 @@ def test_the_shipped_model_is_announced_by_any_name(shipped_folder):
                             "ds2ta"])
     assert r.exit_code == 0, r.output
     assert "model: the shipped spikformer-tiny-ds2ta-synth.h5 (ds2ta" in r.stderr
+
+
+def test_default_arithmetics_skip_an_integer_mode_a_model_refuses():
+    """The Spike-driven Transformer has no integer mode: compare's defaults (float32, int8) run it
+    in float32 only and say so in one line; int8 asked for on purpose is refused (exit 2)."""
+    out = _json(["--weights", "sdt", "--weights", "ssa", "--limit", "1"])
+    assert [(r["model"], r["dtype"]) for r in out["runs"]] == [
+        ("sdt", "float32"), ("ssa", "float32"), ("ssa", "int8")]
+    (line,) = out["skipped"]
+    assert line.startswith("sdt not run in int8:") and "float --dtype" in line
+    r = runner.invoke(app, ["compare", "--weights", "sdt", "--dtype", "int8", "--limit", "1"])
+    assert r.exit_code == 2
+    one_error_line(r)
