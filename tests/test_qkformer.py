@@ -5,7 +5,7 @@ against the plain-torch reference (eventformer.torch_successors.QKFormerRef).
   the training script's ``args``) from its keys, infers widths, depths, MLP sizes and classes,
   takes heads, scale and input size from options or the released code, folds BN and writes a
   v3 model file whose description is :func:`~eventformer.models.presets.qkformer_description`
-  (the trainer's ``qkformer_layout``); a missing, unknown or misshapen key is one sentence.
+  (the trainer lays it out by the same preset); a missing, unknown or misshapen key is one sentence.
 - Exactness: a tiny QKFormer (64x64 input, widths 32/64, two token-QK blocks and one SSA block,
   T 4) whose weights lie on a dyadic grid and whose BatchNorms fold exactly (gamma, beta and
   running_mean on a grid, running_var + eps a power of 4): sums are exact in any order, so the
@@ -150,8 +150,8 @@ def tiny(tmp_path_factory):
 
 def test_preset_is_the_released_layout_and_the_trainers():
     """The gesture preset's checkpoint keys and shapes are the official model's, key for key;
-    its token grids are 16x16 then 8x8; the description is the trainer's qkformer_layout."""
-    from eventformer.train.model import qkformer_layout
+    its token grids are 16x16 then 8x8; the trainer lays it out by the same preset."""
+    from eventformer.train.model import _LAYOUTS
 
     config = qkformer_gesture()
     assert [g.tokens for g in config.placement().geometry] == [256, 64]
@@ -169,8 +169,7 @@ def test_preset_is_the_released_layout_and_the_trainers():
             taken.update({f"{spec.bn}.{t}": spec.bias_shape
                           for t in ("weight", "bias", "running_mean", "running_var")})
     assert taken == official
-    assert qkformer_description(256, 16, 1, 1) == qkformer_layout(256, 16, 1, 1)
-    assert qkformer_description(64, 4, 2, 1, mlp_ratio=2) == qkformer_layout(64, 4, 2, 1, 2)
+    assert _LAYOUTS["qkformer"] is qkformer_description  # the trainer lays it out by this preset
     cifar = qkformer_cifar10_dvs()
     assert (cifar.num_classes, [s.mlp_hidden for s in cifar.layout.stages]) == (10, [128, 256])
 

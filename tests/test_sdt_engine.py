@@ -8,7 +8,7 @@ and without the released ``res`` branch; Erode on and off) start from
 ``calibrate_successor_bn_`` re-fitted to those weights, then every BatchNorm put where its folding
 is exact (running_var + eps a power of 4, so its square root is a power of 2; gamma, beta and
 running_mean on the grid, gamma compensating the variance's move). The model description is the
-numpy trainer's (``train.model.sdt_layout``), the file the one builder's. Then:
+numpy trainer's (``models.presets.sdt_description``), the file the one builder's. Then:
 
 - float64: every LIF of the engine spikes exactly as the reference's, at every step, and the
   logits agree to 1e-9, on every path (sparse, gather, dense, auto), offline (``run``) and per step
@@ -41,7 +41,7 @@ from eventformer.models.config import lif_layer_names  # noqa: E402
 from eventformer.torch_successors import (SDTConfig, SpikeDrivenTransformerRef,  # noqa: E402
                                           calibrate_successor_bn_, dvs_like_frames,
                                           random_successor_state_dict)
-from eventformer.train.model import sdt_layout  # noqa: E402
+from eventformer.models.presets import sdt_description  # noqa: E402
 
 T = 4
 SIZE = 32
@@ -63,7 +63,8 @@ def sdt_config(shape: str, dvs: bool) -> SDTConfig:
 
 def engine_config(cfg: SDTConfig) -> SpikformerConfig:
     """The configuration of the model file: the numpy trainer's description of SDT."""
-    layout = sdt_layout(cfg.dim, cfg.heads, cfg.depth, cfg.hidden, cfg.pooling_stat)
+    layout = sdt_description(cfg.dim, cfg.heads, cfg.depth, cfg.hidden,
+                             pooling_stat=cfg.pooling_stat)
     return SpikformerConfig.described(layout, in_channels=cfg.in_channels,
                                       image_size=cfg.image_size, num_classes=cfg.num_classes,
                                       steps=T)

@@ -6,7 +6,7 @@
   tensors; takes pooling_stat ("1111", the model code's), Erode (off, as train.py runs gesture)
   and the input side (128) from options or those defaults and says which; writes a v3 model
   file whose description is :func:`~eventformer.models.presets.sdt_description`, the trainer's
-  ``sdt_layout``;
+  preset;
 - a missing, unknown, misshapen or parametric-LIF key, or an option that does not apply, is one
   sentence (exit 2 from the CLI);
 - the command line: torch.save of SpikeDrivenTransformerRef.state_dict() -> ``eventformer
@@ -34,7 +34,7 @@ from eventformer.modelfile.export import checkpoint_family, export_checkpoint  #
 from eventformer.models.presets import sdt_description, sdt_gesture  # noqa: E402
 from eventformer.torch_successors import (SDTConfig, SpikeDrivenTransformerRef,  # noqa: E402
                                           random_successor_state_dict, successor_lif_names)
-from eventformer.train.model import sdt_layout  # noqa: E402
+from eventformer.train.model import _LAYOUTS  # noqa: E402
 from eventformer_cli.main import app  # noqa: E402
 
 runner = CliRunner()
@@ -59,8 +59,8 @@ def save_sd(sd, path, wrap=None):
 
 def test_preset_is_the_released_layout_and_the_trainers():
     """The gesture preset's checkpoint keys and shapes are the official model's, key for key
-    (talking_heads aside: saved, never run); 16x16 tokens; its description is the trainer's
-    sdt_layout, and sdt_description's default pooling is the model code's 1111."""
+    (talking_heads aside: saved, never run); 16x16 tokens; its description is
+    the trainer's preset, and sdt_description's default pooling is the model code's 1111."""
     config = sdt_gesture()
     assert [g.tokens for g in config.placement().geometry] == [256]
     assert (config.dim, config.heads, config.depth, config.mlp_hidden, config.steps,
@@ -79,9 +79,9 @@ def test_preset_is_the_released_layout_and_the_trainers():
             taken.update({f"{spec.bn}.{t}": spec.bias_shape
                           for t in ("weight", "bias", "running_mean", "running_var")})
     assert taken == official
-    assert config.layout == sdt_layout(256, 8, 2, 1024)  # the trainer's default pooling 0111
-    assert sdt_description(64, 4, 1, 64, pooling_stat="0011") == sdt_layout(64, 4, 1, 64, "0011")
-    assert sdt_description(64, 4, 3) == sdt_layout(64, 4, 3, 256, "1111")
+    assert config.layout == sdt_description(256, 8, 2, 1024, pooling_stat="0111")
+    assert _LAYOUTS["sdt"] is sdt_description  # the trainer lays SDT out by this very preset
+    assert sdt_description(64, 4, 3) == sdt_description(64, 4, 3, 256, pooling_stat="1111")
 
 
 # --- the export -------------------------------------------------------------------------------
