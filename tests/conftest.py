@@ -29,12 +29,16 @@ def one_error_line(result) -> str:
 
 def record_spikes(engine) -> dict:
     """Capture every layer's spike indices per step, where its neurons fire (wrapping them):
-    ``{layer name: [int32 indices of step 0, step 1, ...]}``."""
+    ``{layer name: [int32 indices of step 0, step 1, ...]}``. ``engine``: an engine, or any
+    object with ``layers``, or a list of layers; layers without neurons (a stage without a LIF,
+    a synapse whose current is its output) are left out."""
     import numpy as np
 
     store: dict = {}
-    for layer in engine.layers:
-        neurons = layer.neurons
+    for layer in getattr(engine, "layers", engine):
+        neurons = getattr(layer, "neurons", None)
+        if neurons is None:
+            continue
 
         def fire(current, counters, _fire=neurons.fire, _name=layer.name):
             out = _fire(current, counters)

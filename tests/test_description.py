@@ -30,6 +30,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import kernel_twins  # noqa: E402
+from conftest import record_spikes  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from eventformer.errors import EventformerError, ModelFileError  # noqa: E402
@@ -116,31 +117,6 @@ def event_frames(rng, shape, density=0.15):
         idx = np.flatnonzero(flat).astype(np.int32)
         steps.append((idx, flat[idx].astype(np.int32)))
     return torch.from_numpy(frames.astype(np.float64)), steps
-
-
-def record(engine_or_layers) -> dict:
-    """Every layer's spike indices per step where its neurons fire (layers without a LIF have
-    none): ``{name: [indices of step 0, step 1, ...]}``."""
-    layers = getattr(engine_or_layers, "layers", engine_or_layers)
-    store: dict = {}
-    for layer in layers:
-        neurons = getattr(layer, "neurons", None)
-        if neurons is None:
-            continue
-
-        def fire(current, counters, _fire=neurons.fire, _name=layer.name):
-            out = _fire(current, counters)
-            store.setdefault(_name, []).append(out.copy())
-            return out
-
-        def fire_flags(current, counters, _fire=neurons.fire_flags, _name=layer.name,
-                       _size=neurons.size):
-            flags, n = _fire(current, counters)
-            store.setdefault(_name, []).append(np.flatnonzero(flags[:_size]).astype(np.int32))
-            return flags, n
-
-        neurons.fire, neurons.fire_flags = fire, fire_flags
-    return store
 
 
 def hwc_sets(x: torch.Tensor) -> list:
@@ -268,7 +244,7 @@ def check_network(model, x, steps, modes=MODES):
         want_logits, want = torch_network(model, x)
     for mode in modes:
         engine = Spikformer(model, dtype="float64", policy=PathPolicy(mode=mode))
-        store = record(engine)
+        store = record_spikes(engine)
         logits = engine.run(steps)
         assert_same_spikes(store, want, [n for n in want])
         np.testing.assert_allclose(logits, want_logits, rtol=0, atol=1e-12)
@@ -384,7 +360,7 @@ def test_existing_layout_as_a_description_builds_the_same_engine(attention):
     rows = None
     for m in (model, described):
         engine = Spikformer(m, dtype="float64", policy=PathPolicy(mode="auto"))
-        store = record(engine)
+        store = record_spikes(engine)
         logits = engine.run(steps)
         assert_same_spikes(store, want, want)
         np.testing.assert_allclose(logits, want_logits[0].numpy(), rtol=0, atol=1e-12)
@@ -438,7 +414,7 @@ def test_qkformer_patch_embed_init_against_its_forward(mode):
         x_feat = want[f"{e}.proj_res_lif"] = lif(conv(x_feat, f"{e}.proj_res_lif", 4, 0))
         x = x + x_feat
     embedding = Embedding(placed, L, dtype=np.float64, policy=PathPolicy(mode=mode))
-    store = record(embedding.layers)
+    store = record_spikes(embedding.layers)
     outs = embedding.run_steps(steps)
     assert_same_spikes(store, {k: hwc_sets(v) for k, v in want.items()}, want)
     for t in range(T):
@@ -496,7 +472,7 @@ def test_sdt_sps_against_its_forward(pooling, mode):
     embedding = Embedding(placed, L, dtype=np.float64, policy=PathPolicy(mode=mode))
     assert embedding.layers[-1].name == "patch_embed.rpe_conv" and \
         embedding.layers[-1].neurons is None
-    store = record(embedding.layers)
+    store = record_spikes(embedding.layers)
     outs = embedding.run_steps(steps)
     assert_same_spikes(store, {k: hwc_sets(v) for k, v in want.items()}, want)
     for t in range(T):
@@ -592,7 +568,7 @@ def test_integer_max_pool_of_currents_is_exact():
     placed = model.config.placement().embeds[0]
     _, steps = event_frames(np.random.default_rng(12), (2, 32, 32))
     embedding = Embedding(placed, model.layers, dtype="int16", policy=PathPolicy())
-    store = record(embedding.layers)
+    store = record_spikes(embedding.layers)
     embedding.run_steps(steps)
 
     def conv_int(x, layer):  # x [C, H, W] int64 -> [Cout, h, w] int64, exactly

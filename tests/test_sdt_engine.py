@@ -29,6 +29,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import record_spikes  # noqa: E402
 from torch_reference import Outputs, float32_spread, reference_outputs  # noqa: E402
 
 from eventformer.errors import CheckpointError, EventformerError, ModelFileError  # noqa: E402
@@ -138,29 +139,6 @@ def engine_layout(name: str, s: torch.Tensor) -> list:
     return [np.flatnonzero(step.reshape(-1)) for step in s]
 
 
-def record(engine) -> dict:
-    """Every LIF's spike indices per step, as the engine's neurons emit them."""
-    store: dict = {}
-    for layer in engine.layers:
-        neurons = getattr(layer, "neurons", None)
-        if neurons is None:
-            continue
-
-        def fire(current, counters, _fire=neurons.fire, _name=layer.name):
-            out = _fire(current, counters)
-            store.setdefault(_name, []).append(out.copy())
-            return out
-
-        def fire_flags(current, counters, _fire=neurons.fire_flags, _name=layer.name,
-                       _size=neurons.size):
-            flags, n = _fire(current, counters)
-            store.setdefault(_name, []).append(np.flatnonzero(flags[:_size]))
-            return flags, n
-
-        neurons.fire, neurons.fire_flags = fire, fire_flags
-    return store
-
-
 def reference(ref, frames):
     with torch.no_grad():
         logits, spikes = ref(frames, record=True)
@@ -205,7 +183,7 @@ def test_float64_is_the_reference_spike_for_spike(shape, dvs, mode):
         frames, steps = sample(seed)
         want_logits, want = reference(ref, frames)
         engine = Spikformer(model, dtype="float64", policy=PathPolicy(mode=mode))
-        got = record(engine)
+        got = record_spikes(engine)
         logits = engine.run(steps)
         assert_same_spikes(got, want)
         np.testing.assert_allclose(logits, want_logits, rtol=0, atol=1e-9)
@@ -217,10 +195,10 @@ def test_step_and_run_give_identical_results(shape, dvs, mode):
     _, model, _ = exact_model(shape, dvs)
     _, steps = sample(2)
     offline = Spikformer(model, dtype="float64", policy=PathPolicy(mode=mode))
-    got_run = record(offline)
+    got_run = record_spikes(offline)
     logits_run = offline.run(steps)
     online = Spikformer(model, dtype="float64", policy=PathPolicy(mode=mode))
-    got_step = record(online)
+    got_step = record_spikes(online)
     online.reset()
     for idx, cnt in steps:
         online.step(idx, cnt)
