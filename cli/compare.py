@@ -87,8 +87,8 @@ def compare(
                 "on the first use of an arithmetic, about 20 s each; cached afterwards)"))
 
     # every model file is checked before the data is read; an integer mode a model refuses is
-    # skipped (and said) only when the arithmetics are the defaults, not the user's choice
-    skipped = None if dtype else []
+    # skipped (and said) unless the user named both the models and the arithmetics
+    skipped = None if dtype and weights else []
     with slow:
         runs = load_runs(models, dtypes, before_warm_up=compiling, skipped=skipped)
     for line in skipped or ():

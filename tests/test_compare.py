@@ -363,3 +363,7 @@ def test_default_arithmetics_skip_an_integer_mode_a_model_refuses():
     r = runner.invoke(app, ["compare", "--weights", "sdt", "--dtype", "int8", "--limit", "1"])
     assert r.exit_code == 2
     one_error_line(r)
+    # the default models (every shipped one) in an arithmetic the user named: skipped, said
+    out = _json(["--dtype", "int8", "--limit", "1"])
+    assert "sdt" not in {r["model"] for r in out["runs"]}
+    assert [line.split(":")[0] for line in out["skipped"]] == ["sdt not run in int8"]
