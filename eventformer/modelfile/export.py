@@ -283,14 +283,11 @@ def infer_qkformer_config(state: dict[str, np.ndarray], *, heads: int | None,
             how = "the released code's 16 heads; give --heads" if "heads" in defaults else \
                 f"{heads} heads"
             raise CheckpointError(f"{name}: stage {i} is {w} wide, not divisible by {how}")
-    description = qkformer_description(dim, heads, *depths, scale=scale, mlp_hidden=mlp_hidden)
-    try:
-        config = SpikformerConfig.described(description, in_channels=in_channels,
-                                            image_size=int(image_size),
-                                            num_classes=num_classes, steps=steps)
-        check_config(config)
-    except ValueError as exc:
-        raise CheckpointError(f"{name}: {exc}") from None
+    config = _described_config(
+        name, lambda: qkformer_description(dim, heads, *depths, scale=scale,
+                                           mlp_hidden=mlp_hidden),
+        in_channels=in_channels, image_size=int(image_size), num_classes=num_classes,
+        steps=steps)
     return config, inferred, defaults
 
 
@@ -378,15 +375,22 @@ def infer_sdt_config(state: dict[str, np.ndarray], *, heads: int | None,
     if image_size is None:
         image_size = SDT_IMAGE_SIZE
         defaults["image_size"] = (image_size, "the DVS sensor's; --image-size to change")
+    config = _described_config(
+        name, lambda: sdt_description(dim, heads, depth, mlp_hidden, pooling_stat=pooling_stat),
+        in_channels=in_channels, image_size=int(image_size), num_classes=num_classes,
+        steps=steps)
+    return config, inferred, defaults
+
+
+def _described_config(name: str, describe, **fields) -> SpikformerConfig:
+    """The checked configuration of the description ``describe()`` makes, with ``fields``; an
+    inconsistency (from the description or the configuration) is one sentence naming ``name``."""
     try:
-        description = sdt_description(dim, heads, depth, mlp_hidden, pooling_stat=pooling_stat)
-        config = SpikformerConfig.described(description, in_channels=in_channels,
-                                            image_size=int(image_size),
-                                            num_classes=num_classes, steps=steps)
+        config = SpikformerConfig.described(describe(), **fields)
         check_config(config)
     except ValueError as exc:
         raise CheckpointError(f"{name}: {exc}") from None
-    return config, inferred, defaults
+    return config
 
 
 def _blocks(state: dict, prefix: str) -> int:
