@@ -46,9 +46,15 @@ def bench(
                                           help="Threads for the engine and both dense PyTorch "
                                                "sides (default: every core, at most 8)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random full-size weights."),
-    attention: str = typer.Option("ssa", "--attention",
-                                  help="Attention operator of the random full-size models: ssa, "
-                                       "ds2ta, ssa_bin or saformer (SPEC §4)."),
+    model: str = typer.Option("spikformer", "--model",
+                              help="The network: spikformer (full-size Spikformer-DVS), "
+                                   "qkformer or sdt (the Spike-driven Transformer), each "
+                                   "successor in its released DVS Gesture configuration."),
+    attention: Optional[str] = typer.Option(None, "--attention",
+                                            help="Attention operator of Spikformer-DVS's "
+                                                 "blocks: ssa (default), ds2ta, ssa_bin or "
+                                                 "saformer (SPEC §4); not for --model qkformer "
+                                                 "or sdt, which run their own layout's."),
     dtype: DType = typer.Option(DType.float32, "--dtype", help=DTYPE_HELP),
     no_dense: bool = typer.Option(False, "--no-dense",
                                   help="Skip both PyTorch baselines (eager and compiled)."),
@@ -69,10 +75,14 @@ def bench(
     Until trained full-size weights exist, the models are random Spikformer-DVS weights (with
     the attention operator of --attention) whose BatchNorm is calibrated on the recordings so
     every LIF fires at each rate of --rates (once per rate; cached). The dense sides run the
-    same model file through the package's plain-torch Spikformer: eagerly, and through
-    torch.compile (inductor, default mode; its compile time is reported apart, and if it cannot
-    run here the bench says why in one line and goes on with eager only). The three sides run
-    interleaved per file (engine, eager, compiled) after untimed warm-up calls; each is reported
+    same model file through the package's plain-torch Spikformer. With --model qkformer or sdt
+    the network is that successor's DVS Gesture release, its random state_dict's BatchNorms
+    calibrated in torch to each rate, the model file built from that state_dict as export
+    builds one, and the dense sides its plain-torch reference holding the same state_dict; an
+    integer --dtype the engine refuses for it is said in one line and skipped. The dense sides
+    run eagerly, and through torch.compile (inductor, default mode; its compile time is
+    reported apart, and if it cannot run here the bench says why in one line and goes on with
+    eager only). The three sides run interleaved per file (engine, eager, compiled) after untimed warm-up calls; each is reported
     as the median of --repeat runs with the min..max spread, and the speed-up is quoted against
     the faster dense side at each rate (the caption says which). glibc's malloc is tuned for
     torch (the command re-executes itself with MALLOC_* settings when they are missing).
@@ -84,7 +94,7 @@ def bench(
     from eventformer.bench.run import (
         BenchInterrupted,
         BenchOptions,
-        bench_config,
+        bench_network,
         check_options,
         default_inputs,
         load_samples,
@@ -95,7 +105,8 @@ def bench(
     opts = BenchOptions(files=[str(f) for f in files] if files else ["(default inputs)"],
                         rates=rate_list, steps=steps, repeat=repeat, seed=seed,
                         dense=not no_dense, compiled=not no_compile, profile=profile,
-                        cold_start=not no_start, attention=attention, dtype=dtype.value)
+                        cold_start=not no_start, model=model, attention=attention,
+                        dtype=dtype.value)
     if threads is not None:
         opts.threads = threads
     check_options(opts)  # bad options fail here, before any re-exec or model work
@@ -104,7 +115,8 @@ def bench(
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(*again)
-    size = bench_config(opts).image_size
+    network = bench_network(opts)
+    size = network.config.image_size
     if files:
         samples = load_samples(opts.files, steps, size)  # bad files fail here
         source = f"{len(samples)} recording(s) given"
@@ -112,10 +124,12 @@ def bench(
         inputs = default_inputs(steps, size, log=lambda m: err.print(m))
         samples, source = inputs.samples, inputs.description
         opts.files = [s.path for s in samples]
-    err.print(f"[bold]eventformer bench[/]: full-size Spikformer-DVS (2x128x128, D 256, 16 heads, "
-              f"2 blocks, {attention} attention), {dtype.value}, T {steps}, batch 1; "
-              "random weights with BatchNorm calibrated on the inputs to each firing rate (no "
-              "trained full-size weights exist yet)", markup=True, highlight=False)
+    weights = ("random weights with BatchNorm calibrated on the inputs to each firing rate (no "
+               "trained full-size weights exist yet)" if network.reference is None else
+               "random weights of the official layout, every BatchNorm calibrated in torch on "
+               "the inputs to each firing rate")
+    err.print(f"[bold]eventformer bench[/]: full-size {network.summary()}, {dtype.value}, "
+              f"T {steps}, batch 1; {weights}", markup=True, highlight=False)
     err.print(f"inputs: {source}", markup=False, highlight=False)
     with _Progress() as progress:
         try:
@@ -260,7 +274,8 @@ def _print_bench(result: dict, dense: bool) -> None:
         for c in ("layer", "input density", "firing rate", "path"):
             lt.add_column(c, left=c in ("layer", "path"), key=c == "layer")
         for row in entry["layers"]:
-            lt.add_row(row["name"], f"{row['input_density']:.3f}", f"{row['firing_rate']:.3f}",
+            fired = "-" if row["firing_rate"] is None else f"{row['firing_rate']:.3f}"
+            lt.add_row(row["name"], f"{row['input_density']:.3f}", fired,
                        "/".join(row["paths"]))
         lt.print(err, wide=True)
         sc = entry.get("scatter_ac_per_s")

@@ -784,3 +784,223 @@ def test_bench_profile_prints_the_stage_table_and_puts_it_in_json(monkeypatch, r
     assert "by stage" in r.stderr and "by layer and stage" in r.stderr
     assert "kernel peaks on this machine" in r.stderr and "above 1x" in r.stderr
     assert "…" not in r.stderr
+
+
+# --- the successors: QKFormer and the Spike-driven Transformer (--model) ------------------------
+
+# 64x64: QKFormer's stage 2 runs on 4x4 tokens, where its v_bn can still set attn_lif's rate
+SUCCESSOR_SIZE = 64
+
+
+def _tiny_reference(name):
+    from eventformer.torch_successors import QKFormerConfig, SDTConfig
+
+    if name == "qkformer":
+        return QKFormerConfig(image_size=SUCCESSOR_SIZE, dim=64, heads=4, steps=4)
+    return SDTConfig(image_size=SUCCESSOR_SIZE, dim=32, heads=4, depth=1, steps=4)
+
+
+@pytest.fixture(scope="module")
+def recording64(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rec64") / "rec64.npy"
+    write_npy(path, _events(4000, size=SUCCESSOR_SIZE))
+    return path
+
+
+def _successor_opts(name, recording, cache_dir, **kw):
+    kw.setdefault("compiled", True)
+    return _tiny_opts(recording, cache_dir, model=name, config=_tiny_reference(name), **kw)
+
+
+def test_successor_networks_are_their_released_gesture_presets():
+    pytest.importorskip("torch")
+    from eventformer.bench.run import bench_network
+    from eventformer.models.presets import qkformer_gesture, sdt_gesture
+    from eventformer.torch_successors import QKFormerConfig, SDTConfig
+
+    qk = bench_network(BenchOptions(files=["a"], model="qkformer"))
+    assert qk.config == qkformer_gesture() and qk.reference == QKFormerConfig.gesture()
+    assert qk.operators == "token_qk, ssa"
+    sdt = bench_network(BenchOptions(files=["a"], model="sdt"))
+    assert sdt.config == sdt_gesture() and sdt.reference == SDTConfig.gesture()
+    assert sdt.operators == "sdsa" and not sdt.reference.dvs  # no Erode, as train.py runs it
+    short = bench_network(BenchOptions(files=["a"], model="sdt", steps=8))
+    assert short.config == sdt_gesture(steps=8) and short.reference.steps == 8
+    assert bench_network(BenchOptions(files=["a"])).config == SpikformerConfig(steps=16)
+
+
+@pytest.fixture(scope="module")
+def successor_runs(recording64, tmp_path_factory):
+    """run_bench on a tiny QKFormer and a tiny Spike-driven Transformer (float32, profiled),
+    torch.compile's place taken by the eager forward: (result, options) per model."""
+    pytest.importorskip("torch")
+    import eventformer.bench.peaks as peaks
+
+    cache = str(tmp_path_factory.mktemp("successor-cache"))
+    saved, peaks.MIN_SECONDS = peaks.MIN_SECONDS, 0.001
+    try:
+        runs = {}
+        for name in ("qkformer", "sdt"):
+            opts = _successor_opts(name, recording64, cache, profile=True)
+            runs[name] = (run_bench(opts, log=lambda m: None, warn=lambda m: None,
+                                    clock=FakeClock([0.1, 1.0, 0.5] * 3),
+                                    compile_forward=_StandInCompile()), opts)
+    finally:
+        peaks.MIN_SECONDS = saved
+    return runs
+
+
+@pytest.mark.parametrize("name", ["qkformer", "sdt"])
+def test_run_bench_times_a_successor_against_its_torch_reference(successor_runs, recording64,
+                                                                 name):
+    """The engine runs the model file built from the state_dict the torch reference holds: on
+    the calibrated tiny network every LIF fires (in the reference and in the engine) and the
+    three sides predict alike."""
+    import torch
+
+    from eventformer.bench.networks import SuccessorWeights, model_file, weights_path
+    from eventformer.bench.run import bench_network
+    from eventformer.modelfile import load
+    from eventformer.torch_successors import successor_lif_names
+
+    result, opts = successor_runs[name]
+    json.dumps(result)
+    network = bench_network(opts)
+    assert result["model"] == name and result["attention"] == network.operators
+    assert "torch_successors" in result["dense_baseline"] and "skipped" not in result
+    entry = result["rates"][0]
+    # the reference, with the cached state_dict, on the bench's own input: every LIF fires
+    weights = SuccessorWeights.load(network.reference, weights_path(entry["model"]))
+    sample = load_samples([str(recording64)], network.config.steps, SUCCESSOR_SIZE)[0]
+    with torch.no_grad():
+        _, spikes = weights.torch_model(torch.float32)(
+            torch.from_numpy(sample.dense).float()[:, None], record=True)
+    assert set(spikes) == set(successor_lif_names(network.reference))
+    silent = [n for n, s in spikes.items() if not s.any()]
+    assert not silent, silent
+    # ... and in the engine: every layer with a LIF fired near the target somewhere
+    lifs = [layer for layer in entry["layers"] if layer["firing_rate"] is not None]
+    assert len(lifs) == len(spikes)
+    assert all(layer["firing_rate"] > 0 for layer in lifs), entry["layers"]
+    if name == "sdt":  # proj, fc1 and fc2 add real currents to the stream: no LIF of their own
+        assert any(layer["firing_rate"] is None for layer in entry["layers"])
+    row = entry["files"][0]
+    assert abs(row["firing_rate"] - opts.rates[0]) < 0.1
+    assert row["same_prediction"] is True
+    assert row["compiled_prediction"] == row["prediction"]
+    # the model file is the one builder's, from that very state_dict
+    built = model_file(network, weights.state_dict, source="check")
+    cached = load(entry["model"])
+    assert built.config == cached.config == network.config
+    for layer_name, layer in built.layers.items():
+        if layer.weight is not None:
+            np.testing.assert_array_equal(layer.weight, cached.layers[layer_name].weight)
+            np.testing.assert_array_equal(layer.bias, cached.layers[layer_name].bias)
+    # timed interleaved like Spikformer's, the profile booked
+    assert row["engine"]["times_s"] == pytest.approx([0.1] * 3)
+    assert row["speedup"] == pytest.approx(5.0) and entry["baseline"] == "compiled"
+    prof = entry["profile"]
+    assert prof["total_ms"] == pytest.approx(sum(s["ms"] for s in prof["stages"]))
+
+
+def test_qkformer_runs_in_int8(recording64, cache_dir):
+    pytest.importorskip("torch")
+    opts = _successor_opts("qkformer", recording64, cache_dir, dtype="int8", compiled=False)
+    result = run_bench(opts, log=lambda m: None, warn=lambda m: None,
+                       clock=FakeClock([0.1, 1.0] * 3))
+    entry = result["rates"][0]
+    assert result["dtype"] == "int8" and "skipped" not in result
+    assert all(layer["firing_rate"] > 0 for layer in entry["layers"]
+               if layer["firing_rate"] is not None)
+    assert entry["files"][0]["engine"]["times_s"] == pytest.approx([0.1] * 3)
+
+
+def _refusing_integers(monkeypatch):
+    """The engine refusing every integer mode, as it refuses a network it cannot run in one."""
+    import eventformer.bench.networks as networks
+
+    def engine(model, dtype="float32", **kw):
+        if dtype.startswith("int"):
+            raise EventformerError(f"{dtype}: the membrane residual stream cannot be held in "
+                                   "integers; run it in a float --dtype")
+        return Spikformer(model, dtype=dtype, **kw)
+
+    monkeypatch.setattr(networks, "Spikformer", engine)
+
+
+def test_an_integer_mode_the_engine_refuses_is_skipped_in_one_sentence(monkeypatch, recording64,
+                                                                        tmp_path):
+    pytest.importorskip("torch")
+    _refusing_integers(monkeypatch)
+    warnings = []
+    cache = tmp_path / "cache"
+    result = run_bench(_successor_opts("sdt", recording64, str(cache), dtype="int8"),
+                       log=lambda m: None, warn=warnings.append)
+    assert result["rates"] == [] and len(warnings) == 1 and warnings[0] == result["skipped"]
+    line = result["skipped"]
+    assert line.startswith("skipped:") and "\n" not in line
+    assert "Spike-driven Transformer" in line and "int8" in line
+    assert not cache.exists()  # said before any calibration
+    json.dumps(result)
+
+
+def test_bench_model_sdt_int8_refused_by_the_engine_says_so_and_exits_0(monkeypatch, recording,
+                                                                       no_reexec, tmp_path):
+    pytest.importorskip("torch")
+    _refusing_integers(monkeypatch)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    r = runner.invoke(app, ["bench", str(recording), "--model", "sdt", "--dtype", "int8",
+                            "--rates", "0.05", "--no-start", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    out = json.loads(r.stdout)
+    assert out["skipped"].startswith("skipped:") and out["rates"] == []
+    assert "skipped: the engine does not run the Spike-driven Transformer in int8" in \
+        " ".join(r.stderr.split())
+
+
+def test_bench_prints_the_successor_it_times(monkeypatch, successor_runs, recording64,
+                                             no_reexec):
+    import eventformer.bench.run as bench_run
+
+    result, _ = successor_runs["sdt"]
+    monkeypatch.setattr(bench_run, "run_bench", lambda *a, **k: result)
+    monkeypatch.setenv("COLUMNS", "160")
+    r = runner.invoke(app, ["bench", str(recording64), "--model", "sdt", "--rates", "0.2",
+                            "--no-start", "--profile", "--json"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stderr.split())
+    assert "full-size Spike-driven Transformer (the DVS Gesture release: 2x128x128, D 256, " \
+           "8 heads, 2 block(s), sdsa attention" in text
+    assert "calibrated in torch" in text and "by layer and stage" in text
+    assert json.loads(r.stdout)["rates"][0]["profile"]["stages"]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--model", "qkformer", "--attention", "ssa"], ["--attention", "token_qk, ssa"]),
+    (["--model", "sdt", "--attention", "ds2ta"], ["--attention", "sdsa"]),
+    (["--attention", "token_qk"], ["another network's layout", "--model qkformer"]),
+    (["--attention", "sdsa"], ["another network's layout", "--model sdt"]),
+    (["--model", "resnet"], ["--model", "qkformer", "sdt"]),
+])
+def test_model_and_attention_mismatches_are_one_sentence_and_exit_2(recording, args, words,
+                                                                    no_reexec):
+    r = runner.invoke(app, ["bench", str(recording), "--rates", "0.1", *args])
+    line = one_error_line(r)
+    assert all(w in line for w in words), line
+    assert "internal error" not in line
+
+
+def test_random_model_takes_the_descriptions_weight_shapes():
+    """Checkpoint layouts other than Conv1d k1 (nn.Linear, Conv2d k1) and blocks of several
+    operators: the random tensors go through the builder as such a checkpoint holds them."""
+    from eventformer.modelfile import layer_specs
+    from eventformer.models.presets import qkformer_gesture, sdt_gesture, spikformer_cifar10
+
+    for config in (spikformer_cifar10(dim=64, heads=4, depth=1, image_size=32),
+                   qkformer_gesture(dim=64, heads=4, image_size=64, steps=4),
+                   sdt_gesture(dim=32, heads=4, depth=1, image_size=64, steps=4)):
+        model = random_model(config, 0)
+        assert model.config == config
+        assert list(model.layers) == [spec.name for spec in layer_specs(config)]
+        Spikformer(model)  # the engine takes it

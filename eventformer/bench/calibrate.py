@@ -19,19 +19,22 @@ from ..kernels import lif_params, lif_step
 from ..kernels.counters import N_COUNTERS
 from ..modelfile import LayerParams, ModelFile, layer_specs
 from ..modelfile.build import BN_EPS, build_model_file
+from ..modelfile.schema import block_specs
 from ..models import Spikformer, SpikformerConfig
 
 
 def random_model(config: SpikformerConfig, seed: int = 0) -> ModelFile:
     """PyTorch-default-like initialisation (uniform +-1/sqrt(fan_in)); BN left as identity.
 
-    The tensors are made under the official checkpoint keys and go through the model-file
-    builder like any checkpoint: each synapse's random bias is its BatchNorm's shift, and the
-    BatchNorm's scale is sqrt(1 + eps) so that its fold is exactly the identity. A variant's
-    operator parameters (``config.attention``, SPEC §4) take their initial values: DS2TA the DVS
-    decays (tau 2, T_AW 3) and an NSAD table that is the identity above u_h = 2 (a_h = 1, the other
-    coefficients 0); SSA_Bin delta_h = 0 and vbar = 0 (a running mean's start); SAFormer a random
-    depthwise conv like the others and L = 4.
+    The tensors are made under the official checkpoint keys, in the shapes the configuration's
+    model description gives the checkpoint (``LayerSpec.tensor_shape``: Conv1d k1, Conv2d k1 or
+    Linear), and go through the model-file builder like any checkpoint: each synapse's random
+    bias is its BatchNorm's shift, and the BatchNorm's scale is sqrt(1 + eps) so that its fold is
+    exactly the identity. Each block's operator parameters (SPEC §4) take their initial values:
+    DS2TA the DVS decays (tau 2, T_AW 3) and an NSAD table that is the identity above u_h = 2
+    (a_h = 1, the other coefficients 0); SSA_Bin delta_h = 0 and vbar = 0 (a running mean's
+    start); SAFormer a random depthwise conv like the others and L = 4; ssa, token_qk and sdsa
+    have no tensors of their own.
     """
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
@@ -42,18 +45,22 @@ def random_model(config: SpikformerConfig, seed: int = 0) -> ModelFile:
                         f"{prefix}.bias": shift, f"{prefix}.running_mean": np.zeros(n),
                         f"{prefix}.running_var": np.ones(n)})
 
-    heads, d, dim = config.heads, config.head_dim, config.dim
+    blocks = iter(block_specs(config))
     for spec in layer_specs(config):
-        if spec.weight_shape is None:
-            a = spec.name[:-len(".attn_lif")]
-            if config.attention == "ds2ta":
+        if spec.kind == "lif":  # a LIF without a synapse (a membrane stream's): no tensors
+            continue
+        if spec.kind == "attention":  # the blocks' attention layers come in block order
+            blk = next(blocks)
+            a, op = blk.name, blk.operator
+            heads, d, dim = blk.geometry.heads, blk.geometry.head_dim, blk.geometry.dim
+            if op == "ds2ta":
                 s = np.arange(d + 1)
                 tensors[f"{a}.tau"] = np.full(4, 2, np.int64)
                 tensors[f"{a}.nsad_table"] = np.tile(np.where(s > 2, s, 0), (heads, 1))
-            elif config.attention == "ssa_bin":
+            elif op == "ssa_bin":
                 tensors[f"{a}.delta"] = np.zeros(heads, np.int64)
                 tensors[f"{a}.vbar"] = np.zeros(dim)
-            elif config.attention == "saformer":
+            elif op == "saformer":
                 bound = 1.0 / 3.0  # fan_in of a depthwise 3x3 conv: 9
                 tensors[f"{a}.dwc_conv.weight"] = rng.uniform(-bound, bound, (dim, 1, 3, 3))
                 bn(f"{a}.dwc_bn", rng.uniform(-bound, bound, dim))
@@ -62,7 +69,8 @@ def random_model(config: SpikformerConfig, seed: int = 0) -> ModelFile:
         bound = 1.0 / np.sqrt(fan_in)
         w = rng.uniform(-bound, bound, spec.weight_shape)
         b = rng.uniform(-bound, bound, spec.bias_shape)
-        tensors[f"{spec.source}.weight"] = w[:, :, None] if spec.kind == "linear" else w
+        # as the description's checkpoint layout holds it (Conv1d k1, Conv2d k1 or Linear)
+        tensors[f"{spec.source}.weight"] = w.reshape(spec.tensor_shape)
         if not spec.bn:  # the head: its own bias
             tensors[f"{spec.source}.bias"] = b
             continue

@@ -9,6 +9,11 @@ attention operator the file may name (ssa, ds2ta, ssa_bin, saformer). Batch 1, e
 autograd; float32 unless asked otherwise. torch is imported only when a forward is built, so that
 ``eventformer bench`` can time both engines on identical weights in one run.
 
+For QKFormer and the Spike-driven Transformer (``--model qkformer|sdt``) the dense model is their
+plain-torch reference (:mod:`eventformer.torch_successors`) holding the state_dict the model file
+was built from (:class:`.networks.SuccessorWeights`): BatchNorms unfolded, as the released code
+runs them.
+
 :func:`build_compiled_forward` gives the same model through ``torch.compile`` (inductor, default
 mode): the best dense forward a PyTorch user gets on a CPU without changing the model.
 """
@@ -21,20 +26,24 @@ import time
 import numpy as np
 
 from ..modelfile import ModelFile
+from .networks import SuccessorWeights
 
 
-def build_dense_model(model: ModelFile, dtype: str = "float32"):
-    """The plain-torch Spikformer of ``model`` (eval mode, in ``dtype``)."""
+def build_dense_model(model: ModelFile | SuccessorWeights, dtype: str = "float32"):
+    """The plain-torch model of ``model`` (eval mode, in ``dtype``): the Spikformer of a model
+    file, or a successor's reference holding its state_dict."""
     import torch
 
     from ..torch_model import folded_reference
 
     if dtype not in ("float32", "float64"):
         raise ValueError(f"the dense baseline runs in float32 or float64, not {dtype!r}")
+    if isinstance(model, SuccessorWeights):
+        return model.torch_model(getattr(torch, dtype))
     return folded_reference(model, dtype=getattr(torch, dtype)).eval()
 
 
-def build_dense_forward(model: ModelFile, dtype: str = "float32"):
+def build_dense_forward(model: ModelFile | SuccessorWeights, dtype: str = "float32"):
     """Return ``forward(frames [T, C, H, W] numpy) -> logits [classes] numpy`` using torch.
 
     The forward runs on torch's current thread count (the bench sets it)."""
@@ -75,8 +84,8 @@ def compile_prerequisite() -> str | None:
     return None
 
 
-def build_compiled_forward(model: ModelFile, dtype: str = "float32"):
-    """Like :func:`build_dense_forward`, but the plain-torch Spikformer goes through
+def build_compiled_forward(model: ModelFile | SuccessorWeights, dtype: str = "float32"):
+    """Like :func:`build_dense_forward`, but the plain-torch model goes through
     ``torch.compile`` (inductor, default mode). Compiling happens on the first call (minutes the
     first time; inductor caches its kernels on disk, so a rerun compiles in seconds): the caller
     makes that call apart and times it as the compile time. Raises :class:`CompileUnavailable`

@@ -11,10 +11,14 @@ on its own. Accumulates per second are those of the scatter steps only, per seco
 once per file under :mod:`.profile` (where the time goes, per layer and stage), apart from the
 timings.
 
-The models are random full-size Spikformer-DVS weights of one attention operator
-(``BenchOptions.attention``: ssa, ds2ta, ssa_bin or saformer), calibrated by the engine; the dense
-side runs the same model file through the package's plain-torch Spikformer
-(:mod:`.dense_torch`, :mod:`eventformer.torch_model`).
+The network (``BenchOptions.model``, :mod:`.networks`) is the full-size Spikformer-DVS with one
+attention operator (``BenchOptions.attention``: ssa, ds2ta, ssa_bin or saformer), random weights
+calibrated by the engine, its dense side the same model file through the package's plain-torch
+Spikformer (:mod:`.dense_torch`, :mod:`eventformer.torch_model`); or a successor in its released
+DVS Gesture configuration (``qkformer``, ``sdt``), random weights whose BatchNorms torch calibrates,
+the model file built from that state_dict and the dense side the plain-torch reference holding it
+(:mod:`eventformer.torch_successors`). An integer ``dtype`` the engine refuses for the network is
+said in one sentence and the bench skips (``result["skipped"]``), before any calibration.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from ..runtime import engine_threads, set_engine_threads
 from .accounting import PathMeter
 from .allocator import allocator_status
 from .calibrate import calibrate, calibration_groups, random_model
+from .networks import (BENCH_MODELS, BenchNetwork, SuccessorWeights,
+                       arithmetic_refusal, cache_stem, calibrated_successor, engine_config,
+                       full_size_reference, weights_path)
 from .peaks import kernel_peaks
 from .profile import profile_engine
 from .roofline import scatter_roofline_by_width
@@ -58,6 +65,8 @@ DEFAULT_SAMPLES = 5  # dataset samples timed when no files are given
 
 #: The operators the bench's full-size Spikformer-DVS models take (SPEC §4).
 BENCH_OPERATORS = ("ssa", "ds2ta", "ssa_bin", "saformer")
+#: The successors' own operators, in their layouts' order (what --model runs, not --attention).
+OWN_OPERATORS = {"qkformer": "token_qk, ssa", "sdt": "sdsa"}
 
 
 def default_gesture_dir() -> Path | None:
@@ -101,12 +110,14 @@ class BenchOptions:
     compiled: bool = True  # also time the dense model through torch.compile (needs dense)
     profile: bool = False  # also profile the engine per layer and stage (bench.profile)
     cold_start: bool = True
-    attention: str = "ssa"  # the attention operator of the random full-size models (SPEC §4)
+    model: str = "spikformer"  # the network (BENCH_MODELS): Spikformer-DVS, qkformer or sdt
+    attention: str | None = None  # Spikformer-DVS's attention operator (SPEC §4); None: ssa
     dtype: str = "float32"  # the engine's arithmetic: float32, float64, int16 or int8 (SPEC §6)
     cache_dir: str = field(default_factory=lambda: os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "eventformer", "bench"))
-    config: SpikformerConfig | None = None  # default: the full-size Spikformer-DVS, T = steps,
-    #                                         with ``attention``
+    config: object | None = None  # default: the full-size network at T = steps; else for
+    #   spikformer a SpikformerConfig (with ``attention``), for a successor its torch reference's
+    #   QKFormerConfig / SDTConfig (the model file's configuration follows from it)
 
 
 class BenchInterrupted(KeyboardInterrupt):
@@ -138,13 +149,24 @@ def check_options(opts: BenchOptions) -> None:
     if opts.dtype not in ARITHMETICS:
         raise EventformerError(f"--dtype must be one of {', '.join(ARITHMETICS)}, "
                                f"got {opts.dtype!r}")
+    if opts.model not in BENCH_MODELS:
+        raise EventformerError(f"--model must be one of {', '.join(BENCH_MODELS)}, "
+                               f"got {opts.model!r}")
+    if opts.attention is None:
+        return
+    if opts.model != "spikformer":
+        raise EventformerError(f"--attention picks the operator of Spikformer-DVS's blocks; "
+                               f"--model {opts.model} runs its own layout's "
+                               f"({OWN_OPERATORS[opts.model]}): leave --attention out")
     if opts.attention not in ATTENTION_OPERATOR_NAMES:
         raise EventformerError(f"--attention: unknown attention operator {opts.attention!r} "
                                f"(known: {', '.join(ATTENTION_OPERATOR_NAMES)})")
     if opts.attention not in BENCH_OPERATORS:
-        raise EventformerError(f"--attention {opts.attention}: the bench times the Spikformer-DVS "
-                               f"layout, whose blocks take {', '.join(BENCH_OPERATORS)}; "
-                               f"{opts.attention} belongs to another network's layout")
+        owner = next((m for m, ops in OWN_OPERATORS.items() if opts.attention in ops), None)
+        raise EventformerError(f"--attention {opts.attention}: the bench's Spikformer-DVS blocks "
+                               f"take {', '.join(BENCH_OPERATORS)}; {opts.attention} belongs to "
+                               "another network's layout"
+                               + (f": time that network with --model {owner}" if owner else ""))
 
 
 def sample_from_events(name: str, events: np.ndarray, steps: int, size: int,
@@ -197,14 +219,16 @@ def default_inputs(steps: int, size: int, count: int = DEFAULT_SAMPLES, log=None
                   f"the first {len(samples)} DVS Gesture test samples in {data.root}")
 
 
-def calibrated_model(config: SpikformerConfig, samples: list[Sample], rate: float, seed: int,
+def calibrated_model(network: BenchNetwork, samples: list[Sample], rate: float, seed: int,
                      cache_dir: str, log, progress=None) -> str:
-    """Path of a model file calibrated to ``rate`` (cached by seed, rate and input files)."""
-    key = hashlib.sha256(json.dumps([config.to_dict(), seed, rate,
+    """Path of a model file calibrated to ``rate`` (cached by network, seed, rate and input
+    files). A successor's state_dict lies beside it (:func:`.networks.weights_path`)."""
+    key = hashlib.sha256(json.dumps([network.cache_key(), seed, rate,
                                      [(s.path, s.events) for s in samples]]).encode()).hexdigest()
-    path = os.path.join(cache_dir, f"spikformer-dvs-{config.attention}-seed{seed}-rate{rate:.2f}"
+    path = os.path.join(cache_dir, f"{cache_stem(network)}-seed{seed}-rate{rate:.2f}"
                                    f"-{key[:10]}.h5")
-    if os.path.exists(path):
+    successor = network.reference is not None
+    if os.path.exists(path) and (not successor or os.path.exists(weights_path(path))):
         return path
     try:
         os.makedirs(cache_dir, exist_ok=True)
@@ -218,13 +242,23 @@ def calibrated_model(config: SpikformerConfig, samples: list[Sample], rate: floa
     log(f"calibrating BatchNorm for {rate:.0%} firing on {len(samples)} recordings "
         "(once; cached)...")
     task = f"calibrating {rate:.0%}"
-    groups = len(calibration_groups(config))
-    if progress is not None:
-        progress(task, 0, groups)
-    model = calibrate(random_model(config, seed), [s.steps for s in samples], rate,
-                      progress=None if progress is None else
-                      (lambda done, total: progress(task, done, total)))
     tmp = f"{path}.{os.getpid()}.tmp"
+    if successor:  # torch calibrates the state_dict's BatchNorms in one pass over the inputs
+        if progress is not None:
+            progress(task, 0, None)
+        model, weights = calibrated_successor(network, np.stack([s.dense for s in samples], 1),
+                                              rate, seed)
+        weights.save(tmp)
+        os.replace(tmp, weights_path(path))
+        if progress is not None:
+            progress(task, 1, 1)
+    else:
+        groups = len(calibration_groups(network.config))
+        if progress is not None:
+            progress(task, 0, groups)
+        model = calibrate(random_model(network.config, seed), [s.steps for s in samples], rate,
+                          progress=None if progress is None else
+                          (lambda done, total: progress(task, done, total)))
     save(tmp, model)
     os.replace(tmp, path)  # an interrupted calibration leaves no half-written cache entry
     log(f"  calibrated in {time.perf_counter() - start:.1f} s -> {path}")
@@ -335,8 +369,10 @@ class _RateRun:
             for x in stats[:-1]:
                 path = step_paths(x["sparse_steps"], x["dense_steps"], x.get("gather_steps", 0))
                 path = path if not path.startswith("mixed") else "mixed"
+                # a synapse without a LIF (a membrane stream's proj, fc1, fc2): no firing rate
+                fired = x["spikes"] / (x["neurons"] * self.steps) if x["neurons"] else None
                 self.layer_density.setdefault(x["name"], []).append(
-                    (x["input_density"], path, x["spikes"] / max(1, x["neurons"] * self.steps)))
+                    (x["input_density"], path, fired))
 
     def timed(self) -> int:
         return sum(len(t) for per_side in self.times.values() for t in per_side)
@@ -393,7 +429,8 @@ class _RateRun:
                               for side in self.sides},
                  "scatter_ac_per_s": scatter_ac / scatter_s if scatter_s > 0 else None,
                  "layers": [{"name": k, "input_density": statistics.mean(v[0] for v in vals),
-                             "firing_rate": statistics.mean(v[2] for v in vals),
+                             "firing_rate": None if vals[0][2] is None else
+                             statistics.mean(v[2] for v in vals),
                              "paths": sorted({v[1] for v in vals})}
                             for k, vals in self.layer_density.items()]}
         if "dense" in self.times:
@@ -413,12 +450,29 @@ class _RateRun:
         return entry
 
 
+def bench_network(opts: BenchOptions) -> BenchNetwork:
+    """The network the bench times: ``opts.model`` at full size (Spikformer-DVS with the
+    attention operator ``opts.attention``; a successor's DVS Gesture release), or
+    ``opts.config``."""
+    config = opts.config
+    if opts.model == "spikformer":
+        if config is None:
+            config = SpikformerConfig(steps=opts.steps, attention=opts.attention or "ssa")
+        if not isinstance(config, SpikformerConfig):
+            raise TypeError(f"--model spikformer takes a SpikformerConfig, got "
+                            f"{type(config).__name__}")
+        return BenchNetwork("spikformer", config)
+    reference = config if config is not None else full_size_reference(opts.model, opts.steps)
+    expected = "QKFormerConfig" if opts.model == "qkformer" else "SDTConfig"
+    if type(reference).__name__ != expected:
+        raise TypeError(f"--model {opts.model} takes a {expected}, got "
+                        f"{type(reference).__name__}")
+    return BenchNetwork(opts.model, engine_config(reference), reference)
+
+
 def bench_config(opts: BenchOptions) -> SpikformerConfig:
-    """The model the bench times: ``opts.config``, else the full-size Spikformer-DVS with the
-    attention operator ``opts.attention``."""
-    if opts.config is not None:
-        return opts.config
-    return SpikformerConfig(steps=opts.steps, attention=opts.attention)
+    """The engine's configuration of the network the bench times (:func:`bench_network`)."""
+    return bench_network(opts).config
 
 
 def _no_progress(task: str, done: int, total: int | None) -> None:
@@ -441,10 +495,19 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
     warn = warn or log
     progress = progress or _no_progress
     check_options(opts)
+    network = bench_network(opts)
+    if network.reference is not None:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise EventformerError(f"--model {network.name} needs torch: its BatchNorms are "
+                                   "calibrated in torch (pip install 'eventformer[torch]')"
+                                   ) from None
     set_engine_threads(opts.threads)
-    config = bench_config(opts)
+    config = network.config
     opts.steps = config.steps
-    opts.attention = config.attention
+    if network.name == "spikformer":
+        opts.attention = config.attention
     if samples is None:
         samples = load_samples(opts.files, opts.steps, config.image_size)
     torch_threads = None
@@ -477,18 +540,24 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
                          "warm_up": "one untimed call per file and side before the timings; "
                                     "the compiled side's first call (compiling) apart",
                          "unstable_if_max_over_min_above": UNSTABLE_RATIO},
-              "attention": config.attention, "dtype": opts.dtype,
-              "dense_baseline": "eventformer.torch_model.SpikformerRef (folded from the model "
-                                "file; float32, batch 1, eval, no autograd)" if opts.dense else None,
+              "model": network.name, "network": network.summary(),
+              "attention": network.operators, "dtype": opts.dtype,
+              "dense_baseline": _dense_baseline(network) if opts.dense else None,
               "compiled": compiled,
               "speedup_against": "the faster of torch eager and torch.compile at each rate "
                                  "(sum of per-file medians)" if opts.dense else None,
               "steps": opts.steps, "files": [s.path for s in samples], "rates": [],
               "warnings": [], "unstable": False, "busy": False, "interrupted": False}
+    refusal = arithmetic_refusal(network, opts.dtype)
+    if refusal is not None:  # said before minutes of calibration, not after
+        result["skipped"] = (f"skipped: the engine does not run the {network.title} in "
+                             f"{opts.dtype} ({refusal})")
+        warn(result["skipped"])
+        return result
     current = None
     peaks = None
     try:
-        widths = sorted(set(config.sps_channels) | {config.dim, config.mlp_hidden})
+        widths = network.synapse_widths()
         progress("scatter-add roofline", 0, None)
         by_width = scatter_roofline_by_width(widths)
         progress("scatter-add roofline", 1, 1)
@@ -496,22 +565,25 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
                                   "scatter_roofline_by_width": by_width})
         model_paths = {}
         for rate in opts.rates:
-            model_paths[rate] = calibrated_model(config, samples, rate, opts.seed,
+            model_paths[rate] = calibrated_model(network, samples, rate, opts.seed,
                                                  opts.cache_dir, log, progress)
             model = load(model_paths[rate])
             engine = Spikformer(model, dtype=opts.dtype)
             engine.run(samples[0].steps)  # compile / warm caches outside the timings
             dense_forward = compiled_forward = None
             compile_s = None
+            # the dense side: the model file (Spikformer), or the state_dict it was built from
+            dense_model = model if network.reference is None else \
+                SuccessorWeights.load(network.reference, weights_path(model_paths[rate]))
             if opts.dense:
-                dense_forward = build_dense_forward(model)
+                dense_forward = build_dense_forward(dense_model)
                 dense_forward(samples[0].dense)
             if opts.compiled:
                 task = (f"compiling the dense model with torch.compile for {rate:.0%} "
                         "(minutes the first time; inductor caches on disk)")
                 progress(task, 0, None)
                 try:
-                    compiled_forward = compile_forward(model)
+                    compiled_forward = compile_forward(dense_model)
                     compile_s = first_call(compiled_forward, samples[0].dense)
                     compiled["available"] = True
                 except CompileUnavailable as exc:
@@ -524,7 +596,7 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
                     log(f"  torch.compile: {compile_s:.1f} s to compile for {rate:.0%} "
                         "(reported apart, not in the per-sample times)")
             current = _RateRun(rate, model_paths[rate], samples, opts.steps, opts.dense,
-                               config.attention, compiled=compiled_forward is not None)
+                               network.operators, compiled=compiled_forward is not None)
             current.compile_s = compile_s
             current.account(engine, dense_forward, compiled_forward)
             sides = {"engine": lambda i, e=engine: e.run(samples[i].steps)}
@@ -567,6 +639,15 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
             _add_entry(result, current, False, warn)
         raise BenchInterrupted(result) from None
     return result
+
+
+def _dense_baseline(network: BenchNetwork) -> str:
+    if network.reference is None:
+        return ("eventformer.torch_model.SpikformerRef (folded from the model file; float32, "
+                "batch 1, eval, no autograd)")
+    ref = "QKFormerRef" if network.name == "qkformer" else "SpikeDrivenTransformerRef"
+    return (f"eventformer.torch_successors.{ref} (the state_dict the model file was built from, "
+            "BatchNorms unfolded; float32, batch 1, eval, no autograd)")
 
 
 def _add_entry(result: dict, run: _RateRun, complete: bool, warn) -> None:
