@@ -15,6 +15,11 @@ LIF runs in units of ``scale / ATTENTION_UNIT`` so that the membrane keeps
 ``log2(ATTENTION_UNIT)`` fractional bits through its halvings and SSA_Bin's vbar is held to
 1/ATTENTION_UNIT of a unit (SPEC §6).
 
+Currents summed channel by channel into one map (the Spike-driven Transformer's membrane
+stream: its RPE and ``x_feat``, each block's proj, fc2 and, with the MLP's ``res``, fc1) share one
+unit per channel, the largest of their own (:func:`shared_unit`), so the sum is exact; the stream's
+worst case, the sum of theirs, is bounded at load (:func:`membrane_stream_bound`).
+
 Accumulators are int32. Every layer's worst case (all its inputs active at their largest
 multiplicity) is bounded at load; a layer that could overflow is refused with its name
 (:class:`FixedPointError`). The first layer takes raw event counts, which have no bound a priori:
@@ -111,6 +116,13 @@ class Quantised:
     worst: int  # the largest |current| a step can reach at multiplicity 1 per input
     max_multiplicity: int  # the largest input multiplicity that cannot overflow
 
+    @property
+    def channel_worst(self) -> np.ndarray:
+        """The largest |current| per channel (int64) when every input carries a spike: the sum of
+        the channel's |weights| and its |bias|."""
+        w = np.abs(self.weight.reshape(self.weight.shape[0], -1).astype(np.int64))
+        return w.sum(axis=1) + np.abs(self.bias.astype(np.int64))
+
     def check_multiplicity(self, cnt: np.ndarray, name: str) -> None:
         if cnt.shape[0] and int(cnt.max()) > self.max_multiplicity:
             raise FixedPointError(
@@ -119,15 +131,45 @@ class Quantised:
                 "use more time steps, a float --dtype, or int8")
 
 
+def channel_scale(weight: np.ndarray, bias: np.ndarray | None, theta: float,
+                  arith: Fixed) -> np.ndarray:
+    """A layer's own unit per output channel (SPEC §6): s_c = max_i |W'_c,i| / (2^(b-1) - 1),
+    the smallest in which channel c's weights fit ``arith``'s bits."""
+    w = np.asarray(weight, np.float64)
+    cout = w.shape[0]
+    flat = w.reshape(cout, -1)
+    b = np.zeros(cout) if bias is None else np.asarray(bias, np.float64).reshape(cout)
+    peak = np.abs(flat).max(axis=1) if flat.shape[1] else np.zeros(cout)
+    # a channel without weights still needs a unit: one in which its bias and threshold fit
+    quiet = np.maximum(np.abs(b), theta)
+    return np.where(peak > 0, peak, quiet) / arith.qmax
+
+
+def shared_unit(layers, arith: Fixed) -> np.ndarray:
+    """One unit per channel for layers whose currents are summed channel by channel (the
+    Spike-driven Transformer's membrane stream): the largest of their own units, so no layer's
+    weights exceed ``arith``'s bits in it and the sum is an exact integer. ``layers``: their
+    parameters (``weight`` [C, ...], ``bias``, ``theta``), all of C output channels."""
+    scales = [channel_scale(p.weight, p.bias, p.theta, arith) for p in layers]
+    if len({s.shape for s in scales}) != 1:
+        raise ValueError(f"layers summed channel by channel have different widths: "
+                         f"{', '.join(f'{p.name} {s.shape[0]}' for p, s in zip(layers, scales))}")
+    return np.max(scales, axis=0)
+
+
 def quantise(weight: np.ndarray, bias: np.ndarray | None, theta: float, v_reset, arith: Fixed,
-             name: str, multiplicity: int | None, window: float = 1.0) -> Quantised:
+             name: str, multiplicity: int | None, window: float = 1.0,
+             unit: np.ndarray | None = None) -> Quantised:
     """Per-output-channel quantisation of a folded layer (SPEC §6), with its overflow bound.
 
     ``weight`` [cout, ...] float, ``bias`` [cout] (None: zero). ``multiplicity``: the largest
     value one input site can carry (1 for spikes, the residual stream's bound for integer
     inputs), or None for raw event counts (bounded per step at run time instead). ``window``:
     how many times a current can be summed into one step (TASA's attenuated window: at most
-    T_AW). A layer whose worst case exceeds int32 is refused with its name.
+    T_AW). ``unit``: the channels' unit when the current is summed with other layers' in one
+    (:func:`shared_unit`; at least the layer's own, so its weights still fit), else the
+    layer's own (:func:`channel_scale`). A layer whose worst case exceeds int32 is refused with
+    its name.
     """
     if v_reset is not None and v_reset != 0:
         raise FixedPointError(
@@ -136,10 +178,13 @@ def quantise(weight: np.ndarray, bias: np.ndarray | None, theta: float, v_reset,
     cout = w.shape[0]
     flat = w.reshape(cout, -1)
     b = np.zeros(cout) if bias is None else np.asarray(bias, np.float64).reshape(cout)
-    peak = np.abs(flat).max(axis=1) if flat.shape[1] else np.zeros(cout)
-    # a channel without weights still needs a unit: one in which its bias and threshold fit
-    quiet = np.maximum(np.abs(b), theta)
-    scale = np.where(peak > 0, peak, quiet) / arith.qmax
+    scale = channel_scale(w, b, theta, arith)
+    if unit is not None:
+        unit = np.asarray(unit, np.float64).reshape(-1)
+        if unit.shape != scale.shape or np.any(unit < scale):
+            raise ValueError(f"{name}: a shared unit must give each of its {cout} channels at "
+                             "least the layer's own unit")
+        scale = unit
     wq = np.rint(flat / scale[:, None])
     bq = np.rint(b / scale)
     thq = np.maximum(np.rint(theta / scale), 1)  # theta > 0: at least one unit
@@ -169,6 +214,23 @@ def attention_theta(theta: float, scale: float) -> int:
     """The attention LIF's threshold in units of scale / ATTENTION_UNIT (exact for power-of-two
     scales and thresholds, else the nearest unit)."""
     return max(1, int(round(theta / scale * ATTENTION_UNIT)))
+
+
+def membrane_stream_bound(currents, arith: Fixed) -> np.ndarray:
+    """The largest |value| per channel of a membrane stream (the Spike-driven Transformer's)
+    that sums, in one unit per channel, the currents of ``currents`` ((name, Quantised) in the
+    order they are added, each at most its :attr:`Quantised.channel_worst` in a step). A stream
+    that could leave int32 is refused at load, naming the layer whose current could overflow
+    it."""
+    bound = None
+    for name, q in currents:
+        bound = q.channel_worst if bound is None else bound + q.channel_worst
+        if int(bound.max()) > ACC_LIMIT:
+            raise FixedPointError(
+                f"{name}: in {arith.name} the membrane stream with its current added could reach "
+                f"{int(bound.max()):.3g} units, beyond the int32 accumulator; run it in a float "
+                "--dtype")
+    return bound
 
 
 def residual_bound(depth_index: int, after_attention: bool) -> int:

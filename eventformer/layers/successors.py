@@ -23,21 +23,24 @@ per channel over the tokens and spikes the counts with ``talking_heads_lif`` (D 
 (:class:`LinearSynapse`) whose real current the block adds to the stream
 (:class:`SpikeDrivenSelfAttention` returns it). Every product has a binary operand: ANDs, masks,
 window maxima and counts (:mod:`eventformer.kernels.spikedriven`), accumulates in the synapses.
-The head of such a model is :class:`LIFLinearHead`.
+The head of such a model is :class:`LIFLinearHead`. In an integer mode the stream is int32 in one
+unit per channel shared by every current summed into it (SPEC §6's per-channel unit, taken as
+the largest of those layers' own: ``models.spikformer.membrane_units``), so the sums are exact
+and the LIFs reading the stream take their thresholds in that unit.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..fixedpoint import Fixed, FixedPointError, arithmetic
+from ..fixedpoint import ACC_LIMIT, Fixed, FixedPointError, arithmetic, shift_of
 from ..kernels import counters as C
 from ..kernels.spikedriven import (and_lists, column_sums, erode_grid, erode_heads, head_counts,
                                    mask_channels, mask_heads)
 from .attention import (ATTENTION_OPERATORS, AttentionCore, SAFormerAttention, _core_arithmetic,
                         side_by_side)
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
-from .neurons import LIFNeurons
+from .neurons import FixedLIFNeurons, LIFNeurons
 from .synapses import LinearLIF
 
 
@@ -130,14 +133,40 @@ class StreamLIF(SpikingLayer):
     """A LIF without a synapse of its own: its current is a real map given whole (SDT's
     ``shortcut_lif``, ``fc1_lif`` and ``fc2_lif`` spike the membrane stream [tokens, C], the
     head's ``head_lif`` its token mean [D]). :meth:`step` takes the map (flat, channel
-    innermost) and returns the sorted indices that spiked."""
+    innermost) and returns the sorted indices that spiked.
+
+    In an integer mode the map is int32 in ``unit`` (the value of one unit per channel [C]: the
+    stream's shared unit, or the unit of the layer whose current it is), so the threshold is
+    round(theta / unit) per channel and the shift LIF of SPEC §6 runs on it as on any layer's
+    current; a map without a unit has no integer form and is refused."""
 
     kind = "lif"
 
-    def __init__(self, params, size: int, *, dtype):
+    def __init__(self, params, size: int, *, dtype, unit=None):
         super().__init__(params.name, size, "real")
-        self.dtype = _real_only(params.name, dtype, "spikes a real-valued map")
-        self.neurons = LIFNeurons.from_params(size, params, self.dtype)
+        arith = arithmetic(dtype)
+        if not isinstance(arith, Fixed):
+            self.dtype = arith
+            self.neurons = LIFNeurons.from_params(size, params, self.dtype)
+            return
+        if unit is None:
+            _real_only(params.name, dtype, "spikes a real-valued map")
+        if params.v_reset is not None and params.v_reset != 0:
+            raise FixedPointError(f"{params.name}: integer mode supports v_reset 0 or a soft "
+                                  f"reset, got v_reset {params.v_reset:g}")
+        unit = np.asarray(unit, np.float64).reshape(-1)
+        if size % unit.shape[0]:
+            raise ValueError(f"{params.name}: {unit.shape[0]} channel units for a map of {size}")
+        self.dtype = arith.dtype
+        self.unit = unit
+        theta = np.maximum(np.rint(params.theta / unit), 1)  # theta > 0: at least one unit
+        if theta.max() > ACC_LIMIT:
+            raise FixedPointError(f"{params.name}: in {arith.name} its threshold is beyond the "
+                                  "int32 accumulator; run it in a float --dtype")
+        self.neurons = FixedLIFNeurons(size, shift=shift_of(params.tau, params.name),
+                                       theta=theta.astype(np.int32),
+                                       soft_reset=params.v_reset is None,
+                                       decay_input=params.decay_input)
 
     def reset(self) -> None:
         self.neurons.reset()
@@ -162,14 +191,22 @@ class LinearSynapse(LinearLIF):
     the output of a step is its real current (flat [tokens, Cout], bias included), which SDT
     adds to its membrane stream (``proj_conv``, ``fc1_conv``, ``fc2_conv``). The input is spikes;
     the current is formed as :class:`LinearLIF` forms it (scatter, gather or GEMM by the path
-    policy; dense steps of a sample share one GEMM offline), counted the same way."""
+    policy; dense steps of a sample share one GEMM offline), counted the same way.
 
-    def __init__(self, params, tokens: int, *, dtype, policy: PathPolicy):
-        _real_only(params.name, dtype, "outputs its real current")
-        super().__init__(params, tokens, dtype=dtype, input_kind="spikes", policy=policy)
+    In an integer mode the current is int32 in :attr:`unit` per channel: ``unit`` where it is
+    summed into a stream of that shared unit, else the layer's own (SPEC §6)."""
+
+    def __init__(self, params, tokens: int, *, dtype, policy: PathPolicy, unit=None):
+        super().__init__(params, tokens, dtype=dtype, input_kind="spikes", policy=policy,
+                         unit=unit)
         self.neurons = None  # no LIF: nothing to band either (see _band_bounds)
         self.n_neurons = 0
         self._size = tokens * self.cout
+
+    @property
+    def unit(self) -> np.ndarray | None:
+        """The value of one unit of the current per channel (None in float)."""
+        return None if self.quant is None else self.quant.scale
 
     def reset(self) -> None:
         pass  # no state: a step's current depends on its input alone
@@ -265,22 +302,26 @@ class SpikeDrivenSelfAttention:
     linear+BN map with no LIF): :meth:`step` returns proj's real current, which the block adds
     to the stream (the membrane shortcut). Parameters: ``erode`` (1 where the released code's
     DVS mode applies its Erode max-pools). ``synapse``: the checkpoint's name of the token-wise
-    layers ("conv", or "linear" for nn.Linear), which names proj (``proj_conv``)."""
+    layers ("conv", or "linear" for nn.Linear), which names proj (``proj_conv``). ``unit``: in an
+    integer mode the stream's unit per channel, which ``shortcut_lif`` reads and proj's current
+    is quantised in (q, k, v and the core keep their own units, SPEC §6)."""
 
     name = "sdsa"
 
     def __init__(self, prefix: str, layers: dict, config, *, dtype, policy: PathPolicy,
-                 params: dict | None = None, multiplicity: int = 1, synapse: str = "conv"):
+                 params: dict | None = None, multiplicity: int = 1, synapse: str = "conv",
+                 unit=None):
         n, dim = config.tokens, config.dim
         erode = int(np.asarray((params or {}).get("erode", 0)))
-        self.shortcut = StreamLIF(layers[f"{prefix}.shortcut_lif"], n * dim, dtype=dtype)
+        self.shortcut = StreamLIF(layers[f"{prefix}.shortcut_lif"], n * dim, dtype=dtype,
+                                  unit=unit)
         self.q, self.k, self.v = (
             LinearLIF(layers[f"{prefix}.{b}_lif"], n, dtype=dtype, input_kind="spikes",
                       policy=policy) for b in ("q", "k", "v"))
         self.core = SpikeDrivenAttentionLIF(layers[f"{prefix}.talking_heads_lif"], config.grid,
                                             dim, config.heads, erode=bool(erode), dtype=dtype)
         self.proj = LinearSynapse(layers[f"{prefix}.proj_{synapse}"], n, dtype=dtype,
-                                  policy=policy)
+                                  policy=policy, unit=unit)
 
     @property
     def layers(self) -> list[SpikingLayer]:
@@ -314,19 +355,42 @@ class LIFLinearHead:
     those spikes; the logits are the mean over the steps of the Linear's outputs (the released
     ``head(head_lif(x.mean(tokens))).mean(0)``).
 
-    Counts: the token mean's adds (``ac``, one per site) and its D divisions (``mac``), then one
-    add of a weight column per spike and class (``ac``)."""
+    In an integer mode the stream is int32 in its unit s_c per channel, and the mean's
+    division is moved into the threshold: ``head_lif`` takes the token sum, exact, in units of
+    s_c / tokens (the mean's own value in those units), so its threshold is round(theta *
+    tokens / s_c). ``stream_bound`` (the stream's largest |value| per channel, from
+    :func:`~eventformer.fixedpoint.membrane_stream_bound`) times the tokens must fit int32, or
+    the head LIF is refused by name. The Linear sums float64 weights over the spikes: only the
+    logits are float.
+
+    Counts: the token mean's adds (``ac``, one per site) and in float its D divisions (``mac``),
+    then one add of a weight column per spike and class (``ac``)."""
 
     name = "head"
     kind = "head"
 
-    def __init__(self, lif_params, params, tokens: int, dtype):
-        self.dtype = _real_only(lif_params.name, dtype, "spikes the real stream's token mean")
+    def __init__(self, lif_params, params, tokens: int, dtype, *, stream_unit=None,
+                 stream_bound=None):
+        arith = arithmetic(dtype)
+        self.fixed = arith if isinstance(arith, Fixed) else None
+        self.dtype = np.dtype(np.float64) if self.fixed else arith  # of the Linear and logits
         self.weight = np.asarray(params.weight, self.dtype)  # [classes, D]
         self.bias = np.asarray(params.bias, self.dtype)
         self.tokens = tokens
         self.dim = self.weight.shape[1]
-        self.lif = StreamLIF(lif_params, self.dim, dtype=self.dtype)
+        if self.fixed is None:
+            self.lif = StreamLIF(lif_params, self.dim, dtype=self.dtype)
+        else:
+            if stream_unit is None or stream_bound is None:
+                _real_only(lif_params.name, dtype, "spikes the real stream's token mean")
+            worst = tokens * int(np.max(stream_bound))
+            if worst > ACC_LIMIT:
+                raise FixedPointError(
+                    f"{lif_params.name}: in {arith.name} the token sum of the membrane stream "
+                    f"could reach {worst:.3g} units, beyond the int32 accumulator; run it in a "
+                    "float --dtype")
+            self.lif = StreamLIF(lif_params, self.dim, dtype=arith,
+                                 unit=np.asarray(stream_unit, np.float64) / tokens)
         self._weight_columns = np.ascontiguousarray(self.weight.T)  # [D, classes]: a spike's row
         self.sums = np.zeros(self.weight.shape[0], self.dtype)
         self.steps = 0
@@ -341,11 +405,15 @@ class LIFLinearHead:
         self.counters[:] = 0
 
     def step(self, x: np.ndarray) -> None:
-        mean = np.asarray(x, self.dtype).reshape(self.tokens, self.dim).sum(axis=0) \
-            / self.dtype.type(self.tokens)
         self.counters[C.AC] += self.tokens * self.dim
-        self.counters[C.MAC] += self.dim
-        s = self.lif.step(mean)
+        if self.fixed is None:
+            current = np.asarray(x, self.dtype).reshape(self.tokens, self.dim).sum(axis=0) \
+                / self.dtype.type(self.tokens)
+            self.counters[C.MAC] += self.dim
+        else:  # the token sum in units of s_c / tokens: the mean, exactly (bounded at load)
+            current = np.asarray(x).reshape(self.tokens, self.dim).sum(axis=0, dtype=np.int64)
+            current = current.astype(np.int32)
+        s = self.lif.step(current)
         self.sums += self._weight_columns[s].sum(axis=0) + self.bias
         self.counters[C.AC] += s.shape[0] * self.weight.shape[0]
         self.steps += 1

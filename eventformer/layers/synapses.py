@@ -111,11 +111,13 @@ class SynapticLIF(SpikingLayer):
     (VNNI) or on float BLAS.
     """
 
-    def _arithmetic(self, params, dtype, multiplicity: int | None, window: float = 1.0):
+    def _arithmetic(self, params, dtype, multiplicity: int | None, window: float = 1.0,
+                    unit=None):
         """The layer's weights [cout, ...] and bias as its arithmetic computes with them; sets
         the dtypes of currents (``dtype``), event-path weights (``weight_dtype``) and the GEMM
         (``gemm_dtype``). ``multiplicity``: the largest input value (None: raw counts, checked
-        per step), ``window``: how many currents one step can sum (TASA)."""
+        per step), ``window``: how many currents one step can sum (TASA), ``unit``: the
+        channels' unit shared with other layers in an integer mode (None: the layer's own)."""
         arith = arithmetic(dtype)
         w = np.asarray(params.weight, np.float64)
         if not isinstance(arith, Fixed):
@@ -123,7 +125,7 @@ class SynapticLIF(SpikingLayer):
             self.dtype = self.weight_dtype = self.gemm_dtype = arith
             return w, np.asarray(params.bias, np.float64)
         q = quantise(w, params.bias, params.theta, params.v_reset, arith, params.name,
-                     multiplicity, window)
+                     multiplicity, window, unit)
         self.shift = shift_of(params.tau, params.name)
         self.fixed, self.quant = arith, q
         self.dtype, self.weight_dtype = arith.dtype, arith.weight_dtype
@@ -521,9 +523,9 @@ class Conv2dLIF(SynapticLIF):
 
     def __init__(self, params, in_shape: tuple[int, int, int], *, dtype, input_kind: str,
                  pool: tuple[int, int, int] | None, policy: PathPolicy,
-                 multiplicity: int | None = 1):
+                 multiplicity: int | None = 1, unit=None):
         w, self._bias = self._arithmetic(params, dtype, None if input_kind == "counts"
-                                         else multiplicity)
+                                         else multiplicity, unit=unit)
         dtype = self.dtype
         cout, cin, kh, kw = w.shape
         h, wd, c = in_shape
@@ -659,9 +661,9 @@ class LinearLIF(SynapticLIF):
     kind = "linear"
 
     def __init__(self, params, tokens: int, *, dtype, input_kind: str, policy: PathPolicy,
-                 multiplicity: int | None = 1, window: float = 1.0):
+                 multiplicity: int | None = 1, window: float = 1.0, unit=None):
         w, self._bias = self._arithmetic(params, dtype, None if input_kind == "counts"
-                                         else multiplicity, window)
+                                         else multiplicity, window, unit)
         dtype = self.dtype
         cout, cin = w.shape
         super().__init__(params.name, tokens * cout, input_kind)
@@ -849,17 +851,21 @@ class Conv2dStage(Conv2dLIF):
     A pooled or kept current is a whole map, so this layer runs step by step, never in bands of
     rows; its dense steps still share one GEMM offline. Real outputs and kept currents are dense
     flat HWC arrays. In an integer mode a max over one channel's currents is exact in the
-    channel's unit, so ``pool_before`` runs there too; real inputs and outputs are refused (their
-    values have no integer unit).
+    channel's unit, so ``pool_before`` runs there too. Real inputs are refused there (their values
+    have no integer unit); a current given out (no LIF, or kept) is an integer in the unit
+    ``unit`` it shares with the currents it is added to (SDT's membrane stream), and refused
+    without one.
     """
 
     def __init__(self, params, in_shape: tuple[int, int, int], *, dtype, input_kind: str,
                  policy: PathPolicy, multiplicity: int | None = 1,
                  pool: tuple[int, int, int] | None = None,
                  pool_before: tuple[int, int, int] | None = None, lif: bool = True,
-                 keep_current: bool = False):
+                 keep_current: bool = False, unit=None):
         real = input_kind == "real"
-        if isinstance(arithmetic(dtype), Fixed) and (real or not lif or keep_current):
+        # a current given out (no LIF, or kept) is an integer only in a unit its reader shares
+        if isinstance(arithmetic(dtype), Fixed) and (real or (unit is None
+                                                              and (not lif or keep_current))):
             from ..fixedpoint import FixedPointError
 
             what = ("takes real values" if real else "outputs its real current" if not lif
@@ -870,7 +876,7 @@ class Conv2dStage(Conv2dLIF):
             raise ValueError(f"{params.name}: a max-pool after the LIF needs a LIF and no pool "
                              "before it")
         super().__init__(params, in_shape, dtype=dtype, input_kind=input_kind, pool=pool,
-                         policy=policy, multiplicity=multiplicity)
+                         policy=policy, multiplicity=multiplicity, unit=unit)
         self.lif, self.keep_current, self.pool_before = lif, keep_current, pool_before
         self.kept: list = []  # the kept currents of the steps run, for the caller to take
         cout = self.cout

@@ -14,7 +14,9 @@ or the input is pixels, as dense real HWC arrays.
 A description whose residual stream is "membrane" (the Spike-driven Transformer) runs
 :class:`MembraneBlock` s instead: the stream is a dense real [tokens, D] array per step, each
 block spikes it before its attention and before each MLP layer and adds real currents back,
-and the head spikes its token mean (:class:`~eventformer.layers.successors.LIFLinearHead`).
+and the head spikes its token mean (:class:`~eventformer.layers.successors.LIFLinearHead`). In
+an integer mode the stream is int32 in one unit per channel that every current summed into it
+shares (:func:`membrane_units`), bounded at load.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import EventformerError
-from ..fixedpoint import Fixed, arithmetic
+from ..fixedpoint import Fixed, FixedPointError, arithmetic, membrane_stream_bound, shared_unit
 from ..layers import (
     ATTENTION_OPERATORS,
     Conv2dLIF,
@@ -63,7 +65,10 @@ class Embedding:
     saved map added to it (:class:`~.description.EmbedStage`)."""
 
     def __init__(self, placed: tuple[PlacedStage, ...], layers: dict, *, dtype,
-                 policy: PathPolicy):
+                 policy: PathPolicy, units: dict | None = None):
+        """``units``: in an integer mode, the unit per channel shared by stages whose currents
+        are summed into a membrane stream (stage name -> unit; :func:`membrane_units`)."""
+        units = units or {}
         self.plan = []  # (layer, stage, takes real values)
         for p in placed:
             st, src = p.stage, p.source
@@ -73,12 +78,14 @@ class Embedding:
             multiplicity = src.bound if src.bound is not None else 1
             if not real and st.lif and st.pool != "before" and not st.save_current:
                 layer = Conv2dLIF(params, src.shape, dtype=dtype, input_kind=src.kind,
-                                  pool=pool_after, policy=policy, multiplicity=multiplicity)
+                                  pool=pool_after, policy=policy, multiplicity=multiplicity,
+                                  unit=units.get(st.name))
             else:
                 layer = Conv2dStage(params, src.shape, dtype=dtype, input_kind=src.kind,
                                     policy=policy, multiplicity=multiplicity, pool=pool_after,
                                     pool_before=POOL if st.pool == "before" else None,
-                                    lif=bool(st.lif), keep_current=bool(st.save_current))
+                                    lif=bool(st.lif), keep_current=bool(st.save_current),
+                                    unit=units.get(st.name))
             if layer.out_shape != (p.out.h, p.out.w, p.out.c):
                 raise ValueError(f"{st.name}: outputs {layer.out_shape}, the description says "
                                  f"{p.out.shape}")
@@ -162,24 +169,37 @@ class MembraneBlock:
         h = fc1(fc1_lif(x)), and h = x + h when hidden == D (the released ``res``; then h is
         the identity too); x = fc2(fc2_lif(h)) + identity     # fc1, fc2: linear+BN, no LIF
 
-    The attention operator (``sdsa``) takes the stream and returns the current to add."""
+    The attention operator (``sdsa``) takes the stream and returns the current to add.
+
+    In an integer mode the stream is int32 in ``unit`` (one per channel, shared by every current
+    summed into it: :func:`membrane_units`): proj, fc2 and, with ``res``, fc1 are quantised in
+    it and the LIFs reading the stream (or x + h) take their thresholds in it; without ``res``
+    fc1 keeps its own unit, in which fc2_lif reads its current."""
 
     def __init__(self, stage: BlockStage, index: int, geometry: BlockGeometry, layers: dict,
-                 params: dict, *, dtype, policy: PathPolicy):
+                 params: dict, *, dtype, policy: PathPolicy, unit=None):
         attention = ATTENTION_OPERATORS[stage.attention]
         self.name = stage.block_name(index)
         attn_syn = "linear" if stage.attn_kernel == "linear" else "conv"
         mlp_syn = "linear" if stage.mlp_kernel == "linear" else "conv"
         self.attn = attention(stage.attention_name(index), layers, geometry, dtype=dtype,
-                              policy=policy, params=params, synapse=attn_syn)
+                              policy=policy, params=params, synapse=attn_syn, unit=unit)
         m = stage.mlp_name(index)
         fc1, fc2 = stage.mlp_layers
         n, d, hidden = geometry.tokens, geometry.dim, geometry.mlp_hidden
-        self.fc1_lif = StreamLIF(layers[f"{m}.{fc1}_lif"], n * d, dtype=dtype)
-        self.fc1 = LinearSynapse(layers[f"{m}.{fc1}_{mlp_syn}"], n, dtype=dtype, policy=policy)
-        self.fc2_lif = StreamLIF(layers[f"{m}.{fc2}_lif"], n * hidden, dtype=dtype)
-        self.fc2 = LinearSynapse(layers[f"{m}.{fc2}_{mlp_syn}"], n, dtype=dtype, policy=policy)
         self.res = hidden == d
+        self.fc1_lif = StreamLIF(layers[f"{m}.{fc1}_lif"], n * d, dtype=dtype, unit=unit)
+        self.fc1 = LinearSynapse(layers[f"{m}.{fc1}_{mlp_syn}"], n, dtype=dtype, policy=policy,
+                                 unit=unit if self.res else None)
+        self.fc2_lif = StreamLIF(layers[f"{m}.{fc2}_lif"], n * hidden, dtype=dtype,
+                                 unit=self.fc1.unit)
+        self.fc2 = LinearSynapse(layers[f"{m}.{fc2}_{mlp_syn}"], n, dtype=dtype, policy=policy,
+                                 unit=unit)
+
+    @property
+    def stream_currents(self) -> list:
+        """The layers whose currents this block adds into the stream, in order."""
+        return [self.attn.proj] + ([self.fc1] if self.res else []) + [self.fc2]
 
     @property
     def layers(self):
@@ -204,6 +224,38 @@ class MembraneBlock:
             hs = identities = [x + h for x, h in zip(xs, hs)]
         outs = self.fc2.run_steps([(s, ones(s.shape[0])) for s in self.fc2_lif.run_steps(hs)])
         return [o + i for o, i in zip(outs, identities)]
+
+
+def membrane_units(stage: BlockStage, layers: dict, arith: Fixed) -> tuple[np.ndarray, list]:
+    """The integer unit per channel of a block stage's membrane stream, and the names of the
+    embedding stages whose currents make its first map.
+
+    Every current summed into the stream at channel c (the first map: the embedding's last
+    stage, SDT's RPE, plus the current it adds, ``x_feat``; then each block's proj, fc2, and
+    fc1 where the MLP adds h = x + fc1) is quantised in one unit s_c, the largest of their own
+    per-channel units (:func:`~eventformer.fixedpoint.shared_unit`): the stream is then an exact
+    int32 sum. A first map that is not such a sum of currents (spikes in it) has no integer
+    form and is refused."""
+    last = stage.embed[-1] if stage.embed else None
+    saved = {st.save_current: st.name for st in stage.embed if st.save_current}
+    if last is None or last.lif or (last.add and last.add not in saved):
+        raise FixedPointError(
+            f"{arith.name}: this membrane stream's first map is not a sum of real currents "
+            "alone (SDT's RPE plus x_feat), so no shared integer unit holds it; run it in a "
+            "float --dtype")
+    first = [saved[last.add]] if last.add else []
+    first.append(last.name)
+    attn_syn = "linear" if stage.attn_kernel == "linear" else "conv"
+    mlp_syn = "linear" if stage.mlp_kernel == "linear" else "conv"
+    fc1, fc2 = stage.mlp_layers
+    names = list(first)
+    for i in range(stage.count):
+        m = stage.mlp_name(i)
+        names.append(f"{stage.attention_name(i)}.proj_{attn_syn}")
+        if stage.mlp_hidden == stage.dim:
+            names.append(f"{m}.{fc1}_{mlp_syn}")
+        names.append(f"{m}.{fc2}_{mlp_syn}")
+    return shared_unit([layers[n] for n in names], arith), first
 
 
 def warm_up_densities(policy: PathPolicy) -> tuple[float, ...]:
@@ -278,34 +330,43 @@ class Spikformer:
         self.arithmetic = self.fixed.name if self.fixed else self.dtype.name  # "int8", "float32"..
         self.policy = policy or PathPolicy()
         self.membrane = desc.residual == "membrane"
-        if self.membrane and self.fixed:
-            raise EventformerError(
-                f"{self.fixed.name}: the membrane residual stream of this model (the Spike-driven "
-                "Transformer's) sums the real currents of several layers (RPE, proj, fc1, fc2), "
-                "each quantised in a per-channel unit of its own, which no one integer unit "
-                "holds exactly; run it in a float --dtype")
         placement = cfg.placement()
         params = iter(model.attention)
         self.stages: list[tuple[Embedding, list]] = []
+        # in an integer mode a membrane stream is int32 in one unit per channel (membrane_units),
+        # its largest |value| per channel bounded at load
+        stream_unit = stream_bound = None
         for stage, placed, geometry, bound in zip(desc.stages, placement.embeds,
                                                   placement.geometry, placement.stream_bounds):
-            embedding = Embedding(placed, model.layers, dtype=self.dtype, policy=self.policy)
+            units, first = {}, []
+            if self.membrane and self.fixed:
+                stream_unit, first = membrane_units(stage, model.layers, self.fixed)
+                units = dict.fromkeys(first, stream_unit)
+            embedding = Embedding(placed, model.layers, dtype=self.dtype, policy=self.policy,
+                                  units=units)
             blocks = []
             for i in range(stage.count):  # each attention and MLP branch adds one spike
                 p = next(params).params if model.attention else {}
                 if self.membrane:
                     blocks.append(MembraneBlock(stage, i, geometry, model.layers, p,
-                                                dtype=self.dtype, policy=self.policy))
+                                                dtype=self.dtype, policy=self.policy,
+                                                unit=stream_unit))
                     continue
                 blocks.append(Block(stage, i, geometry, model.layers, p, dtype=self.dtype,
                                     policy=self.policy, bound=bound + 2 * i))
+            if stream_unit is not None:
+                currents = [layer for layer in embedding.layers if layer.name in first]
+                currents += [layer for block in blocks for layer in block.stream_currents]
+                stream_bound = membrane_stream_bound([(c.name, c.quant) for c in currents],
+                                                     self.fixed)
             self.stages.append((embedding, blocks))
         final = placement.final
         # the residual stream's sites per block stage (a membrane stream is a dense map of them)
         self.stream_sites = [g.tokens * g.dim for g in placement.geometry]
         if self.membrane:  # the token mean of the real stream, spiked, then the Linear
             self.head = LIFLinearHead(model.layers[desc.head_lif], model.layers["head"],
-                                      final.tokens, self.dtype)
+                                      final.tokens, self.dtype, stream_unit=stream_unit,
+                                      stream_bound=stream_bound)
         else:  # the head sums integers exactly; only the logits are float (float64 in integer
             #   modes)
             self.head = MeanLinearHead(model.layers["head"], final.tokens,
