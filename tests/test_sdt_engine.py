@@ -17,8 +17,10 @@ numpy trainer's (``models.presets.sdt_description``), the file the one builder's
   reference's own float32 realisations are (``tests/torch_reference.Float32Spread``);
 - counts: the kernels' work where it is done (ANDs and masks, Erode's maxima only with Erode,
   the column sums' adds, the synapses' accumulates, every neuron update);
-- refusals, one sentence each: integer modes (a membrane stream sums currents of several
-  per-channel units), damaged membrane model files, blocks of the wrong kind for their stream.
+- refusals, one sentence each: damaged membrane model files, blocks of the wrong kind for their
+  stream.
+
+The integer modes (the stream in one shared unit per channel) are ``tests/test_sdt_fixed.py``'s.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ torch = pytest.importorskip("torch")
 from conftest import record_spikes  # noqa: E402
 from torch_reference import Outputs, float32_spread, reference_outputs  # noqa: E402
 
-from eventformer.errors import CheckpointError, EventformerError, ModelFileError  # noqa: E402
+from eventformer.errors import CheckpointError, ModelFileError  # noqa: E402
 from eventformer.layers import PathPolicy  # noqa: E402
 from eventformer.modelfile import build_model_file, layer_specs, load, save  # noqa: E402
 from eventformer.modelfile.build import BN_EPS  # noqa: E402
@@ -384,16 +386,6 @@ def test_sdsa_blocks_run_on_a_membrane_stream_only():
                               num_classes=3, attention="sdsa")
     with pytest.raises(ValueError, match="sdsa attention runs on a 'membrane' residual stream"):
         check_config(spikes)
-
-
-@pytest.mark.parametrize("dtype", ["int16", "int8"])
-def test_integer_modes_are_refused_for_a_membrane_stream(dtype):
-    _, model, _ = exact_model("8x8", False)
-    with pytest.raises(EventformerError) as err:
-        Spikformer(model, dtype=dtype)
-    text = str(err.value)
-    assert text.startswith(f"{dtype}: the membrane residual stream") and "\n" not in text
-    assert "float --dtype" in text
 
 
 def test_a_checkpoint_from_the_numpy_trainer_builds_and_runs():
