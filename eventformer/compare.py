@@ -50,7 +50,7 @@ def load_runs(models: Sequence[tuple[str, str | os.PathLike]],
     the kernels on a first run: ``before_warm_up()`` is called just before), so a bad file or a
     model an integer mode refuses is one error up front, not a failure halfway through. Given a
     ``skipped`` list (the arithmetics were not the user's choice, e.g. compare's defaults), a
-    model that refuses an integer mode (the Spike-driven Transformer's real-valued stream) runs
+    model that refuses an integer mode (a tau that is not a power of two, real pixels in) runs
     without it instead, and the list gets one sentence saying so."""
     from .layers import PathPolicy
     from .modelfile import load

@@ -352,18 +352,34 @@ def test_the_shipped_model_is_announced_by_any_name(shipped_folder):
     assert "model: the shipped spikformer-tiny-ds2ta-synth.h5 (ds2ta" in r.stderr
 
 
-def test_default_arithmetics_skip_an_integer_mode_a_model_refuses():
-    """The Spike-driven Transformer has no integer mode: compare's defaults (float32, int8) run it
-    in float32 only and say so in one line; int8 asked for on purpose is refused (exit 2)."""
-    out = _json(["--weights", "sdt", "--weights", "ssa", "--limit", "1"])
+def test_default_arithmetics_skip_an_integer_mode_a_model_refuses(ds2ta_model, tmp_path):
+    """A model an integer mode refuses (here a tau that is not a power of two: its decay is no
+    shift) runs in compare's default arithmetics in float32 only, said in one line; int8 asked
+    for on purpose is refused (exit 2)."""
+    from eventformer.modelfile import load, save
+
+    model = load(ds2ta_model)
+    model.layers["block.0.mlp.fc1_lif"].tau = 3.0
+    path = tmp_path / "tau3.h5"
+    save(path, model)
+    out = _json(["--weights", str(path), "--weights", "ssa", "--limit", "1"])
     assert [(r["model"], r["dtype"]) for r in out["runs"]] == [
-        ("sdt", "float32"), ("ssa", "float32"), ("ssa", "int8")]
+        (path.name, "float32"), ("ssa", "float32"), ("ssa", "int8")]
     (line,) = out["skipped"]
-    assert line.startswith("sdt not run in int8:") and "float --dtype" in line
-    r = runner.invoke(app, ["compare", "--weights", "sdt", "--dtype", "int8", "--limit", "1"])
+    assert line.startswith(f"{path.name} not run in int8: block.0.mlp.fc1_lif: ") and \
+        "power of two" in line
+    r = runner.invoke(app, ["compare", "--weights", str(path), "--dtype", "int8", "--limit",
+                            "1"])
     assert r.exit_code == 2
     one_error_line(r)
-    # the default models (every shipped one) in an arithmetic the user named: skipped, said
+
+
+def test_every_shipped_model_runs_in_int8():
+    """The default models (every shipped one) in int8: none skipped, the Spike-driven
+    Transformer included (its membrane stream in one shared unit per channel)."""
+    from eventformer.weights import installed_models
+
     out = _json(["--dtype", "int8", "--limit", "1"])
-    assert "sdt" not in {r["model"] for r in out["runs"]}
-    assert [line.split(":")[0] for line in out["skipped"]] == ["sdt not run in int8"]
+    assert out["skipped"] == []
+    assert [r["model"] for r in out["runs"]] == list(installed_models())
+    assert "sdt" in {r["model"] for r in out["runs"]}

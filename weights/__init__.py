@@ -22,8 +22,6 @@ SHIPPED_MODELS = {
     "ssa_bin": "spikformer-tiny-ssa_bin-synth.h5",
     "saformer": "spikformer-tiny-saformer-synth.h5",
     "qkformer": "qkformer-tiny-synth.h5",
-    # the Spike-driven Transformer refuses integer modes (its real-valued stream): `compare`'s
-    # default arithmetics run it in float32 only, and say so
     "sdt": "sdt-tiny-synth.h5",
 }
 
