@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
@@ -62,15 +63,21 @@ def load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False):
     from eventformer.layers import PathPolicy
     from eventformer.modelfile import load
     from eventformer.models import engine_for
+    from eventformer.precompile import start_backward_compile
     from eventformer.runtime import kernels_cached, start_kernels
 
     model_file = load(weights)
     engine = engine_for(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
     if not kernels_cached(dtype):
+        helper = start_backward_compile(weights, dtype, path_mode)
+        if helper is not None:
+            atexit.register(helper.stop)
         if not quiet:
-            err.print(f"first run: compiling the engine's {dtype} kernels as the input needs them "
-                      "(once, some seconds; cached afterwards; the first input's time includes it)",
-                      markup=False, highlight=False)
+            also = (" (a second process compiles them from the last layer backwards)"
+                    if helper is not None else "")
+            err.print(f"first run: compiling the engine's {dtype} kernels as the input needs them"
+                      f"{also} (once, some seconds; cached afterwards; the first input's time "
+                      "includes it)", markup=False, highlight=False)
         return engine
     start_kernels()  # Numba's own set-up, not the first input's time
     return engine

@@ -1,0 +1,187 @@
+"""A user's very first run on a machine with two cores or more: a second process compiles the
+engine's kernels from the last layer backwards while the run compiles them forwards.
+
+Numba compiles one function at a time per process (its compiler holds a process-wide lock), so
+an engine's first run, which compiles the kernels its layers call in forward order as the input
+reaches them, keeps one core busy for several seconds and leaves the others idle. The helper
+process builds the same engine from the same model file and calls each layer on synthetic event
+lists of the layer's own input shape, last layer first; every kernel it compiles lands in
+Numba's on-disk cache (written atomically), and the run, reaching that kernel later, loads it in
+milliseconds instead of compiling it. The two meet in the middle: at most the kernel both reach
+at once is compiled twice. Nothing the helper does reaches the run's results: it shares no
+state with the run, only the cache, whose entries are the same machine code the run would have
+compiled itself.
+
+The run starts the helper (:func:`start_backward_compile`) only when Numba's cache does not hold
+its arithmetic's kernels, when this process may use two cores or more, and unless
+``EVENTFORMER_COMPILE_HELPER=0``; it stops the helper when it is done (``stop``), whatever the
+helper had left to compile. ``python -m eventformer.precompile MODEL --dtype D`` is the helper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+#: The environment variable that turns the helper off (``0``).
+HELPER_ENV = "EVENTFORMER_COMPILE_HELPER"
+
+# Input densities of the helper's passes: first the event-driven paths (scatter, gather), which
+# real recordings take at the firing rates spiking transformers run at, then the dense (GEMM)
+# paths a dense input takes; each pass goes from the last layer to the first.
+PASSES = (0.02, 0.9)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def helper_wanted() -> bool:
+    """Whether a first run should start the backward-compiling helper here."""
+    if os.environ.get(HELPER_ENV, "1").strip() == "0":
+        return False
+    if os.environ.get("NUMBA_DISABLE_JIT", "0").strip() not in ("", "0"):
+        return False  # nothing is compiled
+    return usable_cores() >= 2
+
+
+class BackwardCompile:
+    """The helper process; :meth:`stop` ends it (idempotent)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc.poll() is None:
+            proc.terminate()  # Numba writes a cache entry to a temporary file, then renames it
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def start_backward_compile(model_path, dtype: str, path_mode: str = "auto"
+                           ) -> BackwardCompile | None:
+    """Start the helper for the model file ``model_path`` in ``dtype`` and ``path_mode``, with
+    this process's environment (Numba's cache directory, the engine's threads); None where it
+    is not wanted (:func:`helper_wanted`) or cannot start."""
+    if not helper_wanted():
+        return None
+    cmd = [sys.executable, "-m", "eventformer.precompile", os.fspath(model_path),
+           "--dtype", dtype, "--path", path_mode]
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=dict(os.environ))
+    except OSError:
+        return None  # the run compiles everything itself, as without the helper
+    return BackwardCompile(proc)
+
+
+def _events(rng, sites: int, density: float, steps: int, most: int = 1) -> list:
+    """``steps`` sorted event lists over ``sites`` at ``density``, multiplicities 1..``most``
+    (int32, as framing and the layers hand them on)."""
+    from .layers import ones
+
+    n = max(1, min(sites, int(round(density * sites))))
+    out = []
+    for _ in range(steps):
+        idx = np.sort(rng.choice(sites, n, replace=False)).astype(np.int32)
+        cnt = ones(n) if most <= 1 else rng.integers(1, most + 1, n).astype(np.int32)
+        out.append((idx, cnt))
+    return out
+
+
+def _stream(rng, sites: int, density: float, steps: int) -> list:
+    """A residual stream of spikes: two spike lists merged, as a block's input is formed."""
+    from .layers import add_events
+
+    a = _events(rng, sites, density / 2, steps)
+    b = _events(rng, sites, density / 2, steps)
+    return [add_events(x[0], x[1], y[0], y[1]) for x, y in zip(a, b)]
+
+
+def compile_backwards(engine, steps: int, densities=PASSES) -> None:
+    """Call every layer of a :class:`~eventformer.models.spikformer.Spikformer` on synthetic
+    inputs of its own input shape, last layer first: the kernels a run of ``steps`` steps calls,
+    compiled (or loaded) in backward order.
+
+    First the kernels only the blocks and the head call, at a typical density with the blocks'
+    gathers off: the gather, which every conv of the embedding calls too, is what a run compiles
+    first after its first layer, so the helper leaves it to the run and finds it in the cache.
+    Then every layer, once per density of ``densities``."""
+    rng = np.random.default_rng(0)
+    gathering = [layer for block in engine.blocks for layer in block.layers
+                 if getattr(layer, "can_gather", False)]
+    for layer in gathering:
+        layer.can_gather = False
+    try:
+        _backwards(engine, rng, steps, 0.05, embeddings=False)
+    finally:
+        for layer in gathering:
+            layer.can_gather = True
+    for density in densities:
+        _backwards(engine, rng, steps, density)
+    engine.reset()
+
+
+def _backwards(engine, rng, steps: int, density: float, embeddings: bool = True) -> None:
+    for (embedding, blocks), sites in reversed(list(zip(engine.stages, engine.stream_sites))):
+        if not engine.membrane:  # (a membrane stream's blocks take real maps: left to the run)
+            _quietly(lambda: [engine.head.step(*x) for x in _stream(rng, sites, density, 1)])
+            for block in reversed(blocks):
+                _quietly(lambda: block.run_steps(_stream(rng, sites, density, steps)))
+        if not embeddings:
+            continue
+        for layer, _, real in reversed(embedding.plan):
+            if real:
+                continue  # static images: a few real-valued GEMMs, cheap to compile
+            h, w, c = layer.in_shape
+            most = 1 if layer.input_kind == "spikes" else 2
+            _quietly(lambda: layer.run_steps(_events(rng, h * w * c, density, steps, most)))
+
+
+def _quietly(call) -> None:
+    # the helper is best-effort: a layer it cannot call on synthetic input (a shape or a bound
+    # it guessed wrong) is left to the run, which compiles that kernel itself
+    try:
+        call()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m eventformer.precompile",
+        description="Compile an engine's kernels into Numba's cache from its last layer "
+                    "backwards (the helper a first run starts; see eventformer.precompile).")
+    parser.add_argument("model", help="model file (.h5)")
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "float64", "int16", "int8"])
+    parser.add_argument("--path", default="auto", choices=["auto", "sparse", "dense", "gather"])
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per synthetic sample (default: the model's T)")
+    args = parser.parse_args(argv)
+
+    from .layers import PathPolicy
+    from .modelfile import load
+    from .models import engine_for
+    from .models.spikformer import Spikformer
+
+    engine = engine_for(load(args.model), dtype=args.dtype, policy=PathPolicy(mode=args.path))
+    if not isinstance(engine, Spikformer):
+        return 0  # a sequential SNN (NIR import): few kernels, left to the run
+    compile_backwards(engine, args.steps or engine.config.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

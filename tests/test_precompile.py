@@ -1,0 +1,82 @@
+"""The first run's backward-compiling helper (eventformer.precompile): started only where it can
+help, and what it compiles is what a run then loads instead of compiling."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import GESTURE_DIR, need_gesture
+from eventformer import precompile
+from eventformer.weights import shipped_model_path
+
+
+def _jit_off() -> bool:
+    from numba.core import config
+
+    return bool(config.DISABLE_JIT)
+
+
+def test_helper_is_wanted_only_where_it_can_help(monkeypatch):
+    monkeypatch.delenv(precompile.HELPER_ENV, raising=False)
+    monkeypatch.setenv("NUMBA_DISABLE_JIT", "0")
+    monkeypatch.setattr(precompile, "usable_cores", lambda: 2)
+    assert precompile.helper_wanted()
+    monkeypatch.setattr(precompile, "usable_cores", lambda: 1)  # no second core to compile on
+    assert not precompile.helper_wanted()
+    assert precompile.start_backward_compile("model.h5", "float32") is None
+    monkeypatch.setattr(precompile, "usable_cores", lambda: 4)
+    monkeypatch.setenv(precompile.HELPER_ENV, "0")  # turned off by the user
+    assert not precompile.helper_wanted()
+    monkeypatch.delenv(precompile.HELPER_ENV)
+    monkeypatch.setenv("NUMBA_DISABLE_JIT", "1")  # nothing is compiled
+    assert not precompile.helper_wanted()
+
+
+def test_stop_ends_the_helper_and_may_be_called_twice():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    helper = precompile.BackwardCompile(proc)
+    helper.stop()
+    assert proc.poll() is not None
+    helper.stop()
+
+
+def _saved_and_loaded(stderr: str) -> tuple[int, int]:
+    lines = stderr.splitlines()
+    return (sum("[cache] data saved" in line for line in lines),
+            sum("[cache] data loaded" in line for line in lines))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_a_run_after_the_helper_compiles_nothing_and_gives_the_same_result(tmp_path, dtype):
+    """On an empty cache, the helper alone fills it with every kernel a run of a real recording
+    calls (the run then loads each and compiles none), and the run's result is the one a run
+    that compiled everything itself gives."""
+    if _jit_off():
+        pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
+    need_gesture()
+    model = str(shipped_model_path())
+    recording = str(GESTURE_DIR / "1.bs2")
+    infer = [sys.executable, "-m", "eventformer_cli.main", "infer", recording, "-w", model,
+             "--dtype", dtype, "--json"]
+    base = dict(os.environ, **{precompile.HELPER_ENV: "0"})
+
+    helped = dict(base, NUMBA_CACHE_DIR=str(tmp_path / "helped"))
+    subprocess.run([sys.executable, "-m", "eventformer.precompile", model, "--dtype", dtype],
+                   env=helped, check=True, timeout=600)
+    run = subprocess.run(infer, env=dict(helped, NUMBA_DEBUG_CACHE="1"), capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    saved, loaded = _saved_and_loaded(run.stdout + run.stderr)
+    assert loaded > 5
+    assert saved == 0, "the run compiled kernels the helper had not"
+
+    if dtype != "float32":
+        return  # the same machine code either way: one arithmetic's check is enough
+    alone = subprocess.run(infer, env=dict(base, NUMBA_CACHE_DIR=str(tmp_path / "alone")),
+                           capture_output=True, text=True, timeout=600, check=True)
+    helped_out = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert json.loads(helped_out[-1])["logits"] == json.loads(alone.stdout)["logits"]
