@@ -411,3 +411,17 @@ def test_the_refusal_is_one_line_on_the_command_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [result.stderr.strip().splitlines()[-1]]
     assert errors[0].startswith("error: block.0.attn.proj_conv: in int8 the membrane stream")
+
+
+def test_a_first_map_of_spikes_has_no_shared_unit_and_is_refused():
+    """What is still not exact stays refused in one sentence: a membrane stream whose first map
+    is not a sum of currents alone (here its last embedding stage spiking)."""
+    model = tiny_model("8x8", False)
+    stage = model.config.description.stages[0]
+    spiking = dataclasses.replace(stage.embed[-1], lif="patch_embed.rpe_lif")
+    bad = dataclasses.replace(stage, embed=stage.embed[:-1] + (spiking,))
+    with pytest.raises(FixedPointError) as err:
+        membrane_units(bad, model.layers, INTEGER_MODES["int8"])
+    text = str(err.value)
+    assert text.startswith("int8: this membrane stream's first map is not a sum of real "
+                           "currents") and "float --dtype" in text and "\n" not in text
