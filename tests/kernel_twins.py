@@ -185,6 +185,19 @@ def maxpool2d(x, k, stride, pad):
     return out
 
 
+def maxpool2d_maxima(c, h, w, k, stride, pad):
+    """The window maxima a dense max-pool of a [C, H, W] map forms: one per channel and window
+    holding a value of the map (PyTorch's windows, floor mode)."""
+    formed = 0
+    for oy in range(conv_out_size(h, k, stride, pad)):
+        for ox in range(conv_out_size(w, k, stride, pad)):
+            rows = [y for y in range(oy * stride - pad, oy * stride - pad + k) if 0 <= y < h]
+            cols = [x for x in range(ox * stride - pad, ox * stride - pad + k) if 0 <= x < w]
+            if rows and cols:
+                formed += c
+    return formed
+
+
 def merge_add(size, idx_a, cnt_a, idx_b, cnt_b):
     """Dense sum of two event lists over ``size`` sites, back as (sorted idx, cnt > 0)."""
     dense = np.zeros(size, np.int64)
@@ -749,5 +762,5 @@ TWINS = {
 # compares them.
 MODULE_TWINS = {
     # dense max-pool of a real or integer current (HWC), before a LIF: tests/test_description.py
-    "eventformer.kernels.pooling.maxpool_current": (maxpool2d,),
+    "eventformer.kernels.pooling.maxpool_current": (maxpool2d, maxpool2d_maxima),
 }

@@ -35,6 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from eventformer.errors import EventformerError, ModelFileError  # noqa: E402
 from eventformer.fixedpoint import FixedPointError  # noqa: E402
+from eventformer.kernels import counters as C  # noqa: E402
 from eventformer.kernels.pooling import maxpool_current  # noqa: E402
 from eventformer.layers import PathPolicy  # noqa: E402
 from eventformer.modelfile import build_model_file, layer_specs, load, save  # noqa: E402
@@ -262,17 +263,24 @@ def check_network(model, x, steps, modes=MODES):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
 def test_maxpool_current_matches_its_twin(dtype):
+    """The pooled map, and the window maxima formed counted in MAXIMA (and nothing else)."""
     assert kernel_twins.MODULE_TWINS["eventformer.kernels.pooling.maxpool_current"] == (
-        kernel_twins.maxpool2d,)
+        kernel_twins.maxpool2d, kernel_twins.maxpool2d_maxima)
     rng = np.random.default_rng(0)
     for h, w, c, (k, s, p) in [(1, 1, 3, (3, 2, 1)), (2, 5, 1, (3, 2, 1)), (7, 6, 4, (3, 2, 1)),
                                (8, 8, 16, (3, 2, 1)), (5, 9, 2, (2, 2, 0)), (6, 6, 3, (3, 1, 1))]:
         x = (rng.normal(size=(h, w, c)) * 100).astype(dtype)
         oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         out = np.full(oh * ow * c, 7, dtype)
-        maxpool_current(x.reshape(-1), h, w, c, k, s, p, oh, ow, out)
+        counters = np.zeros(C.N_COUNTERS, np.int64)
+        counters[C.AC] = 5  # added to, never reset
+        maxpool_current(x.reshape(-1), h, w, c, k, s, p, oh, ow, out, counters)
         want = kernel_twins.maxpool2d(x.transpose(2, 0, 1).astype(np.float64), k, s, p)
         np.testing.assert_array_equal(out.reshape(oh, ow, c).transpose(2, 0, 1), want)
+        booked = np.zeros(C.N_COUNTERS, np.int64)
+        booked[C.AC] = 5
+        booked[C.MAXIMA] = kernel_twins.maxpool2d_maxima(c, h, w, k, s, p)
+        np.testing.assert_array_equal(counters, booked)
 
 
 # --- Spikformer's own layout is a description ---------------------------------------------

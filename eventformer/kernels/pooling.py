@@ -4,18 +4,23 @@ QKFormer's patch embeddings and the Spike-driven Transformer's last SPS stage ma
 BatchNorm output, a real-valued current, and only then spike it. In the integer modes a current
 is an int32 in its channel's own unit, and a max over one channel's values is exact in that unit,
 so the same kernel serves both.
+
+Op counts (SPEC §5): ``MAXIMA``, the counter of the spike max-pools' window maxima, gets one per
+output value: every window of a dense map holds a maximum, and each is formed.
 """
 
 from ..jit import kernel
+from .counters import MAXIMA
 
 
 @kernel
-def maxpool_current(current, in_h, in_w, c, k, stride, pad, out_h, out_w, out):
+def maxpool_current(current, in_h, in_w, c, k, stride, pad, out_h, out_w, out, counters):
     """Max-pool (PyTorch's MaxPool2d: padding never wins, floor mode) of a dense HWC map.
 
     Separable: the max over a window's rows first (one contiguous row of ``in_w * c`` values
     per input row), then over its columns, each inner loop over a channel row so that it
-    vectorises.
+    vectorises. A window of k x k values costs at most k - 1 compares along its rows (shared
+    with the windows beside it) and k - 1 along its columns.
 
     Parameters
     ----------
@@ -36,6 +41,8 @@ def maxpool_current(current, in_h, in_w, c, k, stride, pad, out_h, out_w, out):
         Pooled height and width, ``(in_h + 2 * pad - k) // stride + 1`` (and likewise for w).
     out : float32|float64|int32[out_h * out_w * c], the dtype of ``current``, overwritten
         The pooled map, flat HWC ``(oy * out_w + ox) * c + ch``.
+    counters : int64[N_COUNTERS], incremented in place
+        ``MAXIMA`` += ``out_h * out_w * c`` (each output value is one window maximum formed).
 
     Returns
     -------
@@ -63,3 +70,4 @@ def maxpool_current(current, in_h, in_w, c, k, stride, pad, out_h, out_w, out):
                 for ch in range(c):
                     if src[ch] > o[ch]:
                         o[ch] = src[ch]
+    counters[MAXIMA] += out_h * out_w * c

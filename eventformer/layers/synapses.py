@@ -934,7 +934,7 @@ class Conv2dStage(Conv2dLIF):
             else:
                 k, s, p = self.pool_before
                 maxpool_current(current, self.out_h, self.out_w, self.cout, k, s, p,
-                                self.cur_pool_h, self.cur_pool_w, self._pooled)
+                                self.cur_pool_h, self.cur_pool_w, self._pooled, self.counters)
                 current = self._pooled
         size = self.out_shape[0] * self.out_shape[1] * self.cout if self.pool is None else \
             self.out_h * self.out_w * self.cout
