@@ -287,8 +287,10 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable on stdout (the whole "
                                                      "provenance included)."),
 ):
-    """Print a model file's architecture, parameter count, neuron parameters and provenance."""
+    """Print a model file's network (Spikformer, QKFormer, Spike-driven Transformer, or a
+    sequential SNN), parameter count, neuron parameters and provenance."""
     from eventformer.modelfile import attention_summary, layer_specs, load
+    from eventformer.modelfile.format import NETWORK_NAMES
 
     model_path = resolve_weights(model_path)
     m = load(model_path)
@@ -297,7 +299,7 @@ def inspect(
         return
     cfg = m.config
     info = {"file": str(model_path), "format_version": m.format_version,
-            "architecture": m.architecture, "attention": attention_summary(m),
+            "architecture": m.network, "attention": attention_summary(m),
             "config": cfg.to_dict(), "parameters": m.parameter_count(),
             "provenance": m.provenance,
             "layers": [{"name": s.name, "kind": s.kind,
@@ -309,8 +311,8 @@ def inspect(
     if as_json:
         sys.stdout.write(json.dumps(info) + "\n")
         return
-    err.print(f"[bold]{model_path}[/]: {m.architecture}, {m.parameter_count():,} parameters "
-              f"(format version {m.format_version})")
+    err.print(f"[bold]{model_path}[/]: {NETWORK_NAMES[m.network]}, {m.parameter_count():,} "
+              f"parameters (format version {m.format_version})")
     if cfg.layout is None:
         err.print(f"  input {cfg.in_channels}x{cfg.image_size}x{cfg.image_size}, "
                   f"SPS {list(cfg.sps_channels)}, D {cfg.dim}, {cfg.heads} heads, depth "

@@ -19,6 +19,7 @@ from .errors import EventformerError
 from .evaluate import Tally
 from .events import Recording
 from .inference import classify
+from .modelfile.format import attention_operators
 from .models import Spikformer, engine_for
 from .report import EnergyTable
 
@@ -90,7 +91,8 @@ def compare(models: Sequence[tuple[str, str | os.PathLike]], data: GestureSet | 
     ``runs`` (from :func:`load_runs`) skips loading; ``on_sample(n)`` is called after the n-th
     sample has passed through every run. A KeyboardInterrupt ends the comparison: the result then
     covers the samples every run finished and says ``interrupted``. Returns ``{"samples",
-    "interrupted", "dataset": {...}, "runs": [{"model", "file", "attention", "dtype", "accuracy",
+    "interrupted", "dataset": {...}, "runs": [{"model", "file", "attention" (every operator of
+    its blocks, "token_qk+ssa" for QKFormer), "dtype", "accuracy",
     "ops_per_sample", "engine_ms_per_sample", "energy_table", ...}]}``, one run per (model, dtype)
     in the order given, each with the keys of :func:`~eventformer.evaluate.evaluate`'s summary
     (``ops_per_sample``: ac, mac, dense_mac, sop_paper, energy_uj in µJ priced by the run's own
@@ -124,7 +126,8 @@ def compare(models: Sequence[tuple[str, str | os.PathLike]], data: GestureSet | 
         for key in (*_DATASET_KEYS, "interrupted", "samples_per_s"):  # shared, or not per run
             s.pop(key)
         rows.append({"model": run.model, "file": run.file,
-                     "attention": run.engine.config.attention, "dtype": run.dtype, **s})
+                     "attention": attention_operators(run.engine.config), "dtype": run.dtype,
+                     **s})
     return {
         "samples": count,
         "interrupted": interrupted,

@@ -4,8 +4,12 @@ One of the three executors of the one architecture (DESIGN "One architecture, se
 the tests' oracle, which the event-driven engine is compared against, and the bench's dense
 baseline (:mod:`eventformer.bench.dense_torch`). It is written from SPEC.md, not from the engine,
 and imports nothing of the engine (``eventformer.layers`` / ``kernels``): a model file reaches it
-only through :func:`folded_reference`. Importing this module imports torch; the package imports
-it only where torch is wanted (export, the bench baseline, the tests).
+only through :func:`folded_reference`. That function (and :func:`reference_model` for a
+configuration) is the one entry point for every network a model file holds: QKFormer's and the
+Spike-driven Transformer's released layouts get their references from
+:mod:`eventformer.torch_successors`, which keeps their modules (:func:`successor_config`).
+Importing this module imports torch; the package imports it only where torch is wanted (export,
+the bench baseline, the tests).
 
 pass of the official Spikformer CIFAR10-DVS model (``cifar10dvs/model.py`` of the Spikformer
 repository, SpikingJelly 0.0.0.0.14 ``MultiStepLIFNode(tau=2.0, detach_reset=True)``, torch backend)
@@ -100,6 +104,8 @@ __all__ = [
     "load_official_checkpoint",
     "random_state_dict",
     "ref_config",
+    "reference_model",
+    "successor_config",
     "tasa",
 ]
 
@@ -804,12 +810,21 @@ def fold_bn(
 
 
 
-def ref_config(cfg, **options) -> RefConfig:
-    """The reference configuration of an eventformer ``SpikformerConfig`` (``options``: ``taw``,
-    ``pool_rows``, which a model file keeps with the attention parameters).
+def ref_config(cfg, **options):
+    """The reference configuration of an eventformer ``SpikformerConfig``: a :class:`RefConfig`
+    for Spikformer (``options``: ``taw``, ``pool_rows``, which a model file keeps with the
+    attention parameters), or for a description of the released QKFormer or Spike-driven
+    Transformer layout its :mod:`~eventformer.torch_successors` configuration
+    (:func:`successor_config`; ``options``: SDT's ``dvs``, the Erode flag a model file keeps
+    with its sdsa blocks).
 
-    Raises ValueError (one sentence) for a layout this model does not describe: SPEC §2 pools
+    Raises ValueError (one sentence) for a layout these models do not describe: SPEC §2 pools
     after every SPS stage and its LIF resets hard to 0 with a decaying input."""
+    if getattr(cfg, "layout", None) is not None:
+        from .modelfile.format import network_of
+
+        if network_of(cfg) != "spikformer":
+            return successor_config(cfg, **options)
     pools = tuple(getattr(cfg, "sps_pool", ()))
     if pools and not all(pools):
         raise ValueError(f"the torch model pools after every SPS stage, the config does not "
@@ -825,8 +840,8 @@ def ref_config(cfg, **options) -> RefConfig:
                      attention=getattr(cfg, "attention", "ssa"), **options)
 
 
-def folded_reference(source, dtype: torch.dtype = torch.float64, heads: int = 16,
-                     scale: float = 0.25, **options) -> SpikformerRef:
+def folded_reference(source, dtype: torch.dtype = torch.float64, heads: int | None = None,
+                     scale: float | None = None, **options) -> nn.Module:
     """The reference with BatchNorm folded exactly as a model file holds it: each conv carries the
     folded weight W' (float32 values) and its BatchNorm adds the folded bias b' and nothing else
     (gamma 1, mean 0, var 1, eps 0: ``(x - 0) / sqrt(1 + 0) * 1 + b' == x + b'`` exactly).
@@ -835,8 +850,18 @@ def folded_reference(source, dtype: torch.dtype = torch.float64, heads: int = 16
     are the same float32 numbers, every product and sum is float64). ``source``: an eventformer
     ``ModelFile`` or the path of one (its layers' weights and attention parameters as they are), or a
     ``SpikformerRef`` or a state dict (with ``heads``, ``scale`` and the variant ``options``
-    ``taw`` / ``pool_rows``), folded here with :func:`fold_bn` in float64 and rounded once to
-    float32 as the exporter does.
+    ``taw`` / ``pool_rows``; Spikformer's defaults 16 and 0.25), folded here with :func:`fold_bn`
+    in float64 and rounded once to float32 as the exporter does.
+
+    The one entry point for every network a model file may hold: a file of QKFormer's or the
+    Spike-driven Transformer's released layout gives their reference
+    (:class:`~eventformer.torch_successors.QKFormerRef`,
+    :class:`~eventformer.torch_successors.SpikeDrivenTransformerRef`, configured by
+    :func:`successor_config`, SDT's Erode from its sdsa blocks) holding the file's folded
+    weights, each layer's conv and BatchNorm named by the description's checkpoint names; so
+    does one of their state dicts (read by
+    :func:`~eventformer.torch_successors.load_official_successor`: ``heads``, ``scale`` and
+    ``options`` are its overrides) or references, folded here with :func:`fold_bn` too.
 
     The SPEC §4 operators' parameters come along: ds2ta ``tau`` and ``nsad_table`` (TASA still
     attenuates the conv's output and the BN adds b' once per step), ssa_bin ``delta`` and
@@ -845,6 +870,11 @@ def folded_reference(source, dtype: torch.dtype = torch.float64, heads: int = 16
         from .modelfile import load
 
         source = load(source)
+    successor = _successor_source(source, heads, scale, options)
+    if successor is not None:
+        return successor.to(dtype).eval()
+    heads = 16 if heads is None else heads
+    scale = 0.25 if scale is None else scale
     if hasattr(source, "layers") and hasattr(source, "config"):  # an eventformer ModelFile
         blocks = [dict(a.params) for a in getattr(source, "attention", [])]
         if source.config.attention == "ds2ta":
@@ -904,6 +934,154 @@ def folded_reference(source, dtype: torch.dtype = torch.float64, heads: int = 16
             elif isinstance(a, SAFormer):
                 _set_folded(a.dwc_conv, a.dwc_bn, p["dwc_weight"], p["dwc_bias"])
     return ref.to(dtype).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# The successors (QKFormer, the Spike-driven Transformer): their modules live in torch_successors
+# --------------------------------------------------------------------------------------------------
+
+
+def successor_config(cfg, **options):
+    """The :mod:`~eventformer.torch_successors` configuration (``SDTConfig`` or
+    ``QKFormerConfig``) of an eventformer configuration whose model description is the released
+    Spike-driven Transformer or QKFormer layout (``models.presets.sdt_description``,
+    ``qkformer_description``) at some sizes; ``options`` set the fields a description does not
+    hold (SDT's ``dvs``: the Erode flag). Raises ValueError (one sentence) for any other
+    description: the references compute the released layouts only."""
+    from itertools import product
+
+    from .modelfile.format import NETWORK_NAMES, network_of
+    from .models.presets import qkformer_description, sdt_description
+    from .torch_successors import QKFormerConfig, SDTConfig, _ratio
+
+    network = network_of(cfg)
+    desc = cfg.layout
+    if network not in ("sdt", "qkformer") or desc is None:
+        raise ValueError(f"the configuration lays out {NETWORK_NAMES[network]}, not QKFormer or "
+                         "the Spike-driven Transformer")
+    if cfg.v_reset != 0.0 or not cfg.decay_input:
+        raise ValueError(f"the {NETWORK_NAMES[network]} reference's LIF resets hard to 0 with a "
+                         f"decaying input, the config has v_reset {cfg.v_reset} and decay_input "
+                         f"{cfg.decay_input}")
+    common = {"in_channels": cfg.in_channels, "image_size": cfg.image_size, "steps": cfg.steps,
+              "num_classes": cfg.num_classes, "tau": cfg.tau, "theta": cfg.theta,
+              "attn_theta": cfg.attn_theta, **options}
+    stages = desc.stages
+    if network == "sdt" and len(stages) == 1:
+        st = stages[0]
+        for pooling in ("".join(bits) for bits in product("01", repeat=4)):
+            if sdt_description(st.dim, st.heads, st.count, st.mlp_hidden,
+                               pooling_stat=pooling) == desc:
+                config = SDTConfig(dim=st.dim, heads=st.heads, depth=st.count,
+                                   mlp_ratio=_ratio(st.mlp_hidden, st.dim),
+                                   pooling_stat=pooling, **common)
+                if config.hidden == st.mlp_hidden:
+                    return config
+    elif network == "qkformer" and len(stages) == 2:
+        s1, s2 = stages
+        # the code has one MLP ratio; a stage without blocks shows only the other's
+        ratio = _ratio(s2.mlp_hidden, s2.dim) if s2.count or not s1.count else \
+            _ratio(s1.mlp_hidden, s1.dim)
+        config = QKFormerConfig(dim=s2.dim, heads=s2.heads, stage1_depth=s1.count,
+                                stage2_depth=s2.count, mlp_ratio=ratio, scale=s2.scale, **common)
+        if qkformer_description(config.dim, config.heads, config.stage1_depth,
+                                config.stage2_depth, mlp_ratio=config.mlp_ratio,
+                                scale=config.scale) == desc:
+            return config
+    raise ValueError(f"the model description is not the released {NETWORK_NAMES[network]} "
+                     "layout (models.presets), the only one its plain-torch reference computes")
+
+
+def reference_model(cfg, **options) -> nn.Module:
+    """The plain-torch model of an eventformer configuration, torch-initialised: a
+    :class:`SpikformerRef` for Spikformer, :mod:`~eventformer.torch_successors`'
+    ``SpikeDrivenTransformerRef`` or ``QKFormerRef`` for theirs (``options``: :func:`ref_config`'s).
+    Module names are the checkpoint's, so ``state_dict()`` loads a checkpoint of it."""
+    return _reference_of(ref_config(cfg, **options))
+
+
+def _reference_of(config) -> nn.Module:
+    if isinstance(config, RefConfig):
+        return SpikformerRef(config)
+    from .torch_successors import QKFormerConfig, QKFormerRef, SDTConfig, SpikeDrivenTransformerRef
+
+    if isinstance(config, SDTConfig):
+        return SpikeDrivenTransformerRef(config)
+    if isinstance(config, QKFormerConfig):
+        return QKFormerRef(config)
+    raise TypeError(f"no plain-torch model for a {type(config).__name__}")
+
+
+def _successor_source(source, heads, scale, options) -> nn.Module | None:
+    """:func:`folded_reference` of a QKFormer or Spike-driven Transformer model file, state dict
+    or reference (float64, to be cast), or None for Spikformer's."""
+    from .errors import CheckpointError
+    from .torch_successors import load_official_successor, successor_family
+
+    if hasattr(source, "layers") and hasattr(source, "config"):  # an eventformer ModelFile
+        from .modelfile.format import network_of
+
+        if network_of(source.config) == "spikformer":
+            return None
+        return _folded_successor_file(source, **options)
+    if isinstance(source, SpikformerRef):
+        return None
+    if isinstance(source, nn.Module):  # a successor's reference
+        return _folded_successor_module(source)
+    try:
+        successor_family(source)
+    except CheckpointError:  # Spikformer's keys (or nobody's: Spikformer's path says so)
+        return None
+    overrides = {k: v for k, v in (("heads", heads), ("scale", scale)) if v is not None}
+    return _folded_successor_module(load_official_successor(source, torch.float64,
+                                                            **overrides, **options))
+
+
+@torch.no_grad()
+def _folded_successor_file(model, **options) -> nn.Module:
+    """The successor reference of a model file, in float64, holding its folded weights."""
+    erode = {int(a.params["erode"]) for a in model.attention if a.operator == "sdsa"}
+    if len(erode) > 1:
+        raise ValueError("the sdsa blocks disagree on Erode; the reference has one dvs flag")
+    if erode:
+        options.setdefault("dvs", bool(erode.pop()))
+    from .modelfile import layer_specs
+
+    ref = reference_model(model.config, **options).double()  # float64 weights stay as they are
+    mods = dict(ref.named_modules())
+    for spec in layer_specs(model.config):
+        p = model.layers.get(spec.name)
+        if p is None or p.weight is None:  # a LIF of a membrane stream, an attention core
+            continue
+        w, b = torch.from_numpy(p.weight), torch.from_numpy(p.bias)
+        if spec.bn:
+            _set_folded(mods[spec.source], mods[spec.bn], w, b)
+        else:  # the head
+            mods[spec.source].weight.copy_(w.reshape(mods[spec.source].weight.shape))
+            mods[spec.source].bias.copy_(b)
+    return ref
+
+
+@torch.no_grad()
+def _folded_successor_module(base: nn.Module) -> nn.Module:
+    """A copy of a successor reference in float64 with every BatchNorm folded into the conv
+    before it (``<name>_bn<i>`` follows ``<name>_conv<i>`` in both codes) by :func:`fold_bn`,
+    rounded once to float32 as the exporter does; the Linear head rounded to float32 too."""
+    ref = _reference_of(base.cfg).double()
+    ref.load_state_dict(base.state_dict())
+    mods, base_mods = dict(ref.named_modules()), dict(base.named_modules())
+    for name, bn in base_mods.items():
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            continue
+        parent, _, leaf = name.rpartition(".")
+        before, _, after = leaf.rpartition("_bn")
+        conv_name = f"{parent}.{before}_conv{after}"
+        conv = base_mods[conv_name]
+        w, b = fold_bn(conv.weight, conv.bias, bn, eps=bn.eps, dtype=torch.float32)
+        _set_folded(mods[conv_name], mods[name], w, b)
+    ref.head.weight.copy_(ref.head.weight.float())
+    ref.head.bias.copy_(ref.head.bias.float())
+    return ref
 
 
 def _set_folded(conv: nn.Module, bn: nn.Module, w: Tensor, b: Tensor) -> None:

@@ -85,6 +85,17 @@ def need_official():
 # --------------------------------------------------------------------------------------------------
 
 
+# Layer stats that say which path each step took: offline, a linear layer whose dense steps
+# share one GEMM goes dense from a lower density (layers.base.LINEAR_DENSE_ABOVE) than step()
+PATH_FIELDS = ("dense_mac", "sparse_steps", "dense_steps", "gather_steps")
+
+
+def without_paths(layer_stats: list) -> list:
+    """Layer stats without the fields that say which path each step took (the same work,
+    spikes and counts otherwise)."""
+    return [{k: v for k, v in row.items() if k not in PATH_FIELDS} for row in layer_stats]
+
+
 def assert_every_layer_fires(layer_stats) -> None:
     """Every spiking layer of a run (engine ``layer_stats()`` rows or the CLI's ``"layers"``, each
     with "name" and "spikes"; the head row is skipped) spiked at least once. Two paths that agree

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import record_spikes, ref_spike_sets
+from conftest import record_spikes, ref_spike_sets, without_paths
 
 from eventformer.bench.calibrate import random_model
 from eventformer.kernels import counters as C, ssa_step
@@ -224,7 +224,11 @@ def test_shortcuts_equal_plain_computation(which, dtype):
         want = ("plain", key[1]) if dtype == "float32" else ("plain", "step")
         want_logits, want_spikes, want_stats, want_v = runs[want]
         assert logits.tobytes() == want_logits.tobytes(), key
-        assert stats == want_stats, key
+        if key[1] == want[1]:
+            assert stats == want_stats, key
+        else:  # the same work and spikes, but offline a linear layer's dense steps share one
+            #   GEMM, so run() takes the dense path from a lower density than step()
+            assert without_paths(stats) == without_paths(want_stats), key
         for name, steps in want_spikes.items():
             assert len(store[name]) == len(steps) == len(xs)
             for t, (a, b) in enumerate(zip(store[name], steps)):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import counters as C, merge_add
-from ..kernels.amx import AMX
 from ..kernels.igemm import VNNI
 from ..runtime import engine_threads
 
@@ -40,14 +39,20 @@ GATHER_BAND: dict[str, dict[int, tuple[float, float] | None]] = {
     "int16": {1: (0.0, _INT_DENSE_ABOVE), 2: (0.0, _INT_DENSE_ABOVE)},
     "int8": {1: (0.0, _INT_DENSE_ABOVE), 2: (0.0, _INT_DENSE_ABOVE)},
 }
-# Where int8 dense steps run on AMX tiles (layers.synapses.INT_GEMM_AMX), a linear layer's dense
-# step (its GEMM rows are the input values as they are, no im2col) beats its gather from about
-# 20% input density: on the full-size model at 5% firing, 2 threads (Intel Xeon with AMX, the
-# calibrated bench model on the real gesture segments), int8 ran 50.9 ms per sample with linear
-# layers dense above 60%, 42.2 above 20% (46.0 with VNNI instead of AMX); the convolutions gain
-# nothing from a lower edge (their dense step's im2col costs what the tiles save: 61.3 against
-# 61.8 ms at 15% firing, dense above 30% against 60%), so they keep theirs.
-AMX_INT8_LINEAR_DENSE_ABOVE = 0.2 if AMX else None
+# A linear layer (64 tokens) runs its dense steps of a sample as one GEMM of all of them
+# (synapses.BATCH_ROWS_BELOW), which the per-step crossovers above did not see: offline, its
+# dense steps beat its gather from about 20% input density in every arithmetic. Full-size model
+# at 5% firing on the real gesture segments (Intel Xeon, AVX-512 VNNI, no AMX; the bench's
+# calibrated model, min of 3 interleaved runs), linear layers dense above 60% (45% float32)
+# against above 20%: int8 88.5 -> 71.5 ms per sample on 1 thread, 70.2 -> 59.6 on 2; int16
+# 121.6 -> 111.4 (1 thread); float32 112.8 -> 106.4 (1), 83.8 -> 76.7 (2); at 15% firing, where
+# most linear inputs are denser than both edges, within the noise (int8 109.8 -> 107.7 on 1,
+# 91.7 -> 82.6 on 2; float32 145.6 -> 141.8 on 1). On AMX tiles (kernels.amx) int8 gained the
+# same from the same edge (50.9 -> 42.2 ms on 2 threads, an earlier machine). The convolutions
+# keep theirs: their dense steps each pay an im2col and run one GEMM per step. A step on its own
+# (streaming) keeps the per-step edge: there the lower one made the 10 ms windows' p99 latency
+# 13.4 -> 17.5 ms (benchmarks/streaming.py, 2 threads).
+LINEAR_DENSE_ABOVE = 0.2
 
 
 @dataclass
@@ -78,15 +83,17 @@ class PathPolicy:
             raise ValueError(
                 f"path mode must be auto, sparse, dense or gather, got {self.mode!r}")
 
-    def band(self, arith: str, kind: str = "conv2d") -> tuple[float, float] | None:
+    def band(self, arith: str, kind: str = "conv2d",
+             batched: bool = False) -> tuple[float, float] | None:
         """The gather band of a layer of ``kind`` ("conv2d", "linear") in arithmetic ``arith``
-        ("float", "int16", "int8")."""
+        ("float", "int16", "int8"); ``batched``: the layer's dense steps of a sample share one
+        GEMM (offline), which lowers a linear layer's upper edge to
+        :data:`LINEAR_DENSE_ABOVE`."""
         if self.gather_band is not None:
             return self.gather_band
         band = GATHER_BAND[arith][min(engine_threads(), 2)]
-        if (band is not None and kind == "linear" and arith == "int8"
-                and AMX_INT8_LINEAR_DENSE_ABOVE is not None):
-            band = (band[0], min(band[1], AMX_INT8_LINEAR_DENSE_ABOVE))
+        if band is not None and kind == "linear" and batched:
+            band = (band[0], min(band[1], LINEAR_DENSE_ABOVE))
         return band
 
     def gather(self, events: int, sites: int, arith: str = "float",
@@ -109,9 +116,11 @@ class PathPolicy:
             return given
         return CROSSOVER[min(engine_threads(), 2)][kind]
 
-    def dense(self, kind: str, events: int, sites: int, gather_arith: str | None = None) -> bool:
+    def dense(self, kind: str, events: int, sites: int, gather_arith: str | None = None,
+              batched: bool = False) -> bool:
         """Whether a step runs as a GEMM; ``gather_arith``: the layer can gather, in this
-        arithmetic, and then goes dense only above its gather band."""
+        arithmetic, and then goes dense only above its gather band (``batched``: see
+        :meth:`band`)."""
         mode = self.mode
         if mode == "sparse" or mode == "gather":
             return False
@@ -121,7 +130,8 @@ class PathPolicy:
         if given is None:
             if events == 0:  # 0 > threshold * sites: the default thresholds are positive
                 return False
-            band = self.band(gather_arith, kind) if gather_arith is not None else None
+            band = (self.band(gather_arith, kind, batched) if gather_arith is not None
+                    else None)
             given = band[1] if band is not None else CROSSOVER[min(engine_threads(), 2)][kind]
         return events > given * sites
 

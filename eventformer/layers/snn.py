@@ -206,7 +206,9 @@ class _FrameworkLayer:
     """What the imported conv and linear layers add to the engine's: the framework's neurons,
     quantisation with per-neuron thresholds, and multi-spike outputs."""
 
-    def _arithmetic(self, params, dtype, multiplicity, window: float = 1.0):
+    def _arithmetic(self, params, dtype, multiplicity, window: float = 1.0, unit=None):
+        # ``unit`` (a unit shared with other layers' currents) is the membrane stream's, which
+        # a sequential net has not: its layers keep their own
         arith = arithmetic(dtype)
         w = np.asarray(params.weight, np.float64)
         b = np.asarray(params.bias, np.float64)

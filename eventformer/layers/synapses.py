@@ -189,9 +189,15 @@ class SynapticLIF(SpikingLayer):
         gemm(rows, self.gemm_weight, self._gemm_out)
         np.copyto(out, self._gemm_out, casting="unsafe")
 
-    def _dense(self, idx: np.ndarray) -> bool:
+    def _dense(self, idx: np.ndarray, batched: bool = False) -> bool:
+        """Whether an event step runs as a GEMM; ``batched``: among a sample's steps whose dense
+        ones share one GEMM (:meth:`_batches`)."""
         return self.policy.dense(self.kind, idx.shape[0], self.in_sites,
-                                 self._arith if self.can_gather else None)
+                                 self._arith if self.can_gather else None, batched)
+
+    def _batches(self, inputs: list) -> bool:
+        """Whether the dense steps among ``inputs`` (a sample's, offline) share one GEMM."""
+        return len(inputs) > 1 and self.rows < BATCH_ROWS_BELOW
 
     # --- the output-stationary gather (kernels.conv2d_gather): a linear layer is a 1x1 conv
     # over a tokens x 1 grid, so both layer kinds gather through the same kernel
@@ -320,7 +326,8 @@ class SynapticLIF(SpikingLayer):
         bounds = self._band_bounds(inputs)
         if bounds is not None:
             return self._run_banded(inputs, bounds)
-        dense = [self._dense(idx) for idx, _ in inputs]
+        batched = self._batches(inputs)
+        dense = [self._dense(idx, batched) for idx, _ in inputs]
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
             return [self._step_here(idx, cnt) for idx, cnt in inputs]
@@ -403,7 +410,8 @@ class SynapticLIF(SpikingLayer):
         T = len(inputs)
         for _, cnt in inputs:  # refused here, not in a worker thread
             self._check_counts(cnt)
-        dense = [self._dense(idx) for idx, _ in inputs]
+        batched = self._batches(inputs)
+        dense = [self._dense(idx, batched) for idx, _ in inputs]
         dense_cur = self._dense_currents(inputs, dense)
         parts = len(bounds) - 1
         counters = np.zeros((parts, C.N_COUNTERS), np.int64)
@@ -814,7 +822,8 @@ class TasaLinearLIF(LinearLIF):
     def run_steps(self, inputs: list) -> list:
         """Many steps at once (offline): the dense steps' J share one GEMM, then every step is
         attenuated and fired in time order, exactly as :meth:`step` does it."""
-        dense = [self._dense(idx) for idx, _ in inputs]
+        batched = self._batches(inputs)
+        dense = [self._dense(idx, batched) for idx, _ in inputs]
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
             return [self.step(idx, cnt) for idx, cnt in inputs]

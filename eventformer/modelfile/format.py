@@ -116,6 +116,12 @@ class ModelFile:
         if self.format_version is None:
             self.format_version = written_version(self.config)
 
+    @property
+    def network(self) -> str:
+        """The network the description lays out: "spikformer", "qkformer" or "sdt"
+        (:func:`network_of`)."""
+        return network_of(self.config)
+
     def parameter_count(self) -> int:
         """Weights and biases of every layer plus the attention operators' stored arrays."""
         n = sum(p.weight.size + (p.bias.size if p.bias is not None else 0)
@@ -400,6 +406,37 @@ def _validate(model: ModelFile, path: str) -> None:
 
 TASA_LAYERS = ("q", "k", "v", "proj")  # the order of DS2TA's tau
 
+#: The networks a configuration may lay out, under the names export gives the released codes'
+#: checkpoints (``export.FAMILIES``), and as a sentence names them.
+NETWORK_NAMES = {"spikformer": "Spikformer", "qkformer": "QKFormer",
+                 "sdt": "Spike-driven Transformer"}
+
+
+def network_of(config: SpikformerConfig) -> str:
+    """Which network a configuration lays out (a :data:`NETWORK_NAMES` key), told from its
+    model description by what each successor added to Spikformer's blocks: "qkformer" where a
+    block stage runs QKFormer's token QK attention, "sdt" where the blocks run SDSA on the
+    Spike-driven Transformer's membrane stream, else "spikformer" (its own layout, its
+    static-image layouts, a SPEC §4 variant). The file's ``architecture`` attribute says
+    "spikformer" for all three: it names the kind of model file, not the network."""
+    desc = config.description
+    operators = {stage.attention for stage in desc.stages}
+    if "token_qk" in operators:
+        return "qkformer"
+    if desc.residual == "membrane" or "sdsa" in operators:
+        return "sdt"
+    return "spikformer"
+
+
+def attention_operators(config) -> str:
+    """The attention operators a configuration's blocks run, in stage order, each once, joined
+    by "+": "token_qk+ssa" for QKFormer, "sdsa" for SDT, "ssa" or a SPEC §4 variant for
+    Spikformer (a configuration without blocks: its ``attention``; a sequential SNN's "none")."""
+    if getattr(config, "layout", None) is None:
+        return config.attention
+    operators = dict.fromkeys(stage.attention for stage, _ in config.description.blocks())
+    return "+".join(operators) or config.attention
+
 
 def attention_summary(model: ModelFile) -> dict:
     """The attention operator and its parameters per block, JSON-ready (for ``inspect``).
@@ -419,4 +456,4 @@ def attention_summary(model: ModelFile) -> dict:
                 row[s.name] = {"shape": list(v.shape), "min": float(v.min()),
                                "max": float(v.max()), "mean": float(v.mean())}
         blocks.append(row)
-    return {"operator": model.config.attention, "blocks": blocks}
+    return {"operator": attention_operators(model.config), "blocks": blocks}
