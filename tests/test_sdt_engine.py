@@ -3,12 +3,12 @@ torch reference (``eventformer.torch_successors.SpikeDrivenTransformerRef``, bit
 released code).
 
 Tiny SDTs (32x32 events, D 32, 2-4 heads, 1-2 blocks, T 4, a 4x4 or 8x8 token grid; the MLP with
-and without the released ``res`` branch; Erode on and off) start from
-``random_successor_state_dict`` and are made exact: every weight on the 2^-6 grid,
-``calibrate_successor_bn_`` re-fitted to those weights, then every BatchNorm put where its folding
-is exact (running_var + eps a power of 4, so its square root is a power of 2; gamma, beta and
-running_mean on the grid, gamma compensating the variance's move). The model description is the
-numpy trainer's (``models.presets.sdt_description``), the file the one builder's. Then:
+and without the released ``res`` branch; Erode on and off) start from torch's initialisation
+and are made exact: every conv and head weight on the 2^-6 grid, ``calibrate_successor_bn_``
+fitted to those weights, then every BatchNorm put where its folding is exact (running_var + eps
+a power of 4, so its square root is a power of 2; gamma, beta and running_mean on the grid,
+gamma compensating the variance's move). The model description is the numpy trainer's
+(``models.presets.sdt_description``), the file the one builder's. Then:
 
 - float64: every LIF of the engine spikes exactly as the reference's, at every step, and the
   logits agree to 1e-9, on every path (sparse, gather, dense, auto), offline (``run``) and per step
@@ -78,28 +78,53 @@ def snap(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def exact_state_dict(cfg: SDTConfig, seed: int = 0) -> dict:
-    """An official-layout state dict (float64) of ``cfg`` whose BatchNorms fold exactly (see
-    the module notes) and whose LIFs fire."""
-    frames = dvs_like_frames(T, 2, cfg.in_channels, SIZE, seed=seed).double()
-    model = SpikeDrivenTransformerRef(cfg).double().eval()
-    sd = random_successor_state_dict(cfg, seed=seed, frames=frames.float())
-    model.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in sd.items()})
-    for name, p in model.named_parameters():
-        if "_bn." not in name:  # conv weights and biases, the head
-            p.copy_(snap(p))
-    calibrate_successor_bn_(model, frames)
+def calibrated_grid_state_dict(cfg: SDTConfig, seed: int = 0,
+                               frames: torch.Tensor | None = None) -> dict:
+    """An official-layout float32 state dict of ``cfg`` whose LIFs fire on ``frames``
+    (``[T, B, C, H, W]`` counts; default DVS-like ones): torch's initialisation under ``seed``,
+    convs and the head snapped to the grid, BatchNorms (gamma, beta drawn per channel as
+    random_successor_state_dict draws them) calibrated on those weights in float32
+    (``calibrate_successor_bn_``; at the released size float64 costs twice as much). Its
+    BatchNorms are as calibration leaves them: they fold with rounding."""
+    if frames is None:
+        frames = dvs_like_frames(T, 2, cfg.in_channels, SIZE, seed=seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = SpikeDrivenTransformerRef(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 1)
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            std = torch.sqrt(m.running_var + BN_EPS)
-            k = torch.round(torch.log2(std))  # sqrt(var + eps) -> 2^k
-            var = torch.pow(4.0, k) - BN_EPS
-            assert torch.equal(var + BN_EPS, torch.pow(4.0, k))  # the fold divides exactly
-            m.weight.copy_(snap(m.weight * torch.pow(2.0, k) / std))
-            m.bias.copy_(snap(m.bias))
-            m.running_mean.copy_(snap(m.running_mean))
-            m.running_var.copy_(var)
+            m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+            m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    for name, p in model.named_parameters():
+        if "_bn." not in name:  # conv weights and biases, the head (exact in float32)
+            p.copy_(snap(p))
+    calibrate_successor_bn_(model, frames.float())
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def exact_batchnorms(sd: dict) -> dict:
+    """``sd`` in float64 with every BatchNorm moved to where its folding is exact (see the
+    module notes): each LIF sees nearly the same input as before."""
+    sd = {k: v.double() if v.is_floating_point() else v.clone() for k, v in sd.items()}
+    for prefix in [k.removesuffix(".running_var") for k in sd if k.endswith(".running_var")]:
+        gamma, var = sd[f"{prefix}.weight"], sd[f"{prefix}.running_var"]
+        std = torch.sqrt(var + BN_EPS)
+        k = torch.round(torch.log2(std))  # sqrt(var + eps) -> 2^k
+        moved = torch.pow(4.0, k) - BN_EPS
+        assert torch.equal(moved + BN_EPS, torch.pow(4.0, k))  # the fold divides exactly
+        sd[f"{prefix}.weight"] = snap(gamma * torch.pow(2.0, k) / std)
+        sd[f"{prefix}.bias"] = snap(sd[f"{prefix}.bias"])
+        sd[f"{prefix}.running_mean"] = snap(sd[f"{prefix}.running_mean"])
+        sd[f"{prefix}.running_var"] = moved
+    return sd
+
+
+def exact_state_dict(cfg: SDTConfig, seed: int = 0, frames: torch.Tensor | None = None) -> dict:
+    """An official-layout state dict (float64) of ``cfg`` whose BatchNorms fold exactly and
+    whose LIFs fire on ``frames``: :func:`calibrated_grid_state_dict`, then
+    :func:`exact_batchnorms`."""
+    return exact_batchnorms(calibrated_grid_state_dict(cfg, seed, frames))
 
 
 _MODELS: dict = {}
@@ -152,8 +177,8 @@ def assert_same_spikes(got: dict, want: dict) -> None:
     assert not silent, f"silent LIFs (the comparison would be vacuous): {silent}"
     for name, steps in want.items():
         assert name in got, f"{name}: the engine has no such LIF"
-        assert len(got[name]) == T, (name, len(got[name]))
-        for t in range(T):
+        assert len(got[name]) == len(steps), (name, len(got[name]))
+        for t in range(len(steps)):
             np.testing.assert_array_equal(got[name][t], steps[t], err_msg=f"{name} step {t}")
 
 
