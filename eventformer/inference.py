@@ -12,6 +12,7 @@ from .events import Recording, frame_events, read_events
 from .events.framing import clip_events
 from .events.sensors import assume_sensor, extent
 from .events.transforms import SpatialTransform
+from .modelfile.format import attention_operators
 from .models import Spikformer
 from .neurobench_metrics import watch as watch_neurobench
 from .report import EnergyTable, layer_rows, summarize
@@ -196,7 +197,7 @@ def classify(model: Spikformer, rec: Recording, *, steps: int | None = None,
         class_name=class_name(model, k), layers=layer_rows(stats, steps),
         ops=summarize(stats, steps, energy or EnergyTable.for_arithmetic(model.arithmetic)),
         seconds=seconds, duration_us=int(rec.duration_us),
-        warnings=warnings, spatial=plan.describe(), attention=model.config.attention,
+        warnings=warnings, spatial=plan.describe(), attention=attention_operators(model.config),
         frames=frames if keep_frames else None, sensor_size=plan.sensor_size,
         neurobench=nb.sample(steps) if nb is not None else None)
 

@@ -207,6 +207,23 @@ def test_compare_shows_every_attention_operator_of_a_qkformer(tmp_path, monkeypa
     assert "token_qk+ssa" in r.stderr
 
 
+def test_infer_shows_every_attention_operator_of_a_qkformer(tmp_path):
+    """infer's JSON and its per-layer table name QKFormer's attention as token_qk+ssa."""
+    from conftest import uniform_events
+    from eventformer.events import write_npy
+
+    events = uniform_events(np.random.default_rng(0), 3000, 128)
+    rec = tmp_path / "rec.npy"
+    write_npy(str(rec), events)
+    args = ["infer", str(rec), "--weights", "qkformer"]
+    r = runner.invoke(app, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.splitlines()[0])["attention"] == "token_qk+ssa"
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "attention token_qk+ssa" in " ".join(r.stderr.split())
+
+
 # --- a max-pool before the LIF counts its maxima --------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["float64", "int16"])
