@@ -96,6 +96,17 @@ def without_paths(layer_stats: list) -> list:
     return [{k: v for k, v in row.items() if k not in PATH_FIELDS} for row in layer_stats]
 
 
+def drive(engine, steps: list, how: str):
+    """Logits of one sample of event steps through ``engine``: offline (``how`` "run", layer by
+    layer) or time-major (``how`` "step", as a stream drives it, after a reset)."""
+    if how == "run":
+        return engine.run(steps)
+    engine.reset()
+    for idx, cnt in steps:
+        engine.step(idx, cnt)
+    return engine.logits()
+
+
 def assert_every_layer_fires(layer_stats) -> None:
     """Every spiking layer of a run (engine ``layer_stats()`` rows or the CLI's ``"layers"``, each
     with "name" and "spikes"; the head row is skipped) spiked at least once. Two paths that agree

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import record_spikes, ref_spike_sets, without_paths
+from conftest import drive, record_spikes, ref_spike_sets, without_paths
 
 from eventformer.bench.calibrate import random_model
 from eventformer.kernels import counters as C, ssa_step
@@ -47,15 +47,6 @@ def plain(engine: Spikformer) -> Spikformer:
         if hasattr(layer, "_nothing_to_attend"):
             layer._nothing_to_attend = lambda nq, nk, nv: False
     return engine
-
-
-def drive(engine: Spikformer, xs: list, path: str) -> np.ndarray:
-    if path == "run":
-        return engine.run(xs)
-    engine.reset()
-    for idx, cnt in xs:
-        engine.step(idx, cnt)
-    return engine.logits()
 
 
 def dense_to_events(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import (GESTURE_DIR, need_gesture, one_error_line,  # noqa: E402
+from conftest import (GESTURE_DIR, drive, need_gesture, one_error_line,  # noqa: E402
                       record_spikes, ref_spike_sets)
 from torch_reference import Outputs, float32_spread, reference_outputs  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -311,13 +311,7 @@ def test_float64_engine_is_the_reference_on_every_path(tiny, mode):
         for how in ("run", "step"):
             engine = Spikformer(tiny.model, dtype="float64", policy=PathPolicy(mode=mode))
             store = record_spikes(engine)
-            if how == "run":
-                logits = engine.run(steps)
-            else:
-                engine.reset()
-                for idx, cnt in steps:
-                    engine.step(idx, cnt)
-                logits = engine.logits()
+            logits = drive(engine, steps, how)
             assert sorted(store) == sorted(names)
             for name in names:
                 want = ref_spike_sets(spikes, name)

@@ -30,43 +30,25 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import record_spikes  # noqa: E402
+from conftest import drive, record_spikes  # noqa: E402
+from test_sdt_engine import SHAPES, SIZE, T, engine_config, sdt_config  # noqa: E402
 
 from eventformer.fixedpoint import (ACC_LIMIT, INTEGER_MODES, FixedPointError,  # noqa: E402
                                     shared_unit)
 from eventformer.layers import PathPolicy  # noqa: E402
 from eventformer.modelfile import build_model_file, load  # noqa: E402
-from eventformer.models import Spikformer, SpikformerConfig  # noqa: E402
-from eventformer.models.presets import sdt_description  # noqa: E402
+from eventformer.models import Spikformer  # noqa: E402
 from eventformer.models.spikformer import membrane_units  # noqa: E402
-from eventformer.torch_successors import (SDTConfig, dvs_like_frames,  # noqa: E402
+from eventformer.torch_successors import (dvs_like_frames,  # noqa: E402
                                           random_successor_state_dict)
 
-T = 4
-SIZE = 32
-CLASSES = 5
 MODES = ("sparse", "gather", "dense", "auto")
 INTEGER = ("int16", "int8")
-# (heads, depth, mlp_ratio, pooling_stat): a 4x4 grid, two blocks, hidden == dim (the released
-# MLP's ``res``: fc1 shares the stream's unit); an 8x8 grid, one block, hidden 2 * dim (fc1 in
-# its own unit, which fc2_lif reads)
-SHAPES = {"4x4-res": (2, 2, 1, "0111"), "8x8": (4, 1, 2, "0011")}
+# test_sdt_engine's tiny shapes: a 4x4 grid, two blocks, hidden == dim (the released MLP's
+# ``res``: fc1 shares the stream's unit); an 8x8 grid, one block, hidden 2 * dim (fc1 in its own
+# unit, which fc2_lif reads)
 CASES = [(shape, dvs) for shape in SHAPES for dvs in (False, True)]
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "sdt-tiny-synth.h5"
-
-
-def sdt_config(shape: str, dvs: bool) -> SDTConfig:
-    heads, depth, ratio, pooling = SHAPES[shape]
-    return SDTConfig(image_size=SIZE, dim=32, heads=heads, depth=depth, mlp_ratio=ratio,
-                     steps=T, pooling_stat=pooling, dvs=dvs, num_classes=CLASSES)
-
-
-def engine_config(cfg: SDTConfig) -> SpikformerConfig:
-    layout = sdt_description(cfg.dim, cfg.heads, cfg.depth, cfg.hidden,
-                             pooling_stat=cfg.pooling_stat)
-    return SpikformerConfig.described(layout, in_channels=cfg.in_channels,
-                                      image_size=cfg.image_size, num_classes=cfg.num_classes,
-                                      steps=T)
 
 
 _MODELS: dict = {}
@@ -154,14 +136,7 @@ def _run(model, mode: str, policy: str, steps, how: str):
     engine = Spikformer(model, dtype=mode, policy=PathPolicy(mode=policy))
     spikes = record_spikes(engine)
     stream = record_stream(engine)
-    if how == "run":
-        logits = engine.run(steps)
-    else:
-        engine.reset()
-        for idx, cnt in steps:
-            engine.step(idx, cnt)
-        logits = engine.logits()
-    return spikes, stream, logits
+    return spikes, stream, drive(engine, steps, how)
 
 
 @pytest.mark.parametrize("mode", INTEGER)
