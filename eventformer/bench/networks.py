@@ -100,7 +100,7 @@ class BenchNetwork:
         blocks = " + ".join(str(s.count) for s in stages)
         what = f"{size}, D {dims}, {heads} heads, {blocks} block(s), {self.operators} attention"
         if self.name == "sdt":
-            what += " (no Erode, as its train.py runs DVS Gesture)"
+            what += " without Erode, as its train.py runs DVS Gesture"
         if self.name in SUCCESSORS:
             what = f"the DVS Gesture release: {what}"
         return f"{self.title} ({what})"
