@@ -79,7 +79,7 @@ def bench(
     the network is that successor's DVS Gesture release, its random state_dict's BatchNorms
     calibrated in torch to each rate, the model file built from that state_dict as export
     builds one, and the dense sides its plain-torch reference holding the same state_dict; an
-    integer --dtype the engine refuses for it is said in one line and skipped. The dense sides
+    integer --dtype the engine refuses for it is refused in one line. The dense sides
     run eagerly, and through torch.compile (inductor, default mode; its compile time is
     reported apart, and if it cannot run here the bench says why in one line and goes on with
     eager only). The three sides run interleaved per file (engine, eager, compiled) after untimed warm-up calls; each is reported

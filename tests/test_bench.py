@@ -928,34 +928,29 @@ def _refusing_integers(monkeypatch):
     monkeypatch.setattr(networks, "Spikformer", engine)
 
 
-def test_an_integer_mode_the_engine_refuses_is_skipped_in_one_sentence(monkeypatch, recording64,
+def test_an_integer_mode_the_engine_refuses_is_refused_in_one_sentence(monkeypatch, recording64,
                                                                         tmp_path):
     pytest.importorskip("torch")
     _refusing_integers(monkeypatch)
-    warnings = []
     cache = tmp_path / "cache"
-    result = run_bench(_successor_opts("sdt", recording64, str(cache), dtype="int8"),
-                       log=lambda m: None, warn=warnings.append)
-    assert result["rates"] == [] and len(warnings) == 1 and warnings[0] == result["skipped"]
-    line = result["skipped"]
-    assert line.startswith("skipped:") and "\n" not in line
-    assert "Spike-driven Transformer" in line and "int8" in line
+    with pytest.raises(EventformerError) as err:
+        run_bench(_successor_opts("sdt", recording64, str(cache), dtype="int8"),
+                  log=lambda m: None, warn=lambda m: None)
+    line = str(err.value)
+    assert "\n" not in line and "Spike-driven Transformer" in line and "int8" in line
     assert not cache.exists()  # said before any calibration
-    json.dumps(result)
 
 
-def test_bench_model_sdt_int8_refused_by_the_engine_says_so_and_exits_0(monkeypatch, recording,
+def test_bench_model_sdt_int8_refused_by_the_engine_says_so_and_exits_2(monkeypatch, recording,
                                                                        no_reexec, tmp_path):
     pytest.importorskip("torch")
     _refusing_integers(monkeypatch)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     r = runner.invoke(app, ["bench", str(recording), "--model", "sdt", "--dtype", "int8",
                             "--rates", "0.05", "--no-start", "--json"])
-    assert r.exit_code == 0, r.output
-    assert "Traceback" not in r.output
-    out = json.loads(r.stdout)
-    assert out["skipped"].startswith("skipped:") and out["rates"] == []
-    assert "skipped: the engine does not run the Spike-driven Transformer in int8" in \
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.stdout == ""
+    assert "the engine does not run the Spike-driven Transformer in int8" in \
         " ".join(r.stderr.split())
 
 

@@ -18,7 +18,7 @@ Spikformer (:mod:`.dense_torch`, :mod:`eventformer.torch_model`); or a successor
 DVS Gesture configuration (``qkformer``, ``sdt``), random weights whose BatchNorms torch calibrates,
 the model file built from that state_dict and the dense side the plain-torch reference holding it
 (:mod:`eventformer.torch_successors`). An integer ``dtype`` the engine refuses for the network is
-said in one sentence and the bench skips (``result["skipped"]``), before any calibration.
+refused in one sentence (:class:`~eventformer.errors.EventformerError`), before any calibration.
 """
 
 from __future__ import annotations
@@ -550,10 +550,8 @@ def run_bench(opts: BenchOptions, log=print, warn=None, *, clock=time.perf_count
               "warnings": [], "unstable": False, "busy": False, "interrupted": False}
     refusal = arithmetic_refusal(network, opts.dtype)
     if refusal is not None:  # said before minutes of calibration, not after
-        result["skipped"] = (f"skipped: the engine does not run the {network.title} in "
-                             f"{opts.dtype} ({refusal})")
-        warn(result["skipped"])
-        return result
+        raise EventformerError(f"the engine does not run the {network.title} in {opts.dtype} "
+                               f"({refusal})")
     current = None
     peaks = None
     try:
