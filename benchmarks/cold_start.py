@@ -51,13 +51,14 @@ CASES = ("tiny", "tiny-int8", "dataset", "full", "full-int8")
 
 def calibrated_full_model(recording: str) -> str:
     """The bench's full-size model calibrated to 5% firing on ``recording`` (cached)."""
+    from eventformer.bench.networks import BenchNetwork
     from eventformer.bench.run import BenchOptions, calibrated_model, load_samples
     from eventformer.models import SpikformerConfig
 
     config = SpikformerConfig()
     samples = load_samples([recording], config.steps, config.image_size)
     opts = BenchOptions(files=[recording])
-    return calibrated_model(config, samples, 0.05, 0, opts.cache_dir,
+    return calibrated_model(BenchNetwork("spikformer", config), samples, 0.05, 0, opts.cache_dir,
                             lambda line: print(line, file=sys.stderr))
 
 

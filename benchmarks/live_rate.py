@@ -133,6 +133,7 @@ def reader_rates(path: str, loops: int, window_us: int, log,
 
 def model_rates(window_us: int, threads: int, log,
                 factors=(0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)) -> dict:
+    from eventformer.bench.networks import BenchNetwork
     from eventformer.bench.run import (BenchOptions, calibrated_model, default_gesture_dir,
                                        load_samples)
     from eventformer.modelfile import load
@@ -147,7 +148,8 @@ def model_rates(window_us: int, threads: int, log,
     files = [str(folder / f"{i}.bs2") for i in range(1, 6) if (folder / f"{i}.bs2").is_file()]
     config = SpikformerConfig()
     samples = load_samples(files, config.steps, config.image_size)
-    model = calibrated_model(config, samples, 0.05, 0, BenchOptions(files=files).cache_dir, log)
+    model = calibrated_model(BenchNetwork("spikformer", config), samples, 0.05, 0,
+                             BenchOptions(files=files).cache_dir, log)
     engine = Spikformer(load(model))
     engine.warm_up()
     from eventformer.events import read_events

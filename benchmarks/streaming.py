@@ -44,6 +44,7 @@ import time
 
 import numpy as np
 
+from eventformer.bench.networks import BenchNetwork
 from eventformer.bench.run import (
     BenchOptions,
     calibrated_model,
@@ -177,7 +178,8 @@ def main(argv=None):
     config = SpikformerConfig()
     samples = load_samples(files, config.steps, config.image_size)
     log = lambda msg: print(msg, file=sys.stderr)
-    model_path = calibrated_model(config, samples, args.rate, args.seed,
+    model_path = calibrated_model(BenchNetwork("spikformer", config), samples, args.rate,
+                                  args.seed,
                                   BenchOptions(files=files).cache_dir, log)
     engine = Spikformer(load(model_path))
     window_us = round(args.window_ms * 1000)
