@@ -34,6 +34,11 @@ HELPER_ENV = "EVENTFORMER_COMPILE_HELPER"
 # real recordings take at the firing rates spiking transformers run at, then the dense (GEMM)
 # paths a dense input takes; each pass goes from the last layer to the first.
 PASSES = (0.02, 0.9)
+# The blocks' and the head's kernels first, at the densities of a residual stream of spikes at
+# the firing rates spiking transformers run at: above ~20% its linear layers batch their dense
+# steps into one GEMM (layers.base.LINEAR_DENSE_ABOVE; in an integer mode the integer GEMM, the
+# blocks' largest kernel, so first), below it they gather or scatter.
+BLOCK_PASSES = (0.3, 0.05)
 
 
 def usable_cores() -> int:
@@ -114,8 +119,8 @@ def compile_backwards(engine, steps: int, densities=PASSES) -> None:
     inputs of its own input shape, last layer first: the kernels a run of ``steps`` steps calls,
     compiled (or loaded) in backward order.
 
-    First the kernels only the blocks and the head call, at a typical density with the blocks'
-    gathers off: the gather, which every conv of the embedding calls too, is what a run compiles
+    First the kernels only the blocks and the head call, at typical densities
+    (:data:`BLOCK_PASSES`) with the blocks' gathers off: the gather, which every conv of the embedding calls too, is what a run compiles
     first after its first layer, so the helper leaves it to the run and finds it in the cache.
     Then every layer, once per density of ``densities``."""
     rng = np.random.default_rng(0)
@@ -124,7 +129,8 @@ def compile_backwards(engine, steps: int, densities=PASSES) -> None:
     for layer in gathering:
         layer.can_gather = False
     try:
-        _backwards(engine, rng, steps, 0.05, embeddings=False)
+        for density in BLOCK_PASSES:
+            _backwards(engine, rng, steps, density, embeddings=False)
     finally:
         for layer in gathering:
             layer.can_gather = True
