@@ -15,8 +15,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import (GESTURE_DIR, OFFICIAL_CKPT, assert_every_layer_fires, need_official,
-                      one_error_line, record_spikes)
+from conftest import (GESTURE_DIR, OFFICIAL_CKPT, assert_every_layer_fires, drive,
+                      need_official, one_error_line, record_spikes)
 from test_variants_engine import frames_of, grid_model, to_events
 from typer.testing import CliRunner
 
@@ -124,15 +124,6 @@ def small(request):
     return op, grid_model(op, grid=False), [to_events(f) for f in frames]
 
 
-def _drive(engine, xs, how):
-    if how == "run":
-        return engine.run(xs)
-    engine.reset()
-    for idx, cnt in xs:
-        engine.step(idx, cnt)
-    return engine.logits()
-
-
 @pytest.mark.parametrize("mode", ["int16", "int8"])
 def test_integer_paths_and_step_run_agree_bit_for_bit(small, mode):
     op, model, xs = small
@@ -141,7 +132,7 @@ def test_integer_paths_and_step_run_agree_bit_for_bit(small, mode):
         for how in ("run", "step"):
             engine = Spikformer(model, dtype=mode, policy=PathPolicy(mode=path))
             store = record_spikes(engine)
-            logits = _drive(engine, xs, how)
+            logits = drive(engine, xs, how)
             stats = engine.layer_stats()
             assert_every_layer_fires(stats)
             if path == "dense":
@@ -180,7 +171,7 @@ def _record_inputs(engine, xs):
             return out
 
         setattr(layer, meth, wrapped)
-    _drive(engine, xs, "step")
+    drive(engine, xs, "step")
     return ins, outs
 
 
