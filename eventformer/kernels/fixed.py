@@ -53,7 +53,7 @@ def lif_fixed_step_flags(v, current, theta, shift, hard_reset, decay_input, flag
         True: a spiking neuron's membrane goes to 0; False: theta is subtracted.
     decay_input : bool
         SpikingJelly's ``decay_input``: whether the input is decayed with the membrane.
-    flags : integer array [>= N] (uint8 in the layers), overwritten
+    flags : uint8[>= N], overwritten
         ``flags[i]`` = 1 if neuron i spiked, else 0, for i < N.
     counters : int64[N_COUNTERS], incremented in place
         ``NEURON_UPDATES`` += N.
@@ -125,7 +125,7 @@ def lif_fixed_quiet_step(v, current, theta, shift, hard_reset, decay_input, flag
         True: a spiking neuron's membrane goes to 0; False: theta is subtracted.
     decay_input : bool
         SpikingJelly's ``decay_input``.
-    flags : integer array [>= N], overwritten
+    flags : uint8[>= N], overwritten
         ``flags[i]`` = 1 if neuron i spiked, else 0, for i < N.
     spikes_out : int32[>= N] or int32[0], overwritten
         When not empty and a neuron spiked: the sorted indices of the neurons that spiked in

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ..jit import inlined, kernel
+from .compaction import compact_flags, count_flags
 from .counters import NEURON_UPDATES
 
 # params layout for lif_step
@@ -62,17 +63,6 @@ def _charge_fixed(vi, x, th, shift, hard_reset, decay_input):
     return s, h - th if s else h
 
 
-@inlined
-def _compact(flags, n, spikes_out):
-    """Sorted indices of the set flags[0..n-1] into spikes_out (may be ``flags`` itself)."""
-    count = 0
-    for i in range(n):  # branch-free: count <= i never overwrites a flag still to be read
-        f = flags[i]
-        spikes_out[count] = i
-        count += f
-    return count
-
-
 class LIFKernels(NamedTuple):
     """The compiled steps of one LIF rule (reset kind and decay_input fixed) in one arithmetic;
     their arguments are those of :func:`lif_step`, :func:`lif_step_flags` and
@@ -94,42 +84,49 @@ def lif_kernels(hard_reset, decay_input) -> LIFKernels:
     return _lif_kernels(False, bool(hard_reset), bool(decay_input))
 
 
+# Neurons per pass of :func:`_lif_pass` in a step that emits indices: its flags stay in L1 between
+# the pass and their compaction.
+CHUNK = 1024
+
+
 @inlined
-def _lif_pass(v, current, a, b, flags, track, fixed, hard_reset, decay_input):
-    """Every neuron of ``v`` one step, its spike flags into ``flags``: ``(count, moved)``, moved
-    (whether any membrane changed value) only when ``track``. Float (``a`` the params array,
-    ``b`` unused) or fixed point (``a`` the thresholds' period, ``b`` the shift), in runs of one
-    period: of the thresholds (fixed: one per channel), or of a repeating current (float; a
-    dense current is one run). The rule's bools and ``fixed`` arrive as constants, so one
-    arithmetic's and one rule's code is all that is compiled; per neuron it is branch-free, so
-    it vectorises."""
+def _lif_pass(v, current, a, b, flags, lo, hi, fl, track, fixed, hard_reset, decay_input):
+    """Neurons ``lo:hi`` of ``v`` one step, their 0/1 spike flags into ``flags[fl:]`` (uint8);
+    returns whether any membrane changed value, only when ``track``. Float (``a`` the params
+    array, ``b`` unused) or fixed point (``a`` the thresholds' period, ``b`` the shift): neuron
+    i reads ``a[i % period]`` (fixed) and its current at ``i`` (dense) or ``i % period`` (a
+    repeating current). The rule's bools and ``fixed`` arrive as constants, so one arithmetic's
+    and one rule's code is all that is compiled; the inner loop is branch-free and carries no
+    sum (a spike count there kept it from vectorising), so it vectorises."""
     n = v.shape[0]
     c = current.shape[0]
     dense = c == n
-    p = a.shape[0] if fixed else c
+    p = max(a.shape[0] if fixed else c, 1)
     if not fixed:
         tau_inv, theta = a[P_TAU_INV], a[P_THETA]
         v_reset, keep = a[P_V_RESET], a[P_KEEP]
-    count = 0
     moved = False
-    for base in range(0, n, max(p, 1)):
-        m = min(p, n - base)
-        vb = v[base:base + m]
-        fb = flags[base:base + m]
-        cur = current[base:base + m] if dense else current
+    i = lo
+    while i < hi:
+        off = i % p  # runs of one period: the period's index is then the loop's own
+        m = min(p - off, hi - i)
+        vb = v[i:i + m]
+        fb = flags[fl + i - lo:fl + i - lo + m]
+        cur = current[i:i + m] if dense else current[off:off + m]
+        th = a[off:off + m]  # (fixed; a slice, not a[off + j], keeps the loop vectorised)
         for j in range(m):
             vi = vb[j]
             if fixed:
-                s, nv = _charge_fixed(vi, cur[j], a[j], b, hard_reset, decay_input)
+                s, nv = _charge_fixed(vi, cur[j], th[j], b, hard_reset, decay_input)
             else:
                 s, nv = _charge(vi, cur[j], tau_inv, theta, v_reset, keep, hard_reset,
                                 decay_input)
             fb[j] = s
-            count += s
             if track:
                 moved |= nv != vi
             vb[j] = nv
-    return count, moved
+        i += m
+    return moved
 
 
 @functools.cache
@@ -140,27 +137,34 @@ def _lif_kernels(fixed, hard_reset, decay_input):
 
     @kernel
     def step_flags(v, current, a, b, flags, counters):
-        count, _ = _lif_pass(v, current, a, b, flags, False, fixed, hard_reset, decay_input)
-        counters[NEURON_UPDATES] += v.shape[0]
-        return count
+        n = v.shape[0]
+        _lif_pass(v, current, a, b, flags, 0, n, 0, False, fixed, hard_reset, decay_input)
+        counters[NEURON_UPDATES] += n
+        return count_flags(flags, n)
 
     @kernel
     def step(v, current, a, b, spikes_out, counters):
-        # the flags written into spikes_out, then compacted in place (the pass inlined here,
-        # not a call of step_flags: that would compile step_flags once more for int32 flags)
-        count, _ = _lif_pass(v, current, a, b, spikes_out, False, fixed, hard_reset,
-                             decay_input)
-        counters[NEURON_UPDATES] += v.shape[0]
-        if count == 0:  # nothing fired (a quiet step): no compaction pass
-            return 0
-        return _compact(spikes_out, v.shape[0], spikes_out)
+        # in chunks: a chunk's flags, still in L1, are compacted into indices right after it
+        n = v.shape[0]
+        flags = np.empty(min(n, CHUNK), np.uint8)
+        count = 0
+        for lo in range(0, n, CHUNK):
+            hi = min(lo + CHUNK, n)
+            _lif_pass(v, current, a, b, flags, lo, hi, 0, False, fixed, hard_reset,
+                      decay_input)
+            count = compact_flags(flags, hi - lo, lo, spikes_out, count)
+        counters[NEURON_UPDATES] += n
+        return count
 
     @kernel
     def quiet(v, current, a, b, flags, spikes_out, counters):
-        count, moved = _lif_pass(v, current, a, b, flags, True, fixed, hard_reset, decay_input)
-        counters[NEURON_UPDATES] += v.shape[0]
+        n = v.shape[0]
+        moved = _lif_pass(v, current, a, b, flags, 0, n, 0, True, fixed, hard_reset,
+                          decay_input)
+        counters[NEURON_UPDATES] += n
+        count = count_flags(flags, n)
         if count > 0 and spikes_out.shape[0] > 0:
-            _compact(flags, v.shape[0], spikes_out)
+            compact_flags(flags, n, 0, spikes_out, 0)
         return count, count == 0 and not moved
 
     return LIFKernels(step, step_flags, quiet)
@@ -182,8 +186,8 @@ def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters)
 
     Branch-free per neuron so it vectorises; each rule (reset kind, decay_input) is compiled on
     its own (:func:`lif_kernels`), which keeps the rule's tests out of the inner loop and a first
-    run's compile to the rule a model uses. ``flags`` may be any integer array of at least
-    ``v.size``.
+    run's compile to the rule a model uses. ``flags`` is a uint8 array of at least ``v.size``
+    (the count is taken from its bytes eight at a time).
 
     Parameters
     ----------
@@ -199,7 +203,7 @@ def lif_step_flags(v, current, params, hard_reset, decay_input, flags, counters)
         True: a spiking neuron's membrane goes to v_reset; False: theta is subtracted.
     decay_input : bool
         SpikingJelly's ``decay_input``: whether the input is divided by tau too.
-    flags : integer array [>= N] (uint8 in the layers), overwritten
+    flags : uint8[>= N], overwritten
         ``flags[i]`` = 1 if neuron i spiked, else 0, for i < N; entries past N are untouched.
     counters : int64[N_COUNTERS], incremented in place
         ``NEURON_UPDATES`` += N.
@@ -277,7 +281,7 @@ def lif_quiet_step(v, current, params, hard_reset, decay_input, flags, spikes_ou
         True: a spiking neuron's membrane goes to v_reset; False: theta is subtracted.
     decay_input : bool
         SpikingJelly's ``decay_input``: whether the input is divided by tau too.
-    flags : integer array [>= N] (uint8 in the layers), overwritten
+    flags : uint8[>= N], overwritten
         ``flags[i]`` = 1 if neuron i spiked, else 0, for i < N; entries past N are untouched.
     spikes_out : int32[>= N] or int32[0], overwritten
         When not empty and a neuron spiked: ``spikes_out[:count]`` gets the indices of the

@@ -5,6 +5,7 @@ import functools
 import numpy as np
 
 from ..jit import kernel
+from .compaction import COMPRESS, compact_flags
 
 
 @kernel
@@ -243,7 +244,9 @@ def _maxpool_kernel(words):
                     for ix in range(x0, x1):
                         row[ox * cl + j] |= col[ix * cl + j]
             base = oy * out_w * cl * width
-            if words:
+            if COMPRESS:  # sixteen flags a store (see kernels/compaction.py)
+                n = compact_flags(row.view(np.uint8), out_w * cl * width, base, out, n)
+            elif words:
                 for j in range(out_w * cl):
                     x = np.int64(row[j])
                     if x == 0:

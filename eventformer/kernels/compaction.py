@@ -1,0 +1,113 @@
+"""Spike flags (one uint8 per neuron, 0 or 1) into what the next layer reads: a sorted index
+list, or just their count.
+
+A LIF step's arithmetic vectorises; turning its flags into indices does not, written as a loop:
+each index's store address depends on the count before it, about a cycle per neuron whether it
+fired or not (as long as the LIF itself at 5% firing). On a CPU with AVX-512, sixteen flags at a
+time go through LLVM's ``llvm.masked.compressstore`` (``vpcompressd``: the indices of the set
+lanes written contiguously) and a population count of the lane mask; elsewhere the branch-free
+loop stays, because LLVM expands the compress store into a branch per lane there.
+
+Counting needs no indices: with 0/1 bytes, the sum of a word's eight bytes is its top byte after
+a multiply by 0x0101010101010101 (no byte sum exceeds 8, so nothing carries across bytes).
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+from ..jit import inlined
+
+LANES = 16  # flags per compress store: one 512-bit vector of int32 indices
+_BYTE_SUM = np.uint64(0x0101010101010101)
+_TOP_BYTE = np.uint64(56)
+
+
+def _host_has_avx512() -> bool:
+    """Whether the code Numba compiles here may use AVX-512F (and targets the host, as the
+    engine's cache does)."""
+    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
+        return False
+    try:
+        import llvmlite.binding as llvm
+
+        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    except (RuntimeError, AttributeError):
+        return False
+
+
+#: The compress store is one instruction here (and compiled, not run as Python).
+COMPRESS = _host_has_avx512() and not config.DISABLE_JIT
+
+_I1x16 = ir.VectorType(ir.IntType(1), LANES)
+_I8x16 = ir.VectorType(ir.IntType(8), LANES)
+_I32x16 = ir.VectorType(ir.IntType(32), LANES)
+
+
+@intrinsic
+def _compress16(typingctx, flags, at, first, out, count):
+    """``out[count:count + k]`` = ``first + j`` for each j < 16 with ``flags[at + j]`` set, in
+    order; returns k. No bounds checks: the caller keeps ``at + 16 <= flags.size`` and
+    ``count + k <= out.size``."""
+    if not (isinstance(flags, types.Array) and flags.dtype == types.uint8
+            and isinstance(out, types.Array) and out.dtype == types.int32):
+        return None
+    sig = types.int64(flags, at, first, out, count)
+
+    def codegen(context, builder, signature, args):
+        fl, at_, first_, out_, count_ = args
+        fty, aty, firsty, oty, cty = signature.args
+        fdata = context.make_array(fty)(context, builder, fl).data
+        odata = context.make_array(oty)(context, builder, out_).data
+        at64 = context.cast(builder, at_, aty, types.int64)
+        src = builder.bitcast(builder.gep(fdata, [at64]), _I8x16.as_pointer())
+        lanes = builder.load(src, align=1)
+        mask = builder.icmp_unsigned("!=", lanes, ir.Constant(_I8x16, None))
+        base = builder.trunc(context.cast(builder, first_, firsty, types.int64), ir.IntType(32))
+        splat = builder.insert_element(ir.Constant(_I32x16, ir.Undefined), base,
+                                       ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(splat, ir.Constant(_I32x16, ir.Undefined),
+                                       ir.Constant(_I32x16, None))
+        idx = builder.add(splat, ir.Constant(_I32x16, list(range(LANES))))
+        dst = builder.gep(odata, [context.cast(builder, count_, cty, types.int64)])
+        fnty = ir.FunctionType(ir.VoidType(), [_I32x16, ir.IntType(32).as_pointer(), _I1x16])
+        store = cgutils.get_or_insert_function(builder.module, fnty,
+                                               "llvm.masked.compressstore.v16i32")
+        builder.call(store, [idx, dst, mask])
+        bits = builder.bitcast(mask, ir.IntType(LANES))
+        pop = builder.ctpop(bits)
+        return builder.zext(pop, ir.IntType(64))
+
+    return sig, codegen
+
+
+@inlined
+def compact_flags(flags, n, first, out, count):
+    """Append ``first + i`` for each set ``flags[i]`` (i < n, ascending) to ``out[count:]``;
+    returns the new count. ``out`` must have room for every flag that may be set."""
+    i = 0
+    if COMPRESS:
+        while i + LANES <= n:
+            count += _compress16(flags, i, first + i, out, count)
+            i += LANES
+    for j in range(i, n):  # branch-free: the store is overwritten unless the flag counts
+        out[count] = first + j
+        count += np.int64(flags[j])  # (not uint8 arithmetic, which wraps, as plain Python)
+    return count
+
+
+@inlined
+def count_flags(flags, n):
+    """The number of set flags among ``flags[:n]`` (each 0 or 1), eight at a time."""
+    words = n // 8
+    total = np.uint64(0)
+    if words:
+        w = flags[:words * 8].view(np.uint64)
+        for k in range(words):
+            total += (w[k] * _BYTE_SUM) >> _TOP_BYTE
+    count = np.int64(total)
+    for j in range(words * 8, n):
+        count += flags[j]
+    return count
