@@ -401,8 +401,11 @@ class SynapticLIF(SpikingLayer):
         work = self._row_work(inputs) * self.cout + 4 * len(inputs) * row_size
         if len(inputs) > 1 and work.sum() < BAND_MIN_OPS:
             return None
-        cum = np.cumsum(work)
-        cuts = [int(np.searchsorted(cum, cum[-1] * i / parts)) + 1 for i in range(1, parts)]
+        # each cut at the row edge nearest its share of the work: rounding every cut up gave
+        # the first band the row the share ends in, and at 8-16 rows (SPS3, RPE) that row is a
+        # tenth of the work: the first band ran 1.2-1.4x longer than the second
+        edges = np.concatenate([[0], np.cumsum(work)])
+        cuts = [int(np.argmin(np.abs(edges - edges[-1] * i / parts))) for i in range(1, parts)]
         return sorted(set([0] + [min(max(c, 1), rows - 1) for c in cuts] + [rows]))
 
     def _run_banded(self, inputs: list, bounds: list) -> list:
