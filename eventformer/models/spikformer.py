@@ -38,7 +38,7 @@ from ..layers import (
 )
 from ..layers.successors import LIFLinearHead, LinearSynapse, StreamLIF
 from ..layers.synapses import Conv2dStage
-from ..runtime import limit_blas_threads
+from ..runtime import engine_threads, limit_blas_threads, run_parts
 from .config import MEMBRANE_OPERATORS
 from .description import INPUT, POOL, BlockGeometry, BlockStage, Description, PlacedStage
 
@@ -266,8 +266,19 @@ def warm_up_densities(policy: PathPolicy) -> tuple[float, ...]:
 
 
 def _residual(xs: list, ys: list) -> list:
-    """x + y for every step of two event-list sequences."""
-    return [add_events(x[0], x[1], y[0], y[1]) for x, y in zip(xs, ys)]
+    """x + y for every step of two event-list sequences: the steps are independent merges, so
+    on several engine threads each takes every n-th step (the merge kernel releases the GIL)."""
+    parts = min(engine_threads(), len(xs))
+    if parts < 2:
+        return [add_events(x[0], x[1], y[0], y[1]) for x, y in zip(xs, ys)]
+    out = [None] * len(xs)
+
+    def part(i):
+        for t in range(i, len(xs), parts):
+            out[t] = add_events(xs[t][0], xs[t][1], ys[t][0], ys[t][1])
+
+    run_parts(part, parts)
+    return out
 
 
 def unsupported(desc: Description) -> str | None:
