@@ -28,8 +28,18 @@ CROSSOVER = {1: {"conv2d": 0.25, "linear": 0.22}, 2: {"conv2d": 0.14, "linear": 
 # --crossover` (random inputs, 1 thread, gather/dense time) put the dense step ahead above ~45%
 # on SPS3, RPE, q, fc1, fc2 (int8 1.0-1.4 at 45%) and above ~60% on SPS1-2 (int8 1.01-1.07,
 # int16 1.00-1.21 at 60%; 1.2-2.2 at 80% everywhere), so the integer modes go dense above 60%,
-# where no layer loses; without VNNI the GEMM is float BLAS and the gather keeps every density.
+# where no layer loses (a convolution offline: see CONV_DENSE_ABOVE); without VNNI the GEMM is
+# float BLAS and the gather keeps every density.
 _INT_DENSE_ABOVE = 0.6 if VNNI else 1.0
+# Offline, a convolution's dense step runs in the layer's bands (each band builds the im2col rows
+# of its own output rows and multiplies them on its own thread: Conv2dLIF._band_dense), which
+# the single steps above (their im2col on the calling thread) did not see. The full-size model
+# at 15% firing (SPS inputs 43-53% dense), convolutions dense above these edges against 60%:
+# int8 (30%) 98-101 -> 78-79 ms per sample on 1 thread, 67-69 -> 59-60 on 2; int16 (30-40%)
+# 153 -> 121-122 on 1, 95 -> 83-84 on 2; at 5% firing (SPS inputs 18-25%) edges from 20% to 35%
+# were all within the noise (one process, engines interleaved). A step on its own (streaming)
+# keeps GATHER_BAND's edge.
+CONV_DENSE_ABOVE = {"int8": 0.3, "int16": 0.4} if VNNI else {}
 # Since layers run in bands of rows on every engine thread, the gather splits over the threads as
 # the GEMM does, and the one-thread band holds on two as well (full-size model at 5% firing,
 # float32, 2 threads: 56.7 ms per sample with (0, 0.45) against 63.6 with (0, 0.30), 60.7 with
@@ -86,14 +96,17 @@ class PathPolicy:
     def band(self, arith: str, kind: str = "conv2d",
              batched: bool = False) -> tuple[float, float] | None:
         """The gather band of a layer of ``kind`` ("conv2d", "linear") in arithmetic ``arith``
-        ("float", "int16", "int8"); ``batched``: the layer's dense steps of a sample share one
-        GEMM (offline), which lowers a linear layer's upper edge to
-        :data:`LINEAR_DENSE_ABOVE`."""
+        ("float", "int16", "int8"); ``batched``: the step is one of a sample's (offline), where
+        a linear layer's dense steps share one GEMM, which lowers its upper edge to
+        :data:`LINEAR_DENSE_ABOVE`, and a convolution's dense steps run in its bands, which
+        lowers an integer one's to :data:`CONV_DENSE_ABOVE`."""
         if self.gather_band is not None:
             return self.gather_band
         band = GATHER_BAND[arith][min(engine_threads(), 2)]
-        if band is not None and kind == "linear" and batched:
-            band = (band[0], min(band[1], LINEAR_DENSE_ABOVE))
+        if band is not None and batched:
+            edge = LINEAR_DENSE_ABOVE if kind == "linear" else CONV_DENSE_ABOVE.get(arith)
+            if edge is not None:
+                band = (band[0], min(band[1], edge))
         return band
 
     def gather(self, events: int, sites: int, arith: str = "float",

@@ -50,6 +50,12 @@ BATCH_ROWS_BELOW = 1024
 # (a 0.9M-add fc2 step ran 3x slower banded on 2 threads)
 BAND_STEP_MIN_OPS = 5_000_000
 
+# How many of a GEMM's multiply-accumulates cost about one add of the event paths (the integer
+# GEMM ran at 140-250 G MAC/s per thread, the gathers at 20-40 G adds/s; float BLAS and the float
+# gathers about as far apart): what weighs a dense step's rows against an event step's when a
+# layer's rows are split into bands.
+GEMM_MACS_PER_ADD = 6
+
 # A sample's steps (offline) run in bands when their adds reach this: below it (q, k, v, proj
 # and fc2 at 5% firing: 0.3-20M adds) a band's Python per step cost more than the second thread
 # saved (measured on 2 threads, full-size model: q 1.00x, proj 0.6x, fc2 0.75x, fc1 at 95M
@@ -199,6 +205,11 @@ class SynapticLIF(SpikingLayer):
         """Whether the dense steps among ``inputs`` (a sample's, offline) share one GEMM."""
         return len(inputs) > 1 and self.rows < BATCH_ROWS_BELOW
 
+    def _offline_edge(self, inputs: list) -> bool:
+        """Whether ``inputs`` go dense from the policy's offline edge (``batched`` of
+        :meth:`PathPolicy.dense`): a linear layer's when its dense steps share one GEMM."""
+        return self._batches(inputs)
+
     # --- the output-stationary gather (kernels.conv2d_gather): a linear layer is a 1x1 conv
     # over a tokens x 1 grid, so both layer kinds gather through the same kernel
 
@@ -287,11 +298,12 @@ class SynapticLIF(SpikingLayer):
         p = self._bias_period
         cur.reshape(-1, p.shape[0])[:] += p
 
-    def synapse(self, idx: np.ndarray, cnt: np.ndarray) -> np.ndarray:
-        """The step's input current (flat, channel-innermost), by the path the policy picks."""
+    def synapse(self, idx: np.ndarray, cnt: np.ndarray, dense: bool | None = None) -> np.ndarray:
+        """The step's input current (flat, channel-innermost), by the path the policy picks
+        (``dense``: the caller's pick, one of a sample's steps offline)."""
         cur = self.current
         self._check_counts(cnt)
-        if not self._dense(idx):
+        if not (self._dense(idx) if dense is None else dense):
             return self._sparse_current(idx, cnt, cur)
         if self._rows_buf is None:  # allocated on the first dense step only
             self._rows_buf = np.empty((self.rows, self.k_dim), self.gemm_dtype)
@@ -310,9 +322,9 @@ class SynapticLIF(SpikingLayer):
                 return self._run_banded([(idx, cnt)], bounds)[0]
         return self._step_here(idx, cnt)
 
-    def _step_here(self, idx, cnt) -> tuple[np.ndarray, np.ndarray]:
-        """One step on the calling thread."""
-        return self.emit(self.synapse(idx, cnt))
+    def _step_here(self, idx, cnt, dense: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One step on the calling thread (``dense``: see :meth:`synapse`)."""
+        return self.emit(self.synapse(idx, cnt, dense))
 
     def _step_work(self, idx) -> int:
         """A rough count of a step's adds: its events' weight rows and the LIF's neurons."""
@@ -326,11 +338,10 @@ class SynapticLIF(SpikingLayer):
         bounds = self._band_bounds(inputs)
         if bounds is not None:
             return self._run_banded(inputs, bounds)
-        batched = self._batches(inputs)
-        dense = [self._dense(idx, batched) for idx, _ in inputs]
+        dense = [self._dense(idx, self._offline_edge(inputs)) for idx, _ in inputs]
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
-            return [self._step_here(idx, cnt) for idx, cnt in inputs]
+            return [self._step_here(idx, cnt, d) for (idx, cnt), d in zip(inputs, dense)]
         for _, cnt in inputs:
             self._check_counts(cnt)
         currents = self._batched_synaptic(inputs, dense, n_dense)
@@ -397,8 +408,12 @@ class SynapticLIF(SpikingLayer):
         if rows < 2:
             return None
         parts = min(parts, rows)
-        # a weight row of Cout per event that reaches a row, 4 ops per neuron for the LIF
-        work = self._row_work(inputs) * self.cout + 4 * len(inputs) * row_size
+        # a weight row of Cout per event that reaches a row, 4 ops per neuron for the LIF, and
+        # a dense step's GEMM the same on every row (its MACs at GEMM_MACS_PER_ADD per add)
+        dense = [self._dense(idx, self._offline_edge(inputs)) for idx, _ in inputs]
+        events = [x for x, d in zip(inputs, dense) if not d]
+        work = (self._row_work(events) * self.cout + 4 * len(inputs) * row_size
+                + sum(dense) * row_size * self.k_dim // GEMM_MACS_PER_ADD)
         if len(inputs) > 1 and work.sum() < BAND_MIN_OPS:
             return None
         # each cut at the row edge nearest its share of the work: rounding every cut up gave
@@ -413,8 +428,7 @@ class SynapticLIF(SpikingLayer):
         T = len(inputs)
         for _, cnt in inputs:  # refused here, not in a worker thread
             self._check_counts(cnt)
-        batched = self._batches(inputs)
-        dense = [self._dense(idx, batched) for idx, _ in inputs]
+        dense = [self._dense(idx, self._offline_edge(inputs)) for idx, _ in inputs]
         dense_cur = self._dense_currents(inputs, dense)
         parts = len(bounds) - 1
         counters = np.zeros((parts, C.N_COUNTERS), np.int64)
@@ -434,7 +448,7 @@ class SynapticLIF(SpikingLayer):
             cnt_i = counters[i]
             for t, (idx, cnt) in enumerate(inputs):
                 if dense[t]:
-                    current = dense_cur[t][lo:hi]
+                    current = self._band_dense(dense_cur[t], i, cur, r0, r1, lo, hi)
                 elif idx.shape[0] == 0:
                     # a quiet step: the bias alone, as one period (a band starts on a whole
                     # row, so on channel 0 of the period, like the thresholds' period)
@@ -479,8 +493,13 @@ class SynapticLIF(SpikingLayer):
         out = {}
         for t, (idx, cnt) in enumerate(inputs):
             if dense[t]:
-                out[t] = self.synapse(idx, cnt).copy()
+                out[t] = self.synapse(idx, cnt, True).copy()
         return out
+
+    def _band_dense(self, dense_cur, i: int, cur, r0: int, r1: int, lo: int, hi: int):
+        """A dense step's current of band i (rows r0:r1, neurons lo:hi), from what
+        :meth:`_dense_currents` gave for the step: here a slice of its full current."""
+        return dense_cur[lo:hi]
 
     def _band_buffer(self, i: int, size: int) -> np.ndarray:
         bufs = self.__dict__.setdefault("_band_bufs", {})
@@ -585,6 +604,59 @@ class Conv2dLIF(SynapticLIF):
 
     def _unit_rows(self) -> tuple[int, int]:
         return self.out_h, self.out_w * self.cout
+
+    def _offline_edge(self, inputs: list) -> bool:
+        """A sample's steps (offline): dense from the policy's offline edge, as a dense step
+        runs in the layer's bands (:meth:`_band_dense`) or, on one thread, whole."""
+        return len(inputs) > 1
+
+    # A conv's dense step in bands: the input map is densified once (its padded map), then each
+    # band builds the im2col rows of its own output rows and multiplies them on its own thread.
+    # Before, the whole step's im2col ran on the calling thread ahead of the bands (the GEMM
+    # split over the threads, the rest waited), which made the dense path a loss on two threads
+    # at densities where it won on one.
+
+    def _bands_dense_steps(self) -> bool:
+        """Whether dense steps run in bands (the float-BLAS integer GEMM writes through one
+        shared buffer, so it keeps the whole-step GEMM)."""
+        return self.fixed is None or self.gemm_dtype.kind != "f"
+
+    def _dense_currents(self, inputs: list, dense: list) -> dict:
+        if not self._bands_dense_steps():
+            return super()._dense_currents(inputs, dense)
+        steps = [t for t, d in enumerate(dense) if d]
+        if not steps:
+            return {}
+        maps = np.empty((len(steps),) + self._padded.shape, self.gemm_dtype)
+        c = self.counters
+        for j, t in enumerate(steps):  # what _dense_rows books, and the padded map
+            idx, cnt = inputs[t]
+            c[C.INPUT_SITES] += self.in_sites
+            densify_padded(idx, cnt, *self._geometry, self.cout, *self._taps, maps[j], c,
+                           self.weighted)
+            c[C.DENSE_MAC] += self.dense_macs_per_step
+            c[C.DENSE_STEPS] += 1
+        return {t: maps[j] for j, t in enumerate(steps)}
+
+    def _band_dense(self, dense_cur, i, cur, r0, r1, lo, hi):
+        if not self._bands_dense_steps():
+            return dense_cur[lo:hi]
+        pixels = (r1 - r0) * self.out_w
+        bufs = self.__dict__.setdefault("_band_cols", {})
+        cols = bufs.get(i)
+        if cols is None or cols.shape[0] < pixels:
+            cols = bufs[i] = np.empty((pixels, self.k_dim), self.gemm_dtype)
+        cols = cols[:pixels]
+        im2col_padded(dense_cur[r0 * self.stride:], self.kh, self.kw, self.stride, r1 - r0,
+                      self.out_w, cols)
+        out = cur.reshape(pixels, self.cout)
+        self._gemm(cols, out)  # (on this band's thread: a part runs its GEMM whole)
+        # + bias, by whole periods (a band starts on a pixel, so on channel 0 of the period)
+        p = self._bias_period
+        whole = cur.shape[0] - cur.shape[0] % p.shape[0]
+        cur[:whole].reshape(-1, p.shape[0])[:] += p
+        cur[whole:] += p[:cur.shape[0] - whole]
+        return cur
 
     def _row_work(self, inputs: list) -> np.ndarray:
         h, wd, cin = self.in_shape
@@ -825,8 +897,7 @@ class TasaLinearLIF(LinearLIF):
     def run_steps(self, inputs: list) -> list:
         """Many steps at once (offline): the dense steps' J share one GEMM, then every step is
         attenuated and fired in time order, exactly as :meth:`step` does it."""
-        batched = self._batches(inputs)
-        dense = [self._dense(idx, batched) for idx, _ in inputs]
+        dense = [self._dense(idx, self._offline_edge(inputs)) for idx, _ in inputs]
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
             return [self.step(idx, cnt) for idx, cnt in inputs]
