@@ -24,6 +24,20 @@ def _inputs(rng, tokens: int, dim: int, density: float, steps: int) -> list:
     return out
 
 
+def _assert_dense_offline_same(offline, stepped, got, want):
+    """Every step ran dense offline and gathered step by step, and both gave the same spikes,
+    membranes and op counts (the path's own counters apart); the layer fired."""
+    steps = len(want)
+    assert offline.counters[C.DENSE_STEPS] == steps
+    assert stepped.counters[C.DENSE_STEPS] == 0 and stepped.gather_steps == steps
+    assert sum(s[0].shape[0] for s in want) > 0  # the layer fires
+    for (a, _), (b, _) in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(offline.neurons.v, stepped.neurons.v)
+    for i in (C.AC, C.INPUT_EVENTS, C.INPUT_SITES, C.NEURON_UPDATES):
+        assert offline.counters[i] == stepped.counters[i], C.NAMES[i]
+
+
 @pytest.mark.parametrize("dtype", ["float64", "int8", "int16"])
 def test_run_steps_goes_dense_from_the_lower_edge_with_the_same_spikes(dtype):
     model = load(str(shipped_model_path()))
@@ -44,12 +58,7 @@ def test_run_steps_goes_dense_from_the_lower_edge_with_the_same_spikes(dtype):
     offline, stepped = layer(), layer()
     got = offline.run_steps(steps)
     want = [stepped.step(idx, cnt) for idx, cnt in steps]
-    assert offline.counters[C.DENSE_STEPS] == len(steps)
-    assert stepped.counters[C.DENSE_STEPS] == 0 and stepped.gather_steps == len(steps)
-    assert sum(s[0].shape[0] for s in want) > 0  # the layer fires
-    for (a, _), (b, _) in zip(got, want):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(offline.neurons.v, stepped.neurons.v)
+    _assert_dense_offline_same(offline, stepped, got, want)
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
@@ -86,11 +95,4 @@ def test_a_convolution_goes_dense_offline_from_its_edge_with_the_same_spikes(dty
         want = [stepped.step(idx, cnt) for idx, cnt in steps]
     finally:
         set_engine_threads(before)
-    assert offline.counters[C.DENSE_STEPS] == len(steps)
-    assert stepped.counters[C.DENSE_STEPS] == 0 and stepped.gather_steps == len(steps)
-    assert sum(s[0].shape[0] for s in want) > 0  # the layer fires
-    for (a, _), (b, _) in zip(got, want):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(offline.neurons.v, stepped.neurons.v)
-    for i in (C.AC, C.INPUT_EVENTS, C.INPUT_SITES, C.NEURON_UPDATES):
-        assert offline.counters[i] == stepped.counters[i], C.NAMES[i]
+    _assert_dense_offline_same(offline, stepped, got, want)

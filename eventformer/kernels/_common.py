@@ -1,7 +1,25 @@
-"""Small inlined pieces shared by the scatter kernels."""
+"""Small inlined pieces shared by the scatter kernels, and what the compiled code may use."""
+
+from numba.core import config
 
 from ..jit import inlined
 from .counters import AC, INPUT_EVENTS, MAC
+
+
+def host_compiles_for(feature: str) -> bool:
+    """Whether the code Numba compiles here may use the CPU ``feature`` (LLVM's name, such as
+    ``avx512vnni`` or ``avx512f``): the host has it, Numba targets the host (NUMBA_CPU_NAME and
+    NUMBA_CPU_FEATURES unset, as for the engine's cache), and the JIT is on."""
+    if config.DISABLE_JIT:
+        return False
+    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
+        return False
+    try:
+        import llvmlite.binding as llvm
+
+        return bool(llvm.get_host_cpu_features().get(feature, False))
+    except (RuntimeError, AttributeError):
+        return False
 
 
 @inlined

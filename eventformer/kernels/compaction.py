@@ -15,31 +15,18 @@ a multiply by 0x0101010101010101 (no byte sum exceeds 8, so nothing carries acro
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..jit import inlined
+from ._common import host_compiles_for
 
 LANES = 16  # flags per compress store: one 512-bit vector of int32 indices
 _BYTE_SUM = np.uint64(0x0101010101010101)
 _TOP_BYTE = np.uint64(56)
 
-
-def _host_has_avx512() -> bool:
-    """Whether the code Numba compiles here may use AVX-512F (and targets the host, as the
-    engine's cache does)."""
-    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
-        return False
-    try:
-        import llvmlite.binding as llvm
-
-        return bool(llvm.get_host_cpu_features().get("avx512f", False))
-    except (RuntimeError, AttributeError):
-        return False
-
-
 #: The compress store is one instruction here (and compiled, not run as Python).
-COMPRESS = _host_has_avx512() and not config.DISABLE_JIT
+COMPRESS = host_compiles_for("avx512f")
 
 _I1x16 = ir.VectorType(ir.IntType(1), LANES)
 _I8x16 = ir.VectorType(ir.IntType(8), LANES)

@@ -43,6 +43,7 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
 from ..jit import inlined, kernel
+from ._common import host_compiles_for
 
 PANEL = 32  # output channels per panel: two 16-lane int32 vectors
 ROWS = 6  # input rows per register block
@@ -50,23 +51,9 @@ _LANES = 16
 _VEC = ir.VectorType(ir.IntType(32), _LANES)
 _I32 = ir.IntType(32)
 
-
-def _host_has_vnni() -> bool:
-    """Whether the code Numba compiles here may use AVX512-VNNI: the host CPU has it and Numba
-    targets the host (NUMBA_CPU_NAME unset, as for the engine's cache)."""
-    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
-        return False
-    try:
-        import llvmlite.binding as llvm
-
-        return bool(llvm.get_host_cpu_features().get("avx512vnni", False))
-    except (RuntimeError, AttributeError):
-        return False
-
-
 #: The integer dot-product instructions are available (and the kernel compiled, not run as
 #: Python): the integer GEMM then beats float BLAS (benchmarks/int_gemm.py).
-VNNI = _host_has_vnni() and not config.DISABLE_JIT
+VNNI = host_compiles_for("avx512vnni")
 
 
 # --- a 16-lane int32 vector in a register ----------------------------------------------------
