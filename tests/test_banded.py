@@ -62,7 +62,7 @@ def _stepwise(engine, steps, monkeypatch=None):
     bands), the reference the bands must equal."""
     if monkeypatch is not None:
         original = SynapticLIF._band_bounds
-        monkeypatch.setattr(SynapticLIF, "_band_bounds", lambda self, inputs: None)
+        monkeypatch.setattr(SynapticLIF, "_band_bounds", lambda self, inputs, dense=None: None)
     engine.reset()
     for idx, cnt in steps:
         engine.step(np.asarray(idx, np.int32), np.asarray(cnt, np.int32))
@@ -85,9 +85,9 @@ def test_banded_run_equals_step_by_step(models, samples, threads, attention, dty
     banded = []
     original = SynapticLIF._run_banded
 
-    def spy(self, inputs, bounds):
+    def spy(self, inputs, bounds, dense=None):
         banded.append((self.name, tuple(bounds)))
-        return original(self, inputs, bounds)
+        return original(self, inputs, bounds, dense)
 
     SynapticLIF._run_banded = spy
     fired: dict = {}
@@ -153,9 +153,9 @@ def test_streaming_steps_run_in_bands_and_equal_one_thread(models, samples, thre
     banded = []
     original = SynapticLIF._run_banded
 
-    def spy(self, inputs, bounds):
+    def spy(self, inputs, bounds, dense=None):
         banded.append(len(inputs))
-        return original(self, inputs, bounds)
+        return original(self, inputs, bounds, dense)
 
     monkeypatch.setattr(synapses, "BAND_STEP_MIN_OPS", 0)
     monkeypatch.setattr(SynapticLIF, "_run_banded", spy)

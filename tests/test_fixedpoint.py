@@ -348,9 +348,9 @@ def test_offline_run_on_two_threads_equals_one_thread(small, mode, path, monkeyp
     bands = []
     original = SynapticLIF._run_banded
 
-    def spy(self, inputs, bounds):
+    def spy(self, inputs, bounds, dense=None):
         bands.append(len(bounds) - 1)
-        return original(self, inputs, bounds)
+        return original(self, inputs, bounds, dense)
 
     monkeypatch.setattr(SynapticLIF, "_run_banded", spy)
     # the small model's layers are below the work that pays for bands: band them anyway

@@ -90,7 +90,7 @@ def test_a_convolution_goes_dense_offline_from_its_edge_with_the_same_spikes(dty
             steps.append((idx.astype(np.int32), np.ones(idx.shape[0], np.int32)))
         offline, stepped = layer(), layer()
         if n_threads > 1:  # bands, even below the work that would split it unasked
-            offline._band_bounds = lambda inputs: [0, 7, in_shape[0]]
+            offline._band_bounds = lambda inputs, dense=None: [0, 7, in_shape[0]]
         got = offline.run_steps(steps)
         want = [stepped.step(idx, cnt) for idx, cnt in steps]
     finally:

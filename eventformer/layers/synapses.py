@@ -335,10 +335,10 @@ class SynapticLIF(SpikingLayer):
         :meth:`step`. On more than one engine thread in bands of output rows, one per thread,
         each band through every step (:meth:`_run_banded`); otherwise step by step, the dense
         steps of a small layer sharing one GEMM."""
-        bounds = self._band_bounds(inputs)
-        if bounds is not None:
-            return self._run_banded(inputs, bounds)
         dense = [self._dense(idx, self._offline_edge(inputs)) for idx, _ in inputs]
+        bounds = self._band_bounds(inputs, dense)
+        if bounds is not None:
+            return self._run_banded(inputs, bounds, dense)
         n_dense = sum(dense)
         if self.rows >= BATCH_ROWS_BELOW or n_dense < 2:
             return [self._step_here(idx, cnt, d) for (idx, cnt), d in zip(inputs, dense)]
@@ -393,7 +393,7 @@ class SynapticLIF(SpikingLayer):
         """An event step's current of output rows r0:r1 into ``cur`` (bias included)."""
         raise NotImplementedError
 
-    def _band_bounds(self, inputs: list):
+    def _band_bounds(self, inputs: list, dense: list | None = None):
         """Row edges of one band per engine thread, balanced by the work each band's rows
         will see (the events that reach them, plus the LIF's neurons); None when the layer is
         to run step by step: one thread, a probe or a recorder watching its neurons (they see
@@ -410,10 +410,18 @@ class SynapticLIF(SpikingLayer):
         parts = min(parts, rows)
         # a weight row of Cout per event that reaches a row, 4 ops per neuron for the LIF, and
         # a dense step's GEMM the same on every row (its MACs at GEMM_MACS_PER_ADD per add)
-        dense = [self._dense(idx, self._offline_edge(inputs)) for idx, _ in inputs]
+        if dense is None:
+            dense = [self._dense(idx, self._offline_edge(inputs)) for idx, _ in inputs]
         events = [x for x, d in zip(inputs, dense) if not d]
+        gemm = sum(dense) * self.n_neurons * self.k_dim // GEMM_MACS_PER_ADD
+        if len(inputs) > 1:  # first a bound without the rows (a small layer's common case:
+            # the per-row count costs a search per step, ~0.1 ms a layer and sample)
+            most = (sum(idx.shape[0] for idx, _ in events) * self._taps_per_event * self.cout
+                    + 4 * len(inputs) * self.n_neurons + gemm)
+            if most < BAND_MIN_OPS:
+                return None
         work = (self._row_work(events) * self.cout + 4 * len(inputs) * row_size
-                + sum(dense) * row_size * self.k_dim // GEMM_MACS_PER_ADD)
+                + gemm // rows)
         if len(inputs) > 1 and work.sum() < BAND_MIN_OPS:
             return None
         # each cut at the row edge nearest its share of the work: rounding every cut up gave
@@ -423,12 +431,14 @@ class SynapticLIF(SpikingLayer):
         cuts = [int(np.argmin(np.abs(edges - edges[-1] * i / parts))) for i in range(1, parts)]
         return sorted(set([0] + [min(max(c, 1), rows - 1) for c in cuts] + [rows]))
 
-    def _run_banded(self, inputs: list, bounds: list) -> list:
-        """:meth:`run_steps` in bands of output rows ``bounds`` (see the notes above)."""
+    def _run_banded(self, inputs: list, bounds: list, dense: list | None = None) -> list:
+        """:meth:`run_steps` in bands of output rows ``bounds`` (see the notes above);
+        ``dense``: each step's path, when the caller has it."""
         T = len(inputs)
         for _, cnt in inputs:  # refused here, not in a worker thread
             self._check_counts(cnt)
-        dense = [self._dense(idx, self._offline_edge(inputs)) for idx, _ in inputs]
+        if dense is None:
+            dense = [self._dense(idx, self._offline_edge(inputs)) for idx, _ in inputs]
         dense_cur = self._dense_currents(inputs, dense)
         parts = len(bounds) - 1
         counters = np.zeros((parts, C.N_COUNTERS), np.int64)
@@ -1001,7 +1011,7 @@ class Conv2dStage(Conv2dLIF):
             self._last_real = None
         self.kept.clear()
 
-    def _band_bounds(self, inputs: list):
+    def _band_bounds(self, inputs: list, dense: list | None = None):
         return None  # whole maps only: a pool before the LIF reads across rows
 
     def _whole(self, current: np.ndarray, size: int) -> np.ndarray:
