@@ -3,7 +3,7 @@ list, or just their count.
 
 A LIF step's arithmetic vectorises; turning its flags into indices does not, written as a loop:
 each index's store address depends on the count before it, about a cycle per neuron whether it
-fired or not (as long as the LIF itself at 5% firing). On a CPU with AVX-512, sixteen flags at a
+fired or not, which at 5% firing took as long as the LIF pass itself. On a CPU with AVX-512, sixteen flags at a
 time go through LLVM's ``llvm.masked.compressstore`` (``vpcompressd``: the indices of the set
 lanes written contiguously) and a population count of the lane mask; elsewhere the branch-free
 loop stays, because LLVM expands the compress store into a branch per lane there.
@@ -36,8 +36,8 @@ _I32x16 = ir.VectorType(ir.IntType(32), LANES)
 @intrinsic
 def _compress16(typingctx, flags, at, first, out, count):
     """``out[count:count + k]`` = ``first + j`` for each j < 16 with ``flags[at + j]`` set, in
-    order; returns k. No bounds checks: the caller keeps ``at + 16 <= flags.size`` and
-    ``count + k <= out.size``."""
+    order; returns k. Both arrays contiguous (their strides are not read), and no bounds checks:
+    the caller keeps ``at + 16 <= flags.size`` and ``count + k <= out.size``."""
     if not (isinstance(flags, types.Array) and flags.dtype == types.uint8
             and isinstance(out, types.Array) and out.dtype == types.int32):
         return None
