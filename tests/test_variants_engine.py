@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import assert_every_layer_fires, record_spikes
+from conftest import drive as drive_steps
 
 from eventformer.bench.calibrate import calibrate, random_model
 from eventformer.errors import EventformerError
@@ -347,13 +348,8 @@ def reference(model, frames: np.ndarray):
 
 
 def drive(engine: Spikformer, frames: np.ndarray, path: str) -> np.ndarray:
-    xs = [to_events(f) for f in frames]
-    if path == "run":
-        return engine.run(xs)
-    engine.reset()
-    for idx, cnt in xs:
-        engine.step(idx, cnt)
-    return engine.logits()
+    """:func:`conftest.drive` on dense frames, made event lists first."""
+    return drive_steps(engine, [to_events(f) for f in frames], path)
 
 
 # --------------------------------------------------------------------------------------------
