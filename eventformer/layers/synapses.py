@@ -317,9 +317,10 @@ class SynapticLIF(SpikingLayer):
         engine's threads, as :meth:`run_steps` does (a window must not wait on one core); a quiet
         step, or a small one, runs here (the hand-off would cost more than it saves)."""
         if idx.shape[0] and self._step_work(idx) >= BAND_STEP_MIN_OPS:
-            bounds = self._band_bounds([(idx, cnt)])
+            step, dense = [(idx, cnt)], [self._dense(idx)]
+            bounds = self._band_bounds(step, dense)
             if bounds is not None:
-                return self._run_banded([(idx, cnt)], bounds)[0]
+                return self._run_banded(step, bounds, dense)[0]
         return self._step_here(idx, cnt)
 
     def _step_here(self, idx, cnt, dense: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
