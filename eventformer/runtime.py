@@ -117,6 +117,59 @@ def run_dynamic(part, parts: int) -> None:
     run_parts(take, threads)
 
 
+def run_pipeline(stages: list, edges: list[int], threads: int) -> None:
+    """Run a chain of stages over a sample's steps on ``threads`` threads at once (a wavefront).
+
+    ``stages[s](a, b)`` runs stage s on steps a..b-1 (``edges`` cuts the steps into chunks). It
+    may start on a chunk once stage s-1 has finished that chunk and stage s its chunk before,
+    so every stage still sees its steps in time order and its results are those of running the
+    stages one after another: only different stages' chunks overlap. Each thread takes the ready
+    chunk of the earliest stage (the one with the most work still behind it); inside a stage the
+    engine's other splits run serially (:func:`in_part`), since the threads are all taken.
+
+    Why: a layer split in bands over two threads gains little when its steps are small (a
+    block's layers are tens of microseconds a step), while different layers at different steps
+    are independent work of any size. The first exception a stage raises is re-raised here once
+    every thread has stopped."""
+    n, chunks = len(stages), len(edges) - 1
+    done = [0] * n  # chunks finished, per stage
+    busy = [False] * n
+    failed: list[BaseException] = []
+    ready = threading.Condition()
+
+    def take():
+        """The stage to run next and its chunk, or None when the chain is finished."""
+        with ready:
+            while True:
+                if failed or done[-1] == chunks:
+                    return None
+                for s in range(n):
+                    c = done[s]
+                    if not busy[s] and c < chunks and (s == 0 or done[s - 1] > c):
+                        busy[s] = True
+                        return s, c
+                ready.wait()
+
+    def worker(_):
+        while (job := take()) is not None:
+            s, c = job
+            try:
+                stages[s](edges[c], edges[c + 1])
+            except BaseException as e:  # noqa: BLE001 - handed to the caller below
+                with ready:
+                    failed.append(e)
+                    ready.notify_all()
+                return
+            with ready:
+                done[s] += 1
+                busy[s] = False
+                ready.notify_all()
+
+    run_parts(worker, max(1, min(threads, engine_threads())))
+    if failed:
+        raise failed[0]
+
+
 def split(n: int, parts: int) -> list[int]:
     """Boundaries of ``parts`` near-equal ranges over ``n`` items."""
     return [n * i // parts for i in range(parts + 1)]

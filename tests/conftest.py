@@ -195,3 +195,41 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+def pipelined_and_layer_major(model, dtype, samples: list, threads: int = 2,
+                              policy=None) -> list:
+    """Per sample, ``Spikformer.run`` pipelined (different layers on different chunks of steps
+    at once: the pipeline's size gate lifted so that a small test model takes it) and
+    layer-major (the pipeline off), both on ``threads`` engine threads, one engine: a list of
+    ``((logits, layer_stats), (logits, layer_stats))``. Asserts that the pipeline ran."""
+    import eventformer.models.spikformer as spikformer
+    from eventformer.layers import PathPolicy
+    from eventformer.runtime import engine_threads, set_engine_threads
+
+    before = engine_threads()
+    set_engine_threads(threads)
+    engine = spikformer.Spikformer(model, dtype=dtype, policy=policy or PathPolicy())
+    ran = []
+    pipelined = engine._run_pipelined
+
+    def spy(xs, edges):
+        ran.append(edges)
+        return pipelined(xs, edges)
+
+    out = []
+    try:
+        for steps in samples:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(spikformer, "PIPELINE_MIN_NEURON_STEPS", 0)
+                mp.setattr(engine, "_run_pipelined", spy)
+                engine.clear_stats()
+                fast = engine.run(steps), engine.layer_stats()
+                mp.setattr(engine, "_pipeline_edges", lambda steps: None)
+                engine.clear_stats()
+                slow = engine.run(steps), engine.layer_stats()
+            out.append((fast, slow))
+    finally:
+        set_engine_threads(before)
+    assert len(ran) == len(samples) and all(len(e) > 2 for e in ran), ran
+    return out

@@ -31,8 +31,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import (GESTURE_DIR, drive, need_gesture, one_error_line,  # noqa: E402
-                      record_spikes, ref_spike_sets)
+from conftest import (GESTURE_DIR, assert_every_layer_fires, drive, need_gesture,  # noqa: E402
+                      one_error_line, pipelined_and_layer_major, record_spikes, ref_spike_sets)
 from torch_reference import Outputs, float32_spread, reference_outputs  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -584,3 +584,15 @@ def test_cli_export_then_infer_predicts_as_the_reference(tmp_path):
     assert layers["stage1.0.tssa.attn_lif"]["mask"] > 0 and out["ops"]["mask"] > 0
     r = runner.invoke(app, ["inspect", str(tmp_path / "qkformer.h5")])
     assert r.exit_code == 0 and "stage1: embedding 4-8-16-32, 8x8 tokens" in r.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int8"])
+def test_the_offline_pipeline_is_the_layer_major_run(tiny, dtype):
+    """Pipelined over both of QKFormer's stages (each stage's embedding and blocks one chain):
+    the logits and every layer's spikes and op counts of the layer-major run."""
+    samples = [event_steps(s) for s in tiny.samples]
+    for (fast, fast_stats), (slow, slow_stats) in pipelined_and_layer_major(tiny.model, dtype,
+                                                                            samples):
+        np.testing.assert_array_equal(fast, slow)
+        assert fast_stats == slow_stats
+        assert_every_layer_fires(fast_stats)

@@ -31,7 +31,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import record_spikes  # noqa: E402
+from conftest import (assert_every_layer_fires, pipelined_and_layer_major,  # noqa: E402
+                      record_spikes)
 from torch_reference import Outputs, float32_spread, reference_outputs  # noqa: E402
 
 from eventformer.errors import CheckpointError, ModelFileError  # noqa: E402
@@ -427,3 +428,17 @@ def test_a_checkpoint_from_the_numpy_trainer_builds_and_runs():
     _, steps = sample(0)
     logits = engine.run(steps)
     assert logits.shape == (config.num_classes,) and np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int8"])
+def test_the_offline_pipeline_is_the_layer_major_run(dtype):
+    """Pipelined on the membrane stream (its densifying one stage of the chain, each block
+    whole): the logits and every layer's spikes and op counts of the layer-major run."""
+    _, model, _ = exact_model("4x4-res", True)
+    samples = [sample(s)[1] for s in (1, 2)]
+    for (fast, fast_stats), (slow, slow_stats) in pipelined_and_layer_major(model, dtype,
+                                                                            samples):
+        np.testing.assert_array_equal(fast, slow)
+        assert fast_stats == slow_stats
+        # every LIF fires (the stream's synapse-only layers, *_conv, have no spikes)
+        assert_every_layer_fires([r for r in fast_stats if not r["name"].endswith("_conv")])

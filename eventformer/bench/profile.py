@@ -16,6 +16,13 @@ scatter and gather accumulates per second of the threads' time in them (to compa
 one-thread peak), GEMM multiply-accumulates per second of the calling thread's time (the GEMM
 splits its rows over the engine's threads, as its peak was measured).
 
+A pipelined offline run (``Spikformer.run`` on several engine threads: different layers on
+different chunks of steps at once) has no one calling thread doing the work: there, the time of
+every thread the pipeline holds is booked, each stage's chunk to its own stages (its thread's
+root is ``_pipeline_stage``), and a thread's time with no chunk ready to run to "pipeline wait".
+The stages then add up to the runs' wall time plus the pipeline's other threads' time over its
+length (``total_ms``; ``wall_ms`` is the runs' wall time alone).
+
 The wrappers cost a microsecond or two per call: a profiled run is a little slower than a timed
 one, which is why the bench times and profiles in separate runs and reports both.
 """
@@ -35,7 +42,8 @@ from .hooks import Meter, override
 
 # Stages in the order they are reported: the synaptic current's paths, then what follows it.
 STAGES = ("scatter", "gather", "GEMM", "GEMM input", "current glue", "thread wait", "TASA",
-          "LIF", "max-pool", "attention core", "residual merge", "block glue", "head", "other")
+          "LIF", "max-pool", "attention core", "residual merge", "block glue", "head",
+          "pipeline wait", "other")
 STAGE_MEANING = {
     "scatter": "event-driven current: an event's weight rows added into scattered outputs",
     "gather": "event-driven current: each output sums its active inputs' rows (convs)",
@@ -51,6 +59,8 @@ STAGE_MEANING = {
     "residual merge": "x + y of two event lists (the residual stream)",
     "block glue": "blocks' and attention operators' own Python between layers",
     "head": "classifier head: channel sums, mean, one GEMV",
+    "pipeline wait": "a thread of the offline pipeline with no stage's chunk ready to run (the "
+                     "pipeline filling and draining, a stage waiting on the one before)",
     "other": "the rest of the model's run: the remainder of the wall time",
 }
 # The kernels with a measured peak (eventformer.bench.peaks), by stage
@@ -146,7 +156,11 @@ STAGE_TABLE = (
     Hook("block", "run_steps", "block glue"),
     Hook("attention", "step", "block glue"),
     Hook("attention", "run_steps", "block glue"),
+    Hook("block", "attention_steps", "block glue"),
+    Hook("block", "mlp_steps", "block glue"),
     Hook("module", "add_events", "residual merge"),
+    Hook("module", "run_pipeline", "pipeline wait"),
+    Hook("engine", "_pipeline_stage", "other"),
     Hook("engine", "run", "other"),
     Hook("engine", "step", "other"),
 )
@@ -174,7 +188,10 @@ class Profiler(Meter):
         self.kernel: dict[tuple[str, str], list] = {}
         self.units: dict[str, str] = {}
         self.runs = 0
-        self.total_s = 0.0  # wall time of the root calls
+        self.total_s = 0.0  # wall time of the root calls, plus the pipeline's other threads'
+        self.wall_s = 0.0  # wall time of the root calls
+        self._helpers: set[int] = set()  # threads running a pipeline stage for the root
+        self._helper_busy = 0.0  # seconds of their stages
         self.order: list[str] = []  # owners in forward order
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -218,16 +235,27 @@ class Profiler(Meter):
         if hook.unit is not None:
             self.units[stage] = hook.unit
         local, clock, lock = self._local, self.clock, self._lock
-        root = hook.where == "engine"
+        # the root: the engine's run or step; a pipeline stage on another thread books that
+        # thread's time as the root's; the pipeline itself books its threads' idle time
+        root = hook.where == "engine" and hook.method in ("run", "step")
+        stage_root = hook.method == "_pipeline_stage"
+        pipeline = hook.method == "run_pipeline"
         unit = hook.unit
 
         def timed(*args, **kwargs):
             stack = getattr(local, "stack", None)
             if stack is None:
                 stack = local.stack = []
-            main = threading.get_ident() == self._main
+            ident = threading.get_ident()
+            main = ident == self._main or ident in self._helpers
             if root and not stack and self._main is None:
-                self._main, main = threading.get_ident(), True
+                self._main, main = ident, True
+            helper = stage_root and not stack and not main and self._main is not None
+            if helper:
+                with lock:
+                    self._helpers.add(ident)
+                main = True
+            busy_before = self._helper_busy if pipeline else 0.0
             who = owner if owner is not None else (stack[-1].owner if stack else "(model)")
             state = before(obj, args, kwargs) if before is not None else None
             frame = _Frame(who, stage, clock())
@@ -252,11 +280,19 @@ class Profiler(Meter):
                     work -= frame.child_work.get(unit, 0)
                 key = (who, stage)
                 with lock:
+                    if helper:
+                        self._helpers.discard(ident)
+                        self._helper_busy += elapsed
                     if main:
                         self.wall[key] = self.wall.get(key, 0.0) + own
+                        if pipeline:  # the other threads' time in it, idle where not busy
+                            held = elapsed * _pipeline_helpers(args)
+                            self.wall[key] += held - (self._helper_busy - busy_before)
+                            self.total_s += held
                         if root and not stack:
                             self.runs += 1
                             self.total_s += elapsed
+                            self.wall_s += elapsed
                             self._main = None
                     if work is not None:
                         k = self.kernel.setdefault(key, [0.0, 0])
@@ -273,6 +309,14 @@ class Profiler(Meter):
         self._undo.append(lambda: setattr(module, hook.method, original))
         self.timed.append((module.__name__, hook.method))
 
+
+
+def _pipeline_helpers(args) -> int:
+    """Threads besides the caller that ``run_pipeline(stages, edges, threads)`` holds."""
+    from ..runtime import engine_threads, in_part
+
+    threads = args[2] if len(args) > 2 else 1
+    return 0 if in_part() else max(0, min(threads, engine_threads()) - 1)
 
 
 def _rank(order: list[str], owner: str) -> float:
@@ -328,6 +372,7 @@ def profile_table(prof: Profiler, samples: int, peaks: dict | None = None) -> di
                          "unit": prof.units.get(stage), "ops_per_s": ops, "of_peak": ratio})
         layers.append({"layer": owner, "ms": sum(r["ms"] for r in rows), "stages": rows})
     return {"samples": samples, "runs": prof.runs, "total_ms": total_ms,
+            "wall_ms": prof.wall_s * 1e3 / n,
             "stages": stages, "layers": layers,
             "timed_methods": sorted({m for _, m in prof.timed}),
             "stage_meaning": {s["stage"]: STAGE_MEANING[s["stage"]] for s in stages}}

@@ -38,13 +38,28 @@ from ..layers import (
 )
 from ..layers.successors import LIFLinearHead, LinearSynapse, StreamLIF
 from ..layers.synapses import Conv2dStage
-from ..runtime import engine_threads, limit_blas_threads, run_parts
+from ..runtime import (
+    engine_threads,
+    in_part,
+    limit_blas_threads,
+    run_parts,
+    run_pipeline,
+    split,
+)
 from .config import MEMBRANE_OPERATORS
 from .description import INPUT, POOL, BlockGeometry, BlockStage, Description, PlacedStage
 
 if TYPE_CHECKING:  # the model file package imports the config from here
     from ..modelfile import ModelFile
 
+#: Chunks of a sample's steps in an offline pipeline (:meth:`Spikformer.run`): more chunks
+#: overlap the stages sooner but batch fewer dense steps per GEMM and move each layer's state
+#: through the cache more often (full-size Spikformer-DVS, T 16, 2 threads: 4 chunks best).
+PIPELINE_CHUNKS = 4
+#: Below this many neuron updates a sample (neurons of every layer x steps) the pipeline's
+#: hand-offs (~0.8 ms a sample) cost more than the overlap gains: the shipped tiny models (0.3 M,
+#: ~2 ms a sample) ran 1.4x slower pipelined; the full-size ones (17-53 M) run 1.2-1.3x faster.
+PIPELINE_MIN_NEURON_STEPS = 2_000_000
 SPS_POOL = POOL  # MaxPool2d(kernel_size=3, stride=2, padding=1): the family's one max-pool
 DTYPES = {"float32": np.float32, "float64": np.float64}
 #: What ``dtype`` may name: the float engines and the fixed-point ones (SPEC §6).
@@ -112,19 +127,35 @@ class Embedding:
 
     def run_steps(self, xs: list) -> list:
         """Every step of a sample, stage by stage (offline): the results of :meth:`step`."""
-        saved = {INPUT: xs}
-        for layer, st, real in self.plan:
-            src = saved[st.input] if st.input else xs
-            outs = [layer.step_real(x) for x in src] if real else layer.run_steps(src)
-            if st.save_current:
-                saved[st.save_current] = list(layer.kept)
-                layer.kept.clear()
-            if st.add:
-                outs = [_add(a, b) for a, b in zip(saved[st.add], outs)]
-            if st.save:
-                saved[st.save] = outs
-            xs = outs
+        saved = self.saved_maps(len(xs))
+        for i in range(len(self.plan)):
+            xs = self.run_stage(i, xs, saved, 0, len(xs))
         return xs
+
+    def saved_maps(self, steps: int) -> dict:
+        """Room for the maps a sample's stages save (each a list over its ``steps``), filled
+        by :meth:`run_stage`."""
+        names = [INPUT] + [n for _, st, _ in self.plan for n in (st.save, st.save_current) if n]
+        return {name: [None] * steps for name in names}
+
+    def run_stage(self, i: int, xs: list, saved: dict, a: int, b: int) -> list:
+        """Stage ``i`` on steps a..b-1 of a sample (``xs``: their input to it), reading and
+        writing those steps of the ``saved`` maps (:meth:`saved_maps`): the stages run over
+        all steps one after another, or over chunks of steps in a pipeline
+        (:meth:`Spikformer.run`), give the same maps."""
+        layer, st, real = self.plan[i]
+        if i == 0:
+            saved[INPUT][a:b] = xs
+        src = saved[st.input][a:b] if st.input else xs
+        outs = [layer.step_real(x) for x in src] if real else layer.run_steps(src)
+        if st.save_current:
+            saved[st.save_current][a:b] = layer.kept
+            layer.kept.clear()
+        if st.add:
+            outs = [_add(p, q) for p, q in zip(saved[st.add][a:b], outs)]
+        if st.save:
+            saved[st.save][a:b] = outs
+        return outs
 
 
 class Block:
@@ -157,8 +188,20 @@ class Block:
         return add_events(idx, cnt, m_idx, m_cnt)
 
     def run_steps(self, xs: list) -> list:
-        xs = _residual(xs, self.attn.run_steps(xs))
+        return self.mlp_steps(self.attention_steps(xs))
+
+    def attention_steps(self, xs: list) -> list:
+        """x + attention(x) for steps of a sample, in time order (offline)."""
+        return _residual(xs, self.attn.run_steps(xs))
+
+    def mlp_steps(self, xs: list) -> list:
+        """x + MLP(x) for steps of a sample, in time order (offline)."""
         return _residual(xs, self.fc2.run_steps(self.fc1.run_steps(xs)))
+
+    @property
+    def parts(self) -> list:
+        """The block's halves as a pipeline runs them (:meth:`Spikformer.run`)."""
+        return [self.attention_steps, self.mlp_steps]
 
 
 class MembraneBlock:
@@ -225,6 +268,11 @@ class MembraneBlock:
         outs = self.fc2.run_steps([(s, ones(s.shape[0])) for s in self.fc2_lif.run_steps(hs)])
         return [o + i for o, i in zip(outs, identities)]
 
+    @property
+    def parts(self) -> list:
+        """The block as a pipeline runs it (:meth:`Spikformer.run`): whole."""
+        return [self.run_steps]
+
 
 def membrane_units(stage: BlockStage, layers: dict, arith: Fixed) -> tuple[np.ndarray, list]:
     """The integer unit per channel of a block stage's membrane stream, and the names of the
@@ -279,6 +327,15 @@ def _residual(xs: list, ys: list) -> list:
 
     run_parts(part, parts)
     return out
+
+
+def _watched(layer) -> bool:
+    """Whether something watches a layer's steps as they happen: a probe on its currents, or a
+    recorder's wrapper on its neurons' spikes (a recorder keeps the steps of several layers)."""
+    if getattr(layer, "probe", None) is not None:
+        return True
+    neurons = getattr(layer, "neurons", None)
+    return neurons is not None and any(name in vars(neurons) for name in ("fire", "fire_flags"))
 
 
 def unsupported(desc: Description) -> str | None:
@@ -508,18 +565,74 @@ class Spikformer:
         self.reset()
         xs = [self._input(x) for x in steps] if self.pixels else \
             [self._input(i, c) for i, c in steps]
-        for (embedding, blocks), sites in zip(self.stages, self.stream_sites):
-            xs = embedding.run_steps(xs)
-            if self.membrane:
-                xs = [_real_map(x, sites, self.dtype) for x in xs]
-            for block in blocks:
-                xs = block.run_steps(xs)
+        edges = self._pipeline_edges(len(xs))
+        if edges is not None:
+            xs = self._run_pipelined(xs, edges)
+        else:
+            for (embedding, blocks), sites in zip(self.stages, self.stream_sites):
+                xs = embedding.run_steps(xs)
+                if self.membrane:
+                    xs = [_real_map(x, sites, self.dtype) for x in xs]
+                for block in blocks:
+                    xs = block.run_steps(xs)
         for x in xs:
             if self.membrane:
                 self.head.step(x)
             else:
                 self.head.step(*x)
         return self.logits()
+
+    def _pipeline_edges(self, steps: int) -> list[int] | None:
+        """Chunk edges over a sample's steps for :meth:`_run_pipelined`, or None to run the
+        stages one after another: one engine thread, already inside a part, fewer than four
+        steps (a chunk holds at least two, so that each layer takes the offline paths it
+        takes over the whole sample: a small layer's dense steps share one GEMM), a small network (:data:`PIPELINE_MIN_NEURON_STEPS`), or a layer watched as it
+        steps (:func:`_watched`)."""
+        chunks = min(PIPELINE_CHUNKS, steps // 2)
+        if engine_threads() < 2 or in_part() or chunks < 2:
+            return None
+        if steps * sum(layer.n_neurons for layer in self.layers) < PIPELINE_MIN_NEURON_STEPS:
+            return None
+        if any(_watched(layer) for layer in self.layers):
+            return None
+        return split(steps, chunks)
+
+    def _chain(self, steps: int) -> list:
+        """The network as one chain of stages ``(xs, a, b) -> outs`` over steps a..b-1: each
+        embedding's conv stages, a membrane stream's densifying, each block's halves."""
+        links = []
+        for (embedding, blocks), sites in zip(self.stages, self.stream_sites):
+            saved = embedding.saved_maps(steps)
+            links += [lambda xs, a, b, e=embedding, i=i, saved=saved: e.run_stage(i, xs, saved,
+                                                                                    a, b)
+                      for i in range(len(embedding.plan))]
+            if self.membrane:
+                links.append(lambda xs, a, b, sites=sites:
+                             [_real_map(x, sites, self.dtype) for x in xs])
+            links += [lambda xs, a, b, f=f: f(xs) for block in blocks for f in block.parts]
+        return links
+
+    def _run_pipelined(self, xs: list, edges: list[int]) -> list:
+        """The chain of stages over a sample's steps as a pipeline on the engine's threads
+        (:func:`~eventformer.runtime.run_pipeline`): stage s works on chunk c while stage
+        s + 1 works on chunk c - 1. Every stage sees its steps in time order, so the maps are
+        those of running the stages one after another."""
+        links = self._chain(len(xs))
+        streams = [xs] + [[None] * len(xs) for _ in links]  # streams[s]: stage s's input
+
+        def stage(s):
+            def run(a, b):
+                streams[s + 1][a:b] = self._pipeline_stage(links[s], streams[s][a:b], a, b)
+            return run
+
+        run_pipeline([stage(s) for s in range(len(links))], edges, engine_threads())
+        return streams[-1]
+
+    @staticmethod
+    def _pipeline_stage(link, xs: list, a: int, b: int) -> list:
+        """One stage of the pipeline on steps a..b-1 (one method, so that a profiler can see
+        which thread runs which stage)."""
+        return link(xs, a, b)
 
     def run_image(self, image: np.ndarray) -> np.ndarray:
         """Classify a static image (real pixels, [H, W, C]): the same input at each of the
