@@ -19,7 +19,7 @@ from numba.core import config
 from numba.extending import intrinsic
 
 from ..jit import inlined, kernel
-from ._common import book_ops
+from ._common import book_ops, wide_vectors
 
 # Output channels per accumulator block: blocks of BLOCK while they fit, then one of BLOCK_SMALL,
 # then one partial block. BLOCK float32 or int32 accumulators take eight zmm registers, BLOCK int16
@@ -223,6 +223,7 @@ def _gather_kernel(narrow, whole, partial, name):
 
     def gather(idx, cnt, in_h, in_w, cin, weight_rows, bias, k, row0, row1, out, counters,
                weighted):
+        wide_vectors()
         n = idx.shape[0]
         cout = weight_rows.shape[1]
         npix = in_h * in_w

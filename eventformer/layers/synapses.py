@@ -12,7 +12,7 @@ from ..kernels.amx import AMX, amx_gemm, pack_amx
 from ..kernels.igemm import VNNI, int_gemm, pack_igemm
 from ..kernels.pooling import maxpool_current
 from ..kernels.sparse import flag_lanes, maxpool_lanes
-from ..runtime import engine_threads, gemm, in_part, run_parts, split
+from ..runtime import cache_aligned, engine_threads, gemm, in_part, run_parts, split
 from .base import EMPTY, PathPolicy, SpikingLayer, ones, period
 from .neurons import FixedLIFNeurons, LIFNeurons
 
@@ -146,13 +146,13 @@ class SynapticLIF(SpikingLayer):
                policy: PathPolicy):
         self.rows, self.k_dim, self.in_sites = rows, k_dim, in_sites
         if self.gemm_dtype.kind == "f":
-            self.gemm_weight = np.ascontiguousarray(gemm_weight, self.gemm_dtype)
+            self.gemm_weight = cache_aligned(gemm_weight, self.gemm_dtype)
         elif self.gemm_dtype == np.uint8 and INT_GEMM_AMX:  # int8 weights as AMX tiles
             self.gemm_weight = pack_amx(np.asarray(gemm_weight, np.int8))
             self._int_product = amx_gemm
         else:  # packed once for the integer GEMM: int8 weights beside uint8 rows, else int16
-            self.gemm_weight = pack_igemm(gemm_weight, np.int8 if self.gemm_dtype == np.uint8
-                                          else np.int16)
+            self.gemm_weight = cache_aligned(pack_igemm(
+                gemm_weight, np.int8 if self.gemm_dtype == np.uint8 else np.int16))
             self._int_product = int_gemm
         self.bias = np.ascontiguousarray(self._bias, dtype)
         self.neurons = self._make_neurons(params, dtype)
@@ -579,15 +579,15 @@ class Conv2dLIF(SynapticLIF):
         self.in_shape, self.kh, self.kw, self.cin, self.cout = in_shape, kh, kw, cin, cout
         self.weighted = input_kind == "counts"
         # scatter rows [(c, ky, kx), Cout]; GEMM rows [(ky, kx, c), Cout] to match im2col
-        self.weight_rows = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(-1, cout),
-                                                self.weight_dtype)
+        self.weight_rows = cache_aligned(w.transpose(1, 2, 3, 0).reshape(-1, cout),
+                                         self.weight_dtype)
         dense_rows = w.transpose(2, 3, 1, 0).reshape(-1, cout)
         self._setup(params, rows=self.out_h * self.out_w, k_dim=kh * kw * cin,
                     in_sites=h * wd * cin, dtype=dtype, policy=policy, gemm_weight=dense_rows)
         # the gather reads the dense rows in the event path's dtype (int8/int16 when integer:
         # conv2d_gather_int adds int8 weights in int16 lanes)
         self.gather_weight = (self.gemm_weight if self.fixed is None
-                              else np.ascontiguousarray(dense_rows, self.weight_dtype))
+                              else cache_aligned(dense_rows, self.weight_dtype))
         self._padded = np.empty((h + 2 * self.pad, wd + 2 * self.pad, cin), self.gemm_dtype)
         self._geometry = (wd, cin)
         # the output-stationary gather: stride 1, "same" padding, odd square kernel, not the raw
@@ -763,7 +763,7 @@ class LinearLIF(SynapticLIF):
         super().__init__(params.name, tokens * cout, input_kind)
         self.tokens, self.cin, self.cout = tokens, cin, cout
         self.weighted = input_kind == "counts"
-        self.weight = np.ascontiguousarray(w.T, self.weight_dtype)  # [Cin, Cout]: one event, one row
+        self.weight = cache_aligned(w.T, self.weight_dtype)  # [Cin, Cout]: one event, one row
         self._setup(params, rows=tokens, k_dim=cin, in_sites=tokens * cin,
                     gemm_weight=self.weight if self.fixed is None else w.T, dtype=dtype,
                     policy=policy)
