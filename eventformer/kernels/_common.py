@@ -1,7 +1,7 @@
 """Small inlined pieces shared by the scatter kernels, and what the compiled code may use."""
 
 from numba import types
-from numba.core import config
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 from ..jit import inlined
@@ -52,6 +52,37 @@ def _wide_vectors_jit(typingctx):
 #: they keep LLVM's choice. A no-op without the JIT; without AVX-512 LLVM has no 512-bit vectors
 #: and the attribute changes nothing.
 wide_vectors = _wide_vectors_py if config.DISABLE_JIT else _wide_vectors_jit
+
+
+def _copy_span_py(dst, d0, src, s0, n):
+    dst[d0:d0 + n] = src[s0:s0 + n]
+
+
+@intrinsic
+def _copy_span_jit(typingctx, dst, d0, src, s0, n):
+    """``dst[d0:d0 + n] = src[s0:s0 + n]`` for 1-D C-contiguous arrays of one dtype that do not
+    overlap, as one ``memcpy``."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and dst.dtype == src.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        dty, _, sty, _, _ = signature.args
+        dary = context.make_array(dty)(context, builder, args[0])
+        sary = context.make_array(sty)(context, builder, args[2])
+        itemsize = context.get_abi_sizeof(context.get_data_type(dty.dtype))
+        dptr = cgutils.gep(builder, dary.data, args[1])
+        sptr = cgutils.gep(builder, sary.data, args[3])
+        cgutils.raw_memcpy(builder, dptr, sptr, args[4], itemsize)
+        return context.get_dummy_value()
+
+    return types.void(dst, d0, src, s0, n), codegen
+
+
+#: ``copy_span(dst, d0, src, s0, n)``: a contiguous copy between two arrays, as one ``memcpy``
+#: (a Numba loop of byte copies does not vectorise where it cannot rule out overlap, and a slice
+#: assignment checks for overlap and may copy through a temporary).
+copy_span = _copy_span_py if config.DISABLE_JIT else _copy_span_jit
 
 
 @inlined
