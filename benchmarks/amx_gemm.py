@@ -41,6 +41,8 @@ from eventformer.models import SpikformerConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int_gemm import STEPS, layers_of  # noqa: E402 - the shape list of the int8 GEMM benchmark
 
+NO_BIAS = np.empty(0, np.int32)  # int_gemm's bias argument: none
+
 
 def model_shapes() -> list:
     """(layer, label, m, k, n) of every synaptic GEMM of the full-size model in int8 mode."""
@@ -106,7 +108,7 @@ def main() -> None:
         outs = {kind: np.empty((m, n), np.int32) for kind in ("amx", "vnni")}
         out_f = np.empty((m, n), np.float32)
         fns = {"amx": lambda: amx_gemm(rows, packed_amx, outs["amx"]),
-               "vnni": lambda: int_gemm(rows, packed_vnni, outs["vnni"]),
+               "vnni": lambda: int_gemm(rows, packed_vnni, outs["vnni"], NO_BIAS),
                "blas": lambda: np.matmul(rows_f, weight_f, out=out_f)}
         for fn in fns.values():
             fn()  # warm-up: compile, fault in the buffers

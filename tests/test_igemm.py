@@ -36,9 +36,12 @@ def _wrapped(a, w) -> np.ndarray:
     return ((ref + 2**31) % 2**32 - 2**31).astype(np.int32)
 
 
+NO_BIAS = np.empty(0, np.int32)
+
+
 def _run(a, w, kind) -> np.ndarray:
     out = np.full((a.shape[0], w.shape[1]), -7, np.int32)  # every entry must be written
-    int_gemm(a, pack_igemm(w, KINDS[kind][0]), out)
+    int_gemm(a, pack_igemm(w, KINDS[kind][0]), out, NO_BIAS)
     return out
 
 
@@ -86,7 +89,7 @@ def test_bands_of_rows_fill_their_block_of_the_output(kind):
     want = _wrapped(a, w)
     for r0, r1 in [(0, 7), (7, 16), (16, 23), (5, 6), (22, 23)]:
         out = np.full((m, n), -7, np.int32)
-        int_gemm(a[r0:r1], packed, out[r0:r1])
+        int_gemm(a[r0:r1], packed, out[r0:r1], NO_BIAS)
         assert np.array_equal(out[r0:r1], want[r0:r1])
         assert (np.delete(out, np.s_[r0:r1], axis=0) == -7).all()
 
@@ -107,9 +110,12 @@ def test_mismatched_arguments_are_refused():
     a = np.zeros((3, 8), np.uint8)
     packed = pack_igemm(np.zeros((8, 40), np.int64), np.int8)
     with pytest.raises(ValueError):
-        int_gemm(a, packed, np.zeros((3, 70), np.int32))  # more columns than panels
+        int_gemm(a, packed, np.zeros((3, 70), np.int32), NO_BIAS)  # more columns than panels
     with pytest.raises(ValueError):
-        int_gemm(np.zeros((3, 12), np.uint8), packed, np.zeros((3, 40), np.int32))  # k too long
+        int_gemm(np.zeros((3, 12), np.uint8), packed, np.zeros((3, 40), np.int32),
+                 NO_BIAS)  # k too long
+    with pytest.raises(ValueError):  # a bias not padded to whole panels
+        int_gemm(a, packed, np.zeros((3, 40), np.int32), np.zeros(40, np.int32))
     with pytest.raises(ValueError):
         pack_igemm(np.full((2, 2), 128), np.int8)
 
@@ -118,9 +124,9 @@ def test_mismatched_arguments_are_refused():
 def test_the_kernel_runs_on_vnni_dot_products():
     fresh = njit(nogil=True)(int_gemm.py_func)  # compiled here: the cached code cannot be read
     fresh(np.zeros((1, 4), np.uint8), pack_igemm(np.zeros((4, 1), np.int64), np.int8),
-          np.zeros((1, 1), np.int32))
+          np.zeros((1, 1), np.int32), NO_BIAS)
     fresh(np.zeros((1, 2), np.int16), pack_igemm(np.zeros((2, 1), np.int64), np.int16),
-          np.zeros((1, 1), np.int32))
+          np.zeros((1, 1), np.int32), NO_BIAS)
     asm = {str(sig[0].dtype): fresh.inspect_asm(sig) for sig in fresh.signatures}
     assert "vpdpbusd" in asm["uint8"]
     assert "vpdpwssd" in asm["int16"]
@@ -221,3 +227,20 @@ def test_without_the_integer_gemm_dense_steps_run_on_float_blas(model, dtype, mo
     engine = Spikformer(model, dtype=dtype, policy=PathPolicy(mode="dense"))
     assert all(layer.gemm_dtype.kind == "f" for layer in engine.layers
                if isinstance(layer, SynapticLIF))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_accumulators_start_from_the_bias(kind):
+    """With a bias (padded to whole panels), out = rows @ W + bias, every row and panel: the
+    whole 6-row blocks, the rows after them, and a last panel past the channels."""
+    packed_dtype, (alo, ahi), (wlo, whi) = KINDS[kind]
+    rng = np.random.default_rng(6)
+    m, k, n = 17, 4 * 7 + 2, PANEL + 9
+    a = rng.integers(alo, ahi + 1, (m, k)).astype(kind)
+    w = rng.integers(wlo, whi + 1, (k, n))
+    bias = rng.integers(-2**20, 2**20, n).astype(np.int32)
+    padded = np.zeros(2 * PANEL, np.int32)
+    padded[:n] = bias
+    out = np.full((m, n), -7, np.int32)
+    int_gemm(a, pack_igemm(w, packed_dtype), out, padded)
+    assert np.array_equal(out, _wrapped(a, w) + bias)

@@ -1520,5 +1520,5 @@ def test_int_gemm_matches_twin(m, k, n, wide, seed):
             else rng.integers(0, 256, (m, k)).astype(np.uint8))
     weight = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), (k, n))
     out = np.full((m, n), -1, np.int32)
-    int_gemm(rows, pack_igemm(weight, np.int16 if wide else np.int8), out)
+    int_gemm(rows, pack_igemm(weight, np.int16 if wide else np.int8), out, np.empty(0, np.int32))
     np.testing.assert_array_equal(out, twin.int_matmul(rows, weight))

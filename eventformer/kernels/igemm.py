@@ -280,10 +280,21 @@ def _put(out, edge, i, r, p, n, so, vec0, vec1):
 
 
 @inlined
-def _block(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n):
-    """Output rows i..i+ROWS-1, panel p: 12 accumulators through every group of k."""
-    c00 = c01 = c10 = c11 = c20 = c21 = _zero()
-    c30 = c31 = c40 = c41 = c50 = c51 = _zero()
+def _start(bias, p):
+    """The accumulators' start for panel p: its 32 bias values (``bias`` padded to whole
+    panels), or zeros for an empty ``bias``."""
+    if bias.shape[0] == 0:
+        return _zero(), _zero()
+    return _load(bias, p * PANEL * 4), _load(bias, p * PANEL * 4 + 64)
+
+
+@inlined
+def _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
+    """Output rows i..i+ROWS-1, panel p: 12 accumulators (from the panel's bias) through every
+    group of k."""
+    b0, b1 = _start(bias, p)
+    c00 = c10 = c20 = c30 = c40 = c50 = b0
+    c01 = c11 = c21 = c31 = c41 = c51 = b1
     r0 = i * sa
     w_at = p * sp
     for g in range(groups):
@@ -339,9 +350,9 @@ def _block(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n):
 
 
 @inlined
-def _row(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n):
+def _row(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
     """Output row i, panel p (the rows after the last whole block)."""
-    c0 = c1 = _zero()
+    c0, c1 = _start(bias, p)
     r0 = i * sa
     w_at = p * sp
     for g in range(groups):
@@ -357,8 +368,9 @@ def _row(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n):
 
 
 @kernel
-def int_gemm(rows, packed, out):
-    """``out = rows @ W`` exactly in int32, on integer dot products (VNNI where the CPU has it).
+def int_gemm(rows, packed, out, bias):
+    """``out = rows @ W + bias`` exactly in int32, on integer dot products (VNNI where the CPU
+    has it).
 
     ``W`` [k, n] is given packed (:func:`~eventformer.kernels.igemm.pack_igemm`): int8 weights
     with uint8 rows (``vpdpbusd``), int16 weights with int16 rows (``vpdpwssd``). Sums wrap
@@ -375,7 +387,10 @@ def int_gemm(rows, packed, out):
         ``pack_igemm(W, np.int8)`` for uint8 rows, ``pack_igemm(W, np.int16)`` for int16 rows:
         ``panels * 32 >= n`` and ``groups`` covers k; zero beyond them.
     out : int32[m, n], each row contiguous, overwritten
-        ``out[i, j] = sum_c rows[i, c] * W[c, j]``.
+        ``out[i, j] = bias[j] + sum_c rows[i, c] * W[c, j]``.
+    bias : int32[panels * 32] or int32[0]
+        Each output channel's start (the layer's bias, zero beyond n: the accumulators begin
+        from it, so no second pass over ``out`` adds it), or empty for none.
 
     Returns
     -------
@@ -388,8 +403,9 @@ def int_gemm(rows, packed, out):
             or (m > 0 and k > 1 and rows.strides[1] != rows.itemsize)
             or (m > 0 and n > 1 and out.strides[1] != 4) or packed.shape[2] != PANEL
             or packed.shape[3] * packed.itemsize != 4 or packed.shape[0] * PANEL < n
-            or 4 * packed.shape[1] < k * rows.itemsize):
-        raise ValueError("int_gemm: rows, packed weights and out do not match")
+            or 4 * packed.shape[1] < k * rows.itemsize
+            or (bias.shape[0] != 0 and bias.shape[0] != packed.shape[0] * PANEL)):
+        raise ValueError("int_gemm: rows, packed weights, bias and out do not match")
     row_bytes = k * rows.itemsize
     groups = row_bytes // 4
     tail = row_bytes - 4 * groups
@@ -401,9 +417,9 @@ def int_gemm(rows, packed, out):
     i = 0
     while i + ROWS <= m:
         for p in range(panels):
-            _block(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n)
+            _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n)
         i += ROWS
     while i < m:
         for p in range(panels):
-            _row(rows, packed, out, edge, i, p, groups, tail, sa, so, sp, n)
+            _row(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n)
         i += 1

@@ -9,7 +9,7 @@ from ..kernels import (conv2d_gather, conv2d_gather_int, conv2d_scatter, counter
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
                        tasa_current, tasa_fixed_current)
 from ..kernels.amx import AMX, amx_gemm, pack_amx
-from ..kernels.igemm import VNNI, int_gemm, pack_igemm
+from ..kernels.igemm import PANEL, VNNI, int_gemm, pack_igemm
 from ..kernels.pooling import maxpool_current
 from ..kernels.sparse import flag_lanes, maxpool_lanes
 from ..runtime import cache_aligned, engine_threads, gemm, in_part, run_parts, split
@@ -77,20 +77,26 @@ def _integer_rows(arith: Fixed, largest: int):
     return None
 
 
-def _integer_gemm(rows, packed, out, product=int_gemm) -> None:
+_NO_BIAS = np.empty(0, np.int32)
+
+
+def _integer_gemm(rows, packed, out, product=int_gemm, bias=None) -> None:
     """``out = rows @ W`` on ``product`` (:func:`~eventformer.kernels.int_gemm`, or
     :func:`~eventformer.kernels.amx.amx_gemm` for weights packed by ``pack_amx``), its rows
     split over the engine's threads as :func:`~eventformer.runtime.gemm` splits float BLAS's
-    (both kernels release the GIL)."""
+    (both kernels release the GIL). ``bias``: int_gemm's start per output channel (padded to
+    whole panels), for ``out = rows @ W + bias``; amx_gemm takes none."""
+    call = (lambda r, o: product(r, packed, o)) if bias is None else \
+        (lambda r, o: product(r, packed, o, bias))
     threads = engine_threads()
     m = rows.shape[0]
     if (threads == 1 or in_part() or m < 2 * threads
             or m * rows.shape[1] * out.shape[1] * rows.itemsize < INT_PARALLEL_MIN_WORK):
-        product(rows, packed, out)
+        call(rows, out)
         return
     bounds = split(m, threads)
-    run_parts(lambda i: product(rows[bounds[i]:bounds[i + 1]], packed,
-                                out[bounds[i]:bounds[i + 1]]), threads)
+    run_parts(lambda i: call(rows[bounds[i]:bounds[i + 1]], out[bounds[i]:bounds[i + 1]]),
+              threads)
 
 
 def _events_per_row(inputs: list, rows: int, row_size: int) -> np.ndarray:
@@ -154,6 +160,10 @@ class SynapticLIF(SpikingLayer):
             self.gemm_weight = cache_aligned(pack_igemm(
                 gemm_weight, np.int8 if self.gemm_dtype == np.uint8 else np.int16))
             self._int_product = int_gemm
+            # the accumulators start from the bias (zero past Cout, to whole panels)
+            self._gemm_bias = cache_aligned(np.pad(
+                np.asarray(self._bias, np.int32),
+                (0, self.gemm_weight.shape[0] * PANEL - self.cout)))
         self.bias = np.ascontiguousarray(self._bias, dtype)
         self.neurons = self._make_neurons(params, dtype)
         self.current = np.empty((rows, self.cout), dtype)
@@ -181,6 +191,18 @@ class SynapticLIF(SpikingLayer):
         if self.fixed is not None and self.weighted:
             self.quant.check_multiplicity(cnt, self.name)
 
+    _gemm_bias = None  # the bias as int_gemm starts from it (integer modes on int_gemm)
+
+    def _gemm_biased(self, rows, out) -> None:
+        """``out = rows @ gemm_weight + bias`` (``out`` [rows, Cout]): on int_gemm the
+        accumulators start from the bias (no second pass over the current), else
+        :meth:`_gemm` then :meth:`_add_bias`."""
+        if self._gemm_bias is not None:
+            _integer_gemm(rows, self.gemm_weight, out, int_gemm, self._gemm_bias)
+            return
+        self._gemm(rows, out)
+        self._add_bias(out)
+
     def _gemm(self, rows, out) -> None:
         """``out = rows @ gemm_weight``; in an integer mode on the integer GEMM, or on float
         BLAS (exact), then cast."""
@@ -188,7 +210,8 @@ class SynapticLIF(SpikingLayer):
             gemm(rows, self.gemm_weight, out)
             return
         if self.gemm_dtype.kind != "f":
-            _integer_gemm(rows, self.gemm_weight, out, self._int_product)
+            _integer_gemm(rows, self.gemm_weight, out, self._int_product,
+                          None if self._gemm_bias is None else _NO_BIAS)
             return
         if self._gemm_out is None or self._gemm_out.shape[0] != rows.shape[0]:
             self._gemm_out = np.empty((rows.shape[0], self.cout), self.gemm_dtype)
@@ -308,8 +331,7 @@ class SynapticLIF(SpikingLayer):
         if self._rows_buf is None:  # allocated on the first dense step only
             self._rows_buf = np.empty((self.rows, self.k_dim), self.gemm_dtype)
         self._dense_rows(idx, cnt, self._rows_buf)
-        self._gemm(self._rows_buf, cur)
-        self._add_bias(cur)
+        self._gemm_biased(self._rows_buf, cur)
         return cur.reshape(-1)
 
     def step(self, idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -345,8 +367,7 @@ class SynapticLIF(SpikingLayer):
             return [self._step_here(idx, cnt, d) for (idx, cnt), d in zip(inputs, dense)]
         for _, cnt in inputs:
             self._check_counts(cnt)
-        currents = self._batched_synaptic(inputs, dense, n_dense)
-        self._add_bias(currents)
+        currents = self._batched_synaptic(inputs, dense, n_dense, biased=True)
         out = []
         j = 0
         for (idx, cnt), is_dense in zip(inputs, dense):
@@ -357,9 +378,10 @@ class SynapticLIF(SpikingLayer):
                 out.append(self.emit(self._sparse_current(idx, cnt, self.current)))
         return out
 
-    def _batched_synaptic(self, inputs: list, dense: list, n_dense: int) -> np.ndarray:
-        """The synaptic currents (no bias) of the dense steps of ``inputs``, stacked, by one GEMM
-        of their input rows: ``[n_dense * rows, cout]``."""
+    def _batched_synaptic(self, inputs: list, dense: list, n_dense: int,
+                          biased: bool = False) -> np.ndarray:
+        """The synaptic currents (no bias, or with it when ``biased``) of the dense steps of
+        ``inputs``, stacked, by one GEMM of their input rows: ``[n_dense * rows, cout]``."""
         stacked = np.empty((n_dense * self.rows, self.k_dim), self.gemm_dtype)
         j = 0
         for (idx, cnt), is_dense in zip(inputs, dense):
@@ -367,7 +389,10 @@ class SynapticLIF(SpikingLayer):
                 self._dense_rows(idx, cnt, stacked[j * self.rows:(j + 1) * self.rows])
                 j += 1
         currents = np.empty((n_dense * self.rows, self.cout), self.current.dtype)
-        self._gemm(stacked, currents)
+        if biased:
+            self._gemm_biased(stacked, currents)
+        else:
+            self._gemm(stacked, currents)
         return currents
 
     # --- bands of output rows ---------------------------------------------------------------
@@ -496,8 +521,7 @@ class SynapticLIF(SpikingLayer):
         if n_dense == 0:
             return {}
         if n_dense >= 2 and self.rows < BATCH_ROWS_BELOW:
-            batched = self._batched_synaptic(inputs, dense, n_dense)
-            self._add_bias(batched)
+            batched = self._batched_synaptic(inputs, dense, n_dense, biased=True)
             steps = [t for t, d in enumerate(dense) if d]
             return {t: batched[j * self.rows:(j + 1) * self.rows].reshape(-1)
                     for j, t in enumerate(steps)}
@@ -661,7 +685,10 @@ class Conv2dLIF(SynapticLIF):
         im2col_padded(dense_cur[r0 * self.stride:], self.kh, self.kw, self.stride, r1 - r0,
                       self.out_w, cols)
         out = cur.reshape(pixels, self.cout)
-        self._gemm(cols, out)  # (on this band's thread: a part runs its GEMM whole)
+        if self._gemm_bias is not None:  # (on this band's thread: a part runs its GEMM whole)
+            self._gemm_biased(cols, out)
+            return cur
+        self._gemm(cols, out)
         # + bias, by whole periods (a band starts on a pixel, so on channel 0 of the period)
         p = self._bias_period
         whole = cur.shape[0] - cur.shape[0] % p.shape[0]
