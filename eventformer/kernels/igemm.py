@@ -27,10 +27,9 @@ AVX512-VNNI (:data:`VNNI`); elsewhere the same intrinsics expand into portable v
 Layout: the weights are packed once at load (:func:`pack_igemm`) into panels of
 :data:`PANEL` output channels, each panel ``[groups, PANEL, 4 bytes]``: one 4-byte group of
 consecutive k per int32 lane, so a group's two 16-lane vectors are 128 contiguous bytes. The
-kernel walks blocks of twice :data:`ROWS` input rows (then one of ROWS, then single rows); per
-group it broadcasts each row's 4 bytes and issues 2 dot products per row into 24 accumulators
-(24 + 2 weight vectors + 1 broadcast of the 32 zmm registers), so each weight load serves 12
-instructions and the block's rows stay in L1.
+kernel walks blocks of :data:`ROWS` input rows; per group it broadcasts each row's 4 bytes and
+issues ROWS x 2 dot products into 12 accumulators (12 + 2 weight vectors + 1 broadcast of the
+32 zmm registers), so each weight load serves 6 instructions and the block's rows stay in L1.
 """
 
 from __future__ import annotations
@@ -290,69 +289,64 @@ def _start(bias, p):
 
 
 @inlined
-def _group(rows, at, tail):
-    """A row's 4 bytes at ``at`` in every lane, or (``tail`` > 0) its last, partial group."""
-    if tail:
-        return _tail(rows, at, tail)
-    return _splat(rows, at)
-
-
-@inlined
-def _six_rows(c, rows, at, sa, w0, w1, tail):
-    """Six rows' 12 accumulators ``c`` (two vectors a row) plus one group of k: row r's group at
-    ``at + r * sa`` times the panel's two weight vectors ``w0``, ``w1``."""
-    x = _group(rows, at, tail)
-    c0, c1 = _dot(c[0], x, w0, rows), _dot(c[1], x, w1, rows)
-    x = _group(rows, at + sa, tail)
-    c2, c3 = _dot(c[2], x, w0, rows), _dot(c[3], x, w1, rows)
-    x = _group(rows, at + 2 * sa, tail)
-    c4, c5 = _dot(c[4], x, w0, rows), _dot(c[5], x, w1, rows)
-    x = _group(rows, at + 3 * sa, tail)
-    c6, c7 = _dot(c[6], x, w0, rows), _dot(c[7], x, w1, rows)
-    x = _group(rows, at + 4 * sa, tail)
-    c8, c9 = _dot(c[8], x, w0, rows), _dot(c[9], x, w1, rows)
-    x = _group(rows, at + 5 * sa, tail)
-    c10, c11 = _dot(c[10], x, w0, rows), _dot(c[11], x, w1, rows)
-    return (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11)
-
-
-@inlined
-def _put_six(out, edge, i, p, n, so, c):
-    """Store output rows i..i+5 of panel p from their 12 accumulators."""
-    _put(out, edge, i, 0, p, n, so, c[0], c[1])
-    _put(out, edge, i, 1, p, n, so, c[2], c[3])
-    _put(out, edge, i, 2, p, n, so, c[4], c[5])
-    _put(out, edge, i, 3, p, n, so, c[6], c[7])
-    _put(out, edge, i, 4, p, n, so, c[8], c[9])
-    _put(out, edge, i, 5, p, n, so, c[10], c[11])
-
-
-@inlined
-def _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n, twelve):
-    """Output rows i..i+5 (``twelve``: i..i+11) of panel p: 12 (24) accumulators, from the
-    panel's bias, through every group of k. Twelve rows load each weight vector once for 24
-    dot products: at K 256-576 (q, k, v, fc1, SPS1-2) that ran 1.1-1.15x the six-row block."""
+def _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
+    """Output rows i..i+ROWS-1, panel p: 12 accumulators (from the panel's bias) through every
+    group of k."""
     b0, b1 = _start(bias, p)
-    c = (b0, b1, b0, b1, b0, b1, b0, b1, b0, b1, b0, b1)
-    d = c
+    c00 = c10 = c20 = c30 = c40 = c50 = b0
+    c01 = c11 = c21 = c31 = c41 = c51 = b1
     r0 = i * sa
     w_at = p * sp
     for g in range(groups):
         w0 = _load(packed, w_at)
         w1 = _load(packed, w_at + 64)
-        c = _six_rows(c, rows, r0 + 4 * g, sa, w0, w1, 0)
-        if twelve:
-            d = _six_rows(d, rows, r0 + 6 * sa + 4 * g, sa, w0, w1, 0)
+        x = _splat(rows, r0 + 4 * g)
+        c00 = _dot(c00, x, w0, rows)
+        c01 = _dot(c01, x, w1, rows)
+        x = _splat(rows, r0 + sa + 4 * g)
+        c10 = _dot(c10, x, w0, rows)
+        c11 = _dot(c11, x, w1, rows)
+        x = _splat(rows, r0 + 2 * sa + 4 * g)
+        c20 = _dot(c20, x, w0, rows)
+        c21 = _dot(c21, x, w1, rows)
+        x = _splat(rows, r0 + 3 * sa + 4 * g)
+        c30 = _dot(c30, x, w0, rows)
+        c31 = _dot(c31, x, w1, rows)
+        x = _splat(rows, r0 + 4 * sa + 4 * g)
+        c40 = _dot(c40, x, w0, rows)
+        c41 = _dot(c41, x, w1, rows)
+        x = _splat(rows, r0 + 5 * sa + 4 * g)
+        c50 = _dot(c50, x, w0, rows)
+        c51 = _dot(c51, x, w1, rows)
         w_at += 4 * PANEL
     if tail:
         w0 = _load(packed, w_at)
         w1 = _load(packed, w_at + 64)
-        c = _six_rows(c, rows, r0 + 4 * groups, sa, w0, w1, tail)
-        if twelve:
-            d = _six_rows(d, rows, r0 + 6 * sa + 4 * groups, sa, w0, w1, tail)
-    _put_six(out, edge, i, p, n, so, c)
-    if twelve:
-        _put_six(out, edge, i + ROWS, p, n, so, d)
+        at = r0 + 4 * groups
+        x = _tail(rows, at, tail)
+        c00 = _dot(c00, x, w0, rows)
+        c01 = _dot(c01, x, w1, rows)
+        x = _tail(rows, at + sa, tail)
+        c10 = _dot(c10, x, w0, rows)
+        c11 = _dot(c11, x, w1, rows)
+        x = _tail(rows, at + 2 * sa, tail)
+        c20 = _dot(c20, x, w0, rows)
+        c21 = _dot(c21, x, w1, rows)
+        x = _tail(rows, at + 3 * sa, tail)
+        c30 = _dot(c30, x, w0, rows)
+        c31 = _dot(c31, x, w1, rows)
+        x = _tail(rows, at + 4 * sa, tail)
+        c40 = _dot(c40, x, w0, rows)
+        c41 = _dot(c41, x, w1, rows)
+        x = _tail(rows, at + 5 * sa, tail)
+        c50 = _dot(c50, x, w0, rows)
+        c51 = _dot(c51, x, w1, rows)
+    _put(out, edge, i, 0, p, n, so, c00, c01)
+    _put(out, edge, i, 1, p, n, so, c10, c11)
+    _put(out, edge, i, 2, p, n, so, c20, c21)
+    _put(out, edge, i, 3, p, n, so, c30, c31)
+    _put(out, edge, i, 4, p, n, so, c40, c41)
+    _put(out, edge, i, 5, p, n, so, c50, c51)
 
 
 @inlined
@@ -421,13 +415,9 @@ def int_gemm(rows, packed, out, bias):
     panels = (n + PANEL - 1) // PANEL
     edge = np.empty((ROWS, PANEL), np.int32)
     i = 0
-    while i + 2 * ROWS <= m:
-        for p in range(panels):
-            _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n, True)
-        i += 2 * ROWS
     while i + ROWS <= m:
         for p in range(panels):
-            _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n, False)
+            _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n)
         i += ROWS
     while i < m:
         for p in range(panels):
