@@ -72,6 +72,8 @@ def load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False):
         helper = start_backward_compile(weights, dtype, path_mode)
         if helper is not None:
             atexit.register(helper.stop)
+            if hasattr(engine, "layer_major_runs"):  # forward, layer by layer: see there
+                engine.layer_major_runs = 1
         if not quiet:
             also = (" (a second process compiles them from the last layer backwards)"
                     if helper is not None else "")

@@ -190,3 +190,20 @@ def test_the_profile_books_every_pipeline_thread(models, samples, threads, monke
     assert {"pipeline wait", "LIF", "attention core", "head"} <= stages
     booked = {layer["layer"] for layer in table["layers"]}
     assert {layer.name for layer in engine.layers} <= booked
+
+
+def test_a_first_compiles_runs_go_layer_by_layer(models, samples, threads, monkeypatch):
+    """``layer_major_runs``: the next runs are layer-major (a first run on an empty Numba cache
+    compiles forward while a helper compiles backward), then the pipeline is back."""
+    threads(2)
+    monkeypatch.setattr(spikformer, "PIPELINE_MIN_NEURON_STEPS", 0)
+    engine = Spikformer(models["ssa"], dtype="int8")
+    ran = []
+    pipelined = engine._run_pipelined
+    monkeypatch.setattr(engine, "_run_pipelined",
+                        lambda xs, edges: ran.append(edges) or pipelined(xs, edges))
+    engine.layer_major_runs = 2
+    first = [engine.run(samples[1]) for _ in range(2)]
+    assert ran == [] and engine.layer_major_runs == 0
+    np.testing.assert_array_equal(engine.run(samples[1]), first[0])
+    assert len(ran) == 1

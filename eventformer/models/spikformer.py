@@ -441,6 +441,11 @@ class Spikformer:
                                        np.float64 if self.fixed else self.dtype)
         self.pixels = desc.input == "pixels"
         self.input_shape = (cfg.image_size, cfg.image_size, cfg.in_channels)
+        #: Offline runs still to go layer by layer whatever the threads: a first run on an empty
+        #: Numba cache (see :mod:`eventformer.precompile`) compiles its kernels in forward order
+        #: while a helper process compiles them backwards; a pipeline's first chunk would reach
+        #: every layer at once and compile what the helper is compiling.
+        self.layer_major_runs = 0
         self.input_sites = cfg.image_size * cfg.image_size * cfg.in_channels
 
     @property
@@ -566,6 +571,7 @@ class Spikformer:
         xs = [self._input(x) for x in steps] if self.pixels else \
             [self._input(i, c) for i, c in steps]
         edges = self._pipeline_edges(len(xs))
+        self.layer_major_runs = max(self.layer_major_runs - 1, 0)
         if edges is not None:
             xs = self._run_pipelined(xs, edges)
         else:
@@ -586,10 +592,11 @@ class Spikformer:
         """Chunk edges over a sample's steps for :meth:`_run_pipelined`, or None to run the
         stages one after another: one engine thread, already inside a part, fewer than four
         steps (a chunk holds at least two, so that each layer takes the offline paths it
-        takes over the whole sample: a small layer's dense steps share one GEMM), a small network (:data:`PIPELINE_MIN_NEURON_STEPS`), or a layer watched as it
-        steps (:func:`_watched`)."""
+        takes over the whole sample: a small layer's dense steps share one GEMM), a small
+        network (:data:`PIPELINE_MIN_NEURON_STEPS`), a first compile's run
+        (:attr:`layer_major_runs`), or a layer watched as it steps (:func:`_watched`)."""
         chunks = min(PIPELINE_CHUNKS, steps // 2)
-        if engine_threads() < 2 or in_part() or chunks < 2:
+        if engine_threads() < 2 or in_part() or chunks < 2 or self.layer_major_runs > 0:
             return None
         if steps * sum(layer.n_neurons for layer in self.layers) < PIPELINE_MIN_NEURON_STEPS:
             return None
