@@ -94,7 +94,7 @@ def merge_add(idx_a, cnt_a, idx_b, cnt_b):
         out_cnt[n] = cnt_b[j]
         j += 1
         n += 1
-    return out_idx[:n].copy(), out_cnt[:n].copy()
+    return out_idx[:n], out_cnt[:n]
 
 
 @kernel
