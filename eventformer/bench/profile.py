@@ -126,6 +126,7 @@ STAGE_TABLE = (
     Hook("layer", "_scatter", "scatter", counted(C.AC, C.MAC, arg=3), "AC"),
     Hook("layer", "_gather", "gather", counted(C.AC, C.MAC, arg=3), "AC"),
     Hook("layer", "_gemm", "GEMM", gemm_macs(), "MAC"),
+    Hook("layer", "_gemm_biased", "GEMM", gemm_macs(), "MAC"),
     Hook("layer", "_dense_rows", "GEMM input"),
     Hook("layer", "synapse", "current glue"),
     Hook("layer", "_sparse_current", "current glue"),
