@@ -369,8 +369,7 @@ def _row(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
 
 @kernel
 def int_gemm(rows, packed, out, bias):
-    """``out = rows @ W + bias`` exactly in int32, on integer dot products (VNNI where the CPU
-    has it).
+    """``out = rows @ W + bias`` exactly in int32, on integer dot products (VNNI if present).
 
     ``W`` [k, n] is given packed (:func:`~eventformer.kernels.igemm.pack_igemm`): int8 weights
     with uint8 rows (``vpdpbusd``), int16 weights with int16 rows (``vpdpwssd``). Sums wrap
