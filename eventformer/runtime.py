@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _done = False
 
@@ -195,7 +199,7 @@ def gemm(a, b, out) -> None:
 CACHE_LINE = 64
 
 
-def aligned_empty(shape, dtype) -> "np.ndarray":
+def aligned_empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on a cache line (64 bytes).
 
     numpy's allocator aligns to 16 bytes, so a row read with 64-byte vector loads (a weight row
@@ -212,7 +216,7 @@ def aligned_empty(shape, dtype) -> "np.ndarray":
     return raw[skip:skip + size].view(dtype).reshape(shape)
 
 
-def cache_aligned(a, dtype=None) -> "np.ndarray":
+def cache_aligned(a, dtype=None) -> np.ndarray:
     """A C-contiguous copy of ``a`` (as ``dtype``) starting on a cache line
     (:func:`aligned_empty`)."""
     import numpy as np

@@ -233,3 +233,23 @@ def pipelined_and_layer_major(model, dtype, samples: list, threads: int = 2,
         set_engine_threads(before)
     assert len(ran) == len(samples) and all(len(e) > 2 for e in ran), ran
     return out
+
+
+@pytest.fixture
+def threads():
+    """``threads(n)`` sets the engine's thread count for the test; the count before is back
+    after it."""
+    from eventformer.runtime import engine_threads, set_engine_threads
+
+    before = engine_threads()
+    yield set_engine_threads
+    set_engine_threads(before)
+
+
+def calibrated_variants(config_of, samples: list, seed: int, rate: float = 0.12) -> dict:
+    """A random model per attention operator (``config_of(attention)`` its configuration),
+    its BatchNorm calibrated on ``samples`` so that every LIF fires at about ``rate``."""
+    from eventformer.bench.calibrate import calibrate, random_model
+
+    return {att: calibrate(random_model(config_of(att), seed=seed), samples, rate)
+            for att in ("ssa", "ds2ta", "ssa_bin", "saformer")}

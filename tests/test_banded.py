@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_every_layer_fires, uniform_events
+from conftest import assert_every_layer_fires, calibrated_variants, uniform_events
 
-from eventformer.bench.calibrate import calibrate, random_model
 from eventformer.events import frame_events
 from eventformer.layers import PathPolicy
 from eventformer.layers.synapses import SynapticLIF
 from eventformer.models import Spikformer, SpikformerConfig
-from eventformer.runtime import engine_threads, set_engine_threads
 
 SIZE = 64
 STEPS = 8
@@ -46,15 +44,7 @@ def samples():
 
 @pytest.fixture(scope="module")
 def models(samples):
-    return {att: calibrate(random_model(_config(att), seed=1), samples[:2], 0.12)
-            for att in ("ssa", "ds2ta", "ssa_bin", "saformer")}
-
-
-@pytest.fixture
-def threads():
-    before = engine_threads()
-    yield set_engine_threads
-    set_engine_threads(before)
+    return calibrated_variants(_config, samples[:2], seed=1)
 
 
 def _stepwise(engine, steps, monkeypatch=None):

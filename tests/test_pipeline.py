@@ -14,26 +14,18 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_every_layer_fires, pipelined_and_layer_major, uniform_events
+from conftest import (assert_every_layer_fires, calibrated_variants,
+                      pipelined_and_layer_major, uniform_events)
 
 import eventformer.models.spikformer as spikformer
-from eventformer.bench.calibrate import calibrate, random_model
 from eventformer.events import frame_events
-from eventformer.layers import PathPolicy
 from eventformer.models import Spikformer, SpikformerConfig
-from eventformer.runtime import engine_threads, run_parts, run_pipeline, set_engine_threads
+from eventformer.runtime import run_parts, run_pipeline
 
 SIZE = 64
 STEPS = 8
 COUNTS = ("spikes", "ac", "mac", "neuron_updates", "lut", "shift", "compare", "attn_entries",
           "attn_nonzero", "input_events", "input_sites")
-
-
-@pytest.fixture
-def threads():
-    before = engine_threads()
-    yield set_engine_threads
-    set_engine_threads(before)
 
 
 # --- the scheduler ---------------------------------------------------------------------------
@@ -115,8 +107,7 @@ def samples():
 
 @pytest.fixture(scope="module")
 def models(samples):
-    return {att: calibrate(random_model(_config(att), seed=2), samples[:2], 0.12)
-            for att in ("ssa", "ds2ta", "ssa_bin", "saformer")}
+    return calibrated_variants(_config, samples[:2], seed=2)
 
 
 @pytest.mark.parametrize("attention", ["ssa", "ds2ta", "ssa_bin", "saformer"])
