@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from eventformer.bench.calibrate import random_model
-from eventformer.kernels.igemm import VNNI
+from eventformer.kernels.igemm import AVX2_DOT, INTEGER_DOT, VNNI
 from eventformer.layers import PathPolicy, synapses
 from eventformer.layers.synapses import BATCH_ROWS_BELOW
 from eventformer.models import Spikformer, SpikformerConfig
@@ -93,7 +93,7 @@ def gemm_cases(float_layer, int_layer, rng, density=0.2) -> list:
             i_out = np.empty((m, n), np.int32)
 
             def int_gemm(r=i_rows, w=int_layer.gemm_weight, o=i_out):
-                synapses._integer_gemm(r, w, o, int_layer._int_product)
+                int_layer._gemm(r, o)
 
         out.append((label, m, float_gemm, int_gemm, f_rows.dtype, None if int_gemm is None
                     else i_rows.dtype))
@@ -188,10 +188,10 @@ def main() -> None:
         ap.error("--repeat and --threads must be at least 1")
     limit_blas_threads()
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} on "
-          f"{os.cpu_count()} cores; AVX512-VNNI: {VNNI}")
-    if not VNNI:
-        print("this CPU has no AVX512-VNNI: the engine keeps float BLAS; the integer GEMM "
-              "below runs its portable form")
+          f"{os.cpu_count()} cores; AVX512-VNNI: {VNNI}; AVX2 dot products: {AVX2_DOT}")
+    if not INTEGER_DOT:
+        print("this CPU has neither AVX512-VNNI nor AVX2: the engine keeps float BLAS; the "
+              "integer GEMM below runs its portable form")
         synapses.INT_GEMM = True
     model = random_model(SpikformerConfig(), seed=0)
     for t in threads:

@@ -17,15 +17,16 @@ from numba.core import config
 
 from eventformer.bench.calibrate import calibrate, random_model
 from eventformer.events import frame_events
+from eventformer.fixedpoint import arithmetic
 from eventformer.kernels import int_gemm
-from eventformer.kernels.igemm import PANEL, ROWS, VNNI, pack_igemm
+from eventformer.kernels.igemm import AVX2_DOT, PANEL, ROWS, UINT8_ROW_MAX, VNNI, pack_igemm
 from eventformer.layers import PathPolicy, synapses
 from eventformer.layers.synapses import SynapticLIF
 from eventformer.models import Spikformer, SpikformerConfig
 from eventformer.runtime import engine_threads, set_engine_threads
 
 KINDS = {  # rows dtype: (packed weight dtype, rows range, weights range)
-    "uint8": (np.int8, (0, 255), (-128, 127)),
+    "uint8": (np.int8, (0, UINT8_ROW_MAX), (-128, 127)),  # 255 on VNNI, 127 on AVX2
     "int16": (np.int16, (-32768, 32767), (-32768, 32767)),
 }
 
@@ -130,6 +131,34 @@ def test_the_kernel_runs_on_vnni_dot_products():
     asm = {str(sig[0].dtype): fresh.inspect_asm(sig) for sig in fresh.signatures}
     assert "vpdpbusd" in asm["uint8"]
     assert "vpdpwssd" in asm["int16"]
+
+
+@pytest.mark.skipif(not AVX2_DOT or config.DISABLE_JIT,
+                    reason="the CPU has AVX512-VNNI, or no AVX2")
+def test_the_kernel_runs_on_avx2_dot_products():
+    fresh = njit(nogil=True)(int_gemm.py_func)  # compiled here: the cached code cannot be read
+    fresh(np.zeros((1, 4), np.uint8), pack_igemm(np.zeros((4, 1), np.int64), np.int8),
+          np.zeros((1, 1), np.int32), NO_BIAS)
+    fresh(np.zeros((1, 2), np.int16), pack_igemm(np.zeros((2, 1), np.int64), np.int16),
+          np.zeros((1, 1), np.int32), NO_BIAS)
+    asm = {str(sig[0].dtype): fresh.inspect_asm(sig) for sig in fresh.signatures}
+    assert "vpmaddubsw" in asm["uint8"] and "vpmaddwd" in asm["uint8"]
+    assert "vpmaddwd" in asm["int16"] and "vpmaddubsw" not in asm["int16"]
+    assert UINT8_ROW_MAX == 127 and ROWS == 3
+
+
+def test_uint8_rows_only_within_the_kernels_exact_range(monkeypatch):
+    """A layer whose input values can pass UINT8_ROW_MAX (vpmaddubsw would saturate a pair of
+    products above int16 on AVX2) multiplies int16 rows instead; int16 weights always do."""
+    monkeypatch.setattr(synapses, "INT_GEMM", True)
+    int8, int16 = arithmetic("int8"), arithmetic("int16")
+    assert synapses._integer_rows(int8, 1) == np.uint8
+    assert synapses._integer_rows(int8, UINT8_ROW_MAX) == np.uint8
+    assert synapses._integer_rows(int8, UINT8_ROW_MAX + 1) == np.int16
+    assert synapses._integer_rows(int16, 1) == np.int16
+    assert synapses._integer_rows(int8, 2**15) is None  # float BLAS
+    monkeypatch.setattr(synapses, "INT_GEMM", False)
+    assert synapses._integer_rows(int8, 1) is None
 
 
 # --- the engine: dense steps against event-driven ones ------------------------------------------

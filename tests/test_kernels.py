@@ -1512,12 +1512,12 @@ def test_sumpool_events_matches_twin(c, h, w, k, stride, pad, mode, seed):
 @given(m=st.integers(0, 14), k=st.integers(0, 40), n=st.integers(1, 70),
        wide=st.booleans(), seed=SEEDS)
 def test_int_gemm_matches_twin(m, k, n, wide, seed):
-    from eventformer.kernels.igemm import pack_igemm
+    from eventformer.kernels.igemm import UINT8_ROW_MAX, pack_igemm
 
     rng = np.random.default_rng(seed)
     bits = 16 if wide else 8  # int16 rows and weights, or uint8 rows and int8 weights
-    rows = (rng.integers(-300, 300, (m, k)).astype(np.int16) if wide
-            else rng.integers(0, 256, (m, k)).astype(np.uint8))
+    rows = (rng.integers(-300, 300, (m, k)).astype(np.int16) if wide  # uint8: the kernel's range
+            else rng.integers(0, UINT8_ROW_MAX + 1, (m, k)).astype(np.uint8))
     weight = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), (k, n))
     out = np.full((m, n), -1, np.int32)
     int_gemm(rows, pack_igemm(weight, np.int16 if wide else np.int8), out, np.empty(0, np.int32))

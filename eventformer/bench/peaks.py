@@ -8,8 +8,8 @@ Three access patterns make a synaptic current, and each has its own best rate he
   accumulator and stores it once (:func:`_gather_rows` below: a bare loop over precomputed row
   lists, no decoding, one thread, half of the inputs active, at the gather layers' widths);
 - **GEMM**: each GEMM shape's own layer product (``_gemm``: float BLAS through ``runtime.gemm``,
-  or in an integer mode the integer GEMM on VNNI; rows split over the engine's threads, as the
-  layers run it) on a step's rows of spikes, in the GEMM's dtype.
+  or in an integer mode the integer GEMM (VNNI or AVX2); rows split over the engine's threads,
+  as the layers run it) on a step's rows of spikes, in the GEMM's dtype.
 
 The scatter and gather loops run in the arithmetic's own types (float32 or float64 weights and
 currents; int8 or int16 weights into int32 currents), one weight-row add of C channels counting

@@ -21,15 +21,28 @@ true one, whatever the order of the additions.
 Numba's LLVM does not form ``vpdpbusd`` from a plain loop (an i8 dot product vectorises to
 ``vpdpwssd`` on widened words, at a third of the speed), so the instructions are called as LLVM
 intrinsics on 16-lane int32 vectors held in registers (:data:`i32x16`), on a CPU with
-AVX512-VNNI (:data:`VNNI`); elsewhere the same intrinsics expand into portable vector code
-(widen, multiply, add adjacent products), exact and slower.
+AVX512-VNNI (:data:`VNNI`). On a CPU with AVX2 only (:data:`AVX2_DOT`: AMD Zen 1-3, Intel before
+Ice Lake) each vector is two 256-bit halves and the dot products are AVX2's older pair:
+
+- ``uint8 x int8``: ``vpmaddubsw`` (two byte products summed into an int16, *saturating*), then
+  ``vpmaddwd`` against ones (two int16 into an int32) and ``vpaddd``. Exact while a pair of
+  products fits int16: rows up to :data:`UINT8_ROW_MAX` (127; 2 x 127 x 128 = 32512), which the
+  layers guarantee before they choose uint8 rows (spikes and the residual stream's small
+  integers do); 32 multiply-accumulates per 256-bit step, twice an FMA's 8 x 2 per cycle
+  (Zen 3, `benchmarks/int_gemm.py`);
+- ``int16 x int16``: ``vpmaddwd`` and ``vpaddd``, exact (wrapping as ``vpdpwssd`` does).
+
+Elsewhere the intrinsics expand into portable vector code (widen, multiply, add adjacent
+products), exact and slower.
 
 Layout: the weights are packed once at load (:func:`pack_igemm`) into panels of
 :data:`PANEL` output channels, each panel ``[groups, PANEL, 4 bytes]``: one 4-byte group of
 consecutive k per int32 lane, so a group's two 16-lane vectors are 128 contiguous bytes. The
 kernel walks blocks of :data:`ROWS` input rows; per group it broadcasts each row's 4 bytes and
-issues ROWS x 2 dot products into 12 accumulators (12 + 2 weight vectors + 1 broadcast of the
-32 zmm registers), so each weight load serves 6 instructions and the block's rows stay in L1.
+issues ROWS x 2 dot products into ROWS x 2 accumulators: with VNNI 6 rows (12 + 2 weight vectors
++ 1 broadcast of the 32 zmm registers), so each weight load serves 6 instructions and the
+block's rows stay in L1; on AVX2, whose 16 ymm registers hold half as much, 3 rows (12 ymm
+accumulators, a broadcast, the ones and a product).
 """
 
 from __future__ import annotations
@@ -46,7 +59,6 @@ from ..jit import inlined, kernel
 from ._common import host_compiles_for
 
 PANEL = 32  # output channels per panel: two 16-lane int32 vectors
-ROWS = 6  # input rows per register block
 _LANES = 16
 _VEC = ir.VectorType(ir.IntType(32), _LANES)
 _I32 = ir.IntType(32)
@@ -54,6 +66,15 @@ _I32 = ir.IntType(32)
 #: The integer dot-product instructions are available (and the kernel compiled, not run as
 #: Python): the integer GEMM then beats float BLAS (benchmarks/int_gemm.py).
 VNNI = host_compiles_for("avx512vnni")
+#: No VNNI, but AVX2's vpmaddubsw / vpmaddwd: the dot products run on those (see above).
+AVX2_DOT = not VNNI and host_compiles_for("avx2")
+#: The largest uint8 row value the kernel multiplies exactly: all of them on VNNI (and in the
+#: portable form); on AVX2 vpmaddubsw saturates a pair of products above int16, so 127.
+UINT8_ROW_MAX = 127 if AVX2_DOT else 255
+#: The kernel runs on the CPU's integer dot products (VNNI or AVX2), where it beats float BLAS
+#: (benchmarks/int_gemm.py; elsewhere its portable form is exact but slower).
+INTEGER_DOT = VNNI or AVX2_DOT
+ROWS = 3 if AVX2_DOT else 6  # input rows per register block
 
 
 # --- a 16-lane int32 vector in a register ----------------------------------------------------
@@ -141,6 +162,35 @@ def _store_jit(typingctx, arr, offset, vec):
     return types.none(arr, offset, vec), codegen
 
 
+def _avx2_dot(builder, acc, x, w, bits):
+    """What :func:`_portable_dot` computes, on AVX2 per 256-bit half: vpmaddubsw (exact for
+    bytes up to UINT8_ROW_MAX) then vpmaddwd against ones, or vpmaddwd on words; then vpaddd."""
+    half = ir.VectorType(_I32, _LANES // 2)
+    bytes32 = ir.VectorType(ir.IntType(8), 32)
+    words16 = ir.VectorType(ir.IntType(16), 16)
+    module = builder.module
+    madd_wd = cgutils.get_or_insert_function(
+        module, ir.FunctionType(half, [words16, words16]), "llvm.x86.avx2.pmadd.wd")
+    maddubs = cgutils.get_or_insert_function(
+        module, ir.FunctionType(words16, [bytes32, bytes32]), "llvm.x86.avx2.pmadd.ub.sw")
+    ones = ir.Constant(words16, [1] * 16)
+    halves = []
+    for part in range(2):
+        lanes = ir.Constant(half, list(range(part * 8, part * 8 + 8)))
+        a = builder.shuffle_vector(acc, acc, lanes)
+        xs = builder.shuffle_vector(x, x, lanes)
+        ws = builder.shuffle_vector(w, w, lanes)
+        if bits == 8:
+            pairs = builder.call(maddubs, [builder.bitcast(xs, bytes32),
+                                           builder.bitcast(ws, bytes32)])
+            sums = builder.call(madd_wd, [pairs, ones])
+        else:
+            sums = builder.call(madd_wd, [builder.bitcast(xs, words16),
+                                          builder.bitcast(ws, words16)])
+        halves.append(builder.add(a, sums))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VEC, list(range(_LANES))))
+
+
 def _portable_dot(builder, acc, x, w, bits):
     """acc + the sums of adjacent products of x (unsigned bytes, or signed words) and w (signed)
     per lane, in plain vector IR: what vpdpbusd / vpdpwssd compute, wrapping alike."""
@@ -174,6 +224,8 @@ def _dot_jit(typingctx, acc, x, w, rows):
             fnty = ir.FunctionType(_VEC, [_VEC, _VEC, _VEC])
             return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name),
                                 [acc, x, w])
+        if AVX2_DOT:
+            return _avx2_dot(builder, acc, x, w, bits)
         return _portable_dot(builder, acc, x, w, bits)
     return i32x16(acc, x, w, rows), codegen
 
@@ -350,6 +402,49 @@ def _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
 
 
 @inlined
+def _block3(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
+    """:func:`_block` for 3 rows (ROWS on AVX2): 6 accumulators, 12 ymm registers."""
+    b0, b1 = _start(bias, p)
+    c00 = c10 = c20 = b0
+    c01 = c11 = c21 = b1
+    r0 = i * sa
+    w_at = p * sp
+    for g in range(groups):
+        w0 = _load(packed, w_at)
+        w1 = _load(packed, w_at + 64)
+        x = _splat(rows, r0 + 4 * g)
+        c00 = _dot(c00, x, w0, rows)
+        c01 = _dot(c01, x, w1, rows)
+        x = _splat(rows, r0 + sa + 4 * g)
+        c10 = _dot(c10, x, w0, rows)
+        c11 = _dot(c11, x, w1, rows)
+        x = _splat(rows, r0 + 2 * sa + 4 * g)
+        c20 = _dot(c20, x, w0, rows)
+        c21 = _dot(c21, x, w1, rows)
+        w_at += 4 * PANEL
+    if tail:
+        w0 = _load(packed, w_at)
+        w1 = _load(packed, w_at + 64)
+        at = r0 + 4 * groups
+        x = _tail(rows, at, tail)
+        c00 = _dot(c00, x, w0, rows)
+        c01 = _dot(c01, x, w1, rows)
+        x = _tail(rows, at + sa, tail)
+        c10 = _dot(c10, x, w0, rows)
+        c11 = _dot(c11, x, w1, rows)
+        x = _tail(rows, at + 2 * sa, tail)
+        c20 = _dot(c20, x, w0, rows)
+        c21 = _dot(c21, x, w1, rows)
+    _put(out, edge, i, 0, p, n, so, c00, c01)
+    _put(out, edge, i, 1, p, n, so, c10, c11)
+    _put(out, edge, i, 2, p, n, so, c20, c21)
+
+
+#: The register block the kernel walks: ROWS rows by one panel.
+_rows_block = _block3 if ROWS == 3 else _block
+
+
+@inlined
 def _row(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
     """Output row i, panel p (the rows after the last whole block)."""
     c0, c1 = _start(bias, p)
@@ -369,19 +464,20 @@ def _row(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
 
 @kernel
 def int_gemm(rows, packed, out, bias):
-    """``out = rows @ W + bias`` exactly in int32, on integer dot products (VNNI if present).
+    """``out = rows @ W + bias`` exactly in int32, on integer dot products (VNNI, or AVX2).
 
     ``W`` [k, n] is given packed (:func:`~eventformer.kernels.igemm.pack_igemm`): int8 weights
-    with uint8 rows (``vpdpbusd``), int16 weights with int16 rows (``vpdpwssd``). Sums wrap
-    modulo 2^32 as they go, so the result is exact whenever the true sums fit int32 (the
-    layers' load-time bound). Rows may be a block of a larger buffer; callers split the rows
-    over threads (nogil).
+    with uint8 rows (``vpdpbusd``; on AVX2 ``vpmaddubsw``, exact for rows up to
+    :data:`~eventformer.kernels.igemm.UINT8_ROW_MAX`), int16 weights with int16 rows
+    (``vpdpwssd``; ``vpmaddwd``). Sums wrap modulo 2^32 as they go, so the result is exact
+    whenever the true sums fit int32 (the layers' load-time bound). Rows may be a block of a
+    larger buffer; callers split the rows over threads (nogil).
 
     Parameters
     ----------
     rows : uint8|int16[m, k], each row contiguous
-        The GEMM's input rows: spike counts or small non-negative integers (uint8), or integers
-        up to 32767 in magnitude (int16).
+        The GEMM's input rows: spike counts or small non-negative integers up to UINT8_ROW_MAX
+        (uint8), or integers up to 32767 in magnitude (int16).
     packed : int8|int16[panels, groups, 32, 4 // itemsize], C-contiguous
         ``pack_igemm(W, np.int8)`` for uint8 rows, ``pack_igemm(W, np.int16)`` for int16 rows:
         ``panels * 32 >= n`` and ``groups`` covers k; zero beyond them.
@@ -416,7 +512,7 @@ def int_gemm(rows, packed, out, bias):
     i = 0
     while i + ROWS <= m:
         for p in range(panels):
-            _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n)
+            _rows_block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n)
         i += ROWS
     while i < m:
         for p in range(panels):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import counters as C, merge_add
-from ..kernels.igemm import VNNI
+from ..kernels.igemm import INTEGER_DOT
 from ..runtime import engine_threads
 
 # Input density above which a step runs dense, by engine threads (benchmarks/crossover.py on
@@ -28,9 +28,11 @@ CROSSOVER = {1: {"conv2d": 0.25, "linear": 0.22}, 2: {"conv2d": 0.14, "linear": 
 # --crossover` (random inputs, 1 thread, gather/dense time) put the dense step ahead above ~45%
 # on SPS3, RPE, q, fc1, fc2 (int8 1.0-1.4 at 45%) and above ~60% on SPS1-2 (int8 1.01-1.07,
 # int16 1.00-1.21 at 60%; 1.2-2.2 at 80% everywhere), so the integer modes go dense above 60%,
-# where no layer loses (a convolution offline: see CONV_DENSE_ABOVE); without VNNI the GEMM is
+# where no layer loses (a convolution offline: see CONV_DENSE_ABOVE). AVX2's form of the integer
+# GEMM (AMD EPYC Zen 3, `--crossover`, 1 thread) put the dense step ahead above 45-60% (int8;
+# SPS1-2 near 75%) and 30-45% (int16), so the same edge holds there; without either the GEMM is
 # float BLAS and the gather keeps every density.
-_INT_DENSE_ABOVE = 0.6 if VNNI else 1.0
+_INT_DENSE_ABOVE = 0.6 if INTEGER_DOT else 1.0
 # Offline, a convolution's dense step runs in the layer's bands (each band builds the im2col rows
 # of its own output rows and multiplies them on its own thread: Conv2dLIF._band_dense), which
 # the single steps above (their im2col on the calling thread) did not see. The full-size model
@@ -39,7 +41,7 @@ _INT_DENSE_ABOVE = 0.6 if VNNI else 1.0
 # 153 -> 121-122 on 1, 95 -> 83-84 on 2; at 5% firing (SPS inputs 18-25%) edges from 20% to 35%
 # were all within the noise (one process, engines interleaved). A step on its own (streaming)
 # keeps GATHER_BAND's edge.
-CONV_DENSE_ABOVE = {"int8": 0.3, "int16": 0.4} if VNNI else {}
+CONV_DENSE_ABOVE = {"int8": 0.3, "int16": 0.4} if INTEGER_DOT else {}
 # Since layers run in bands of rows on every engine thread, the gather splits over the threads as
 # the GEMM does, and the one-thread band holds on two as well (full-size model at 5% firing,
 # float32, 2 threads: 56.7 ms per sample with (0, 0.45) against 63.6 with (0, 0.30), 60.7 with

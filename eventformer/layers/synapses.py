@@ -9,7 +9,7 @@ from ..kernels import (conv2d_gather, conv2d_gather_int, conv2d_scatter, counter
                        linear_event_ops, linear_scatter, maxpool_flags, scatter_dense,
                        tasa_current, tasa_fixed_current)
 from ..kernels.amx import AMX, amx_gemm, pack_amx
-from ..kernels.igemm import PANEL, VNNI, int_gemm, pack_igemm
+from ..kernels.igemm import INTEGER_DOT, PANEL, UINT8_ROW_MAX, int_gemm, pack_igemm
 from ..kernels.pooling import maxpool_current
 from ..kernels.sparse import flag_lanes, maxpool_lanes
 from ..runtime import cache_aligned, engine_threads, gemm, in_part, run_parts, split
@@ -26,15 +26,18 @@ FLOAT32_EXACT = 2**24
 # T=16-batched, 1 and 2 threads (`python benchmarks/int_gemm.py`, AMD EPYC Zen 4, load ~1: GEMM
 # alone, float BLAS + cast over int, int8 3.2-4.5x on 1 thread and 1.8-4.1x on 2; int16 1.8-2.3x
 # against float32 and 4.2-5.0x against float64; the whole dense step 2.7-4.0x int8, 1.4-4.1x
-# int16), so the rule is the CPU's: without VNNI (untimed there) float BLAS stays.
-INT_GEMM = VNNI
+# int16). On AVX2 without VNNI (AMD EPYC Zen 3) its vpmaddubsw / vpmaddwd form ran the model's
+# GEMM shapes at 70-90 G MAC/s (uint8 rows) and 54-68 (int16) against float32 BLAS's 44-46 on
+# one thread. Where neither exists (the portable form: untimed) float BLAS stays.
+INT_GEMM = INTEGER_DOT
 # Where the CPU has AMX int8 tiles (and Linux lets the process use them), an int8 layer's uint8
 # rows multiply on them instead (kernels.amx: tdpbusd, exact in int32): 2.3-5.3x the VNNI kernel
 # and 2.1-12x float32 BLAS at every GEMM shape of the full-size model on 1 thread (`python
 # benchmarks/amx_gemm.py`, Intel Xeon with AMX). int16 has no AMX form.
 INT_GEMM_AMX = AMX
-# The largest GEMM input value each integer row dtype holds.
-UINT8_ROWS, INT16_ROWS = 255, 32767
+# The largest GEMM input value each integer row dtype holds exactly on this CPU's kernel (uint8
+# rows: 127 on AVX2, whose byte products saturate in pairs above it).
+UINT8_ROWS, INT16_ROWS = UINT8_ROW_MAX, 32767
 # Below this much work (multiply-accumulates x bytes per input value: an int16 one costs twice
 # a uint8 one) the integer GEMM runs on one thread: split over 2 (benchmarks/int_gemm.py), the
 # 16.7M-MAC uint8 fc1/fc2 steps ran 1.1-1.2x slower and the 37.7M RPE step 1.2x faster, int16's
@@ -66,8 +69,9 @@ BAND_MIN_OPS = 40_000_000
 def _integer_rows(arith: Fixed, largest: int):
     """The dtype of an integer layer's GEMM rows on the integer GEMM, given the largest input
     value a step can carry (the layer's multiplicity, or for raw counts the largest count its
-    overflow bound lets through): uint8 beside int8 weights, int16 (int8 or int16 weights)
-    below 2^15; None where the values do not fit or the integer GEMM is not used: float BLAS."""
+    overflow bound lets through): uint8 beside int8 weights (up to UINT8_ROWS), int16 (int8 or
+    int16 weights) below 2^15; None where the values do not fit or the integer GEMM is not
+    used: float BLAS."""
     if not INT_GEMM:
         return None
     if arith.bits == 8 and largest <= UINT8_ROWS:
@@ -120,7 +124,7 @@ class SynapticLIF(SpikingLayer):
     In an integer arithmetic (:class:`~eventformer.fixedpoint.Fixed`) the layer holds its
     weights quantised per output channel (SPEC §6): the scatter and gather add int8/int16 weights
     into int32 currents, and the GEMM multiplies the same integers exactly, on the integer GEMM
-    (VNNI) or on float BLAS.
+    (VNNI or AVX2) or on float BLAS.
     """
 
     def _arithmetic(self, params, dtype, multiplicity: int | None, window: float = 1.0,
