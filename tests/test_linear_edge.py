@@ -68,7 +68,8 @@ def test_a_convolution_goes_dense_offline_from_its_edge_with_the_same_spikes(dty
     thread, in bands, each band's own im2col rows, on two), a step on its own gathers: the same
     spikes, membranes and op counts (not the path's)."""
     if dtype not in CONV_DENSE_ABOVE:
-        pytest.skip("no integer GEMM here (no AVX512-VNNI): the gather keeps every density")
+        pytest.skip(f"{dtype} has no offline convolution edge on this CPU: it gathers up to "
+                    "the per-step edge")
     model = load(str(shipped_model_path()))
     params = model.layers["patch_embed.proj_lif2"]  # 32 -> 64 channels, 3x3, stride 1
     cin = params.weight.shape[1]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import counters as C, merge_add
-from ..kernels.igemm import INTEGER_DOT
+from ..kernels.igemm import AVX2_DOT, INTEGER_DOT, VNNI
 from ..runtime import engine_threads
 
 # Input density above which a step runs dense, by engine threads (benchmarks/crossover.py on
@@ -41,7 +41,13 @@ _INT_DENSE_ABOVE = 0.6 if INTEGER_DOT else 1.0
 # 153 -> 121-122 on 1, 95 -> 83-84 on 2; at 5% firing (SPS inputs 18-25%) edges from 20% to 35%
 # were all within the noise (one process, engines interleaved). A step on its own (streaming)
 # keeps GATHER_BAND's edge.
-CONV_DENSE_ABOVE = {"int8": 0.3, "int16": 0.4} if INTEGER_DOT else {}
+# On AVX2's integer GEMM (AMD EPYC Zen 3, one engine, edges toggled between interleaved passes,
+# 15% firing, 1 thread) int16 kept 0.4 (142.7 ms per sample against 173.5 at 0.6), but int8 ran
+# fastest gathering up to the per-step edge: 108 ms with 0.6 against 111 at 0.5, 113 at 0.45 and
+# 119 at 0.3 (2 threads 65.7 against 67.1): there the int8 gather's 16-bit lanes are as fast,
+# against a GEMM only twice an FMA's rate, as on VNNI against four times.
+CONV_DENSE_ABOVE = ({"int8": 0.3, "int16": 0.4} if VNNI else {"int16": 0.4} if AVX2_DOT
+                    else {})
 # Since layers run in bands of rows on every engine thread, the gather splits over the threads as
 # the GEMM does, and the one-thread band holds on two as well (full-size model at 5% firing,
 # float32, 2 threads: 56.7 ms per sample with (0, 0.45) against 63.6 with (0, 0.30), 60.7 with
