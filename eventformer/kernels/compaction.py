@@ -5,8 +5,12 @@ A LIF step's arithmetic vectorises; turning its flags into indices does not, wri
 each index's store address depends on the count before it, about a cycle per neuron whether it
 fired or not, which at 5% firing took as long as the LIF pass itself. On a CPU with AVX-512, sixteen flags at a
 time go through LLVM's ``llvm.masked.compressstore`` (``vpcompressd``: the indices of the set
-lanes written contiguously) and a population count of the lane mask; elsewhere the branch-free
-loop stays, because LLVM expands the compress store into a branch per lane there.
+lanes written contiguously) and a population count of the lane mask. Elsewhere (AVX2: LLVM
+expands the compress store into a branch per lane) the flags are read eight at a time as a
+64-bit word, a zero word skipped, and a word's set flags (bit 8j for byte j) found one by one
+with a trailing-zero count: at 5% firing 2.5 us for 16384 neurons against 11.1 for the
+branch-free loop over every flag, 3.8 against 10.4 at 15%, 7.9 against 10.5 at 40% (AMD EPYC
+Zen 3).
 
 Counting needs no indices: with 0/1 bytes, the sum of a word's eight bytes is its top byte after
 a multiply by 0x0101010101010101 (no byte sum exceeds 8, so nothing carries across bytes).
@@ -15,7 +19,8 @@ a multiply by 0x0101010101010101 (no byte sum exceeds 8, so nothing carries acro
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 from ..jit import inlined
@@ -70,6 +75,16 @@ def _compress16(typingctx, flags, at, first, out, count):
     return sig, codegen
 
 
+def _trailing_zeros_py(word):
+    """The index of the lowest set bit of a non-zero word (NUMBA_DISABLE_JIT=1)."""
+    word = int(word)
+    return (word & -word).bit_length() - 1
+
+
+_trailing_zeros = _trailing_zeros_py if config.DISABLE_JIT else trailing_zeros
+_ONE = np.uint64(1)
+
+
 @inlined
 def compact_flags(flags, n, first, out, count):
     """Append ``first + i`` for each set ``flags[i]`` (i < n, ascending) to ``out[count:]``;
@@ -79,6 +94,16 @@ def compact_flags(flags, n, first, out, count):
         while i + LANES <= n:
             count += _compress16(flags, i, first + i, out, count)
             i += LANES
+    else:
+        i = n // 8 * 8
+        if i:
+            words = flags[:i].view(np.uint64)
+            for k in range(i // 8):
+                word = words[k]
+                while word != 0:  # one pass per set flag (byte j of the word is bit 8j)
+                    out[count] = first + 8 * k + (_trailing_zeros(word) >> 3)
+                    count += 1
+                    word &= word - _ONE
     for j in range(i, n):  # branch-free: the store is overwritten unless the flag counts
         out[count] = first + j
         count += np.int64(flags[j])  # (not uint8 arithmetic, which wraps, as plain Python)
