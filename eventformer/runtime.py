@@ -241,7 +241,7 @@ def kernels_cached(arithmetic: str = "float32") -> bool:
         from .kernels import lif_fixed_kernels, lif_kernels
 
         fixed = arithmetic in ("int16", "int8")
-        rule = (lif_fixed_kernels if fixed else lif_kernels)(True, True)
+        rule = lif_fixed_kernels(True, True, 1) if fixed else lif_kernels(True, True)
         want = "int32" if fixed else arithmetic
         here = rule.step.targetctx.codegen().magic_tuple()
         # an index key is (argument types, this machine's CPU and features, code hash and

@@ -1006,17 +1006,26 @@ def test_kernel_compiled_with_cache(kernel):
 @pytest.mark.parametrize("hard_reset", [True, False])
 @pytest.mark.parametrize("decay_input", [True, False])
 def test_lif_rule_kernels_compiled_with_cache(rules, hard_reset, decay_input):
-    """Each LIF rule's kernels (closures over the arithmetic's and the rule's bools) are
-    cached, and their cache key can hit in another process: it holds the closure cells, which
-    are plain bools."""
+    """Each LIF rule's kernels (closures over the arithmetic's and the rule's bools, and in
+    fixed point the decay shift) are cached, and their cache key can hit in another process:
+    it holds the closure cells, which are plain bools and a plain int."""
     fixed = rules is lif_fixed_kernels
-    for kernel in rules(hard_reset, decay_input):
+    shift = 3 if fixed and decay_input else -1  # only there a constant of the kernels
+    made = rules(hard_reset, decay_input, 3) if fixed else rules(hard_reset, decay_input)
+    for kernel in made:
         assert not isinstance(kernel._cache, NullCache)
         assert kernel.targetoptions.get("nogil") is True
-        cells = [c.cell_contents for c in kernel.py_func.__closure__]
-        assert sorted(cells) == sorted([fixed, hard_reset, decay_input])
-        assert all(type(c) is bool for c in cells)
-    assert rules(np.bool_(hard_reset), int(decay_input)) is rules(hard_reset, decay_input)
+        cells = dict(zip(kernel.py_func.__code__.co_freevars,
+                         (c.cell_contents for c in kernel.py_func.__closure__)))
+        assert cells == {"fixed": fixed, "hard_reset": hard_reset,
+                         "decay_input": decay_input, "shift": shift, "constant": shift >= 0}
+        assert all(type(c) is (int if k == "shift" else bool) for k, c in cells.items())
+    if fixed:
+        assert rules(np.bool_(hard_reset), int(decay_input), np.int64(3)) is made
+        # a kernel per shift where it is a constant, one for every shift elsewhere
+        assert (rules(hard_reset, decay_input, 1) is made) == (not decay_input)
+    else:
+        assert rules(np.bool_(hard_reset), int(decay_input)) is made
 
 
 def test_lif_rule_kernels_load_from_the_cache_in_a_new_process(tmp_path):
@@ -1129,7 +1138,8 @@ def _fixed_lif_case(rng, n_period, reps):
 
 
 @SETTINGS
-@given(n_period=st.integers(1, 40), reps=st.integers(1, 5), shift=st.integers(0, 4),
+@given(n_period=st.integers(1, 40), reps=st.integers(1, 5),
+       shift=st.sampled_from([0, 1, 4]),  # decay_input's kernels compile once per shift
        hard=st.booleans(), decay=st.booleans(), periodic=st.booleans(), seed=SEEDS)
 def test_lif_fixed_step_matches_twin(n_period, reps, shift, hard, decay, periodic, seed):
     rng = np.random.default_rng(seed)
@@ -1162,6 +1172,26 @@ def test_lif_fixed_step_matches_twin(n_period, reps, shift, hard, decay, periodi
         exp = start.copy()
         exp[C.NEURON_UPDATES] += updates
         np.testing.assert_array_equal(counters, exp)
+
+
+def test_lif_fixed_decay_is_exact_at_the_int32_extremes():
+    """decay_input membranes and currents near both ends of int32, where x - v leaves int32
+    (the decay runs in 32-bit lanes for shifts below 31), at shifts from 0 to beyond 31: the
+    twin's unbounded membranes and spikes, hard and soft reset. (Without decay_input
+    H = V - (V >> k) + X itself can leave int32 from such values: that rule stays in int64.)"""
+    lo, hi = -(2**31), 2**31 - 1
+    edge = np.array([lo, lo + 1, lo + 3, -5, -1, 0, 1, 6, hi - 2, hi], np.int32)
+    v0, x = np.repeat(edge, edge.size), np.tile(edge, edge.size)
+    theta = np.array([hi], np.int32)  # only a membrane reaching int32's top spikes
+    for shift, hard in [(0, True), (1, True), (1, False), (30, True), (33, True)]:
+        want_v, want_s, _ = twin.lif_fixed(v0, x, np.full(x.size, hi), shift, hard, True)
+        assert ((want_v >= lo) & (want_v <= hi)).all()
+        v = v0.copy()
+        flags = np.zeros(x.size, np.uint8)
+        lif_fixed_step_flags(v, x, theta, shift, hard, True, flags,
+                             np.zeros(C.N_COUNTERS, np.int64))
+        np.testing.assert_array_equal(v, want_v)
+        np.testing.assert_array_equal(flags.astype(bool), want_s)
 
 
 def test_lif_fixed_shift_is_floor_division():

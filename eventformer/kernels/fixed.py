@@ -20,13 +20,16 @@ from .neurons import LIFKernels, _lif_kernels
 from .saformer import depthwise3x3_scatter
 
 
-def lif_fixed_kernels(hard_reset, decay_input) -> LIFKernels:
-    """The integer kernels of the rule (``hard_reset``, ``decay_input``), each compiled on its
-    first call (or loaded from the cache), for that rule only (see
-    :func:`~eventformer.kernels.neurons.lif_kernels`); their arguments are those of
-    :func:`lif_fixed_step`, :func:`lif_fixed_step_flags` and :func:`lif_fixed_quiet_step`
-    without the two bools."""
-    return _lif_kernels(True, bool(hard_reset), bool(decay_input))
+def lif_fixed_kernels(hard_reset, decay_input, shift) -> LIFKernels:
+    """The integer kernels of the rule (``hard_reset``, ``decay_input``) and decay shift
+    (k = log2(tau)), each compiled on its first call (or loaded from the cache), for that rule
+    and shift only (see :func:`~eventformer.kernels.neurons.lif_kernels`); their arguments are
+    those of :func:`lif_fixed_step`, :func:`lif_fixed_step_flags` and
+    :func:`lif_fixed_quiet_step` without the two bools. With ``decay_input`` their ``shift``
+    argument is not read: the kernels hold theirs as a constant, which lets the decay run in
+    32-bit vector lanes; the other rule reads it (one kernel for every shift)."""
+    return _lif_kernels(True, bool(hard_reset), bool(decay_input),
+                        int(shift) if decay_input else -1)
 
 
 def lif_fixed_step_flags(v, current, theta, shift, hard_reset, decay_input, flags, counters):
@@ -63,7 +66,7 @@ def lif_fixed_step_flags(v, current, theta, shift, hard_reset, decay_input, flag
     int
         The number of neurons that spiked.
     """
-    return lif_fixed_kernels(hard_reset, decay_input).step_flags(v, current, theta, shift,
+    return lif_fixed_kernels(hard_reset, decay_input, shift).step_flags(v, current, theta, shift,
                                                                  flags, counters)
 
 
@@ -98,7 +101,7 @@ def lif_fixed_step(v, current, theta, shift, hard_reset, decay_input, spikes_out
     count : int
         The number of neurons that spiked.
     """
-    return lif_fixed_kernels(hard_reset, decay_input).step(v, current, theta, shift,
+    return lif_fixed_kernels(hard_reset, decay_input, shift).step(v, current, theta, shift,
                                                            spikes_out, counters)
 
 
@@ -140,7 +143,7 @@ def lif_fixed_quiet_step(v, current, theta, shift, hard_reset, decay_input, flag
     still : bool
         True when nothing spiked and no membrane changed value.
     """
-    return lif_fixed_kernels(hard_reset, decay_input).quiet(v, current, theta, shift, flags,
+    return lif_fixed_kernels(hard_reset, decay_input, shift).quiet(v, current, theta, shift, flags,
                                                             spikes_out, counters)
 
 

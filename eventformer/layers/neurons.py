@@ -97,7 +97,7 @@ class FixedLIFNeurons(LIFNeurons):
         self.hard_reset = not soft_reset
         self.decay_input = bool(decay_input)
         self.theta = period(np.asarray(theta, np.int32), size)
-        self._bind(lif_fixed_kernels(self.hard_reset, self.decay_input),
+        self._bind(lif_fixed_kernels(self.hard_reset, self.decay_input, self.shift),
                    (self.theta, self.shift))
         self.v = np.zeros(size, np.int32)
         self._spikes = np.empty(size, np.int32)
