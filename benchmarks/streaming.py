@@ -110,8 +110,8 @@ def measure_file(engine: Spikformer, sample, window_us: int, repeat: int) -> dic
 
 def print_table(result: dict) -> None:
     rows = result["files"]
-    print(f"streaming replay: full-size Spikformer-DVS, random weights calibrated to "
-          f"{result['rate']:.0%} firing, {result['window_ms']:g} ms windows, "
+    print(f"streaming replay: full-size Spikformer-DVS ({result['dtype']}), random weights "
+          f"calibrated to {result['rate']:.0%} firing, {result['window_ms']:g} ms windows, "
           f"{result['threads']} engine thread(s)")
     head = (f"{'file':7s} {'events':>8s} {'windows':>7s} {'p50 ms':>7s} {'p99 ms':>7s} "
             f"{'p99<win':>7s} {'RT factor':>9s} {'max lag ms':>10s} {'backlog max':>11s} "
@@ -156,6 +156,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="engine threads [2, or every core if fewer]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights [0]")
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "float64", "int16", "int8"],
+                        help="the engine's arithmetic [float32]")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     if not (args.window_ms > 0 and np.isfinite(args.window_ms)):
@@ -181,7 +184,7 @@ def main(argv=None):
     model_path = calibrated_model(BenchNetwork("spikformer", config), samples, args.rate,
                                   args.seed,
                                   BenchOptions(files=files).cache_dir, log)
-    engine = Spikformer(load(model_path))
+    engine = Spikformer(load(model_path), dtype=args.dtype)
     window_us = round(args.window_ms * 1000)
     engine.warm_up()  # every kernel loaded before the first window is timed
     rows = []
@@ -191,7 +194,8 @@ def main(argv=None):
         rows.append(measure_file(engine, s, window_us, args.repeat))
     every = np.concatenate([r.pop("latencies_ms") for r in rows])
     p50, p99 = (float(np.percentile(every, q)) for q in (50, 99))
-    result = {"rate": args.rate, "window_ms": args.window_ms, "repeat": args.repeat,
+    result = {"rate": args.rate, "dtype": args.dtype, "window_ms": args.window_ms,
+              "repeat": args.repeat,
               "threads": engine_threads(), "cpus": os.cpu_count(), "model": model_path,
               "files": rows,
               "all_windows": {"windows": int(every.size), "latency_ms_p50": p50,
