@@ -27,12 +27,16 @@ def test_compact_and_count_match_numpy(n, density):
         flags = backing[skew:]
         want = np.flatnonzero(flags[:n]).astype(np.int32)
         assert _count(flags, n) == want.size
-        out = np.full(n + 5, -7, np.int32)
+        # ``out`` has room for exactly the n flags after ``count``; the compaction may write
+        # scratch past the new count (whole 16-lane vectors), never past ``out`` itself
+        beyond = np.full(3 + n + 64, -7, np.int32)
+        out = beyond[:3 + n]
         out[:3] = [11, 12, 13]  # entries before ``count`` are kept
         got = _compact(flags, n, 40, out, 3)
         assert got == 3 + want.size
         assert out[:3].tolist() == [11, 12, 13]
         assert (out[3:got] == want + 40).all()
+        assert (beyond[3 + n:] == -7).all()
 
 
 def test_count_reads_only_the_first_n_flags():

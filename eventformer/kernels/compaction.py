@@ -3,12 +3,17 @@ list, or just their count.
 
 A LIF step's arithmetic vectorises; turning its flags into indices does not, written as a loop:
 each index's store address depends on the count before it, about a cycle per neuron whether it
-fired or not, which at 5% firing took as long as the LIF pass itself. On a CPU with AVX-512, sixteen flags at a
-time go through LLVM's ``llvm.masked.compressstore`` (``vpcompressd``: the indices of the set
-lanes written contiguously) and a population count of the lane mask. Elsewhere (AVX2: LLVM
-expands the compress store into a branch per lane) the flags are read eight at a time as a
-64-bit word, a zero word skipped, and a word's set flags (bit 8j for byte j) found one by one
-with a trailing-zero count: at 5% firing 2.5 us for 16384 neurons against 11.1 for the
+fired or not, which at 5% firing took as long as the LIF pass itself. On a CPU with AVX-512,
+sixteen flags at a time become a lane mask; ``vpcompressd`` packs the indices of the set lanes
+into the low lanes of a register (LLVM's ``llvm.x86.avx512.mask.compress``), the whole register
+is stored at the count, and the count advances by the mask's population count. The store writes
+all sixteen lanes, so up to fifteen slots past the new count are scratch: ``out`` must have room
+for every flag that may be set, as it must anyway. Not LLVM's ``llvm.masked.compressstore``,
+which is ``vpcompressd`` with a memory operand: on AMD Zen 4 that form is microcoded, and it
+took 19-21 us for 16384 neurons where the register form takes 0.8-1.0 (at 5-40% firing).
+Elsewhere (AVX2) the flags are read eight at a
+time as a 64-bit word, a zero word skipped, and a word's set flags (bit 8j for byte j) found one
+by one with a trailing-zero count: at 5% firing 2.5 us for 16384 neurons against 11.1 for the
 branch-free loop over every flag, 3.8 against 10.4 at 15%, 7.9 against 10.5 at 40% (AMD EPYC
 Zen 3).
 
@@ -41,8 +46,9 @@ _I32x16 = ir.VectorType(ir.IntType(32), LANES)
 @intrinsic
 def _compress16(typingctx, flags, at, first, out, count):
     """``out[count:count + k]`` = ``first + j`` for each j < 16 with ``flags[at + j]`` set, in
-    order; returns k. Both arrays contiguous (their strides are not read), and no bounds checks:
-    the caller keeps ``at + 16 <= flags.size`` and ``count + k <= out.size``."""
+    order; returns k. ``out[count + k:count + 16]`` are overwritten too (scratch). Both arrays
+    contiguous (their strides are not read), and no bounds checks: the caller keeps
+    ``at + 16 <= flags.size`` and ``count + 16 <= out.size``."""
     if not (isinstance(flags, types.Array) and flags.dtype == types.uint8
             and isinstance(out, types.Array) and out.dtype == types.int32):
         return None
@@ -63,11 +69,12 @@ def _compress16(typingctx, flags, at, first, out, count):
         splat = builder.shuffle_vector(splat, ir.Constant(_I32x16, ir.Undefined),
                                        ir.Constant(_I32x16, None))
         idx = builder.add(splat, ir.Constant(_I32x16, list(range(LANES))))
+        fnty = ir.FunctionType(_I32x16, [_I32x16, _I32x16, _I1x16])
+        compress = cgutils.get_or_insert_function(builder.module, fnty,
+                                                  "llvm.x86.avx512.mask.compress.v16i32")
+        packed = builder.call(compress, [idx, ir.Constant(_I32x16, None), mask])
         dst = builder.gep(odata, [context.cast(builder, count_, cty, types.int64)])
-        fnty = ir.FunctionType(ir.VoidType(), [_I32x16, ir.IntType(32).as_pointer(), _I1x16])
-        store = cgutils.get_or_insert_function(builder.module, fnty,
-                                               "llvm.masked.compressstore.v16i32")
-        builder.call(store, [idx, dst, mask])
+        builder.store(packed, builder.bitcast(dst, _I32x16.as_pointer()), align=4)
         bits = builder.bitcast(mask, ir.IntType(LANES))
         pop = builder.ctpop(bits)
         return builder.zext(pop, ir.IntType(64))
@@ -88,7 +95,8 @@ _ONE = np.uint64(1)
 @inlined
 def compact_flags(flags, n, first, out, count):
     """Append ``first + i`` for each set ``flags[i]`` (i < n, ascending) to ``out[count:]``;
-    returns the new count. ``out`` must have room for every flag that may be set."""
+    returns the new count. ``out`` must have room for every flag that may be set
+    (``out.size >= count + n``); its entries past the new count are scratch."""
     i = 0
     if COMPRESS:
         while i + LANES <= n:
