@@ -231,10 +231,10 @@ def kernels_cached(arithmetic: str = "float32") -> bool:
     """Whether Numba's on-disk cache already holds the engine's kernels for ``arithmetic``
     (float32, float64, int16, int8) on this machine, so that start-up is a load, not a compile.
 
-    Probed through the LIF steps of that arithmetic, which every Spikformer run calls: the
-    cache index (Numba's, beside the sources or under NUMBA_CACHE_DIR) of one of them (a step,
-    a step into flags, a quiet step; one index per kind holds every LIF rule's entries) must
-    hold a signature of the arithmetic's dtype compiled for this CPU. A cache that holds it may
+    Probed through the LIF kernel of that arithmetic (the step into flags, of which the other
+    steps are made), which every Spikformer run calls: its cache index (Numba's, beside the
+    sources or under NUMBA_CACHE_DIR; one index holds every LIF rule's entries) must hold a
+    signature of the arithmetic's dtype compiled for this CPU. A cache that holds it may
     still lack a kernel (or a LIF rule) no run has used before; that one compiles on its first
     call."""
     try:
@@ -243,11 +243,11 @@ def kernels_cached(arithmetic: str = "float32") -> bool:
         fixed = arithmetic in ("int16", "int8")
         rule = lif_fixed_kernels(True, True, 1) if fixed else lif_kernels(True, True)
         want = "int32" if fixed else arithmetic
-        here = rule.step.targetctx.codegen().magic_tuple()
+        here = rule.step_flags.targetctx.codegen().magic_tuple()
         # an index key is (argument types, this machine's CPU and features, code hash and
         # closure cells); the first argument is the membrane array, of the arithmetic's dtype
         return any(key[1] == here and str(getattr(key[0][0], "dtype", "")) == want
-                   for kernel in rule for key in kernel._cache._cache_file._load_index())
+                   for key in rule.step_flags._cache._cache_file._load_index())
     except (AttributeError, OSError, TypeError, ValueError, EOFError, IndexError):
         return True  # unknown: say nothing rather than something wrong
 

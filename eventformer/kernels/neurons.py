@@ -73,10 +73,11 @@ def _charge_fixed(vi, x, th, shift, hard_reset, decay_input):
 
 
 class LIFKernels(NamedTuple):
-    """The compiled steps of one LIF rule (reset kind and decay_input fixed) in one arithmetic;
-    their arguments are those of :func:`lif_step`, :func:`lif_step_flags` and
-    :func:`lif_quiet_step` (float) or of the ``lif_fixed_*`` steps without the two bools, the
-    parameters as ``a, b``: (params, 0) in float, (thresholds, shift) in fixed point."""
+    """The steps of one LIF rule (reset kind and decay_input fixed) in one arithmetic; their
+    arguments are those of :func:`lif_step`, :func:`lif_step_flags` and :func:`lif_quiet_step`
+    (float) or of the ``lif_fixed_*`` steps without the two bools, the parameters as ``a, b``:
+    (params, 0) in float, (thresholds, shift) in fixed point. ``step_flags`` is the rule's one
+    compiled kernel; ``step`` and ``quiet`` are made of it (see :func:`_lif_kernels`)."""
 
     step: Callable
     step_flags: Callable
@@ -93,20 +94,15 @@ def lif_kernels(hard_reset, decay_input) -> LIFKernels:
     return _lif_kernels(False, bool(hard_reset), bool(decay_input), -1)
 
 
-# Neurons per pass of :func:`_lif_pass` in a step that emits indices: its flags stay in L1 between
-# the pass and their compaction.
-CHUNK = 1024
-
-
 @inlined
-def _lif_pass(v, current, a, b, flags, lo, hi, fl, track, fixed, hard_reset, decay_input):
-    """Neurons ``lo:hi`` of ``v`` one step, their 0/1 spike flags into ``flags[fl:]`` (uint8);
-    returns whether any membrane changed value, only when ``track``. Float (``a`` the params
-    array, ``b`` unused) or fixed point (``a`` the thresholds' period, ``b`` the shift): neuron
-    i reads ``a[i % period]`` (fixed) and its current at ``i`` (dense) or ``i % period`` (a
-    repeating current). The rule's bools and ``fixed`` arrive as constants, so one arithmetic's
-    and one rule's code is all that is compiled; the inner loop is branch-free and carries no
-    sum (a spike count there kept it from vectorising), so it vectorises."""
+def _lif_pass(v, current, a, b, flags, fixed, hard_reset, decay_input):
+    """Every neuron of ``v`` one step, their 0/1 spike flags into ``flags`` (uint8). Float
+    (``a`` the params array, ``b`` unused) or fixed point (``a`` the thresholds' period, ``b``
+    the shift): neuron i reads ``a[i % period]`` (fixed) and its current at ``i`` (dense) or
+    ``i % period`` (a repeating current). The rule's bools and ``fixed`` arrive as constants,
+    so one arithmetic's and one rule's code is all that is compiled; the inner loop is
+    branch-free and carries no sum (a spike count there kept it from vectorising), so it
+    vectorises."""
     n = v.shape[0]
     c = current.shape[0]
     dense = c == n
@@ -114,71 +110,87 @@ def _lif_pass(v, current, a, b, flags, lo, hi, fl, track, fixed, hard_reset, dec
     if not fixed:
         tau_inv, theta = a[P_TAU_INV], a[P_THETA]
         v_reset, keep = a[P_V_RESET], a[P_KEEP]
-    moved = False
-    i = lo
-    while i < hi:
+    i = 0
+    while i < n:
         off = i % p  # runs of one period: the period's index is then the loop's own
-        m = min(p - off, hi - i)
+        m = min(p - off, n - i)
         vb = v[i:i + m]
-        fb = flags[fl + i - lo:fl + i - lo + m]
+        fb = flags[i:i + m]
         cur = current[i:i + m] if dense else current[off:off + m]
         th = a[off:off + m]  # (fixed; a slice, not a[off + j], keeps the loop vectorised)
         for j in range(m):
-            vi = vb[j]
             if fixed:
-                s, nv = _charge_fixed(vi, cur[j], th[j], b, hard_reset, decay_input)
+                s, nv = _charge_fixed(vb[j], cur[j], th[j], b, hard_reset, decay_input)
             else:
-                s, nv = _charge(vi, cur[j], tau_inv, theta, v_reset, keep, hard_reset,
+                s, nv = _charge(vb[j], cur[j], tau_inv, theta, v_reset, keep, hard_reset,
                                 decay_input)
             fb[j] = s
-            if track:
-                moved |= nv != vi
             vb[j] = nv
         i += m
-    return moved
+
+
+@kernel
+def spike_indices(flags, n, out):
+    """The indices of the spikes among a step's flags, ascending: one kernel for every LIF rule
+    and arithmetic (the flags are bytes in all of them).
+
+    Parameters
+    ----------
+    flags : uint8[>= n]
+        0/1 spike flags, as :func:`lif_step_flags` writes them.
+    n : int
+        How many flags to read.
+    out : int32[>= n], overwritten
+        ``out[:count]`` gets each ``i < n`` with ``flags[i]`` set, ascending; entries from
+        ``count`` on are scratch.
+
+    Returns
+    -------
+    count : int
+        The number of set flags (of indices written).
+    """
+    return compact_flags(flags, n, 0, out, 0)
 
 
 @functools.cache
 def _lif_kernels(fixed, hard_reset, decay_input, shift):
-    # The arithmetic and the rule reach the kernels as closure constants: Numba prunes the other
-    # branches before typing, and bools keep the closures cacheable (the cache key holds their
+    # The arithmetic and the rule reach the kernel as closure constants: Numba prunes the other
+    # branches before typing, and bools keep the closure cacheable (the cache key holds their
     # cells). Arguments after (v, current): a, b as _lif_pass takes them, except that a fixed
     # point decay_input rule takes its shift from the closure (``shift``, a constant: see
     # _charge_fixed), not from b; elsewhere ``shift`` is -1 and unused.
+    #
+    # A rule compiles one kernel, the step into flags. A step into indices is that step, then
+    # the flags compacted by the one ``spike_indices`` of every rule, and a quiet step is that
+    # step on a copy's comparison: each of them a kernel of its own cost a user's first run
+    # 0.6-0.9 s of Numba's compile per rule and arithmetic, where the composition costs a
+    # microsecond per call (16384 neurons: 3.6 us fused, the same composed; a quiet step,
+    # which runs only until a layer without input settles, copies its membranes once).
     constant = fixed and shift >= 0
 
     @kernel
     def step_flags(v, current, a, b, flags, counters):
         n = v.shape[0]
-        _lif_pass(v, current, a, shift if constant else b, flags, 0, n, 0, False, fixed,
-                  hard_reset, decay_input)
+        _lif_pass(v, current, a, shift if constant else b, flags, fixed, hard_reset,
+                  decay_input)
         counters[NEURON_UPDATES] += n
         return count_flags(flags, n)
 
-    @kernel
     def step(v, current, a, b, spikes_out, counters):
-        # in chunks: a chunk's flags, still in L1, are compacted into indices right after it
         n = v.shape[0]
-        flags = np.empty(min(n, CHUNK), np.uint8)
-        count = 0
-        for lo in range(0, n, CHUNK):
-            hi = min(lo + CHUNK, n)
-            _lif_pass(v, current, a, shift if constant else b, flags, lo, hi, 0, False, fixed,
-                      hard_reset, decay_input)
-            count = compact_flags(flags, hi - lo, lo, spikes_out, count)
-        counters[NEURON_UPDATES] += n
-        return count
+        flags = np.empty(n, np.uint8)
+        if step_flags(v, current, a, b, flags, counters) == 0:
+            return 0
+        return spike_indices(flags, n, spikes_out)
 
-    @kernel
     def quiet(v, current, a, b, flags, spikes_out, counters):
-        n = v.shape[0]
-        moved = _lif_pass(v, current, a, shift if constant else b, flags, 0, n, 0, True, fixed,
-                          hard_reset, decay_input)
-        counters[NEURON_UPDATES] += n
-        count = count_flags(flags, n)
-        if count > 0 and spikes_out.shape[0] > 0:
-            compact_flags(flags, n, 0, spikes_out, 0)
-        return count, count == 0 and not moved
+        before = v.copy()
+        count = step_flags(v, current, a, b, flags, counters)
+        if count == 0:  # still: no spike and every membrane where it was (a fixed point)
+            return 0, bool(np.array_equal(v, before))
+        if spikes_out.shape[0] > 0:
+            spike_indices(flags, v.shape[0], spikes_out)
+        return count, False
 
     return LIFKernels(step, step_flags, quiet)
 

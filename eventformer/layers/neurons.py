@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import counters as C, lif_fixed_kernels, lif_kernels, lif_params
+from ..kernels.neurons import spike_indices
 from .base import EMPTY, period
 
 
@@ -63,8 +64,10 @@ class LIFNeurons:
         if current is self.steady:
             n = self._steady_step(self._spikes, counters)
         else:
-            self._settled = False
-            n = self._step(self.v, current, *self._args, self._spikes, counters)
+            self._settled = False  # (the step into flags, then its indices: see lif_kernels)
+            n = self._step_flags(self.v, current, *self._args, self._flags, counters)
+            if n:
+                spike_indices(self._flags, self.size, self._spikes)
         return self._spikes[:n].copy() if n else EMPTY
 
     def fire_flags(self, current: np.ndarray, counters: np.ndarray) -> tuple[np.ndarray, int]:
