@@ -21,6 +21,7 @@ helper had left to compile. ``python -m eventformer.precompile MODEL --dtype D``
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import subprocess
 import sys
@@ -119,11 +120,18 @@ def compile_backwards(engine, steps: int, densities=PASSES) -> None:
     inputs of its own input shape, last layer first: the kernels a run of ``steps`` steps calls,
     compiled (or loaded) in backward order.
 
-    First the kernels only the blocks and the head call, at typical densities
+    In float first the max-pool and the attention cores (:func:`_first_pool`,
+    :func:`_attention_cores`); then the kernels only the blocks and the head call, at typical densities
     (:data:`BLOCK_PASSES`) with the blocks' gathers off: the gather, which every conv of the embedding calls too, is what a run compiles
     first after its first layer, so the helper leaves it to the run and finds it in the cache.
     Then every layer, once per density of ``densities``."""
     rng = np.random.default_rng(0)
+    if engine.fixed is None:
+        # in float the blocks' dense steps run on BLAS, so their kernels are few and the
+        # helper, done with them before the run needs them, has time for the run's max-pool;
+        # in an integer mode the integer GEMM (seconds) comes first, as the run needs it next
+        _first_pool(engine, rng, steps)
+        _attention_cores(engine, rng)
     gathering = [layer for block in engine.blocks for layer in block.layers
                  if getattr(layer, "can_gather", False)]
     for layer in gathering:
@@ -137,6 +145,37 @@ def compile_backwards(engine, steps: int, densities=PASSES) -> None:
     for density in densities:
         _backwards(engine, rng, steps, density)
     engine.reset()
+
+
+def _first_pool(engine, rng, steps: int) -> None:
+    """The max-pool of the first embedding layer that pools, on synthetic flags: the run's third
+    kernel (after the first layer's current and the LIF), which the helper, starting a moment
+    after the run, has in the cache before the run reaches it. Every pooled layer of a model
+    calls the same kernel."""
+    for layer, _, real in engine.stages[0][0].plan:
+        if not real and getattr(layer, "pool", None) is not None:
+            flags = layer._band_flags(steps)
+            flags[:] = rng.random(flags.shape) < 0.05
+            _quietly(lambda: layer._band_pool(flags, [1] * steps))
+            return
+
+
+def _attention_cores(engine, rng, density: float = 0.05) -> None:
+    """Each block's attention core on synthetic spikes, its current only: the largest kernel of
+    the blocks, which the run reaches last; the helper compiles it before the blocks' other
+    kernels, whose first (the LIF) the run compiles while the helper starts, so that the two
+    do not compile one kernel at once."""
+    from .kernels.counters import N_COUNTERS
+
+    for block in reversed(engine.blocks):
+        core = getattr(getattr(block, "attn", None), "core", None)
+        current = getattr(core, "current", None)
+        if current is None or not hasattr(core, "_core_current"):
+            continue
+        spikes = len(inspect.signature(core._core_current).parameters) - 2  # (out, counters)
+        lists = [_events(rng, current.shape[0], density, 1)[0][0] for _ in range(spikes)]
+        _quietly(lambda: core._core_current(*lists, np.empty_like(current),
+                                            np.zeros(N_COUNTERS, np.int64)))
 
 
 def _backwards(engine, rng, steps: int, density: float, embeddings: bool = True) -> None:
