@@ -26,18 +26,21 @@ def _tap_output(pos, k, stride, pad, out_size):
 
 @kernel
 def _tap_table(in_size, k, stride, pad, out_size):
-    """table[pos, tap] = output coordinate input ``pos`` reaches through ``tap``, or -1; and the
-    number of valid taps per position. Built once per call so the event loop never divides."""
-    # flat, then reshaped: an allocation by a shape tuple compiles Numba's generic version of
-    # it on every first run
-    table = np.empty(in_size * k, np.int64).reshape(in_size, k)
-    valid = np.zeros(in_size, np.int64)
+    """table[pos * k + tap] = output coordinate input ``pos`` reaches through ``tap``, or -1;
+    and the number of valid taps per position. Built once per call so the event loop never
+    divides."""
+    # flat arrays from np.empty, filled here: a 2-D shape or np.zeros would compile Numba's
+    # versions of those on a user's first run (a third of a second, on the first kernel's path)
+    table = np.empty(in_size * k, np.int64)
+    valid = np.empty(in_size, np.int64)
     for pos in range(in_size):
+        n = 0
         for t in range(k):
             o = _tap_output(pos, t, stride, pad, out_size)
-            table[pos, t] = o
+            table[pos * k + t] = o
             if o >= 0:
-                valid[pos] += 1
+                n += 1
+        valid[pos] = n
     return table, valid
 
 
@@ -102,7 +105,8 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
     kbuf = np.empty(1, out.dtype)
     ops = 0
     in_h = out_h * stride + kh  # enough rows for any input that reaches the output
-    rows, _ = _tap_table(max(in_h, 1) + 2 * pad, kh, stride, pad, out_h)
+    n_rows = max(in_h, 1) + 2 * pad
+    rows, _ = _tap_table(n_rows, kh, stride, pad, out_h)
     cols, _ = _tap_table(in_w, kw, stride, pad, out_w)
     y = x = base = 0
     for e in range(idx.shape[0]):
@@ -114,11 +118,11 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
         kf = kbuf[0]
         taps = 0
         for ky in range(kh):
-            oy = rows[y, ky] if y < rows.shape[0] else -1
+            oy = rows[y * kh + ky] if y < n_rows else -1
             if oy < row0 or oy >= row1:  # outside the map (-1) or the band
                 continue
             for kx in range(kw):
-                ox = cols[x, kx]
+                ox = cols[x * kw + kx]
                 if ox < 0:
                     continue
                 # 1-D views let LLVM prove the slabs apart and vectorise the add
