@@ -80,3 +80,42 @@ def test_a_run_after_the_helper_compiles_nothing_and_gives_the_same_result(tmp_p
                            capture_output=True, text=True, timeout=600, check=True)
     helped_out = [line for line in run.stdout.splitlines() if line.startswith("{")]
     assert json.loads(helped_out[-1])["logits"] == json.loads(alone.stdout)["logits"]
+
+
+def test_in_float_the_helper_first_takes_the_max_pool_and_the_attention_cores(monkeypatch):
+    """compile_backwards starts (in float) with the first pooled layer's max-pool and each
+    block's attention core, on synthetic inputs of their own shapes: both calls go through
+    here (the helper swallows a failure, so this test lets it surface), and an integer engine
+    skips them (its helper starts on the blocks, the integer GEMM first)."""
+    import functools
+
+    import numpy as np
+
+    from eventformer.modelfile import load
+    from eventformer.models import engine_for
+
+    monkeypatch.setattr(precompile, "_quietly", lambda call: call())
+    monkeypatch.setattr(precompile, "_backwards", lambda *args, **kwargs: None)
+    for dtype, first in (("float32", True), ("int8", False)):
+        engine = engine_for(load(shipped_model_path()), dtype=dtype)
+        pooled = next(layer for layer, _, real in engine.stages[0][0].plan
+                      if not real and layer.pool is not None)
+        calls = []
+        pool = pooled._band_pool
+        monkeypatch.setattr(pooled, "_band_pool",
+                            lambda flags, fired: calls.append("pool") or pool(flags, fired))
+        for block in engine.blocks:
+            core = block.attn.core._core_current
+
+            @functools.wraps(core)  # (the helper reads the core's parameters)
+            def counted(*args, _core=core):
+                calls.append("core")
+                return _core(*args)
+
+            monkeypatch.setattr(block.attn.core, "_core_current", counted)
+        precompile.compile_backwards(engine, 2)
+        # (the later passes, stubbed out here, call no max-pool or core of their own)
+        assert calls == (["pool"] + ["core"] * len(engine.blocks) if first else [])
+        if first:
+            spikes = np.flatnonzero(pooled._band_flags(2)[0])
+            assert spikes.size > 0  # the max-pool had spikes to pool
