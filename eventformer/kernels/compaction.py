@@ -11,11 +11,10 @@ all sixteen lanes, so up to fifteen slots past the new count are scratch: ``out`
 for every flag that may be set, as it must anyway. Not LLVM's ``llvm.masked.compressstore``,
 which is ``vpcompressd`` with a memory operand: on AMD Zen 4 that form is microcoded, and it
 took 19-21 us for 16384 neurons where the register form takes 0.8-1.0 (at 5-40% firing).
-Elsewhere (AVX2) the flags are read eight at a
-time as a 64-bit word, a zero word skipped, and a word's set flags (bit 8j for byte j) found one
-by one with a trailing-zero count: at 5% firing 2.5 us for 16384 neurons against 11.1 for the
-branch-free loop over every flag, 3.8 against 10.4 at 15%, 7.9 against 10.5 at 40% (AMD EPYC
-Zen 3).
+Elsewhere (AVX2) the flags are read eight at a time as a 64-bit word, a zero word skipped, and a
+word's set flags (bit 8j for byte j) found one by one with a trailing-zero count: at 5% firing
+2.5 us for 16384 neurons against 11.1 for the branch-free loop over every flag, 3.8 against 10.4
+at 15%, 7.9 against 10.5 at 40% (AMD EPYC Zen 3).
 
 Counting needs no indices: with 0/1 bytes, the sum of a word's eight bytes is its top byte after
 a multiply by 0x0101010101010101 (no byte sum exceeds 8, so nothing carries across bytes).
