@@ -69,7 +69,7 @@ def load_engine(weights: Path, dtype: str, path_mode: str, quiet: bool = False):
     model_file = load(weights)
     engine = engine_for(model_file, dtype=dtype, policy=PathPolicy(mode=path_mode))
     if not kernels_cached(dtype):
-        helper = start_backward_compile(weights, dtype, path_mode)
+        helper = start_backward_compile(weights, dtype, path_mode, engine=engine)
         if helper is not None:
             atexit.register(helper.stop)
             if hasattr(engine, "layer_major_runs"):  # forward, layer by layer: see there

@@ -8,16 +8,24 @@
   order) and compare with ``>=`` exactly; reassociation would change float32 spikes.
 - no ``parallel``: work is split over threads by the layers (rows of a GEMM), never inside a
   scatter, whose events race on their outputs.
+- a cache that claims a kernel before compiling it, when a first run and its compile helper
+  share the work (:mod:`eventformer.claims`).
 """
 
 from __future__ import annotations
 
 from numba import njit
 
+from .claims import caching
+
 OPTIONS = {"cache": True, "nogil": True}
 
-#: A compiled function: ``@kernel def conv2d_scatter(...)``.
-kernel = njit(**OPTIONS)
+
+def kernel(func):
+    """A compiled function: ``@kernel def conv2d_scatter(...)``. Its cache takes part in a
+    first run's compile claims (:mod:`eventformer.claims`)."""
+    return caching(njit(**OPTIONS)(func))
+
 
 #: A small helper compiled into its callers (``inline="always"``): cursor steps, slab adds.
 inlined = njit(**OPTIONS, inline="always")

@@ -15,7 +15,11 @@ compiled itself.
 The run starts the helper (:func:`start_backward_compile`) only when Numba's cache does not hold
 its arithmetic's kernels, when this process may use two cores or more, and unless
 ``EVENTFORMER_COMPILE_HELPER=0``; it stops the helper when it is done (``stop``), whatever the
-helper had left to compile. ``python -m eventformer.precompile MODEL --dtype D`` is the helper.
+helper had left to compile. On Linux the helper is a fork of the run, taken once the run has
+built its engine: it compiles at once, with nothing to import or load (a new interpreter spent
+about half a second on imports and the model file before its first kernel, a quarter of the
+time a first run has to overlap). Elsewhere, or without the run's engine, it is a new process,
+``python -m eventformer.precompile MODEL --dtype D``.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -59,10 +67,13 @@ def helper_wanted() -> bool:
 
 
 class BackwardCompile:
-    """The helper process; :meth:`stop` ends it (idempotent)."""
+    """The helper process; :meth:`stop` ends it (idempotent). ``proc`` is a
+    :class:`subprocess.Popen` or a :class:`ForkedHelper`; ``claims`` the compile claims folder
+    the two processes share (:mod:`eventformer.claims`), removed by :meth:`stop`."""
 
-    def __init__(self, proc: subprocess.Popen):
+    def __init__(self, proc, claims: str | None = None):
         self.proc = proc
+        self.claims = claims
 
     def stop(self) -> None:
         proc = self.proc
@@ -73,23 +84,146 @@ class BackwardCompile:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.claims is not None:
+            _end_claims(self.claims)
+            self.claims = None
 
 
-def start_backward_compile(model_path, dtype: str, path_mode: str = "auto"
+def _start_claims() -> str | None:
+    from . import claims
+
+    try:
+        folder = tempfile.mkdtemp(prefix="eventformer-claims-")
+    except OSError:
+        return None  # the two processes may compile a kernel twice, as before claims
+    claims.activate(folder)
+    return folder
+
+
+def _end_claims(folder: str) -> None:
+    from . import claims
+
+    if claims.active() == folder:
+        claims.activate(None)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class ForkedHelper:
+    """A forked child by its pid, with the part of :class:`subprocess.Popen`'s interface
+    :class:`BackwardCompile` uses."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def _signal(self, sig) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+
+def _can_fork() -> bool:
+    # macOS's system libraries are not safe to use in a forked child; Linux's are
+    return hasattr(os, "fork") and sys.platform.startswith("linux")
+
+
+def start_backward_compile(model_path, dtype: str, path_mode: str = "auto", engine=None
                            ) -> BackwardCompile | None:
     """Start the helper for the model file ``model_path`` in ``dtype`` and ``path_mode``, with
     this process's environment (Numba's cache directory, the engine's threads); None where it
-    is not wanted (:func:`helper_wanted`) or cannot start."""
+    is not wanted (:func:`helper_wanted`) or cannot start.
+
+    Given the run's ``engine`` (built from that file, in that arithmetic and path mode), on
+    Linux the helper is a fork of this process that compiles ``engine``'s kernels at once
+    (:func:`_forked_helper`); otherwise a new interpreter builds its own engine."""
     if not helper_wanted():
         return None
+    forked = engine is not None and _can_fork()
+    if forked:
+        from .models.spikformer import Spikformer
+
+        if not isinstance(engine, Spikformer):
+            return None  # a sequential SNN (NIR import): few kernels, left to the run
+    folder = _start_claims()
+    helper = _fork_helper(engine, folder) if forked else _spawn_helper(model_path, dtype,
+                                                                      path_mode, folder)
+    if helper is None and folder is not None:
+        _end_claims(folder)
+    return helper
+
+
+def _spawn_helper(model_path, dtype, path_mode, folder) -> BackwardCompile | None:
+    from .claims import CLAIMS_ENV
+
     cmd = [sys.executable, "-m", "eventformer.precompile", os.fspath(model_path),
            "--dtype", dtype, "--path", path_mode]
+    env = dict(os.environ)
+    if folder is not None:
+        env[CLAIMS_ENV] = folder
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=dict(os.environ))
+                                stderr=subprocess.DEVNULL, env=env)
     except OSError:
         return None  # the run compiles everything itself, as without the helper
-    return BackwardCompile(proc)
+    return BackwardCompile(proc, folder)
+
+
+def _fork_helper(engine, folder) -> BackwardCompile | None:
+    # the caller must hold no lock another thread could need in the child: the CLI forks
+    # right after building the engine, before any kernel runs (Numba's compiler lock is free)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid == 0:
+        _forked_helper(engine)  # never returns
+    return BackwardCompile(ForkedHelper(pid), folder)
+
+
+def _forked_helper(engine) -> None:
+    """The forked child: compile ``engine``'s kernels backwards, then leave at once
+    (``os._exit``: the run's exit handlers, buffers and open files are the run's)."""
+    code = 1
+    try:
+        # the run's handlers are the run's: a stop (SIGTERM) or Ctrl-C just ends the child
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(quiet, fd)
+        compile_backwards(engine, engine.config.steps)
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def _events(rng, sites: int, density: float, steps: int, most: int = 1) -> list:

@@ -58,6 +58,16 @@ def set_engine_threads(n: int) -> None:
         _pool = None
 
 
+def _forget_pool() -> None:
+    # a forked child (the first run's compile helper) has none of the pool's threads: work
+    # handed to the copied pool would wait for ever, so the child starts a pool of its own
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
 _in_part = threading.local()
 
 

@@ -43,6 +43,23 @@ def test_stop_ends_the_helper_and_may_be_called_twice():
     helper.stop()
 
 
+def test_stop_ends_a_forked_helper_too(tmp_path):
+    if not precompile._can_fork():
+        pytest.skip("no fork here")
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        import time
+        time.sleep(60)
+        os._exit(0)
+    helper = precompile.BackwardCompile(precompile.ForkedHelper(pid), str(folder))
+    assert helper.proc.poll() is None
+    helper.stop()
+    assert helper.proc.poll() is not None and not folder.exists()
+    helper.stop()
+
+
 def _saved_and_loaded(stderr: str) -> tuple[int, int]:
     lines = stderr.splitlines()
     return (sum("[cache] data saved" in line for line in lines),
@@ -119,3 +136,38 @@ def test_in_float_the_helper_first_takes_the_max_pool_and_the_attention_cores(mo
         if first:
             spikes = np.flatnonzero(pooled._band_flags(2)[0])
             assert spikes.size > 0  # the max-pool had spikes to pool
+
+
+@pytest.mark.slow
+def test_the_forked_helper_fills_the_cache_with_what_the_run_then_loads(tmp_path):
+    """On Linux the helper is a fork of the run, compiling the run's own engine: once it is
+    done, the run's forward pass compiles nothing, and stop removes the claims folder."""
+    if _jit_off() or not precompile._can_fork():
+        pytest.skip("no JIT, or no fork here")
+    need_gesture()
+    script = f"""
+import gc, os, sys
+from numba.core.registry import CPUDispatcher
+from eventformer import precompile
+from eventformer.inference import classify_file
+from eventformer.modelfile import load
+from eventformer.models import engine_for
+model = {str(shipped_model_path())!r}
+engine = engine_for(load(model), dtype="float32")
+helper = precompile.start_backward_compile(model, "float32", engine=engine)
+assert isinstance(helper.proc, precompile.ForkedHelper), helper
+folder = helper.claims
+assert folder and os.path.isdir(folder)
+assert helper.proc.wait(timeout=600) == 0
+classify_file(engine, {str(GESTURE_DIR / "1.bs2")!r})
+helper.stop()
+misses = sum(sum(d.stats.cache_misses.values()) for d in gc.get_objects()
+             if isinstance(d, CPUDispatcher) and "eventformer" in d.py_func.__module__)
+print("misses", misses, "folder", os.path.exists(folder))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop(precompile.HELPER_ENV, None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["misses", "0", "folder", "False"]
