@@ -15,6 +15,7 @@ from numba.core.caching import NullCache
 
 import kernel_twins as twin
 from eventformer.kernels.sparse import _maxpool_kernel
+from eventformer.kernels.conv import densify_taps, scatter_taps, tap_table
 from eventformer.kernels import (
     channel_sums,
     conv2d_gather,
@@ -159,6 +160,24 @@ def test_conv2d_scatter_matches_twin(case):
         band_ops += c[C.MAC if case["weighted"] else C.AC]
     np.testing.assert_array_equal(np.concatenate(band_out), out)
     assert band_ops == ops
+
+
+@pytest.mark.parametrize("in_size,k,stride,pad,out_size", [
+    (8, 3, 1, 1, 8), (9, 3, 2, 1, 5), (7, 5, 2, 2, 4), (5, 1, 1, 0, 5), (1, 3, 1, 1, 1),
+    (12, 3, 2, 1, 6), (6, 4, 3, 0, 1)])
+def test_tap_table_is_the_division_it_replaces(in_size, k, stride, pad, out_size):
+    """The scatter's tap tables (numpy, once per geometry) against the division the event loop
+    would otherwise do per event and tap."""
+    table, valid = tap_table(in_size, k, stride, pad, out_size)
+    for pos in range(in_size):
+        reached = []
+        for tap in range(k):
+            num = pos + pad - tap
+            o = num // stride
+            reached.append(o if num >= 0 and o * stride == num and o < out_size else -1)
+        assert list(table[pos * k:(pos + 1) * k]) == reached
+        assert valid[pos] == sum(o >= 0 for o in reached)
+    assert not table.flags.writeable and tap_table(in_size, k, stride, pad, out_size)[0] is table
 
 
 @SETTINGS
@@ -993,7 +1012,7 @@ def test_kernels_are_pure_functions_of_their_inputs():
 
 
 @pytest.mark.parametrize("kernel", [
-    conv2d_scatter, densify_padded, im2col_padded, linear_scatter, linear_event_ops,
+    scatter_taps, densify_taps, im2col_padded, linear_scatter, linear_event_ops,
     _maxpool_kernel(True), _maxpool_kernel(False), merge_add, channel_sums, scatter_dense,
     ssa_step, ssa_bin_step, nsad_step, tasa_current, depthwise3x3_scatter, saformer_step,
 ], ids=lambda f: f.py_func.__name__)

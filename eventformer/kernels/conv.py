@@ -6,45 +6,39 @@ read one contiguous slab of Cout weights and add it to one contiguous slab of th
 The dense path uses rows ``[(ky * KW + kx) * Cin + c, Cout]`` to match :func:`im2col_padded`.
 """
 
+import functools
+
 import numpy as np
 
-from ..jit import inlined, kernel
+from ..jit import kernel
 from ._common import add_slab, book_ops, copy_span, next_site
 
 
-@inlined
-def _tap_output(pos, k, stride, pad, out_size):
-    """Output coordinate that input coordinate ``pos`` reaches through tap ``k``, or -1."""
-    num = pos + pad - k
-    if num < 0:
-        return -1
-    o = num // stride
-    if o * stride != num or o >= out_size:
-        return -1
-    return o
+@functools.cache
+def tap_table(in_size: int, k: int, stride: int, pad: int, out_size: int):
+    """``(table, valid)``: ``table[pos * k + tap]`` is the output coordinate that input
+    coordinate ``pos`` reaches through tap ``tap`` (``(pos + pad - tap) / stride`` where that
+    is a whole number in ``[0, out_size)``), else -1; ``valid[pos]`` counts its valid taps.
 
-
-@kernel
-def _tap_table(in_size, k, stride, pad, out_size):
-    """table[pos * k + tap] = output coordinate input ``pos`` reaches through ``tap``, or -1;
-    and the number of valid taps per position. Built once per call so the event loop never
-    divides."""
-    # flat arrays from np.empty, filled here: a 2-D shape or np.zeros would compile Numba's
-    # versions of those on a user's first run (a third of a second, on the first kernel's path)
-    table = np.empty(in_size * k, np.int64)
-    valid = np.empty(in_size, np.int64)
-    for pos in range(in_size):
-        n = 0
-        for t in range(k):
-            o = _tap_output(pos, t, stride, pad, out_size)
-            table[pos * k + t] = o
-            if o >= 0:
-                n += 1
-        valid[pos] = n
+    The scatter's event loop reads the table instead of dividing. One pair per geometry,
+    computed with numpy and kept (read-only): built inside the kernels, the tables cost a
+    kernel of their own on a user's first run (a third of a second, on the first layer's
+    path)."""
+    num = np.arange(in_size, dtype=np.int64)[:, None] + pad - np.arange(k, dtype=np.int64)
+    out = num // max(stride, 1)
+    ok = (num >= 0) & (out * stride == num) & (out < out_size)
+    table = np.where(ok, out, -1).reshape(-1)
+    valid = ok.sum(axis=1).astype(np.int64)
+    table.flags.writeable = valid.flags.writeable = False
     return table, valid
 
 
-@kernel
+def _row_taps(kh: int, stride: int, pad: int, out_h: int):
+    """The tap table over the input rows that can reach an ``out_h``-row output (the scatter's
+    events never lie below them)."""
+    return tap_table(max(out_h * stride + kh, 1) + 2 * pad, kh, stride, pad, out_h)
+
+
 def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h, out_w, row0,
                    row1, out, counters, weighted):
     """Add the contribution of every input event to the dense HWC current ``out`` (in place).
@@ -101,13 +95,36 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
     None
         The results are ``out`` and ``counters``, both modified in place.
     """
+    rows, _ = _row_taps(kh, stride, pad, out_h)
+    cols, _ = tap_table(in_w, kw, stride, pad, out_w)
+    scatter_taps(idx, cnt, in_w, cin, weight_rows, kh, kw, rows, cols, out_w, row0, row1, out,
+                 counters, weighted)
+
+
+@kernel
+def scatter_taps(idx, cnt, in_w, cin, weight_rows, kh, kw, rows, cols, out_w, row0, row1, out,
+                 counters, weighted):
+    """:func:`conv2d_scatter` given its geometry as the tap tables of :func:`tap_table`.
+
+    Parameters
+    ----------
+    idx, cnt, in_w, cin, weight_rows, kh, kw, out_w, row0, row1, out, counters, weighted
+        As for :func:`conv2d_scatter`.
+    rows : int64[n_rows * kh]
+        The input rows' tap table (``tap_table(n_rows, kh, stride, pad, out_h)[0]``) over at
+        least every input row that reaches the output; an event on a row past it reaches none.
+    cols : int64[W * kw]
+        The input columns' tap table, ``tap_table(W, kw, stride, pad, out_w)[0]``.
+
+    Returns
+    -------
+    None
+        The results are ``out`` and ``counters``, both modified in place.
+    """
     cout = weight_rows.shape[1]
     kbuf = np.empty(1, out.dtype)
     ops = 0
-    in_h = out_h * stride + kh  # enough rows for any input that reaches the output
-    n_rows = max(in_h, 1) + 2 * pad
-    rows, _ = _tap_table(n_rows, kh, stride, pad, out_h)
-    cols, _ = _tap_table(in_w, kw, stride, pad, out_w)
+    n_rows = rows.shape[0] // kh
     y = x = base = 0
     for e in range(idx.shape[0]):
         flat = idx[e]
@@ -134,7 +151,6 @@ def conv2d_scatter(idx, cnt, in_w, cin, weight_rows, kh, kw, stride, pad, out_h,
     book_ops(counters, ops, idx.shape[0], weighted)
 
 
-@kernel
 def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w, padded,
                    counters, weighted):
     """Write an event list into the zero-padded dense HWC map ``padded`` for the GEMM path.
@@ -179,13 +195,34 @@ def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w,
     None
         The results are ``padded`` and ``counters``, both modified in place.
     """
+    _, ny_tab = tap_table(padded.shape[0] - 2 * pad, kh, stride, pad, out_h)
+    _, nx_tab = tap_table(in_w, kw, stride, pad, out_w)
+    densify_taps(idx, cnt, in_w, cin, cout, pad, ny_tab, nx_tab, padded, counters, weighted)
+
+
+@kernel
+def densify_taps(idx, cnt, in_w, cin, cout, pad, ny_tab, nx_tab, padded, counters, weighted):
+    """:func:`densify_padded` given the valid taps per input row and column.
+
+    Parameters
+    ----------
+    idx, cnt, in_w, cin, cout, pad, padded, counters, weighted
+        As for :func:`densify_padded`.
+    ny_tab : int64[H]
+        Valid taps per input row, ``tap_table(H, kh, stride, pad, out_h)[1]``.
+    nx_tab : int64[W]
+        Valid taps per input column, ``tap_table(W, kw, stride, pad, out_w)[1]``.
+
+    Returns
+    -------
+    None
+        The results are ``padded`` and ``counters``, both modified in place.
+    """
     padded[:] = 0
     pw = padded.shape[1]
     flat = padded.reshape(-1)
     kbuf = np.empty(1, padded.dtype)
     ops = 0
-    _, ny_tab = _tap_table(padded.shape[0] - 2 * pad, kh, stride, pad, out_h)
-    _, nx_tab = _tap_table(in_w, kw, stride, pad, out_w)
     y = x = base = 0
     for e in range(idx.shape[0]):
         site = idx[e]
