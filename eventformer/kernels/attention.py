@@ -26,11 +26,14 @@ from .counters import AC, ATTN_ENTRIES, ATTN_NONZERO, COMPARE, INPUT_EVENTS, LUT
 
 @kernel
 def _head_offsets(idx, n_tokens, dim, d):
-    """ptr[n, h] = first position in ``idx`` of token n, head h (sorted input); ptr[n, H] = end."""
+    """ptr[n * (H + 1) + h] = first position in ``idx`` of token n, head h (sorted input);
+    ptr[n * (H + 1) + H] = end.
+
+    Flat, not [N, H + 1]: a 2-D array's allocation, reshape and indexing compile Numba's
+    generic versions of them on a user's first run, and 2-D indexing types and lowers slower
+    in every kernel that reads it."""
     heads = dim // d
-    # flat, then reshaped: an allocation by a shape tuple compiles Numba's generic version of
-    # it on every first run (a quarter second), a flat one is compiled for every kernel anyway
-    ptr = np.empty(n_tokens * (heads + 1), np.int64).reshape(n_tokens, heads + 1)
+    ptr = np.empty(n_tokens * (heads + 1), np.int64)
     pos = 0
     total = idx.shape[0]
     for n in range(n_tokens):
@@ -38,7 +41,7 @@ def _head_offsets(idx, n_tokens, dim, d):
             lim = n * dim + h * d
             while pos < total and idx[pos] < lim:
                 pos += 1
-            ptr[n, h] = pos
+            ptr[n * (heads + 1) + h] = pos
     return ptr
 
 
@@ -67,13 +70,14 @@ def _key_columns(k_idx, dim):
 
 
 @inlined
-def _query_row_counts(i, h, dim, qp, q_idx, col_ptr, col_tok, acc, touched):
+def _query_row_counts(i, h, dim, qp, hs, q_idx, col_ptr, col_tok, acc, touched):
     """Row i of head h's count map (Q K^T)[i, :], over the keys that share an active channel
     with query token i only: ``acc[j]`` += 1 per shared channel, the keys reached listed once in
-    ``touched[:nt]`` (the caller reads and re-zeroes ``acc`` there). Returns ``(nt, adds)``."""
+    ``touched[:nt]`` (the caller reads and re-zeroes ``acc`` there); ``qp`` is
+    :func:`_head_offsets` of Q, ``hs`` its row length (heads + 1). Returns ``(nt, adds)``."""
     nt = 0
     adds = 0
-    for p in range(qp[i, h], qp[i, h + 1]):
+    for p in range(qp[i * hs + h], qp[i * hs + h + 1]):
         c = q_idx[p] - i * dim
         for r in range(col_ptr[c], col_ptr[c + 1]):
             j = col_tok[r]
@@ -127,6 +131,7 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
         The order each head was computed in: 1 (pairs) or 2 (kv).
     """
     d = dim // heads
+    hs = heads + 1
     scale = scale_arr[0]
     qp = _head_offsets(q_idx, n_tokens, dim, d)
     kp = _head_offsets(k_idx, n_tokens, dim, d)
@@ -136,7 +141,7 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
     y = np.zeros(n_tokens * dim, np.int64)
     acc = np.zeros(n_tokens, np.int64)
     touched = np.empty(n_tokens, np.int32)
-    kv = np.zeros(d * d, np.int64).reshape(d, d)  # flat, then reshaped: see _head_offsets
+    kv = np.empty(d * d, np.int64)  # K^T V of a head, [d, d] flat: see _head_offsets
     used = np.empty(heads, np.int8)
     ops = 0
     entries = 0
@@ -145,47 +150,50 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
         pair_work = 0
         q_active = 0
         for n in range(n_tokens):
-            for p in range(qp[n, h], qp[n, h + 1]):
+            for p in range(qp[n * hs + h], qp[n * hs + h + 1]):
                 c = q_idx[p] - n * dim
                 pair_work += col_ptr[c + 1] - col_ptr[c]
-            q_active += qp[n, h + 1] - qp[n, h]
+            q_active += qp[n * hs + h + 1] - qp[n * hs + h]
         kv_work = q_active * d
         v_total = 0
         for n in range(n_tokens):
-            kv_work += (kp[n, h + 1] - kp[n, h]) * (vp[n, h + 1] - vp[n, h])
-            v_total += vp[n, h + 1] - vp[n, h]
+            r = n * hs + h
+            kv_work += (kp[r + 1] - kp[r]) * (vp[r + 1] - vp[r])
+            v_total += vp[r + 1] - vp[r]
         # pairs order also pays ~ (pairs x mean |V_j|); pairs <= min(pair_work, N^2)
         pairs_est = min(pair_work, n_tokens * n_tokens)
         pair_work += (pairs_est * v_total) // max(n_tokens, 1)
         if order == 1 or (order == 0 and pair_work <= kv_work):
             used[h] = 1
             for i in range(n_tokens):
-                nt, adds = _query_row_counts(i, h, dim, qp, q_idx, col_ptr, col_tok, acc, touched)
+                nt, adds = _query_row_counts(i, h, dim, qp, hs, q_idx, col_ptr, col_tok, acc,
+                                           touched)
                 ops += adds
                 entries += nt
                 for t in range(nt):
                     j = touched[t]
                     a = acc[j]
                     acc[j] = 0
-                    for p in range(vp[j, h], vp[j, h + 1]):
+                    for p in range(vp[j * hs + h], vp[j * hs + h + 1]):
                         y[i * dim + (v_idx[p] - j * dim)] += a
                         ops += a
         else:
             used[h] = 2
-            kv[:, :] = 0
+            for z in range(d * d):
+                kv[z] = 0
             base = h * d
             for j in range(n_tokens):
-                for pk in range(kp[j, h], kp[j, h + 1]):
+                for pk in range(kp[j * hs + h], kp[j * hs + h + 1]):
                     ck = k_idx[pk] - j * dim - base
-                    for pv in range(vp[j, h], vp[j, h + 1]):
-                        kv[ck, v_idx[pv] - j * dim - base] += 1
+                    for pv in range(vp[j * hs + h], vp[j * hs + h + 1]):
+                        kv[ck * d + v_idx[pv] - j * dim - base] += 1
                         ops += 1
             for i in range(n_tokens):
-                for p in range(qp[i, h], qp[i, h + 1]):
+                for p in range(qp[i * hs + h], qp[i * hs + h + 1]):
                     cq = q_idx[p] - i * dim - base
                     row = i * dim + base
                     for jj in range(d):
-                        y[row + jj] += kv[cq, jj]
+                        y[row + jj] += kv[cq * d + jj]
                     ops += d
     kbuf = np.empty(1, out.dtype)
     for i in range(n_tokens * dim):
@@ -210,6 +218,7 @@ def _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, binary, 
     entry map: binary ``1(s > delta[h])`` or the table ``table[h, s]``. Returns nothing; counts
     as documented by :func:`ssa_bin_step` and :func:`nsad_step`."""
     d = dim // heads
+    hs = heads + 1
     qp = _head_offsets(q_idx, n_tokens, dim, d)
     vp = _head_offsets(v_idx, n_tokens, dim, d)
     col_ptr, col_tok = _key_columns(k_idx, dim)
@@ -220,7 +229,8 @@ def _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, binary, 
     nonzero = 0
     for h in range(heads):
         for i in range(n_tokens):
-            nt, adds = _query_row_counts(i, h, dim, qp, q_idx, col_ptr, col_tok, acc, touched)
+            nt, adds = _query_row_counts(i, h, dim, qp, hs, q_idx, col_ptr, col_tok, acc,
+                                           touched)
             ops += adds
             entries += nt
             for t in range(nt):
@@ -235,7 +245,7 @@ def _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, binary, 
                     continue
                 nonzero += 1
                 mult = a if a > 0 else -a
-                for p in range(vp[j, h], vp[j, h + 1]):
+                for p in range(vp[j * hs + h], vp[j * hs + h + 1]):
                     y[i * dim + (v_idx[p] - j * dim)] += a
                     ops += mult
     counters[AC] += ops
