@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from eventformer.kernels.compaction import compact_flags, count_flags
+from eventformer.kernels.compaction import COMPRESS, compact_flags, count_flags
 
 
 @njit(cache=False)
@@ -44,3 +44,17 @@ def test_count_reads_only_the_first_n_flags():
     assert _count(flags, 21) == 21
     out = np.empty(40, np.int32)
     assert _compact(flags, 21, 0, out, 0) == 21
+
+
+@pytest.mark.skipif(not COMPRESS, reason="int64 words are compacted in place with AVX-512 only")
+@pytest.mark.parametrize("words", [1, 2, 3, 17])
+def test_compact_reads_the_bytes_of_int64_words_in_place(words):
+    """A max-pool's lanes (int64 words of eight 0/1 flag bytes) compact as their bytes do,
+    without a view: every length of whole words, the 16-byte blocks and an 8-byte tail."""
+    rng = np.random.default_rng(words)
+    as_bytes = (rng.random(8 * words) < 0.4).astype(np.uint8)
+    lanes = as_bytes.view(np.int64).copy()
+    want = np.flatnonzero(as_bytes).astype(np.int32)
+    out = np.full(8 * words + 16, -7, np.int32)
+    got = _compact(lanes, 8 * words, 5, out, 0)
+    assert got == want.size and (out[:got] == want + 5).all()

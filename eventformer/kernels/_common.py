@@ -1,8 +1,11 @@
 """Small inlined pieces shared by the scatter kernels, and what the compiled code may use."""
 
+import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
+from numba.np.arrayobj import _empty_nd_impl
 
 from ..jit import inlined
 from .counters import AC, INPUT_EVENTS, MAC
@@ -52,6 +55,63 @@ def _wide_vectors_jit(typingctx):
 #: they keep LLVM's choice. A no-op without the JIT; without AVX-512 LLVM has no 512-bit vectors
 #: and the attribute changes nothing.
 wide_vectors = _wide_vectors_py if config.DISABLE_JIT else _wide_vectors_jit
+
+
+def _scratch_py(n, dtype):
+    return np.empty(n, dtype)
+
+
+@intrinsic
+def _scratch_jit(typingctx, n, dtype):
+    """``np.empty(n, dtype)`` lowered in place: a new 1-D C-contiguous array, uninitialised
+    (``dtype`` a numpy scalar type such as ``np.int64``, or an array's ``.dtype``)."""
+    if isinstance(dtype, types.NumberClass):
+        item = dtype.instance_type
+    elif isinstance(dtype, types.DType):
+        item = dtype.dtype
+    else:
+        return None
+    if not isinstance(n, types.Integer):
+        return None
+    arrty = types.Array(item, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        size = context.cast(builder, args[0], signature.args[0], types.intp)
+        zero = ir.Constant(size.type, 0)
+        size = builder.select(builder.icmp_signed("<", size, zero), zero, size)
+        return _empty_nd_impl(context, builder, arrty, [size])._getvalue()
+
+    return arrty(n, dtype), codegen
+
+
+#: ``scratch(n, dtype)``: a kernel's working array, as ``np.empty(n, dtype)`` gives it. Numba
+#: compiles its ``np.empty`` once per element type and way of naming it, on a user's first run
+#: (0.1-0.25 s each, in the run and its compile helper alike); this allocates with the same
+#: code, written into the kernel.
+scratch = _scratch_py if config.DISABLE_JIT else _scratch_jit
+
+
+def _in_dtype_of_py(arr, x):
+    return arr.dtype.type(x)
+
+
+@intrinsic
+def _in_dtype_of_jit(typingctx, arr, x):
+    """``x`` converted to ``arr``'s dtype, as storing it into ``arr`` would convert it."""
+    if not (isinstance(arr, types.Array) and isinstance(x, (types.Integer, types.Float))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[1], signature.args[1], signature.return_type)
+
+    return arr.dtype(arr, x), codegen
+
+
+#: ``in_dtype_of(out, k)``: a multiplicity (or an integer sum) in the dtype of the array it is
+#: added to or multiplied into, so that ``k * w`` is computed in that dtype. Written as a store
+#: into a one-element scratch array and a load, it compiled Numba's ``np.empty`` for every
+#: arithmetic on a user's first run, on the first layer's path.
+in_dtype_of = _in_dtype_of_py if config.DISABLE_JIT else _in_dtype_of_jit
 
 
 def _copy_span_py(dst, d0, src, s0, n):

@@ -21,6 +21,7 @@ so they always form the map explicitly over active pairs (the pairs order): SSA_
 import numpy as np
 
 from ..jit import inlined, kernel
+from ._common import in_dtype_of, scratch
 from .counters import AC, ATTN_ENTRIES, ATTN_NONZERO, COMPARE, INPUT_EVENTS, LUT
 
 
@@ -33,7 +34,7 @@ def _head_offsets(idx, n_tokens, dim, d):
     generic versions of them on a user's first run, and 2-D indexing types and lowers slower
     in every kernel that reads it."""
     heads = dim // d
-    ptr = np.empty(n_tokens * (heads + 1), np.int64)
+    ptr = scratch(n_tokens * (heads + 1), np.int64)
     pos = 0
     total = idx.shape[0]
     for n in range(n_tokens):
@@ -49,19 +50,21 @@ def _head_offsets(idx, n_tokens, dim, d):
 def _key_columns(k_idx, dim):
     """Inverted index of K: ``col_tok[col_ptr[c]:col_ptr[c + 1]]`` are the key tokens that fired
     on channel c, ascending."""
-    col_len = np.zeros(dim + 1, np.int64)
+    col_len = scratch(dim + 1, np.int64)
+    for c in range(dim + 1):
+        col_len[c] = 0
     for e in range(k_idx.shape[0]):
         col_len[k_idx[e] % dim + 1] += 1
     # the running sum written out (np.cumsum compiles its generic version on a first run)
-    col_ptr = np.empty(dim + 1, np.int64)
-    fill = np.empty(dim, np.int64)  # where channel c's next key token goes
+    col_ptr = scratch(dim + 1, np.int64)
+    fill = scratch(dim, np.int64)  # where channel c's next key token goes
     total = 0
     for c in range(dim + 1):
         total += col_len[c]
         col_ptr[c] = total
         if c < dim:
             fill[c] = total
-    col_tok = np.empty(k_idx.shape[0], np.int32)
+    col_tok = scratch(k_idx.shape[0], np.int32)
     for e in range(k_idx.shape[0]):
         c = k_idx[e] % dim
         col_tok[fill[c]] = k_idx[e] // dim
@@ -138,11 +141,15 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
     vp = _head_offsets(v_idx, n_tokens, dim, d)
 
     col_ptr, col_tok = _key_columns(k_idx, dim)
-    y = np.zeros(n_tokens * dim, np.int64)
-    acc = np.zeros(n_tokens, np.int64)
-    touched = np.empty(n_tokens, np.int32)
-    kv = np.empty(d * d, np.int64)  # K^T V of a head, [d, d] flat: see _head_offsets
-    used = np.empty(heads, np.int8)
+    y = scratch(n_tokens * dim, np.int64)
+    for i in range(n_tokens * dim):
+        y[i] = 0
+    acc = scratch(n_tokens, np.int64)
+    for i in range(n_tokens):
+        acc[i] = 0
+    touched = scratch(n_tokens, np.int32)
+    kv = scratch(d * d, np.int64)  # K^T V of a head, [d, d] flat: see _head_offsets
+    used = scratch(heads, np.int8)
     ops = 0
     entries = 0
     for h in range(heads):
@@ -195,10 +202,8 @@ def ssa_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, scale_arr, out, counters
                     for jj in range(d):
                         y[row + jj] += kv[cq * d + jj]
                     ops += d
-    kbuf = np.empty(1, out.dtype)
     for i in range(n_tokens * dim):
-        kbuf[0] = y[i]
-        out[i] = kbuf[0] * scale
+        out[i] = in_dtype_of(out, y[i]) * scale
     counters[AC] += ops
     counters[ATTN_ENTRIES] += entries
     counters[ATTN_NONZERO] += entries
@@ -222,8 +227,10 @@ def _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, binary, 
     qp = _head_offsets(q_idx, n_tokens, dim, d)
     vp = _head_offsets(v_idx, n_tokens, dim, d)
     col_ptr, col_tok = _key_columns(k_idx, dim)
-    acc = np.zeros(n_tokens, np.int64)
-    touched = np.empty(n_tokens, np.int32)
+    acc = scratch(n_tokens, np.int64)
+    for i in range(n_tokens):
+        acc[i] = 0
+    touched = scratch(n_tokens, np.int32)
     ops = 0
     entries = 0
     nonzero = 0
@@ -311,12 +318,10 @@ def ssa_bin_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, delta, vbar, scale_a
     _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, dummy, True, delta, y,
                       counters)
     scale = scale_arr[0]
-    kbuf = np.empty(1, out.dtype)
     for i in range(n_tokens):
         row = i * dim
         for c in range(dim):
-            kbuf[0] = y[row + c]
-            out[row + c] = (kbuf[0] - vbar[c]) * scale
+            out[row + c] = (in_dtype_of(out, y[row + c]) - vbar[c]) * scale
 
 
 @kernel
@@ -368,7 +373,5 @@ def nsad_step(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, scale_arr, out, 
     _mapped_attention(q_idx, k_idx, v_idx, n_tokens, dim, heads, table, False, nodelta, y,
                       counters)
     scale = scale_arr[0]
-    kbuf = np.empty(1, out.dtype)
     for i in range(n_tokens * dim):
-        kbuf[0] = y[i]
-        out[i] = kbuf[0] * scale
+        out[i] = in_dtype_of(out, y[i]) * scale

@@ -42,24 +42,37 @@ _I8x16 = ir.VectorType(ir.IntType(8), LANES)
 _I32x16 = ir.VectorType(ir.IntType(32), LANES)
 
 
+def _flag_bytes(flags) -> bool:
+    """Whether ``flags`` is an array whose buffer the intrinsics below read as flag bytes: a
+    contiguous array of an integer dtype (uint8 flags, or int64 words of eight)."""
+    return (isinstance(flags, types.Array) and isinstance(flags.dtype, types.Integer)
+            and flags.layout == "C")
+
+
+def _byte_pointer(context, builder, arrty, ary, at, atty):
+    """A pointer to byte ``at`` of the array ``ary``'s buffer."""
+    data = context.make_array(arrty)(context, builder, ary).data
+    data = builder.bitcast(data, ir.IntType(8).as_pointer())
+    return builder.gep(data, [context.cast(builder, at, atty, types.int64)])
+
+
 @intrinsic
 def _compress16(typingctx, flags, at, first, out, count):
-    """``out[count:count + k]`` = ``first + j`` for each j < 16 with ``flags[at + j]`` set, in
-    order; returns k. ``out[count + k:count + 16]`` are overwritten too (scratch). Both arrays
-    contiguous (their strides are not read), and no bounds checks: the caller keeps
-    ``at + 16 <= flags.size`` and ``count + 16 <= out.size``."""
-    if not (isinstance(flags, types.Array) and flags.dtype == types.uint8
-            and isinstance(out, types.Array) and out.dtype == types.int32):
+    """``out[count:count + k]`` = ``first + j`` for each j < 16 with byte ``at + j`` of
+    ``flags``'s buffer set, in order; returns k. ``out[count + k:count + 16]`` are overwritten
+    too (scratch). Both arrays contiguous, and no bounds checks: the caller keeps ``at + 16``
+    within ``flags``'s bytes and ``count + 16 <= out.size``."""
+    if not (_flag_bytes(flags) and isinstance(out, types.Array)
+            and out.dtype == types.int32):
         return None
     sig = types.int64(flags, at, first, out, count)
 
     def codegen(context, builder, signature, args):
         fl, at_, first_, out_, count_ = args
         fty, aty, firsty, oty, cty = signature.args
-        fdata = context.make_array(fty)(context, builder, fl).data
         odata = context.make_array(oty)(context, builder, out_).data
-        at64 = context.cast(builder, at_, aty, types.int64)
-        src = builder.bitcast(builder.gep(fdata, [at64]), _I8x16.as_pointer())
+        src = builder.bitcast(_byte_pointer(context, builder, fty, fl, at_, aty),
+                              _I8x16.as_pointer())
         lanes = builder.load(src, align=1)
         mask = builder.icmp_unsigned("!=", lanes, ir.Constant(_I8x16, None))
         base = builder.trunc(context.cast(builder, first_, firsty, types.int64), ir.IntType(32))
@@ -102,6 +115,27 @@ def _word_jit(typingctx, flags, k):
     return sig, codegen
 
 
+@intrinsic
+def _byte_jit(typingctx, flags, j):
+    """Byte ``j`` of ``flags``'s buffer (no bounds check)."""
+    if not _flag_bytes(flags):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fty, jty = signature.args
+        return builder.load(_byte_pointer(context, builder, fty, args[0], args[1], jty))
+
+    return types.uint8(flags, j), codegen
+
+
+def _byte_py(flags, j):
+    """:func:`_byte_jit` without the JIT."""
+    return flags.reshape(-1).view(np.uint8)[j]
+
+
+_byte = _byte_py if config.DISABLE_JIT else _byte_jit
+
+
 def _word_py(flags, k):
     """:func:`_word_jit` without the JIT."""
     return flags[8 * k:8 * k + 8].view(np.uint64)[0]
@@ -122,9 +156,12 @@ _ONE = np.uint64(1)
 
 @inlined
 def compact_flags(flags, n, first, out, count):
-    """Append ``first + i`` for each set ``flags[i]`` (i < n, ascending) to ``out[count:]``;
-    returns the new count. ``out`` must have room for every flag that may be set
-    (``out.size >= count + n``); its entries past the new count are scratch."""
+    """Append ``first + i`` for each set flag ``i`` (i < n, ascending) to ``out[count:]``;
+    returns the new count. The flags are the first ``n`` bytes of ``flags``'s buffer: a
+    contiguous uint8 array, or (with AVX-512) int64 words of eight (a max-pool's lanes, read
+    in place: a ``.view`` compiles Numba's array view on a user's first run). ``out`` must
+    have room for every flag that may be set (``out.size >= count + n``); its entries past
+    the new count are scratch."""
     i = 0
     if COMPRESS:
         while i + LANES <= n:
@@ -140,7 +177,7 @@ def compact_flags(flags, n, first, out, count):
                 word &= word - _ONE
     for j in range(i, n):  # branch-free: the store is overwritten unless the flag counts
         out[count] = first + j
-        count += np.int64(flags[j])  # (not uint8 arithmetic, which wraps, as plain Python)
+        count += np.int64(_byte(flags, j))  # (not uint8 arithmetic, which wraps, as Python)
     return count
 
 

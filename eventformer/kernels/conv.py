@@ -11,7 +11,7 @@ import functools
 import numpy as np
 
 from ..jit import kernel
-from ._common import add_slab, book_ops, copy_span, next_site
+from ._common import add_slab, book_ops, copy_span, in_dtype_of, next_site
 
 
 @functools.cache
@@ -122,7 +122,6 @@ def scatter_taps(idx, cnt, in_w, cin, weight_rows, kh, kw, rows, cols, out_w, ro
         The results are ``out`` and ``counters``, both modified in place.
     """
     cout = weight_rows.shape[1]
-    kbuf = np.empty(1, out.dtype)
     ops = 0
     n_rows = rows.shape[0] // kh
     y = x = base = 0
@@ -131,8 +130,7 @@ def scatter_taps(idx, cnt, in_w, cin, weight_rows, kh, kw, rows, cols, out_w, ro
         y, x, base = next_site(flat, y, x, base, cin, in_w)
         c = flat - base
         k = cnt[e]
-        kbuf[0] = k
-        kf = kbuf[0]
+        kf = in_dtype_of(out, k)
         taps = 0
         for ky in range(kh):
             oy = rows[y * kh + ky] if y < n_rows else -1
@@ -197,31 +195,37 @@ def densify_padded(idx, cnt, in_w, cin, cout, kh, kw, stride, pad, out_h, out_w,
     """
     _, ny_tab = tap_table(padded.shape[0] - 2 * pad, kh, stride, pad, out_h)
     _, nx_tab = tap_table(in_w, kw, stride, pad, out_w)
-    densify_taps(idx, cnt, in_w, cin, cout, pad, ny_tab, nx_tab, padded, counters, weighted)
+    # flat (a view): the kernel then fills and indexes one dimension, which compiles in a
+    # fraction of a 3-D array's broadcast fill and reshape
+    densify_taps(idx, cnt, in_w, cin, cout, pad, padded.shape[1], ny_tab, nx_tab,
+                 padded.reshape(-1), counters, weighted)
 
 
 @kernel
-def densify_taps(idx, cnt, in_w, cin, cout, pad, ny_tab, nx_tab, padded, counters, weighted):
-    """:func:`densify_padded` given the valid taps per input row and column.
+def densify_taps(idx, cnt, in_w, cin, cout, pad, pw, ny_tab, nx_tab, flat, counters, weighted):
+    """:func:`densify_padded` on the padded map flattened, given the valid taps per input row
+    and column.
 
     Parameters
     ----------
-    idx, cnt, in_w, cin, cout, pad, padded, counters, weighted
+    idx, cnt, in_w, cin, cout, pad, counters, weighted
         As for :func:`densify_padded`.
+    pw : int
+        The padded map's width, W + 2 * pad.
     ny_tab : int64[H]
         Valid taps per input row, ``tap_table(H, kh, stride, pad, out_h)[1]``.
     nx_tab : int64[W]
         Valid taps per input column, ``tap_table(W, kw, stride, pad, out_w)[1]``.
+    flat : float32|float64|uint8|int16[(H + 2 * pad) * pw * Cin], C-contiguous, overwritten
+        The padded HWC map of :func:`densify_padded`, flat.
 
     Returns
     -------
     None
-        The results are ``padded`` and ``counters``, both modified in place.
+        The results are ``flat`` and ``counters``, both modified in place.
     """
-    padded[:] = 0
-    pw = padded.shape[1]
-    flat = padded.reshape(-1)
-    kbuf = np.empty(1, padded.dtype)
+    for i in range(flat.shape[0]):
+        flat[i] = 0
     ops = 0
     y = x = base = 0
     for e in range(idx.shape[0]):
@@ -229,8 +233,7 @@ def densify_taps(idx, cnt, in_w, cin, cout, pad, ny_tab, nx_tab, padded, counter
         y, x, base = next_site(site, y, x, base, cin, in_w)
         c = site - base
         k = cnt[e]
-        kbuf[0] = k
-        flat[((y + pad) * pw + x + pad) * cin + c] = kbuf[0]
+        flat[((y + pad) * pw + x + pad) * cin + c] = k
         taps = ny_tab[y] * nx_tab[x]
         ops += taps * cout if weighted else k * taps * cout
     book_ops(counters, ops, idx.shape[0], weighted)

@@ -14,6 +14,7 @@ scale, write exact integers.
 import numpy as np
 
 from ..jit import kernel
+from ._common import scratch
 from .attention import _mapped_attention
 from .counters import AC, INPUT_EVENTS, MAC, SHIFT
 from .neurons import LIFKernels, _lif_kernels
@@ -302,7 +303,7 @@ def saformer_step_fixed(q_idx, k_idx, n_tokens, dim, grid_w, pool_rows, dwc_weig
     for e in range(nk):
         n = k_idx[e] // dim
         ck[n // width, k_idx[e] - n * dim] += 1
-    term = np.empty(dim, np.int64)
+    term = scratch(dim, np.int64)
     half = np.int64(1) << (gate_shift - 1)
     for c in range(dim):
         a = np.int64(0)

@@ -19,7 +19,7 @@ from numba.core import config
 from numba.extending import intrinsic
 
 from ..jit import inlined, kernel
-from ._common import book_ops, wide_vectors
+from ._common import book_ops, in_dtype_of, scratch, wide_vectors
 
 # Output channels per accumulator block: blocks of BLOCK while they fit, then one of BLOCK_SMALL,
 # then one partial block. BLOCK float32 or int32 accumulators take eight zmm registers, BLOCK int16
@@ -116,7 +116,7 @@ def _pixel_ops(start, cum, in_h, in_w, k, oy, ox, weighted):
 
 @inlined
 def _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox, c0, cb,
-                acc, lane, kbuf, o):
+                acc, lane, o):
     """``o[:cb]`` = output pixel (oy, ox)'s channels ``c0:c0 + cb``, accumulated in ``acc`` (the
     dtype of ``o``): bias first, then kernel row by kernel row the events in list order, an
     event of multiplicity m as ``m * w`` (m in ``acc``'s dtype), as :func:`conv2d_gather` adds.
@@ -148,8 +148,7 @@ def _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy,
                     for j in range(cb):
                         acc[j] += w[j]
                 else:
-                    kbuf[0] = m
-                    kf = kbuf[0]
+                    kf = in_dtype_of(acc, m)
                     for j in range(cb):
                         acc[j] += kf * w[j]
     for j in range(cb):
@@ -158,7 +157,7 @@ def _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy,
 
 @inlined
 def _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, oy, ox, c0, cb,
-                  acc, lane, kbuf, o):
+                  acc, lane, o):
     """:func:`_wide_block` for int8 weights: a kernel row's spikes (all multiplicities 1) go
     into the int16 ``lane`` block, flushed into the int32 ``acc`` block before it could take more
     than LANE_FLUSH adds; a row whose events carry multiplicities adds m * w into ``acc``."""
@@ -199,8 +198,7 @@ def _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias, k, o
             # bookkeeping ran ~5x slower than these 32-bit vector multiply-adds
             for e in range(np.uint64(lo), np.uint64(hi)):
                 w = weight_rows[np.uint64(idx[e] + off), c0:c0 + cb]
-                kbuf[0] = cnt[e]
-                kf = kbuf[0]
+                kf = in_dtype_of(acc, cnt[e])
                 for j in range(cb):
                     acc[j] += kf * w[j]
     for j in range(cb):
@@ -232,10 +230,10 @@ def _gather_kernel(narrow, whole, partial, name):
         pad = k // 2
         p0 = max(row0 - pad, 0) * in_w
         p1 = max(min(row1 + pad, in_h) * in_w, p0)
-        start = np.empty(npix + 1, np.int64)
+        start = scratch(npix + 1, np.int64)
         _pixel_starts(idx, p0, p1, cin, start)
         # prefix sums of the multiplicities: the ops of an event range without walking it again
-        cum = np.empty(n + 1, np.int64)
+        cum = scratch(n + 1, np.int64)
         lo, hi = start[p0], start[p1]
         cum[lo] = 0
         for e in range(lo, hi):
@@ -246,7 +244,6 @@ def _gather_kernel(narrow, whole, partial, name):
         lane_big = _block_buffer(np.int16, BLOCK)
         lane_small = _block_buffer(np.int16, BLOCK_SMALL)
         lane_part = _block_buffer(np.int16, BLOCK_SMALL)
-        kbuf = np.empty(1, out.dtype)
         n_big = cout // BLOCK * BLOCK
         small = cout - n_big >= BLOCK_SMALL
         part0 = n_big + BLOCK_SMALL if small else n_big
@@ -259,29 +256,29 @@ def _gather_kernel(narrow, whole, partial, name):
                     for c0 in range(0, n_big, BLOCK):
                         if narrow:
                             _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows,
-                                          bias, k, oy, ox, c0, BLOCK, acc_big, lane_big, kbuf,
+                                          bias, k, oy, ox, c0, BLOCK, acc_big, lane_big,
                                           out[ob + c0:ob + c0 + BLOCK])
                         else:
                             _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows,
-                                        bias, k, oy, ox, c0, BLOCK, acc_big, lane_big, kbuf,
+                                        bias, k, oy, ox, c0, BLOCK, acc_big, lane_big,
                                         out[ob + c0:ob + c0 + BLOCK])
                 if whole and small:
                     if narrow:
                         _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
                                       k, oy, ox, n_big, BLOCK_SMALL, acc_small, lane_small,
-                                      kbuf, out[ob + n_big:ob + part0])
+                                      out[ob + n_big:ob + part0])
                     else:
                         _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
-                                    k, oy, ox, n_big, BLOCK_SMALL, acc_small, lane_small, kbuf,
+                                    k, oy, ox, n_big, BLOCK_SMALL, acc_small, lane_small,
                                     out[ob + n_big:ob + part0])
                 if partial and part0 < cout:
                     if narrow:
                         _narrow_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
                                       k, oy, ox, part0, cout - part0, acc_part, lane_part,
-                                      kbuf, out[ob + part0:ob + cout])
+                                      out[ob + part0:ob + cout])
                     else:
                         _wide_block(idx, cnt, start, cum, in_h, in_w, cin, weight_rows, bias,
-                                    k, oy, ox, part0, cout - part0, acc_part, lane_part, kbuf,
+                                    k, oy, ox, part0, cout - part0, acc_part, lane_part,
                                     out[ob + part0:ob + cout])
         book_ops(counters, ops * cout, n, weighted)
 

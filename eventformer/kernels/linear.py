@@ -4,10 +4,8 @@ Activations are ``[token, channel]`` flat (``n * C + c``); weights ``[Cin, Cout]
 event reads one contiguous row and adds it to its token's contiguous output row.
 """
 
-import numpy as np
-
 from ..jit import kernel
-from ._common import add_slab, book_ops, next_site
+from ._common import add_slab, book_ops, in_dtype_of, next_site
 
 
 @kernel
@@ -44,7 +42,6 @@ def linear_scatter(idx, cnt, cin, weight, out, counters, weighted):
         The results are ``out`` and ``counters``, both modified in place.
     """
     cout = weight.shape[1]
-    kbuf = np.empty(1, out.dtype)
     ops = 0
     tokens = out.shape[0] // cout
     n = base = 0
@@ -53,9 +50,8 @@ def linear_scatter(idx, cnt, cin, weight, out, counters, weighted):
         _, n, base = next_site(flat, 0, n, base, cin, tokens + 1)  # n: the event's token
         c = flat - base
         k = cnt[e]
-        kbuf[0] = k
         # 1-D views of the rows let LLVM vectorise the adds
-        add_slab(out[n * cout:(n + 1) * cout], weight[c], k, kbuf[0])
+        add_slab(out[n * cout:(n + 1) * cout], weight[c], k, in_dtype_of(out, k))
         ops += cout if weighted else k * cout
     book_ops(counters, ops, idx.shape[0], weighted)
 

@@ -5,6 +5,7 @@ import functools
 import numpy as np
 
 from ..jit import kernel
+from ._common import scratch
 from .compaction import COMPRESS, compact_flags
 
 
@@ -31,7 +32,8 @@ def scatter_dense(idx, cnt, dense):
     None
         The result is ``dense``, overwritten in full.
     """
-    dense[:] = 0
+    for i in range(dense.shape[0]):  # (a slice fill compiles Numba's broadcasting on a first run)
+        dense[i] = 0
     for e in range(idx.shape[0]):
         dense[idx[e]] = cnt[e]
 
@@ -62,8 +64,8 @@ def merge_add(idx_a, cnt_a, idx_b, cnt_b):
     """
     na = idx_a.shape[0]
     nb = idx_b.shape[0]
-    out_idx = np.empty(na + nb, np.int32)
-    out_cnt = np.empty(na + nb, np.int32)
+    out_idx = scratch(na + nb, np.int32)
+    out_cnt = scratch(na + nb, np.int32)
     i = 0
     j = 0
     n = 0
@@ -210,8 +212,8 @@ def _maxpool_kernel(words):
     def maxpool_lanes(lanes, in_h, in_w, cl, width, k, stride, pad, out_h, out_w, row0, row1,
                       out):
         line = in_w * cl
-        col = np.empty(line, lanes.dtype)  # OR over the window's rows, every input column
-        row = np.empty(out_w * cl, lanes.dtype)  # the pooled row
+        col = scratch(line, lanes.dtype)  # OR over the window's rows, every input column
+        row = scratch(out_w * cl, lanes.dtype)  # the pooled row
         # the pooled columns whose window lies inside the map (no clipping)
         ox_lo = min(-(-pad // stride), out_w)
         ox_hi = max(min((in_w - k + pad) // stride + 1, out_w), ox_lo)
@@ -245,7 +247,7 @@ def _maxpool_kernel(words):
                         row[ox * cl + j] |= col[ix * cl + j]
             base = oy * out_w * cl * width
             if COMPRESS:  # sixteen flags a store (see kernels/compaction.py)
-                n = compact_flags(row.view(np.uint8), out_w * cl * width, base, out, n)
+                n = compact_flags(row, out_w * cl * width, base, out, n)
             elif words:
                 for j in range(out_w * cl):
                     x = np.int64(row[j])
