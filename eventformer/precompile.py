@@ -288,9 +288,11 @@ def _first_pool(engine, rng, steps: int) -> None:
     calls the same kernel."""
     for layer, _, real in engine.stages[0][0].plan:
         if not real and getattr(layer, "pool", None) is not None:
-            flags = layer._band_flags(steps)
+            # one step: the kernel's signature does not depend on the steps, and the random
+            # flags of all of them (millions) took a tenth of a second to draw
+            flags = layer._band_flags(1)
             flags[:] = rng.random(flags.shape) < 0.05
-            _quietly(lambda: layer._band_pool(flags, [1] * steps))
+            _quietly(lambda: layer._band_pool(flags, [1]))
             return
 
 
