@@ -7,10 +7,12 @@ reaches them, keeps one core busy for several seconds and leaves the others idle
 process builds the same engine from the same model file and calls each layer on synthetic event
 lists of the layer's own input shape, last layer first; every kernel it compiles lands in
 Numba's on-disk cache (written atomically), and the run, reaching that kernel later, loads it in
-milliseconds instead of compiling it. The two meet in the middle: at most the kernel both reach
-at once is compiled twice. Nothing the helper does reaches the run's results: it shares no
-state with the run, only the cache, whose entries are the same machine code the run would have
-compiled itself.
+milliseconds instead of compiling it. The two meet in the middle, and never compile one kernel
+twice: each claims a kernel before compiling it, and one that misses the cache on a kernel the
+other has claimed waits for its entry (:mod:`eventformer.claims`). Nothing the helper does
+reaches the run's results: it shares no state with the run (a forked helper works on its own
+copy of the engine), only the cache, whose entries are the same machine code the run would
+have compiled itself.
 
 The run starts the helper (:func:`start_backward_compile`) only when Numba's cache does not hold
 its arithmetic's kernels, when this process may use two cores or more, and unless
@@ -254,8 +256,8 @@ def compile_backwards(engine, steps: int, densities=PASSES) -> None:
     inputs of its own input shape, last layer first: the kernels a run of ``steps`` steps calls,
     compiled (or loaded) in backward order.
 
-    In float first the max-pool and the attention cores (:func:`_first_pool`,
-    :func:`_attention_cores`); then the kernels only the blocks and the head call, at typical densities
+    First (in float) the max-pool or (in an integer mode) the integer GEMM, then the attention
+    cores (:func:`_first_pool`, :func:`_integer_gemm`, :func:`_attention_cores`); then the kernels only the blocks and the head call, at typical densities
     (:data:`BLOCK_PASSES`) with the blocks' gathers off: the gather, which every conv of the embedding calls too, is what a run compiles
     first after its first layer, so the helper leaves it to the run and finds it in the cache.
     Then every layer, once per density of ``densities``."""
@@ -263,9 +265,13 @@ def compile_backwards(engine, steps: int, densities=PASSES) -> None:
     if engine.fixed is None:
         # in float the blocks' dense steps run on BLAS, so their kernels are few and the
         # helper, done with them before the run needs them, has time for the run's max-pool;
-        # in an integer mode the integer GEMM (seconds) comes first, as the run needs it next
+        # in an integer mode the integer GEMM (seconds) comes first, as the run needs it once
+        # its embedding's steps go dense, then the attention cores; the blocks' small kernels
+        # are left to the run, which reaches them while the helper compiles the cores
         _first_pool(engine, rng, steps)
-        _attention_cores(engine, rng)
+    else:
+        _integer_gemm(engine)
+    _attention_cores(engine, rng)
     gathering = [layer for block in engine.blocks for layer in block.layers
                  if getattr(layer, "can_gather", False)]
     for layer in gathering:
@@ -293,6 +299,21 @@ def _first_pool(engine, rng, steps: int) -> None:
             flags = layer._band_flags(1)
             flags[:] = rng.random(flags.shape) < 0.05
             _quietly(lambda: layer._band_pool(flags, [1]))
+            return
+
+
+def _integer_gemm(engine) -> None:
+    """In an integer mode, the integer GEMM (:func:`~eventformer.kernels.int_gemm`: the
+    largest kernel of an integer engine) on zero rows, through a block's first layer that
+    multiplies on it; every dense step of the engine calls the same kernel."""
+    for block in reversed(engine.blocks):
+        for layer in block.layers:
+            dtype = getattr(layer, "gemm_dtype", None)
+            if getattr(layer, "fixed", None) is None or dtype is None or dtype.kind == "f":
+                continue
+            rows = np.zeros((layer.rows, layer.k_dim), dtype)
+            out = np.empty((layer.rows, layer.cout), layer.current.dtype)
+            _quietly(lambda: layer._gemm_biased(rows, out))  # noqa: B023 (called at once)
             return
 
 

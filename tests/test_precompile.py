@@ -99,11 +99,12 @@ def test_a_run_after_the_helper_compiles_nothing_and_gives_the_same_result(tmp_p
     assert json.loads(helped_out[-1])["logits"] == json.loads(alone.stdout)["logits"]
 
 
-def test_in_float_the_helper_first_takes_the_max_pool_and_the_attention_cores(monkeypatch):
-    """compile_backwards starts (in float) with the first pooled layer's max-pool and each
-    block's attention core, on synthetic inputs of their own shapes: both calls go through
-    here (the helper swallows a failure, so this test lets it surface), and an integer engine
-    skips them (its helper starts on the blocks, the integer GEMM first)."""
+def test_the_helper_first_takes_the_max_pool_or_the_integer_gemm_then_the_attention_cores(
+        monkeypatch):
+    """compile_backwards starts (in float) with the first pooled layer's max-pool, or (in an
+    integer mode) with the integer GEMM through a block's layer, then each block's attention
+    core, on synthetic inputs of their own shapes: the calls go through here (the helper
+    swallows a failure, so this test lets it surface)."""
     import functools
 
     import numpy as np
@@ -122,6 +123,12 @@ def test_in_float_the_helper_first_takes_the_max_pool_and_the_attention_cores(mo
         monkeypatch.setattr(pooled, "_band_pool",
                             lambda flags, fired: calls.append("pool") or pool(flags, fired))
         for block in engine.blocks:
+            for layer in block.layers:
+                if getattr(layer, "_gemm_biased", None) is not None:
+                    gemm = layer._gemm_biased
+                    monkeypatch.setattr(
+                        layer, "_gemm_biased",
+                        lambda rows, out, _g=gemm: calls.append("gemm") or _g(rows, out))
             core = block.attn.core._core_current
 
             @functools.wraps(core)  # (the helper reads the core's parameters)
@@ -132,7 +139,7 @@ def test_in_float_the_helper_first_takes_the_max_pool_and_the_attention_cores(mo
             monkeypatch.setattr(block.attn.core, "_core_current", counted)
         precompile.compile_backwards(engine, 2)
         # (the later passes, stubbed out here, call no max-pool or core of their own)
-        assert calls == (["pool"] + ["core"] * len(engine.blocks) if first else [])
+        assert calls == ["pool" if first else "gemm"] + ["core"] * len(engine.blocks)
         if first:
             spikes = np.flatnonzero(pooled._band_flags(2)[0])
             assert spikes.size > 0  # the max-pool had spikes to pool
