@@ -35,6 +35,7 @@ CLAIMS_ENV = "EVENTFORMER_COMPILE_CLAIMS"
 # A claim whose owner lives is waited for at most this long (a kernel compiles in seconds; a
 # hung owner must not hang the run).
 WAIT_LIMIT_S = 120.0
+UNNAMED_S = 2.0  # a claim whose pid is still unwritten after this is taken over
 POLL_S = 0.005
 
 _folder: str | None = None
@@ -66,9 +67,10 @@ def _alive(pid: int) -> bool:
 
 
 def _owner(path: str) -> int | None:
+    """The pid in the claim ``path``; None while it is not written yet (or unreadable)."""
     try:
         with open(path) as f:
-            return int(f.read().strip() or 0)
+            return int(f.read().strip()) or None
     except (OSError, ValueError):
         return None
 
@@ -114,7 +116,13 @@ class ClaimingCache(FunctionCache):
                 _release(path)  # its owner died: take it over
                 continue
             # wait for the owner's entry, then load it
+            unnamed = time.monotonic() + UNNAMED_S
             while os.path.exists(path) and time.monotonic() < deadline:
+                if owner is None:  # created, its pid not yet written: read it again
+                    owner = _owner(path)
+                    if owner is None and time.monotonic() > unnamed:
+                        _release(path)  # its owner died between creating and writing it
+                        break
                 if owner is not None and not _alive(owner):
                     break
                 time.sleep(POLL_S)
