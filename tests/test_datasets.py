@@ -206,3 +206,33 @@ def test_tonic_dataset_names_and_options(tmp_path, gesture_model):
     assert r.exit_code == 2 and "needs --data-dir" in r.stderr
     r = runner.invoke(app, ["infer", "--dataset", "mnist", "-w", str(gesture_model)])
     assert r.exit_code == 2 and "unknown dataset" in r.stderr
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_segments_of_a_recording_are_its_events_in_each_window(monkeypatch, ordered):
+    """The IBM layout's samples are [start, end) windows of one recording: each gets exactly
+    the events whose t lies in it, in the recording's order, whether the recording is
+    time-ordered (found by bisection) or not (a mask), with windows that share a boundary
+    timestamp, start before the first event or end after the last."""
+    from types import SimpleNamespace
+
+    import eventformer.datasets as ds
+
+    rng = np.random.default_rng(3)
+    ev = _events(rng, 5000)
+    ev["t"] //= 1000  # many events share a timestamp
+    if not ordered:
+        ev = ev[rng.permutation(ev.shape[0])]
+    monkeypatch.setattr(ds, "read_events", lambda source: SimpleNamespace(events=ev))
+    t = np.sort(ev["t"])
+    a, b, c, last = int(t[10]), int(t[2000]), int(t[4000]), int(t[-1])
+    windows = [(-5, a), (a, b), (b, b + 1), (b + 1, c), (c, last + 100), (last + 5, last + 9)]
+    samples = [ds.SampleRef("rec.aedat", label, w, label) for label, w in enumerate(windows)]
+    data = ds.GestureSet(root=None, split="test", layout="ibm", samples=samples)
+    got = list(data.iter_events())
+    assert [ref.segment for ref, _ in got] == windows
+    for (start, end), (_, events) in zip(windows, got):
+        expect = ev[(ev["t"] >= start) & (ev["t"] < end)]
+        np.testing.assert_array_equal(events, expect)
+    assert sum(len(e) for _, e in got[:5]) == ev.shape[0]  # every event in one window
+    assert len(got[2][1]) > 1 and len(got[5][1]) == 0
