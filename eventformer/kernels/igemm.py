@@ -162,6 +162,45 @@ def _store_jit(typingctx, arr, offset, vec):
     return types.none(arr, offset, vec), codegen
 
 
+@intrinsic
+def _store_row_jit(typingctx, out, edge, whole, offset, r, vec0, vec1):
+    """Row r of a register block's panel, two vectors: at ``offset`` bytes into ``out`` when
+    the panel is ``whole``, else into row r of ``edge`` (the address chosen, no branch). An
+    intrinsic, not an inlined helper: a block stores six rows, and each inlined copy of a
+    helper costs Numba a tenth of a second on a user's first run."""
+    def codegen(context, builder, sig, args):
+        r_bytes = builder.mul(context.cast(builder, args[4], sig.args[4], types.intp),
+                              ir.Constant(ir.IntType(64), PANEL * 4))
+        direct = _address(context, builder, sig.args[0], args[0], args[3])
+        spill = _address(context, builder, sig.args[1], args[1], r_bytes)
+        whole_bit = context.cast(builder, args[2], sig.args[2], types.boolean)
+        ptr = builder.select(whole_bit, direct, spill)
+        builder.store(args[5], builder.bitcast(ptr, _VEC.as_pointer()), align=1)
+        high = builder.gep(ptr, [ir.Constant(ir.IntType(64), 64)])
+        builder.store(args[6], builder.bitcast(high, _VEC.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.none(out, edge, whole, offset, r, vec0, vec1), codegen
+
+
+@intrinsic
+def _tail_jit(typingctx, rows, offset, nbytes):
+    """The last, partial group of a row: its 1-3 bytes at ``offset`` (with zero bytes above
+    them) in every lane; reading 4 bytes there could cross the end of the array. An intrinsic
+    for the reason :func:`_store_row_jit` is one."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        ptr = _address(context, builder, sig.args[0], args[0], args[1])
+        n = context.cast(builder, args[2], sig.args[2], types.intp)
+        word = cgutils.alloca_once_value(builder, builder.zext(builder.load(ptr), i32))
+        for b in (1, 2):
+            with builder.if_then(builder.icmp_signed(">", n, ir.Constant(n.type, b))):
+                byte = builder.load(builder.gep(ptr, [ir.Constant(ir.IntType(64), b)]))
+                part = builder.shl(builder.zext(byte, i32), ir.Constant(i32, 8 * b))
+                builder.store(builder.or_(builder.load(word), part), word)
+        return _splat_value(builder, builder.load(word))
+    return i32x16(rows, offset, nbytes), codegen
+
+
 def _avx2_dot(builder, acc, x, w, bits):
     """What :func:`_portable_dot` computes, on AVX2 per 256-bit half: vpmaddubsw (exact for
     bytes up to UINT8_ROW_MAX) then vpmaddwd against ones, or vpmaddwd on words; then vpaddd."""
@@ -261,6 +300,22 @@ def _store_py(arr, offset, vec):
     _bytes_at(arr, offset, 4 * _LANES)[:] = np.asarray(vec, np.int32).view(np.uint8)
 
 
+def _store_row_py(out, edge, whole, offset, r, vec0, vec1):
+    if whole:
+        _store_py(out, offset, vec0)
+        _store_py(out, offset + 64, vec1)
+    else:
+        _store_py(edge, r * PANEL * 4, vec0)
+        _store_py(edge, r * PANEL * 4 + 64, vec1)
+
+
+def _tail_py(rows, offset, nbytes):
+    word = 0
+    for b in range(nbytes):
+        word |= _byte_py(rows, offset + b) << (8 * b)
+    return _splat_word_py(word)
+
+
 def _dot_py(acc, x, w, rows):
     if rows.dtype == np.uint8:
         xs, ws = x.view(np.uint8).astype(np.int64), w.view(np.int8).astype(np.int64)
@@ -273,11 +328,13 @@ def _dot_py(acc, x, w, rows):
 
 
 if config.DISABLE_JIT:
-    _zero, _load, _splat, _splat_word, _byte, _store, _dot = (
-        _zero_py, _load_py, _splat_py, _splat_word_py, _byte_py, _store_py, _dot_py)
+    _zero, _load, _splat, _splat_word, _byte, _store, _dot, _store_row, _tail = (
+        _zero_py, _load_py, _splat_py, _splat_word_py, _byte_py, _store_py, _dot_py,
+        _store_row_py, _tail_py)
 else:
-    _zero, _load, _splat, _splat_word, _byte, _store, _dot = (
-        _zero_jit, _load_jit, _splat_jit, _splat_word_jit, _byte_jit, _store_jit, _dot_jit)
+    _zero, _load, _splat, _splat_word, _byte, _store, _dot, _store_row, _tail = (
+        _zero_jit, _load_jit, _splat_jit, _splat_word_jit, _byte_jit, _store_jit, _dot_jit,
+        _store_row_jit, _tail_jit)
 
 
 # --- packing and the kernel --------------------------------------------------------------------
@@ -306,27 +363,10 @@ def pack_igemm(weight: np.ndarray, dtype) -> np.ndarray:
 
 
 @inlined
-def _tail(rows, offset, nbytes):
-    """The last, partial group of a row (1-3 bytes at ``offset``) with zero bytes above it:
-    reading 4 bytes there could cross the end of the array."""
-    word = 0
-    for b in range(nbytes):
-        word |= _byte(rows, offset + b) << (8 * b)
-    return _splat_word(word)
-
-
-@inlined
-def _put(out, edge, i, r, p, n, so, vec0, vec1):
-    """Store output row i + r of panel p (two vectors); a panel past the last channel goes
-    through ``edge`` and only its first n - p * PANEL channels are copied."""
-    c0 = p * PANEL
-    if c0 + PANEL <= n:
-        o = (i + r) * so + c0 * 4
-        _store(out, o, vec0)
-        _store(out, o + 64, vec1)
-    else:
-        _store(edge, r * PANEL * 4, vec0)
-        _store(edge, r * PANEL * 4 + 64, vec1)
+def _spill(out, edge, i, rows, c0, n):
+    """Copy the first n - c0 channels of ``rows`` rows of ``edge`` (a partial panel, stored
+    there by :func:`_store_row`) to output rows i.. at channel c0."""
+    for r in range(rows):
         for c in range(n - c0):
             out[i + r, c0 + c] = edge[r, c]
 
@@ -393,12 +433,19 @@ def _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
         x = _tail(rows, at + 5 * sa, tail)
         c50 = _dot(c50, x, w0, rows)
         c51 = _dot(c51, x, w1, rows)
-    _put(out, edge, i, 0, p, n, so, c00, c01)
-    _put(out, edge, i, 1, p, n, so, c10, c11)
-    _put(out, edge, i, 2, p, n, so, c20, c21)
-    _put(out, edge, i, 3, p, n, so, c30, c31)
-    _put(out, edge, i, 4, p, n, so, c40, c41)
-    _put(out, edge, i, 5, p, n, so, c50, c51)
+    # a whole panel straight into out; the last, partial one through edge, copied once for all
+    # six rows (a store helper per row, inlined six times, cost Numba a second on a first run)
+    c0 = p * PANEL
+    whole = c0 + PANEL <= n
+    o = i * so + c0 * 4
+    _store_row(out, edge, whole, o, 0, c00, c01)
+    _store_row(out, edge, whole, o + so, 1, c10, c11)
+    _store_row(out, edge, whole, o + 2 * so, 2, c20, c21)
+    _store_row(out, edge, whole, o + 3 * so, 3, c30, c31)
+    _store_row(out, edge, whole, o + 4 * so, 4, c40, c41)
+    _store_row(out, edge, whole, o + 5 * so, 5, c50, c51)
+    if not whole:
+        _spill(out, edge, i, ROWS, c0, n)
 
 
 @inlined
@@ -435,9 +482,14 @@ def _block3(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
         x = _tail(rows, at + 2 * sa, tail)
         c20 = _dot(c20, x, w0, rows)
         c21 = _dot(c21, x, w1, rows)
-    _put(out, edge, i, 0, p, n, so, c00, c01)
-    _put(out, edge, i, 1, p, n, so, c10, c11)
-    _put(out, edge, i, 2, p, n, so, c20, c21)
+    c0 = p * PANEL
+    whole = c0 + PANEL <= n
+    o = i * so + c0 * 4
+    _store_row(out, edge, whole, o, 0, c00, c01)
+    _store_row(out, edge, whole, o + so, 1, c10, c11)
+    _store_row(out, edge, whole, o + 2 * so, 2, c20, c21)
+    if not whole:
+        _spill(out, edge, i, ROWS, c0, n)
 
 
 #: The register block the kernel walks: ROWS rows by one panel.
@@ -459,7 +511,11 @@ def _row(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
         x = _tail(rows, r0 + 4 * groups, tail)
         c0 = _dot(c0, x, _load(packed, w_at), rows)
         c1 = _dot(c1, x, _load(packed, w_at + 64), rows)
-    _put(out, edge, i, 0, p, n, so, c0, c1)
+    cp = p * PANEL
+    whole = cp + PANEL <= n
+    _store_row(out, edge, whole, i * so + cp * 4, 0, c0, c1)
+    if not whole:
+        _spill(out, edge, i, 1, cp, n)
 
 
 @kernel
