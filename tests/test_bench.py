@@ -411,6 +411,7 @@ def test_reexec_only_from_the_eventformer_command_and_never_twice():
     argv = ["/venv/bin/eventformer", "bench", "--rates", "0.1"]
     exe, new_argv, env = allocator.reexec_argv(argv, {"PATH": "/bin"}, "linux")
     assert new_argv[1] == "-c" and new_argv[3:] == ["bench", "--rates", "0.1"]
+    assert "import run; run()" in new_argv[2]  # the console script's entry, not the bare app
     assert all(env[k] == v for k, v in allocator.MALLOC_SETTINGS.items())
     assert env[allocator.REEXEC_GUARD] == "1" and env["PATH"] == "/bin"
     assert allocator.reexec_argv(argv, env, "linux") is None  # settings there: no loop

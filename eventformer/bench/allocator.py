@@ -50,5 +50,6 @@ def reexec_argv(argv=None, environ=None, platform: str | None = None):
     if not argv or Path(argv[0]).name not in ("eventformer", "main.py") or "bench" not in argv[1:]:
         return None
     env = dict(environ, **MALLOC_SETTINGS, **{REEXEC_GUARD: "1"})
-    code = "import sys; sys.argv[0] = 'eventformer'; from eventformer_cli.main import app; app()"
+    # the command as the console script runs it (eventformer_cli.main.run: its collector tuned)
+    code = "import sys; sys.argv[0] = 'eventformer'; from eventformer_cli.main import run; run()"
     return sys.executable, [sys.executable, "-c", code, *argv[1:]], env
