@@ -434,7 +434,8 @@ def _block(rows, packed, bias, out, edge, i, p, groups, tail, sa, so, sp, n):
         c50 = _dot(c50, x, w0, rows)
         c51 = _dot(c51, x, w1, rows)
     # a whole panel straight into out; the last, partial one through edge, copied once for all
-    # six rows (a store helper per row, inlined six times, cost Numba a second on a first run)
+    # six rows (a store helper and a tail helper per row, each inlined, cost Numba 0.7-1 s of
+    # the kernel's compile on a first run)
     c0 = p * PANEL
     whole = c0 + PANEL <= n
     o = i * so + c0 * 4
