@@ -363,10 +363,10 @@ def pack_igemm(weight: np.ndarray, dtype) -> np.ndarray:
 
 
 @inlined
-def _spill(out, edge, i, rows, c0, n):
-    """Copy the first n - c0 channels of ``rows`` rows of ``edge`` (a partial panel, stored
+def _spill(out, edge, i, count, c0, n):
+    """Copy the first n - c0 channels of ``count`` rows of ``edge`` (a partial panel, stored
     there by :func:`_store_row`) to output rows i.. at channel c0."""
-    for r in range(rows):
+    for r in range(count):
         for c in range(n - c0):
             out[i + r, c0 + c] = edge[r, c]
 
